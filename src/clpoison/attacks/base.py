@@ -1,0 +1,55 @@
+"""The attack interface.
+
+An attack takes the clean dataset and returns a poisoned training split plus a manifest (what was done, to which
+samples, with which parameters and seed). It never modifies its input. After pretraining it may add its own
+metrics (e.g. ASR) through :meth:`Attack.evaluate`, using the shared definitions in :mod:`clpoison.eval`.
+
+Attacks are registered in :data:`ATTACKS` by name, so configs name them (``attack.name``); ``none`` is the
+identity. Each attack lives in its own module with a docstring citing its paper and the paper's defaults.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Optional
+
+from ..methods.base import MethodParams
+from ..registry import Registry
+
+ATTACKS: Registry[type] = Registry("attack")
+
+
+@dataclass
+class AttackParams(MethodParams):
+    """Base of attack parameters (unknown keys rejected by ``from_dict``)."""
+
+
+@dataclass
+class PoisonResult:
+    splits: Any  # the poisoned dataset (same type as the input)
+    manifest: Optional[dict] = None
+
+
+class Attack:
+    name: ClassVar[str] = "attack"
+    Params: ClassVar[type] = AttackParams
+
+    def __init__(self, params: AttackParams) -> None:
+        self.params = params
+
+    def poison(self, splits: Any, seed: int) -> PoisonResult:
+        raise NotImplementedError
+
+    def evaluate(self, context: dict[str, Any]) -> dict[str, Any]:
+        """Attack-specific metrics after pretraining (``context`` carries encoder, splits, probe, device)."""
+        return {}
+
+
+@ATTACKS.register("none")
+class NoAttack(Attack):
+    """No poisoning: the clean dataset, no manifest."""
+
+    name = "none"
+
+    def poison(self, splits: Any, seed: int) -> PoisonResult:
+        return PoisonResult(splits, None)

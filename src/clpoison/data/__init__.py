@@ -1,0 +1,5 @@
+"""Data: datasets held as uint8 tensors, device-side augmentation and view samplers, batch loading."""
+
+from .datasets import SOURCES, ImageDataset, ImageSplits, load_dataset
+
+__all__ = ["SOURCES", "ImageDataset", "ImageSplits", "load_dataset"]

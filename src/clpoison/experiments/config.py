@@ -1,0 +1,315 @@
+"""Experiment configuration: a validated schema, YAML presets and ``key=value`` overrides.
+
+A config is YAML. ``preset: NAME`` starts from a packaged preset (``clpoison/experiments/presets/NAME.yaml``,
+see :func:`list_presets`), then the file's own keys, then command-line overrides (``train.epochs=5``) are merged
+on top. Every key is checked against the schema below before any work starts: an unknown key, a wrong type or an
+out-of-range value is a :class:`~clpoison.errors.ConfigError` naming the key and the valid choices.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import yaml
+
+from ..data.augment import AugmentConfig
+from ..engine.trainer import TrainConfig
+from ..errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    name: str = "cifar10-subset"
+    path: Optional[str] = None
+    image_size: Optional[int] = None
+    train_limit: Optional[int] = None
+    test_limit: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        for f in ("image_size", "train_limit", "test_limit"):
+            v = getattr(self, f)
+            if v is not None and v < 1:
+                raise ConfigError(f"data.{f}={v} must be a positive integer (or null)")
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "resnet18"
+    width: int = 64
+    stem_stride: int = 1
+
+
+@dataclass
+class ComponentConfig:
+    """A named registry entry with its parameters (method, attack, defense)."""
+
+    name: str = "none"
+    params: dict = field(default_factory=dict)
+
+
+@dataclass
+class EvalConfig:
+    knn_k: int = 200
+    knn_temperature: float = 0.1
+    linear: bool = True
+    linear_l2: float = 1e-4
+    random_init_control: bool = True
+    batch_size: int = 512
+
+    def __post_init__(self) -> None:
+        if self.knn_k < 1:
+            raise ConfigError(f"eval.knn_k={self.knn_k} must be >= 1")
+        if self.knn_temperature <= 0:
+            raise ConfigError(f"eval.knn_temperature={self.knn_temperature} must be > 0")
+        if self.linear_l2 < 0:
+            raise ConfigError(f"eval.linear_l2={self.linear_l2} must be >= 0")
+        if self.batch_size < 1:
+            raise ConfigError(f"eval.batch_size={self.batch_size} must be >= 1")
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = "experiment"
+    seed: int = 0
+    device: str = "auto"
+    deterministic: bool = True
+    data: DataConfig = field(default_factory=DataConfig)
+    attack: ComponentConfig = field(default_factory=ComponentConfig)
+    defense: ComponentConfig = field(default_factory=ComponentConfig)
+    method: ComponentConfig = field(default_factory=lambda: ComponentConfig("simclr"))
+    model: ModelConfig = field(default_factory=ModelConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# building dataclasses from dicts, with type checks
+
+
+def _check_type(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin is Union:
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _check_type(value, a, key)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{key}={value!r} has the wrong type; expected {tp}")
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}={value!r} must be a list")
+        args = typing.get_args(tp)
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise ConfigError(f"{key} needs {len(args)} values, got {len(value)}")
+            return tuple(_check_type(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+        inner = args[0] if args else Any
+        return origin(_check_type(v, inner, f"{key}[{i}]") for i, v in enumerate(value))
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a mapping of key: value")
+        return dict(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}={value!r} must be true or false")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(f"{key}={value!r} must be an integer")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}={value!r} must be a number")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}={value!r} must be a string")
+        return value
+    return value
+
+
+def from_dict(cls: type, data: Optional[dict], prefix: str = "") -> Any:
+    """Instantiate dataclass ``cls`` from ``data``, rejecting unknown keys and wrong types."""
+    data = {} if data is None else data
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'} must be a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        where = prefix or "the config"
+        raise ConfigError(
+            f"unknown key(s) {', '.join(f'{prefix}{u}' for u in unknown)} in {where.rstrip('.')}; "
+            f"valid keys: {', '.join(names)}"
+        )
+    kwargs = {}
+    for n in names:
+        if n not in data:
+            continue
+        tp, key = hints[n], f"{prefix}{n}"
+        if dataclasses.is_dataclass(tp):
+            kwargs[n] = from_dict(tp, data[n], f"{key}.")
+        else:
+            kwargs[n] = _check_type(data[n], tp, key)
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: {e}") from None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# presets, YAML, overrides
+
+
+def presets_dir() -> Path:
+    return Path(str(resources.files("clpoison.experiments") / "presets"))
+
+
+def list_presets() -> list[str]:
+    return sorted(p.stem for p in presets_dir().glob("*.yaml"))
+
+
+def read_yaml(path: Union[str, Path]) -> dict:
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"config file '{p}' does not exist; check the path")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        line = getattr(getattr(e, "problem_mark", None), "line", None)
+        raise ConfigError(f"config file '{p}' is not valid YAML{'' if line is None else f' (line {line + 1})'}; fix its syntax") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file '{p}' must hold a mapping of keys at the top level")
+    return data
+
+
+def load_preset(name: str) -> dict:
+    p = presets_dir() / f"{name}.yaml"
+    if not p.exists():
+        raise ConfigError(f"unknown preset '{name}'; choose one of: {', '.join(list_presets())}")
+    return read_yaml(p)
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "params":
+            out[k] = deep_merge(out[k], v)
+        elif isinstance(v, dict) and isinstance(out.get(k), dict) and k == "params":
+            out[k] = {**out[k], **v}
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def resolve_presets(data: dict) -> dict:
+    """Expand ``preset:`` keys (presets may name presets) into one merged mapping."""
+    data = dict(data)
+    seen: list[str] = []
+    while "preset" in data:
+        name = data.pop("preset")
+        if not isinstance(name, str):
+            raise ConfigError(f"preset must be a name, got {name!r}")
+        if name in seen:
+            raise ConfigError(f"preset cycle: {' -> '.join(seen + [name])}")
+        seen.append(name)
+        base = load_preset(name)
+        # a component swap (e.g. method.name changes) drops the preset's params for the old component
+        for comp in ("method", "attack", "defense"):
+            if isinstance(data.get(comp), dict) and isinstance(base.get(comp), dict):
+                if "name" in data[comp] and data[comp]["name"] != base[comp].get("name"):
+                    base[comp] = {}
+        data = deep_merge(base, data)
+    return data
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError(f"override '{item}' must look like key=value (e.g. train.epochs=5)")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key or any(not p for p in key.split(".")):
+        raise ConfigError(f"override '{item}' has an empty key; use e.g. train.epochs=5")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() != "" else None
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    data = copy.deepcopy(data)
+    for item in overrides:
+        path, value = parse_override(item)
+        if path == ["preset"]:
+            data = deep_merge(resolve_presets({"preset": value}), data)
+            continue
+        node = data
+        for p in path[:-1]:
+            nxt = node.get(p)
+            if nxt is None:
+                nxt = node[p] = {}
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"override '{item}': '{p}' is not a section")
+            node = nxt
+        node[path[-1]] = value
+    return data
+
+
+def build_config(data: Optional[dict] = None, overrides: Optional[list[str]] = None) -> ExperimentConfig:
+    """Presets → file keys → overrides, validated into an :class:`ExperimentConfig`."""
+    data = resolve_presets(data or {})
+    data = resolve_presets(apply_overrides(data, overrides or []))
+    cfg = from_dict(ExperimentConfig, data)
+    validate_components(cfg)
+    return cfg
+
+
+def load_config(path: Optional[Union[str, Path]] = None, overrides: Optional[list[str]] = None) -> ExperimentConfig:
+    return build_config(read_yaml(path) if path is not None else {}, overrides)
+
+
+def validate_components(cfg: ExperimentConfig) -> None:
+    """Check registry names and each component's parameters, so bad values fail before any work."""
+    from ..attacks import ATTACKS
+    from ..data.datasets import SOURCES
+    from ..data.views import VIEW_SAMPLERS
+    from ..defenses import DEFENSES
+    from ..methods import METHODS
+    from ..models import BACKBONES
+
+    SOURCES.get(cfg.data.name)
+    BACKBONES.get(cfg.model.arch)
+    if cfg.model.width < 1 or cfg.model.stem_stride not in (1, 2):
+        raise ConfigError("model.width must be >= 1 and model.stem_stride 1 or 2")
+    VIEW_SAMPLERS.get(cfg.augment.sampler)
+    METHODS.get(cfg.method.name).Params.from_dict(cfg.method.params, "method.params")
+    ATTACKS.get(cfg.attack.name).Params.from_dict(cfg.attack.params, "attack.params")
+    DEFENSES.get(cfg.defense.name).Params.from_dict(cfg.defense.params, "defense.params")
+    if cfg.data.name in ("npz", "cifar", "imagefolder") and not cfg.data.path:
+        raise ConfigError(f"data.name={cfg.data.name} needs data.path; set data.path=/path/to/data")
+    if cfg.data.path and not Path(cfg.data.path).expanduser().exists():
+        raise ConfigError(f"data.path '{cfg.data.path}' does not exist; check the path")

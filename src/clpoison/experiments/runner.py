@@ -1,0 +1,223 @@
+"""The pipeline runner: dataset → attack → defense → pretrain → evaluate → results.
+
+:func:`run_experiment` executes one validated :class:`ExperimentConfig` and writes into ``out``:
+
+* ``results.json`` — ``{"metrics", "config", "timings", "environment", ...}``;
+* ``checkpoint.pt`` — the training checkpoint (model, optimiser, RNG, ... — see the engine);
+* ``metrics.jsonl`` — the training log; ``manifest.json`` when an attack ran.
+
+Work happens in ``OUT.partial/`` which is renamed to ``OUT`` at the very end, so an interrupted run never leaves
+something that looks finished; re-running the same command resumes from the partial checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+
+from ..attacks import ATTACKS
+from ..data.augment import EvalTransform, TwoViewAugment, make_sampler
+from ..data.datasets import ImageSplits, limit, load_dataset
+from ..data.loader import ResidentBatches, TwoViewBatches
+from ..defenses import DEFENSES
+from ..engine.trainer import Trainer
+from ..errors import ConfigError
+from ..eval.features import extract_features
+from ..eval.knn import KNNClassifier
+from ..eval.linear import LinearProbe
+from ..eval.metrics import top1_accuracy
+from ..methods import METHODS
+from ..models import build_backbone
+from ..utils.device import resolve_device
+from ..utils.io import atomic_write_json, dumps_json
+from ..utils.seed import seed_everything
+from .config import ExperimentConfig
+
+RESULTS_NAME = "results.json"
+
+
+def environment() -> dict[str, Any]:
+    import kornia
+
+    from .. import __version__
+
+    env = {
+        "clpoison": __version__,
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "kornia": kornia.__version__,
+        "platform": platform.platform(),
+        "threads": torch.get_num_threads(),
+        "cuda": torch.cuda.is_available(),
+    }
+    if torch.cuda.is_available():
+        env["gpu"] = torch.cuda.get_device_name(0)
+    return env
+
+
+def load_splits(cfg: ExperimentConfig) -> ImageSplits:
+    kwargs = {}
+    if cfg.data.image_size is not None:
+        kwargs["image_size"] = cfg.data.image_size
+    splits = load_dataset(cfg.data.name, cfg.data.path, seed=cfg.seed, **kwargs)
+    splits.train = limit(splits.train, cfg.data.train_limit)
+    splits.test = limit(splits.test, cfg.data.test_limit)
+    return splits
+
+
+def build_method(cfg: ExperimentConfig):
+    cls = METHODS.get(cfg.method.name)
+    params = cls.Params.from_dict(cfg.method.params, "method.params")
+    backbone = build_backbone(cfg.model.arch, cfg.model.width, cfg.model.stem_stride)
+    return cls(backbone, params)
+
+
+def evaluate_encoder(
+    encoder: torch.nn.Module,
+    splits: ImageSplits,
+    cfg: ExperimentConfig,
+    device: torch.device,
+    linear: bool = True,
+    prefix: str = "",
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """kNN (and linear-probe) top-1 of a frozen encoder: train features on the clean labelled train split,
+    test on the test split. Returns metrics and the fitted classifiers/features for attack evaluations."""
+    tf = EvalTransform(cfg.augment.out_size, cfg.augment.mean, cfg.augment.std).to(device)
+    kw = dict(transform=tf, batch_size=cfg.eval.batch_size, device=device)
+    ftr = extract_features(encoder, splits.train.images, **kw)
+    fte = extract_features(encoder, splits.test.images, **kw)
+    nc = splits.train.num_classes
+    knn = KNNClassifier(cfg.eval.knn_k, cfg.eval.knn_temperature).fit(ftr, splits.train.labels, nc)
+    metrics = {f"{prefix}knn_top1": top1_accuracy(knn.predict(fte), splits.test.labels)}
+    extras: dict[str, Any] = {"knn": knn, "train_features": ftr, "test_features": fte, "transform": tf}
+    if linear and cfg.eval.linear:
+        probe = LinearProbe(cfg.eval.linear_l2).fit(ftr, splits.train.labels, nc)
+        metrics[f"{prefix}linear_top1"] = top1_accuracy(probe.predict(fte), splits.test.labels)
+        extras["probe"] = probe
+    return metrics, extras
+
+
+def prepare_out_dir(out: Path, overwrite: bool) -> Path:
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise ConfigError(f"output directory '{out}' already exists; pass --overwrite or choose another --out")
+    return out.with_name(out.name + ".partial")
+
+
+def run_experiment(
+    cfg: ExperimentConfig,
+    out: Path,
+    overwrite: bool = False,
+    resume: bool = True,
+    echo: Callable[[str], None] = lambda s: None,
+) -> dict[str, Any]:
+    out = Path(out)
+    work = prepare_out_dir(out, overwrite)
+    device = resolve_device(cfg.device)
+    snapshot = cfg.to_dict()
+    if work.exists():
+        prev = work / "config.json"
+        if not resume or not prev.exists() or json.loads(prev.read_text()) != json.loads(dumps_json(snapshot)):
+            shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(work / "config.json", snapshot)
+    timings: dict[str, float] = {}
+    t_all = time.perf_counter()
+
+    def timed(name: str):
+        class _T:
+            def __enter__(self_):
+                self_.t = time.perf_counter()
+
+            def __exit__(self_, *a):
+                timings[name] = round(time.perf_counter() - self_.t, 3)
+
+        return _T()
+
+    seed_everything(cfg.seed, cfg.deterministic)
+    with timed("data_s"):
+        splits = load_splits(cfg)
+    echo(f"data: {cfg.data.name} ({len(splits.train)} train / {len(splits.test)} test images)")
+
+    attack = ATTACKS.get(cfg.attack.name)(ATTACKS.get(cfg.attack.name).Params.from_dict(cfg.attack.params, "attack.params"))
+    with timed("attack_s"):
+        poisoned = attack.poison(splits, cfg.seed)
+    train_splits = poisoned.splits
+    if poisoned.manifest is not None:
+        atomic_write_json(work / "manifest.json", poisoned.manifest)
+
+    defense = DEFENSES.get(cfg.defense.name)(DEFENSES.get(cfg.defense.name).Params.from_dict(cfg.defense.params, "defense.params"))
+    with timed("defense_s"):
+        train_set, defense_info = defense.filter(train_splits.train, {"manifest": poisoned.manifest, "seed": cfg.seed})
+
+    seed_everything(cfg.seed, cfg.deterministic)
+    method = build_method(cfg).to(device)
+    metrics: dict[str, Any] = {}
+    if cfg.eval.random_init_control:
+        with timed("random_init_eval_s"):
+            m0, _ = evaluate_encoder(method.encoder, splits, cfg, device, linear=False, prefix="")
+        metrics["knn_top1_random_init"] = m0["knn_top1"]
+        echo(f"random-init kNN top-1: {metrics['knn_top1_random_init']:.4f}")
+
+    sampler = defense.view_sampler(cfg.augment) or make_sampler(cfg.augment)
+    augment = TwoViewAugment(cfg.augment, sampler)
+    batches = TwoViewBatches(
+        ResidentBatches(train_set, cfg.train.batch_size, device, seed=cfg.seed),
+        augment,
+        channels_last=cfg.train.use_channels_last(device),
+    )
+    trainer = Trainer(method, batches, cfg.train, device, work, snapshot)
+    with timed("pretrain_s"):
+        history = trainer.fit(resume=resume)
+    timings["pretrain_s_total_including_resumed"] = round(trainer.train_seconds, 3)
+
+    with timed("eval_s"):
+        m, extras = evaluate_encoder(method.encoder, splits, cfg, device)
+    metrics.update(m)
+    context = {"encoder": method.encoder, "splits": splits, "poisoned": train_splits, "cfg": cfg, "device": device, **extras}
+    with timed("attack_eval_s"):
+        metrics.update(attack.evaluate(context))
+    timings["total_s"] = round(time.perf_counter() - t_all, 3)
+    n_imgs = cfg.train.epochs * len(batches) * cfg.train.batch_size
+    results = {
+        "name": cfg.name,
+        "metrics": metrics,
+        "config": snapshot,
+        "timings": timings,
+        "throughput": {"pretrain_images_per_s": n_imgs / max(trainer.train_seconds, 1e-9)},
+        "environment": {**environment(), "device": str(device)},
+        "data": {
+            "train_images": len(train_set),
+            "test_images": len(splits.test),
+            "classes": splits.class_names,
+            "source": splits.source,
+        },
+        "attack": {"name": cfg.attack.name, "manifest": "manifest.json" if poisoned.manifest is not None else None},
+        "defense": {"name": cfg.defense.name, **defense_info},
+        "history": history,
+    }
+    atomic_write_json(work / RESULTS_NAME, results)
+    if out.exists():
+        shutil.rmtree(out)
+    work.rename(out)
+    return results
+
+
+def format_table(results: dict[str, Any]) -> str:
+    rows = [("metric", "value")] + [
+        (k, f"{v:.4f}" if isinstance(v, float) else str(v)) for k, v in sorted(results["metrics"].items())
+    ]
+    rows.append(("pretrain time (s)", f"{results['timings'].get('pretrain_s', float('nan')):.1f}"))
+    rows.append(("total time (s)", f"{results['timings'].get('total_s', float('nan')):.1f}"))
+    w = max(len(r[0]) for r in rows)
+    lines = [f"{a:<{w}}  {b}" for a, b in rows]
+    lines.insert(1, "-" * (w + 10))
+    return "\n".join(lines)

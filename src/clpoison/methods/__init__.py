@@ -1,0 +1,8 @@
+"""Contrastive methods, each a loss + training step on the one engine."""
+
+from .base import METHODS, Method, MethodParams
+from .byol import BYOL
+from .mocov2 import MoCoV2
+from .simclr import SimCLR
+
+__all__ = ["METHODS", "Method", "MethodParams", "SimCLR", "MoCoV2", "BYOL"]
