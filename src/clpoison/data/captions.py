@@ -53,3 +53,16 @@ class CaptionDataset:
             name or self.name,
             None if self.sizes is None else self.sizes[index],
         )
+
+
+@dataclass
+class CaptionSplits:
+    """CLIP data: a captioned train split and a test split (captions for retrieval, labels for zero-shot)."""
+
+    train: CaptionDataset
+    test: CaptionDataset
+    source: dict = field(default_factory=dict)
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.train.class_names or self.test.class_names

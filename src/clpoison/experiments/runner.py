@@ -105,6 +105,31 @@ def evaluate_encoder(
     return metrics, extras
 
 
+def attack_context(
+    encoder: torch.nn.Module, splits: Any, poisoned: Any, cfg: ExperimentConfig, device: torch.device, extras: dict
+) -> dict[str, Any]:
+    """What :meth:`Attack.evaluate` receives. The contract every pipeline (image SSL, CLIP) fulfils:
+
+    * ``classify(images_uint8) -> LongTensor`` — the downstream classifier's predictions (linear probe on frozen
+      features for image SSL; zero-shot for CLIP); used for CA and ASR so both come from one classifier;
+    * ``embed(images_uint8) -> FloatTensor`` — L2-normalised encoder features (for embedding-level metrics);
+    * ``splits`` (clean), ``poisoned`` (what was trained on), ``cfg``, ``device``, ``encoder`` and ``extras``.
+    """
+    tf = extras["transform"]
+
+    def embed(images: torch.Tensor) -> torch.Tensor:
+        f = extract_features(encoder, images, transform=tf, batch_size=cfg.eval.batch_size, device=device)
+        return torch.nn.functional.normalize(f, dim=1)
+
+    def classify(images: torch.Tensor) -> torch.Tensor:
+        f = extract_features(encoder, images, transform=tf, batch_size=cfg.eval.batch_size, device=device)
+        clf = extras.get("probe") or extras["knn"]
+        return clf.predict(f).cpu()
+
+    return {"encoder": encoder, "splits": splits, "poisoned": poisoned, "cfg": cfg, "device": device,
+            "classify": classify, "embed": embed, "extras": extras}
+
+
 def prepare_out_dir(out: Path, overwrite: bool) -> Path:
     out = Path(out)
     if out.exists() and not overwrite:
@@ -182,7 +207,7 @@ def run_experiment(
     with timed("eval_s"):
         m, extras = evaluate_encoder(method.encoder, splits, cfg, device)
     metrics.update(m)
-    context = {"encoder": method.encoder, "splits": splits, "poisoned": train_splits, "cfg": cfg, "device": device, **extras}
+    context = attack_context(method.encoder, splits, train_splits, cfg, device, extras)
     with timed("attack_eval_s"):
         metrics.update(attack.evaluate(context))
     timings["total_s"] = round(time.perf_counter() - t_all, 3)
