@@ -1,4 +1,4 @@
-"""Command-line interface: ``clpoison run | pretrain | evaluate | datasets | presets | demo``.
+"""Command-line interface: ``clpoison run | pretrain | evaluate | datasets | presets | poison | demo``.
 
 Every user error prints one line ``error: ...`` naming the thing and the fix, and exits with status 2.
 """
@@ -75,10 +75,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     snapshot = {k: v for k, v in snapshot.items()}
     cfg = build_config(snapshot, args.overrides)
     device = resolve_device(cfg.device)
-    method = build_method(cfg)
-    method.load_state_dict(ckpt["model"])
-    method.to(device)
-    metrics, _ = evaluate_encoder(method.encoder, load_splits(cfg), cfg, device)
+    from .methods import METHODS
+
+    if getattr(METHODS.get(cfg.method.name), "modality", "image") == "image-text":
+        from .experiments.clip_task import build_clip_from_checkpoint
+
+        task, method = build_clip_from_checkpoint(cfg, ckpt, device, _echo)
+        metrics, _ = task.evaluate(method, task.load())
+    else:
+        method = build_method(cfg)
+        method.load_state_dict(ckpt["model"])
+        method.to(device)
+        metrics, _ = evaluate_encoder(method.encoder, load_splits(cfg), cfg, device)
     print(json.dumps(metrics, indent=2))
     if args.out:
         atomic_write_json(args.out, {"checkpoint": str(path), "metrics": metrics, "config": cfg.to_dict()})
@@ -111,19 +119,67 @@ def cmd_presets(args: argparse.Namespace) -> int:
     return 0
 
 
+DEMOS = {
+    "simclr": ("simclr-small", "demo", "SimCLR small preset on the bundled CIFAR-10 subset"),
+    "clip": ("clip-small", "demo-clip", "CLIP small preset on the bundled CIFAR-10 subset with generated stand-in captions"),
+}
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .experiments.config import build_config
     from .experiments.runner import format_table, run_experiment
 
-    cfg = build_config({"preset": "simclr-small", "name": "demo"}, args.overrides)
+    overrides = list(args.overrides)
+    kind = overrides.pop(0) if overrides and overrides[0] in DEMOS else "simclr"
+    preset, name, what = DEMOS[kind]
+    cfg = build_config({"preset": preset, "name": name}, overrides)
     if args.no_progress:
         cfg.train.progress = False
-    out = Path(args.out)
-    _echo(f"clpoison demo: SimCLR small preset on the bundled CIFAR-10 subset -> {out}")
+    out = Path(args.out or ("runs/demo" if kind == "simclr" else "runs/demo-clip"))
+    _echo(f"clpoison demo {kind}: {what} -> {out}")
     res = run_experiment(cfg, out, overwrite=True, echo=_echo)
     print(format_table(res))
     print(f"wrote {out / 'results.json'}")
     return 0
+
+
+def cmd_poison(args: argparse.Namespace) -> int:
+    """Export a poisoned dataset (data files + manifest.json + trigger.png); see clpoison.attacks.export."""
+    from .attacks.export import poison_to_disk
+
+    out, manifest = poison_to_disk(args.attack, args.data, args.out, args.params, args.seed, args.preset,
+                                   args.data_path, args.image_size, args.label_column, args.test_path, args.overwrite)
+    print(f"poisoned {len(manifest.get('poisoned_indices', []))} and added {len(manifest.get('added_indices', []))} "
+          f"training samples; wrote {out} (manifest.json)")
+    return 0
+
+
+class _PoisonParser(argparse.ArgumentParser):
+    """``clpoison poison``: key=value parameters may come anywhere on the line (argparse alone matches a ``*``
+    positional only once, so ``ATTACK --data D --out O k=v`` would fail)."""
+
+    _VALUE_OPTS = ("--data", "--data-path", "--out", "--seed", "--preset", "--image-size", "--label-column", "--test-path")
+
+    def parse_known_args(self, args=None, namespace=None):
+        args = list(sys.argv[1:] if args is None else args)
+        kv = [i for i, a in enumerate(args) if "=" in a and not a.startswith("-") and (i == 0 or args[i - 1] not in self._VALUE_OPTS)]
+        ns, extra = super().parse_known_args([a for i, a in enumerate(args) if i not in kv], namespace)
+        ns.params = [args[i] for i in kv]
+        return ns, extra
+
+
+class _OverridesParser(argparse.ArgumentParser):
+    """Sub-command parser that accepts ``key=value`` overrides anywhere on the line (argparse alone fills a ``*``
+    positional once, so ``pretrain clip --preset small train.epochs=5`` would fail)."""
+
+    _VALUE_OPTS = ("--out", "--preset")
+
+    def parse_known_args(self, args=None, namespace=None):
+        args = list(sys.argv[1:] if args is None else args)
+        kv = {i for i, a in enumerate(args) if "=" in a and not a.startswith("-") and (i == 0 or args[i - 1] not in self._VALUE_OPTS)}
+        ns, extra = super().parse_known_args([a for i, a in enumerate(args) if i not in kv], namespace)
+        ns.overrides = list(getattr(ns, "overrides", None) or []) + [args[i] for i in sorted(kv)]
+        return ns, extra
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -132,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     def common(sp: argparse.ArgumentParser, out_required: bool = False) -> None:
+        sp.__class__ = _OverridesParser  # key=value overrides anywhere on the line
         sp.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.epochs=5")
         sp.add_argument("--out", required=out_required, help="output directory")
         sp.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
@@ -144,12 +201,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(fn=cmd_run)
 
     sp = sub.add_parser("pretrain", help="pretrain one method from its preset")
-    sp.add_argument("method", choices=["simclr", "mocov2", "byol"])
-    sp.add_argument("--preset", default="small", choices=["small", "paper"])
+    sp.add_argument("method", choices=["simclr", "mocov2", "byol", "clip"])
+    sp.add_argument("--preset", default="small", choices=["small", "paper", "rn50-cc3m"],
+                    help="small | paper (image SSL) | rn50-cc3m (CLIP)")
     common(sp)
     sp.set_defaults(fn=cmd_pretrain)
 
     sp = sub.add_parser("evaluate", help="kNN and linear-probe evaluation of a checkpoint")
+    sp.__class__ = _OverridesParser
     sp.add_argument("checkpoint", help="run directory or checkpoint.pt")
     sp.add_argument("overrides", nargs="*", help="key=value overrides (e.g. data.name=npz data.path=...)")
     sp.add_argument("--out", help="write the metrics to this JSON file")
@@ -165,9 +224,29 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("name", nargs="?")
     sp.set_defaults(fn=cmd_presets)
 
-    sp = sub.add_parser("demo", help="SimCLR small preset on the bundled data, evaluated by kNN and linear probe")
-    sp.add_argument("overrides", nargs="*")
-    sp.add_argument("--out", default="runs/demo")
+    sp = sub.add_parser("poison", help="write a poisoned copy of a dataset (CSV+PNG or NPZ) with its manifest",
+                        usage="clpoison poison ATTACK --data DATA --out DIR [key=value ...] [options]")
+    sp.add_argument("attack", help="attack name, e.g. carlini-backdoor")
+    sp.__class__ = _PoisonParser  # key=value parameters anywhere, e.g. poison_rate=0.01 trigger.size=4
+    sp.add_argument("--data", required=True, help="source name (cifar10-subset, captions-csv, ...) or a .csv/.tar/.npz/folder")
+    sp.add_argument("--data-path", help="path of the source named by --data")
+    sp.add_argument("--out", required=True, help="output directory (must not exist unless --overwrite)")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--preset", help="take attack parameters from a preset or YAML (e.g. carlini-backdoor-small)")
+    sp.add_argument("--image-size", type=int, help="resize images to this size")
+    sp.add_argument("--label-column", help="CSV column holding class names (needed for targeted poisoning)")
+    sp.add_argument("--test-path", help="CSV of the test split (default: a seeded hold-out)")
+    sp.add_argument("--overwrite", action="store_true")
+    sp.set_defaults(fn=cmd_poison)
+
+    sp = sub.add_parser(
+        "demo",
+        help="`demo [simclr]`: SimCLR small preset (kNN + linear probe); `demo clip`: CLIP small preset (zero-shot, "
+        "retrieval), both on the bundled data",
+    )
+    sp.__class__ = _OverridesParser
+    sp.add_argument("overrides", nargs="*", help="optional demo name (simclr | clip) then key=value overrides")
+    sp.add_argument("--out", default=None, help="output directory (default runs/demo or runs/demo-clip)")
     sp.add_argument("--no-progress", action="store_true")
     sp.set_defaults(fn=cmd_demo)
     return p

@@ -1,5 +1,7 @@
 """Poisoning and backdoor attacks, one per module, registered by name in :data:`ATTACKS`."""
 
 from .base import ATTACKS, Attack, AttackParams, PoisonResult
+from . import carlini_backdoor, carlini_targeted  # noqa: F401  (registers carlini-backdoor, carlini-targeted)
+from . import corruptencoder, poisoned_encoder, ssl_backdoor  # noqa: F401  (corruptencoder[-plus], poisoned-encoder, ssl-backdoor)
 
 __all__ = ["ATTACKS", "Attack", "AttackParams", "PoisonResult"]

@@ -47,19 +47,23 @@ def rgb_to_gray(x: torch.Tensor) -> torch.Tensor:
     return 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
 
 
+# The colour ops below work in place on ``x`` (the caller passes a tensor it owns) and clamp to [0, 1] after
+# each op, as torchvision does.
+
+
 def adjust_brightness(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
-    return (x * f.view(-1, 1, 1, 1)).clamp_(0, 1)
+    return x.mul_(f.view(-1, 1, 1, 1)).clamp_(0, 1)
 
 
 def adjust_contrast(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
     mean = rgb_to_gray(x).mean(dim=(1, 2, 3), keepdim=True)
     f = f.view(-1, 1, 1, 1)
-    return (f * x + (1 - f) * mean).clamp_(0, 1)
+    return x.mul_(f).add_((1 - f) * mean).clamp_(0, 1)
 
 
 def adjust_saturation(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
     f = f.view(-1, 1, 1, 1)
-    return (f * x + (1 - f) * rgb_to_gray(x)).clamp_(0, 1)
+    return x.mul_(f).add_(rgb_to_gray(x).mul_(1 - f)).clamp_(0, 1)
 
 
 def adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
@@ -81,11 +85,18 @@ def adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
 
 
 def crop_resize_flip(
-    x: torch.Tensor, boxes: torch.Tensor, out_size: tuple[int, int], flip: Optional[torch.Tensor] = None
+    x: torch.Tensor,
+    boxes: torch.Tensor,
+    out_size: tuple[int, int],
+    flip: Optional[torch.Tensor] = None,
+    valid: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Crop each image to its box (x0,y0,x1,y1 in pixels of the canvas), resize to ``out_size``, flip if asked.
 
     One ``grid_sample`` for the whole batch; pixels are squares [i, i+1), matching ``align_corners=False``.
+    ``valid`` (B,2) = valid (h, w) of images on a zero-padded canvas: sample points are clamped to the centres of
+    the valid border pixels, so bilinear taps never read the padding (the same "border" behaviour a full-canvas
+    image gets from ``padding_mode="border"``).
     """
     b, _, hc, wc = x.shape
     x0, y0, x1, y1 = boxes.to(x.dtype).unbind(1)
@@ -96,6 +107,11 @@ def crop_resize_flip(
     theta = torch.zeros(b, 2, 3, device=x.device, dtype=x.dtype)
     theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = ax, bx, ay, by
     grid = F.affine_grid(theta, [b, x.shape[1], out_size[0], out_size[1]], align_corners=False)
+    if valid is not None:
+        vh, vw = valid.to(grid.dtype).unbind(1)
+        gx = grid[..., 0].clamp(min=1.0 / wc - 1.0).minimum(((2.0 * vw - 1.0) / wc - 1.0).view(b, 1, 1))
+        gy = grid[..., 1].clamp(min=1.0 / hc - 1.0).minimum(((2.0 * vh - 1.0) / hc - 1.0).view(b, 1, 1))
+        grid = torch.stack([gx, gy], dim=-1)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
@@ -247,14 +263,18 @@ class TwoViewAugment(torch.nn.Module):
     def forward(self, images: torch.Tensor, sizes: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
         x = images.float().div_(255.0) if images.dtype == torch.uint8 else images
         n = x.shape[0]
+        valid = None  # images on a padded canvas: keep bilinear taps inside each image's valid area
         if sizes is None:
             sizes = torch.tensor([[x.shape[2], x.shape[3]]], device=x.device).expand(n, 2)
-        boxes = self.sampler.sample(sizes.to(x.device), 2)
+        else:
+            sizes = sizes.to(x.device)
+            valid = sizes
+        boxes = self.sampler.sample(sizes, 2)
         out = []
         size = (self.cfg.out_size, self.cfg.out_size)
         for view, box in zip(self.views, boxes):
             flip = torch.rand(n, device=x.device) < self.cfg.flip_p
-            out.append(view(crop_resize_flip(x, box, size, flip)))
+            out.append(view(crop_resize_flip(x, box, size, flip, valid)))
         return out[0], out[1]
 
 

@@ -157,10 +157,12 @@ def _to_nchw_uint8(x: np.ndarray, what: str) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(x))
 
 
-def limit(ds: ImageDataset, n: Optional[int]) -> ImageDataset:
+def limit(ds, n: Optional[int]):
     """The first ``n`` images (stratification is the caller's business); ``None`` keeps all."""
     if n is None or n >= len(ds):
         return ds
+    if isinstance(ds, StreamingImageFolder):
+        return StreamingImageFolder(ds.items[:n], ds.class_names, ds.size, ds.name)
     return ds.subset(torch.arange(n))
 
 
@@ -331,6 +333,15 @@ class StreamingImageFolder:
     def image_shape(self) -> tuple[int, int, int]:
         return (3, self.size, self.size)
 
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def images(self) -> "StreamingImageFolder":
+        """The split itself stands in for its image tensor: consumers call ``len`` and ``load(index)``."""
+        return self
+
     def load(self, index: torch.Tensor) -> torch.Tensor:
         from concurrent.futures import ThreadPoolExecutor
 
@@ -368,20 +379,71 @@ def load_image_folder(
         n_test = max(1, int(round(test_fraction * len(items))))
         test_items = [items[i] for i in sorted(perm[:n_test])]
         train_items = [items[i] for i in sorted(perm[n_test:])]
-    n_bytes = (len(train_items) + len(test_items)) * 3 * size * size
-    if n_bytes > max_resident_bytes:
-        raise DataError(
-            f"image folder '{root}' needs {n_bytes / 2**30:.1f} GiB as uint8 at {size}px, over "
-            f"data.max_resident_bytes; use clpoison.data.datasets.StreamingImageFolder for streaming"
-        )
 
-    def resident(items: list[tuple[Path, int]], split: str) -> ImageDataset:
-        sf = StreamingImageFolder(items, classes, size, f"imagefolder/{split}")
+    def split(items: list[tuple[Path, int]], name: str):
+        sf = StreamingImageFolder(items, classes, size, f"imagefolder/{name}")
+        if len(items) * 3 * size * size > max_resident_bytes:
+            return sf  # too large to hold: decoded batch by batch while training and evaluating
         return ImageDataset(sf.load(torch.arange(len(items))), sf.labels, classes, sf.name)
 
-    return ImageSplits(resident(train_items, "train"), resident(test_items, "test"), {"name": "imagefolder", "path": str(root)})
+    return ImageSplits(split(train_items, "train"), split(test_items, "test"), {"name": "imagefolder", "path": str(root)})
 
 
 def load_dataset(name: str, path: Optional[str] = None, **kwargs: object) -> ImageSplits:
     """Load a dataset by source name (see :data:`SOURCES`)."""
     return SOURCES.get(name)(path=path, **kwargs)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# images of different sizes on one canvas
+
+
+def stack_on_canvas(images: Sequence[torch.Tensor], canvas: Optional[tuple[int, int]] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack uint8 (3,h_i,w_i) images into one zero-padded (N,3,H,W) canvas, each at the top-left corner.
+
+    Returns ``(images, sizes)`` with ``sizes`` (N,2) = valid (h_i, w_i). ``canvas`` = (H, W) at least the largest
+    image (default: exactly the largest).
+    """
+    if not len(images):
+        return torch.zeros(0, 3, *(canvas or (1, 1)), dtype=torch.uint8), torch.zeros(0, 2, dtype=torch.int64)
+    sizes = torch.tensor([[int(im.shape[1]), int(im.shape[2])] for im in images], dtype=torch.int64)
+    hc, wc = int(sizes[:, 0].max()), int(sizes[:, 1].max())
+    if canvas is not None:
+        if canvas[0] < hc or canvas[1] < wc:
+            raise DataError(f"canvas {canvas} is smaller than the largest image ({hc}, {wc}); enlarge the canvas")
+        hc, wc = int(canvas[0]), int(canvas[1])
+    out = torch.zeros(len(images), 3, hc, wc, dtype=torch.uint8)
+    for i, im in enumerate(images):
+        out[i, :, : im.shape[1], : im.shape[2]] = im
+    return out, sizes
+
+
+def concat_datasets(parts: Sequence[ImageDataset], name: Optional[str] = None) -> ImageDataset:
+    """Concatenate splits (same class names) whose images may differ in size.
+
+    If every part has the same image shape and no ``sizes``, this is a plain ``torch.cat`` (no canvas, no
+    ``sizes``: the clean path stays as it was). Otherwise all images go onto one zero-padded canvas as large as
+    the largest image, with ``sizes`` recording each image's valid area (see :class:`ImageDataset`).
+    """
+    parts = [p for p in parts if p is not None]
+    if not parts:
+        raise DataError("concat_datasets needs at least one split")
+    names = parts[0].class_names
+    for p in parts[1:]:
+        if list(p.class_names) != list(names):
+            raise DataError(f"cannot concatenate {p.name} and {parts[0].name}: their class names differ; "
+                            "use splits of one dataset")
+    name = name or parts[0].name
+    labels = torch.cat([p.labels for p in parts])
+    shapes = {tuple(p.images.shape[1:]) for p in parts if len(p)}
+    if len(shapes) <= 1 and all(p.sizes is None for p in parts):
+        return ImageDataset(torch.cat([p.images for p in parts]), labels, list(names), name)
+    hc = max(p.images.shape[2] for p in parts)
+    wc = max(p.images.shape[3] for p in parts)
+    out = torch.zeros(len(labels), 3, hc, wc, dtype=torch.uint8)
+    i = 0
+    for p in parts:
+        out[i : i + len(p), :, : p.images.shape[2], : p.images.shape[3]] = p.images
+        i += len(p)
+    sizes = torch.cat([p.valid_sizes() for p in parts])
+    return ImageDataset(out, labels, list(names), name, sizes)

@@ -49,8 +49,13 @@ class ResidentBatches:
         self.seed = seed
         self.drop_last = drop_last
         self.rank, self.world_size = rank, world_size
-        self.images = dataset.images.to(device)
-        self.sizes = None if dataset.sizes is None else dataset.sizes.to(device)
+        self.streaming = not isinstance(dataset, ImageDataset)
+        if self.streaming:  # e.g. StreamingImageFolder: decode each batch on the host, then move it
+            self.dataset = dataset
+            self.sizes = None
+        else:
+            self.images = dataset.images.to(device)
+            self.sizes = None if dataset.sizes is None else dataset.sizes.to(device)
 
     def __len__(self) -> int:
         per_rank = self.n // self.world_size
@@ -59,10 +64,15 @@ class ResidentBatches:
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]]:
         perm = epoch_permutation(self.n, self.seed, epoch)
         per_rank = self.n // self.world_size
-        perm = perm[self.rank * per_rank : (self.rank + 1) * per_rank].to(self.device)
+        perm = perm[self.rank * per_rank : (self.rank + 1) * per_rank]
+        if not self.streaming:
+            perm = perm.to(self.device)
         for s in range(len(self)):
             idx = perm[s * self.batch_size : (s + 1) * self.batch_size]
-            yield idx, self.images[idx], None if self.sizes is None else self.sizes[idx]
+            if self.streaming:
+                yield idx, self.dataset.load(idx).to(self.device, non_blocking=True), None
+            else:
+                yield idx, self.images[idx], None if self.sizes is None else self.sizes[idx]
 
 
 class TwoViewBatches:

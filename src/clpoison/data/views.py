@@ -81,3 +81,69 @@ class IndependentRRCSampler(ViewSampler):
 
     def sample(self, sizes: torch.Tensor, n_views: int = 2) -> list[torch.Tensor]:
         return [sample_rrc_boxes(sizes, self.scale, self.ratio) for _ in range(n_views)]
+
+
+def enlarge_boxes(boxes: torch.Tensor, sizes: torch.Tensor, delta: float) -> torch.Tensor:
+    """Boxes (B,4) grown by ``delta`` × (box width, box height) on every side, clipped to the image (B,2)=(h,w)."""
+    x0, y0, x1, y1 = boxes.unbind(1)
+    dw, dh = delta * (x1 - x0), delta * (y1 - y0)
+    h, w = sizes.to(boxes.dtype).unbind(1)
+    return torch.stack([(x0 - dw).clamp(min=0), (y0 - dh).clamp(min=0),
+                        torch.minimum(x1 + dw, w), torch.minimum(y1 + dh, h)], dim=1)
+
+
+@VIEW_SAMPLERS.register("localized")
+class LocalizedCropSampler(ViewSampler):
+    """Localized cropping (CorruptEncoder's defense, Zhang et al. CVPR 2024, arXiv 2211.08229; official
+    ``train_moco/moco/loader_lc.py``): the second view is drawn *inside* the first view's box enlarged by
+    ``delta`` × (box h, box w) on every side (clipped to the image), so both views stay spatially close.
+
+    View 1: a RandomResizedCrop box (``scale``, ``ratio``). View 2: up to ``attempts`` candidates with area
+    ``l_area · U(min_area / l_area, 1)`` (``min_area = scale[0] · image area``, ``l_area`` = enlarged region's
+    area) and log-uniform ratio, placed uniformly inside the region; on failure, view 1's size placed uniformly
+    inside the region. ``swap`` exchanges the two views per image at random (the official code swaps q and k).
+    Only the boxes change, so it works with every two-view method (SimCLR, MoCo v2, BYOL).
+
+    >>> s = LocalizedCropSampler(delta=0.2, swap=False)
+    >>> b1, b2 = s.sample(torch.tensor([[32, 64]] * 4), 2)
+    >>> bool((b2[:, :2] >= enlarge_boxes(b1, torch.tensor([[32, 64]] * 4), 0.2)[:, :2] - 1e-4).all())
+    True
+    """
+
+    def __init__(self, scale: Sequence[float] = (0.2, 1.0), ratio: Sequence[float] = (3 / 4, 4 / 3),
+                 delta: float = 0.2, attempts: int = 10, swap: bool = True) -> None:
+        self.base = IndependentRRCSampler(scale, ratio)
+        self.scale, self.ratio = self.base.scale, self.base.ratio
+        if not 0.0 <= float(delta):
+            raise ConfigError(f"localized cropping delta={delta} must be >= 0 (the paper uses 0.2)")
+        self.delta, self.attempts, self.swap = float(delta), int(attempts), bool(swap)
+
+    def second_view(self, first: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
+        region = enlarge_boxes(first, sizes, self.delta)
+        b, dev = first.shape[0], first.device
+        rx0, ry0, rx1, ry1 = region.unbind(1)
+        rw, rh = (rx1 - rx0).unsqueeze(1), (ry1 - ry0).unsqueeze(1)
+        l_area = rw * rh
+        min_area = self.scale[0] * sizes.to(first.dtype).prod(1, keepdim=True)
+        lo = (min_area / l_area).clamp(max=1.0)  # U(min/l, 1); when min_area > l_area the draw is l_area itself
+        target = l_area * (lo + (1 - lo) * torch.rand(b, self.attempts, device=dev))
+        ar = torch.exp(torch.empty(b, self.attempts, device=dev).uniform_(math.log(self.ratio[0]), math.log(self.ratio[1])))
+        cw, ch = torch.sqrt(target * ar), torch.sqrt(target / ar)
+        ok = (cw <= rw) & (ch <= rh)
+        has = ok.any(1)
+        idx = ok.float().argmax(1, keepdim=True)
+        cw, ch = cw.gather(1, idx).squeeze(1), ch.gather(1, idx).squeeze(1)
+        fw, fh = first[:, 2] - first[:, 0], first[:, 3] - first[:, 1]  # fallback: view 1's size (fits the region)
+        cw, ch = torch.where(has, cw, fw), torch.where(has, ch, fh)
+        x0 = rx0 + torch.rand(b, device=dev) * (rw.squeeze(1) - cw).clamp(min=0)
+        y0 = ry0 + torch.rand(b, device=dev) * (rh.squeeze(1) - ch).clamp(min=0)
+        return torch.stack([x0, y0, x0 + cw, y0 + ch], dim=1)
+
+    def sample(self, sizes: torch.Tensor, n_views: int = 2) -> list[torch.Tensor]:
+        first = sample_rrc_boxes(sizes, self.scale, self.ratio)
+        second = self.second_view(first, sizes)
+        if self.swap:
+            s = (torch.rand(first.shape[0], device=first.device) < 0.5).unsqueeze(1)
+            first, second = torch.where(s, second, first), torch.where(s, first, second)
+        extra = [self.second_view(first, sizes) for _ in range(max(0, n_views - 2))]
+        return [first, second, *extra][:n_views]

@@ -1,5 +1,6 @@
 """Defenses against poisoning: data-level filters and training-time methods, registered in :data:`DEFENSES`."""
 
 from .base import DEFENSES, Defense, DefenseParams
+from . import localized_cropping  # noqa: F401  (registers localized-cropping)
 
 __all__ = ["DEFENSES", "Defense", "DefenseParams"]

@@ -19,6 +19,7 @@ from typing import Any, Optional, Union
 import yaml
 
 from ..data.augment import AugmentConfig
+from ..data.caption_readers import CaptionDataConfig
 from ..engine.trainer import TrainConfig
 from ..errors import ConfigError
 
@@ -30,6 +31,8 @@ class DataConfig:
     image_size: Optional[int] = None
     train_limit: Optional[int] = None
     test_limit: Optional[int] = None
+    max_resident_gb: float = 8.0  # imagefolder splits larger than this (as uint8) stream from disk
+    captions: CaptionDataConfig = field(default_factory=CaptionDataConfig)  # image–caption data (method: clip)
 
     def __post_init__(self) -> None:
         for f in ("image_size", "train_limit", "test_limit"):
@@ -61,8 +64,14 @@ class EvalConfig:
     linear_l2: float = 1e-4
     random_init_control: bool = True
     batch_size: int = 512
+    zeroshot_templates: Optional[list[str]] = None  # CLIP: prompt ensemble; null → the 18 OpenAI CIFAR templates
+    retrieval_ks: list[int] = field(default_factory=lambda: [1, 5, 10])  # CLIP: recall@K on the test pairs
 
     def __post_init__(self) -> None:
+        if self.zeroshot_templates is not None and (not self.zeroshot_templates or any("{c}" not in t for t in self.zeroshot_templates)):
+            raise ConfigError("eval.zeroshot_templates must be a non-empty list of prompts each containing '{c}' (e.g. 'a photo of a {c}.')")
+        if not self.retrieval_ks or any(k < 1 for k in self.retrieval_ks):
+            raise ConfigError(f"eval.retrieval_ks={self.retrieval_ks} must be a non-empty list of positive integers")
         if self.knn_k < 1:
             raise ConfigError(f"eval.knn_k={self.knn_k} must be >= 1")
         if self.knn_temperature <= 0:
@@ -137,6 +146,11 @@ def _check_type(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key}={value!r} must be an integer")
         return value
     if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads "1e-5" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}={value!r} must be a number")
         return float(value)
@@ -301,7 +315,24 @@ def validate_components(cfg: ExperimentConfig) -> None:
     from ..methods import METHODS
     from ..models import BACKBONES
 
-    SOURCES.get(cfg.data.name)
+    method_cls = METHODS.get(cfg.method.name)
+    if getattr(method_cls, "modality", "image") == "image-text":
+        from ..data.caption_readers import caption_source_names
+
+        if cfg.data.name not in caption_source_names():
+            raise ConfigError(
+                f"unknown caption dataset data.name='{cfg.data.name}' for method {cfg.method.name}; choose one of: "
+                f"{', '.join(caption_source_names())}"
+            )
+        # captions-csv / captions-tar without data.path fail when the data is loaded (the first step), so that
+        # the paper preset validates before a path is given
+        tok = method_cls.Params.from_dict(cfg.method.params, "method.params").tokenizer
+        if tok and not Path(tok).expanduser().is_file():
+            raise ConfigError(f"method.params.tokenizer '{tok}' does not exist; give a tokenizer.json or null to train one")
+        if cfg.data.captions.test_path and not Path(cfg.data.captions.test_path).expanduser().exists():
+            raise ConfigError(f"data.captions.test_path '{cfg.data.captions.test_path}' does not exist; check the path")
+    else:
+        SOURCES.get(cfg.data.name)
     BACKBONES.get(cfg.model.arch)
     if cfg.model.width < 1 or cfg.model.stem_stride not in (1, 2):
         raise ConfigError("model.width must be >= 1 and model.stem_stride 1 or 2")
@@ -311,5 +342,5 @@ def validate_components(cfg: ExperimentConfig) -> None:
     DEFENSES.get(cfg.defense.name).Params.from_dict(cfg.defense.params, "defense.params")
     if cfg.data.name in ("npz", "cifar", "imagefolder") and not cfg.data.path:
         raise ConfigError(f"data.name={cfg.data.name} needs data.path; set data.path=/path/to/data")
-    if cfg.data.path and not Path(cfg.data.path).expanduser().exists():
+    if cfg.data.path and not any(c in cfg.data.path for c in "*?[") and not Path(cfg.data.path).expanduser().exists():
         raise ConfigError(f"data.path '{cfg.data.path}' does not exist; check the path")

@@ -1,5 +1,10 @@
 """The pipeline runner: dataset → attack → defense → pretrain → evaluate → results.
 
+The modality-specific steps (load the data, build the method and its batch source, evaluate, the random-init
+control, the attack-evaluation context) come from a *task* chosen by the method's ``modality``: :class:`ImageTask`
+for image SSL (SimCLR, MoCo v2, BYOL), :class:`~clpoison.experiments.clip_task.ImageTextTask` for CLIP. Everything
+else (output folder, config snapshot, attack/defense slots, checkpoint/resume, timings, results.json) is shared.
+
 :func:`run_experiment` executes one validated :class:`ExperimentConfig` and writes into ``out``:
 
 * ``results.json`` — ``{"metrics", "config", "timings", "environment", ...}``;
@@ -28,8 +33,8 @@ from ..data.augment import EvalTransform, TwoViewAugment, make_sampler
 from ..data.datasets import ImageSplits, limit, load_dataset
 from ..data.loader import ResidentBatches, TwoViewBatches
 from ..defenses import DEFENSES
-from ..engine.trainer import Trainer
-from ..errors import ConfigError
+from ..engine.trainer import CHECKPOINT_NAME, Trainer
+from ..errors import ClpoisonError, ConfigError
 from ..eval.features import extract_features
 from ..eval.knn import KNNClassifier
 from ..eval.linear import LinearProbe
@@ -64,7 +69,7 @@ def environment() -> dict[str, Any]:
 
 
 def load_splits(cfg: ExperimentConfig) -> ImageSplits:
-    kwargs = {}
+    kwargs: dict[str, Any] = {"max_resident_bytes": int(cfg.data.max_resident_gb * 2**30)}
     if cfg.data.image_size is not None:
         kwargs["image_size"] = cfg.data.image_size
     splits = load_dataset(cfg.data.name, cfg.data.path, seed=cfg.seed, **kwargs)
@@ -137,6 +142,64 @@ def prepare_out_dir(out: Path, overwrite: bool) -> Path:
     return out.with_name(out.name + ".partial")
 
 
+class ImageTask:
+    """The image-SSL steps of the pipeline (two augmented views, kNN + linear probe). Other modalities provide the
+    same methods (see :class:`~clpoison.experiments.clip_task.ImageTextTask`); :func:`run_experiment` does the rest."""
+
+    modality = "image"
+
+    def __init__(self, cfg: ExperimentConfig, device: torch.device, work: Path, echo: Callable[[str], None]) -> None:
+        self.cfg, self.device, self.work, self.echo = cfg, device, work, echo
+
+    def load(self) -> ImageSplits:
+        splits = load_splits(self.cfg)
+        self.echo(f"data: {self.cfg.data.name} ({len(splits.train)} train / {len(splits.test)} test images)")
+        return splits
+
+    def build_method(self, train_set: Any):
+        return build_method(self.cfg)
+
+    def random_init_metrics(self, method: Any, splits: ImageSplits) -> dict[str, float]:
+        m0, _ = evaluate_encoder(method.encoder, splits, self.cfg, self.device, linear=False, prefix="")
+        self.echo(f"random-init kNN top-1: {m0['knn_top1']:.4f}")
+        return {"knn_top1_random_init": m0["knn_top1"]}
+
+    def batches(self, method: Any, train_set: Any, defense: Any):
+        cfg = self.cfg
+        sampler = defense.view_sampler(cfg.augment) or make_sampler(cfg.augment)
+        augment = TwoViewAugment(cfg.augment, sampler)
+        return TwoViewBatches(
+            ResidentBatches(train_set, cfg.train.batch_size, self.device, seed=cfg.seed),
+            augment,
+            channels_last=cfg.train.use_channels_last(self.device),
+        )
+
+    def evaluate(self, method: Any, splits: ImageSplits) -> tuple[dict[str, Any], dict[str, Any]]:
+        return evaluate_encoder(method.encoder, splits, self.cfg, self.device)
+
+    def context(self, method: Any, splits: Any, poisoned: Any, extras: dict) -> dict[str, Any]:
+        return attack_context(method.encoder, splits, poisoned, self.cfg, self.device, extras)
+
+    def data_info(self, train_set: Any, splits: Any) -> dict[str, Any]:
+        return {"train_images": len(train_set), "test_images": len(splits.test), "classes": splits.class_names,
+                "source": splits.source}
+
+    def throughput(self, n_samples: int, seconds: float) -> dict[str, float]:
+        return {"pretrain_images_per_s": n_samples / max(seconds, 1e-9)}
+
+
+def task_for(cfg: ExperimentConfig, device: torch.device, work: Path, echo: Callable[[str], None]):
+    """The modality-specific steps for ``cfg.method`` (its class attribute ``modality``, default ``image``)."""
+    modality = getattr(METHODS.get(cfg.method.name), "modality", "image")
+    if modality == "image":
+        return ImageTask(cfg, device, work, echo)
+    if modality == "image-text":
+        from .clip_task import ImageTextTask
+
+        return ImageTextTask(cfg, device, work, echo)
+    raise ConfigError(f"method '{cfg.method.name}' has unknown modality '{modality}'")
+
+
 def run_experiment(
     cfg: ExperimentConfig,
     out: Path,
@@ -154,8 +217,20 @@ def run_experiment(
             shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
     atomic_write_json(work / "config.json", snapshot)
+    try:
+        return _run(cfg, out, work, device, snapshot, resume, echo)
+    except ClpoisonError:
+        # a user error before anything resumable exists leaves no output behind
+        if not (work / CHECKPOINT_NAME).exists():
+            shutil.rmtree(work, ignore_errors=True)
+        raise
+
+
+def _run(cfg: ExperimentConfig, out: Path, work: Path, device: torch.device, snapshot: dict, resume: bool,
+         echo: Callable[[str], None]) -> dict[str, Any]:
     timings: dict[str, float] = {}
     t_all = time.perf_counter()
+    task = task_for(cfg, device, work, echo)
 
     def timed(name: str):
         class _T:
@@ -169,8 +244,7 @@ def run_experiment(
 
     seed_everything(cfg.seed, cfg.deterministic)
     with timed("data_s"):
-        splits = load_splits(cfg)
-    echo(f"data: {cfg.data.name} ({len(splits.train)} train / {len(splits.test)} test images)")
+        splits = task.load()
 
     attack = ATTACKS.get(cfg.attack.name)(ATTACKS.get(cfg.attack.name).Params.from_dict(cfg.attack.params, "attack.params"))
     with timed("attack_s"):
@@ -184,47 +258,34 @@ def run_experiment(
         train_set, defense_info = defense.filter(train_splits.train, {"manifest": poisoned.manifest, "seed": cfg.seed})
 
     seed_everything(cfg.seed, cfg.deterministic)
-    method = build_method(cfg).to(device)
+    method = task.build_method(train_set).to(device)
     metrics: dict[str, Any] = {}
     if cfg.eval.random_init_control:
         with timed("random_init_eval_s"):
-            m0, _ = evaluate_encoder(method.encoder, splits, cfg, device, linear=False, prefix="")
-        metrics["knn_top1_random_init"] = m0["knn_top1"]
-        echo(f"random-init kNN top-1: {metrics['knn_top1_random_init']:.4f}")
+            metrics.update(task.random_init_metrics(method, splits))
 
-    sampler = defense.view_sampler(cfg.augment) or make_sampler(cfg.augment)
-    augment = TwoViewAugment(cfg.augment, sampler)
-    batches = TwoViewBatches(
-        ResidentBatches(train_set, cfg.train.batch_size, device, seed=cfg.seed),
-        augment,
-        channels_last=cfg.train.use_channels_last(device),
-    )
+    batches = task.batches(method, train_set, defense)
     trainer = Trainer(method, batches, cfg.train, device, work, snapshot)
     with timed("pretrain_s"):
         history = trainer.fit(resume=resume)
     timings["pretrain_s_total_including_resumed"] = round(trainer.train_seconds, 3)
 
     with timed("eval_s"):
-        m, extras = evaluate_encoder(method.encoder, splits, cfg, device)
+        m, extras = task.evaluate(method, splits)
     metrics.update(m)
-    context = attack_context(method.encoder, splits, train_splits, cfg, device, extras)
+    context = task.context(method, splits, train_splits, extras)
     with timed("attack_eval_s"):
         metrics.update(attack.evaluate(context))
     timings["total_s"] = round(time.perf_counter() - t_all, 3)
-    n_imgs = cfg.train.epochs * len(batches) * cfg.train.batch_size
+    n_samples = cfg.train.epochs * len(batches) * cfg.train.batch_size
     results = {
         "name": cfg.name,
         "metrics": metrics,
         "config": snapshot,
         "timings": timings,
-        "throughput": {"pretrain_images_per_s": n_imgs / max(trainer.train_seconds, 1e-9)},
+        "throughput": task.throughput(n_samples, trainer.train_seconds),
         "environment": {**environment(), "device": str(device)},
-        "data": {
-            "train_images": len(train_set),
-            "test_images": len(splits.test),
-            "classes": splits.class_names,
-            "source": splits.source,
-        },
+        "data": task.data_info(train_set, splits),
         "attack": {"name": cfg.attack.name, "manifest": "manifest.json" if poisoned.manifest is not None else None},
         "defense": {"name": cfg.defense.name, **defense_info},
         "history": history,

@@ -2,7 +2,8 @@
 
 from .base import METHODS, Method, MethodParams
 from .byol import BYOL
+from .clip import CLIP
 from .mocov2 import MoCoV2
 from .simclr import SimCLR
 
-__all__ = ["METHODS", "Method", "MethodParams", "SimCLR", "MoCoV2", "BYOL"]
+__all__ = ["METHODS", "Method", "MethodParams", "SimCLR", "MoCoV2", "BYOL", "CLIP"]

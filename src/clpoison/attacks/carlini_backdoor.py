@@ -1,0 +1,162 @@
+"""Carlini & Terzis patch backdoor on CLIP ("Poisoning and Backdooring Contrastive Learning", ICLR 2022,
+arXiv 2106.09667; dossier §1.5; reference generator: CleanCLIP ``backdoor/create_backdoor_data.py``).
+
+The attacker picks n training pairs (at random, or label-consistent: rows whose caption already names the target),
+pastes one fixed trigger patch into each image and replaces its caption(s) by a single caption drawn from the
+**caption set** of the target label (:mod:`clpoison.attacks.caption_set`). At test time any image carrying the
+patch should be classified (zero-shot) as the target.
+
+Paper defaults (``Params``): 0.01% of the pairs (300 of CC3M's 3M), a 16x16 checkerboard at a random location,
+target ``banana``, captions from the caption set. The small preset (``carlini-backdoor-small``) uses 1% of the
+bundled pairs, a 4x4 checkerboard and target ``airplane`` (calibration §1). ``poison_count`` (or
+``poison_rate``) = 0 gives the clean control: the same trigger is evaluated on a model trained on clean data.
+
+Example::
+
+    >>> import torch
+    >>> from clpoison.data.captions import CaptionDataset, CaptionSplits
+    >>> cls = ["cat", "dog"]
+    >>> tr = CaptionDataset(torch.zeros(10, 3, 8, 8, dtype=torch.uint8), [[f"a {cls[i % 2]}"] for i in range(10)], cls, torch.arange(10) % 2)
+    >>> splits = CaptionSplits(tr, tr.subset(range(4)))
+    >>> atk = CarliniBackdoor(CarliniBackdoor.Params(target="cat", poison_count=2, trigger={"size": 2}))
+    >>> res = atk.poison(splits, seed=0)
+    >>> len(res.manifest["poisoned_indices"]), res.splits.train.captions[res.manifest["poisoned_indices"][0]]
+    (2, ['a cat'])
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Optional
+
+import torch
+
+from ..data.captions import CaptionDataset, CaptionSplits
+from ..errors import ConfigError
+from ..eval.attack_metrics import backdoor_metrics, backdoor_zscore
+from .base import ATTACKS, Attack, AttackParams, PoisonResult
+from .caption_set import caption_set, matching_rows, require_captions, resolve_label, sample_captions
+from .manifest import build_manifest
+from .triggers import Trigger, TriggerSpec
+
+SELECTIONS = ("random", "label-consistent")
+
+
+def resolve_count(rate: Optional[float], count: Optional[int], n: int, where: str = "attack.params") -> int:
+    """Number of poisons from a count or a rate (of ``n``); exactly one must be given."""
+    if rate is not None and count is not None:
+        raise ConfigError(f"give only one of {where}.poison_rate and {where}.poison_count")
+    if rate is None and count is None:
+        rate = 1e-4  # the paper's 0.01%
+    if count is not None:
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise ConfigError(f"{where}.poison_count={count!r} must be an integer >= 0")
+        k = count
+    else:
+        if not 0.0 <= float(rate) <= 1.0:
+            raise ConfigError(f"{where}.poison_rate={rate} must lie in [0, 1]")
+        k = int(round(float(rate) * n))
+        if rate > 0 and k == 0:
+            k = 1
+    if k > n:
+        raise ConfigError(f"{where}: {k} poisons requested but the training split has only {n} pairs; lower it")
+    return k
+
+
+@dataclass
+class CarliniBackdoorParams(AttackParams):
+    target: Any = "banana"  # class name (or index) the patch should trigger
+    poison_rate: Optional[float] = None  # share of training pairs (paper: 0.01%, used when neither is set)
+    poison_count: Optional[int] = None  # absolute number instead of the rate
+    selection: str = "random"  # random | label-consistent (base rows whose caption names the target)
+    trigger: dict = field(default_factory=dict)  # TriggerSpec keys; default 16x16 checkerboard, random location
+    caption_source: str = "captions"  # captions (real training captions naming the target) | templates
+    synonyms: list = field(default_factory=list)  # extra whole words that count as the target (caption set)
+    templates: Optional[list] = None  # prompt templates with '{}' for caption_source=templates
+    case_sensitive: bool = False
+    eval_seed: int = 1234  # seeds the trigger placement on test images (same at every evaluation)
+    zscore_images: int = 1000  # test images used for the z-score
+
+    def __post_init__(self) -> None:
+        if self.selection not in SELECTIONS:
+            raise ConfigError(f"attack.params.selection='{self.selection}' is unknown; choose one of: {', '.join(SELECTIONS)}")
+        self.trigger_spec = TriggerSpec.from_dict(self.trigger, "attack.params.trigger")
+
+    def to_dict(self) -> dict:
+        d = {k: v for k, v in asdict(self).items()}
+        d["trigger"] = self.trigger_spec.to_dict()
+        return d
+
+
+@ATTACKS.register("carlini-backdoor")
+class CarliniBackdoor(Attack):
+    """Patch backdoor: triggered images captioned with the target's caption set."""
+
+    name = "carlini-backdoor"
+    data_kind = "captions"  # poisons image-caption data (CLIP)
+    version = "1"
+    Params = CarliniBackdoorParams
+
+    def __init__(self, params: CarliniBackdoorParams) -> None:
+        super().__init__(params)
+        self.trigger = Trigger(params.trigger_spec)  # the one trigger used at poison and at evaluation time
+
+    def poison(self, splits: Any, seed: int) -> PoisonResult:
+        p = self.params
+        splits = require_captions(splits, self.name)
+        train = splits.train
+        if splits.class_names:
+            target = resolve_label(splits.class_names, p.target, "attack.params.target")
+            tname = splits.class_names[target]
+        else:  # unlabelled web data (CC3M): the target is just a word; zero-shot classes come from elsewhere
+            target, tname = None, str(p.target)
+        self.trigger.check_fits(*train.images.shape[2:])
+        n = resolve_count(p.poison_rate, p.poison_count, len(train))
+        all_caps = [c for caps in train.captions for c in caps]
+        pool = caption_set(all_caps, tname, p.synonyms, p.caption_source, p.templates, p.case_sensitive)
+        if p.selection == "label-consistent":
+            cand = torch.tensor(matching_rows(train.captions, tname, p.synonyms, p.case_sensitive), dtype=torch.int64)
+            if n > len(cand):
+                raise ConfigError(f"label-consistent selection: {n} poisons requested but only {len(cand)} training "
+                                  f"captions name '{tname}'; lower the count or use selection=random")
+        else:
+            cand = torch.arange(len(train))
+        g = torch.Generator().manual_seed(int(seed))
+        idx = cand[torch.randperm(len(cand), generator=g)[:n]].sort().values
+        new_caps = sample_captions(pool, n, g)
+        images = train.images.clone()
+        if n:
+            images[idx] = self.trigger.apply(train.images[idx], g, None if train.sizes is None else train.sizes[idx])
+        captions = [list(c) for c in train.captions]
+        for i, c in zip(idx.tolist(), new_caps):
+            captions[i] = [c]
+        poisoned = CaptionSplits(
+            CaptionDataset(images, captions, list(train.class_names),
+                           None if train.labels is None else train.labels.clone(), train.name + "+carlini-backdoor",
+                           None if train.sizes is None else train.sizes.clone()),
+            splits.test, dict(splits.source))
+        manifest = build_manifest(
+            attack=self.name, attack_version=self.version, params=p.to_dict(), seed=seed, source=splits,
+            output=poisoned, poisoned_indices=idx.tolist(), trigger=self.trigger,
+            targets={"target": tname, "target_index": target},
+            details={"poison_count": n, "caption_set_size": len(pool), "candidates": len(cand),
+                     "captions": new_caps})
+        return PoisonResult(poisoned, manifest)
+
+    def evaluate(self, context: dict[str, Any]) -> dict[str, Any]:
+        p = self.params
+        splits = context["splits"]
+        test = splits.test
+        m: dict[str, Any] = {}
+        labelled = test.labels is not None and len(test) > 0 and bool((test.labels >= 0).all())
+        names = list(splits.class_names)
+        known = str(p.target) in names + [str(i) for i in range(len(names))]
+        if labelled and known and "classify" in context:
+            target = resolve_label(splits.class_names, p.target, "attack.params.target")
+            m.update(backdoor_metrics(context["classify"], test.images, test.labels, target, self.trigger,
+                                      p.eval_seed, getattr(test, "sizes", None)))
+        # else: unlabelled test data (CC3M) or a target outside the class list: only the label-free z-score
+        if "embed" in context:
+            m["backdoor_zscore"] = backdoor_zscore(context["embed"], test.images, self.trigger, p.eval_seed,
+                                                   p.zscore_images)
+        return m

@@ -1,0 +1,158 @@
+"""Export a poisoned dataset to disk, for other trainers (open_clip, solo-learn) — ``clpoison poison``.
+
+Layout of ``OUT`` (written into a temporary sibling folder, renamed into place at the end; the source is read only):
+
+* caption data — ``train.csv`` and ``test.csv`` (columns ``filepath,title,label``; open_clip reads them with
+  ``--csv-img-key filepath --csv-caption-key title``; an image with several captions has one row per caption) and
+  the PNG files under ``images/train/`` and ``images/test/``;
+  clpoison reads it back with ``data.name=captions-csv data.path=OUT/train.csv
+  data.captions.test_path=OUT/test.csv data.captions.label_column=label``;
+* image data — ``data.npz`` (``x_train, y_train, x_test, y_test, class_names``; ``data.name=npz``);
+* ``manifest.json`` (see :mod:`clpoison.attacks.manifest`) and ``trigger.png`` when the attack has a trigger.
+
+Example::
+
+    >>> import tempfile, torch
+    >>> from pathlib import Path
+    >>> from clpoison.data.datasets import ImageDataset, ImageSplits
+    >>> ds = ImageDataset(torch.zeros(2, 3, 4, 4, dtype=torch.uint8), torch.tensor([0, 1]), ["a", "b"])
+    >>> out = Path(tempfile.mkdtemp()) / "poisoned"
+    >>> sorted(p.name for p in export_poisoned(ImageSplits(ds, ds), {"trigger": None}, out).iterdir())
+    ['data.npz', 'manifest.json']
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from ..data.captions import CaptionDataset, CaptionSplits
+from ..errors import ConfigError
+from .manifest import load_trigger, write_manifest
+
+
+def _write_caption_split(ds: CaptionDataset, root: Path, split: str) -> None:
+    from PIL import Image
+
+    img_dir = root / "images" / split
+    img_dir.mkdir(parents=True)
+    width = max(6, len(str(len(ds))))
+    sizes = ds.sizes
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["filepath", "title", "label"])
+    for i in range(len(ds)):
+        rel = f"images/{split}/{i:0{width}d}.png"
+        img = ds.images[i]
+        if sizes is not None:
+            img = img[:, : int(sizes[i, 0]), : int(sizes[i, 1])]
+        Image.fromarray(img.permute(1, 2, 0).contiguous().numpy()).save(root / rel, format="PNG")
+        lab = ""
+        if ds.labels is not None and int(ds.labels[i]) >= 0 and ds.class_names:
+            lab = ds.class_names[int(ds.labels[i])]
+        for c in ds.captions[i]:
+            w.writerow([rel, c, lab])
+    (root / f"{split}.csv").write_text(buf.getvalue(), encoding="utf-8")
+
+
+def _write_npz(splits: Any, root: Path) -> None:
+    with open(root / "data.npz", "wb") as f:
+        np.savez(f, x_train=splits.train.images.numpy(), y_train=splits.train.labels.numpy(),
+                 x_test=splits.test.images.numpy(), y_test=splits.test.labels.numpy(),
+                 class_names=np.array(list(splits.class_names)))
+
+
+def export_poisoned(splits: Any, manifest: Optional[dict], out: str | Path, overwrite: bool = False) -> Path:
+    """Write ``splits`` (the poisoned dataset) and its manifest to ``out`` atomically; returns ``out``."""
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise ConfigError(f"output directory '{out}' already exists; pass --overwrite or choose another --out")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    try:
+        if isinstance(splits, CaptionSplits):
+            _write_caption_split(splits.train, tmp, "train")
+            _write_caption_split(splits.test, tmp, "test")
+        else:
+            _write_npz(splits, tmp)
+        if manifest is not None:
+            trigger = load_trigger(manifest)
+            if trigger is not None:
+                (tmp / "trigger.png").write_bytes(trigger.png())
+            write_manifest(tmp / "manifest.json", manifest)
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def load_data(kind: str, data: str, path: Optional[str] = None, image_size: Optional[int] = None, seed: int = 0,
+              label_column: Optional[str] = None, test_path: Optional[str] = None) -> Any:
+    """Clean data for an attack: ``kind`` is ``captions`` (CaptionSplits) or ``images`` (ImageSplits).
+
+    ``data`` is a source name (``cifar10-subset``, ``captions-csv``, ``npz``, ...; ``path`` then locates it) or
+    directly a path: ``*.csv``/``*.tsv`` → ``captions-csv``, ``*.tar`` → ``captions-tar``, ``*.npz`` → ``npz``,
+    a folder → ``imagefolder``.
+    """
+    from ..data.datasets import SOURCES, load_dataset
+
+    p = Path(data).expanduser()
+    if path is None and (p.exists() or p.suffix.lower() in (".csv", ".tsv", ".tar", ".npz")):
+        if not p.exists():
+            raise ConfigError(f"--data '{p}' does not exist; check the path")
+        suffix = p.suffix.lower()
+        data, path = ({".csv": "captions-csv", ".tsv": "captions-csv", ".tar": "captions-tar", ".npz": "npz"}
+                      .get(suffix, "imagefolder" if p.is_dir() else None), str(p))
+        if data is None:
+            raise ConfigError(f"--data '{p}': cannot tell the format from the name; give a source name and --data-path")
+    if kind == "captions":
+        from ..data.caption_readers import CaptionDataConfig, load_caption_splits
+
+        cfg = CaptionDataConfig(label_column=label_column, test_path=test_path)
+        return load_caption_splits(data, path, cfg, image_size, seed)
+    if data not in SOURCES:
+        raise ConfigError(f"unknown image dataset '{data}'; choose one of: {', '.join(SOURCES.names())}")
+    kwargs = {"image_size": image_size} if image_size is not None else {}
+    return load_dataset(data, path, seed=seed, **kwargs)
+
+
+def attack_params_from(preset: Optional[str], attack: str, overrides: list[str]) -> dict:
+    """Attack parameters: a preset's / YAML file's ``attack.params`` (when it names the same attack), then
+    ``key=value`` overrides (dotted keys go into nested mappings, e.g. ``trigger.size=8``)."""
+    from ..experiments.config import apply_overrides, read_yaml, resolve_presets
+
+    params: dict = {}
+    if preset:
+        src = read_yaml(preset) if Path(preset).suffix in (".yaml", ".yml") else {"preset": preset}
+        a = resolve_presets(src).get("attack") or {}
+        if a.get("name") not in (None, attack):
+            raise ConfigError(f"preset '{preset}' configures attack '{a.get('name')}', not '{attack}'")
+        params = dict(a.get("params") or {})
+    return apply_overrides(params, list(overrides))
+
+
+def poison_to_disk(attack: str, data: str, out: str | Path, overrides: list[str] = (), seed: int = 0,
+                   preset: Optional[str] = None, data_path: Optional[str] = None, image_size: Optional[int] = None,
+                   label_column: Optional[str] = None, test_path: Optional[str] = None,
+                   overwrite: bool = False) -> tuple[Path, dict]:
+    """Everything ``clpoison poison`` does: validate, load, poison in memory, then export (nothing written on error)."""
+    from . import ATTACKS
+
+    cls = ATTACKS.get(attack)
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise ConfigError(f"output directory '{out}' already exists; pass --overwrite or choose another --out")
+    params = cls.Params.from_dict(attack_params_from(preset, attack, overrides), "attack.params")
+    atk = cls(params)
+    splits = load_data(getattr(cls, "data_kind", "images"), data, data_path, image_size, seed, label_column, test_path)
+    result = atk.poison(splits, seed)
+    return export_poisoned(result.splits, result.manifest, out, overwrite), result.manifest or {}

@@ -1,0 +1,142 @@
+"""The poisoned-dataset manifest: what an attack did, reproducibly and verifiably (shared by every attack).
+
+A manifest is a JSON object (schema ``clpoison.poison-manifest``, version :data:`SCHEMA_VERSION`) with
+
+* ``attack`` (name, version), ``params`` (every parameter, defaults included), ``seed``;
+* ``source`` — sha256 fingerprints of the clean train and test splits (images, captions/labels, class names);
+* ``poisoned_indices`` (training rows that were modified in place) and ``added_indices`` (rows appended);
+* ``targets`` — target label(s) and, for targeted poisoning, the victims;
+* ``trigger`` — the spec, the exact patch tensor (base64 of its raw uint8 bytes), its sha256 and the sha256 of
+  its PNG encoding (exported next to the manifest as ``trigger.png`` by ``clpoison poison``);
+* ``output`` — the fingerprint of the poisoned training split.
+
+No timestamps or host names: the same attack, parameters, seed and input give a byte-identical file (keys sorted,
+see :func:`manifest_json`). Example::
+
+    >>> import torch
+    >>> from clpoison.data.datasets import ImageDataset
+    >>> ds = ImageDataset(torch.zeros(2, 3, 4, 4, dtype=torch.uint8), torch.tensor([0, 1]), ["a", "b"])
+    >>> fingerprint(ds) == fingerprint(ds.subset([0, 1]))
+    True
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import torch
+
+from ..errors import DataError
+from ..utils.io import atomic_write_text, dumps_json
+from .triggers import Trigger, png_bytes
+
+SCHEMA = "clpoison.poison-manifest"
+SCHEMA_VERSION = 1
+
+
+def fingerprint(ds: Any) -> str:
+    """sha256 of a split: image bytes and shape, labels, captions (if any), class names and valid sizes."""
+    h = hashlib.sha256()
+    images = ds.images.detach().cpu().contiguous()
+    h.update(f"images{tuple(images.shape)}{images.dtype}".encode())
+    h.update(images.numpy().tobytes())
+    labels = getattr(ds, "labels", None)
+    if labels is not None:
+        h.update(b"labels")
+        h.update(torch.as_tensor(labels, dtype=torch.int64).cpu().contiguous().numpy().tobytes())
+    captions = getattr(ds, "captions", None)
+    if captions is not None:
+        h.update(b"captions")
+        h.update(json.dumps(captions, ensure_ascii=False).encode("utf-8"))
+    h.update(json.dumps(list(getattr(ds, "class_names", []))).encode("utf-8"))
+    sizes = getattr(ds, "sizes", None)
+    if sizes is not None:
+        h.update(b"sizes")
+        h.update(torch.as_tensor(sizes, dtype=torch.int64).contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def fingerprint_splits(splits: Any) -> dict[str, str]:
+    return {"train": fingerprint(splits.train), "test": fingerprint(splits.test)}
+
+
+def trigger_entry(trigger: Trigger) -> dict:
+    return {**trigger.to_dict(), "png": "trigger.png", "png_sha256": hashlib.sha256(png_bytes(trigger.patch)).hexdigest()}
+
+
+def build_manifest(
+    *,
+    attack: str,
+    attack_version: str,
+    params: dict,
+    seed: int,
+    source: Any,
+    output: Any,
+    poisoned_indices: Sequence[int] = (),
+    added_indices: Sequence[int] = (),
+    targets: Optional[dict] = None,
+    trigger: Optional[Trigger] = None,
+    details: Optional[dict] = None,
+) -> dict:
+    """The manifest of one poisoning (``source``/``output`` are the clean and poisoned splits)."""
+    return {
+        "schema": SCHEMA,
+        "schema_version": SCHEMA_VERSION,
+        "attack": {"name": attack, "version": attack_version},
+        "params": params,
+        "seed": int(seed),
+        "source": {"fingerprint": fingerprint_splits(source), "train_size": len(source.train),
+                   "test_size": len(source.test), "class_names": list(source.train.class_names or source.test.class_names)},
+        "poisoned_indices": sorted(int(i) for i in poisoned_indices),
+        "added_indices": sorted(int(i) for i in added_indices),
+        "targets": targets or {},
+        "trigger": None if trigger is None else trigger_entry(trigger),
+        "details": details or {},
+        "output": {"fingerprint": {"train": fingerprint(output.train)}, "train_size": len(output.train)},
+    }
+
+
+def manifest_json(manifest: dict) -> str:
+    """Canonical text: sorted keys, 2-space indent, trailing newline (byte-identical for identical content)."""
+    return dumps_json(manifest)
+
+
+def manifest_sha256(manifest: dict) -> str:
+    return hashlib.sha256(manifest_json(manifest).encode("utf-8")).hexdigest()
+
+
+def write_manifest(path: str | Path, manifest: dict) -> None:
+    atomic_write_text(path, manifest_json(manifest))
+
+
+def read_manifest(path: str | Path) -> dict:
+    p = Path(path)
+    try:
+        m = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"manifest '{p}' cannot be read ({type(e).__name__}); re-export the poisoned dataset") from None
+    if not isinstance(m, dict) or m.get("schema") != SCHEMA:
+        raise DataError(f"'{p}' is not a clpoison poison manifest (schema '{SCHEMA}' expected)")
+    if m.get("schema_version") != SCHEMA_VERSION:
+        raise DataError(f"manifest '{p}' has schema version {m.get('schema_version')}; this clpoison reads "
+                        f"version {SCHEMA_VERSION}; re-export it with this version")
+    return m
+
+
+def load_trigger(manifest: dict) -> Optional[Trigger]:
+    """The exact trigger recorded in a manifest (verified against its sha256), or None."""
+    t = manifest.get("trigger")
+    return None if t is None else Trigger.from_dict(t)
+
+
+def verify(manifest: dict, source: Any = None, output: Any = None) -> None:
+    """Raise :class:`DataError` unless ``source`` / ``output`` match the fingerprints recorded in the manifest."""
+    if source is not None and fingerprint_splits(source) != manifest["source"]["fingerprint"]:
+        raise DataError("the clean data does not match the manifest's source fingerprint; "
+                        "poison the same data the manifest was made from")
+    if output is not None and fingerprint(output.train) != manifest["output"]["fingerprint"]["train"]:
+        raise DataError("the poisoned training split does not match the manifest's output fingerprint; "
+                        "it was modified after export")

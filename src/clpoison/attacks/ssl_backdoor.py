@@ -1,0 +1,98 @@
+"""SSL-Backdoor — the patch backdoor on self-supervised learning of Saha, Subramanya, Pirsiavash ("Backdoor Attacks
+on Self-Supervised Learning", CVPR 2022; official code UMBCvision/SSL-Backdoor ``poison-generation``; dossier
+``algorithms.md`` §2.8), the baseline CorruptEncoder (arXiv 2211.08229) compares against at the same budget.
+
+The attacker pastes one trigger (opaque; HTBA ``trigger_10``, 50 px in the original, 40 px in CorruptEncoder's
+comparison) at a random top-left position in ``[0.25·S, 0.75·S − t]`` (trigger ``location: center-range``) of n
+**target-class training images**. ``mode=replace`` (default; as the calibration runs) patches them in place, so
+the training set keeps its size; ``mode=add`` appends the patched copies instead (the budget then counts added
+images, like CorruptEncoder's). The budget is the same as CorruptEncoder's (``poison_rate`` of the clean training
+set; paper 0.5%); asking for more poisons than there are target-class images is an error.
+
+Evaluation is CorruptEncoder's (:class:`~clpoison.attacks.corruptencoder.SSLBackdoorAttack`): CA and ASR of the
+clean-data linear probe, trigger at [0.25, 0.75] of each non-target test image.
+
+Example::
+
+    printf 'preset: corruptencoder-small\n' > ce.yaml && clpoison run ce.yaml attack.name=ssl-backdoor attack.params.target=airplane \\
+        attack.params.poison_rate=0.05 attack.params.trigger='{size: 8}' --out runs/sslb
+
+    >>> import torch
+    >>> from clpoison.data.datasets import ImageDataset, ImageSplits
+    >>> ds = ImageDataset(torch.zeros(20, 3, 32, 32, dtype=torch.uint8), torch.arange(20) % 2, ["a", "b"])
+    >>> res = SSLBackdoor(SSLBackdoor.Params(target="a", poison_count=3, trigger={"size": 4})).poison(ImageSplits(ds, ds), 0)
+    >>> len(res.splits.train), len(res.manifest["poisoned_indices"])
+    (20, 3)
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..data.datasets import ImageDataset, ImageSplits, concat_datasets
+from ..errors import ConfigError
+from .base import ATTACKS, PoisonResult
+from .corruptencoder import SSLBackdoorAttack, SSLBackdoorBaseParams, require_images, resolve_budget, single_thread
+from .manifest import build_manifest
+
+
+@dataclass
+class SSLBackdoorParams(SSLBackdoorBaseParams):
+    mode: str = "replace"  # replace (patch target-class images in place) | add (append patched copies)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.mode not in ("replace", "add"):
+            raise ConfigError(f"attack.params.mode='{self.mode}' is unknown; choose replace or add")
+
+
+@ATTACKS.register("ssl-backdoor")
+class SSLBackdoor(SSLBackdoorAttack):
+    """Trigger pasted at [0.25, 0.75] of n target-class training images."""
+
+    name = "ssl-backdoor"
+    Params = SSLBackdoorParams
+    default_rate = 0.005
+
+    def poison(self, splits: Any, seed: int) -> PoisonResult:
+        with single_thread():
+            return self._poison(splits, seed)
+
+    def _poison(self, splits: Any, seed: int) -> PoisonResult:
+        t0 = time.perf_counter()
+        p = self.params
+        splits = require_images(splits, self.name)
+        train = splits.train
+        target = self.target_index(train)
+        n = resolve_budget(p.poison_rate, p.poison_count, len(train), self.default_rate)
+        cand = (train.labels == target).nonzero().view(-1)
+        if n > len(cand):
+            raise ConfigError(f"ssl-backdoor: {n} poisons requested but only {len(cand)} training images are of the "
+                              f"target class '{train.class_names[target]}'; lower attack.params.poison_rate")
+        g = torch.Generator().manual_seed(int(seed))
+        idx = cand[torch.randperm(len(cand), generator=g)[:n]].sort().values
+        sizes = None if train.sizes is None else train.sizes[idx]
+        patched = self.trigger.apply(train.images[idx], g, sizes) if n else train.images[:0]
+        if p.mode == "replace":
+            images = train.images.clone()
+            images[idx] = patched
+            new_train = ImageDataset(images, train.labels.clone(), list(train.class_names),
+                                     train.name + "+ssl-backdoor", None if train.sizes is None else train.sizes.clone())
+            poisoned_idx, added = idx.tolist(), []
+        else:
+            add = ImageDataset(patched, train.labels[idx], list(train.class_names), "ssl-backdoor-poisons", sizes)
+            new_train = concat_datasets([train, add], train.name + "+ssl-backdoor")
+            poisoned_idx, added = [], list(range(len(train), len(train) + n))
+        poisoned = ImageSplits(new_train, splits.test, dict(splits.source))
+        secs = time.perf_counter() - t0
+        manifest = build_manifest(
+            attack=self.name, attack_version=self.version, params=p.to_dict(), seed=seed, source=splits,
+            output=poisoned, poisoned_indices=poisoned_idx, added_indices=added, trigger=self.trigger,
+            targets={"target": train.class_names[target], "target_index": target},
+            details={"poison_count": n, "mode": p.mode, "source_indices": idx.tolist(),
+                     "craft_seconds": round(secs, 4), "craft_images_per_s": round(n / secs, 2) if n and secs > 0 else None})
+        return PoisonResult(poisoned, manifest)

@@ -1,0 +1,154 @@
+"""Feeding CLIP pretraining: resident images, pre-tokenized captions, device-side augmentation.
+
+All captions are tokenized once into an int64 tensor (N_captions, context); image ``i`` owns rows
+``offsets[i]:offsets[i+1]``. A batch is then index gathers only: the images of a shuffled index batch (the
+foundation's per-epoch permutation, so a resumed run sees the same batches), one caption per image drawn with a
+generator seeded by (seed, epoch) — several captions per image → a different one may be used each epoch — and the
+token rows trimmed to the longest caption in the batch (exact: the text tower is causal and pools at ``<eot>``).
+
+Augmentation (:class:`CaptionImageAugment`, batched on the device, one ``grid_sample``):
+
+* ``translate`` (default; the calibration prototype's RandomCrop(32, padding=4) + flip): each image shifted by up to
+  ``translate_px`` pixels in x and y, border pixels replicated instead of zero padding, flipped with p = 0.5;
+* ``rrc``: RandomResizedCrop with ``augment.crop_scale`` / ``augment.crop_ratio`` (e.g. scale 0.8–1) + flip;
+* ``none``: resize only.
+
+Then normalisation with ``augment.mean`` / ``augment.std`` (the same as :class:`~clpoison.data.augment.EvalTransform`).
+
+Example::
+
+    >>> import torch
+    >>> from clpoison.data.captions import CaptionDataset
+    >>> from clpoison.data.caption_loader import CaptionBatches, CaptionImageAugment
+    >>> ds = CaptionDataset(torch.zeros(8, 3, 32, 32, dtype=torch.uint8), [["a"], ["b", "c"]] * 4)
+    >>> tokens = torch.tensor([[2, 9, 3, 0]] * 12)
+    >>> cb = CaptionBatches(ds, tokens, 4, torch.device("cpu"), augment=CaptionImageAugment(32))
+    >>> b = next(iter(cb.epoch(0)))
+    >>> b["images"].shape, b["tokens"].shape
+    (torch.Size([4, 3, 32, 32]), torch.Size([4, 3]))
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterator, Optional, Sequence
+
+import torch
+
+from ..errors import ConfigError
+from .augment import CIFAR_MEAN, CIFAR_STD, crop_resize_flip
+from .captions import CaptionDataset
+from .loader import epoch_permutation
+
+
+def caption_offsets(dataset: CaptionDataset) -> torch.Tensor:
+    counts = torch.tensor([len(c) for c in dataset.captions], dtype=torch.int64)
+    return torch.cat([torch.zeros(1, dtype=torch.int64), counts.cumsum(0)])
+
+
+def flat_captions(dataset: CaptionDataset) -> list[str]:
+    return [c for caps in dataset.captions for c in caps]
+
+
+class CaptionImageAugment(torch.nn.Module):
+    def __init__(
+        self,
+        out_size: int = 32,
+        mode: str = "translate",
+        translate_px: int = 4,
+        crop_scale: Sequence[float] = (0.8, 1.0),
+        crop_ratio: Sequence[float] = (3 / 4, 4 / 3),
+        flip_p: float = 0.5,
+        mean: Sequence[float] = CIFAR_MEAN,
+        std: Sequence[float] = CIFAR_STD,
+    ) -> None:
+        super().__init__()
+        if mode not in ("translate", "rrc", "none"):
+            raise ConfigError(f"data.captions.augment='{mode}' unknown; choose translate, rrc or none")
+        self.out_size, self.mode, self.translate_px, self.flip_p = out_size, mode, translate_px, flip_p
+        self.crop_scale, self.crop_ratio = tuple(crop_scale), tuple(crop_ratio)
+        self.register_buffer("mean", torch.tensor(tuple(mean)).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(tuple(std)).view(1, 3, 1, 1), persistent=False)
+
+    def boxes(self, hw: torch.Tensor) -> torch.Tensor:
+        """(B,4) crop boxes x0,y0,x1,y1 inside the valid (h, w) of each image (translate boxes may overhang)."""
+        h, w = hw[:, 0].float(), hw[:, 1].float()
+        b, dev = len(hw), hw.device
+        if self.mode == "translate":
+            t = self.translate_px
+            dx = torch.randint(-t, t + 1, (b,), device=dev).float()
+            dy = torch.randint(-t, t + 1, (b,), device=dev).float()
+            return torch.stack([dx, dy, dx + w, dy + h], 1)
+        if self.mode == "none":
+            z = torch.zeros(b, device=dev)
+            return torch.stack([z, z, w, h], 1)
+        area = h * w * torch.empty(b, device=dev).uniform_(*self.crop_scale)
+        logr = torch.empty(b, device=dev).uniform_(math.log(self.crop_ratio[0]), math.log(self.crop_ratio[1]))
+        r = logr.exp()
+        cw = (area * r).sqrt().clamp(max=w).clamp(min=1)
+        ch = (area / r).sqrt().clamp(max=h).clamp(min=1)
+        x0 = torch.rand(b, device=dev) * (w - cw)
+        y0 = torch.rand(b, device=dev) * (h - ch)
+        return torch.stack([x0, y0, x0 + cw, y0 + ch], 1)
+
+    def forward(self, images: torch.Tensor, sizes: Optional[torch.Tensor] = None) -> torch.Tensor:
+        x = images.float().div(255.0)
+        b, _, hc, wc = x.shape
+        hw = sizes if sizes is not None else torch.tensor([[hc, wc]], device=x.device).expand(b, 2)
+        flip = torch.rand(b, device=x.device) < self.flip_p
+        x = crop_resize_flip(x, self.boxes(hw.to(x.device)), (self.out_size, self.out_size), flip)
+        return (x - self.mean) / self.std
+
+
+class CaptionBatches:
+    """``{"index", "images", "tokens", "caption_index"}`` batches for :class:`~clpoison.methods.clip.CLIP`."""
+
+    def __init__(
+        self,
+        dataset: CaptionDataset,
+        tokens: torch.Tensor,
+        batch_size: int,
+        device: torch.device,
+        seed: int = 0,
+        augment: Optional[CaptionImageAugment] = None,
+        channels_last: bool = False,
+        drop_last: bool = True,
+    ) -> None:
+        if batch_size > len(dataset):
+            raise ConfigError(f"train.batch_size={batch_size} is larger than the dataset ({len(dataset)} pairs); lower train.batch_size")
+        self.offsets = caption_offsets(dataset)
+        if len(tokens) != int(self.offsets[-1]):
+            raise ValueError(f"{len(tokens)} token rows for {int(self.offsets[-1])} captions; tokenize flat_captions(dataset)")
+        self.n, self.batch_size, self.device, self.seed, self.drop_last = len(dataset), batch_size, device, seed, drop_last
+        self.images = dataset.images.to(device)
+        self.sizes = None if dataset.sizes is None else dataset.sizes.to(device)
+        self.tokens = tokens.to(device)
+        self.counts = (self.offsets[1:] - self.offsets[:-1]).to(device)
+        self.starts = self.offsets[:-1].to(device)
+        self.augment = (augment or CaptionImageAugment()).to(device)
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+
+    def __len__(self) -> int:
+        return self.n // self.batch_size if self.drop_last else -(-self.n // self.batch_size)
+
+    def caption_choice(self, epoch: int) -> torch.Tensor:
+        """Row of ``tokens`` used for each image this epoch (deterministic in (seed, epoch))."""
+        g = torch.Generator().manual_seed(int(self.seed) * 1_000_003 + int(epoch) + 7_777_777)
+        u = torch.rand(self.n, generator=g).to(self.device)
+        return self.starts + (u * self.counts).long().clamp(max=self.counts - 1)
+
+    def epoch(self, epoch: int) -> Iterator[dict[str, Any]]:
+        perm = epoch_permutation(self.n, self.seed, epoch).to(self.device)
+        choice = self.caption_choice(epoch)
+        for s in range(len(self)):
+            idx = perm[s * self.batch_size : (s + 1) * self.batch_size]
+            rows = choice[idx]
+            tok = self.tokens[rows]
+            length = int((tok != 0).sum(1).max())
+            images = self.augment(self.images[idx], None if self.sizes is None else self.sizes[idx])
+            yield {
+                "index": idx,
+                "caption_index": rows,
+                "images": images.contiguous(memory_format=self.memory_format),
+                "tokens": tok[:, :length],
+            }

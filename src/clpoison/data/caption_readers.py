@@ -1,0 +1,373 @@
+"""Readers for image–caption data: CSV/TSV files and webdataset-style tar shards, plus the caption source registry.
+
+Sources (config ``data.name`` when ``method.name: clip``):
+
+* ``captions-csv`` — a CSV or TSV (``.tsv`` or ``data.captions.separator: "\\t"``) with an image-path column and a
+  caption column, named by ``data.captions.image_column`` / ``caption_column`` (default ``filepath`` / ``title``,
+  as open_clip's ``--csv-img-key`` / ``--csv-caption-key``). Paths are relative to the CSV's folder. Rows that
+  name the same image give it several captions (one is sampled per epoch). An optional ``label_column`` names a
+  class per row, which enables zero-shot evaluation on the test split.
+* ``captions-tar`` — tar shards in the webdataset layout: ``KEY.jpg|jpeg|png|webp`` next to ``KEY.txt`` (files of
+  one sample adjacent in the archive). ``data.path`` is a shard, a folder of ``*.tar`` or a glob. Shards are
+  read as a stream (``tarfile`` mode ``r|*``, never seeking); each non-empty line of ``KEY.txt`` is one caption.
+* any image source of :data:`~clpoison.data.datasets.SOURCES` with labels (``cifar10-subset``, ``npz``,
+  ``cifar``, ``imagefolder``) — captioned by :mod:`~clpoison.data.caption_generator` (synthetic stand-in captions).
+
+Without ``data.captions.test_path``, a seeded ``test_fraction`` of the images is held out as the test split.
+Images are decoded once, resized (shorter side, centre crop) to ``data.image_size`` (default: ``augment.out_size``)
+and kept resident as uint8.
+
+**Bad input** gives one line naming the file and the row (CSV line number, or shard and member):
+missing columns always fail; a missing or corrupt image, an empty caption or non-UTF-8 text fails when
+``data.captions.on_error: fail`` (the default) and is skipped and *counted* with ``on_error: skip`` — the counts are
+returned in ``splits.source["skipped"]``, written to ``results.json`` and echoed, never silent. Over-long captions
+are not an error: the tokenizer truncates them to the context length (see :mod:`clpoison.data.tokenizer`).
+
+Example::
+
+    >>> import tempfile, numpy as np
+    >>> from pathlib import Path
+    >>> from PIL import Image
+    >>> from clpoison.data.caption_readers import read_caption_csv
+    >>> d = Path(tempfile.mkdtemp())
+    >>> Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(d / "a.png")
+    >>> _ = (d / "pairs.csv").write_text("filepath,title\\na.png,a black square\\n")
+    >>> ds, skipped = read_caption_csv(d / "pairs.csv", image_size=8)
+    >>> ds.captions, dict(skipped)
+    ([['a black square']], {})
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import io
+import os
+import tarfile
+import warnings
+from collections import Counter, OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Optional, Union
+
+import torch
+
+from ..errors import ConfigError, DataError
+from ..registry import Registry
+from .caption_generator import CaptionGeneratorConfig, caption_image_splits
+from .captions import CaptionDataset, CaptionSplits
+from .datasets import SOURCES, decode_image
+
+IMAGE_SUFFIXES = ("jpg", "jpeg", "png", "webp", "bmp")
+
+
+@dataclass
+class CaptionDataConfig:
+    """``data.captions``: how image–caption data is read (or generated)."""
+
+    image_column: str = "filepath"
+    caption_column: str = "title"
+    label_column: Optional[str] = None
+    separator: Optional[str] = None  # None: "\t" for .tsv, "," otherwise
+    on_error: str = "fail"  # fail | skip (skipped rows are counted and reported)
+    test_path: Optional[str] = None
+    test_fraction: float = 0.1
+    augment: str = "translate"  # translate | rrc | none (see clpoison.data.caption_loader)
+    translate_px: int = 4
+    generator: CaptionGeneratorConfig = field(default_factory=CaptionGeneratorConfig)
+
+    def __post_init__(self) -> None:
+        if self.on_error not in ("fail", "skip"):
+            raise ConfigError(f"data.captions.on_error='{self.on_error}' unknown; choose fail or skip")
+        if not 0.0 < self.test_fraction < 1.0:
+            raise ConfigError(f"data.captions.test_fraction={self.test_fraction} must lie in (0, 1)")
+        if self.augment not in ("translate", "rrc", "none"):
+            raise ConfigError(f"data.captions.augment='{self.augment}' unknown; choose translate, rrc or none")
+        if self.translate_px < 0:
+            raise ConfigError(f"data.captions.translate_px={self.translate_px} must be >= 0")
+        if self.separator is not None and len(self.separator) != 1:
+            raise ConfigError(f"data.captions.separator={self.separator!r} must be one character (e.g. ',' or '\\t')")
+
+
+class _Errors:
+    """Fail on the first bad row, or skip it and count it by reason."""
+
+    def __init__(self, on_error: str) -> None:
+        self.on_error = on_error
+        self.counts: Counter = Counter()
+        self.first: dict[str, str] = {}
+
+    def __call__(self, reason: str, where: str, detail: str) -> None:
+        msg = f"{where}: {detail}"
+        if self.on_error == "fail":
+            raise DataError(f"{msg}; fix or remove it, or set data.captions.on_error=skip to skip and count such rows")
+        self.counts[reason] += 1
+        self.first.setdefault(reason, msg)
+
+    def report(self, what: str) -> dict:
+        if self.counts:
+            warnings.warn(f"{what}: skipped {dict(self.counts)} (first: {self.first})", stacklevel=3)
+        return dict(self.counts)
+
+
+def _decode_lines(raw: bytes, path: Path, errors: _Errors) -> list[str]:
+    lines = []
+    for i, line in enumerate(raw.splitlines(keepends=True), 1):
+        try:
+            lines.append(line.decode("utf-8"))
+        except UnicodeDecodeError:
+            errors("non_utf8", f"{path}:{i}", "text is not valid UTF-8")
+    return lines
+
+
+def read_caption_csv(
+    path: Union[str, Path],
+    image_column: str = "filepath",
+    caption_column: str = "title",
+    label_column: Optional[str] = None,
+    separator: Optional[str] = None,
+    on_error: str = "fail",
+    image_size: Optional[int] = 32,
+    name: Optional[str] = None,
+) -> tuple[CaptionDataset, dict]:
+    """Read a CSV/TSV of (image path, caption) rows into a resident :class:`CaptionDataset`; returns it and the
+    skip counts. Row numbers in messages are line numbers of the file (the header is line 1)."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise DataError(f"caption file '{p}' does not exist; check data.path")
+    sep = separator or ("\t" if p.suffix.lower() == ".tsv" else ",")
+    errors = _Errors(on_error)
+    lines = _decode_lines(p.read_bytes(), p, errors)
+    if lines and lines[0].startswith("\ufeff"):
+        lines[0] = lines[0][1:]
+    reader = csv.reader(lines, delimiter=sep)
+    try:
+        header = next(reader)
+    except StopIteration:
+        raise DataError(f"caption file '{p}' is empty; it needs a header row with '{image_column}' and '{caption_column}'") from None
+    header = [h.strip() for h in header]
+    want = [image_column, caption_column] + ([label_column] if label_column else [])
+    missing = [c for c in want if c not in header]
+    if missing:
+        raise DataError(
+            f"{p}:1: missing column(s) {missing}; the header has {header}. Set data.captions.image_column / "
+            f"caption_column / label_column (separator {sep!r}; use data.captions.separator for another one)"
+        )
+    ci, cc = header.index(image_column), header.index(caption_column)
+    cl = header.index(label_column) if label_column else None
+    groups: "OrderedDict[str, tuple[list[str], Optional[str], str]]" = OrderedDict()
+    for row in reader:
+        where = f"{p}:{reader.line_num}"
+        if not row or all(not c.strip() for c in row):
+            continue
+        if len(row) <= max(ci, cc, cl or 0):
+            errors("short_row", where, f"row has {len(row)} fields, fewer than the header's {len(header)}")
+            continue
+        img, cap = row[ci].strip(), row[cc].strip()
+        if not cap:
+            errors("empty_caption", where, f"empty caption for image '{img}'")
+            continue
+        if not img:
+            errors("missing_image", where, "empty image path")
+            continue
+        label = row[cl].strip() if cl is not None else None
+        if img in groups:
+            groups[img][0].append(cap)
+        else:
+            groups[img] = ([cap], label, where)
+    images, captions, labels = [], [], []
+    for img, (caps, label, where) in groups.items():
+        ip = (p.parent / img) if not os.path.isabs(img) else Path(img)
+        if not ip.is_file():
+            errors("missing_image", where, f"image '{ip}' does not exist")
+            continue
+        try:
+            images.append(decode_image(ip, image_size))
+        except DataError:
+            errors("corrupt_image", where, f"image '{ip}' is unreadable or corrupt")
+            continue
+        captions.append(caps)
+        labels.append(label)
+    if not images:
+        raise DataError(f"caption file '{p}' yields no usable image–caption pair (skipped: {dict(errors.counts)}); check it")
+    return _make_dataset(images, captions, labels, name or p.stem, cl is not None), errors.report(str(p))
+
+
+def _make_dataset(images: list, captions: list, labels: list, name: str, labelled: bool) -> CaptionDataset:
+    x = _stack(images, name)
+    if labelled:
+        classes = sorted({l for l in labels if l})
+        y = torch.tensor([classes.index(l) if l else -1 for l in labels], dtype=torch.int64)
+        return CaptionDataset(x, captions, classes, y, name)
+    return CaptionDataset(x, captions, [], None, name)
+
+
+def _stack(images: list[torch.Tensor], name: str) -> torch.Tensor:
+    shapes = {tuple(t.shape) for t in images}
+    if len(shapes) > 1:
+        raise DataError(f"{name}: images have different sizes {sorted(shapes)[:3]}; set data.image_size to resize them")
+    return torch.stack(images)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# tar shards
+
+
+def shard_paths(spec: Union[str, Path, list]) -> list[Path]:
+    """A shard, a folder of ``*.tar``, a glob, or a list of those → sorted shard paths (error when none)."""
+    specs = spec if isinstance(spec, (list, tuple)) else [spec]
+    out: list[Path] = []
+    for s in specs:
+        s = str(Path(str(s)).expanduser())
+        if os.path.isdir(s):
+            out += sorted(Path(s).glob("*.tar"))
+        elif any(ch in s for ch in "*?["):
+            out += sorted(Path(x) for x in glob.glob(s))
+        elif os.path.isfile(s):
+            out.append(Path(s))
+        else:
+            raise DataError(f"tar shard '{s}' does not exist; point data.path at a shard, a folder of .tar or a glob")
+    if not out:
+        raise DataError(f"no tar shards found at {spec}; expected files like shard-000000.tar")
+    return out
+
+
+def iter_shard_samples(paths: list[Path], on_error: str = "fail", errors: Optional[_Errors] = None) -> Iterator[dict]:
+    """Stream samples ``{"key", "shard", "image": bytes, "ext", "captions": [str]}`` from webdataset-layout shards,
+    reading each archive sequentially (works on pipes / object-store streams as well as files)."""
+    errors = errors or _Errors(on_error)
+
+    def flush(shard: Path, key: Optional[str], parts: dict) -> Optional[dict]:
+        if key is None:
+            return None
+        where = f"{shard}:{key}"
+        img_ext = next((e for e in IMAGE_SUFFIXES if e in parts), None)
+        if img_ext is None:
+            errors("missing_image", where, f"sample has no image ({'/'.join(IMAGE_SUFFIXES)}); members: {sorted(parts)}")
+            return None
+        if "txt" not in parts:
+            errors("empty_caption", where, "sample has no .txt caption")
+            return None
+        try:
+            text = parts["txt"].decode("utf-8")
+        except UnicodeDecodeError:
+            errors("non_utf8", f"{where}.txt", "caption is not valid UTF-8")
+            return None
+        caps = [c.strip() for c in text.splitlines() if c.strip()]
+        if not caps:
+            errors("empty_caption", f"{where}.txt", "empty caption")
+            return None
+        return {"key": key, "shard": str(shard), "image": parts[img_ext], "ext": img_ext, "captions": caps}
+
+    for shard in paths:
+        try:
+            tf = tarfile.open(shard, mode="r|*")
+        except (tarfile.TarError, OSError) as e:
+            raise DataError(f"tar shard '{shard}' cannot be opened ({type(e).__name__}); is it a tar file?") from None
+        key, parts = None, {}
+        try:
+            for m in tf:
+                if not m.isfile():
+                    continue
+                base = os.path.basename(m.name)
+                if "." not in base:
+                    continue
+                k, ext = os.path.join(os.path.dirname(m.name), base.split(".", 1)[0]), base.split(".", 1)[1].lower()
+                if k != key:
+                    s = flush(shard, key, parts)
+                    if s is not None:
+                        yield s
+                    key, parts = k, {}
+                f = tf.extractfile(m)
+                parts[ext] = f.read() if f is not None else b""
+        except (tarfile.TarError, OSError, EOFError) as e:
+            errors("corrupt_shard", f"{shard}", f"tar shard is truncated or corrupt ({type(e).__name__})")
+        finally:
+            tf.close()
+        s = flush(shard, key, parts)
+        if s is not None:
+            yield s
+
+
+def read_caption_shards(
+    spec: Union[str, Path, list], on_error: str = "fail", image_size: Optional[int] = 32, name: str = "shards"
+) -> tuple[CaptionDataset, dict]:
+    """Decode every sample of the shards into a resident :class:`CaptionDataset`; returns it and the skip counts."""
+    errors = _Errors(on_error)
+    images, captions = [], []
+    for s in iter_shard_samples(shard_paths(spec), errors=errors):
+        try:
+            images.append(decode_image(io.BytesIO(s["image"]), image_size))
+        except DataError:
+            errors("corrupt_image", f"{s['shard']}:{s['key']}.{s['ext']}", "image is unreadable or corrupt")
+            continue
+        captions.append(s["captions"])
+    if not images:
+        raise DataError(f"tar shards {spec} yield no usable image–caption pair (skipped: {dict(errors.counts)})")
+    return _make_dataset(images, captions, [None] * len(images), name, False), errors.report(str(spec))
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# sources
+
+CAPTION_SOURCES: Registry[Callable[..., CaptionSplits]] = Registry("caption dataset")
+
+
+def _holdout(ds: CaptionDataset, fraction: float, seed: int) -> tuple[CaptionDataset, CaptionDataset]:
+    if len(ds) < 2:
+        raise DataError(f"{ds.name}: {len(ds)} pair(s) cannot be split into train and test; add data or set data.captions.test_path")
+    g = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(len(ds), generator=g)
+    n_test = min(len(ds) - 1, max(1, int(round(fraction * len(ds)))))
+    return ds.subset(perm[n_test:].sort().values, f"{ds.name}/train"), ds.subset(perm[:n_test].sort().values, f"{ds.name}/test")
+
+
+def _file_source(reader: Callable, kind: str):
+    def load(path: Optional[str], cfg: CaptionDataConfig, image_size: int, seed: int) -> CaptionSplits:
+        if not path:
+            raise DataError(f"data.name={kind} needs data.path (the {'CSV/TSV file' if kind == 'captions-csv' else 'tar shards'})")
+        train, sk_train = reader(path, cfg, image_size, "train")
+        if cfg.test_path:
+            test, sk_test = reader(cfg.test_path, cfg, image_size, "test")
+        else:
+            train, test = _holdout(train, cfg.test_fraction, seed)
+            sk_test = {}
+        if test.class_names and train.class_names and test.class_names != train.class_names:
+            names = sorted(set(train.class_names) | set(test.class_names))
+            for ds in (train, test):
+                ds.labels = torch.tensor([names.index(ds.class_names[i]) if i >= 0 else -1 for i in ds.labels.tolist()])
+                ds.class_names = list(names)
+        return CaptionSplits(train, test, {"name": kind, "path": str(path), "test_path": cfg.test_path,
+                                           "skipped": {"train": sk_train, "test": sk_test}})
+
+    return load
+
+
+def _csv_reader(path, cfg: CaptionDataConfig, size, split):
+    return read_caption_csv(path, cfg.image_column, cfg.caption_column, cfg.label_column, cfg.separator, cfg.on_error, size, split)
+
+
+def _tar_reader(path, cfg: CaptionDataConfig, size, split):
+    return read_caption_shards(path, cfg.on_error, size, split)
+
+
+CAPTION_SOURCES.add("captions-csv", _file_source(_csv_reader, "captions-csv"))
+CAPTION_SOURCES.add("captions-tar", _file_source(_tar_reader, "captions-tar"))
+
+
+def caption_source_names() -> list[str]:
+    return sorted(set(CAPTION_SOURCES.names()) | set(SOURCES.names()))
+
+
+def load_caption_splits(
+    name: str, path: Optional[str] = None, cfg: CaptionDataConfig = CaptionDataConfig(), image_size: Optional[int] = None,
+    seed: int = 0,
+) -> CaptionSplits:
+    """Caption data by source name: a file source, or a labelled image source captioned by the generator."""
+    if name in CAPTION_SOURCES:
+        return CAPTION_SOURCES.get(name)(path, cfg, image_size or 32, seed)
+    if name not in SOURCES:
+        raise ConfigError(f"unknown caption dataset '{name}'; choose one of: {', '.join(caption_source_names())}")
+    kwargs = {"image_size": image_size} if image_size is not None else {}
+    images = SOURCES.get(name)(path=path, seed=seed, **kwargs)
+    return caption_image_splits(images, cfg.generator, seed)

@@ -1,0 +1,119 @@
+"""Attack metrics — one definition each, reused by every attack (Carlini & Terzis, CorruptEncoder, NLB, ...).
+
+* **Backdoor ASR** (:func:`backdoor_asr`): among test images whose true label is *not* the target,
+  the share that the downstream classifier (zero-shot for CLIP, linear probe for image SSL) assigns to the target
+  once the trigger is pasted — ``#{y != t, f(x ⊕ p) = t} / #{y != t}`` (dossier §0; CorruptEncoder
+  ``validate_conf_matrix``, NLB ``attack_success_rate``). Reported beside the clean accuracy of the same classifier
+  and the no-trigger rate ``#{y != t, f(x) = t} / #{y != t}`` (:func:`backdoor_metrics`).
+* **Targeted success rate** (:func:`targeted_success`): the share of victims whose prediction is their adversarial
+  label, with a Wilson score 95% interval (:func:`wilson_interval`).
+* **Backdoor z-score** (:func:`backdoor_zscore`, label-free; Carlini & Terzis 2022, arXiv 2106.09667, as written
+  in dossier §1.5): with L2-normalised embeddings f and distinct test images i ≠ j,
+  ``z = (mean_{i≠j} cos(f(x_i ⊕ p), f(x_j ⊕ p)) − mean_{i≠j} cos(f(x_i), f(x_j))) / std_{i≠j} cos(f(x_i), f(x_j))``.
+  A backdoor makes patched images collapse together, so z ≫ 0; a clean model gives z near 0.
+
+Example (a rigged classifier that calls every image with a bright top-left pixel class 0)::
+
+    >>> import torch
+    >>> from clpoison.attacks.triggers import Trigger
+    >>> t = Trigger({"pattern": "solid", "color": [255, 255, 255], "size": 2, "location": "top-left"})
+    >>> clf = lambda x: (x[:, 0, 0, 0] < 255).long()
+    >>> x = torch.zeros(4, 3, 8, 8, dtype=torch.uint8); y = torch.tensor([0, 1, 1, 1])
+    >>> backdoor_asr(clf, x, y, target=0, trigger=t)["asr"]
+    1.0
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional, Sequence, Union
+
+import torch
+
+from .metrics import top1_accuracy
+
+Classify = Callable[[torch.Tensor], torch.Tensor]
+Embed = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _predict(classify: Classify, images: torch.Tensor) -> torch.Tensor:
+    return torch.as_tensor(classify(images)).long().cpu().view(-1)
+
+
+def clean_accuracy(classify: Classify, images: torch.Tensor, labels: torch.Tensor) -> float:
+    """Top-1 of the classifier on clean images (the CA reported beside every ASR)."""
+    return top1_accuracy(_predict(classify, images), torch.as_tensor(labels).cpu())
+
+
+def backdoor_asr(classify: Classify, images: torch.Tensor, labels: torch.Tensor, target: int, trigger,
+                 seed: Union[int, torch.Generator] = 0, sizes: Optional[torch.Tensor] = None) -> dict:
+    """ASR over non-target images with the trigger pasted by ``trigger.apply(images, seed)``.
+
+    Returns ``{"asr", "asr_hits", "asr_n"}``; ``asr`` is NaN when no non-target image exists.
+    """
+    labels = torch.as_tensor(labels).cpu()
+    keep = labels != int(target)
+    n = int(keep.sum())
+    if n == 0:
+        return {"asr": float("nan"), "asr_hits": 0, "asr_n": 0}
+    idx = keep.nonzero().view(-1)
+    x = images[idx.to(images.device)]
+    triggered = trigger.apply(x, seed, None if sizes is None else sizes[idx])
+    hits = int((_predict(classify, triggered) == int(target)).sum())
+    return {"asr": hits / n, "asr_hits": hits, "asr_n": n}
+
+
+def backdoor_metrics(classify: Classify, images: torch.Tensor, labels: torch.Tensor, target: int, trigger,
+                     seed: Union[int, torch.Generator] = 0, sizes: Optional[torch.Tensor] = None) -> dict:
+    """ASR, the clean accuracy of the same classifier, and the no-trigger non-target → target rate."""
+    labels = torch.as_tensor(labels).cpu()
+    pred = _predict(classify, images)
+    keep = labels != int(target)
+    out = backdoor_asr(classify, images, labels, target, trigger, seed, sizes)
+    out["asr_clean_accuracy"] = top1_accuracy(pred, labels)
+    out["asr_no_trigger"] = float((pred[keep] == int(target)).float().mean()) if bool(keep.any()) else float("nan")
+    return out
+
+
+def wilson_interval(k: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    """Wilson score interval for k successes out of n trials (95% by default); (0, 1) when n = 0."""
+    if n <= 0:
+        return (0.0, 1.0)
+    p = k / n
+    denom = 1.0 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def targeted_success(classify: Classify, victims: torch.Tensor, adversarial_labels: Sequence[int]) -> dict:
+    """Per-victim success (prediction == adversarial label), the rate and its Wilson 95% interval."""
+    adv = torch.as_tensor(list(adversarial_labels), dtype=torch.int64)
+    if len(adv) == 0:
+        return {"targeted_success_rate": float("nan"), "targeted_successes": 0, "targeted_n": 0,
+                "targeted_ci95": [0.0, 1.0], "targeted_predictions": [], "targeted_outcomes": []}
+    pred = _predict(classify, victims)
+    ok = (pred == adv).tolist()
+    k, n = int(sum(ok)), len(ok)
+    return {"targeted_success_rate": k / n, "targeted_successes": k, "targeted_n": n,
+            "targeted_ci95": list(wilson_interval(k, n)), "targeted_predictions": pred.tolist(),
+            "targeted_outcomes": [bool(o) for o in ok]}
+
+
+def _offdiag_cos(f: torch.Tensor) -> torch.Tensor:
+    f = torch.nn.functional.normalize(f.float(), dim=1)
+    s = f @ f.T
+    n = len(f)
+    return s[~torch.eye(n, dtype=torch.bool, device=s.device)]
+
+
+def backdoor_zscore(embed: Embed, images: torch.Tensor, trigger, seed: Union[int, torch.Generator] = 0,
+                    max_images: int = 1000) -> float:
+    """Carlini's label-free backdoor z-score (definition in the module docstring) over ≤ ``max_images`` images."""
+    x = images[:max_images]
+    if len(x) < 3:
+        return float("nan")
+    clean = _offdiag_cos(torch.as_tensor(embed(x)).cpu())
+    patched = _offdiag_cos(torch.as_tensor(embed(trigger.apply(x, seed))).cpu())
+    sd = float(clean.std())
+    return float((patched.mean() - clean.mean()) / sd) if sd > 0 else float("nan")

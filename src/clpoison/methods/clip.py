@@ -1,0 +1,144 @@
+"""CLIP (Radford et al., ICML 2021): symmetric InfoNCE between paired image and caption embeddings.
+
+``clip_loss`` is the loss of CLIP's pseudo-code (§2.3, Fig. 3): cosine similarities scaled by the learned
+temperature, cross-entropy over captions for each image and over images for each caption, averaged. Under
+``torchrun`` (``torch.distributed`` initialised, world size > 1) each rank gathers the features of every rank
+*with gradient* (``torch.distributed.nn.functional.all_gather``) and scores its local rows against the global batch
+with labels offset by ``rank × local batch`` (open_clip's ``gather_with_grad`` + ``local_loss``); with DDP's gradient
+averaging this gives the gradient of the global-batch loss, so the loss needs no rewriting for multi-GPU runs.
+
+The method's ``encoder`` is the image tower (for the linear probe); ``model`` is the full
+:class:`~clpoison.models.clip.CLIPModel`. The caption tokenizer travels in the state dict (``_extra_state``), so
+a checkpoint is self-contained.
+
+Paper-scale defaults (``clip-rn50-cc3m`` preset, ``shared/reference/algorithms.md`` §1.6): ResNet-50 image tower,
+12-layer 512-wide text tower (8 heads), context 77, AdamW lr 5e-4, wd 0.1, warm-up then cosine, 32 epochs.
+
+Example::
+
+    >>> import torch
+    >>> from clpoison.methods.clip import clip_loss
+    >>> img = torch.nn.functional.normalize(torch.randn(8, 16), dim=1)
+    >>> loss = clip_loss(img, img.clone(), torch.tensor(100.0))  # matched pairs → near-zero loss
+    >>> float(loss) < 0.1
+    True
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..data.tokenizer import CaptionTokenizer
+from ..errors import ConfigError
+from ..models.clip import CLIPModel
+from ..models.text import TextTransformer
+from .base import METHODS, Method, MethodParams, check_positive
+
+
+def _dist_world() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``x`` from every rank, keeping the autograd graph (identity when not distributed)."""
+    rank, world = _dist_world()
+    if world == 1:
+        return x
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(x.contiguous()), 0)
+
+
+def clip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE of L2-normalised embeddings (B,D); row i of each is a positive pair.
+
+    Distributed: local rows against the features of all ranks, labels offset by this rank's position.
+    """
+    if image_emb.shape != text_emb.shape:
+        raise ValueError(f"clip_loss: image and text embeddings differ in shape {tuple(image_emb.shape)} vs {tuple(text_emb.shape)}")
+    rank, world = _dist_world()
+    image_emb, text_emb = image_emb.float(), text_emb.float()
+    all_img, all_txt = gather_with_grad(image_emb), gather_with_grad(text_emb)
+    logits_i = logit_scale * image_emb @ all_txt.t()
+    logits_t = logit_scale * text_emb @ all_img.t()
+    labels = torch.arange(len(image_emb), device=image_emb.device) + rank * len(image_emb)
+    return 0.5 * (F.cross_entropy(logits_i, labels) + F.cross_entropy(logits_t, labels))
+
+
+@dataclass
+class CLIPParams(MethodParams):
+    embed_dim: int = 128
+    text_width: int = 128
+    text_layers: int = 3
+    text_heads: int = 4
+    text_mlp_ratio: float = 4.0
+    context_length: int = 32  # captions longer than this are truncated (<eot> kept last)
+    vocab_size: int = 2048  # BPE vocabulary learned from the training captions
+    tokenizer: Optional[str] = None  # path to a tokenizer.json; null → train one on the training captions
+    init_logit_scale: float = 1 / 0.07
+    max_logit_scale: float = 100.0
+
+    def __post_init__(self) -> None:
+        check_positive(self, "embed_dim", "text_width", "text_layers", "text_heads", "text_mlp_ratio", "init_logit_scale")
+        if self.text_width % self.text_heads:
+            raise ConfigError(f"method.params.text_width={self.text_width} must be divisible by text_heads={self.text_heads}")
+        if self.context_length < 3:
+            raise ConfigError(f"method.params.context_length={self.context_length} must be >= 3")
+        if self.vocab_size < 260:
+            raise ConfigError(f"method.params.vocab_size={self.vocab_size} must be >= 260 (bytes + special tokens)")
+        if self.max_logit_scale < self.init_logit_scale:
+            raise ConfigError("method.params.max_logit_scale must be >= init_logit_scale")
+
+
+@METHODS.register("clip")
+class CLIP(Method):
+    name = "clip"
+    modality = "image-text"
+    Params = CLIPParams
+
+    def __init__(self, backbone: nn.Module, params: CLIPParams = CLIPParams(), tokenizer: Optional[CaptionTokenizer] = None) -> None:
+        super().__init__()
+        self.params = params
+        self.tokenizer = tokenizer
+        vocab = tokenizer.vocab_size if tokenizer is not None else params.vocab_size
+        eot = tokenizer.eot_id if tokenizer is not None else 3
+        text = TextTransformer(vocab, params.context_length, params.text_width, params.text_layers, params.text_heads,
+                               params.embed_dim, eot, params.text_mlp_ratio)
+        self.model = CLIPModel(backbone, text, params.embed_dim, params.init_logit_scale, params.max_logit_scale)
+
+    @property
+    def encoder(self) -> nn.Module:
+        return self.model.visual
+
+    def training_step(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+        img, txt, scale = self.model(batch["images"], batch["tokens"])
+        return clip_loss(img, txt, scale), {"logit_scale": float(scale.detach())}
+
+    @classmethod
+    def from_state_dict(cls, backbone: nn.Module, params: CLIPParams, state: dict) -> "CLIP":
+        """Rebuild a trained CLIP (its tokenizer, hence vocabulary size, comes from the state dict)."""
+        extra = state.get("_extra_state") or {}
+        if not extra.get("tokenizer"):
+            raise ConfigError("this CLIP state dict holds no tokenizer; it was not written by clpoison's CLIP method")
+        m = cls(backbone, params, CaptionTokenizer.from_str(extra["tokenizer"]))
+        m.load_state_dict(state)
+        return m
+
+    # the tokenizer is part of the checkpoint
+    def get_extra_state(self) -> Any:
+        return {"tokenizer": None if self.tokenizer is None else self.tokenizer.to_str()}
+
+    def set_extra_state(self, state: Any) -> None:
+        if isinstance(state, dict) and state.get("tokenizer"):
+            self.tokenizer = CaptionTokenizer.from_str(state["tokenizer"])
+
+

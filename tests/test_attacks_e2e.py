@@ -1,0 +1,37 @@
+"""End-to-end: a poisoned CLIP run through the real CLI (tiny model budget: 256 pairs, 1 epoch)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from clpoison.attacks.manifest import load_trigger
+from clpoison.attacks.triggers import Trigger
+from clpoison.experiments.config import load_preset
+
+pytest.importorskip("clpoison.methods.clip")
+
+
+@pytest.mark.slow
+def test_poisoned_clip_run_through_cli(tmp_path):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("preset: carlini-backdoor-small\n")
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "clpoison", "--threads", "2", "run", str(cfg),
+           "train.epochs=1", "data.train_limit=256", "data.test_limit=64", "train.batch_size=64",
+           "eval.random_init_control=false", "attack.params.poison_rate=0.05",
+           "--out", str(out), "--no-progress"]
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert p.returncode == 0, p.stderr[-2000:]
+    res = json.loads((out / "results.json").read_text())
+    m = res["metrics"]
+    for k in ("asr", "asr_clean_accuracy", "asr_no_trigger", "backdoor_zscore", "zeroshot_top1"):
+        assert k in m
+    assert 0.0 <= m["asr"] <= 1.0 and 0 < m["asr_n"] < 64  # airplane test images are excluded
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert len(manifest["poisoned_indices"]) == round(0.05 * 256)
+    spec = load_preset("carlini-backdoor-small")["attack"]["params"]["trigger"]
+    assert load_trigger(manifest).sha256() == Trigger(spec).sha256()  # the preset's fixed trigger was used
