@@ -6,7 +6,10 @@ For SimCLR, MoCo v2 and BYOL (small presets, bundled CIFAR-10 subset) this measu
   two-view augmentation, forward (backbone + heads + loss), backward, optimiser step, momentum updates;
 * ``bare_images_per_s`` — the backbone alone, forward + backward on the same batch shape (2 views per image),
   random input, no augmentation, heads, loss or optimiser: the ceiling the step is compared with;
-* ``ratio`` = images_per_s / bare_images_per_s;
+* ``ratio`` = images_per_s / bare_images_per_s (the two are timed in alternating rounds; medians). For SimCLR
+  the step's only extra work over the bare pass is augmentation, heads, loss and the optimiser; MoCo v2 runs its
+  key encoder forward-only on one view (ratio can approach 1); BYOL also runs the target network forward on both
+  views (its ceiling is ≈ 0.75);
 * ``baseline_images_per_s`` — the same training step fed the way most SSL repositories feed it: a
   ``torch.utils.data.DataLoader`` whose dataset applies the same augmentations per image on the CPU, collated into
   batches (the best of ``num_workers`` 0 and 2 is reported, so the baseline is not handicapped).
@@ -66,6 +69,25 @@ def timed_steps(step, batches, n_warm: int, n: int, device: torch.device) -> flo
     return time.perf_counter() - t
 
 
+def interleaved(runs: dict, rounds: int, steps: int, device: torch.device) -> dict:
+    """Median seconds per step of each (step_fn, batch iterator) in ``runs``, measured in alternating rounds so
+    that slow drifts of the machine (frequency, other processes) hit every variant alike."""
+    iters = {k: iter(b) for k, (_, b) in runs.items()}
+    for k, (fn, _) in runs.items():  # warm-up
+        for _ in range(3):
+            fn(next(iters[k]))
+    times: dict = {k: [] for k in runs}
+    for _ in range(rounds):
+        for k, (fn, _) in runs.items():
+            sync(device)
+            t = time.perf_counter()
+            for _ in range(steps):
+                fn(next(iters[k]))
+            sync(device)
+            times[k].append((time.perf_counter() - t) / steps)
+    return {k: sorted(v)[len(v) // 2] for k, v in times.items()}
+
+
 def cycle(epoch_fn):
     e = 0
     while True:
@@ -73,7 +95,7 @@ def cycle(epoch_fn):
         e += 1
 
 
-def measure(method_name: str, device: torch.device, steps: int, warm: int) -> dict:
+def measure(method_name: str, device: torch.device, steps: int, rounds: int) -> dict:
     cfg = build_config({"preset": f"{method_name}-small"}, ["train.progress=false"])
     splits = load_cifar10_subset()
     seed_everything(0)
@@ -86,8 +108,6 @@ def measure(method_name: str, device: torch.device, steps: int, warm: int) -> di
     method = build_method(cfg)
     batches = TwoViewBatches(ResidentBatches(splits.train, bs, device, seed=0), augment, channels_last=cl)
     trainer = Trainer(method, batches, cfg.train, device, None)
-    dt = timed_steps(trainer.train_step, cycle(batches.epoch), warm, steps, device)
-    e2e = steps * bs / dt
 
     # bare backbone forward + backward on the same batch shape
     bb = build_method(cfg).encoder.to(device).to(memory_format=fmt).train()
@@ -100,8 +120,13 @@ def measure(method_name: str, device: torch.device, steps: int, warm: int) -> di
         loss.backward()
         bb.zero_grad(set_to_none=True)
 
-    dt = timed_steps(bare_step, iter(int, 1), warm, steps, device)
-    bare = steps * bs / dt
+    def forever():
+        while True:
+            yield None
+
+    sec = interleaved({"e2e": (trainer.train_step, cycle(batches.epoch)), "bare": (bare_step, forever())},
+                      rounds, steps, device)
+    e2e, bare = bs / sec["e2e"], bs / sec["bare"]
 
     # baseline: per-image CPU transforms through a DataLoader, same training step
     base = {}
@@ -120,8 +145,8 @@ def measure(method_name: str, device: torch.device, steps: int, warm: int) -> di
                     yield {"views": (v1.to(device, non_blocking=True).contiguous(memory_format=fmt),
                                      v2.to(device, non_blocking=True).contiguous(memory_format=fmt))}
 
-        dt = timed_steps(tr_b.train_step, loader_batches(), warm, steps, device)
-        base[workers] = steps * bs / dt
+        dt = timed_steps(tr_b.train_step, loader_batches(), 2, max(3, steps // 2), device)
+        base[workers] = max(3, steps // 2) * bs / dt
     return {
         "images_per_s": round(e2e, 1),
         "bare_images_per_s": round(bare, 1),
@@ -137,8 +162,8 @@ def measure(method_name: str, device: torch.device, steps: int, warm: int) -> di
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True)
-    ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=8, help="steps per timed round")
+    ap.add_argument("--rounds", type=int, default=5, help="alternating rounds (the median round is reported)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--methods", default="simclr,mocov2,byol")
@@ -147,12 +172,12 @@ def main() -> None:
     device = resolve_device(args.device)
     res = {}
     for m in args.methods.split(","):
-        res[m] = measure(m, device, args.steps, args.warmup)
+        res[m] = measure(m, device, args.steps, args.rounds)
         print(m, json.dumps(res[m]), flush=True)
     res["environment"] = {
         "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(0),
         "threads": torch.get_num_threads(), "torch": torch.__version__, "platform": platform.platform(),
-        "steps": args.steps,
+        "steps_per_round": args.steps, "rounds": args.rounds,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(args.out, res)

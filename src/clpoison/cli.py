@@ -1,4 +1,4 @@
-"""Command-line interface: ``clpoison run | pretrain | evaluate | datasets | presets | poison | demo``.
+"""Command-line interface: ``clpoison run | pretrain | evaluate | datasets | presets | poison | scan | demo``.
 
 Every user error prints one line ``error: ...`` naming the thing and the fix, and exits with status 2.
 """
@@ -154,41 +154,68 @@ def cmd_poison(args: argparse.Namespace) -> int:
     return 0
 
 
-class _PoisonParser(argparse.ArgumentParser):
-    """``clpoison poison``: key=value parameters may come anywhere on the line (argparse alone matches a ``*``
-    positional only once, so ``ATTACK --data D --out O k=v`` would fail)."""
+def cmd_scan(args: argparse.Namespace) -> int:
+    """Score every image–caption pair with a CLIP checkpoint; CSV ranked by risk (clpoison.defenses.safeclip_scan)."""
+    import torch
 
-    _VALUE_OPTS = ("--data", "--data-path", "--out", "--seed", "--preset", "--image-size", "--label-column", "--test-path")
+    from .attacks.export import load_data
+    from .data.augment import EvalTransform
+    from .defenses.safeclip import manifest_poisons
+    from .defenses.safeclip_scan import scan_to_csv, score_pairs
+    from .errors import ConfigError
+    from .experiments.clip_task import build_clip_from_checkpoint
+    from .experiments.config import build_config
+    from .utils.device import resolve_device
+
+    path = Path(args.checkpoint)
+    path = path / "checkpoint.pt" if path.is_dir() else path
+    if not path.exists():
+        raise ConfigError(f"checkpoint '{path}' does not exist; pass a run directory or its checkpoint.pt")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        cfg = build_config(dict(ckpt["config"]), [])
+    except Exception as e:
+        raise ConfigError(f"checkpoint '{path}' cannot be read ({type(e).__name__}); is it a clpoison CLIP checkpoint?") from None
+    poisons = None
+    if args.manifest:
+        if not Path(args.manifest).exists():
+            raise ConfigError(f"manifest '{args.manifest}' does not exist; check the path")
+        poisons = manifest_poisons(json.loads(Path(args.manifest).read_text()))
+    device = resolve_device(cfg.device)
+    _task, method = build_clip_from_checkpoint(cfg, ckpt, device, _echo)
+    splits = load_data("captions", args.data, args.data_path, cfg.data.image_size or cfg.augment.out_size, args.seed)
+    data = splits.train if args.split == "train" else splits.test
+    a = cfg.augment
+    sims, owner, texts = score_pairs(method.model, method.tokenizer, data, EvalTransform(a.out_size, a.mean, a.std).to(device),
+                                     method.params.context_length, device, cfg.eval.batch_size)
+    summary = scan_to_csv(args.out, sims, owner, texts, poisons, args.threshold)
+    print(json.dumps({**summary, "checkpoint": str(path), "csv": str(args.out)}, indent=2))
+    return 0
+
+
+class _KeyValueParser(argparse.ArgumentParser):
+    """Sub-command parser that accepts ``key=value`` items anywhere on the line (argparse alone fills a ``*``
+    positional only once, so ``pretrain clip --preset small train.epochs=5`` would fail). They are collected into
+    ``kv_dest`` (``overrides`` for config overrides, ``params`` for attack parameters)."""
+
+    kv_dest = "overrides"
 
     def parse_known_args(self, args=None, namespace=None):
         args = list(sys.argv[1:] if args is None else args)
-        kv = [i for i, a in enumerate(args) if "=" in a and not a.startswith("-") and (i == 0 or args[i - 1] not in self._VALUE_OPTS)]
+        value_opts = {o for a in self._actions if a.option_strings and a.nargs != 0 for o in a.option_strings}
+        kv = [i for i, a in enumerate(args)
+              if "=" in a and not a.startswith("-") and (i == 0 or args[i - 1] not in value_opts)]
         ns, extra = super().parse_known_args([a for i, a in enumerate(args) if i not in kv], namespace)
-        ns.params = [args[i] for i in kv]
-        return ns, extra
-
-
-class _OverridesParser(argparse.ArgumentParser):
-    """Sub-command parser that accepts ``key=value`` overrides anywhere on the line (argparse alone fills a ``*``
-    positional once, so ``pretrain clip --preset small train.epochs=5`` would fail)."""
-
-    _VALUE_OPTS = ("--out", "--preset")
-
-    def parse_known_args(self, args=None, namespace=None):
-        args = list(sys.argv[1:] if args is None else args)
-        kv = {i for i, a in enumerate(args) if "=" in a and not a.startswith("-") and (i == 0 or args[i - 1] not in self._VALUE_OPTS)}
-        ns, extra = super().parse_known_args([a for i, a in enumerate(args) if i not in kv], namespace)
-        ns.overrides = list(getattr(ns, "overrides", None) or []) + [args[i] for i in sorted(kv)]
+        setattr(ns, self.kv_dest, list(getattr(ns, self.kv_dest, None) or []) + [args[i] for i in kv])
         return ns, extra
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="clpoison", description=__doc__.splitlines()[0])
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_KeyValueParser)
 
     def common(sp: argparse.ArgumentParser, out_required: bool = False) -> None:
-        sp.__class__ = _OverridesParser  # key=value overrides anywhere on the line
         sp.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.epochs=5")
         sp.add_argument("--out", required=out_required, help="output directory")
         sp.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
@@ -208,7 +235,6 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(fn=cmd_pretrain)
 
     sp = sub.add_parser("evaluate", help="kNN and linear-probe evaluation of a checkpoint")
-    sp.__class__ = _OverridesParser
     sp.add_argument("checkpoint", help="run directory or checkpoint.pt")
     sp.add_argument("overrides", nargs="*", help="key=value overrides (e.g. data.name=npz data.path=...)")
     sp.add_argument("--out", help="write the metrics to this JSON file")
@@ -227,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("poison", help="write a poisoned copy of a dataset (CSV+PNG or NPZ) with its manifest",
                         usage="clpoison poison ATTACK --data DATA --out DIR [key=value ...] [options]")
     sp.add_argument("attack", help="attack name, e.g. carlini-backdoor")
-    sp.__class__ = _PoisonParser  # key=value parameters anywhere, e.g. poison_rate=0.01 trigger.size=4
+    sp.kv_dest = "params"  # key=value attack parameters anywhere, e.g. poison_rate=0.01 trigger.size=4
     sp.add_argument("--data", required=True, help="source name (cifar10-subset, captions-csv, ...) or a .csv/.tar/.npz/folder")
     sp.add_argument("--data-path", help="path of the source named by --data")
     sp.add_argument("--out", required=True, help="output directory (must not exist unless --overwrite)")
@@ -239,12 +265,21 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--overwrite", action="store_true")
     sp.set_defaults(fn=cmd_poison)
 
+    sp = sub.add_parser("scan", help="score image-caption pairs with a CLIP checkpoint; CSV ranked by risk (SafeCLIP GMM)")
+    sp.add_argument("checkpoint", help="run directory or checkpoint.pt of a CLIP (or SafeCLIP) run")
+    sp.add_argument("--data", required=True, help="source name (cifar10-subset, ...) or a .csv/.tar of pairs")
+    sp.add_argument("--data-path", help="path of the source named by --data")
+    sp.add_argument("--split", default="train", choices=["train", "test"])
+    sp.add_argument("--out", required=True, help="CSV to write (atomically)")
+    sp.add_argument("--manifest", help="poison manifest.json: report ROC-AUC, precision and recall")
+    sp.add_argument("--threshold", type=float, default=0.9, help="risky = GMM clean posterior below this")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.set_defaults(fn=cmd_scan)
     sp = sub.add_parser(
         "demo",
         help="`demo [simclr]`: SimCLR small preset (kNN + linear probe); `demo clip`: CLIP small preset (zero-shot, "
         "retrieval), both on the bundled data",
     )
-    sp.__class__ = _OverridesParser
     sp.add_argument("overrides", nargs="*", help="optional demo name (simclr | clip) then key=value overrides")
     sp.add_argument("--out", default=None, help="output directory (default runs/demo or runs/demo-clip)")
     sp.add_argument("--no-progress", action="store_true")

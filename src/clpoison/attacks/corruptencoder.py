@@ -164,11 +164,26 @@ class SSLBackdoorAttack(Attack):
         super().__init__(params)
         self.trigger = Trigger(params.trigger_spec)  # the one trigger used at poison and at evaluation time
 
+    default_rate = 0.005
+
     def target_index(self, ds: Any) -> int:
         try:
             return ds.class_index(self.params.target)
         except DataError as e:
             raise ConfigError(f"attack.params.target: {e}") from None
+
+    def poison(self, splits: Any, seed: int) -> PoisonResult:
+        """Resolve the target and budget, then :meth:`craft` (single-threaded: the per-image work is tiny)."""
+        with single_thread():
+            t0 = time.perf_counter()
+            splits = require_images(splits, self.name)
+            train = splits.train
+            target = self.target_index(train)
+            n = resolve_budget(self.params.poison_rate, self.params.poison_count, len(train), self.default_rate)
+            return self.craft(splits, target, n, torch.Generator().manual_seed(int(seed)), seed, t0)
+
+    def craft(self, splits: ImageSplits, target: int, n: int, g: torch.Generator, seed: int, t0: float) -> PoisonResult:
+        raise NotImplementedError
 
     def evaluate(self, context: dict[str, Any]) -> dict[str, Any]:
         p = self.params
@@ -449,7 +464,6 @@ class CorruptEncoder(SSLBackdoorAttack):
 
     name = "corruptencoder"
     Params = CorruptEncoderParams
-    default_rate = 0.005
 
     # -- inputs ------------------------------------------------------------------------------------------------
 
@@ -597,20 +611,11 @@ class CorruptEncoder(SSLBackdoorAttack):
         img = torch.cat([a, b] if first else [b, a], dim=2)
         return img, {"kind": "support", "p_h": nh, "p_w": 2 * nw, "support_first": first}
 
-    def poison(self, splits: Any, seed: int) -> PoisonResult:
-        with single_thread():
-            return self._poison(splits, seed)
-
-    def _poison(self, splits: Any, seed: int) -> PoisonResult:
-        t0 = time.perf_counter()
+    def craft(self, splits: ImageSplits, target: int, n: int, g: torch.Generator, seed: int, t0: float) -> PoisonResult:
         p = self.params
-        splits = require_images(splits, self.name)
         train = splits.train
-        target = self.target_index(train)
-        n = resolve_budget(p.poison_rate, p.poison_count, len(train), self.default_rate)
         n_sup = int(n * float(p.support_ratio))
         n_comp = n - n_sup
-        g = torch.Generator().manual_seed(int(seed))
         refs, sups, prov = self.reference_images(train, target, g)
         if n_sup and not sups:
             raise DataError("CorruptEncoder+ needs support images: add reference_dir/support-images/ or use the "

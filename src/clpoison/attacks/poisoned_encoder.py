@@ -31,15 +31,14 @@ Example::
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
+from ..data.datasets import ImageSplits
 from ..errors import ConfigError, DataError
 from .base import ATTACKS, PoisonResult
-from .corruptencoder import SSLBackdoorAttack, SSLBackdoorBaseParams, require_images, resize_image, resolve_budget, single_thread
+from .corruptencoder import SSLBackdoorAttack, SSLBackdoorBaseParams, resize_image
 
 
 @dataclass
@@ -58,20 +57,10 @@ class PoisonedEncoder(SSLBackdoorAttack):
 
     name = "poisoned-encoder"
     Params = PoisonedEncoderParams
-    default_rate = 0.005
 
-    def poison(self, splits: Any, seed: int) -> PoisonResult:
-        with single_thread():
-            return self._poison(splits, seed)
-
-    def _poison(self, splits: Any, seed: int) -> PoisonResult:
-        t0 = time.perf_counter()
+    def craft(self, splits: ImageSplits, target: int, n: int, g: torch.Generator, seed: int, t0: float) -> PoisonResult:
         p = self.params
-        splits = require_images(splits, self.name)
         train = splits.train
-        target = self.target_index(train)
-        n = resolve_budget(p.poison_rate, p.poison_count, len(train), self.default_rate)
-        g = torch.Generator().manual_seed(int(seed))
         cand = (train.labels == target).nonzero().view(-1)
         if len(cand) < p.num_references:
             raise DataError(f"only {len(cand)} training images of the target class; lower attack.params.num_references")

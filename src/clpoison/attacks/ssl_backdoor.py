@@ -29,14 +29,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
 from ..data.datasets import ImageDataset, ImageSplits, concat_datasets
 from ..errors import ConfigError
 from .base import ATTACKS, PoisonResult
-from .corruptencoder import SSLBackdoorAttack, SSLBackdoorBaseParams, require_images, resolve_budget, single_thread
+from .corruptencoder import SSLBackdoorAttack, SSLBackdoorBaseParams
 from .manifest import build_manifest
 
 
@@ -56,24 +55,14 @@ class SSLBackdoor(SSLBackdoorAttack):
 
     name = "ssl-backdoor"
     Params = SSLBackdoorParams
-    default_rate = 0.005
 
-    def poison(self, splits: Any, seed: int) -> PoisonResult:
-        with single_thread():
-            return self._poison(splits, seed)
-
-    def _poison(self, splits: Any, seed: int) -> PoisonResult:
-        t0 = time.perf_counter()
+    def craft(self, splits: ImageSplits, target: int, n: int, g: torch.Generator, seed: int, t0: float) -> PoisonResult:
         p = self.params
-        splits = require_images(splits, self.name)
         train = splits.train
-        target = self.target_index(train)
-        n = resolve_budget(p.poison_rate, p.poison_count, len(train), self.default_rate)
         cand = (train.labels == target).nonzero().view(-1)
         if n > len(cand):
             raise ConfigError(f"ssl-backdoor: {n} poisons requested but only {len(cand)} training images are of the "
                               f"target class '{train.class_names[target]}'; lower attack.params.poison_rate")
-        g = torch.Generator().manual_seed(int(seed))
         idx = cand[torch.randperm(len(cand), generator=g)[:n]].sort().values
         sizes = None if train.sizes is None else train.sizes[idx]
         patched = self.trigger.apply(train.images[idx], g, sizes) if n else train.images[:0]

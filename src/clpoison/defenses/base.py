@@ -4,8 +4,12 @@ A defense acts at one or both of two places in the pipeline:
 
 * **data level** — :meth:`Defense.filter` receives the (possibly poisoned) training split and returns the split
   to train on (e.g. drop suspected poisons, or purify images);
-* **training time** — :meth:`Defense.view_sampler` may replace the view sampler (e.g. localized cropping), and
-  :meth:`Defense.wrap_method` may replace the training method or schedule (e.g. SafeCLIP).
+* **training time** — :meth:`Defense.view_sampler` may replace the view sampler (e.g. localized cropping);
+  :meth:`Defense.wrap_training` may replace the training method and/or the batch source (e.g. SafeCLIP's phases),
+  and :meth:`Defense.attach` receives the engine's :class:`~clpoison.engine.trainer.Trainer` before training, to
+  add ``on_epoch_start`` / ``on_epoch_end`` hooks or replace its LR schedule. The runner calls, in order:
+  ``filter`` → ``wrap_training`` → ``Trainer(...)`` → ``attach`` → ``fit`` → ``training_summary`` (merged into
+  ``results.json["defense"]``). The defaults change nothing, so data-level defenses need none of them.
 
 Defenses are registered in :data:`DEFENSES`; ``none`` does nothing.
 """
@@ -40,6 +44,18 @@ class Defense:
 
     def view_sampler(self, augment_cfg: Any) -> Optional[ViewSampler]:
         return None
+
+    def wrap_training(self, method: Any, batches: Any, context: dict[str, Any]) -> tuple[Any, Any]:
+        """Return the (method, batch source) to train. ``context``: ``task``, ``cfg``, ``train_set``,
+        ``manifest`` (or None), ``out_dir`` (the run's working folder), ``device``, ``seed``."""
+        return method, batches
+
+    def attach(self, trainer: Any) -> None:
+        """Called with the engine's Trainer before ``fit`` (add epoch hooks, replace ``trainer.scheduler``)."""
+
+    def training_summary(self) -> dict[str, Any]:
+        """Diagnostics after training, merged into ``results.json["defense"]``."""
+        return {}
 
 
 @DEFENSES.register("none")

@@ -265,7 +265,12 @@ def _run(cfg: ExperimentConfig, out: Path, work: Path, device: torch.device, sna
             metrics.update(task.random_init_metrics(method, splits))
 
     batches = task.batches(method, train_set, defense)
+    # training-time defenses (e.g. SafeCLIP) may replace the method / batch source and hook into the engine
+    method, batches = defense.wrap_training(method, batches, {
+        "task": task, "cfg": cfg, "train_set": train_set, "manifest": poisoned.manifest, "out_dir": work,
+        "device": device, "seed": cfg.seed})
     trainer = Trainer(method, batches, cfg.train, device, work, snapshot)
+    defense.attach(trainer)
     with timed("pretrain_s"):
         history = trainer.fit(resume=resume)
     timings["pretrain_s_total_including_resumed"] = round(trainer.train_seconds, 3)
@@ -287,7 +292,7 @@ def _run(cfg: ExperimentConfig, out: Path, work: Path, device: torch.device, sna
         "environment": {**environment(), "device": str(device)},
         "data": task.data_info(train_set, splits),
         "attack": {"name": cfg.attack.name, "manifest": "manifest.json" if poisoned.manifest is not None else None},
-        "defense": {"name": cfg.defense.name, **defense_info},
+        "defense": {"name": cfg.defense.name, **defense_info, **defense.training_summary()},
         "history": history,
     }
     atomic_write_json(work / RESULTS_NAME, results)
