@@ -32,7 +32,7 @@ def bare_fwd_bwd(cfg, steps: int = 10, seq_len: int = 16) -> float:
     """Pairs/s of forward+backward of both towers and the loss on random inputs (no optimiser step)."""
     p = CLIPParams(**{**CLIPParams().__dict__, **cfg.method.params})
     m = CLIP(build_backbone(cfg.model.arch, cfg.model.width, cfg.model.stem_stride), p).train()
-    fmt = torch.channels_last if cfg.train.use_channels_last(torch.device("cpu")) else torch.contiguous_format
+    fmt = torch.channels_last if cfg.train.use_channels_last(torch.device("cpu"), cfg.model.width) else torch.contiguous_format
     m = m.to(memory_format=fmt)
     b, s = cfg.train.batch_size, cfg.augment.out_size
     x = torch.randn(b, 3, s, s).contiguous(memory_format=fmt)

@@ -99,7 +99,7 @@ def measure(method_name: str, device: torch.device, steps: int, rounds: int) -> 
     cfg = build_config({"preset": f"{method_name}-small"}, ["train.progress=false"])
     splits = load_cifar10_subset()
     seed_everything(0)
-    cl = cfg.train.use_channels_last(device)
+    cl = cfg.train.use_channels_last(device, cfg.model.width)
     fmt = torch.channels_last if cl else torch.contiguous_format
     bs = cfg.train.batch_size
     augment = TwoViewAugment(cfg.augment, make_sampler(cfg.augment))

@@ -68,3 +68,23 @@ def test_lars_trust_ratio():
     b.grad = torch.ones(2)
     LARS([{"params": [b], "lars_exclude": True}], lr=0.1, momentum=0.0).step()
     assert torch.allclose(b.detach(), torch.full((2,), 0.9))
+
+
+def test_channels_last_off_for_narrow_models_on_cpu():
+    """torch 2.13 CPU (oneDNN) corrupts the heap in channels_last backward of ResNets narrower than 16 channels."""
+    from clpoison.engine.trainer import min_conv_channels
+
+    cfg = TrainConfig(epochs=1)
+    cpu = torch.device("cpu")
+    assert min_conv_channels(build_backbone("resnet10", 8, 2)) == 8
+    assert not cfg.use_channels_last(cpu, 8) and cfg.use_channels_last(cpu, 16) and cfg.use_channels_last(cpu, None)
+    assert not TrainConfig(epochs=1, channels_last="off").use_channels_last(cpu, 64)
+    # the narrow ResNet that aborted with channels_last trains contiguous through the engine
+    seed_everything(0)
+    method = BYOL(build_backbone("resnet10", 8, 2), BYOLParams(proj_hidden_dim=16, proj_dim=8, pred_hidden_dim=16))
+    batches = TwoViewBatches(ResidentBatches(_dataset(37), 37, cpu, seed=0), TwoViewAugment(AugmentConfig(out_size=16)))
+    tr = Trainer(method, batches, cfg, cpu, None)
+    assert not method.backbone.stem[0].weight.is_contiguous(memory_format=torch.channels_last)
+    tr.cfg.progress = False
+    tr.fit()
+    assert tr.step == 1

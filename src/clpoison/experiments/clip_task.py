@@ -56,7 +56,7 @@ class ImageTextTask:
     def __init__(self, cfg: ExperimentConfig, device: torch.device, work: Path, echo: Callable[[str], None]) -> None:
         self.cfg, self.device, self.work, self.echo = cfg, device, Path(work), echo
         self.params = METHODS.get(cfg.method.name).Params.from_dict(cfg.method.params, "method.params")
-        self.channels_last = cfg.train.use_channels_last(device)
+        self.channels_last = cfg.train.use_channels_last(device, cfg.model.width)  # = min_conv_channels of the tower
         self.tokenizer: CaptionTokenizer | None = None
         self.info: dict[str, Any] = {}
 

@@ -33,7 +33,7 @@ from ..data.augment import EvalTransform, TwoViewAugment, make_sampler
 from ..data.datasets import ImageSplits, limit, load_dataset
 from ..data.loader import ResidentBatches, TwoViewBatches
 from ..defenses import DEFENSES
-from ..engine.trainer import CHECKPOINT_NAME, Trainer
+from ..engine.trainer import CHECKPOINT_NAME, Trainer, min_conv_channels
 from ..errors import ClpoisonError, ConfigError
 from ..eval.features import extract_features
 from ..eval.knn import KNNClassifier
@@ -171,7 +171,7 @@ class ImageTask:
         return TwoViewBatches(
             ResidentBatches(train_set, cfg.train.batch_size, self.device, seed=cfg.seed),
             augment,
-            channels_last=cfg.train.use_channels_last(self.device),
+            channels_last=cfg.train.use_channels_last(self.device, min_conv_channels(method)),
         )
 
     def evaluate(self, method: Any, splits: ImageSplits) -> tuple[dict[str, Any], dict[str, Any]]:

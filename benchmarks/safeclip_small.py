@@ -1,0 +1,97 @@
+"""SafeCLIP against the Carlini & Terzis attacks on the CLIP small preset: plain CLIP vs SafeCLIP.
+
+For every seed it trains four models on the bundled data: plain CLIP and SafeCLIP (preset ``safeclip-small``'s
+defense) on the 1% backdoor (``carlini-backdoor-small``) and on targeted poisoning (``carlini-targeted-small``,
+16 targets), and writes
+
+``{"backdoor": {"asr_clip", "asr_safeclip", "zeroshot_clip", "zeroshot_safeclip", "poison_recall_risky"},
+"targeted": {"success_clip", "success_safeclip"}, "time_ratio_safeclip_over_clip"}``
+
+(means over seeds, plus ``*_per_seed`` lists). ``poison_recall_risky`` is the share of the poisoned pairs that the
+last epoch's split put in the risky set. Finished runs are kept under ``--work`` and reused.
+
+    python benchmarks/safeclip_small.py --out runs/safeclip_small.json --seeds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from clpoison.experiments.config import build_config, load_preset
+from clpoison.experiments.runner import RESULTS_NAME, run_experiment
+from clpoison.utils.io import atomic_write_json
+
+
+def run(name: str, data: dict, overrides: list[str], work: Path) -> dict:
+    out = work / name
+    if (out / RESULTS_NAME).exists():
+        return json.loads((out / RESULTS_NAME).read_text())
+    cfg = build_config({**data, "name": name}, ["train.progress=false", *overrides])
+    res = run_experiment(cfg, out, overwrite=True)
+    print(f"{name}: {res['timings']['total_s']:.0f}s " + json.dumps(
+        {k: v for k, v in res["metrics"].items() if isinstance(v, float)}, sort_keys=True), flush=True)
+    return res
+
+
+def mean(xs: list) -> float:
+    xs = [x for x in xs if x is not None]
+    return statistics.fmean(xs) if xs else float("nan")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--rate", type=float, default=0.01, help="backdoor poison rate")
+    ap.add_argument("--work", default=None, help="run folders (default: OUT without suffix + '_runs')")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--safeclip", nargs="*", default=[], help="overrides for the SafeCLIP runs only (defense.params.*)")
+    ap.add_argument("overrides", nargs="*", help="config overrides for every run, e.g. train.epochs=10")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    work = Path(args.work) if args.work else out.with_name(out.stem + "_runs")
+    defense = load_preset("safeclip-small")["defense"]
+    per: dict[str, list] = {k: [] for k in ("asr_clip", "asr_safeclip", "zeroshot_clip", "zeroshot_safeclip",
+                                            "poison_recall_risky", "success_clip", "success_safeclip",
+                                            "successes_clip", "successes_safeclip", "time_clip", "time_safeclip")}
+    t0 = time.time()
+    for s in range(args.seeds):
+        ov = [f"seed={s}", *args.overrides]
+        for attack, preset, extra in (("backdoor", "carlini-backdoor-small", [f"attack.params.poison_rate={args.rate}"]),
+                                      ("targeted", "carlini-targeted-small", [])):
+            plain = run(f"{attack}_clip_s{s}", {"preset": preset}, [*extra, *ov], work)
+            safe = run(f"{attack}_safeclip_s{s}", {"preset": preset, "defense": defense}, [*extra, *ov, *args.safeclip], work)
+            per["time_clip"].append(plain["timings"]["pretrain_s"])
+            per["time_safeclip"].append(safe["timings"]["pretrain_s"])
+            if attack == "backdoor":
+                per["asr_clip"].append(plain["metrics"]["asr"])
+                per["asr_safeclip"].append(safe["metrics"]["asr"])
+                per["zeroshot_clip"].append(plain["metrics"]["zeroshot_top1"])
+                per["zeroshot_safeclip"].append(safe["metrics"]["zeroshot_top1"])
+                last = [h for h in safe["history"] if "safeclip_poison_recall_risky" in h]
+                per["poison_recall_risky"].append(last[-1]["safeclip_poison_recall_risky"] if last else None)
+            else:
+                for kind, res in (("clip", plain), ("safeclip", safe)):
+                    per[f"success_{kind}"].append(res["metrics"]["targeted_success_rate"])
+                    per[f"successes_{kind}"].append(res["metrics"]["targeted_successes"])
+    result = {
+        "backdoor": {k: mean(per[k]) for k in ("asr_clip", "asr_safeclip", "zeroshot_clip", "zeroshot_safeclip",
+                                               "poison_recall_risky")},
+        "targeted": {k: mean(per[k]) for k in ("success_clip", "success_safeclip")},
+        "time_ratio_safeclip_over_clip": sum(per["time_safeclip"]) / max(1e-9, sum(per["time_clip"])),
+        "per_seed": per, "rate": args.rate, "seeds": args.seeds, "overrides": args.overrides,
+        "safeclip_overrides": args.safeclip, "wall_s": round(time.time() - t0, 1),
+    }
+    atomic_write_json(out, result)
+    print(json.dumps({k: result[k] for k in ("backdoor", "targeted", "time_ratio_safeclip_over_clip")}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,47 @@
+"""End-to-end: SafeCLIP on a Carlini-poisoned dataset through the real CLI, then `clpoison scan` on its checkpoint."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ENV = {**os.environ, "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "2"}
+
+
+def clpoison(*args):
+    return subprocess.run([sys.executable, "-m", "clpoison", "--threads", "2", *args], capture_output=True, text=True,
+                          timeout=300, env=ENV)
+
+
+@pytest.mark.slow
+def test_safeclip_run_and_scan(tmp_path):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("preset: carlini-backdoor-small\ndefense:\n  name: safeclip\n")
+    out = tmp_path / "run"
+    params = ["defense.params.inmodal_epochs=1", "defense.params.crossmodal_epochs=1", "defense.params.warmup_epochs=0.5",
+              "defense.params.eval_batch_size=256"]
+    r = clpoison("run", str(cfg), "train.epochs=3", "data.train_limit=256", "data.test_limit=64", "train.batch_size=64",
+                 "eval.random_init_control=false", "attack.params.poison_rate=0.05", *params,
+                 "--out", str(out), "--no-progress")
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads((out / "results.json").read_text())
+    phases = [h["safeclip_phase"] for h in res["history"]]
+    assert phases == ["inmodal", "crossmodal", "filtered"]
+    h = res["history"][2]
+    assert h["safeclip_safe"] + h["safeclip_risky"] == 256 and 0 < h["safeclip_safe"] < 256  # poisons replace captions
+    assert "safeclip_poison_recall_risky" in res["history"][2]
+    assert "asr" in res["metrics"] and "zeroshot_top1" in res["metrics"]
+    assert (out / "safeclip" / "similarity_epoch003.png").exists()
+
+    csv_path = tmp_path / "risk.csv"
+    r = clpoison("scan", str(out), "--data", "cifar10-subset", "--out", str(csv_path), "--manifest", str(out / "manifest.json"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    summary = json.loads(r.stdout[r.stdout.index("{"):])
+    assert 0.0 <= summary["roc_auc"] <= 1.0
+    rows = list(csv.DictReader(csv_path.open()))
+    assert len(rows) >= 256
+    r = clpoison("scan", str(tmp_path / "missing"), "--data", "cifar10-subset", "--out", str(tmp_path / "x.csv"))
+    assert r.returncode == 2 and "does not exist" in r.stderr and not (tmp_path / "x.csv").exists()
