@@ -38,7 +38,7 @@ import torch
 from ..errors import ConfigError
 from .augment import CIFAR_MEAN, CIFAR_STD, crop_resize_flip
 from .captions import CaptionDataset
-from .loader import epoch_permutation
+from .loader import ResidentBatches
 
 
 def caption_offsets(dataset: CaptionDataset) -> torch.Tensor:
@@ -114,14 +114,13 @@ class CaptionBatches:
         channels_last: bool = False,
         drop_last: bool = True,
     ) -> None:
-        if batch_size > len(dataset):
-            raise ConfigError(f"train.batch_size={batch_size} is larger than the dataset ({len(dataset)} pairs); lower train.batch_size")
         self.offsets = caption_offsets(dataset)
         if len(tokens) != int(self.offsets[-1]):
             raise ValueError(f"{len(tokens)} token rows for {int(self.offsets[-1])} captions; tokenize flat_captions(dataset)")
+        # the image side is the foundation's resident loader: images on the device, seeded per-epoch order
+        self.source = ResidentBatches(dataset, batch_size, device, seed=seed, drop_last=drop_last)
         self.n, self.batch_size, self.device, self.seed, self.drop_last = len(dataset), batch_size, device, seed, drop_last
-        self.images = dataset.images.to(device)
-        self.sizes = None if dataset.sizes is None else dataset.sizes.to(device)
+        self.images, self.sizes = self.source.images, self.source.sizes
         self.tokens = tokens.to(device)
         self.counts = (self.offsets[1:] - self.offsets[:-1]).to(device)
         self.starts = self.offsets[:-1].to(device)
@@ -129,7 +128,7 @@ class CaptionBatches:
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
     def __len__(self) -> int:
-        return self.n // self.batch_size if self.drop_last else -(-self.n // self.batch_size)
+        return len(self.source)
 
     def caption_choice(self, epoch: int) -> torch.Tensor:
         """Row of ``tokens`` used for each image this epoch (deterministic in (seed, epoch))."""
@@ -138,14 +137,12 @@ class CaptionBatches:
         return self.starts + (u * self.counts).long().clamp(max=self.counts - 1)
 
     def epoch(self, epoch: int) -> Iterator[dict[str, Any]]:
-        perm = epoch_permutation(self.n, self.seed, epoch).to(self.device)
         choice = self.caption_choice(epoch)
-        for s in range(len(self)):
-            idx = perm[s * self.batch_size : (s + 1) * self.batch_size]
+        for idx, images, sizes in self.source.epoch(epoch):
             rows = choice[idx]
             tok = self.tokens[rows]
             length = int((tok != 0).sum(1).max())
-            images = self.augment(self.images[idx], None if self.sizes is None else self.sizes[idx])
+            images = self.augment(images, sizes)
             yield {
                 "index": idx,
                 "caption_index": rows,

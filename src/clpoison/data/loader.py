@@ -14,7 +14,6 @@ import torch
 
 from ..errors import ConfigError
 from .augment import TwoViewAugment
-from .datasets import ImageDataset
 
 
 def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
@@ -23,11 +22,14 @@ def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
 
 
 class ResidentBatches:
-    """Shuffled uint8 batches of a dataset held on ``device``: ``for idx, images, sizes in rb.epoch(e)``."""
+    """Shuffled uint8 batches of a dataset held on ``device``: ``for idx, images, sizes in rb.epoch(e)``.
+
+    Works for any dataset with ``images`` (N,3,H,W) uint8 and optional ``sizes`` (image or image–caption data),
+    or a streaming split with ``load(index)``."""
 
     def __init__(
         self,
-        dataset: ImageDataset,
+        dataset: Any,
         batch_size: int,
         device: torch.device,
         seed: int = 0,
@@ -49,7 +51,7 @@ class ResidentBatches:
         self.seed = seed
         self.drop_last = drop_last
         self.rank, self.world_size = rank, world_size
-        self.streaming = not isinstance(dataset, ImageDataset)
+        self.streaming = hasattr(dataset, "load")  # e.g. StreamingImageFolder; resident datasets have .images
         if self.streaming:  # e.g. StreamingImageFolder: decode each batch on the host, then move it
             self.dataset = dataset
             self.sizes = None

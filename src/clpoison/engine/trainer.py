@@ -271,7 +271,7 @@ class Trainer:
                 "step": self.step,
                 "loss": float(torch.stack(losses).float().mean()) if losses else math.nan,
                 "epoch_seconds": dt,
-                "samples_per_s": self.steps_per_epoch * self.batches_per_step_size() / dt if dt > 0 else None,
+                "samples_per_s": self.steps_per_epoch * self.cfg.batch_size / dt if dt > 0 else None,
                 **extra,
             }
             for hook in self.on_epoch_end:
@@ -281,6 +281,3 @@ class Trainer:
             if self.cfg.checkpoint_every and (self.epoch % self.cfg.checkpoint_every == 0 or self.epoch == self.cfg.epochs):
                 self.save_checkpoint()
         return self.history
-
-    def batches_per_step_size(self) -> int:
-        return getattr(getattr(self.batches, "source", self.batches), "batch_size", self.cfg.batch_size)
