@@ -29,7 +29,7 @@ from clpoison.attacks import ATTACKS, Attack, AttackParams, PoisonResult
 from clpoison.attacks.carlini_backdoor import CarliniBackdoor
 from clpoison.attacks.carlini_targeted import CarliniTargeted
 from clpoison.experiments.config import build_config, load_preset
-from clpoison.experiments.runner import RESULTS_NAME, run_experiment
+from clpoison.experiments.runner import run_or_reuse
 from clpoison.utils.io import atomic_write_json
 
 
@@ -65,12 +65,11 @@ if "carlini-control" not in ATTACKS:
 
 
 def run(name: str, data: dict, overrides: list[str], work: Path) -> dict:
-    out = work / name
-    if (out / RESULTS_NAME).exists():
-        return json.loads((out / RESULTS_NAME).read_text())["metrics"]
     cfg = build_config({**data, "name": name}, ["train.progress=false", *overrides])
     t0 = time.time()
-    res = run_experiment(cfg, out, overwrite=True)
+    res, reused = run_or_reuse(cfg, work / name)
+    if reused:
+        return res["metrics"]
     print(f"{name}: {time.time() - t0:.0f}s " + json.dumps({k: v for k, v in res["metrics"].items()
                                                             if isinstance(v, float)}, sort_keys=True), flush=True)
     return res["metrics"]
@@ -104,6 +103,13 @@ def main() -> None:
                            "tg": [], "tg_k": [], "tg_zs": [], "clean_tg": [], "clean_tg_k": []}
     for s in seeds:
         ov = [f"seed={s}", *args.overrides]
+        m = run(f"clean_s{s}", {"preset": "clip-small", "attack": {"name": "carlini-control",
+                                "params": {"backdoor": bd_params, "targeted": tg_params}}}, ov, work)
+        per["clean_asr"].append(m["asr"])
+        per["clean_zs"].append(m["zeroshot_top1"])
+        per["clean_z"].append(m["backdoor_zscore"])
+        per["clean_tg"].append(m["targeted_success_rate"])
+        per["clean_tg_k"].append(m["targeted_successes"])
         for r in rates:
             m = run(f"backdoor_{r}_s{s}", {"preset": "carlini-backdoor-small"}, [f"attack.params.poison_rate={r}", *ov], work)
             per["asr"][str(r)].append(m["asr"])
@@ -114,13 +120,6 @@ def main() -> None:
             per["tg"].append(m["targeted_success_rate"])
             per["tg_k"].append(m["targeted_successes"])
             per["tg_zs"].append(m["zeroshot_top1"])
-        m = run(f"clean_s{s}", {"preset": "clip-small", "attack": {"name": "carlini-control",
-                                "params": {"backdoor": bd_params, "targeted": tg_params}}}, ov, work)
-        per["clean_asr"].append(m["asr"])
-        per["clean_zs"].append(m["zeroshot_top1"])
-        per["clean_z"].append(m["backdoor_zscore"])
-        per["clean_tg"].append(m["targeted_success_rate"])
-        per["clean_tg_k"].append(m["targeted_successes"])
     one = "0.01" if "0.01" in per["zs"] else str(rates[len(rates) // 2])
     result = {
         "backdoor": {

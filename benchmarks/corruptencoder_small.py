@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from clpoison.experiments.config import build_config, load_preset
-from clpoison.experiments.runner import RESULTS_NAME, run_experiment
+from clpoison.experiments.runner import run_or_reuse
 from clpoison.utils.io import atomic_write_json
 
 PRESET = "corruptencoder-small"
@@ -56,10 +56,8 @@ def row_config(row: str, ce: dict) -> dict:
 
 def run(name: str, data: dict, overrides: list[str], work: Path) -> tuple[dict, dict, float]:
     out = work / name
-    if not (out / RESULTS_NAME).exists():
-        cfg = build_config({**data, "name": name}, ["train.progress=false", *overrides])
-        run_experiment(cfg, out, overwrite=True)
-    res = json.loads((out / RESULTS_NAME).read_text())
+    cfg = build_config({**data, "name": name}, ["train.progress=false", *overrides])
+    res, _ = run_or_reuse(cfg, out)
     man = json.loads((out / "manifest.json").read_text()) if (out / "manifest.json").exists() else {}
     wall = res["timings"].get("total_s", float("nan"))
     m = res["metrics"]

@@ -8,9 +8,12 @@ defense) on the 1% backdoor (``carlini-backdoor-small``) and on targeted poisoni
 "targeted": {"success_clip", "success_safeclip"}, "time_ratio_safeclip_over_clip"}``
 
 (means over seeds, plus ``*_per_seed`` lists). ``poison_recall_risky`` is the share of the poisoned pairs that the
-last epoch's split put in the risky set. Finished runs are kept under ``--work`` and reused.
+last epoch's split put in the risky set. Finished runs are kept under ``--work`` and reused; the plain-CLIP runs
+have the same names and configs as those of ``benchmarks/carlini_small.py`` (``backdoor_0.01_s0``,
+``targeted_s0``), so pointing both scripts at one ``--work`` folder trains each plain model once:
 
-    python benchmarks/safeclip_small.py --out runs/safeclip_small.json --seeds 3
+    python benchmarks/carlini_small.py --out benchmarks/results/carlini_small.json --work runs/carlini_small_runs
+    python benchmarks/safeclip_small.py --out benchmarks/results/safeclip_small.json --work runs/carlini_small_runs
 """
 
 from __future__ import annotations
@@ -24,16 +27,15 @@ from pathlib import Path
 import torch
 
 from clpoison.experiments.config import build_config, load_preset
-from clpoison.experiments.runner import RESULTS_NAME, run_experiment
+from clpoison.experiments.runner import run_or_reuse
 from clpoison.utils.io import atomic_write_json
 
 
 def run(name: str, data: dict, overrides: list[str], work: Path) -> dict:
-    out = work / name
-    if (out / RESULTS_NAME).exists():
-        return json.loads((out / RESULTS_NAME).read_text())
     cfg = build_config({**data, "name": name}, ["train.progress=false", *overrides])
-    res = run_experiment(cfg, out, overwrite=True)
+    res, reused = run_or_reuse(cfg, work / name)
+    if reused:
+        return res
     print(f"{name}: {res['timings']['total_s']:.0f}s " + json.dumps(
         {k: v for k, v in res["metrics"].items() if isinstance(v, float)}, sort_keys=True), flush=True)
     return res
@@ -64,10 +66,12 @@ def main() -> None:
     t0 = time.time()
     for s in range(args.seeds):
         ov = [f"seed={s}", *args.overrides]
-        for attack, preset, extra in (("backdoor", "carlini-backdoor-small", [f"attack.params.poison_rate={args.rate}"]),
-                                      ("targeted", "carlini-targeted-small", [])):
-            plain = run(f"{attack}_clip_s{s}", {"preset": preset}, [*extra, *ov], work)
-            safe = run(f"{attack}_safeclip_s{s}", {"preset": preset, "defense": defense}, [*extra, *ov, *args.safeclip], work)
+        for attack, preset, extra, tag in (
+                ("backdoor", "carlini-backdoor-small", [f"attack.params.poison_rate={args.rate}"], f"_{args.rate}"),
+                ("targeted", "carlini-targeted-small", [], "")):
+            plain = run(f"{attack}{tag}_s{s}", {"preset": preset}, [*extra, *ov], work)
+            safe = run(f"{attack}_safeclip{tag}_s{s}", {"preset": preset, "defense": defense},
+                       [*extra, *ov, *args.safeclip], work)
             per["time_clip"].append(plain["timings"]["pretrain_s"])
             per["time_safeclip"].append(safe["timings"]["pretrain_s"])
             if attack == "backdoor":

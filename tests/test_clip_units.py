@@ -16,7 +16,7 @@ from clpoison.eval.retrieval import retrieval_recall
 from clpoison.eval.zeroshot import ZeroShotClassifier, class_text_features
 from clpoison.methods.clip import CLIP, CLIPParams, clip_loss
 from clpoison.models import build_backbone
-from clpoison.models.text import TextTransformer
+from clpoison.models.text import BagOfWordsText, TextTransformer
 
 torch.set_num_threads(2)
 
@@ -121,6 +121,32 @@ def test_tokenizer_survives_method_state_dict():
     m2 = CLIP.from_state_dict(build_backbone("resnet10", 4, 2), p, m.state_dict())
     assert m2.tokenizer == tok
     assert torch.equal(m2.model.text.token_embedding.weight, m.model.text.token_embedding.weight)
+
+
+def test_bag_of_words_tower_ignores_order_and_padding_and_matches_a_naive_mean():
+    torch.manual_seed(0)
+    net = BagOfWordsText(vocab_size=50, width=8, output_dim=6)
+    tok = torch.tensor([[2, 7, 9, 3, 0, 0], [2, 9, 7, 3, 0, 0], [2, 5, 3, 0, 0, 0]])
+    out = net(tok)
+    assert torch.allclose(out[0], out[1], atol=1e-6) and not torch.allclose(out[0], out[2])
+    assert torch.allclose(net(tok[:, :4]), out, atol=1e-6)  # trailing padding changes nothing
+    naive = torch.stack([net.mlp(net.token_embedding.weight[[t for t in row.tolist() if t]].mean(0)) for row in tok])
+    assert torch.allclose(out, naive, atol=1e-6)
+
+
+def test_text_tower_choice_trains_and_round_trips():
+    tok = CaptionTokenizer.train(["a cat", "a dog"] * 4, vocab_size=280)
+    p = CLIPParams(embed_dim=8, text_tower="bow", text_width=8, context_length=8)
+    m = CLIP(build_backbone("resnet10", 4, 2), p, tok)
+    assert isinstance(m.model.text, BagOfWordsText)
+    batch = {"images": torch.rand(4, 3, 16, 16), "tokens": tok.encode(["a cat", "a dog", "a cat", "a dog"], 8)}
+    loss, _ = m.training_step(batch)
+    loss.backward()
+    assert m.model.text.token_embedding.weight.grad is not None
+    m2 = CLIP.from_state_dict(build_backbone("resnet10", 4, 2), p, m.state_dict())
+    assert torch.equal(m2.model.text.mlp[0].weight, m.model.text.mlp[0].weight)
+    with pytest.raises(ConfigError, match="text_tower"):
+        CLIPParams(text_tower="lstm")
 
 
 def test_caption_generator_is_deterministic_and_varied():

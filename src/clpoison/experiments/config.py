@@ -66,6 +66,7 @@ class EvalConfig:
     batch_size: int = 512
     zeroshot_templates: Optional[list[str]] = None  # CLIP: prompt ensemble; null → the 18 OpenAI CIFAR templates
     retrieval_ks: list[int] = field(default_factory=lambda: [1, 5, 10])  # CLIP: recall@K on the test pairs
+    every_epochs: int = 0  # >0: also evaluate (clean metrics + attack metrics) after every k-th epoch → history
 
     def __post_init__(self) -> None:
         if self.zeroshot_templates is not None and (not self.zeroshot_templates or any("{c}" not in t for t in self.zeroshot_templates)):
@@ -80,6 +81,8 @@ class EvalConfig:
             raise ConfigError(f"eval.linear_l2={self.linear_l2} must be >= 0")
         if self.batch_size < 1:
             raise ConfigError(f"eval.batch_size={self.batch_size} must be >= 1")
+        if self.every_epochs < 0:
+            raise ConfigError(f"eval.every_epochs={self.every_epochs} must be >= 0 (0 = only after the last epoch)")
 
 
 @dataclass

@@ -226,6 +226,21 @@ def run_experiment(
         raise
 
 
+def run_or_reuse(cfg: ExperimentConfig, out: Path, echo: Callable[[str], None] = lambda s: None) -> tuple[dict[str, Any], bool]:
+    """``(results, reused)``: the finished run at ``out`` when its ``results.json`` was written for exactly this
+    config (benchmarks re-use runs across scripts and re-runs), else a fresh :func:`run_experiment` (which resumes
+    a matching ``out.partial``). A finished run of a different config is replaced."""
+    path = Path(out) / RESULTS_NAME
+    if path.exists():
+        try:
+            old = json.loads(path.read_text())
+            if old.get("config") == json.loads(dumps_json(cfg.to_dict())):
+                return old, True
+        except (OSError, ValueError):
+            pass
+    return run_experiment(cfg, Path(out), overwrite=True, echo=echo), False
+
+
 def _run(cfg: ExperimentConfig, out: Path, work: Path, device: torch.device, snapshot: dict, resume: bool,
          echo: Callable[[str], None]) -> dict[str, Any]:
     timings: dict[str, float] = {}
@@ -271,6 +286,9 @@ def _run(cfg: ExperimentConfig, out: Path, work: Path, device: torch.device, sna
         "device": device, "seed": cfg.seed})
     trainer = Trainer(method, batches, cfg.train, device, work, snapshot)
     defense.attach(trainer)
+    if cfg.eval.every_epochs:
+        trainer.on_epoch_end.append(periodic_eval(task, method, attack, splits, train_splits, cfg.eval.every_epochs,
+                                                  cfg.train.epochs))
     with timed("pretrain_s"):
         history = trainer.fit(resume=resume)
     timings["pretrain_s_total_including_resumed"] = round(trainer.train_seconds, 3)
@@ -300,6 +318,35 @@ def _run(cfg: ExperimentConfig, out: Path, work: Path, device: torch.device, sna
         shutil.rmtree(out)
     work.rename(out)
     return results
+
+
+def periodic_eval(task: Any, method: Any, attack: Any, splits: Any, poisoned: Any, every: int, epochs: int):
+    """An ``on_epoch_end`` hook: after every ``every``-th epoch (not the last, which the run evaluates anyway) it
+    computes the task's clean metrics and the attack's metrics and returns the scalar ones as ``eval_*`` entries of
+    the epoch record (so ``results.json["history"]`` holds e.g. ASR against epochs). The RNG state and the
+    model's train mode are restored, so training (and resuming) is unaffected."""
+
+    def hook(trainer: Any, epoch: int) -> dict[str, Any]:
+        if epoch % every or epoch >= epochs:
+            return {}
+        state = torch.random.get_rng_state()
+        cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+        modes = [(mod, mod.training) for mod in method.modules()]
+        t0 = time.perf_counter()
+        try:
+            m, extras = task.evaluate(method, splits)
+            m.update(attack.evaluate(task.context(method, splits, poisoned, extras)))
+        finally:
+            torch.random.set_rng_state(state)
+            if cuda is not None:
+                torch.cuda.set_rng_state_all(cuda)
+            for mod, was in modes:
+                mod.train(was)
+        out = {f"eval_{k}": v for k, v in m.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        out["eval_seconds"] = round(time.perf_counter() - t0, 3)
+        return out
+
+    return hook
 
 
 def format_table(results: dict[str, Any]) -> str:

@@ -36,8 +36,10 @@ from torch import nn
 from ..data.tokenizer import CaptionTokenizer
 from ..errors import ConfigError
 from ..models.clip import CLIPModel
-from ..models.text import TextTransformer
+from ..models.text import BagOfWordsText, TextTransformer
 from .base import METHODS, Method, MethodParams, check_positive
+
+TEXT_TOWERS = ("transformer", "bow")
 
 
 def _dist_world() -> tuple[int, int]:
@@ -77,6 +79,7 @@ def clip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torc
 @dataclass
 class CLIPParams(MethodParams):
     embed_dim: int = 128
+    text_tower: str = "transformer"  # transformer (CLIP's causal Transformer) | bow (bag of tokens + MLP, CPU preset)
     text_width: int = 128
     text_layers: int = 3
     text_heads: int = 4
@@ -89,6 +92,8 @@ class CLIPParams(MethodParams):
 
     def __post_init__(self) -> None:
         check_positive(self, "embed_dim", "text_width", "text_layers", "text_heads", "text_mlp_ratio", "init_logit_scale")
+        if self.text_tower not in TEXT_TOWERS:
+            raise ConfigError(f"method.params.text_tower='{self.text_tower}' is unknown; choose one of: {', '.join(TEXT_TOWERS)}")
         if self.text_width % self.text_heads:
             raise ConfigError(f"method.params.text_width={self.text_width} must be divisible by text_heads={self.text_heads}")
         if self.context_length < 3:
@@ -111,8 +116,11 @@ class CLIP(Method):
         self.tokenizer = tokenizer
         vocab = tokenizer.vocab_size if tokenizer is not None else params.vocab_size
         eot = tokenizer.eot_id if tokenizer is not None else 3
-        text = TextTransformer(vocab, params.context_length, params.text_width, params.text_layers, params.text_heads,
-                               params.embed_dim, eot, params.text_mlp_ratio)
+        if params.text_tower == "bow":
+            text: nn.Module = BagOfWordsText(vocab, params.text_width, params.embed_dim)
+        else:
+            text = TextTransformer(vocab, params.context_length, params.text_width, params.text_layers,
+                                   params.text_heads, params.embed_dim, eot, params.text_mlp_ratio)
         self.model = CLIPModel(backbone, text, params.embed_dim, params.init_logit_scale, params.max_logit_scale)
 
     @property

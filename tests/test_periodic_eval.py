@@ -1,0 +1,41 @@
+"""eval.every_epochs: attack and clean metrics recorded during training, without changing the training itself."""
+
+import pytest
+
+from clpoison.experiments.config import build_config
+from clpoison.experiments.runner import run_experiment, run_or_reuse
+from clpoison.errors import ConfigError
+
+TINY = ["train.epochs=3", "data.train_limit=192", "data.test_limit=64", "train.batch_size=64", "model.arch=convnet",
+        "eval.random_init_control=false", "eval.linear=false", "train.progress=false",
+        "attack.name=ssl-backdoor", "attack.params.target=airplane", "attack.params.poison_count=8",
+        "attack.params.trigger.size=4"]
+
+
+@pytest.mark.slow
+def test_every_epochs_records_asr_and_leaves_training_unchanged(tmp_path):
+    plain = run_experiment(build_config({"preset": "simclr-small"}, TINY), tmp_path / "a")
+    every = run_experiment(build_config({"preset": "simclr-small"}, [*TINY, "eval.every_epochs=1"]), tmp_path / "b")
+    h = every["history"]
+    assert [("eval_asr" in r, "eval_knn_top1" in r) for r in h] == [(True, True), (True, True), (False, False)]
+    assert all(0.0 <= r["eval_asr"] <= 1.0 for r in h[:2])
+    # same seed: the evaluations restore RNG state and train mode, so losses and final metrics are identical
+    assert [r["loss"] for r in h] == [r["loss"] for r in plain["history"]]
+    assert every["metrics"]["asr"] == plain["metrics"]["asr"]
+    assert every["metrics"]["knn_top1"] == plain["metrics"]["knn_top1"]
+
+
+def test_every_epochs_must_be_non_negative():
+    with pytest.raises(ConfigError, match="eval.every_epochs"):
+        build_config({"preset": "simclr-small"}, ["eval.every_epochs=-1"])
+
+
+@pytest.mark.slow
+def test_run_or_reuse_reuses_only_the_same_config(tmp_path):
+    cfg = build_config({"preset": "simclr-small"}, [*TINY, "train.epochs=1"])
+    first, reused = run_or_reuse(cfg, tmp_path / "r")
+    assert not reused
+    again, reused = run_or_reuse(build_config({"preset": "simclr-small"}, [*TINY, "train.epochs=1"]), tmp_path / "r")
+    assert reused and again["metrics"] == first["metrics"]
+    other, reused = run_or_reuse(build_config({"preset": "simclr-small"}, [*TINY, "train.epochs=1", "seed=1"]), tmp_path / "r")
+    assert not reused and other["config"]["seed"] == 1
