@@ -23,30 +23,11 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from corruptencoder_small import PRESET, ROWS, row_config  # noqa: E402
+from corruptencoder_small import PRESET, row_config, setup, split_overrides  # noqa: E402
 
 from clpoison.experiments.config import build_config, load_preset  # noqa: E402
 from clpoison.experiments.runner import run_or_reuse  # noqa: E402
 from clpoison.utils.io import atomic_write_json  # noqa: E402
-
-
-def split_overrides(items: list[str], ce: dict) -> tuple[dict, list[str]]:
-    """attack.params.* overrides change the shared attack parameters of every row; the rest go to the config."""
-    import yaml
-
-    ce = json.loads(json.dumps(ce))
-    rest = []
-    for o in items:
-        if o.startswith("attack.params."):
-            key, raw = o[len("attack.params."):].split("=", 1)
-            *path, last = key.split(".")
-            node = ce
-            for part in path:
-                node = node.setdefault(part, {})
-            node[last] = yaml.safe_load(raw)
-        else:
-            rest.append(o)
-    return ce, rest
 
 
 def curve(res: dict) -> dict[str, list]:
@@ -75,12 +56,7 @@ def main() -> None:
     ap.add_argument("--work", default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    out = Path(args.out)
-    work = Path(args.work) if args.work else out.with_name(out.stem + "_runs")
-    rows = [r for r in args.rows.split(",") if r]
-    bad = sorted(set(rows) - set(ROWS))
-    if bad:
-        raise SystemExit(f"error: unknown rows {bad}; choose from {', '.join(ROWS)}")
+    out, work, rows = setup(args)
     base = dict(load_preset(PRESET)["attack"]["params"])
     result: dict[str, Any] = json.loads(out.read_text()) if out.exists() else {}
     for spec in args.setting:

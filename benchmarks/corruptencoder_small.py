@@ -71,6 +71,37 @@ def stats(xs: list) -> dict:
             "std": statistics.stdev(xs) if len(xs) > 1 else 0.0, "per_seed": xs}
 
 
+def split_overrides(items: list[str], ce: dict) -> tuple[dict, list[str]]:
+    """``attack.params.*`` overrides change the shared attack parameters of every row (a copy of ``ce``); the
+    rest are returned as config overrides."""
+    import yaml
+
+    ce = json.loads(json.dumps(ce))
+    rest = []
+    for o in items:
+        if o.startswith("attack.params."):
+            key, raw = o[len("attack.params."):].split("=", 1)
+            *path, last = key.split(".")
+            node = ce
+            for part in path:
+                node = node.setdefault(part, {})
+            node[last] = yaml.safe_load(raw)
+        else:
+            rest.append(o)
+    return ce, rest
+
+
+def setup(args: argparse.Namespace) -> tuple[Path, Path, list[str]]:
+    """(out, work folder, rows) from the common arguments; unknown rows end the script with one error line."""
+    out = Path(args.out)
+    work = Path(args.work) if args.work else out.with_name(out.stem + "_runs")
+    rows = [r for r in args.rows.split(",") if r]
+    bad = sorted(set(rows) - set(ROWS))
+    if bad:
+        raise SystemExit(f"error: unknown rows {bad}; choose from {', '.join(ROWS)}")
+    return out, work, rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, help="JSON result file")
@@ -81,24 +112,8 @@ def main() -> None:
     ap.add_argument("overrides", nargs="*", help="config overrides for every run, e.g. train.epochs=10")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    out = Path(args.out)
-    work = Path(args.work) if args.work else out.with_name(out.stem + "_runs")
-    rows = [r for r in args.rows.split(",") if r]
-    bad = sorted(set(rows) - set(ROWS))
-    if bad:
-        raise SystemExit(f"error: unknown rows {bad}; choose from {', '.join(ROWS)}")
-    ce = dict(load_preset(PRESET)["attack"]["params"])
-    for o in args.overrides:  # attack.params.* overrides set the shared params of every row
-        if o.startswith("attack.params."):
-            import yaml
-
-            key, raw = o[len("attack.params."):].split("=", 1)
-            *path, last = key.split(".")
-            node = ce
-            for part in path:
-                node = node.setdefault(part, {})
-            node[last] = yaml.safe_load(raw)
-    overrides = [o for o in args.overrides if not o.startswith("attack.params.")]
+    out, work, rows = setup(args)
+    ce, overrides = split_overrides(args.overrides, dict(load_preset(PRESET)["attack"]["params"]))
     t0 = time.time()
     per: dict[str, dict[str, list]] = {r: {"ca": [], "asr": [], "wall_s": [], "craft": [], "n": []} for r in rows}
     for s in range(args.seeds):

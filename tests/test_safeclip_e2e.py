@@ -45,3 +45,41 @@ def test_safeclip_run_and_scan(tmp_path):
     assert len(rows) >= 256
     r = clpoison("scan", str(tmp_path / "missing"), "--data", "cifar10-subset", "--out", str(tmp_path / "x.csv"))
     assert r.returncode == 2 and "does not exist" in r.stderr and not (tmp_path / "x.csv").exists()
+
+
+@pytest.mark.slow
+def test_safeclip_resume_mid_filtering_is_exact(tmp_path, monkeypatch):
+    """Interrupted in the second filtering epoch, the same command resumes from the last checkpoint (the filter
+    schedule comes back from the history) and ends exactly like an uninterrupted run."""
+    from clpoison.defenses.safeclip import SafeCLIP
+    from clpoison.experiments.config import build_config
+    from clpoison.experiments.runner import run_experiment
+
+    ov = ["train.epochs=5", "data.train_limit=256", "data.test_limit=64", "train.batch_size=64",
+          "eval.random_init_control=false", "attack.params.poison_rate=0.05", "train.progress=false",
+          "defense.name=safeclip", "defense.params.inmodal_epochs=1", "defense.params.crossmodal_epochs=1",
+          "defense.params.warmup_epochs=0.5", "defense.params.eval_batch_size=256", "defense.params.histograms=false"]
+    cfg = build_config({"preset": "carlini-backdoor-small"}, ov)
+    straight = run_experiment(cfg, tmp_path / "a")
+
+    attach = SafeCLIP.attach
+
+    def interrupting_attach(self, trainer):
+        attach(self, trainer)
+
+        def hook(tr, epoch):
+            if epoch == 4:  # during epoch 4 (the 2nd filtering epoch): the last checkpoint is epoch 3's
+                raise KeyboardInterrupt
+
+        trainer.on_epoch_end.append(hook)
+
+    monkeypatch.setattr(SafeCLIP, "attach", interrupting_attach)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(cfg, tmp_path / "b")
+    assert (tmp_path / "b.partial" / "checkpoint.pt").exists() and not (tmp_path / "b").exists()
+    monkeypatch.setattr(SafeCLIP, "attach", attach)
+    resumed = run_experiment(cfg, tmp_path / "b")
+    key = ("safeclip_phase", "safeclip_safe", "safeclip_safe_fraction", "loss")
+    assert [[h.get(k) for k in key] for h in resumed["history"]] == [[h.get(k) for k in key] for h in straight["history"]]
+    assert resumed["metrics"]["asr"] == straight["metrics"]["asr"]
+    assert resumed["metrics"]["zeroshot_top1"] == straight["metrics"]["zeroshot_top1"]
