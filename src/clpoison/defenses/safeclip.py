@@ -35,6 +35,7 @@ augmentation elsewhere, while ``official`` applies it to every view as the offic
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -76,6 +77,7 @@ class SafeCLIPParams(DefenseParams):
     inmodal_loss: str = "official"  # official: CE(s·z2·NN(z1)ᵀ) | nt_xent: NT-Xent with temperature 1/s
     eval_batch_size: int = 2048
     histograms: bool = True
+    histogram_every: int = 1  # draw the histogram every k-th filtering epoch (the first and the last always)
 
     def __post_init__(self) -> None:
         if self.inmodal_epochs < 0 or self.crossmodal_epochs < 0:
@@ -87,6 +89,8 @@ class SafeCLIPParams(DefenseParams):
             raise ConfigError("defense.params.warmup_steps / warmup_epochs must be >= 0")
         if not 0 < self.threshold < 1 or not 0 < self.cap_filter_ratio <= 1 or self.update_filter_ratio < 0:
             raise ConfigError("defense.params: threshold in (0,1), cap_filter_ratio in (0,1], update_filter_ratio >= 0")
+        if self.histogram_every < 1:
+            raise ConfigError(f"defense.params.histogram_every={self.histogram_every} must be >= 1")
         if self.image_aug not in ("official", "clip"):
             raise ConfigError(f"defense.params.image_aug='{self.image_aug}' unknown; choose official or clip")
         if self.inmodal_loss not in ("official", "nt_xent"):
@@ -514,9 +518,12 @@ class SafeCLIP(Defense):
                 first = [h.get("safeclip_first_ratio") for h in trainer.history if h.get("safeclip_first_ratio") is not None]
                 if first:
                     self.schedule = FilterSchedule(float(first[0]), p.update_filter_ratio, p.cap_filter_ratio)
+            t0 = time.perf_counter()
             sims = b.similarities(self.method.model, epoch)
+            t1 = time.perf_counter()
             split, self.schedule = safeclip_split(sims, k if self.schedule is not None else 0, self.schedule,
                                                   p.threshold, p.update_filter_ratio, p.cap_filter_ratio)
+            rec.update({"safeclip_similarity_s": round(t1 - t0, 3), "safeclip_gmm_s": round(time.perf_counter() - t1, 3)})
             segments = [("inmodal", split.risky), ("clip", split.safe)]
             rec.update({"safeclip_rule": split.rule, "safeclip_safe": int(len(split.safe)),
                         "safeclip_risky": int(len(split.risky)), "safeclip_safe_fraction": round(split.ratio, 6),
@@ -525,13 +532,16 @@ class SafeCLIP(Defense):
             if self.poisons is not None and len(self.poisons):
                 pr = poison_precision_recall(split.risky, self.poisons)
                 rec.update({f"safeclip_{k2}": v for k2, v in pr.items()})
-            if p.histograms and self.out_dir is not None:
+            last = epoch == trainer.cfg.epochs - 1
+            if p.histograms and self.out_dir is not None and (k % p.histogram_every == 0 or last):
+                t2 = time.perf_counter()
                 cut = float(sims[split.safe].min()) if len(split.safe) else None
                 name = f"safeclip/similarity_epoch{epoch + 1:03d}.png"
                 similarity_histogram(self.out_dir / name, sims, self.poisons,
                                      f"epoch {epoch + 1}: safe {len(split.safe)}/{len(sims)} ({split.rule})", cut)
                 if name not in self.histograms:
                     self.histograms.append(name)
+                rec["safeclip_histogram_s"] = round(time.perf_counter() - t2, 3)
             self.last = {k2: v for k2, v in rec.items() if k2 != "safeclip_phase"}
         b.set_plan(epoch, segments)
         trainer.scheduler.set_epoch(epoch, trainer.step, b.plan_steps(epoch))

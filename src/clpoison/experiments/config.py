@@ -9,6 +9,7 @@ out-of-range value is a :class:`~clpoison.errors.ConfigError` naming the key and
 from __future__ import annotations
 
 import copy
+import re
 import dataclasses
 import typing
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from ..data.augment import AugmentConfig
 from ..data.caption_readers import CaptionDataConfig
 from ..engine.trainer import TrainConfig
 from ..errors import ConfigError
+from ..utils.schema import from_dict
 
 
 @dataclass
@@ -105,97 +107,27 @@ class ExperimentConfig:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# building dataclasses from dicts, with type checks
-
-
-def _check_type(value: Any, tp: Any, key: str) -> Any:
-    origin = typing.get_origin(tp)
-    if tp is Any:
-        return value
-    if origin is Union:
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return _check_type(value, a, key)
-            except ConfigError:
-                pass
-        raise ConfigError(f"{key}={value!r} has the wrong type; expected {tp}")
-    if origin in (tuple, list):
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}={value!r} must be a list")
-        args = typing.get_args(tp)
-        if origin is tuple and args and args[-1] is not Ellipsis:
-            if len(value) != len(args):
-                raise ConfigError(f"{key} needs {len(args)} values, got {len(value)}")
-            return tuple(_check_type(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
-        inner = args[0] if args else Any
-        return origin(_check_type(v, inner, f"{key}[{i}]") for i, v in enumerate(value))
-    if origin is dict or tp is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key} must be a mapping of key: value")
-        return dict(value)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key}={value!r} must be true or false")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, float) and value.is_integer():
-                return int(value)
-            raise ConfigError(f"{key}={value!r} must be an integer")
-        return value
-    if tp is float:
-        if isinstance(value, str):  # YAML 1.1 reads "1e-5" (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}={value!r} must be a number")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{key}={value!r} must be a string")
-        return value
-    return value
-
-
-def from_dict(cls: type, data: Optional[dict], prefix: str = "") -> Any:
-    """Instantiate dataclass ``cls`` from ``data``, rejecting unknown keys and wrong types."""
-    data = {} if data is None else data
-    if not isinstance(data, dict):
-        raise ConfigError(f"{prefix or 'config'} must be a mapping, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(data) - set(names))
-    if unknown:
-        where = prefix or "the config"
-        raise ConfigError(
-            f"unknown key(s) {', '.join(f'{prefix}{u}' for u in unknown)} in {where.rstrip('.')}; "
-            f"valid keys: {', '.join(names)}"
-        )
-    kwargs = {}
-    for n in names:
-        if n not in data:
-            continue
-        tp, key = hints[n], f"{prefix}{n}"
-        if dataclasses.is_dataclass(tp):
-            kwargs[n] = from_dict(tp, data[n], f"{key}.")
-        else:
-            kwargs[n] = _check_type(data[n], tp, key)
-    try:
-        return cls(**kwargs)
-    except ConfigError:
-        raise
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: {e}") from None
+# building dataclasses from dicts, with type checks: clpoison.utils.schema
 
 
 # ----------------------------------------------------------------------------------------------------------------
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that reads YAML 1.2 floats: ``1e-5`` and ``2e-3`` (no dot) are numbers, as users expect."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+    |[0-9][0-9_]*[eE][-+]?[0-9]+|\.(?:inf|Inf|INF)|[-+]\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."),
+)
+
+
+def load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)
+
 # presets, YAML, overrides
 
 
@@ -212,7 +144,7 @@ def read_yaml(path: Union[str, Path]) -> dict:
     if not p.exists():
         raise ConfigError(f"config file '{p}' does not exist; check the path")
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        data = load_yaml(p.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         line = getattr(getattr(e, "problem_mark", None), "line", None)
         raise ConfigError(f"config file '{p}' is not valid YAML{'' if line is None else f' (line {line + 1})'}; fix its syntax") from None
@@ -271,7 +203,7 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     if not key or any(not p for p in key.split(".")):
         raise ConfigError(f"override '{item}' has an empty key; use e.g. train.epochs=5")
     try:
-        value = yaml.safe_load(raw) if raw.strip() != "" else None
+        value = load_yaml(raw) if raw.strip() != "" else None
     except yaml.YAMLError:
         value = raw
     return key.split("."), value

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..utils.schema import from_dict
 from ..registry import Registry
 
 METHODS: Registry[type] = Registry("method")
@@ -31,11 +32,8 @@ class MethodParams:
 
     @classmethod
     def from_dict(cls, d: dict, where: str = "method.params") -> "MethodParams":
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ConfigError(f"unknown key(s) {unknown} in {where}; valid keys: {', '.join(sorted(names))}")
-        return cls(**d)
+        """Unknown keys and values of the wrong type end in one ConfigError naming ``where.key``."""
+        return from_dict(cls, d, f"{where}.")
 
 
 class Method(nn.Module):
