@@ -50,7 +50,8 @@ def test_safeclip_run_and_scan(tmp_path):
 @pytest.mark.slow
 def test_safeclip_resume_mid_filtering_is_exact(tmp_path, monkeypatch):
     """Interrupted in the second filtering epoch, the same command resumes from the last checkpoint (the filter
-    schedule comes back from the history) and ends exactly like an uninterrupted run."""
+    schedule comes back from the history, the reused scores of split_every=2 from the run folder) and ends
+    exactly like an uninterrupted run."""
     from clpoison.defenses.safeclip import SafeCLIP
     from clpoison.experiments.config import build_config
     from clpoison.experiments.runner import run_experiment
@@ -58,7 +59,8 @@ def test_safeclip_resume_mid_filtering_is_exact(tmp_path, monkeypatch):
     ov = ["train.epochs=5", "data.train_limit=256", "data.test_limit=64", "train.batch_size=64",
           "eval.random_init_control=false", "attack.params.poison_rate=0.05", "train.progress=false",
           "defense.name=safeclip", "defense.params.inmodal_epochs=1", "defense.params.crossmodal_epochs=1",
-          "defense.params.warmup_epochs=0.5", "defense.params.eval_batch_size=256", "defense.params.histograms=false"]
+          "defense.params.warmup_epochs=0.5", "defense.params.eval_batch_size=256", "defense.params.histograms=false",
+          "defense.params.split_every=2"]
     cfg = build_config({"preset": "carlini-backdoor-small"}, ov)
     straight = run_experiment(cfg, tmp_path / "a")
 
@@ -79,7 +81,8 @@ def test_safeclip_resume_mid_filtering_is_exact(tmp_path, monkeypatch):
     assert (tmp_path / "b.partial" / "checkpoint.pt").exists() and not (tmp_path / "b").exists()
     monkeypatch.setattr(SafeCLIP, "attach", attach)
     resumed = run_experiment(cfg, tmp_path / "b")
-    key = ("safeclip_phase", "safeclip_safe", "safeclip_safe_fraction", "loss")
+    key = ("safeclip_phase", "safeclip_rule", "safeclip_safe", "safeclip_safe_fraction", "loss")
+    assert [h.get("safeclip_rule") for h in straight["history"]][2:] == ["threshold", "ratio (scores reused)", "ratio"]
     assert [[h.get(k) for k in key] for h in resumed["history"]] == [[h.get(k) for k in key] for h in straight["history"]]
     assert resumed["metrics"]["asr"] == straight["metrics"]["asr"]
     assert resumed["metrics"]["zeroshot_top1"] == straight["metrics"]["zeroshot_top1"]

@@ -53,8 +53,9 @@ from ..errors import ConfigError
 from ..methods.base import Method
 from ..methods.clip import clip_loss
 from ..methods.simclr import nt_xent_loss
+from ..utils.io import atomic_write_bytes
 from .base import DEFENSES, Defense, DefenseParams
-from .safeclip_split import FilterSchedule, poison_precision_recall, safeclip_split
+from .safeclip_split import FilterSchedule, Split, poison_precision_recall, safeclip_split, split_by_ratio
 
 
 @dataclass
@@ -78,6 +79,8 @@ class SafeCLIPParams(DefenseParams):
     eval_batch_size: int = 2048
     histograms: bool = True
     histogram_every: int = 1  # draw the histogram every k-th filtering epoch (the first and the last always)
+    split_every: int = 1  # recompute similarities + GMM every k-th filtering epoch (official: 1); in between the
+    # last scores are re-cut at the epoch's safe ratio (the growth schedule is unchanged)
 
     def __post_init__(self) -> None:
         if self.inmodal_epochs < 0 or self.crossmodal_epochs < 0:
@@ -89,8 +92,9 @@ class SafeCLIPParams(DefenseParams):
             raise ConfigError("defense.params.warmup_steps / warmup_epochs must be >= 0")
         if not 0 < self.threshold < 1 or not 0 < self.cap_filter_ratio <= 1 or self.update_filter_ratio < 0:
             raise ConfigError("defense.params: threshold in (0,1), cap_filter_ratio in (0,1], update_filter_ratio >= 0")
-        if self.histogram_every < 1:
-            raise ConfigError(f"defense.params.histogram_every={self.histogram_every} must be >= 1")
+        for k in ("histogram_every", "split_every"):
+            if getattr(self, k) < 1:
+                raise ConfigError(f"defense.params.{k}={getattr(self, k)} must be >= 1")
         if self.image_aug not in ("official", "clip"):
             raise ConfigError(f"defense.params.image_aug='{self.image_aug}' unknown; choose official or clip")
         if self.inmodal_loss not in ("official", "nt_xent"):
@@ -470,6 +474,7 @@ class SafeCLIP(Defense):
         self.seed = 0
         self.last: dict[str, Any] = {}
         self.histograms: list[str] = []
+        self.scores: Optional[tuple[np.ndarray, np.ndarray]] = None  # (similarities, p_clean) of the last pass
 
     # -- the training-time hooks ---------------------------------------------------------------------------------
     def wrap_training(self, method: Method, batches: Any, context: dict[str, Any]) -> tuple[Method, Any]:
@@ -502,6 +507,29 @@ class SafeCLIP(Defense):
     def training_summary(self) -> dict[str, Any]:
         return {"last_split": self.last, "histograms": self.histograms}
 
+    # -- the last pass's scores, kept in the run folder so that a resumed run re-cuts exactly the same ones ------
+    def scores_path(self) -> Optional[Path]:
+        return None if self.out_dir is None else self.out_dir / "safeclip" / "last_scores.npz"
+
+    def save_scores(self, sims: np.ndarray, p_clean: np.ndarray) -> None:
+        self.scores = (np.asarray(sims), np.asarray(p_clean))
+        path = self.scores_path()
+        if self.params.split_every > 1 and path is not None:
+            import io
+
+            buf = io.BytesIO()
+            np.savez(buf, sims=self.scores[0], p_clean=self.scores[1])
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(path, buf.getvalue())
+
+    def load_scores(self) -> bool:
+        path = self.scores_path()
+        if path is None or not path.exists():
+            return False
+        with np.load(path) as z:
+            self.scores = (z["sims"], z["p_clean"])
+        return True
+
     # -- per epoch -----------------------------------------------------------------------------------------------
     def on_epoch_start(self, trainer: Any, epoch: int) -> dict[str, Any]:
         p, b = self.params, self.batches
@@ -518,12 +546,18 @@ class SafeCLIP(Defense):
                 first = [h.get("safeclip_first_ratio") for h in trainer.history if h.get("safeclip_first_ratio") is not None]
                 if first:
                     self.schedule = FilterSchedule(float(first[0]), p.update_filter_ratio, p.cap_filter_ratio)
-            t0 = time.perf_counter()
-            sims = b.similarities(self.method.model, epoch)
-            t1 = time.perf_counter()
-            split, self.schedule = safeclip_split(sims, k if self.schedule is not None else 0, self.schedule,
-                                                  p.threshold, p.update_filter_ratio, p.cap_filter_ratio)
-            rec.update({"safeclip_similarity_s": round(t1 - t0, 3), "safeclip_gmm_s": round(time.perf_counter() - t1, 3)})
+            if k % p.split_every == 0 or self.schedule is None or (self.scores is None and not self.load_scores()):
+                t0 = time.perf_counter()
+                sims = b.similarities(self.method.model, epoch)
+                t1 = time.perf_counter()
+                split, self.schedule = safeclip_split(sims, k if self.schedule is not None else 0, self.schedule,
+                                                      p.threshold, p.update_filter_ratio, p.cap_filter_ratio)
+                rec.update({"safeclip_similarity_s": round(t1 - t0, 3), "safeclip_gmm_s": round(time.perf_counter() - t1, 3)})
+                self.save_scores(sims, split.p_clean)
+            else:  # split_every > 1: re-cut the last pass's scores at this epoch's ratio
+                sims, pc = self.scores
+                safe, risky = split_by_ratio(pc, self.schedule.ratio(k), sims)
+                split = Split(safe, risky, len(safe) / max(len(sims), 1), pc, sims, "ratio (scores reused)")
             segments = [("inmodal", split.risky), ("clip", split.safe)]
             rec.update({"safeclip_rule": split.rule, "safeclip_safe": int(len(split.safe)),
                         "safeclip_risky": int(len(split.risky)), "safeclip_safe_fraction": round(split.ratio, 6),
