@@ -62,7 +62,9 @@ def main() -> None:
     for spec in args.setting:
         name, _, ov = spec.partition(":")
         ce, overrides = split_overrides(ov.split(), base)
-        entry: dict[str, Any] = {"overrides": ov.split(), "rows": {}}
+        entry: dict[str, Any] = result.get(name) or {}
+        if entry.get("overrides") != ov.split():  # a new or changed setting starts afresh; else rows accumulate
+            entry = {"overrides": ov.split(), "rows": {}}
         for r in rows:
             run_dir = work / name / r
             cfg = build_config({**row_config(r, ce), "name": f"{name}-{r}"},

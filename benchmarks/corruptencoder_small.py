@@ -7,8 +7,8 @@ plus the wall time of every row and the crafting speed (poisoned images/s, from 
 Everything else comes from the ``corruptencoder-small`` preset (target, budget, trigger, SimCLR recipe); extra
 ``key=value`` overrides apply to every run. Finished runs are kept under ``--work`` and reused on re-runs.
 
-NOTE: the small preset is provisional — the setting that shows the paper's ordering on CPU is still to be found
-(docs/corruptencoder.md, "Small preset: search pending").
+NOTE: ``corruptencoder-small`` is a mechanics preset; the CPU search (``benchmarks/corruptencoder_search.py``,
+docs/corruptencoder.md) found no setting that shows the paper's ordering at 32 px.
 
     python benchmarks/corruptencoder_small.py --out runs/corruptencoder_small.json --seeds 3
     python benchmarks/corruptencoder_small.py --out /tmp/ce.json --seeds 1 train.epochs=1 data.train_limit=512   # smoke
@@ -131,7 +131,7 @@ def main() -> None:
                      "poisons": per[r]["n"], "crafting_images_per_s": stats(per[r]["craft"]) if r != "clean" else None}
     result["_meta"] = {"preset": PRESET, "attack_params": ce, "seeds": list(range(args.seeds)), "overrides": args.overrides,
                        "wall_s": round(time.time() - t0, 1), "threads": args.threads,
-                       "note": "small preset provisional: the setting that shows the ordering is still to be searched"}
+                       "note": "corruptencoder-small is a mechanics preset; no CPU setting showed the paper's ordering (docs/corruptencoder.md)"}
     atomic_write_json(out, result)
     print(json.dumps({r: {"ca": result[r]["ca"]["mean"], "asr": result[r]["asr"]["mean"]} for r in rows}, indent=2))
 
