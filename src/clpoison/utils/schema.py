@@ -21,6 +21,9 @@ from typing import Any, Optional, Union
 from ..errors import ConfigError
 
 
+_PLAIN = {bool: "true or false", str: "a string"}  # types checked as they are
+
+
 def _check_type(value: Any, tp: Any, key: str) -> Any:
     origin = typing.get_origin(tp)
     if tp is Any:
@@ -51,9 +54,9 @@ def _check_type(value: Any, tp: Any, key: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{key} must be a mapping of key: value")
         return dict(value)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key}={value!r} must be true or false")
+    if tp in _PLAIN:
+        if not isinstance(value, tp):
+            raise ConfigError(f"{key}={value!r} must be {_PLAIN[tp]}")
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -70,10 +73,6 @@ def _check_type(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}={value!r} must be a number")
         return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{key}={value!r} must be a string")
-        return value
     return value
 
 
