@@ -34,6 +34,7 @@ augmentation elsewhere, while ``official`` applies it to every view as the offic
 
 from __future__ import annotations
 
+import io
 import math
 import time
 from dataclasses import dataclass
@@ -515,8 +516,6 @@ class SafeCLIP(Defense):
         self.scores = (np.asarray(sims), np.asarray(p_clean))
         path = self.scores_path()
         if self.params.split_every > 1 and path is not None:
-            import io
-
             buf = io.BytesIO()
             np.savez(buf, sims=self.scores[0], p_clean=self.scores[1])
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import re
 import dataclasses
-import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path

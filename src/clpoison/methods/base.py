@@ -13,7 +13,7 @@ Everything with state (queues, EMA targets) is a parameter or buffer, so ``state
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
