@@ -144,3 +144,36 @@ def test_scan_ranks_mismatched_pairs_first():
     rows = [r.split(",") for r in csv_text.strip().splitlines()[1:]]
     assert sorted(int(r[1]) for r in rows[:5]) == sorted(bad.tolist())
     assert summary["roc_auc"] == pytest.approx(1.0) and summary["recall"] == 1.0
+
+
+def test_clean_similarity_view_scores_stored_images_and_written_captions():
+    """similarity_view=clean: the training pass scores each pair exactly as `clpoison scan` does (no augmentation,
+    the caption as written), so the mismatched pairs come out lowest; official uses the augmented view + EDA."""
+    rng = np.random.default_rng(1)
+    n, colours = 48, ["red", "green", "blue"]
+    lab = rng.integers(0, 3, n)
+    imgs = torch.zeros(n, 3, 8, 8, dtype=torch.uint8)
+    imgs[torch.arange(n), torch.as_tensor(lab)] = 255
+    bad = np.array([2, 9, 30])
+    caps = [[f"a {colours[(l + 1) % 3] if i in bad else colours[l]} thing"] for i, l in enumerate(lab)]
+    ds = CaptionDataset(imgs, caps)
+    tok = CaptionTokenizer.train(["red", "green", "blue", "a thing"] * 20 + flat_captions(ds), 280)
+    aug = CaptionImageAugment(8, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    cb = CaptionBatches(ds, tok.encode(flat_captions(ds), 8), 16, torch.device("cpu"), 0, aug)
+
+    class Clip:  # the attributes wrap_training reads
+        modality, tokenizer = "image-text", tok
+        params = CLIPParams(embed_dim=3, context_length=8)
+
+    model = Rigged(tok)
+    sims = {}
+    for view in ("clean", "official"):
+        d = DEFENSES.get("safeclip")(SafeCLIPParams(similarity_view=view, image_aug="clip", eda_alpha=0.5))
+        _, b = d.wrap_training(Clip(), cb, {"train_set": ds, "seed": 0})
+        sims[view] = b.similarities(model, epoch=0)
+    ref, _, _ = score_pairs(model, tok, ds, lambda x: x.float() / 255, 8, torch.device("cpu"))
+    assert np.allclose(sims["clean"], ref, atol=1e-5)
+    assert set(np.argsort(sims["clean"])[:3].tolist()) == set(bad.tolist())
+    assert not np.allclose(sims["official"], ref, atol=1e-3)  # EDA captions / augmented views differ
+    with pytest.raises(Exception, match="similarity_view"):
+        SafeCLIPParams(similarity_view="raw")

@@ -82,6 +82,8 @@ class SafeCLIPParams(DefenseParams):
     histogram_every: int = 1  # draw the histogram every k-th filtering epoch (the first and the last always)
     split_every: int = 1  # recompute similarities + GMM every k-th filtering epoch (official: 1); in between the
     # last scores are re-cut at the epoch's safe ratio (the growth schedule is unchanged)
+    similarity_view: str = "official"  # official: augmented image view + EDA caption 1 | clean: the image as stored
+    # and the caption as written (what `clpoison scan` scores)
 
     def __post_init__(self) -> None:
         if self.inmodal_epochs < 0 or self.crossmodal_epochs < 0:
@@ -98,6 +100,8 @@ class SafeCLIPParams(DefenseParams):
                 raise ConfigError(f"defense.params.{k}={getattr(self, k)} must be >= 1")
         if self.image_aug not in ("official", "clip"):
             raise ConfigError(f"defense.params.image_aug='{self.image_aug}' unknown; choose official or clip")
+        if self.similarity_view not in ("official", "clean"):
+            raise ConfigError(f"defense.params.similarity_view='{self.similarity_view}' unknown; choose official or clean")
         if self.inmodal_loss not in ("official", "nt_xent"):
             raise ConfigError(f"defense.params.inmodal_loss='{self.inmodal_loss}' unknown; choose official or nt_xent")
 
@@ -256,6 +260,18 @@ class SafeCLIPBatches:
     def plan_steps(self, epoch: int) -> list[tuple[str, int]]:
         return [(k, self.segment_steps(len(i))) for k, i in self.plans.get(epoch, [])]
 
+    def clean_view(self, idx: torch.Tensor) -> torch.Tensor:
+        """The images as stored (whole valid area, no flip), resized to the training size and normalised."""
+        b = self.base
+        aug = b.augment
+        x = b.images[idx].float().div(255.0)
+        n, _, hc, wc = x.shape
+        hw = b.sizes[idx] if b.sizes is not None else torch.tensor([[hc, wc]], device=x.device).expand(n, 2)
+        boxes = torch.stack([torch.zeros(n, device=x.device), torch.zeros(n, device=x.device),
+                             hw[:, 1].float(), hw[:, 0].float()], 1)
+        x = crop_resize_flip(x, boxes, (aug.out_size, aug.out_size))
+        return ((x - aug.mean) / aug.std).contiguous(memory_format=b.memory_format)
+
     def view(self, idx: torch.Tensor, strong: bool) -> torch.Tensor:
         b = self.base
         aug = b.augment
@@ -298,7 +314,8 @@ class SafeCLIPBatches:
 
     @torch.no_grad()
     def similarities(self, model: nn.Module, epoch: int) -> np.ndarray:
-        """cos(image view 1, EDA caption 1) of every pair (eval mode; official: view 0 of the augmented data)."""
+        """cos(image, caption) of every pair, eval mode. ``similarity_view`` official: image view 1 and EDA caption 1
+        (the official code's view 0 of the augmented data); clean: the stored image and the caption as written."""
         was = model.training
         model.eval()
         choice = self.base.caption_choice(epoch)
@@ -309,9 +326,10 @@ class SafeCLIPBatches:
         for s in range(0, self.n, bs):
             idx = torch.arange(s, min(s + bs, self.n), device=self.base.device)
             rows = choice[idx]
-            tok = self.eda1[rows]
+            clean = self.params.similarity_view == "clean"
+            tok = (self.base.tokens if clean else self.eda1)[rows]
             tok = tok[:, : int((tok != 0).sum(1).max())]
-            img = model.encode_image(self.view(idx, self.params.image_aug == "official"))
+            img = model.encode_image(self.clean_view(idx) if clean else self.view(idx, self.params.image_aug == "official"))
             txt = model.encode_text(tok)
             out.append((img.float() * txt.float()).sum(1).cpu())
         torch.random.set_rng_state(g)
