@@ -64,6 +64,14 @@ if "carlini-control" not in ATTACKS:
     ATTACKS.add("carlini-control", CarliniControl)
 
 
+def clean_control() -> dict:
+    """Config of the clean-data control run (``clean_s{seed}``): plain clip-small on unpoisoned pairs, evaluated
+    with the small presets' backdoor trigger and targeted victims. ``safeclip_small.py`` shares it."""
+    return {"preset": "clip-small", "attack": {"name": "carlini-control", "params": {
+        "backdoor": load_preset("carlini-backdoor-small")["attack"]["params"],
+        "targeted": load_preset("carlini-targeted-small")["attack"]["params"]}}}
+
+
 def run(name: str, data: dict, overrides: list[str], work: Path) -> dict:
     cfg = build_config({**data, "name": name}, ["train.progress=false", *overrides])
     t0 = time.time()
@@ -103,8 +111,7 @@ def main() -> None:
                            "tg": [], "tg_k": [], "tg_zs": [], "clean_tg": [], "clean_tg_k": []}
     for s in seeds:
         ov = [f"seed={s}", *args.overrides]
-        m = run(f"clean_s{s}", {"preset": "clip-small", "attack": {"name": "carlini-control",
-                                "params": {"backdoor": bd_params, "targeted": tg_params}}}, ov, work)
+        m = run(f"clean_s{s}", clean_control(), ov, work)
         per["clean_asr"].append(m["asr"])
         per["clean_zs"].append(m["zeroshot_top1"])
         per["clean_z"].append(m["backdoor_zscore"])

@@ -14,9 +14,10 @@ weaken an attack, a control trains plain CLIP for the same number of epochs as S
 data (``backdoor.asr_clip_same_epochs``, ``targeted.success_clip_same_epochs``), and a clean-data plain CLIP
 (the ``clean_s{seed}`` run of ``carlini_small.py``) gives each seed's ASR floor: the share of triggered
 non-airplane images that an *unpoisoned* model already calls airplane (``backdoor.asr_clean_model``, and
-``targeted.successes_clean_model``). ``--no-control`` skips both controls. Finished runs are kept under ``--work`` and reused; the plain-CLIP runs
-have the same names and configs as those of ``benchmarks/carlini_small.py`` (``backdoor_0.01_s0``,
-``targeted_s0``), so pointing both scripts at one ``--work`` folder trains each plain model once:
+``targeted.successes_clean_model``). ``--no-control`` skips both controls. Finished runs are kept under
+``--work`` and reused; the plain-CLIP runs have the same names and configs as those of
+``benchmarks/carlini_small.py`` (``backdoor_0.01_s0``, ``targeted_s0``, ``clean_s0``), so pointing both scripts
+at one ``--work`` folder trains each plain model once:
 
     python benchmarks/carlini_small.py --out benchmarks/results/carlini_small.json --work runs/carlini_small_runs
     python benchmarks/safeclip_small.py --out benchmarks/results/safeclip_small.json --work runs/carlini_small_runs
@@ -38,7 +39,7 @@ from clpoison.experiments.runner import run_or_reuse
 from clpoison.utils.io import atomic_write_json
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import carlini_small  # noqa: E402  (registers the clean-data control attack, "carlini-control")
+from carlini_small import clean_control  # noqa: E402  (also registers the "carlini-control" attack)
 
 
 def run(name: str, data: dict, overrides: list[str], work: Path) -> dict:
@@ -63,7 +64,8 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=0.01, help="backdoor poison rate")
     ap.add_argument("--work", default=None, help="run folders (default: OUT without suffix + '_runs')")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--no-control", action="store_true", help="skip plain CLIP at SafeCLIP's epoch count")
+    ap.add_argument("--no-control", action="store_true", help="skip the two controls (plain CLIP at SafeCLIP's "
+                    "epoch count, and on clean data)")
     ap.add_argument("--safeclip", nargs="*", default=[], help="overrides for the SafeCLIP runs only (defense.params.*)")
     ap.add_argument("overrides", nargs="*", help="config overrides for every run, e.g. train.epochs=10")
     args = ap.parse_args()
@@ -80,14 +82,11 @@ def main() -> None:
                                             "asr_clip_same_epochs", "zeroshot_clip_same_epochs",
                                             "success_clip_same_epochs", "successes_clip_same_epochs",
                                             "asr_clean_model", "successes_clean_model")}
-    bd_params = load_preset("carlini-backdoor-small")["attack"]["params"]
-    tg_params = load_preset("carlini-targeted-small")["attack"]["params"]
     t0 = time.time()
     for s in range(args.seeds):
         ov = [f"seed={s}", *args.overrides]
         if not args.no_control:  # same name and config as carlini_small.py's clean run, so one --work shares it
-            clean = run(f"clean_s{s}", {"preset": "clip-small", "attack": {"name": "carlini-control", "params": {
-                "backdoor": bd_params, "targeted": tg_params}}}, ov, work)
+            clean = run(f"clean_s{s}", clean_control(), ov, work)
             per["asr_clean_model"].append(clean["metrics"]["asr"])
             per["successes_clean_model"].append(clean["metrics"]["targeted_successes"])
         for attack, preset, extra, tag in (

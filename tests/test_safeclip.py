@@ -17,6 +17,7 @@ from clpoison.defenses.safeclip_scan import scan_table, score_pairs
 from clpoison.defenses.safeclip_split import (FilterSchedule, gmm_clean_posterior, poison_precision_recall,
                                               safeclip_split, split_by_threshold)
 from clpoison.engine.trainer import TrainConfig, Trainer
+from clpoison.errors import ConfigError
 from clpoison.methods.clip import CLIP, CLIPParams
 from clpoison.models import build_backbone
 
@@ -175,5 +176,5 @@ def test_clean_similarity_view_scores_stored_images_and_written_captions():
     assert np.allclose(sims["clean"], ref, atol=1e-5)
     assert set(np.argsort(sims["clean"])[:3].tolist()) == set(bad.tolist())
     assert not np.allclose(sims["official"], ref, atol=1e-3)  # EDA captions / augmented views differ
-    with pytest.raises(Exception, match="similarity_view"):
+    with pytest.raises(ConfigError, match="similarity_view"):
         SafeCLIPParams(similarity_view="raw")

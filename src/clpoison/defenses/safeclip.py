@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.augment import AugmentConfig, ViewAugment, crop_resize_flip
-from ..data.caption_loader import CaptionBatches, flat_captions
+from ..data.caption_loader import CaptionBatches, CaptionImageAugment, flat_captions
 from ..data.eda import eda_views
 from ..data.loader import epoch_permutation
 from ..errors import ConfigError
@@ -241,6 +241,9 @@ class SafeCLIPBatches:
         self.base, self.params = base, params
         self.eda1, self.eda2 = (t.to(base.device) for t in eda_tokens)
         self.photometric = photometric.to(base.device)
+        a = base.augment  # the same crop/resize/normalise with the whole image as the box and no flip
+        self.unaugmented = CaptionImageAugment(a.out_size, "none", flip_p=0.0, mean=a.mean.flatten().tolist(),
+                                               std=a.std.flatten().tolist()).to(base.device)
         self.batch_size = base.batch_size
         self.plans: dict[int, list[tuple[str, torch.Tensor]]] = {}
 
@@ -263,14 +266,8 @@ class SafeCLIPBatches:
     def clean_view(self, idx: torch.Tensor) -> torch.Tensor:
         """The images as stored (whole valid area, no flip), resized to the training size and normalised."""
         b = self.base
-        aug = b.augment
-        x = b.images[idx].float().div(255.0)
-        n, _, hc, wc = x.shape
-        hw = b.sizes[idx] if b.sizes is not None else torch.tensor([[hc, wc]], device=x.device).expand(n, 2)
-        boxes = torch.stack([torch.zeros(n, device=x.device), torch.zeros(n, device=x.device),
-                             hw[:, 1].float(), hw[:, 0].float()], 1)
-        x = crop_resize_flip(x, boxes, (aug.out_size, aug.out_size))
-        return ((x - aug.mean) / aug.std).contiguous(memory_format=b.memory_format)
+        return self.unaugmented(b.images[idx], None if b.sizes is None else b.sizes[idx]).contiguous(
+            memory_format=b.memory_format)
 
     def view(self, idx: torch.Tensor, strong: bool) -> torch.Tensor:
         b = self.base
@@ -323,10 +320,10 @@ class SafeCLIPBatches:
         torch.manual_seed(int(self.base.seed) * 7_919 + epoch)  # the pass does not shift the training RNG stream
         out = []
         bs = self.params.eval_batch_size
+        clean = self.params.similarity_view == "clean"
         for s in range(0, self.n, bs):
             idx = torch.arange(s, min(s + bs, self.n), device=self.base.device)
             rows = choice[idx]
-            clean = self.params.similarity_view == "clean"
             tok = (self.base.tokens if clean else self.eda1)[rows]
             tok = tok[:, : int((tok != 0).sum(1).max())]
             img = model.encode_image(self.clean_view(idx) if clean else self.view(idx, self.params.image_aug == "official"))
