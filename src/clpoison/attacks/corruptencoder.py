@@ -10,14 +10,10 @@ larger than the dataset's images: a 32×32 object gives a 32×64 composite), and
 takes crops from the full composite (padded canvas + per-image ``sizes``, see
 :func:`clpoison.data.datasets.concat_datasets`).
 
-Layout (§2.5, :func:`corrupt_layout`): ``p_h, p_w = o_h, 2·o_w`` (left-right; ``top-bottom`` is the transposed
-variant the paper also describes; ``layout=both`` picks one per image). The object sits at the left or right edge
-with ``object_marginal`` (0.05 of ``p_w``) jitter; the trigger's top-left corner is uniform in
-``[o_x+o_w+dx·p_w, p_w−dx·p_w−t]`` (object left) or ``[dx·p_w, o_x−dx·p_w−t]`` (object right) with
-``dx = trigger_marginal/2`` (0.125), and ``[dy·p_h, p_h−dy·p_h−t]`` vertically with ``dy = trigger_marginal``
-(0.25). **Guard** (§2.9): where an interval inverts (small objects), its margin shrinks until the trigger is
-centred in the free span, so the trigger always stays inside the other half; objects too small to leave room for
-the trigger at all are upscaled first (to ``(t+1)/(1−2·object_marginal)`` on the split axis and ``t`` across).
+Layout (§2.5, :func:`~clpoison.attacks.corruptencoder_layout.corrupt_layout`, with the §2.9 guard for small
+objects): the object sits at one edge of a canvas twice its length (``p_h, p_w = o_h, 2·o_w`` for ``left-right``;
+``top-bottom`` is the transposed variant, ``layout=both`` picks one per image) and the trigger inside the other
+half; objects too small to leave room for the trigger are upscaled first (:meth:`CorruptEncoder.scale_object`).
 The background is scaled by ``max(p_h/b_h, p_w/b_w, 1)`` (upscale only), cropped bottom-aligned at a random x;
 the object is alpha-composited with its mask blurred by a 3×3 Gaussian (≈ PIL ``GaussianBlur(radius=1)``); the
 trigger is pasted hard (spec ``opacity`` 1).
@@ -50,9 +46,10 @@ Defaults (``Params``) follow the official code: 0.5% poisons (650 for ImageNet10
 ``object_marginal`` 0.05, ``trigger_marginal`` 0.25, ``max_object_width`` 400, ``support_ratio`` 0 (0.2 for +).
 Added rows get the target label as a placeholder (pretraining never reads labels; the official filelist uses −1).
 
-Evaluation (:meth:`CorruptEncoder.evaluate`, shared by SSL-Backdoor and PoisonedEncoder): clean accuracy and ASR of
-the linear probe trained on clean labelled data (``context["classify"]``), with the trigger pasted at a random
-top-left position in ``[0.25·S, 0.75·S − t]`` of every non-target test image (``location: center-range``), through
+Evaluation (:meth:`~clpoison.attacks.ssl_backdoor_base.SSLBackdoorAttack.evaluate`, shared with SSL-Backdoor and
+PoisonedEncoder): clean accuracy and ASR of the linear probe trained on clean labelled data
+(``context["classify"]``), with the trigger pasted at a random top-left position in ``[0.25·S, 0.75·S − t]`` of
+every non-target test image (``location: center-range``), through
 :func:`clpoison.eval.attack_metrics.backdoor_metrics`, plus the label-free backdoor z-score.
 
 Example::
@@ -75,343 +72,23 @@ Example::
 from __future__ import annotations
 
 import math
-import time
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Optional
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
-from ..data.datasets import IMAGE_EXTENSIONS, ImageDataset, ImageSplits, concat_datasets, stack_on_canvas
+from ..data.datasets import ImageDataset, ImageSplits
+from ..data.image_readers import IMAGE_EXTENSIONS, list_image_files
 from ..errors import ConfigError, DataError
-from ..eval.attack_metrics import backdoor_metrics, backdoor_zscore
-from .base import ATTACKS, Attack, AttackParams, PoisonResult
-from .manifest import build_manifest
-from .triggers import Trigger, TriggerSpec
+from .base import ATTACKS, PoisonResult
+from .corruptencoder_layout import corrupt_layout, min_object_size
+from .image_ops import blur_alpha, resize_image, resize_mask
+from .reference_objects import RefObject, center_mask, color_distance_mask, cut_object, read_image, read_mask
+from .ssl_backdoor_base import SSLBackdoorAttack, SSLBackdoorBaseParams
 
-#: Trigger defaults for the image-SSL backdoors: the paper's 40-px colourful patch, evaluated at [0.25, 0.75].
-DEFAULT_TRIGGER = {"pattern": "uniform", "size": 40, "location": "center-range", "center_range": [0.25, 0.75], "seed": 0}
 MASKS = ("color-distance", "center", "none")
 LAYOUTS = ("left-right", "top-bottom", "both")
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# shared parameters and evaluation of the image-SSL backdoors (CorruptEncoder, SSL-Backdoor, PoisonedEncoder)
-
-
-def resolve_budget(rate: Optional[float], count: Optional[int], n_train: int, default_rate: float) -> int:
-    """Number of poisons from ``poison_count`` or ``poison_rate`` × clean training size (one of them)."""
-    if rate is not None and count is not None:
-        raise ConfigError("give only one of attack.params.poison_rate and attack.params.poison_count")
-    if count is not None:
-        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
-            raise ConfigError(f"attack.params.poison_count={count!r} must be an integer >= 0")
-        return count
-    rate = default_rate if rate is None else rate
-    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 <= float(rate) <= 1.0:
-        raise ConfigError(f"attack.params.poison_rate={rate!r} must lie in [0, 1]")
-    k = int(round(float(rate) * n_train))
-    return max(k, 1) if rate > 0 else 0
-
-
-@dataclass
-class SSLBackdoorBaseParams(AttackParams):
-    target: Any = "airplane"  # target class (name or index); the paper's is ImageNet100-B "hunting dog"
-    poison_rate: Optional[float] = None  # poisons / clean training images (paper: 0.5%, used when neither is set)
-    poison_count: Optional[int] = None  # absolute number instead of the rate (paper: 650)
-    trigger: dict = field(default_factory=dict)  # TriggerSpec keys over DEFAULT_TRIGGER
-    eval_seed: int = 1234  # seeds the trigger positions on the test images (fixed per image, as the paper's files)
-    zscore_images: int = 1000  # test images for the label-free backdoor z-score
-
-    def __post_init__(self) -> None:
-        self.trigger_spec = TriggerSpec.from_dict({**DEFAULT_TRIGGER, **dict(self.trigger or {})}, "attack.params.trigger")
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["trigger"] = self.trigger_spec.to_dict()
-        return d
-
-
-@contextmanager
-def single_thread():
-    """Crafting does many tiny per-image tensor ops; intra-op threads only add wake-up latency there (measured
-    11 ms instead of 3 µs per op on a loaded 2-core machine), so it runs on one thread and restores the setting."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
-
-
-def require_images(splits: Any, attack: str) -> ImageSplits:
-    if not isinstance(splits, ImageSplits) or not isinstance(splits.train, ImageDataset):
-        raise DataError(f"{attack} poisons a resident image dataset; for imagefolder data raise "
-                        "data.max_resident_gb so the training split is held in memory")
-    return splits
-
-
-class SSLBackdoorAttack(Attack):
-    """Common evaluation: CA and ASR of the clean-data linear probe, trigger at [0.25, 0.75] of test images."""
-
-    data_kind = "images"
-    version = "1"
-
-    def __init__(self, params: SSLBackdoorBaseParams) -> None:
-        super().__init__(params)
-        self.trigger = Trigger(params.trigger_spec)  # the one trigger used at poison and at evaluation time
-
-    default_rate = 0.005
-
-    def target_index(self, ds: Any) -> int:
-        try:
-            return ds.class_index(self.params.target)
-        except DataError as e:
-            raise ConfigError(f"attack.params.target: {e}") from None
-
-    def poison(self, splits: Any, seed: int) -> PoisonResult:
-        """Resolve the target and budget, then :meth:`craft` (single-threaded: the per-image work is tiny)."""
-        with single_thread():
-            t0 = time.perf_counter()
-            splits = require_images(splits, self.name)
-            train = splits.train
-            target = self.target_index(train)
-            n = resolve_budget(self.params.poison_rate, self.params.poison_count, len(train), self.default_rate)
-            return self.craft(splits, target, n, torch.Generator().manual_seed(int(seed)), seed, t0)
-
-    def craft(self, splits: ImageSplits, target: int, n: int, g: torch.Generator, seed: int, t0: float) -> PoisonResult:
-        raise NotImplementedError
-
-    def evaluate(self, context: dict[str, Any]) -> dict[str, Any]:
-        p = self.params
-        test = context["splits"].test
-        target = self.target_index(test)
-        m: dict[str, Any] = {}
-        if "classify" in context and len(test):
-            m.update(backdoor_metrics(context["classify"], test.images, test.labels, target, self.trigger,
-                                      p.eval_seed, getattr(test, "sizes", None)))
-            m["ca"] = m["asr_clean_accuracy"]
-        if "embed" in context:
-            m["backdoor_zscore"] = backdoor_zscore(context["embed"], test.images, self.trigger, p.eval_seed,
-                                                   p.zscore_images)
-        return m
-
-    def finish(self, splits: ImageSplits, extra: list[torch.Tensor], target: int, seed: int, details: dict,
-               t0: float) -> PoisonResult:
-        """Append ``extra`` images (any sizes) to the training split and write the manifest."""
-        train = splits.train
-        n = len(extra)
-        if n:
-            imgs, sizes = stack_on_canvas(extra)
-            added = ImageDataset(imgs, torch.full((n,), target, dtype=torch.int64), list(train.class_names),
-                                 f"{self.name}-poisons", sizes)
-            if bool((sizes == torch.tensor(train.image_shape[1:])).all()) and train.sizes is None:
-                added.sizes = None  # same size as the clean images: no canvas needed
-            new_train = concat_datasets([train, added], train.name + f"+{self.name}")
-        else:
-            new_train = train
-        poisoned = ImageSplits(new_train, splits.test, dict(splits.source))
-        secs = time.perf_counter() - t0
-        details = {**details, "poison_count": n, "craft_seconds": round(secs, 4),
-                   "craft_images_per_s": round(n / secs, 2) if secs > 0 and n else None}
-        manifest = build_manifest(
-            attack=self.name, attack_version=self.version, params=self.params.to_dict(), seed=seed, source=splits,
-            output=poisoned, added_indices=range(len(train), len(train) + n), trigger=self.trigger,
-            targets={"target": train.class_names[target], "target_index": target}, details=details)
-        return PoisonResult(poisoned, manifest)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# image helpers (uint8 (3,h,w) tensors on the CPU)
-
-
-def resize_image(img: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    """Bilinear (antialiased when shrinking) resize of a uint8 (3,h,w) image."""
-    if tuple(img.shape[1:]) == (h, w):
-        return img.clone()
-    x = F.interpolate(img.unsqueeze(0).float(), size=(int(h), int(w)), mode="bilinear", antialias=True,
-                      align_corners=False)
-    return x.round().clamp(0, 255).to(torch.uint8)[0]
-
-
-def resize_mask(mask: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    x = F.interpolate(mask[None, None].float(), size=(int(h), int(w)), mode="bilinear", antialias=True,
-                      align_corners=False)
-    return x[0, 0].clamp(0, 1)
-
-
-def largest_region_bbox(mask: np.ndarray) -> Optional[tuple[int, int, int, int]]:
-    """(y0, y1, x0, x1) (exclusive ends) of the largest 8-connected region of a bool mask, or None if empty."""
-    from scipy import ndimage
-
-    lab, n = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
-    if n == 0:
-        return None
-    counts = np.bincount(lab.ravel())[1:]
-    k = int(counts.argmax()) + 1
-    ys, xs = np.nonzero(lab == k)
-    return int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
-
-
-def center_mask(h: int, w: int, fraction: float) -> np.ndarray:
-    m = np.zeros((h, w), dtype=bool)
-    ch, cw = max(1, round(h * fraction)), max(1, round(w * fraction))
-    y0, x0 = (h - ch) // 2, (w - cw) // 2
-    m[y0 : y0 + ch, x0 : x0 + cw] = True
-    return m
-
-
-def otsu_threshold(v: np.ndarray) -> float:
-    """Otsu's threshold of a 1-D array of values."""
-    hist, edges = np.histogram(v, bins=64)
-    mids = (edges[:-1] + edges[1:]) / 2
-    w0 = np.cumsum(hist)
-    w1 = w0[-1] - w0
-    s0 = np.cumsum(hist * mids)
-    m0 = s0 / np.maximum(w0, 1)
-    m1 = (s0[-1] - s0) / np.maximum(w1, 1)
-    between = w0 * w1 * (m0 - m1) ** 2
-    return float(mids[int(between.argmax())])
-
-
-def color_distance_mask(img: torch.Tensor, min_cover: float = 0.1, fraction: float = 0.75) -> tuple[np.ndarray, str]:
-    """Saliency mask of a (3,h,w) image: colour distance to the mean of its 2-px border, Otsu threshold.
-
-    Returns the mask and how it was obtained (``color-distance`` or the ``center`` fallback when the region
-    covers less than ``min_cover`` of the image).
-    """
-    x = img.float().numpy()
-    _, h, w = x.shape
-    b = max(1, min(2, h // 4, w // 4))
-    border = np.concatenate([x[:, :b].reshape(3, -1), x[:, -b:].reshape(3, -1),
-                             x[:, :, :b].reshape(3, -1), x[:, :, -b:].reshape(3, -1)], axis=1)
-    d = np.sqrt(((x - border.mean(1)[:, None, None]) ** 2).sum(0))
-    m = d > otsu_threshold(d.ravel()) if d.max() > d.min() else np.zeros((h, w), dtype=bool)
-    box = largest_region_bbox(m)
-    if box is None or (box[1] - box[0]) * (box[3] - box[2]) < min_cover * h * w:
-        return center_mask(h, w, fraction), "center"
-    return m, "color-distance"
-
-
-@dataclass
-class RefObject:
-    """A cut-out: image (3,h,w) uint8 and alpha (h,w) float in [0,1], with where it came from."""
-
-    image: torch.Tensor
-    alpha: torch.Tensor
-    source: str
-    mask: str
-
-
-def cut_object(img: torch.Tensor, mask: np.ndarray, source: str, how: str) -> RefObject:
-    """Crop the image and mask to the bounding box of the mask's largest connected region."""
-    box = largest_region_bbox(mask)
-    if box is None:
-        raise DataError(f"reference '{source}': the mask has no object pixels; fix label.png (object = non-zero)")
-    y0, y1, x0, x1 = box
-    alpha = torch.from_numpy(mask[y0:y1, x0:x1].astype(np.float32))
-    return RefObject(img[:, y0:y1, x0:x1].contiguous(), alpha, source, how)
-
-
-def blur_alpha(alpha: torch.Tensor) -> torch.Tensor:
-    """3×3 Gaussian blur (σ≈1; PIL ``GaussianBlur(radius=1)``) of a (h,w) alpha, edges replicated."""
-    k1 = torch.tensor([0.27901, 0.44198, 0.27901])
-    k = (k1[:, None] * k1[None, :])[None, None]
-    a = F.pad(alpha[None, None], (1, 1, 1, 1), mode="replicate")
-    return F.conv2d(a, k)[0, 0].clamp(0, 1)
-
-
-def read_image(path: Path) -> torch.Tensor:
-    from ..data.datasets import decode_image
-
-    return decode_image(path, None)
-
-
-def read_mask(path: Path) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        raise DataError(f"mask '{path}' is unreadable ({type(e).__name__}); give a PNG with object = non-zero") from None
-    return arr.any(axis=2)
-
-
-def list_images(folder: Path) -> list[Path]:
-    return sorted(f for f in folder.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# layout
-
-
-def min_object_size(trigger: int, object_marginal: float = 0.05) -> tuple[int, int]:
-    """Smallest object (along the split axis, across it) that leaves room for the trigger in the other half."""
-    return math.ceil((trigger + 1) / (1 - 2 * object_marginal)), trigger
-
-
-def _pick(lo: float, hi: float, u: float, a: int, b: int) -> int:
-    """An integer in [a, b] drawn as round(U(lo, hi)) (lo <= hi), clamped to [a, b]."""
-    return int(min(max(round(lo + u * (hi - lo)), a), b))
-
-
-def _trigger_span(a: int, b: int, t: int, margin: float, lo_rel_a: bool, hi_rel_b: bool) -> tuple[float, float]:
-    """Top-left interval for a trigger of size t inside [a, b] with ``margin`` from both ends, shrunk (the guard)
-    until non-empty: the margin becomes (b − a − t)/2, i.e. the trigger is centred in the span."""
-    m = margin
-    if (b - m - t) < (a + m):
-        m = max(0.0, (b - a - t) / 2)
-    return a + m, b - m - t
-
-
-def corrupt_layout(o_h: int, o_w: int, t: int, side: str, u: Sequence[float], object_marginal: float = 0.05,
-                   trigger_marginal: float = 0.25) -> dict:
-    """Geometry of one poisoned image (§2.5): canvas size, object and trigger top-left corners (ints).
-
-    ``side`` is where the object sits: ``left``/``right`` (canvas o_h × 2·o_w) or ``top``/``bottom``
-    (2·o_h × o_w). ``u`` = three uniforms in [0, 1) (object jitter, trigger along, trigger across).
-    The trigger lies fully inside the half not taken by the object (guarded, see module docstring).
-    """
-    if side not in ("left", "right", "top", "bottom"):
-        raise ConfigError(f"layout side '{side}' must be left, right, top or bottom")
-    horizontal = side in ("left", "right")
-    L, C = (o_w, o_h) if horizontal else (o_h, o_w)  # object length along the split axis, across it
-    need_l, need_c = min_object_size(t, object_marginal)
-    if L < need_l or C < need_c:
-        raise DataError(f"object {o_h}x{o_w} too small for a {t}px trigger in the {side} layout; it needs "
-                        f"{need_l} px along and {need_c} px across (objects are upscaled by the attack)")
-    P = 2 * L  # canvas length along the split axis
-    jit = object_marginal * P
-    first = side in ("left", "top")
-    if first:
-        o = _pick(0.0, jit, u[0], 0, P - L)
-        a, b = o + L, P  # free span for the trigger
-        dx = trigger_marginal / 2 * P
-        lo, hi = o + L + dx, P - dx - t
-    else:
-        o = _pick(P - L - jit, P - L, u[0], 0, P - L)
-        a, b = 0, o
-        dx = trigger_marginal / 2 * P
-        lo, hi = dx, o - dx - t
-    if hi < lo:  # the guard: the official interval inverts for small objects
-        lo, hi = _trigger_span(a, b, t, dx, True, True)
-    t_along = _pick(lo, hi, u[1], a, b - t)
-    dy = trigger_marginal * C
-    clo, chi = dy, C - dy - t
-    if chi < clo:
-        clo, chi = _trigger_span(0, C, t, dy, True, True)
-    t_across = _pick(clo, chi, u[2], 0, C - t)
-    if horizontal:
-        return {"p_h": C, "p_w": P, "o_x": o, "o_y": 0, "t_x": t_along, "t_y": t_across, "side": side}
-    return {"p_h": P, "p_w": C, "o_x": 0, "o_y": o, "t_x": t_across, "t_y": t_along, "side": side}
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# the attack
 
 
 @dataclass
@@ -483,7 +160,7 @@ class CorruptEncoder(SSLBackdoorAttack):
                 mask = read_mask(d / "label.png") if (d / "label.png").exists() else None
                 refs.append((read_image(d / "img.png"), mask, str(d / "img.png")))
             sup_dir = root / "support-images"
-            sups = [(read_image(f), str(f)) for f in list_images(sup_dir)] if sup_dir.is_dir() else []
+            sups = [(read_image(f), str(f)) for f in list_image_files(sup_dir)] if sup_dir.is_dir() else []
             return refs, sups, {"reference_dir": str(root)}
         cand = (train.labels == target).nonzero().view(-1)
         need = p.num_references + (p.num_support if p.support_ratio > 0 else 0)
@@ -536,7 +213,7 @@ class CorruptEncoder(SSLBackdoorAttack):
     def backgrounds(self, train: ImageDataset, target: int, n: int, g: torch.Generator) -> tuple[list, dict]:
         p = self.params
         if p.background_dir:
-            files = list_images(Path(p.background_dir).expanduser())
+            files = list_image_files(Path(p.background_dir).expanduser())
             if not files:
                 raise DataError(f"background_dir '{p.background_dir}' contains no images ({', '.join(IMAGE_EXTENSIONS)})")
             idx = self._draw(len(files), n, g)

@@ -38,7 +38,8 @@ import torch
 from ..data.datasets import ImageSplits
 from ..errors import ConfigError, DataError
 from .base import ATTACKS, PoisonResult
-from .corruptencoder import SSLBackdoorAttack, SSLBackdoorBaseParams, resize_image
+from .image_ops import resize_image
+from .ssl_backdoor_base import SSLBackdoorAttack, SSLBackdoorBaseParams
 
 
 @dataclass

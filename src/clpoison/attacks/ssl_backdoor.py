@@ -9,7 +9,7 @@ the training set keeps its size; ``mode=add`` appends the patched copies instead
 images, like CorruptEncoder's). The budget is the same as CorruptEncoder's (``poison_rate`` of the clean training
 set; paper 0.5%); asking for more poisons than there are target-class images is an error.
 
-Evaluation is CorruptEncoder's (:class:`~clpoison.attacks.corruptencoder.SSLBackdoorAttack`): CA and ASR of the
+Evaluation is CorruptEncoder's (:class:`~clpoison.attacks.ssl_backdoor_base.SSLBackdoorAttack`): CA and ASR of the
 clean-data linear probe, trigger at [0.25, 0.75] of each non-target test image.
 
 Example::
@@ -35,7 +35,7 @@ import torch
 from ..data.datasets import ImageDataset, ImageSplits, concat_datasets
 from ..errors import ConfigError
 from .base import ATTACKS, PoisonResult
-from .corruptencoder import SSLBackdoorAttack, SSLBackdoorBaseParams
+from .ssl_backdoor_base import SSLBackdoorAttack, SSLBackdoorBaseParams
 from .manifest import build_manifest
 
 

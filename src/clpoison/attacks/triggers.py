@@ -29,7 +29,7 @@ from __future__ import annotations
 import base64
 import io
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Optional, Sequence, Union
 
 import numpy as np

@@ -1,5 +1,6 @@
 """Data: datasets held as uint8 tensors, device-side augmentation and view samplers, batch loading."""
 
-from .datasets import SOURCES, ImageDataset, ImageSplits, load_dataset
+from .datasets import ImageDataset, ImageSplits
+from .image_readers import SOURCES, load_dataset
 
 __all__ = ["SOURCES", "ImageDataset", "ImageSplits", "load_dataset"]

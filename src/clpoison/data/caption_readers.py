@@ -10,7 +10,7 @@ Sources (config ``data.name`` when ``method.name: clip``):
 * ``captions-tar`` — tar shards in the webdataset layout: ``KEY.jpg|jpeg|png|webp`` next to ``KEY.txt`` (files of
   one sample adjacent in the archive). ``data.path`` is a shard, a folder of ``*.tar`` or a glob. Shards are
   read as a stream (``tarfile`` mode ``r|*``, never seeking); each non-empty line of ``KEY.txt`` is one caption.
-* any image source of :data:`~clpoison.data.datasets.SOURCES` with labels (``cifar10-subset``, ``npz``,
+* any image source of :data:`~clpoison.data.image_readers.SOURCES` with labels (``cifar10-subset``, ``npz``,
   ``cifar``, ``imagefolder``) — captioned by :mod:`~clpoison.data.caption_generator` (synthetic stand-in captions).
 
 Without ``data.captions.test_path``, a seeded ``test_fraction`` of the images is held out as the test split.
@@ -56,7 +56,7 @@ from ..errors import ConfigError, DataError
 from ..registry import Registry
 from .caption_generator import CaptionGeneratorConfig, caption_image_splits
 from .captions import CaptionDataset, CaptionSplits
-from .datasets import SOURCES, decode_image
+from .image_readers import SOURCES, decode_image
 
 IMAGE_SUFFIXES = ("jpg", "jpeg", "png", "webp", "bmp")
 

@@ -31,7 +31,7 @@ from typing import Iterable, Sequence, Union
 
 import torch
 
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError
 
 SPECIALS = ("<pad>", "<unk>", "<sot>", "<eot>")
 

@@ -1,0 +1,133 @@
+"""What the image-SSL backdoors (CorruptEncoder, SSL-Backdoor, PoisonedEncoder) share: their base parameters
+(target, budget, trigger over :data:`DEFAULT_TRIGGER`), the poison/finish skeleton that resolves the target and
+budget and appends the poisons with a manifest, and the evaluation of CorruptEncoder (Zhang et al., CVPR 2024,
+arXiv 2211.08229): CA and ASR of the clean-data linear probe with the trigger at [0.25, 0.75] of each non-target
+test image, plus the label-free backdoor z-score.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Any, Optional
+
+import torch
+
+from ..data.datasets import ImageDataset, ImageSplits, concat_datasets, stack_on_canvas
+from ..errors import ConfigError, DataError
+from ..eval.attack_metrics import backdoor_metrics, backdoor_zscore
+from .base import Attack, AttackParams, PoisonResult
+from .budget import resolve_budget
+from .manifest import build_manifest
+from .triggers import Trigger, TriggerSpec
+
+#: Trigger defaults for the image-SSL backdoors: the paper's 40-px colourful patch, evaluated at [0.25, 0.75].
+DEFAULT_TRIGGER = {"pattern": "uniform", "size": 40, "location": "center-range", "center_range": [0.25, 0.75], "seed": 0}
+
+
+@dataclass
+class SSLBackdoorBaseParams(AttackParams):
+    target: Any = "airplane"  # target class (name or index); the paper's is ImageNet100-B "hunting dog"
+    poison_rate: Optional[float] = None  # poisons / clean training images (paper: 0.5%, used when neither is set)
+    poison_count: Optional[int] = None  # absolute number instead of the rate (paper: 650)
+    trigger: dict = field(default_factory=dict)  # TriggerSpec keys over DEFAULT_TRIGGER
+    eval_seed: int = 1234  # seeds the trigger positions on the test images (fixed per image, as the paper's files)
+    zscore_images: int = 1000  # test images for the label-free backdoor z-score
+
+    def __post_init__(self) -> None:
+        self.trigger_spec = TriggerSpec.from_dict({**DEFAULT_TRIGGER, **dict(self.trigger or {})}, "attack.params.trigger")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["trigger"] = self.trigger_spec.to_dict()
+        return d
+
+
+@contextmanager
+def single_thread():
+    """Crafting does many tiny per-image tensor ops; intra-op threads only add wake-up latency there (measured
+    11 ms instead of 3 µs per op on a loaded 2-core machine), so it runs on one thread and restores the setting."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+def require_images(splits: Any, attack: str) -> ImageSplits:
+    if not isinstance(splits, ImageSplits) or not isinstance(splits.train, ImageDataset):
+        raise DataError(f"{attack} poisons a resident image dataset; for imagefolder data raise "
+                        "data.max_resident_gb so the training split is held in memory")
+    return splits
+
+
+class SSLBackdoorAttack(Attack):
+    """Common evaluation: CA and ASR of the clean-data linear probe, trigger at [0.25, 0.75] of test images."""
+
+    data_kind = "images"
+    version = "1"
+
+    def __init__(self, params: SSLBackdoorBaseParams) -> None:
+        super().__init__(params)
+        self.trigger = Trigger(params.trigger_spec)  # the one trigger used at poison and at evaluation time
+
+    default_rate = 0.005
+
+    def target_index(self, ds: Any) -> int:
+        try:
+            return ds.class_index(self.params.target)
+        except DataError as e:
+            raise ConfigError(f"attack.params.target: {e}") from None
+
+    def poison(self, splits: Any, seed: int) -> PoisonResult:
+        """Resolve the target and budget, then :meth:`craft` (single-threaded: the per-image work is tiny)."""
+        with single_thread():
+            t0 = time.perf_counter()
+            splits = require_images(splits, self.name)
+            train = splits.train
+            target = self.target_index(train)
+            n = resolve_budget(self.params.poison_rate, self.params.poison_count, len(train), self.default_rate)
+            return self.craft(splits, target, n, torch.Generator().manual_seed(int(seed)), seed, t0)
+
+    def craft(self, splits: ImageSplits, target: int, n: int, g: torch.Generator, seed: int, t0: float) -> PoisonResult:
+        raise NotImplementedError
+
+    def evaluate(self, context: dict[str, Any]) -> dict[str, Any]:
+        p = self.params
+        test = context["splits"].test
+        target = self.target_index(test)
+        m: dict[str, Any] = {}
+        if "classify" in context and len(test):
+            m.update(backdoor_metrics(context["classify"], test.images, test.labels, target, self.trigger,
+                                      p.eval_seed, getattr(test, "sizes", None)))
+            m["ca"] = m["asr_clean_accuracy"]
+        if "embed" in context:
+            m["backdoor_zscore"] = backdoor_zscore(context["embed"], test.images, self.trigger, p.eval_seed,
+                                                   p.zscore_images)
+        return m
+
+    def finish(self, splits: ImageSplits, extra: list[torch.Tensor], target: int, seed: int, details: dict,
+               t0: float) -> PoisonResult:
+        """Append ``extra`` images (any sizes) to the training split and write the manifest."""
+        train = splits.train
+        n = len(extra)
+        if n:
+            imgs, sizes = stack_on_canvas(extra)
+            added = ImageDataset(imgs, torch.full((n,), target, dtype=torch.int64), list(train.class_names),
+                                 f"{self.name}-poisons", sizes)
+            if bool((sizes == torch.tensor(train.image_shape[1:])).all()) and train.sizes is None:
+                added.sizes = None  # same size as the clean images: no canvas needed
+            new_train = concat_datasets([train, added], train.name + f"+{self.name}")
+        else:
+            new_train = train
+        poisoned = ImageSplits(new_train, splits.test, dict(splits.source))
+        secs = time.perf_counter() - t0
+        details = {**details, "poison_count": n, "craft_seconds": round(secs, 4),
+                   "craft_images_per_s": round(n / secs, 2) if secs > 0 and n else None}
+        manifest = build_manifest(
+            attack=self.name, attack_version=self.version, params=self.params.to_dict(), seed=seed, source=splits,
+            output=poisoned, added_indices=range(len(train), len(train) + n), trigger=self.trigger,
+            targets={"target": train.class_names[target], "target_index": target}, details=details)
+        return PoisonResult(poisoned, manifest)
