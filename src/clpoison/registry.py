@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Generic, Iterator, TypeVar
+from typing import Any, Callable, Dict, Generic, Iterator, Optional, TypeVar
 
 from .errors import ConfigError
 
@@ -43,6 +43,18 @@ class Registry(Generic[T]):
             raise ConfigError(
                 f"unknown {self.kind} '{name}'; choose one of: {', '.join(sorted(self._items))}"
             ) from None
+
+    def params(self, name: str, params: Optional[dict] = None, where: Optional[str] = None) -> tuple[Any, Any]:
+        """``(cls, cls.Params)`` for a registered component class and its params mapping (validated; errors name
+        ``where.key``, default ``KIND.params``)."""
+        cls: Any = self.get(name)
+        return cls, cls.Params.from_dict(dict(params or {}), where or f"{self.kind}.params")
+
+    def build(self, name: str, params: Optional[dict] = None, where: Optional[str] = None) -> Any:
+        """The component ``name`` built from its params mapping: ``cls(cls.Params.from_dict(params))``
+        (attacks, defenses; a method also needs its backbone, so it uses :meth:`params`)."""
+        cls, p = self.params(name, params, where)
+        return cls(p)
 
     def names(self) -> list[str]:
         return sorted(self._items)

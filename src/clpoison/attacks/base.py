@@ -10,18 +10,22 @@ identity. Each attack lives in its own module with a docstring citing its paper 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar, Optional
 
-from ..methods.base import MethodParams
+from ..params import Params
 from ..registry import Registry
 
 ATTACKS: Registry[type] = Registry("attack")
 
 
 @dataclass
-class AttackParams(MethodParams):
+class AttackParams(Params):
     """Base of attack parameters (unknown keys rejected by ``from_dict``)."""
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str = "attack.params") -> "AttackParams":
+        return super().from_dict(d, where)
 
 
 @dataclass

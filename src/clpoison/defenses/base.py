@@ -6,10 +6,11 @@ A defense acts at one or both of two places in the pipeline:
   to train on (e.g. drop suspected poisons, or purify images);
 * **training time** — :meth:`Defense.view_sampler` may replace the view sampler (e.g. localized cropping);
   :meth:`Defense.wrap_training` may replace the training method and/or the batch source (e.g. SafeCLIP's phases),
-  and :meth:`Defense.attach` receives the engine's :class:`~clpoison.engine.trainer.Trainer` before training, to
-  add ``on_epoch_start`` / ``on_epoch_end`` hooks or replace its LR schedule. The runner calls, in order:
-  ``filter`` → ``wrap_training`` → ``Trainer(...)`` → ``attach`` → ``fit`` → ``training_summary`` (merged into
-  ``results.json["defense"]``). The defaults change nothing, so data-level defenses need none of them.
+  and :meth:`Defense.training_hooks` may hand the engine an LR schedule and epoch hooks
+  (:class:`~clpoison.engine.schedules.TrainingHooks`) — a defense never reaches into the trainer. The runner
+  calls, in order: ``filter`` → ``wrap_training`` → ``training_hooks`` → ``Trainer(...)`` → ``fit`` →
+  ``training_summary`` (merged into ``results.json["defense"]``). The defaults change nothing, so data-level
+  defenses need none of them.
 
 Defenses are registered in :data:`DEFENSES`; ``none`` does nothing.
 """
@@ -20,15 +21,20 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Optional
 
 from ..data.views import ViewSampler
-from ..methods.base import MethodParams
+from ..engine.schedules import TrainingHooks
+from ..params import Params
 from ..registry import Registry
 
 DEFENSES: Registry[type] = Registry("defense")
 
 
 @dataclass
-class DefenseParams(MethodParams):
+class DefenseParams(Params):
     """Base of defense parameters (unknown keys rejected by ``from_dict``)."""
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str = "defense.params") -> "DefenseParams":
+        return super().from_dict(d, where)
 
 
 class Defense:
@@ -39,7 +45,8 @@ class Defense:
         self.params = params
 
     def filter(self, train: Any, context: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
-        """Return the training split to use and diagnostics."""
+        """Return the training split to use and diagnostics. ``context``: ``manifest`` (or None), ``seed``,
+        ``device`` (the training device)."""
         return train, {}
 
     def view_sampler(self, augment_cfg: Any) -> Optional[ViewSampler]:
@@ -50,8 +57,9 @@ class Defense:
         ``manifest`` (or None), ``out_dir`` (the run's working folder), ``device``, ``seed``."""
         return method, batches
 
-    def attach(self, trainer: Any) -> None:
-        """Called with the engine's Trainer before ``fit`` (add epoch hooks, replace ``trainer.scheduler``)."""
+    def training_hooks(self) -> TrainingHooks:
+        """The LR schedule (factory) and epoch hooks this defense adds to the engine; none by default."""
+        return TrainingHooks()
 
     def training_summary(self) -> dict[str, Any]:
         """Diagnostics after training, merged into ``results.json["defense"]``."""

@@ -1,13 +1,15 @@
 """The one training loop, shared by every method (SimCLR, MoCo v2, BYOL, CLIP, and training-time defenses).
 
 The loop knows nothing about a method beyond :class:`~clpoison.methods.base.Method`: it draws batches from a
-*batch source* (``len(source)`` steps per epoch, ``source.epoch(e)`` yields dicts on the device), calls
-``method.training_step``, steps the optimiser and the per-step schedule, then ``method.after_optimizer_step``.
+*batch source* (``len(source)`` steps per epoch, ``source.epoch(e)`` yields dicts on the device), calls the pure
+``method.loss``, steps the optimiser and the per-step schedule, then ``method.update_state(aux)`` (queue
+enqueue, memory-bank push) and ``method.after_optimizer_step`` (EMA).
 
 It provides: SGD/LARS/AdamW, linear warm-up + cosine, AMP (bf16 on CUDA by default, fp16 with a grad scaler on
 request, off on CPU), channels_last, a checkpoint every ``checkpoint_every`` epochs holding model, optimiser,
 scheduler, scaler, RNG states, epoch and step (so ``resume`` continues exactly where it stopped), a progress bar
-and a JSONL metrics log. Hooks (``on_epoch_end``) let defenses act between epochs.
+and a JSONL metrics log. Hooks (``on_epoch_start`` / ``on_epoch_end``) let defenses act between epochs, and a
+``schedule`` factory (:mod:`clpoison.engine.schedules`) lets them supply the LR schedule.
 """
 
 from __future__ import annotations
@@ -15,9 +17,9 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Protocol
+from typing import Any, Optional, Protocol
 
 import torch
 
@@ -25,7 +27,9 @@ from ..errors import ConfigError
 from ..methods.base import Method
 from ..utils.io import atomic_torch_save
 from ..utils.seed import get_rng_state, set_rng_state
-from .optim import build_optimizer, warmup_cosine
+from .checkpoint import read_checkpoint
+from .optim import build_optimizer
+from .schedules import EpochHook, ScheduleFactory, warmup_cosine_schedule
 
 CHECKPOINT_NAME = "checkpoint.pt"
 CHECKPOINT_VERSION = 1
@@ -121,9 +125,10 @@ class Trainer:
         device: torch.device,
         out_dir: Optional[Path] = None,
         config_snapshot: Optional[dict] = None,
-        on_epoch_end: Optional[list[Callable[["Trainer", int], Optional[dict]]]] = None,
-        on_epoch_start: Optional[list[Callable[["Trainer", int], Optional[dict]]]] = None,
+        on_epoch_end: Optional[list[EpochHook]] = None,
+        on_epoch_start: Optional[list[EpochHook]] = None,
         log_name: str = "metrics.jsonl",
+        schedule: Optional[ScheduleFactory] = None,
     ) -> None:
         self.method = method.to(device)
         self.batches = batches
@@ -149,10 +154,11 @@ class Trainer:
             cfg.weight_decay,
             cfg.betas,
         )
-        warm = int(round(cfg.warmup_epochs * self.steps_per_epoch))
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: warmup_cosine(s, self.total_steps, warm, cfg.min_lr_ratio)
-        )
+        if schedule is None:
+            self.scheduler = warmup_cosine_schedule(self.optimizer, self.steps_per_epoch, cfg.epochs,
+                                                    cfg.warmup_epochs, cfg.min_lr_ratio)
+        else:
+            self.scheduler = schedule(self.optimizer, self.steps_per_epoch, cfg.epochs)
         self.amp_dtype = cfg.amp_dtype(device)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
         self.epoch = 0  # epochs completed
@@ -187,7 +193,7 @@ class Trainer:
             atomic_torch_save(self.state_dict(), self.checkpoint_path)
 
     def load_checkpoint(self, path: Path) -> None:
-        ckpt = torch.load(path, map_location=self.device, weights_only=False)
+        ckpt = read_checkpoint(path, map_location=self.device)
         if ckpt.get("method") != self.method.name:
             raise ConfigError(
                 f"checkpoint {path} is for method '{ckpt.get('method')}', not '{self.method.name}'; "
@@ -218,7 +224,7 @@ class Trainer:
     def train_step(self, batch: dict[str, Any]) -> tuple[float, dict]:
         self.method.train()
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
-            loss, logs = self.method.training_step(batch)
+            loss, logs, aux = self.method.loss(batch)
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"loss is {loss.item()} at epoch {self.epoch + 1}, step {self.step}; lower train.lr or use train.amp=off"
@@ -232,6 +238,7 @@ class Trainer:
         self.scaler.update()
         self.scheduler.step()
         self.step += 1
+        self.method.update_state(aux)
         self.method.after_optimizer_step(self.step / self.total_steps)
         return loss.detach(), logs
 

@@ -66,14 +66,14 @@ class BYOL(Method):
     def trainable_modules(self) -> list[nn.Module]:
         return [self.backbone, self.projector, self.predictor]
 
-    def training_step(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float], dict[str, Any]]:
         v1, v2 = batch["views"]
         x = torch.cat([v1, v2], 0)
         p1, p2 = self.predictor(self.projector(self.backbone(x))).chunk(2)
         with torch.no_grad():
             z1, z2 = self.target_projector(self.target_backbone(x)).chunk(2)
         loss = byol_loss(p1, z2) + byol_loss(p2, z1)
-        return loss, {"tau": float(self.momentum)}
+        return loss, {"tau": float(self.momentum)}, {}
 
     @torch.no_grad()
     def after_optimizer_step(self, progress: float) -> None:

@@ -127,12 +127,12 @@ class CLIP(Method):
     def encoder(self) -> nn.Module:
         return self.model.visual
 
-    def training_step(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float], dict[str, Any]]:
         img, txt, scale = self.model(batch["images"], batch["tokens"])
-        return clip_loss(img, txt, scale), {"logit_scale": float(scale.detach())}
+        return clip_loss(img, txt, scale), {"logit_scale": float(scale.detach())}, {}
 
     @classmethod
-    def from_state_dict(cls, backbone: nn.Module, params: CLIPParams, state: dict) -> "CLIP":
+    def from_state_dict(cls, backbone: nn.Module, params: CLIPParams, state: dict) -> "CLIP":  # type: ignore[override]
         """Rebuild a trained CLIP (its tokenizer, hence vocabulary size, comes from the state dict)."""
         extra = state.get("_extra_state") or {}
         if not extra.get("tokenizer"):

@@ -103,7 +103,10 @@ class MoCoV2(Method):
         self.queue[:, idx] = k.t().to(self.queue.dtype)
         self.queue_ptr.fill_((ptr + n) % size)
 
-    def training_step(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float], dict[str, Any]]:
+        """InfoNCE against the queue as it was before this batch; the batch's keys go to ``aux["keys"]`` and are
+        enqueued by :meth:`update_state` after the optimiser step (the official code enqueues after computing the
+        loss and before the step; the queue is a constant of the loss, so the gradients are the same)."""
         v1, v2 = batch["views"]
         q1 = self._query(v1)
         k2 = self._key(v2)
@@ -114,9 +117,11 @@ class MoCoV2(Method):
             k1 = self._key(v1)
             loss = 0.5 * (loss + moco_infonce_loss(q2, k1, self.queue.clone().detach(), self.params.temperature))
             keys.append(k1)
-        for k in keys:
+        return loss, {}, {"keys": keys}
+
+    def update_state(self, aux: dict[str, Any]) -> None:
+        for k in aux.get("keys", ()):
             self._enqueue(k)
-        return loss, {}
 
     @torch.no_grad()
     def after_optimizer_step(self, progress: float) -> None:

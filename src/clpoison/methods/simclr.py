@@ -68,9 +68,8 @@ class SimCLR(Method):
     def encoder(self) -> nn.Module:
         return self.backbone
 
-    def training_step(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float], dict[str, Any]]:
         v1, v2 = batch["views"]
         z = self.projector(self.backbone(torch.cat([v1, v2], 0)))
         z1, z2 = z.chunk(2)
-        loss = nt_xent_loss(z1, z2, self.params.temperature)
-        return loss, {}
+        return nt_xent_loss(z1, z2, self.params.temperature), {}, {}
