@@ -12,7 +12,7 @@ from clpoison.data.captions import CaptionDataset
 from clpoison.data.eda import eda_views
 from clpoison.data.tokenizer import CaptionTokenizer
 from clpoison.defenses import DEFENSES
-from clpoison.defenses.safeclip import PhaseLR, SafeCLIP, SafeCLIPParams
+from clpoison.defenses.safeclip import SafeCLIPParams
 from clpoison.defenses.safeclip_scan import scan_table, score_pairs
 from clpoison.defenses.safeclip_split import (FilterSchedule, gmm_clean_posterior, poison_precision_recall,
                                               safeclip_split, split_by_threshold)
@@ -82,16 +82,17 @@ def test_phases_losses_and_learning_rates(tmp_path):
                                                  "out_dir": tmp_path})
     cfg = TrainConfig(epochs=4, batch_size=16, optimizer="adamw", lr=1e-3, lr_scaling="none", warmup_epochs=0,
                       progress=False, checkpoint_every=0, log_every=1, amp="off", channels_last="off")
-    trainer = Trainer(method, batches, cfg, torch.device("cpu"), tmp_path)
-    d.attach(trainer)
+    hooks = d.training_hooks()
+    trainer = Trainer(method, batches, cfg, torch.device("cpu"), tmp_path, schedule=hooks.schedule,
+                      on_epoch_start=hooks.epoch_start)
     seen = []
-    orig = method.training_step
+    orig = method.loss
 
     def spy(batch):
         seen.append((trainer.epoch, batch["phase"], trainer.optimizer.param_groups[0]["lr"], len(batch["index"])))
         return orig(batch)
 
-    method.training_step = spy
+    method.loss = spy
     hist = trainer.fit(resume=False)
     assert [h["safeclip_phase"] for h in hist] == ["inmodal", "crossmodal", "filtered", "filtered"]
     e0 = [s for s in seen if s[0] == 0]

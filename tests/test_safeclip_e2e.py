@@ -64,22 +64,23 @@ def test_safeclip_resume_mid_filtering_is_exact(tmp_path, monkeypatch):
     cfg = build_config({"preset": "carlini-backdoor-small"}, ov)
     straight = run_experiment(cfg, tmp_path / "a")
 
-    attach = SafeCLIP.attach
+    training_hooks = SafeCLIP.training_hooks
 
-    def interrupting_attach(self, trainer):
-        attach(self, trainer)
+    def interrupting_hooks(self):
+        hooks = training_hooks(self)
 
         def hook(tr, epoch):
             if epoch == 4:  # during epoch 4 (the 2nd filtering epoch): the last checkpoint is epoch 3's
                 raise KeyboardInterrupt
 
-        trainer.on_epoch_end.append(hook)
+        hooks.epoch_end.append(hook)
+        return hooks
 
-    monkeypatch.setattr(SafeCLIP, "attach", interrupting_attach)
+    monkeypatch.setattr(SafeCLIP, "training_hooks", interrupting_hooks)
     with pytest.raises(KeyboardInterrupt):
         run_experiment(cfg, tmp_path / "b")
     assert (tmp_path / "b.partial" / "checkpoint.pt").exists() and not (tmp_path / "b").exists()
-    monkeypatch.setattr(SafeCLIP, "attach", attach)
+    monkeypatch.setattr(SafeCLIP, "training_hooks", training_hooks)
     resumed = run_experiment(cfg, tmp_path / "b")
     key = ("safeclip_phase", "safeclip_rule", "safeclip_safe", "safeclip_safe_fraction", "loss")
     assert [h.get("safeclip_rule") for h in straight["history"]][2:] == ["threshold", "ratio (scores reused)", "ratio"]

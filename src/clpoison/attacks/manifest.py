@@ -27,6 +27,7 @@ import json
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+import numpy as np
 import torch
 
 from ..errors import DataError
@@ -140,3 +141,12 @@ def verify(manifest: dict, source: Any = None, output: Any = None) -> None:
     if output is not None and fingerprint(output.train) != manifest["output"]["fingerprint"]["train"]:
         raise DataError("the poisoned training split does not match the manifest's output fingerprint; "
                         "it was modified after export")
+
+
+def manifest_poisons(manifest: Optional[dict]) -> Optional[Any]:
+    """Sorted unique training rows an attack touched (``poisoned_indices`` ∪ ``added_indices``); ``None`` without a
+    manifest. What defenses and scans score their detections against."""
+    if not manifest:
+        return None
+    idx = list(manifest.get("poisoned_indices") or []) + list(manifest.get("added_indices") or [])
+    return np.unique(np.asarray(idx, dtype=np.int64))

@@ -21,7 +21,7 @@ import torch
 from ..data.caption_loader import flat_captions
 from ..eval.zeroshot import encode_images, encode_texts
 from ..utils.io import atomic_write_text
-from .safeclip_split import gmm_clean_posterior, rank_by_clean
+from .safeclip_split import gmm_clean_posterior
 
 
 def score_pairs(model: Any, tokenizer: Any, dataset: Any, transform: Any, context_length: int,
