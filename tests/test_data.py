@@ -8,7 +8,8 @@ import torch
 from PIL import Image
 
 from clpoison.data import load_dataset
-from clpoison.data.datasets import ImageDataset, load_cifar10_subset
+from clpoison.data.datasets import ImageDataset
+from clpoison.data.image_readers import load_cifar10_subset
 from clpoison.data.loader import ResidentBatches, epoch_permutation
 from clpoison.errors import ConfigError, DataError
 
@@ -113,9 +114,10 @@ def test_resident_batches_cover_epoch_and_are_seeded():
 @pytest.mark.slow
 def test_streaming_imagefolder_trains_end_to_end(tmp_path):
     """A tree over data.max_resident_gb is not held in memory: batches are decoded from disk."""
-    from clpoison.data.datasets import StreamingImageFolder
+    from clpoison.data.image_readers import StreamingImageFolder
     from clpoison.experiments.config import build_config
-    from clpoison.experiments.runner import load_splits, run_experiment
+    from clpoison.experiments.runner import run_experiment
+    from clpoison.experiments.tasks import task_for
 
     r = np.random.default_rng(0)
     for split, n in (("train", 64), ("test", 16)):
@@ -127,6 +129,6 @@ def test_streaming_imagefolder_trains_end_to_end(tmp_path):
             "augment.out_size=16", "model.width=4", "train.epochs=1", "train.batch_size=32", "train.progress=false",
             "eval.knn_k=5", "method.params.proj_dim=8"]
     cfg = build_config({"preset": "simclr-small"}, over)
-    assert isinstance(load_splits(cfg).train, StreamingImageFolder)
+    assert isinstance(task_for(cfg, torch.device("cpu")).load().train, StreamingImageFolder)
     res = run_experiment(cfg, tmp_path / "run")
     assert 0 <= res["metrics"]["knn_top1"] <= 1 and res["data"]["train_images"] == 64

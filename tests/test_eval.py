@@ -2,7 +2,7 @@
 
 import torch
 
-from clpoison.eval import KNNClassifier, LinearProbe, knn_top1, linear_top1, top1_accuracy
+from clpoison.eval import KNNClassifier, knn_top1, linear_top1, top1_accuracy
 
 
 def _separable(n=400, d=16, c=4, seed=0):

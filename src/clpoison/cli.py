@@ -27,7 +27,8 @@ def _threads(n: Optional[int]) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .experiments.config import load_config
-    from .experiments.runner import format_table, run_experiment
+    from .experiments.runner import run_experiment
+    from .report.tables import format_table
 
     cfg = load_config(args.config, args.overrides)
     out = Path(args.out or Path("runs") / cfg.name)
@@ -41,7 +42,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
     from .experiments.config import build_config
-    from .experiments.runner import format_table, run_experiment
+    from .experiments.runner import run_experiment
+    from .report.tables import format_table
 
     cfg = build_config({"preset": f"{args.method}-{args.preset}"}, args.overrides)
     if args.no_progress:
@@ -53,40 +55,34 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_evaluate(args: argparse.Namespace) -> int:
-    import torch
-
+def _read_checkpoint(arg: str, what: str = "clpoison") -> tuple[Path, dict]:
+    """(path, checkpoint dict) of a run directory or checkpoint file; one ConfigError line if it cannot be read."""
+    from .engine.checkpoint import read_checkpoint
     from .errors import ConfigError
-    from .experiments.config import build_config
-    from .experiments.runner import build_method, evaluate_encoder, load_splits
-    from .utils.device import resolve_device
-    from .utils.io import atomic_write_json
 
-    path = Path(args.checkpoint)
-    if path.is_dir():
-        path = path / "checkpoint.pt"
+    path = Path(arg)
+    path = path / "checkpoint.pt" if path.is_dir() else path
     if not path.exists():
         raise ConfigError(f"checkpoint '{path}' does not exist; pass a run directory or its checkpoint.pt")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-        snapshot = ckpt["config"]
+        ckpt = read_checkpoint(path)
+        dict(ckpt["config"])
     except Exception as e:
-        raise ConfigError(f"checkpoint '{path}' cannot be read ({type(e).__name__}); is it a clpoison checkpoint?") from None
-    snapshot = {k: v for k, v in snapshot.items()}
-    cfg = build_config(snapshot, args.overrides)
-    device = resolve_device(cfg.device)
-    from .methods import METHODS
+        raise ConfigError(f"checkpoint '{path}' cannot be read ({type(e).__name__}); is it a {what} checkpoint?") from None
+    return path, ckpt
 
-    if getattr(METHODS.get(cfg.method.name), "modality", "image") == "image-text":
-        from .experiments.clip_task import build_clip_from_checkpoint
 
-        task, method = build_clip_from_checkpoint(cfg, ckpt, device, _echo)
-        metrics, _ = task.evaluate(method, task.load())
-    else:
-        method = build_method(cfg)
-        method.load_state_dict(ckpt["model"])
-        method.to(device)
-        metrics, _ = evaluate_encoder(method.encoder, load_splits(cfg), cfg, device)
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .experiments.config import build_config
+    from .experiments.tasks import task_for
+    from .utils.device import resolve_device
+    from .utils.io import atomic_write_json
+
+    path, ckpt = _read_checkpoint(args.checkpoint)
+    cfg = build_config(dict(ckpt["config"]), args.overrides)
+    task = task_for(cfg, resolve_device(cfg.device), echo=_echo)
+    method = task.method_from_checkpoint(ckpt, f"checkpoint '{path}'")
+    metrics, _ = task.evaluate(method, task.load())
     print(json.dumps(metrics, indent=2))
     if args.out:
         atomic_write_json(args.out, {"checkpoint": str(path), "metrics": metrics, "config": cfg.to_dict()})
@@ -94,7 +90,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_datasets(args: argparse.Namespace) -> int:
-    from .data.datasets import SOURCES, load_dataset
+    from .data.image_readers import SOURCES, load_dataset
 
     if args.action == "list" or args.name is None:
         for name in SOURCES.names():
@@ -127,7 +123,8 @@ DEMOS = {
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from .experiments.config import build_config
-    from .experiments.runner import format_table, run_experiment
+    from .experiments.runner import run_experiment
+    from .report.tables import format_table
 
     overrides = list(args.overrides)
     kind = overrides.pop(0) if overrides and overrides[0] in DEMOS else "simclr"
@@ -144,8 +141,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_poison(args: argparse.Namespace) -> int:
-    """Export a poisoned dataset (data files + manifest.json + trigger.png); see clpoison.attacks.export."""
-    from .attacks.export import poison_to_disk
+    """Export a poisoned dataset (data files + manifest.json + trigger.png); see clpoison.experiments.poison."""
+    from .experiments.poison import poison_to_disk
 
     out, manifest = poison_to_disk(args.attack, args.data, args.out, args.params, args.seed, args.preset,
                                    args.data_path, args.image_size, args.label_column, args.test_path, args.overwrite)
@@ -156,23 +153,16 @@ def cmd_poison(args: argparse.Namespace) -> int:
 
 def cmd_scan(args: argparse.Namespace) -> int:
     """Score every image–caption pair with a CLIP checkpoint; CSV ranked by risk (clpoison.defenses.safeclip_scan)."""
-    import torch
-
-    from .attacks.export import load_data
-    from .data.augment import EvalTransform
-    from .defenses.safeclip import manifest_poisons
+    from .attacks.manifest import manifest_poisons
     from .defenses.safeclip_scan import scan_to_csv, score_pairs
     from .errors import ConfigError
-    from .experiments.clip_task import build_clip_from_checkpoint
     from .experiments.config import build_config
+    from .experiments.sources import load_source
+    from .experiments.tasks import task_for
     from .utils.device import resolve_device
 
-    path = Path(args.checkpoint)
-    path = path / "checkpoint.pt" if path.is_dir() else path
-    if not path.exists():
-        raise ConfigError(f"checkpoint '{path}' does not exist; pass a run directory or its checkpoint.pt")
+    path, ckpt = _read_checkpoint(args.checkpoint, "clpoison CLIP")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
         cfg = build_config(dict(ckpt["config"]), [])
     except Exception as e:
         raise ConfigError(f"checkpoint '{path}' cannot be read ({type(e).__name__}); is it a clpoison CLIP checkpoint?") from None
@@ -181,13 +171,14 @@ def cmd_scan(args: argparse.Namespace) -> int:
         if not Path(args.manifest).exists():
             raise ConfigError(f"manifest '{args.manifest}' does not exist; check the path")
         poisons = manifest_poisons(json.loads(Path(args.manifest).read_text()))
-    device = resolve_device(cfg.device)
-    _task, method = build_clip_from_checkpoint(cfg, ckpt, device, _echo)
-    splits = load_data("captions", args.data, args.data_path, cfg.data.image_size or cfg.augment.out_size, args.seed)
+    task = task_for(cfg, resolve_device(cfg.device), echo=_echo)
+    if task.modality != "image-text":
+        raise ConfigError(f"checkpoint '{path}' is a '{cfg.method.name}' run; `clpoison scan` needs a CLIP checkpoint")
+    method = task.method_from_checkpoint(ckpt, f"checkpoint '{path}'")
+    splits = load_source("captions", args.data, args.data_path, cfg.data.image_size or cfg.augment.out_size, args.seed)
     data = splits.train if args.split == "train" else splits.test
-    a = cfg.augment
-    sims, owner, texts = score_pairs(method.model, method.tokenizer, data, EvalTransform(a.out_size, a.mean, a.std).to(device),
-                                     method.params.context_length, device, cfg.eval.batch_size)
+    sims, owner, texts = score_pairs(method.model, method.tokenizer, data, task.transform(),
+                                     method.params.context_length, task.device, cfg.eval.batch_size)
     summary = scan_to_csv(args.out, sims, owner, texts, poisons, args.threshold)
     print(json.dumps({**summary, "checkpoint": str(path), "csv": str(args.out)}, indent=2))
     return 0

@@ -243,7 +243,7 @@ def load_config(path: Optional[Union[str, Path]] = None, overrides: Optional[lis
 def validate_components(cfg: ExperimentConfig) -> None:
     """Check registry names and each component's parameters, so bad values fail before any work."""
     from ..attacks import ATTACKS
-    from ..data.datasets import SOURCES
+    from ..data.image_readers import SOURCES
     from ..data.views import VIEW_SAMPLERS
     from ..defenses import DEFENSES
     from ..methods import METHODS

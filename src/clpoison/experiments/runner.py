@@ -1,9 +1,10 @@
 """The pipeline runner: dataset → attack → defense → pretrain → evaluate → results.
 
 The modality-specific steps (load the data, build the method and its batch source, evaluate, the random-init
-control, the attack-evaluation context) come from a *task* chosen by the method's ``modality``: :class:`ImageTask`
-for image SSL (SimCLR, MoCo v2, BYOL), :class:`~clpoison.experiments.clip_task.ImageTextTask` for CLIP. Everything
-else (output folder, config snapshot, attack/defense slots, checkpoint/resume, timings, results.json) is shared.
+control, the attack-evaluation context) come from a *task* chosen by the method's ``modality`` from the task
+registry (:mod:`clpoison.experiments.tasks`): ``image`` for image SSL (SimCLR, MoCo v2, BYOL), ``image-text`` for
+CLIP. Everything else (output folder, config snapshot, attack/defense slots, checkpoint/resume, timings,
+results.json) is shared.
 
 :func:`run_experiment` executes one validated :class:`ExperimentConfig` and writes into ``out``:
 
@@ -17,34 +18,28 @@ something that looks finished; re-running the same command resumes from the part
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import platform
 import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import torch
 
 from ..attacks import ATTACKS
-from ..data.augment import EvalTransform, TwoViewAugment, make_sampler
-from ..data.datasets import ImageSplits, limit, load_dataset
-from ..data.loader import ResidentBatches, TwoViewBatches
 from ..defenses import DEFENSES
-from ..engine.trainer import CHECKPOINT_NAME, Trainer, min_conv_channels
+from ..engine.trainer import CHECKPOINT_NAME, Trainer
 from ..errors import ClpoisonError, ConfigError
-from ..eval.features import extract_features
-from ..eval.knn import KNNClassifier
-from ..eval.linear import LinearProbe
-from ..eval.metrics import top1_accuracy
-from ..methods import METHODS
-from ..models import build_backbone
+from ..report.tables import format_table
 from ..utils.device import resolve_device
 from ..utils.io import atomic_write_json, dumps_json
 from ..utils.seed import seed_everything
 from .config import ExperimentConfig
+from .tasks import task_for
+
+__all__ = ["run_experiment", "run_or_reuse", "periodic_eval", "environment", "format_table", "RESULTS_NAME"]
 
 RESULTS_NAME = "results.json"
 
@@ -68,136 +63,11 @@ def environment() -> dict[str, Any]:
     return env
 
 
-def load_splits(cfg: ExperimentConfig) -> ImageSplits:
-    kwargs: dict[str, Any] = {"max_resident_bytes": int(cfg.data.max_resident_gb * 2**30)}
-    if cfg.data.image_size is not None:
-        kwargs["image_size"] = cfg.data.image_size
-    splits = load_dataset(cfg.data.name, cfg.data.path, seed=cfg.seed, **kwargs)
-    splits.train = limit(splits.train, cfg.data.train_limit)
-    splits.test = limit(splits.test, cfg.data.test_limit)
-    return splits
-
-
-def build_method(cfg: ExperimentConfig):
-    cls = METHODS.get(cfg.method.name)
-    params = cls.Params.from_dict(cfg.method.params, "method.params")
-    backbone = build_backbone(cfg.model.arch, cfg.model.width, cfg.model.stem_stride)
-    return cls(backbone, params)
-
-
-def evaluate_encoder(
-    encoder: torch.nn.Module,
-    splits: ImageSplits,
-    cfg: ExperimentConfig,
-    device: torch.device,
-    linear: bool = True,
-    prefix: str = "",
-) -> tuple[dict[str, float], dict[str, Any]]:
-    """kNN (and linear-probe) top-1 of a frozen encoder: train features on the clean labelled train split,
-    test on the test split. Returns metrics and the fitted classifiers/features for attack evaluations."""
-    tf = EvalTransform(cfg.augment.out_size, cfg.augment.mean, cfg.augment.std).to(device)
-    kw = dict(transform=tf, batch_size=cfg.eval.batch_size, device=device)
-    ftr = extract_features(encoder, splits.train.images, **kw)
-    fte = extract_features(encoder, splits.test.images, **kw)
-    nc = splits.train.num_classes
-    knn = KNNClassifier(cfg.eval.knn_k, cfg.eval.knn_temperature).fit(ftr, splits.train.labels, nc)
-    metrics = {f"{prefix}knn_top1": top1_accuracy(knn.predict(fte), splits.test.labels)}
-    extras: dict[str, Any] = {"knn": knn, "train_features": ftr, "test_features": fte, "transform": tf}
-    if linear and cfg.eval.linear:
-        probe = LinearProbe(cfg.eval.linear_l2).fit(ftr, splits.train.labels, nc)
-        metrics[f"{prefix}linear_top1"] = top1_accuracy(probe.predict(fte), splits.test.labels)
-        extras["probe"] = probe
-    return metrics, extras
-
-
-def attack_context(
-    encoder: torch.nn.Module, splits: Any, poisoned: Any, cfg: ExperimentConfig, device: torch.device, extras: dict
-) -> dict[str, Any]:
-    """What :meth:`Attack.evaluate` receives. The contract every pipeline (image SSL, CLIP) fulfils:
-
-    * ``classify(images_uint8) -> LongTensor`` — the downstream classifier's predictions (linear probe on frozen
-      features for image SSL; zero-shot for CLIP); used for CA and ASR so both come from one classifier;
-    * ``embed(images_uint8) -> FloatTensor`` — L2-normalised encoder features (for embedding-level metrics);
-    * ``splits`` (clean), ``poisoned`` (what was trained on), ``cfg``, ``device``, ``encoder`` and ``extras``.
-    """
-    tf = extras["transform"]
-
-    def embed(images: torch.Tensor) -> torch.Tensor:
-        f = extract_features(encoder, images, transform=tf, batch_size=cfg.eval.batch_size, device=device)
-        return torch.nn.functional.normalize(f, dim=1)
-
-    def classify(images: torch.Tensor) -> torch.Tensor:
-        f = extract_features(encoder, images, transform=tf, batch_size=cfg.eval.batch_size, device=device)
-        clf = extras.get("probe") or extras["knn"]
-        return clf.predict(f).cpu()
-
-    return {"encoder": encoder, "splits": splits, "poisoned": poisoned, "cfg": cfg, "device": device,
-            "classify": classify, "embed": embed, "extras": extras}
-
-
 def prepare_out_dir(out: Path, overwrite: bool) -> Path:
     out = Path(out)
     if out.exists() and not overwrite:
         raise ConfigError(f"output directory '{out}' already exists; pass --overwrite or choose another --out")
     return out.with_name(out.name + ".partial")
-
-
-class ImageTask:
-    """The image-SSL steps of the pipeline (two augmented views, kNN + linear probe). Other modalities provide the
-    same methods (see :class:`~clpoison.experiments.clip_task.ImageTextTask`); :func:`run_experiment` does the rest."""
-
-    modality = "image"
-
-    def __init__(self, cfg: ExperimentConfig, device: torch.device, work: Path, echo: Callable[[str], None]) -> None:
-        self.cfg, self.device, self.work, self.echo = cfg, device, work, echo
-
-    def load(self) -> ImageSplits:
-        splits = load_splits(self.cfg)
-        self.echo(f"data: {self.cfg.data.name} ({len(splits.train)} train / {len(splits.test)} test images)")
-        return splits
-
-    def build_method(self, train_set: Any):
-        return build_method(self.cfg)
-
-    def random_init_metrics(self, method: Any, splits: ImageSplits) -> dict[str, float]:
-        m0, _ = evaluate_encoder(method.encoder, splits, self.cfg, self.device, linear=False, prefix="")
-        self.echo(f"random-init kNN top-1: {m0['knn_top1']:.4f}")
-        return {"knn_top1_random_init": m0["knn_top1"]}
-
-    def batches(self, method: Any, train_set: Any, defense: Any):
-        cfg = self.cfg
-        sampler = defense.view_sampler(cfg.augment) or make_sampler(cfg.augment)
-        augment = TwoViewAugment(cfg.augment, sampler)
-        return TwoViewBatches(
-            ResidentBatches(train_set, cfg.train.batch_size, self.device, seed=cfg.seed),
-            augment,
-            channels_last=cfg.train.use_channels_last(self.device, min_conv_channels(method)),
-        )
-
-    def evaluate(self, method: Any, splits: ImageSplits) -> tuple[dict[str, Any], dict[str, Any]]:
-        return evaluate_encoder(method.encoder, splits, self.cfg, self.device)
-
-    def context(self, method: Any, splits: Any, poisoned: Any, extras: dict) -> dict[str, Any]:
-        return attack_context(method.encoder, splits, poisoned, self.cfg, self.device, extras)
-
-    def data_info(self, train_set: Any, splits: Any) -> dict[str, Any]:
-        return {"train_images": len(train_set), "test_images": len(splits.test), "classes": splits.class_names,
-                "source": splits.source}
-
-    def throughput(self, n_samples: int, seconds: float) -> dict[str, float]:
-        return {"pretrain_images_per_s": n_samples / max(seconds, 1e-9)}
-
-
-def task_for(cfg: ExperimentConfig, device: torch.device, work: Path, echo: Callable[[str], None]):
-    """The modality-specific steps for ``cfg.method`` (its class attribute ``modality``, default ``image``)."""
-    modality = getattr(METHODS.get(cfg.method.name), "modality", "image")
-    if modality == "image":
-        return ImageTask(cfg, device, work, echo)
-    if modality == "image-text":
-        from .clip_task import ImageTextTask
-
-        return ImageTextTask(cfg, device, work, echo)
-    raise ConfigError(f"method '{cfg.method.name}' has unknown modality '{modality}'")
 
 
 def run_experiment(
@@ -261,16 +131,17 @@ def _run(cfg: ExperimentConfig, out: Path, work: Path, device: torch.device, sna
     with timed("data_s"):
         splits = task.load()
 
-    attack = ATTACKS.get(cfg.attack.name)(ATTACKS.get(cfg.attack.name).Params.from_dict(cfg.attack.params, "attack.params"))
+    attack = ATTACKS.build(cfg.attack.name, cfg.attack.params)
     with timed("attack_s"):
         poisoned = attack.poison(splits, cfg.seed)
     train_splits = poisoned.splits
     if poisoned.manifest is not None:
         atomic_write_json(work / "manifest.json", poisoned.manifest)
 
-    defense = DEFENSES.get(cfg.defense.name)(DEFENSES.get(cfg.defense.name).Params.from_dict(cfg.defense.params, "defense.params"))
+    defense = DEFENSES.build(cfg.defense.name, cfg.defense.params)
     with timed("defense_s"):
-        train_set, defense_info = defense.filter(train_splits.train, {"manifest": poisoned.manifest, "seed": cfg.seed})
+        train_set, defense_info = defense.filter(train_splits.train, {"manifest": poisoned.manifest, "seed": cfg.seed,
+                                                                    "device": device})
 
     seed_everything(cfg.seed, cfg.deterministic)
     method = task.build_method(train_set).to(device)
@@ -284,8 +155,9 @@ def _run(cfg: ExperimentConfig, out: Path, work: Path, device: torch.device, sna
     method, batches = defense.wrap_training(method, batches, {
         "task": task, "cfg": cfg, "train_set": train_set, "manifest": poisoned.manifest, "out_dir": work,
         "device": device, "seed": cfg.seed})
-    trainer = Trainer(method, batches, cfg.train, device, work, snapshot)
-    defense.attach(trainer)
+    hooks = defense.training_hooks()
+    trainer = Trainer(method, batches, cfg.train, device, work, snapshot, schedule=hooks.schedule,
+                      on_epoch_start=hooks.epoch_start, on_epoch_end=hooks.epoch_end)
     if cfg.eval.every_epochs:
         trainer.on_epoch_end.append(periodic_eval(task, method, attack, splits, train_splits, cfg.eval.every_epochs,
                                                   cfg.train.epochs))
@@ -347,15 +219,3 @@ def periodic_eval(task: Any, method: Any, attack: Any, splits: Any, poisoned: An
         return out
 
     return hook
-
-
-def format_table(results: dict[str, Any]) -> str:
-    rows = [("metric", "value")] + [
-        (k, f"{v:.4f}" if isinstance(v, float) else str(v)) for k, v in sorted(results["metrics"].items())
-    ]
-    rows.append(("pretrain time (s)", f"{results['timings'].get('pretrain_s', float('nan')):.1f}"))
-    rows.append(("total time (s)", f"{results['timings'].get('total_s', float('nan')):.1f}"))
-    w = max(len(r[0]) for r in rows)
-    lines = [f"{a:<{w}}  {b}" for a, b in rows]
-    lines.insert(1, "-" * (w + 10))
-    return "\n".join(lines)

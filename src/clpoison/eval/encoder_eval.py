@@ -1,0 +1,72 @@
+"""Frozen-encoder evaluation shared by every task: kNN and linear-probe top-1 on a labelled train/test split, and
+the *attack context* that :meth:`clpoison.attacks.base.Attack.evaluate` receives.
+
+``settings`` is any object with ``batch_size``, ``knn_k``, ``knn_temperature``, ``linear`` and ``linear_l2`` (the
+experiment config's ``eval`` section fits), so this module needs nothing from the experiment layer.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+
+from .features import extract_features
+from .knn import KNNClassifier
+from .linear import LinearProbe
+from .metrics import top1_accuracy
+
+
+def evaluate_encoder(encoder: torch.nn.Module, splits: Any, transform: torch.nn.Module, device: torch.device,
+                     settings: Any, linear: bool = True, prefix: str = "") -> tuple[dict[str, float], dict[str, Any]]:
+    """kNN (and linear-probe) top-1 of a frozen encoder: train features on the clean labelled train split, test
+    on the test split. Returns the metrics and the fitted classifiers/features (``knn``, ``probe``,
+    ``train_features``, ``test_features``, ``transform``) for the attack evaluation."""
+    kw = dict(transform=transform, batch_size=settings.batch_size, device=device)
+    ftr = extract_features(encoder, splits.train.images, **kw)
+    fte = extract_features(encoder, splits.test.images, **kw)
+    nc = splits.train.num_classes
+    knn = KNNClassifier(settings.knn_k, settings.knn_temperature).fit(ftr, splits.train.labels, nc)
+    metrics = {f"{prefix}knn_top1": top1_accuracy(knn.predict(fte), splits.test.labels)}
+    extras: dict[str, Any] = {"knn": knn, "train_features": ftr, "test_features": fte, "transform": transform}
+    if linear and settings.linear:
+        probe = LinearProbe(settings.linear_l2).fit(ftr, splits.train.labels, nc)
+        metrics[f"{prefix}linear_top1"] = top1_accuracy(probe.predict(fte), splits.test.labels)
+        extras["probe"] = probe
+    return metrics, extras
+
+
+def feature_embedder(encoder: torch.nn.Module, transform: torch.nn.Module, device: torch.device,
+                     batch_size: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``embed(images_uint8) -> L2-normalised encoder features``."""
+
+    def embed(images: torch.Tensor) -> torch.Tensor:
+        f = extract_features(encoder, images, transform=transform, batch_size=batch_size, device=device)
+        return torch.nn.functional.normalize(f, dim=1)
+
+    return embed
+
+
+def feature_classifier(encoder: torch.nn.Module, transform: torch.nn.Module, device: torch.device, batch_size: int,
+                       classifier: Any) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``classify(images_uint8) -> predicted labels`` of a classifier fitted on the encoder's features."""
+
+    def classify(images: torch.Tensor) -> torch.Tensor:
+        f = extract_features(encoder, images, transform=transform, batch_size=batch_size, device=device)
+        return classifier.predict(f).cpu()
+
+    return classify
+
+
+def attack_context(*, encoder: torch.nn.Module, splits: Any, poisoned: Any, cfg: Any, device: torch.device,
+                   classify: Callable[[torch.Tensor], torch.Tensor], embed: Callable[[torch.Tensor], torch.Tensor],
+                   extras: dict) -> dict[str, Any]:
+    """What :meth:`Attack.evaluate` receives. The contract every task (image SSL, CLIP) fulfils:
+
+    * ``classify(images_uint8) -> LongTensor`` — the downstream classifier's predictions (linear probe on frozen
+      features for image SSL; zero-shot for CLIP); used for CA and ASR so both come from one classifier;
+    * ``embed(images_uint8) -> FloatTensor`` — L2-normalised encoder features (for embedding-level metrics);
+    * ``splits`` (clean), ``poisoned`` (what was trained on), ``cfg``, ``device``, ``encoder`` and ``extras``.
+    """
+    return {"encoder": encoder, "splits": splits, "poisoned": poisoned, "cfg": cfg, "device": device,
+            "classify": classify, "embed": embed, "extras": extras}

@@ -1,0 +1,116 @@
+"""What the benchmark scripts under ``benchmarks/`` share: running a named config (reusing a finished run of the
+same config), per-seed statistics, ``attack.params.*`` overrides, and the shared settings of several scripts
+(the Carlini clean-data control, the CorruptEncoder rows). Scripts import it from the installed package.
+
+Example::
+
+    >>> stats([0.5, 0.7])["mean"]
+    0.6
+    >>> split_overrides(["attack.params.trigger.size=8", "train.epochs=2"], {"trigger": {"size": 4}})
+    ({'trigger': {'size': 8}}, ['train.epochs=2'])
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import yaml
+
+from ..errors import ConfigError
+from .config import build_config, load_preset
+from .runner import run_or_reuse
+
+CORRUPTENCODER_PRESET = "corruptencoder-small"
+CORRUPTENCODER_ROWS = ("clean", "ssl_backdoor", "poisoned_encoder", "corruptencoder", "corruptencoder_plus",
+                       "corruptencoder_localized_cropping")
+_CE_COMMON = ("target", "poison_rate", "poison_count", "trigger", "eval_seed", "zscore_images")
+
+
+def run_named(name: str, data: dict, overrides: list[str], work: Path,
+              echo: Optional[Callable[[str], None]] = print) -> tuple[dict, bool]:
+    """``(results, reused)`` of the config ``data`` + ``overrides`` (progress bar off) in ``work/name``; a fresh
+    run prints its time and float metrics."""
+    cfg = build_config({**data, "name": name}, ["train.progress=false", *overrides])
+    t0 = time.time()
+    res, reused = run_or_reuse(cfg, Path(work) / name)
+    if not reused and echo is not None:
+        echo(f"{name}: {time.time() - t0:.0f}s " + json.dumps(
+            {k: v for k, v in res["metrics"].items() if isinstance(v, float)}, sort_keys=True))
+    return res, reused
+
+
+def mean(xs: list) -> float:
+    """Mean of the values that are not ``None`` (NaN if none)."""
+    xs = [x for x in xs if x is not None]
+    return statistics.fmean(xs) if xs else float("nan")
+
+
+def stats(xs: list) -> dict:
+    """``{"mean", "std", "per_seed"}`` of the values that are not ``None`` (std 0 for a single value)."""
+    xs = [float(x) for x in xs if x is not None]
+    return {"mean": statistics.fmean(xs) if xs else float("nan"),
+            "std": statistics.stdev(xs) if len(xs) > 1 else 0.0, "per_seed": xs}
+
+
+def split_overrides(items: list[str], params: dict, prefix: str = "attack.params.") -> tuple[dict, list[str]]:
+    """``prefix*`` overrides applied to a copy of ``params`` (dotted keys go into nested mappings); the rest are
+    returned as config overrides."""
+    params = json.loads(json.dumps(params))
+    rest = []
+    for o in items:
+        if o.startswith(prefix):
+            key, raw = o[len(prefix):].split("=", 1)
+            *path, last = key.split(".")
+            node = params
+            for part in path:
+                node = node.setdefault(part, {})
+            node[last] = yaml.safe_load(raw)
+        else:
+            rest.append(o)
+    return params, rest
+
+
+def work_dir(out: Path, work: Optional[str]) -> Path:
+    """The run folders of a benchmark: ``--work`` or ``OUT`` without suffix + ``_runs``."""
+    out = Path(out)
+    return Path(work) if work else out.with_name(out.stem + "_runs")
+
+
+def carlini_clean_control() -> dict:
+    """Config of the clean-data control run (``clean_s{seed}``): plain clip-small on unpoisoned pairs, evaluated
+    with the small presets' backdoor trigger and targeted victims (``attack.name: carlini-control``)."""
+    return {"preset": "clip-small", "attack": {"name": "carlini-control", "params": {
+        "backdoor": load_preset("carlini-backdoor-small")["attack"]["params"],
+        "targeted": load_preset("carlini-targeted-small")["attack"]["params"]}}}
+
+
+def corruptencoder_rows(rows: str) -> list[str]:
+    """The rows named in a comma-separated list; an unknown one is a ConfigError naming the choices."""
+    out = [r for r in rows.split(",") if r]
+    bad = sorted(set(out) - set(CORRUPTENCODER_ROWS))
+    if bad:
+        raise ConfigError(f"unknown rows {bad}; choose from {', '.join(CORRUPTENCODER_ROWS)}")
+    return out
+
+
+def corruptencoder_row_config(row: str, ce: dict) -> dict:
+    """The config mapping of one CorruptEncoder benchmark row, sharing the preset's target, budget and trigger."""
+    common = {k: v for k, v in ce.items() if k in _CE_COMMON}
+    if row == "clean":  # CorruptEncoder with zero poisons: clean data, same trigger evaluated
+        attack: dict[str, Any] = {"name": "corruptencoder", "params": {**ce, "poison_rate": None, "poison_count": 0}}
+    elif row == "ssl_backdoor":
+        attack = {"name": "ssl-backdoor", "params": common}
+    elif row == "poisoned_encoder":
+        attack = {"name": "poisoned-encoder", "params": {**common, "num_references": ce.get("num_references", 3)}}
+    elif row == "corruptencoder_plus":
+        attack = {"name": "corruptencoder-plus", "params": {**ce, "support_ratio": 0.2}}
+    else:
+        attack = {"name": "corruptencoder", "params": ce}
+    data: dict[str, Any] = {"preset": CORRUPTENCODER_PRESET, "attack": attack}
+    if row == "corruptencoder_localized_cropping":
+        data["defense"] = {"name": "localized-cropping", "params": {"delta": 0.2}}
+    return data

@@ -1,0 +1,66 @@
+"""The image-SSL task (SimCLR, MoCo v2, BYOL): labelled image data, two augmented views per image on the device,
+evaluation by kNN and linear probe on frozen features (the probe is the attack's downstream classifier)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ...data.augment import TwoViewAugment, make_sampler
+from ...data.datasets import ImageSplits
+from ...data.loader import ResidentBatches, TwoViewBatches
+from ...engine.trainer import min_conv_channels
+from ...eval.encoder_eval import attack_context, evaluate_encoder, feature_classifier, feature_embedder
+from ...methods.base import Method
+from ...methods.build import build_method
+from ..sources import load_image_source
+from .base import TASKS, Task
+
+
+@TASKS.register("image")
+class ImageTask(Task):
+    modality = "image"
+
+    def load(self) -> ImageSplits:
+        d = self.cfg.data
+        splits = load_image_source(d.name, d.path, self.cfg.seed, d.image_size, int(d.max_resident_gb * 2**30),
+                                   d.train_limit, d.test_limit)
+        self.echo(f"data: {d.name} ({len(splits.train)} train / {len(splits.test)} test images)")
+        return splits
+
+    def build_method(self, train_set: Any) -> Method:
+        c = self.cfg
+        return build_method(c.method.name, c.method.params, {"arch": c.model.arch, "width": c.model.width,
+                                                            "stem_stride": c.model.stem_stride})
+
+    def random_init_metrics(self, method: Method, splits: ImageSplits) -> dict[str, float]:
+        m0, _ = evaluate_encoder(method.encoder, splits, self.transform(), self.device, self.cfg.eval, linear=False)
+        self.echo(f"random-init kNN top-1: {m0['knn_top1']:.4f}")
+        return {"knn_top1_random_init": m0["knn_top1"]}
+
+    def batches(self, method: Method, train_set: Any, defense: Any) -> TwoViewBatches:
+        cfg = self.cfg
+        sampler = defense.view_sampler(cfg.augment) or make_sampler(cfg.augment)
+        augment = TwoViewAugment(cfg.augment, sampler)
+        return TwoViewBatches(
+            ResidentBatches(train_set, cfg.train.batch_size, self.device, seed=cfg.seed),
+            augment,
+            channels_last=cfg.train.use_channels_last(self.device, min_conv_channels(method)),
+        )
+
+    def evaluate(self, method: Method, splits: ImageSplits) -> tuple[dict[str, Any], dict[str, Any]]:
+        return evaluate_encoder(method.encoder, splits, self.transform(), self.device, self.cfg.eval)
+
+    def context(self, method: Method, splits: Any, poisoned: Any, extras: dict) -> dict[str, Any]:
+        """``classify`` = the linear probe (the kNN classifier when the probe is off), ``embed`` = features."""
+        tf, bs = extras["transform"], self.cfg.eval.batch_size
+        clf = extras.get("probe") or extras["knn"]
+        return attack_context(encoder=method.encoder, splits=splits, poisoned=poisoned, cfg=self.cfg, device=self.device,
+                              classify=feature_classifier(method.encoder, tf, self.device, bs, clf),
+                              embed=feature_embedder(method.encoder, tf, self.device, bs), extras=extras)
+
+    def data_info(self, train_set: Any, splits: Any) -> dict[str, Any]:
+        return {"train_images": len(train_set), "test_images": len(splits.test), "classes": splits.class_names,
+                "source": splits.source}
+
+    def throughput(self, n_samples: int, seconds: float) -> dict[str, float]:
+        return {"pretrain_images_per_s": n_samples / max(seconds, 1e-9)}
