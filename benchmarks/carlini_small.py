@@ -5,7 +5,8 @@ For every seed it trains (presets ``carlini-backdoor-small`` / ``carlini-targete
 * one poisoned model per backdoor rate (default 0.5%, 1%, 2% of the 5,438 bundled pairs);
 * one targeted-poisoning model (16 victims from the test split, 5 pairs each);
 * one clean model, on which the same trigger (backdoor control) and the same victims (targeted control) are
-  evaluated — one run serves both controls.
+  evaluated — one run serves both controls (attack ``carlini-control``; its config is
+  :func:`clpoison.experiments.bench.carlini_clean_control`, shared with ``safeclip_small.py``).
 
 and writes ``--out`` (JSON, means over seeds plus per-seed lists) and a PNG plot of poison rate → ASR next to it.
 Finished runs are kept under ``--work`` and reused when the script is re-run.
@@ -17,75 +18,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
-from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from clpoison.attacks import ATTACKS, Attack, AttackParams, PoisonResult
-from clpoison.attacks.carlini_backdoor import CarliniBackdoor
-from clpoison.attacks.carlini_targeted import CarliniTargeted
-from clpoison.experiments.config import build_config, load_preset
-from clpoison.experiments.runner import run_or_reuse
+from clpoison.experiments.bench import carlini_clean_control, mean, run_named, work_dir
+from clpoison.experiments.config import load_preset
+from clpoison.report.plots import curve_plot
 from clpoison.utils.io import atomic_write_json
 
-
-@dataclass
-class ControlParams(AttackParams):
-    backdoor: dict = field(default_factory=dict)
-    targeted: dict = field(default_factory=dict)
-
-
-class CarliniControl(Attack):
-    """Clean training data; evaluates the backdoor trigger and the targeted victims of the given params on it."""
-
-    name = "carlini-control"
-    data_kind = "captions"
-    Params = ControlParams
-
-    def __init__(self, params: ControlParams) -> None:
-        super().__init__(params)
-        self.b = CarliniBackdoor(CarliniBackdoor.Params.from_dict({**params.backdoor, "poison_rate": None, "poison_count": 0}))
-        self.t = CarliniTargeted(CarliniTargeted.Params.from_dict({**params.targeted, "pairs_per_target": 0}))
-
-    def poison(self, splits: Any, seed: int) -> PoisonResult:
-        self.b.poison(splits, seed)
-        res = self.t.poison(splits, seed)  # 0 pairs: the clean data, same victims as the poisoned run
-        return PoisonResult(res.splits, None)
-
-    def evaluate(self, context: dict) -> dict:
-        return {**self.b.evaluate(context), **self.t.evaluate(context)}
-
-
-if "carlini-control" not in ATTACKS:
-    ATTACKS.add("carlini-control", CarliniControl)
-
-
-def clean_control() -> dict:
-    """Config of the clean-data control run (``clean_s{seed}``): plain clip-small on unpoisoned pairs, evaluated
-    with the small presets' backdoor trigger and targeted victims. ``safeclip_small.py`` shares it."""
-    return {"preset": "clip-small", "attack": {"name": "carlini-control", "params": {
-        "backdoor": load_preset("carlini-backdoor-small")["attack"]["params"],
-        "targeted": load_preset("carlini-targeted-small")["attack"]["params"]}}}
-
-
-def run(name: str, data: dict, overrides: list[str], work: Path) -> dict:
-    cfg = build_config({**data, "name": name}, ["train.progress=false", *overrides])
-    t0 = time.time()
-    res, reused = run_or_reuse(cfg, work / name)
-    if reused:
-        return res["metrics"]
-    print(f"{name}: {time.time() - t0:.0f}s " + json.dumps({k: v for k, v in res["metrics"].items()
-                                                            if isinstance(v, float)}, sort_keys=True), flush=True)
-    return res["metrics"]
-
-
-def mean(xs: list) -> float:
-    xs = [x for x in xs if x is not None]
-    return statistics.fmean(xs) if xs else float("nan")
+ECHO = partial(print, flush=True)  # a fresh run's line shows at once in a log file
 
 
 def main() -> None:
@@ -100,7 +45,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out)
-    work = Path(args.work) if args.work else out.with_name(out.stem + "_runs")
+    work = work_dir(out, args.work)
     rates = [float(r) for r in args.rates.split(",")]
     bd_params = load_preset("carlini-backdoor-small")["attack"]["params"]
     tg_params = load_preset("carlini-targeted-small")["attack"]["params"]
@@ -111,19 +56,20 @@ def main() -> None:
                            "tg": [], "tg_k": [], "tg_zs": [], "clean_tg": [], "clean_tg_k": []}
     for s in seeds:
         ov = [f"seed={s}", *args.overrides]
-        m = run(f"clean_s{s}", clean_control(), ov, work)
+        m = run_named(f"clean_s{s}", carlini_clean_control(), ov, work, ECHO)[0]["metrics"]
         per["clean_asr"].append(m["asr"])
         per["clean_zs"].append(m["zeroshot_top1"])
         per["clean_z"].append(m["backdoor_zscore"])
         per["clean_tg"].append(m["targeted_success_rate"])
         per["clean_tg_k"].append(m["targeted_successes"])
         for r in rates:
-            m = run(f"backdoor_{r}_s{s}", {"preset": "carlini-backdoor-small"}, [f"attack.params.poison_rate={r}", *ov], work)
+            m = run_named(f"backdoor_{r}_s{s}", {"preset": "carlini-backdoor-small"},
+                          [f"attack.params.poison_rate={r}", *ov], work, ECHO)[0]["metrics"]
             per["asr"][str(r)].append(m["asr"])
             per["zs"][str(r)].append(m["zeroshot_top1"])
             per["z"][str(r)].append(m["backdoor_zscore"])
         if not args.no_targeted:
-            m = run(f"targeted_s{s}", {"preset": "carlini-targeted-small"}, ov, work)
+            m = run_named(f"targeted_s{s}", {"preset": "carlini-targeted-small"}, ov, work, ECHO)[0]["metrics"]
             per["tg"].append(m["targeted_success_rate"])
             per["tg_k"].append(m["targeted_successes"])
             per["tg_zs"].append(m["zeroshot_top1"])
@@ -154,25 +100,14 @@ def main() -> None:
 
 
 def plot(result: dict, rates: list[float], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """Poison rate (the clean model at 0%) → backdoor ASR: the mean over seeds and each seed's points."""
     b = result["backdoor"]
-    fig, ax = plt.subplots(figsize=(5, 3.5))
     xs = [0.0] + [100 * r for r in rates]
-    ax.plot(xs, [b["asr_clean_model"]] + [b["asr_by_rate"][str(r)] for r in rates], "o-", label="mean over seeds")
-    for i in range(len(result["seeds"])):
-        ax.scatter(xs, [b["asr_clean_model_per_seed"][i]] + [b["asr_by_rate_per_seed"][str(r)][i] for r in rates],
-                   color="grey", s=12, alpha=0.7, label="per seed" if i == 0 else None)
-    ax.set_xlabel("poisoned pairs (% of training data)")
-    ax.set_ylabel(f"zero-shot ASR (target '{b['target']}')")
-    ax.set_ylim(0, 1)
-    ax.set_title("Carlini & Terzis backdoor, CLIP small preset")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    curve_plot(path, {"mean over seeds": (xs, [b["asr_clean_model"]] + [b["asr_by_rate"][str(r)] for r in rates])},
+               "poisoned pairs (% of training data)", f"zero-shot ASR (target '{b['target']}')",
+               "Carlini & Terzis backdoor, CLIP small preset", ylim=(0, 1),
+               points=[(xs, [b["asr_clean_model_per_seed"][i]] + [b["asr_by_rate_per_seed"][str(r)][i] for r in rates])
+                       for i in range(len(result["seeds"]))], dpi=120)
 
 
 if __name__ == "__main__":

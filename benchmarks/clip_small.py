@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
 import time
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from clpoison.experiments.bench import stats
 from clpoison.experiments.config import build_config
 from clpoison.experiments.runner import environment, run_experiment
 from clpoison.methods.clip import CLIP, CLIPParams, clip_loss
@@ -74,9 +74,9 @@ def main(argv=None) -> int:
     bare = bare_fwd_bwd(cfg)
     summary = {}
     for k in ("wall_s", "pretrain_s", "pairs_per_s", *KEYS):
-        vals = [r[k] for r in runs if r.get(k) is not None]
-        if vals:
-            summary[k] = {"mean": statistics.fmean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else 0.0}
+        st = stats([r.get(k) for r in runs])
+        if st["per_seed"]:  # a key that no run has gets no entry
+            summary[k] = {"mean": st["mean"], "std": st["std"]}
     out = {
         "benchmark": "clip_small", "command": " ".join(sys.argv), "overrides": a.overrides, "runs": runs,
         "summary": summary, "bare_fwd_bwd_pairs_per_s": bare,

@@ -2,10 +2,12 @@
 
 Each *setting* is a named list of ``key=value`` overrides on top of ``corruptencoder-small``; for every setting it
 trains the rows given by ``--rows`` (default: the clean control, SSL-Backdoor and CorruptEncoder at the same
-budget, trigger and target — the rows are those of ``benchmarks/corruptencoder_small.py``) with
-``eval.every_epochs`` set, so each run records linear-probe CA and ASR every k epochs. It writes ``--out`` (JSON:
-setting → row → epochs / ca / asr lists, wall time) and one PNG per setting next to it (ASR against epochs).
-Finished runs are kept under ``--work`` and reused.
+budget, trigger and target — the rows are those of ``benchmarks/corruptencoder_small.py``,
+:func:`clpoison.experiments.bench.corruptencoder_row_config`; an unknown row ends the script with one
+``error: ...`` line and status 2) with ``eval.every_epochs`` set, so each run records linear-probe CA and ASR
+every k epochs. It writes ``--out`` (JSON: setting → row → epochs / ca / asr lists, wall time) and one PNG per
+setting next to it (ASR against epochs).
+Finished runs are kept under ``--work`` (``SETTING/ROW``) and reused.
 
     python benchmarks/corruptencoder_search.py --out benchmarks/results/corruptencoder_search.json \\
         --setting "r10_t12_b10:model.arch=resnet10 attack.params.poison_rate=0.1 train.epochs=100" --every 10
@@ -15,33 +17,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from corruptencoder_small import PRESET, row_config, setup, split_overrides  # noqa: E402
-
-from clpoison.experiments.config import build_config, load_preset  # noqa: E402
-from clpoison.experiments.runner import run_or_reuse  # noqa: E402
-from clpoison.utils.io import atomic_write_json  # noqa: E402
-
-
-def curve(res: dict) -> dict[str, list]:
-    """(epochs, ca, asr) from the periodic evaluations plus the final one."""
-    ep, ca, asr = [], [], []
-    for h in res["history"]:
-        if "eval_asr" in h:
-            ep.append(h["epoch"])
-            ca.append(h.get("eval_ca"))
-            asr.append(h["eval_asr"])
-    ep.append(res["history"][-1]["epoch"])
-    ca.append(res["metrics"].get("ca"))
-    asr.append(res["metrics"].get("asr"))
-    return {"epochs": ep, "ca": ca, "asr": asr}
+from clpoison.errors import ConfigError
+from clpoison.experiments.bench import (CORRUPTENCODER_PRESET, corruptencoder_row_config, corruptencoder_rows,
+                                        split_overrides, work_dir)
+from clpoison.experiments.config import build_config, load_preset
+from clpoison.experiments.runner import run_or_reuse
+from clpoison.report.plots import curve_plot
+from clpoison.report.tables import history_curve
+from clpoison.utils.io import atomic_write_json
 
 
 def main() -> None:
@@ -56,8 +45,13 @@ def main() -> None:
     ap.add_argument("--work", default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    out, work, rows = setup(args)
-    base = dict(load_preset(PRESET)["attack"]["params"])
+    out = Path(args.out)
+    try:
+        rows = corruptencoder_rows(args.rows)
+    except ConfigError as e:  # an unknown row: one line and status 2, as the clpoison CLI does
+        ap.exit(2, f"error: {e}\n")
+    work = work_dir(out, args.work)
+    base = dict(load_preset(CORRUPTENCODER_PRESET)["attack"]["params"])
     result: dict[str, Any] = json.loads(out.read_text()) if out.exists() else {}
     for spec in args.setting:
         name, _, ov = spec.partition(":")
@@ -66,15 +60,16 @@ def main() -> None:
         if entry.get("overrides") != ov.split():  # a new or changed setting starts afresh; else rows accumulate
             entry = {"overrides": ov.split(), "rows": {}}
         for r in rows:
+            # run folder NAME/ROW, config name NAME-ROW (so not bench.run_named's NAME for both)
             run_dir = work / name / r
-            cfg = build_config({**row_config(r, ce), "name": f"{name}-{r}"},
+            cfg = build_config({**corruptencoder_row_config(r, ce), "name": f"{name}-{r}"},
                                ["train.progress=false", f"seed={args.seed}", f"eval.every_epochs={args.every}",
                                 *overrides])
             t0 = time.time()
             res, reused = run_or_reuse(cfg, run_dir)
             if not reused:
                 print(f"{name}/{r}: {time.time() - t0:.0f}s", flush=True)
-            c = curve(res)
+            c = history_curve(res, "asr", "ca")  # epochs of the periodic evaluations (eval_asr) + the last one
             c["wall_s"] = res["timings"]["total_s"]
             c["pretrain_images_per_s"] = res["throughput"].get("pretrain_images_per_s")
             entry["rows"][r] = c
@@ -86,22 +81,10 @@ def main() -> None:
 
 
 def plot(name: str, entry: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    for r, c in entry["rows"].items():
-        ax.plot(c["epochs"], c["asr"], "o-", ms=3, label=r)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("ASR (linear probe)")
-    ax.set_ylim(0, max(0.3, max(max(c["asr"]) for c in entry["rows"].values()) + 0.05))
-    ax.set_title(f"CorruptEncoder search: {name}", fontsize=9)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    """ASR against epochs, one line per row of the setting."""
+    curve_plot(path, {r: (c["epochs"], c["asr"]) for r, c in entry["rows"].items()}, "epoch", "ASR (linear probe)",
+               f"CorruptEncoder search: {name}",
+               ylim=(0, max(0.3, max(max(c["asr"]) for c in entry["rows"].values()) + 0.05)), dpi=110)
 
 
 if __name__ == "__main__":

@@ -12,12 +12,12 @@ last epoch's split put in the risky set. The SafeCLIP runs take every section of
 (its ``defense`` and its ``train.epochs``, which is shorter than plain CLIP's); since a shorter run could by itself
 weaken an attack, a control trains plain CLIP for the same number of epochs as SafeCLIP on the same poisoned
 data (``backdoor.asr_clip_same_epochs``, ``targeted.success_clip_same_epochs``), and a clean-data plain CLIP
-(the ``clean_s{seed}`` run of ``carlini_small.py``) gives each seed's ASR floor: the share of triggered
-non-airplane images that an *unpoisoned* model already calls airplane (``backdoor.asr_clean_model``, and
-``targeted.successes_clean_model``). ``--no-control`` skips both controls. Finished runs are kept under
-``--work`` and reused; the plain-CLIP runs have the same names and configs as those of
-``benchmarks/carlini_small.py`` (``backdoor_0.01_s0``, ``targeted_s0``, ``clean_s0``), so pointing both scripts
-at one ``--work`` folder trains each plain model once:
+(the ``clean_s{seed}`` run of ``carlini_small.py``, config :func:`clpoison.experiments.bench.carlini_clean_control`)
+gives each seed's ASR floor: the share of triggered non-airplane images that an *unpoisoned* model already calls
+airplane (``backdoor.asr_clean_model``, and ``targeted.successes_clean_model``). ``--no-control`` skips both
+controls. Finished runs are kept under ``--work`` and reused; the plain-CLIP runs have the same names and configs
+as those of ``benchmarks/carlini_small.py`` (``backdoor_0.01_s0``, ``targeted_s0``, ``clean_s0``), so pointing
+both scripts at one ``--work`` folder trains each plain model once:
 
     python benchmarks/carlini_small.py --out benchmarks/results/carlini_small.json --work runs/carlini_small_runs
     python benchmarks/safeclip_small.py --out benchmarks/results/safeclip_small.json --work runs/carlini_small_runs
@@ -27,34 +27,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
 
-from clpoison.experiments.config import build_config, load_preset
-from clpoison.experiments.runner import run_or_reuse
+from clpoison.experiments.bench import carlini_clean_control, mean, run_named, work_dir
+from clpoison.experiments.config import load_preset
 from clpoison.utils.io import atomic_write_json
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from carlini_small import clean_control  # noqa: E402  (also registers the "carlini-control" attack)
-
-
-def run(name: str, data: dict, overrides: list[str], work: Path) -> dict:
-    cfg = build_config({**data, "name": name}, ["train.progress=false", *overrides])
-    res, reused = run_or_reuse(cfg, work / name)
-    if reused:
-        return res
-    print(f"{name}: {res['timings']['total_s']:.0f}s " + json.dumps(
-        {k: v for k, v in res["metrics"].items() if isinstance(v, float)}, sort_keys=True), flush=True)
-    return res
-
-
-def mean(xs: list) -> float:
-    xs = [x for x in xs if x is not None]
-    return statistics.fmean(xs) if xs else float("nan")
+ECHO = partial(print, flush=True)  # a fresh run's line shows at once in a log file
 
 
 def main() -> None:
@@ -71,7 +54,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out)
-    work = Path(args.work) if args.work else out.with_name(out.stem + "_runs")
+    work = work_dir(out, args.work)
     # every section of the SafeCLIP preset except its own name and base preset (defense, train.epochs)
     sections = {k: v for k, v in load_preset("safeclip-small").items() if k not in ("name", "preset")}
     epochs = sections.get("train", {}).get("epochs")
@@ -86,18 +69,18 @@ def main() -> None:
     for s in range(args.seeds):
         ov = [f"seed={s}", *args.overrides]
         if not args.no_control:  # same name and config as carlini_small.py's clean run, so one --work shares it
-            clean = run(f"clean_s{s}", clean_control(), ov, work)
+            clean, _ = run_named(f"clean_s{s}", carlini_clean_control(), ov, work, ECHO)
             per["asr_clean_model"].append(clean["metrics"]["asr"])
             per["successes_clean_model"].append(clean["metrics"]["targeted_successes"])
         for attack, preset, extra, tag in (
                 ("backdoor", "carlini-backdoor-small", [f"attack.params.poison_rate={args.rate}"], f"_{args.rate}"),
                 ("targeted", "carlini-targeted-small", [], "")):
-            plain = run(f"{attack}{tag}_s{s}", {"preset": preset}, [*extra, *ov], work)
-            safe = run(f"{attack}_safeclip{tag}_s{s}", {"preset": preset, **sections},
-                       [*extra, *ov, *args.safeclip], work)
+            plain, _ = run_named(f"{attack}{tag}_s{s}", {"preset": preset}, [*extra, *ov], work, ECHO)
+            safe, _ = run_named(f"{attack}_safeclip{tag}_s{s}", {"preset": preset, **sections},
+                                [*extra, *ov, *args.safeclip], work, ECHO)
             n_ep = safe["config"]["train"]["epochs"]  # after overrides: the control trains as long as SafeCLIP did
-            short = run(f"{attack}{tag}_e{n_ep}_s{s}", {"preset": preset},
-                        [*extra, *ov, f"train.epochs={n_ep}"], work) if control else None
+            short = run_named(f"{attack}{tag}_e{n_ep}_s{s}", {"preset": preset},
+                              [*extra, *ov, f"train.epochs={n_ep}"], work, ECHO)[0] if control else None
             per["time_clip"].append(plain["timings"]["pretrain_s"])
             per["time_safeclip"].append(safe["timings"]["pretrain_s"])
             if attack == "backdoor":

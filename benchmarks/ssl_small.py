@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from clpoison.experiments.bench import stats
 from clpoison.experiments.config import build_config
 from clpoison.experiments.runner import run_experiment
 from clpoison.utils.io import atomic_write_json
@@ -26,11 +26,9 @@ METRICS = ("knn_top1", "linear_top1", "knn_top1_random_init")
 
 
 def summarize(values: list[float]) -> dict:
-    return {
-        "mean": round(statistics.fmean(values), 4),
-        "std": round(statistics.stdev(values), 4) if len(values) > 1 else 0.0,
-        "per_seed": [round(v, 4) for v in values],
-    }
+    """:func:`clpoison.experiments.bench.stats` (mean, std, per-seed values) rounded to 4 digits."""
+    st = stats(values)
+    return {"mean": round(st["mean"], 4), "std": round(st["std"], 4), "per_seed": [round(v, 4) for v in st["per_seed"]]}
 
 
 def main() -> None:

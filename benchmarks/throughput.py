@@ -28,11 +28,11 @@ from pathlib import Path
 import torch
 
 from clpoison.data.augment import TwoViewAugment, make_sampler
-from clpoison.data.datasets import load_cifar10_subset
+from clpoison.data.image_readers import load_cifar10_subset
 from clpoison.data.loader import ResidentBatches, TwoViewBatches
 from clpoison.engine.trainer import Trainer
 from clpoison.experiments.config import build_config
-from clpoison.experiments.runner import build_method
+from clpoison.experiments.tasks import task_for
 from clpoison.utils.device import resolve_device
 from clpoison.utils.io import atomic_write_json
 from clpoison.utils.seed import seed_everything
@@ -103,6 +103,10 @@ def measure(method_name: str, device: torch.device, steps: int, rounds: int) -> 
     fmt = torch.channels_last if cl else torch.contiguous_format
     bs = cfg.train.batch_size
     augment = TwoViewAugment(cfg.augment, make_sampler(cfg.augment))
+    task = task_for(cfg, device)
+
+    def build_method(_cfg):
+        return task.build_method(splits.train)
 
     # end-to-end, as the engine runs it
     method = build_method(cfg)
