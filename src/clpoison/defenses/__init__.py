@@ -3,5 +3,8 @@
 from .base import DEFENSES, Defense, DefenseParams
 from . import localized_cropping  # noqa: F401  (registers localized-cropping)
 from . import safeclip  # noqa: F401  (registers safeclip)
+from . import matrix_completion  # noqa: F401  (registers matrix-completion)
+from . import jpeg  # noqa: F401  (registers jpeg)
+from . import grayscale  # noqa: F401  (registers grayscale)
 
 __all__ = ["DEFENSES", "Defense", "DefenseParams"]
