@@ -3,12 +3,18 @@
 import kornia
 import pytest
 import torch
+from torch.overrides import TorchFunctionMode
 
+from clpoison.data import augment as augment_module
 from clpoison.data.augment import (
     AugmentConfig,
     EvalTransform,
     TwoViewAugment,
+    ViewAugment,
+    adjust_brightness,
+    adjust_contrast,
     adjust_hue,
+    adjust_saturation,
     crop_resize_flip,
 )
 from clpoison.data.views import IndependentRRCSampler, sample_rrc_boxes
@@ -94,3 +100,133 @@ def test_bad_augment_values_raise():
         AugmentConfig(jitter_p=1.5)
     with pytest.raises(ConfigError, match="crop_scale"):
         IndependentRRCSampler(scale=(0.8, 0.2))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# differentiable path (float input that requires grad)
+
+GRAD_PRESETS = ["simclr", "mocov2", "byol"]
+# every op on, with partial subsets for grayscale / blur / solarisation (exercises _apply_subset's index_put)
+ALL_OPS = dict(jitter_p=1.0, gray_p=0.5, blur_p=(1.0, 0.5), solarize_p=(1.0, 0.5))
+
+
+def _cfg(name: str, out_size: int) -> AugmentConfig:
+    if name == "all":
+        return AugmentConfig(out_size=out_size, **ALL_OPS)
+    return AugmentConfig.preset(name, out_size=out_size)
+
+
+def _seeded(aug, seed: int, sizes=None):
+    """``aug`` with the generator re-seeded on every call, so each evaluation draws the same random factors."""
+
+    def f(x):
+        torch.manual_seed(seed)
+        return aug(x, sizes)
+
+    return f
+
+
+def _smooth_input(n: int = 2, size: int = 8, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(n, 3, size, size, generator=g, dtype=torch.float64) * 0.8 + 0.1).requires_grad_()
+
+
+@pytest.mark.parametrize("preset", GRAD_PRESETS)
+def test_views_have_gradients_wrt_float_input(preset, tiny_images):
+    aug = TwoViewAugment(AugmentConfig.preset(preset, out_size=24))
+    x = (tiny_images.float() / 255).requires_grad_()
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        v1, v2 = aug(x)
+        w1, w2 = torch.randn_like(v1), torch.randn_like(v2)
+    assert v1.requires_grad and v2.requires_grad
+    ((v1 * w1).sum() + (v2 * w2).sum()).backward()
+    assert torch.isfinite(x.grad).all()
+    assert (x.grad.abs().flatten(1).sum(1) > 0).all()  # every image gets a gradient from its views
+
+
+@pytest.mark.parametrize("name", GRAD_PRESETS + ["all"])
+def test_gradient_matches_finite_differences(name):
+    # float64, inputs away from the clamp bounds; fast mode checks a random directional derivative
+    # (central difference) against the analytic vector-Jacobian product of both views.
+    aug = TwoViewAugment(_cfg(name, 8))
+    with torch.random.fork_rng():
+        assert torch.autograd.gradcheck(_seeded(aug, 3), (_smooth_input(4),), fast_mode=True)
+
+
+def test_gradient_check_catches_a_detach(monkeypatch):
+    aug = TwoViewAugment(_cfg("all", 8))
+    monkeypatch.setattr(augment_module, "adjust_saturation", lambda x, f: adjust_saturation(x.detach(), f))
+    with torch.random.fork_rng():
+        ok = torch.autograd.gradcheck(_seeded(aug, 3), (_smooth_input(4),), fast_mode=True, raise_exception=False)
+    assert not ok
+
+
+@pytest.mark.parametrize("op", [adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue])
+def test_colour_ops_gradcheck(op):
+    f = torch.tensor([0.7, 1.3], dtype=torch.float64) if op is not adjust_hue else torch.tensor([-0.08, 0.05])
+    assert torch.autograd.gradcheck(lambda x: op(x, f), (_smooth_input(2, 4),))
+
+
+@pytest.mark.parametrize("name", GRAD_PRESETS + ["all"])
+def test_float_grad_path_matches_uint8_path(name, tiny_images):
+    aug = TwoViewAugment(_cfg(name, 24))
+    canvas = tiny_images[:8, :, :, :24].contiguous()
+    sizes = torch.tensor([[32, 24], [24, 24], [32, 16], [20, 24]] * 2)
+    for images, sz in ((tiny_images, None), (canvas, sizes)):
+        for seed in (0, 1):
+            with torch.random.fork_rng():
+                torch.manual_seed(seed)
+                ref = aug(images, sz)
+                after_ref = torch.rand(3)  # the same amount of random numbers was drawn
+                torch.manual_seed(seed)
+                out = aug((images.float() / 255).requires_grad_(), sz)
+                after_out = torch.rand(3)
+            assert torch.equal(after_ref, after_out)
+            for a, b in zip(ref, out):
+                assert b.requires_grad
+                torch.testing.assert_close(b.detach(), a, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("kind", ["uint8", "float", "float_grad"])
+def test_augment_does_not_modify_input(kind, tiny_images):
+    x = tiny_images if kind == "uint8" else tiny_images.float() / 255
+    if kind == "float_grad":
+        x.requires_grad_()
+    before, version = x.detach().clone(), x._version
+    TwoViewAugment(AugmentConfig(out_size=32, **ALL_OPS))(x)
+    assert torch.equal(x.detach(), before) and x._version == version
+    if kind == "float_grad":  # ViewAugment on its own leaves a view that requires grad untouched too
+        ViewAugment(AugmentConfig(**ALL_OPS), 0)(x)
+        assert torch.equal(x.detach(), before) and x._version == version
+
+
+class _InplaceOnGraph(TorchFunctionMode):
+    """Records in-place torch calls (``op_``, item assignment) whose target tensor requires grad."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hits: list[str] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", "")
+        inplace = name == "__setitem__" or (name.endswith("_") and not name.endswith("__"))
+        if inplace and args and isinstance(args[0], torch.Tensor) and args[0].requires_grad:
+            self.hits.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("name", GRAD_PRESETS + ["all"])
+def test_no_inplace_op_touches_the_graph(name, tiny_images):
+    aug = TwoViewAugment(_cfg(name, 24))
+    sizes = torch.tensor([[32, 32], [32, 24]] * 8)
+    for sz in (None, sizes):
+        x = (tiny_images.float() / 255).requires_grad_()
+        with torch.random.fork_rng(), _InplaceOnGraph() as mode:
+            torch.manual_seed(0)
+            aug(x, sz)
+        assert mode.hits == []
+    with _InplaceOnGraph() as mode:  # the detector does see an in-place op on a graph tensor
+        (torch.rand(2, requires_grad=True) * 1.0).mul_(2.0)
+        torch.rand(2).mul_(2.0)
+    assert mode.hits == ["mul_"]

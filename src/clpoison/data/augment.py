@@ -13,6 +13,14 @@ Everything is vectorised over the batch; randomness comes from torch's generator
 is reproducible. Presets: ``simclr`` (Chen et al. 2020), ``mocov2`` ("aug+", Chen et al. 2020b) and ``byol``
 (Grill et al. 2020, asymmetric blur/solarisation).
 
+Differentiable path: a float batch in [0, 1] that requires grad (with grad mode on) gets views that are
+differentiable w.r.t. it, e.g. for attacks that optimise an additive noise through the augmentation. Each op
+branches on ``x.requires_grad``: in the graph it works out of place (``_apply_subset`` writes the subset back with
+an out-of-place ``index_put``); otherwise (uint8 input, or float input without grad) it keeps the fast in-place
+form. Both forms compute the same values and draw the same random numbers in the same order, so ``aug(u)`` and
+``aug((u.float() / 255).requires_grad_())`` give identical views under the same seed.
+:class:`TwoViewAugment` never modifies its input.
+
 Example::
 
     >>> import torch
@@ -26,14 +34,14 @@ Example::
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass
 from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
-from .views import VIEW_SAMPLERS, IndependentRRCSampler, ViewSampler
+from .views import VIEW_SAMPLERS, ViewSampler
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
@@ -47,22 +55,32 @@ def rgb_to_gray(x: torch.Tensor) -> torch.Tensor:
     return 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
 
 
-# The colour ops below work in place on ``x`` (the caller passes a tensor it owns) and clamp to [0, 1] after
-# each op, as torchvision does.
+# The colour ops below clamp to [0, 1] after each op, as torchvision does. If ``x`` does not require grad they work
+# in place on it (the caller passes a tensor it owns); if it does, they work out of place, with the same values.
 
 
 def adjust_brightness(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
-    return x.mul_(f.view(-1, 1, 1, 1)).clamp_(0, 1)
+    f = f.view(-1, 1, 1, 1)
+    if x.requires_grad:
+        return (x * f).clamp(0, 1)
+    return x.mul_(f).clamp_(0, 1)
 
 
 def adjust_contrast(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
     mean = rgb_to_gray(x).mean(dim=(1, 2, 3), keepdim=True)
     f = f.view(-1, 1, 1, 1)
+    if x.requires_grad:
+        return (x * f + (1 - f) * mean).clamp(0, 1)
     return x.mul_(f).add_((1 - f) * mean).clamp_(0, 1)
 
 
 def adjust_saturation(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    # NB: the gray image is taken *after* scaling by f, i.e. f·x + (1 − f)·gray(f·x), not torchvision's
+    # f·x + (1 − f)·gray(x). Kept as is so that seeded runs reproduce; both branches compute the same.
     f = f.view(-1, 1, 1, 1)
+    if x.requires_grad:
+        xf = x * f
+        return (xf + rgb_to_gray(xf) * (1 - f)).clamp(0, 1)
     return x.mul_(f).add_(rgb_to_gray(x).mul_(1 - f)).clamp_(0, 1)
 
 
@@ -78,10 +96,15 @@ def adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     r, g, b = x[:, 0:1], x[:, 1:2], x[:, 2:3]
     # hue in sixths of a turn: max=r → (g−b)/Δ; max=g → 2 + (b−r)/Δ; max=b → 4 + (r−g)/Δ
     diff = torch.where(argmax == 0, g - b, torch.where(argmax == 1, b - r, r - g))
-    h = diff.div_(delta + 1e-12).add_(argmax.to(x.dtype) * 2.0).add_(shift.view(-1, 1, 1, 1) * 6.0)
+    grad = x.requires_grad
+    if grad:
+        h = diff / (delta + 1e-12) + argmax.to(x.dtype) * 2.0 + shift.view(-1, 1, 1, 1) * 6.0
+    else:
+        h = diff.div_(delta + 1e-12).add_(argmax.to(x.dtype) * 2.0).add_(shift.view(-1, 1, 1, 1) * 6.0)
     n = torch.tensor([5.0, 3.0, 1.0], device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
     k = torch.remainder(h + n, 6.0)
-    return maxc - delta * torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
+    t = torch.minimum(k, 4.0 - k)
+    return maxc - delta * (t.clamp(0.0, 1.0) if grad else t.clamp_(0.0, 1.0))
 
 
 def crop_resize_flip(
@@ -116,11 +139,14 @@ def crop_resize_flip(
 
 
 def _apply_subset(x: torch.Tensor, mask: torch.Tensor, fn) -> torch.Tensor:
+    """``fn(x[idx], idx)`` written back into the rows of ``x`` where ``mask`` is set (out of place if in a graph)."""
     idx = mask.nonzero(as_tuple=True)[0]
     if idx.numel() == 0:
         return x
     if idx.numel() == x.shape[0]:
         return fn(x, idx)
+    if x.requires_grad:
+        return x.index_put((idx,), fn(x[idx], idx))
     out = x.clone()
     out[idx] = fn(x[idx], idx)
     return out
@@ -199,7 +225,11 @@ def make_sampler(cfg: AugmentConfig, **kwargs) -> ViewSampler:
 
 
 class ViewAugment(torch.nn.Module):
-    """Photometric augmentation + normalisation of float views (crop is done by the caller)."""
+    """Photometric augmentation + normalisation of float views (crop is done by the caller).
+
+    A view that does not require grad may be modified in place (pass a tensor you own); one that requires grad is
+    left untouched and the output is differentiable w.r.t. it.
+    """
 
     def __init__(self, cfg: AugmentConfig, view: int = 0) -> None:
         super().__init__()
@@ -252,7 +282,11 @@ class ViewAugment(torch.nn.Module):
 
 
 class TwoViewAugment(torch.nn.Module):
-    """Two augmented views of a uint8 batch: view sampler → crop/resize/flip → photometric → normalise."""
+    """Two augmented views of a uint8 batch: view sampler → crop/resize/flip → photometric → normalise.
+
+    A float batch in [0, 1] is accepted as well (same views as its uint8 source under the same seed); if it
+    requires grad, the views are differentiable w.r.t. it. The input batch is never modified.
+    """
 
     def __init__(self, cfg: AugmentConfig, sampler: Optional[ViewSampler] = None) -> None:
         super().__init__()
