@@ -145,7 +145,8 @@ def cmd_poison(args: argparse.Namespace) -> int:
     from .experiments.poison import poison_to_disk
 
     out, manifest = poison_to_disk(args.attack, args.data, args.out, args.params, args.seed, args.preset,
-                                   args.data_path, args.image_size, args.label_column, args.test_path, args.overwrite)
+                                   args.data_path, args.image_size, args.label_column, args.test_path, args.overwrite,
+                                   args.device, _echo, not args.no_progress)
     print(f"poisoned {len(manifest.get('poisoned_indices', []))} and added {len(manifest.get('added_indices', []))} "
           f"training samples; wrote {out} (manifest.json)")
     return 0
@@ -254,6 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--label-column", help="CSV column holding class names (needed for targeted poisoning)")
     sp.add_argument("--test-path", help="CSV of the test split (default: a seeded hold-out)")
     sp.add_argument("--overwrite", action="store_true")
+    sp.add_argument("--device", default="auto", help="device for attacks that craft with a model (auto | cpu | cuda)")
+    sp.add_argument("--no-progress", action="store_true", help="no progress bar while crafting")
     sp.set_defaults(fn=cmd_poison)
 
     sp = sub.add_parser("scan", help="score image-caption pairs with a CLIP checkpoint; CSV ranked by risk (SafeCLIP GMM)")

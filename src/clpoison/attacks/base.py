@@ -10,7 +10,7 @@ identity. Each attack lives in its own module with a docstring citing its paper 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Optional
 
 from ..params import Params
@@ -32,6 +32,7 @@ class AttackParams(Params):
 class PoisonResult:
     splits: Any  # the poisoned dataset (same type as the input)
     manifest: Optional[dict] = None
+    artifacts: dict[str, bytes] = field(default_factory=dict)  # extra files (name -> bytes), e.g. a crafted noise
 
 
 class Attack:
@@ -41,7 +42,9 @@ class Attack:
     def __init__(self, params: AttackParams) -> None:
         self.params = params
 
-    def poison(self, splits: Any, seed: int) -> PoisonResult:
+    def poison(self, splits: Any, seed: int, context: Optional[dict] = None) -> PoisonResult:
+        """The poisoned copy of ``splits``. ``context`` (optional): ``device`` to craft on, ``work_dir`` where a
+        long crafting may checkpoint and resume, ``echo`` for progress lines, ``progress`` (bool)."""
         raise NotImplementedError
 
     def evaluate(self, context: dict[str, Any]) -> dict[str, Any]:
@@ -55,5 +58,5 @@ class NoAttack(Attack):
 
     name = "none"
 
-    def poison(self, splits: Any, seed: int) -> PoisonResult:
+    def poison(self, splits: Any, seed: int, context: Optional[dict] = None) -> PoisonResult:
         return PoisonResult(splits, None)

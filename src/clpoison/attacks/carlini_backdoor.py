@@ -101,7 +101,7 @@ class CarliniBackdoor(Attack):
         super().__init__(params)
         self.trigger = Trigger(params.trigger_spec)  # the one trigger used at poison and at evaluation time
 
-    def poison(self, splits: Any, seed: int) -> PoisonResult:
+    def poison(self, splits: Any, seed: int, context: Optional[dict] = None) -> PoisonResult:
         p = self.params
         splits = require_captions(splits, self.name)
         train = splits.train

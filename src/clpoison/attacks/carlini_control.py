@@ -14,7 +14,7 @@ Example (config)::
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Optional
 
 from .base import ATTACKS, Attack, AttackParams, PoisonResult
 from .carlini_backdoor import CarliniBackdoor
@@ -42,7 +42,7 @@ class CarliniControl(Attack):
         self.t = CarliniTargeted(CarliniTargeted.Params.from_dict(
             {**params.targeted, "pairs_per_target": 0}, "attack.params.targeted"))
 
-    def poison(self, splits: Any, seed: int) -> PoisonResult:
+    def poison(self, splits: Any, seed: int, context: Optional[dict] = None) -> PoisonResult:
         self.b.poison(splits, seed)
         res = self.t.poison(splits, seed)  # 0 pairs: the clean data, same victims as the poisoned run
         return PoisonResult(res.splits, None)

@@ -120,7 +120,7 @@ class CarliniTargeted(Attack):
             raise ConfigError(f"test images {clash} already belong to their adversarial label; pick another label")
         return victims, adv
 
-    def poison(self, splits: Any, seed: int) -> PoisonResult:
+    def poison(self, splits: Any, seed: int, context: Optional[dict] = None) -> PoisonResult:
         p = self.params
         splits = require_captions(splits, self.name)
         train, test, names = splits.train, splits.test, splits.class_names

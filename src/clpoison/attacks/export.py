@@ -68,8 +68,10 @@ def _write_npz(splits: Any, root: Path) -> None:
                  class_names=np.array(list(splits.class_names)))
 
 
-def export_poisoned(splits: Any, manifest: Optional[dict], out: str | Path, overwrite: bool = False) -> Path:
-    """Write ``splits`` (the poisoned dataset) and its manifest to ``out`` atomically; returns ``out``."""
+def export_poisoned(splits: Any, manifest: Optional[dict], out: str | Path, overwrite: bool = False,
+                    artifacts: Optional[dict[str, bytes]] = None) -> Path:
+    """Write ``splits`` (the poisoned dataset), its manifest and the attack's ``artifacts`` (file name -> bytes,
+    e.g. a crafted noise ``delta.npz``) to ``out`` atomically; returns ``out``."""
     out = Path(out)
     if out.exists() and not overwrite:
         raise ConfigError(f"output directory '{out}' already exists; pass --overwrite or choose another --out")
@@ -86,6 +88,8 @@ def export_poisoned(splits: Any, manifest: Optional[dict], out: str | Path, over
             if trigger is not None:
                 (tmp / "trigger.png").write_bytes(trigger.png())
             write_manifest(tmp / "manifest.json", manifest)
+        for name, data in (artifacts or {}).items():
+            (tmp / name).write_bytes(data)
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)

@@ -81,7 +81,7 @@ class SSLBackdoorAttack(Attack):
         except DataError as e:
             raise ConfigError(f"attack.params.target: {e}") from None
 
-    def poison(self, splits: Any, seed: int) -> PoisonResult:
+    def poison(self, splits: Any, seed: int, context: Optional[dict] = None) -> PoisonResult:
         """Resolve the target and budget, then :meth:`craft` (single-threaded: the per-image work is tiny)."""
         with single_thread():
             t0 = time.perf_counter()

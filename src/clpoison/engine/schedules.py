@@ -57,8 +57,11 @@ def warmup_cosine_schedule(optimizer: torch.optim.Optimizer, steps_per_epoch: in
 
 @dataclass
 class TrainingHooks:
-    """What a training-time defense adds to the engine: an LR schedule (factory) and epoch hooks."""
+    """What a training-time defense (or an attack's crafting loop) adds to the engine: an LR schedule (factory),
+    epoch hooks, and ``state`` — named objects with ``state_dict`` / ``load_state_dict`` (e.g. a poison's noise
+    tensor) that the trainer checkpoints beside the model and restores on resume."""
 
     schedule: Optional[ScheduleFactory] = None
     epoch_start: list[EpochHook] = field(default_factory=list)
     epoch_end: list[EpochHook] = field(default_factory=list)
+    state: dict[str, Any] = field(default_factory=dict)

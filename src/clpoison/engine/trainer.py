@@ -129,6 +129,7 @@ class Trainer:
         on_epoch_start: Optional[list[EpochHook]] = None,
         log_name: str = "metrics.jsonl",
         schedule: Optional[ScheduleFactory] = None,
+        state: Optional[dict[str, Any]] = None,
     ) -> None:
         self.method = method.to(device)
         self.batches = batches
@@ -139,6 +140,7 @@ class Trainer:
         self.on_epoch_end = list(on_epoch_end or [])
         self.on_epoch_start = list(on_epoch_start or [])
         self.log_name = log_name
+        self.extra_state = dict(state or {})  # checkpointed beside the model (state_dict / load_state_dict)
         if cfg.use_channels_last(device, min_conv_channels(self.method)):
             self.method.to(memory_format=torch.channels_last)
         self.steps_per_epoch = len(batches)
@@ -186,6 +188,7 @@ class Trainer:
             "history": self.history,
             "train_seconds": self.train_seconds,
             "config": self.config_snapshot,
+            **({"extra_state": {k: v.state_dict() for k, v in self.extra_state.items()}} if self.extra_state else {}),
         }
 
     def save_checkpoint(self) -> None:
@@ -203,6 +206,10 @@ class Trainer:
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.scaler.load_state_dict(ckpt["scaler"])
+        for k, obj in self.extra_state.items():
+            if k not in ckpt.get("extra_state", {}):
+                raise ConfigError(f"checkpoint {path} holds no '{k}' state; use another out directory or pass --overwrite")
+            obj.load_state_dict(ckpt["extra_state"][k])
         self.epoch, self.step = int(ckpt["epoch"]), int(ckpt["step"])
         self.history = list(ckpt.get("history", []))
         self.train_seconds = float(ckpt.get("train_seconds", 0.0))
@@ -281,6 +288,7 @@ class Trainer:
                 "samples_per_s": self.steps_per_epoch * self.cfg.batch_size / dt if dt > 0 else None,
                 **extra,
             }
+            self.last_record = rec  # what end hooks may read (the round's loss)
             for hook in self.on_epoch_end:
                 rec.update(hook(self, self.epoch) or {})
             self.history.append(rec)

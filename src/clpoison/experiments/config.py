@@ -64,6 +64,7 @@ class EvalConfig:
     linear: bool = True
     linear_l2: float = 1e-4
     random_init_control: bool = True
+    random_init_linear: bool = False  # image SSL: also the linear probe of the random-init encoder (availability attacks)
     batch_size: int = 512
     zeroshot_templates: Optional[list[str]] = None  # CLIP: prompt ensemble; null → the 18 OpenAI CIFAR templates
     retrieval_ks: list[int] = field(default_factory=lambda: [1, 5, 10])  # CLIP: recall@K on the test pairs
@@ -250,7 +251,7 @@ def validate_components(cfg: ExperimentConfig) -> None:
     from ..models import BACKBONES
 
     method_cls = METHODS.get(cfg.method.name)
-    if getattr(method_cls, "modality", "image") == "image-text":
+    if method_cls.modality == "image-text":
         from ..data.caption_readers import caption_source_names
 
         if cfg.data.name not in caption_source_names():

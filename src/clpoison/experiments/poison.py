@@ -5,12 +5,14 @@ source name or path, the attack run in memory, then the poisoned dataset written
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from ..attacks import ATTACKS
 from ..attacks.export import export_poisoned
 from ..errors import ConfigError
+from ..utils.device import resolve_device
 from .config import apply_overrides, read_yaml, resolve_presets
 from .sources import load_source
 
@@ -31,7 +33,8 @@ def attack_params_from(preset: Optional[str], attack: str, overrides: list[str])
 def poison_to_disk(attack: str, data: str, out: str | Path, overrides: list[str] = (), seed: int = 0,
                    preset: Optional[str] = None, data_path: Optional[str] = None, image_size: Optional[int] = None,
                    label_column: Optional[str] = None, test_path: Optional[str] = None,
-                   overwrite: bool = False) -> tuple[Path, dict]:
+                   overwrite: bool = False, device: str = "auto", echo: Callable[[str], None] = lambda s: None,
+                   progress: bool = True) -> tuple[Path, dict]:
     """Everything ``clpoison poison`` does: validate, load, poison in memory, then export (nothing written on error)."""
     cls = ATTACKS.get(attack)
     out = Path(out)
@@ -40,5 +43,10 @@ def poison_to_disk(attack: str, data: str, out: str | Path, overrides: list[str]
     params = cls.Params.from_dict(attack_params_from(preset, attack, overrides), "attack.params")
     atk = cls(params)
     splits = load_source(getattr(cls, "data_kind", "images"), data, data_path, image_size, seed, label_column, test_path)
-    result = atk.poison(splits, seed)
-    return export_poisoned(result.splits, result.manifest, out, overwrite), result.manifest or {}
+    # a long crafting (Contrastive Poisoning) checkpoints next to OUT and resumes when the command is re-run
+    craft = out.with_name(f".{out.name}.craft")
+    result = atk.poison(splits, seed, {"device": resolve_device(device), "work_dir": craft, "echo": echo,
+                                       "progress": progress})
+    written = export_poisoned(result.splits, result.manifest, out, overwrite, result.artifacts)
+    shutil.rmtree(craft, ignore_errors=True)
+    return written, result.manifest or {}

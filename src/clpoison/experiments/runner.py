@@ -34,7 +34,7 @@ from ..engine.trainer import CHECKPOINT_NAME, Trainer
 from ..errors import ClpoisonError, ConfigError
 from ..report.tables import format_table
 from ..utils.device import resolve_device
-from ..utils.io import atomic_write_json, dumps_json
+from ..utils.io import atomic_write_bytes, atomic_write_json, dumps_json
 from ..utils.seed import seed_everything
 from .config import ExperimentConfig
 from .tasks import task_for
@@ -133,10 +133,13 @@ def _run(cfg: ExperimentConfig, out: Path, work: Path, device: torch.device, sna
 
     attack = ATTACKS.build(cfg.attack.name, cfg.attack.params)
     with timed("attack_s"):
-        poisoned = attack.poison(splits, cfg.seed)
+        poisoned = attack.poison(splits, cfg.seed, {"device": device, "work_dir": work / "attack", "echo": echo,
+                                                     "progress": cfg.train.progress})
     train_splits = poisoned.splits
     if poisoned.manifest is not None:
         atomic_write_json(work / "manifest.json", poisoned.manifest)
+    for name, data in poisoned.artifacts.items():
+        atomic_write_bytes(work / name, data)
 
     defense = DEFENSES.build(cfg.defense.name, cfg.defense.params)
     with timed("defense_s"):

@@ -89,10 +89,15 @@ class MoCoV2(Method):
     def _query(self, x: torch.Tensor) -> torch.Tensor:
         return _grouped_forward(lambda v: self.projector(self.backbone(v)), x, self.params.bn_splits)
 
-    @torch.no_grad()
-    def _key(self, x: torch.Tensor) -> torch.Tensor:
-        perm = torch.randperm(x.shape[0], device=x.device)
-        return _grouped_forward(lambda v: self.key_projector(self.key_backbone(v)), x, self.params.bn_splits, perm)
+    def _key(self, x: torch.Tensor, grad: bool = False) -> torch.Tensor:
+        """Keys of ``x`` (no gradient, shuffled BN groups); ``grad``: the gradient flows back to ``x`` and the
+        groups are not shuffled (Contrastive Poisoning's dual-branch noise step, official ``--allow_mmt_grad``)."""
+        fn = lambda v: self.key_projector(self.key_backbone(v))  # noqa: E731
+        if grad:
+            return _grouped_forward(fn, x, self.params.bn_splits)
+        with torch.no_grad():
+            perm = torch.randperm(x.shape[0], device=x.device)
+            return _grouped_forward(fn, x, self.params.bn_splits, perm)
 
     @torch.no_grad()
     def _enqueue(self, k: torch.Tensor) -> None:
@@ -108,13 +113,14 @@ class MoCoV2(Method):
         enqueued by :meth:`update_state` after the optimiser step (the official code enqueues after computing the
         loss and before the step; the queue is a constant of the loss, so the gradients are the same)."""
         v1, v2 = batch["views"]
+        key_grad = bool(batch.get("key_grad", False))
         q1 = self._query(v1)
-        k2 = self._key(v2)
+        k2 = self._key(v2, key_grad)
         loss = moco_infonce_loss(q1, k2, self.queue.clone().detach(), self.params.temperature)
         keys = [k2]
         if self.params.symmetric:
             q2 = self._query(v2)
-            k1 = self._key(v1)
+            k1 = self._key(v1, key_grad)
             loss = 0.5 * (loss + moco_infonce_loss(q2, k1, self.queue.clone().detach(), self.params.temperature))
             keys.append(k1)
         return loss, {}, {"keys": keys}

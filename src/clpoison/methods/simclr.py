@@ -34,7 +34,8 @@ def nt_xent_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -
     if z1.shape != z2.shape:
         raise ValueError(f"nt_xent_loss: views must have the same shape, got {tuple(z1.shape)} and {tuple(z2.shape)}")
     n = z1.shape[0]
-    z = F.normalize(torch.cat([z1, z2], 0).float(), dim=1)
+    z = torch.cat([z1, z2], 0)
+    z = F.normalize(z.float() if z.dtype in (torch.float16, torch.bfloat16) else z, dim=1)  # AMP: loss in fp32
     sim = z @ z.t() / temperature
     sim.fill_diagonal_(float("-inf"))
     target = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)

@@ -33,9 +33,11 @@ class ImageTask(Task):
                                                             "stem_stride": c.model.stem_stride})
 
     def random_init_metrics(self, method: Method, splits: ImageSplits) -> dict[str, float]:
-        m0, _ = evaluate_encoder(method.encoder, splits, self.transform(), self.device, self.cfg.eval, linear=False)
+        """kNN top-1 of the untrained encoder (and its linear probe with ``eval.random_init_linear``)."""
+        linear = self.cfg.eval.random_init_linear
+        m0, _ = evaluate_encoder(method.encoder, splits, self.transform(), self.device, self.cfg.eval, linear=linear)
         self.echo(f"random-init kNN top-1: {m0['knn_top1']:.4f}")
-        return {"knn_top1_random_init": m0["knn_top1"]}
+        return {f"{k}_random_init": v for k, v in m0.items()}
 
     def batches(self, method: Method, train_set: Any, defense: Any) -> TwoViewBatches:
         cfg = self.cfg
