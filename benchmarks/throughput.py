@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import time
 from pathlib import Path
 
 import torch
@@ -36,6 +35,7 @@ from clpoison.experiments.tasks import task_for
 from clpoison.utils.device import resolve_device
 from clpoison.utils.io import atomic_write_json
 from clpoison.utils.seed import seed_everything
+from clpoison.utils.timing import cycle, forever, interleaved, timed_steps
 
 
 class PerImageDataset(torch.utils.data.Dataset):
@@ -50,49 +50,6 @@ class PerImageDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int):
         v1, v2 = self.augment(self.images[i : i + 1])
         return v1[0], v2[0]
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def timed_steps(step, batches, n_warm: int, n: int, device: torch.device) -> float:
-    it = iter(batches)
-    for _ in range(n_warm):
-        step(next(it))
-    sync(device)
-    t = time.perf_counter()
-    for _ in range(n):
-        step(next(it))
-    sync(device)
-    return time.perf_counter() - t
-
-
-def interleaved(runs: dict, rounds: int, steps: int, device: torch.device) -> dict:
-    """Median seconds per step of each (step_fn, batch iterator) in ``runs``, measured in alternating rounds so
-    that slow drifts of the machine (frequency, other processes) hit every variant alike."""
-    iters = {k: iter(b) for k, (_, b) in runs.items()}
-    for k, (fn, _) in runs.items():  # warm-up
-        for _ in range(3):
-            fn(next(iters[k]))
-    times: dict = {k: [] for k in runs}
-    for _ in range(rounds):
-        for k, (fn, _) in runs.items():
-            sync(device)
-            t = time.perf_counter()
-            for _ in range(steps):
-                fn(next(iters[k]))
-            sync(device)
-            times[k].append((time.perf_counter() - t) / steps)
-    return {k: sorted(v)[len(v) // 2] for k, v in times.items()}
-
-
-def cycle(epoch_fn):
-    e = 0
-    while True:
-        yield from epoch_fn(e)
-        e += 1
 
 
 def measure(method_name: str, device: torch.device, steps: int, rounds: int) -> dict:
@@ -123,10 +80,6 @@ def measure(method_name: str, device: torch.device, steps: int, rounds: int) -> 
             loss = bb(x).float().pow(2).mean()
         loss.backward()
         bb.zero_grad(set_to_none=True)
-
-    def forever():
-        while True:
-            yield None
 
     sec = interleaved({"e2e": (trainer.train_step, cycle(batches.epoch)), "bare": (bare_step, forever())},
                       rounds, steps, device)

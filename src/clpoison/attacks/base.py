@@ -37,6 +37,7 @@ class PoisonResult:
 
 class Attack:
     name: ClassVar[str] = "attack"
+    data_kind: ClassVar[str] = "images"  # what it poisons: images (ImageSplits) | captions (CaptionSplits)
     Params: ClassVar[type] = AttackParams
 
     def __init__(self, params: AttackParams) -> None:

@@ -261,7 +261,7 @@ def validate_components(cfg: ExperimentConfig) -> None:
             )
         # captions-csv / captions-tar without data.path fail when the data is loaded (the first step), so that
         # the paper preset validates before a path is given
-        tok = method_cls.Params.from_dict(cfg.method.params, "method.params").tokenizer
+        tok = METHODS.params(cfg.method.name, cfg.method.params)[1].tokenizer
         if tok and not Path(tok).expanduser().is_file():
             raise ConfigError(f"method.params.tokenizer '{tok}' does not exist; give a tokenizer.json or null to train one")
         if cfg.data.captions.test_path and not Path(cfg.data.captions.test_path).expanduser().exists():
@@ -272,9 +272,8 @@ def validate_components(cfg: ExperimentConfig) -> None:
     if cfg.model.width < 1 or cfg.model.stem_stride not in (1, 2):
         raise ConfigError("model.width must be >= 1 and model.stem_stride 1 or 2")
     VIEW_SAMPLERS.get(cfg.augment.sampler)
-    METHODS.get(cfg.method.name).Params.from_dict(cfg.method.params, "method.params")
-    ATTACKS.get(cfg.attack.name).Params.from_dict(cfg.attack.params, "attack.params")
-    DEFENSES.get(cfg.defense.name).Params.from_dict(cfg.defense.params, "defense.params")
+    for registry, comp in ((METHODS, cfg.method), (ATTACKS, cfg.attack), (DEFENSES, cfg.defense)):
+        registry.params(comp.name, comp.params)
     if cfg.data.name in ("npz", "cifar", "imagefolder") and not cfg.data.path:
         raise ConfigError(f"data.name={cfg.data.name} needs data.path; set data.path=/path/to/data")
     if cfg.data.path and not any(c in cfg.data.path for c in "*?[") and not Path(cfg.data.path).expanduser().exists():

@@ -5,6 +5,7 @@ source name or path, the attack run in memory, then the poisoned dataset written
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import Callable, Optional
@@ -13,6 +14,7 @@ from ..attacks import ATTACKS
 from ..attacks.export import export_poisoned
 from ..errors import ConfigError
 from ..utils.device import resolve_device
+from ..utils.io import dumps_json
 from .config import apply_overrides, read_yaml, resolve_presets
 from .sources import load_source
 
@@ -36,13 +38,12 @@ def poison_to_disk(attack: str, data: str, out: str | Path, overrides: list[str]
                    overwrite: bool = False, device: str = "auto", echo: Callable[[str], None] = lambda s: None,
                    progress: bool = True) -> tuple[Path, dict]:
     """Everything ``clpoison poison`` does: validate, load, poison in memory, then export (nothing written on error)."""
-    cls = ATTACKS.get(attack)
+    ATTACKS.get(attack)  # an unknown name fails first
     out = Path(out)
     if out.exists() and not overwrite:
         raise ConfigError(f"output directory '{out}' already exists; pass --overwrite or choose another --out")
-    params = cls.Params.from_dict(attack_params_from(preset, attack, overrides), "attack.params")
-    atk = cls(params)
-    splits = load_source(getattr(cls, "data_kind", "images"), data, data_path, image_size, seed, label_column, test_path)
+    atk = ATTACKS.build(attack, attack_params_from(preset, attack, overrides))
+    splits = load_source(atk.data_kind, data, data_path, image_size, seed, label_column, test_path)
     # a long crafting (Contrastive Poisoning) checkpoints next to OUT and resumes when the command is re-run
     craft = out.with_name(f".{out.name}.craft")
     result = atk.poison(splits, seed, {"device": resolve_device(device), "work_dir": craft, "echo": echo,
@@ -50,3 +51,20 @@ def poison_to_disk(attack: str, data: str, out: str | Path, overrides: list[str]
     written = export_poisoned(result.splits, result.manifest, out, overwrite, result.artifacts)
     shutil.rmtree(craft, ignore_errors=True)
     return written, result.manifest or {}
+
+
+def poison_or_reuse(attack: str, params: dict, data: str, out: str | Path, seed: int = 0, device: str = "auto",
+                    echo: Callable[[str], None] = lambda s: None, progress: bool = False) -> dict:
+    """The manifest of ``attack`` with ``params`` and ``seed`` exported to ``out``: a finished export of exactly
+    these (same canonical params and seed in its manifest) is reused, otherwise it is (re)made — an interrupted
+    crafting resumes from its checkpoint beside ``out`` (benchmarks share crafted poisons this way)."""
+    out = Path(out)
+    man_path = out / "manifest.json"
+    want = json.loads(dumps_json(ATTACKS.build(attack, params).params.to_dict()))
+    if man_path.exists():
+        man = json.loads(man_path.read_text())
+        if man.get("attack", {}).get("name") == attack and man.get("params") == want and man.get("seed") == seed:
+            return man
+    params_kv = [f"{k}={json.dumps(v)}" for k, v in params.items()]
+    return poison_to_disk(attack, data, out, params_kv, seed, overwrite=True, device=device, echo=echo,
+                          progress=progress)[1]

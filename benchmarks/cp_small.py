@@ -1,0 +1,176 @@
+"""Contrastive Poisoning small benchmark: does CP make the SimCLR victim's linear probe fall back toward random init?
+
+For every seed it crafts (once, exported like a released dataset, reused on re-runs) CP-C and CP-S with the
+``cp-class-small`` / ``cp-sample-small`` presets, trains the ``simclr-small`` victim on: the clean data, random
+±ε noise (the control), CP-C, CP-S, CP-S purified by matrix completion and by JPEG; and reports kNN and linear
+top-1 on clean labelled data beside the random-init encoder's. The momentum study crafts CP-S with each attacker
+method (SimCLR, MoCo v2, BYOL: method and augmentation of its small preset) and trains each victim's small preset
+on it (``--momentum-seeds``). Crafting speed: wall time, noise-phase images/s (images × PGD steps per second) and
+its ratio to the bare forward+backward of the attacker's backbone on the same batch, timed interleaved.
+
+    python benchmarks/cp_small.py --out benchmarks/results/cp_small.json --seeds 3 --momentum-seeds 1
+    python benchmarks/cp_small.py --out /tmp/cp.json --seeds 1 --momentum-seeds 0 attack.params.rounds=2 train.epochs=1  # smoke
+
+Extra ``attack.params.*`` overrides apply to both CP presets, the rest to every victim run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from clpoison.attacks import ATTACKS
+from clpoison.attacks.noise_crafting import CraftSettings, PoisonedViews, PoisonNoise, noise_step
+from clpoison.errors import ConfigError
+from clpoison.experiments.bench import run_named, split_overrides, stats, work_dir
+from clpoison.experiments.config import load_preset
+from clpoison.experiments.poison import poison_or_reuse
+from clpoison.experiments.sources import load_source
+from clpoison.utils.io import atomic_write_json
+from clpoison.utils.timing import forever, interleaved
+
+ROWS = ("clean", "random_noise", "cp_class", "cp_sample", "cp_sample_matrix_completion", "cp_sample_jpeg")
+METHODS = ("simclr", "mocov2", "byol")
+METRICS = ("knn_top1", "linear_top1")
+
+
+def attack_params(preset: str, overrides: list[str], attacker_method: str = "simclr") -> dict:
+    """The preset's attack params with the ``attack.params.*`` overrides; another attacker takes its method and
+    augmentation from its own small preset."""
+    params, _ = split_overrides(overrides, load_preset(preset)["attack"]["params"])
+    if attacker_method != "simclr":
+        small = load_preset(f"{attacker_method}-small")
+        params["attacker"] = {**params["attacker"], "method": small["method"], "augment": small["augment"]}
+    return params
+
+
+def crafted(name: str, params: dict, seed: int, out: Path) -> dict:
+    """The manifest of the poison exported to ``out`` (made once, reused on re-runs, resumed if interrupted)."""
+    t0 = time.time()
+    man = poison_or_reuse(name, params, "cifar10-subset", out, seed, "cpu", lambda s: print(s, flush=True))
+    if time.time() - t0 > 5:
+        print(f"crafted {out.name}: {time.time() - t0:.0f}s", flush=True)
+    return man
+
+
+def victim(name: str, preset: str, data: Path | None, overrides: list[str], work: Path, defense: dict | None = None,
+           attack: dict | None = None) -> dict:
+    cfg: dict[str, Any] = {"preset": preset, "eval": {"random_init_linear": True}}
+    if data is not None:  # the exported poison as the training split; the probe is fitted on clean data
+        cfg["attack"] = {"name": "precomputed", "params": {"path": str(data)}}
+    if defense:
+        cfg["defense"] = defense
+    if attack:
+        cfg["attack"] = attack
+    return run_named(name, cfg, overrides, work, lambda s: print(s, flush=True))[0]["metrics"]
+
+
+def craft_speed(params: dict, seed: int) -> dict:
+    """Noise-phase step vs the bare forward+backward of the attacker's backbone on the same views (interleaved)."""
+    torch.manual_seed(seed)
+    attack = ATTACKS.build("cp-sample", params)
+    sur, s = attack.params.surrogate, attack.params.settings()
+    splits = load_source("images", "cifar10-subset", seed=seed)
+    method = sur.build_method().eval()
+    noise = PoisonNoise(len(splits.train), tuple(splits.train.images.shape[1:]), s.epsilon, None,
+                        torch.Generator().manual_seed(seed))
+    from clpoison.data.augment import TwoViewAugment
+
+    batches = PoisonedViews(splits.train.images, noise, TwoViewAugment(sur.augment_config()), s.batch_size, 1, seed)
+    one = CraftSettings(**{**s.__dict__, "pgd_steps": 1})
+    idx = torch.arange(s.batch_size)
+    x = torch.randn(2 * s.batch_size, 3, 32, 32)
+    bb = method.backbone.train()
+
+    def bare(_):
+        bb(x).float().pow(2).mean().backward()
+        bb.zero_grad(set_to_none=True)
+
+    sec = interleaved({"noise": (lambda _: noise_step(method, noise, batches, idx, one), forever()),
+                       "bare": (bare, forever())}, rounds=5, steps=3, device=None)
+    return {"noise_images_per_s": s.batch_size / sec["noise"], "bare_images_per_s": s.batch_size / sec["bare"],
+            "ratio_to_bare": sec["bare"] / sec["noise"]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", required=True, help="JSON result file")
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--momentum-seeds", type=int, default=1, help="seeds of the attacker x victim table (0: skip)")
+    ap.add_argument("--work", default=None, help="run folders (default: OUT without suffix + '_runs')")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rows", default=",".join(ROWS))
+    ap.add_argument("overrides", nargs="*", help="attack.params.* for the CP presets; the rest for every victim")
+    args = ap.parse_args()
+    rows = [r for r in args.rows.split(",") if r]
+    if set(rows) - set(ROWS):
+        ap.exit(2, f"error: unknown rows {sorted(set(rows) - set(ROWS))}; choose from {', '.join(ROWS)}\n")
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    work = work_dir(out, args.work)
+    atk_over = [o for o in args.overrides if o.startswith("attack.params.")]
+    run_over = [o for o in args.overrides if not o.startswith("attack.params.")]
+    t0 = time.time()
+    per: dict[str, dict[str, list]] = {r: {m: [] for m in METRICS} for r in rows}
+    rand: dict[str, list] = {m: [] for m in METRICS}
+    craft: dict[str, list] = {"cp_class_s": [], "cp_sample_s": [], "noise_images_per_s": []}
+    for s in range(args.seeds):
+        ov = [f"seed={s}", *run_over]
+        data = {}
+        for key, name, preset in (("cp_class", "cp-class", "cp-class-small"), ("cp_sample", "cp-sample", "cp-sample-small")):
+            if key in rows or (key == "cp_sample" and any(r.startswith("cp_sample") for r in rows)):
+                data[key] = work / f"{key}_data_s{s}"
+                man = crafted(name, attack_params(preset, atk_over), s, data[key])
+                craft[f"{key}_s"].append(man["details"]["craft_seconds"])
+                if key == "cp_sample":
+                    craft["noise_images_per_s"].append(man["details"]["noise_images_per_s"])
+        runs = {"clean": ("simclr-small", None, None, None),
+                "random_noise": ("simclr-small", None, None, {"name": "random-noise", "params": {}}),
+                "cp_class": ("simclr-small", data.get("cp_class"), None, None),
+                "cp_sample": ("simclr-small", data.get("cp_sample"), None, None),
+                "cp_sample_matrix_completion": ("simclr-small", data.get("cp_sample"), {"name": "matrix-completion"}, None),
+                "cp_sample_jpeg": ("simclr-small", data.get("cp_sample"), {"name": "jpeg"}, None)}
+        for r in rows:
+            preset, d, defense, attack = runs[r]
+            m = victim(f"{r}_s{s}", preset, d, ov, work, defense, attack)
+            for k in METRICS:
+                per[r][k].append(m.get(k))
+            if r == "clean":
+                for k in METRICS:
+                    rand[k].append(m.get(f"{k}_random_init"))
+    momentum: dict[str, dict[str, list]] = {a: {v: [] for v in METHODS} for a in METHODS}
+    for s in range(args.momentum_seeds):
+        for a in METHODS:
+            d = work / f"cp_sample_{a}_data_s{s}" if a != "simclr" else work / f"cp_sample_data_s{s}"
+            crafted("cp-sample", attack_params("cp-sample-small", atk_over, a), s, d)
+            for v in METHODS:
+                name = f"momentum_{a}_to_{v}_s{s}" if (a, v) != ("simclr", "simclr") else f"cp_sample_s{s}"
+                momentum[a][v].append(victim(name, f"{v}-small", d, [f"seed={s}", *run_over], work).get("linear_top1"))
+    result: dict[str, Any] = {
+        "random_init": {k: stats(v)["mean"] for k, v in rand.items()},
+        "rows": {r: {k: stats(v)["mean"] for k, v in per[r].items()} for r in rows},
+        "momentum": {a: {v: stats(x)["mean"] for v, x in vs.items()} for a, vs in momentum.items()},
+        "craft": {"seconds": stats(craft["cp_sample_s"])["mean"], "cp_class_seconds": stats(craft["cp_class_s"])["mean"],
+                  **craft_speed(attack_params("cp-sample-small", atk_over), 0)},
+        "per_seed": {"random_init": rand, "rows": per, "momentum": momentum, "craft": craft},
+        "std": {r: {k: stats(v)["std"] for k, v in per[r].items()} for r in rows},
+        "_meta": {"seeds": list(range(args.seeds)), "momentum_seeds": list(range(args.momentum_seeds)),
+                  "overrides": args.overrides, "wall_s": round(time.time() - t0, 1), "threads": args.threads},
+    }
+    atomic_write_json(out, result)
+    print(json.dumps({"random_init": result["random_init"], "rows": result["rows"], "momentum": result["momentum"],
+                      "craft": result["craft"]}, indent=2))
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
