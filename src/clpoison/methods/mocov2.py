@@ -111,7 +111,8 @@ class MoCoV2(Method):
     def loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float], dict[str, Any]]:
         """InfoNCE against the queue as it was before this batch; the batch's keys go to ``aux["keys"]`` and are
         enqueued by :meth:`update_state` after the optimiser step (the official code enqueues after computing the
-        loss and before the step; the queue is a constant of the loss, so the gradients are the same)."""
+        loss and before the step; the queue is a constant of the loss, so the gradients are the same).
+        ``batch["key_grad"]`` (optional): keys with gradient w.r.t. the views (Contrastive Poisoning's dual branch)."""
         v1, v2 = batch["views"]
         key_grad = bool(batch.get("key_grad", False))
         q1 = self._query(v1)
