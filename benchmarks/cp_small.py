@@ -5,7 +5,7 @@ For every seed it crafts (once, exported like a released dataset, reused on re-r
 ±ε noise (the control), CP-C, CP-S, CP-S purified by matrix completion and by JPEG; and reports kNN and linear
 top-1 on clean labelled data beside the random-init encoder's. The momentum study crafts CP-S with each attacker
 method (SimCLR, MoCo v2, BYOL: method and augmentation of its small preset) and trains each victim's small preset
-on it (``--momentum-seeds``). Crafting speed: wall time, noise-phase images/s (images × PGD steps per second) and
+on it (``--momentum-seeds``; attacker ``none`` = the victim on clean data, each column's reference). Crafting speed: wall time, noise-phase images/s (images × PGD steps per second) and
 its ratio to the bare forward+backward of the attacker's backbone on the same batch, timed interleaved.
 
     python benchmarks/cp_small.py --out benchmarks/results/cp_small.json --seeds 3 --momentum-seeds 1
@@ -144,8 +144,11 @@ def main() -> None:
             if r == "clean":
                 for k in METRICS:
                     rand[k].append(m.get(f"{k}_random_init"))
-    momentum: dict[str, dict[str, list]] = {a: {v: [] for v in METHODS} for a in METHODS}
+    momentum: dict[str, dict[str, list]] = {a: {v: [] for v in METHODS} for a in ("none", *METHODS)}
     for s in range(args.momentum_seeds):
+        for v in METHODS:  # each victim on clean data: the reference of its column
+            name = f"momentum_none_to_{v}_s{s}" if v != "simclr" else f"clean_s{s}"
+            momentum["none"][v].append(victim(name, f"{v}-small", None, [f"seed={s}", *run_over], work).get("linear_top1"))
         for a in METHODS:
             d = work / f"cp_sample_{a}_data_s{s}" if a != "simclr" else work / f"cp_sample_data_s{s}"
             crafted("cp-sample", attack_params("cp-sample-small", atk_over, a), s, d)

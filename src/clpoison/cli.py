@@ -80,7 +80,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     path, ckpt = _read_checkpoint(args.checkpoint)
     cfg = build_config(dict(ckpt["config"]), args.overrides)
-    task = task_for(cfg, resolve_device(cfg.device), echo=_echo)
+    task = task_for(cfg, resolve_device(cfg.device))  # stdout is the JSON
     method = task.method_from_checkpoint(ckpt, f"checkpoint '{path}'")
     metrics, _ = task.evaluate(method, task.load())
     print(json.dumps(metrics, indent=2))
@@ -172,7 +172,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
         if not Path(args.manifest).exists():
             raise ConfigError(f"manifest '{args.manifest}' does not exist; check the path")
         poisons = manifest_poisons(json.loads(Path(args.manifest).read_text()))
-    task = task_for(cfg, resolve_device(cfg.device), echo=_echo)
+    task = task_for(cfg, resolve_device(cfg.device))  # stdout is the JSON
     if task.modality != "image-text":
         raise ConfigError(f"checkpoint '{path}' is a '{cfg.method.name}' run; `clpoison scan` needs a CLIP checkpoint")
     method = task.method_from_checkpoint(ckpt, f"checkpoint '{path}'")
