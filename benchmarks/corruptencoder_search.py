@@ -21,11 +21,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from clpoison.errors import ConfigError
-from clpoison.experiments.bench import (CORRUPTENCODER_PRESET, corruptencoder_row_config, corruptencoder_rows,
-                                        split_overrides, work_dir)
+from clpoison.experiments.bench import (CORRUPTENCODER_PRESET, add_run_args, corruptencoder_row_config,
+                                        corruptencoder_rows, split_overrides, start)
 from clpoison.experiments.config import build_config, load_preset
 from clpoison.experiments.runner import run_or_reuse
 from clpoison.report.plots import curve_plot
@@ -40,17 +38,13 @@ def main() -> None:
                     help="NAME:key=value key=value ... (repeatable); attack.params.* apply to every row")
     ap.add_argument("--rows", default="clean,ssl_backdoor,corruptencoder")
     ap.add_argument("--every", type=int, default=10, help="evaluate every k epochs")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--work", default=None)
+    add_run_args(ap)
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    out = Path(args.out)
+    out, work = start(args)
     try:
         rows = corruptencoder_rows(args.rows)
     except ConfigError as e:  # an unknown row: one line and status 2, as the clpoison CLI does
         ap.exit(2, f"error: {e}\n")
-    work = work_dir(out, args.work)
     base = dict(load_preset(CORRUPTENCODER_PRESET)["attack"]["params"])
     result: dict[str, Any] = json.loads(out.read_text()) if out.exists() else {}
     for spec in args.setting:

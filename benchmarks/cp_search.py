@@ -16,12 +16,9 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 from typing import Any
 
-import torch
-
-from clpoison.experiments.bench import run_named, split_overrides, work_dir
+from clpoison.experiments.bench import add_run_args, run_named, split_overrides, start
 from clpoison.experiments.config import load_preset
 from clpoison.experiments.poison import poison_or_reuse
 from clpoison.utils.io import atomic_write_json
@@ -32,13 +29,9 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--setting", action="append", required=True, help="NAME:key=value ... (repeatable)")
     ap.add_argument("--preset", default="cp-sample-small", help="the CP preset the settings change")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--work", default=None)
+    add_run_args(ap)
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    out = Path(args.out)
-    work = work_dir(out, args.work)
+    out, work = start(args)
     preset = load_preset(args.preset)
     result: dict[str, Any] = json.loads(out.read_text()) if out.exists() else {}
     for spec in args.setting:

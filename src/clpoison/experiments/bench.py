@@ -114,3 +114,19 @@ def corruptencoder_row_config(row: str, ce: dict) -> dict:
     if row == "corruptencoder_localized_cropping":
         data["defense"] = {"name": "localized-cropping", "params": {"delta": 0.2}}
     return data
+
+
+def add_run_args(ap: Any) -> None:
+    """``--seed``, ``--threads`` and ``--work`` of a search script (an ``argparse.ArgumentParser``)."""
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    ap.add_argument("--work", default=None, help="run folders (default: OUT without suffix + '_runs')")
+
+
+def start(args: Any) -> tuple[Path, Path]:
+    """Apply ``--threads``; ``(out, work folder)`` of the parsed arguments."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    return out, work_dir(out, args.work)
