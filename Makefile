@@ -24,7 +24,7 @@ demo: $(STAMP)
 	$(BIN)/clpoison demo --out runs/demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest tests --doctest-modules src/clpoison
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/throughput.py --out runs/bench/throughput.json

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 import sys
 import time
 from pathlib import Path
@@ -26,7 +27,7 @@ from typing import Any
 import torch
 
 from clpoison.attacks import ATTACKS
-from clpoison.attacks.noise_crafting import CraftSettings, PoisonedViews, PoisonNoise, noise_step
+from clpoison.attacks.noise_crafting import PoisonedViews, PoisonNoise, noise_step
 from clpoison.errors import ConfigError
 from clpoison.experiments.bench import run_named, split_overrides, stats, work_dir
 from clpoison.experiments.config import load_preset
@@ -83,7 +84,7 @@ def craft_speed(params: dict, seed: int) -> dict:
     from clpoison.data.augment import TwoViewAugment
 
     batches = PoisonedViews(splits.train.images, noise, TwoViewAugment(sur.augment_config()), s.batch_size, 1, seed)
-    one = CraftSettings(**{**s.__dict__, "pgd_steps": 1})
+    one = replace(s, pgd_steps=1)
     idx = torch.arange(s.batch_size)
     x = torch.randn(2 * s.batch_size, 3, 32, 32)
     bb = method.backbone.train()

@@ -168,6 +168,9 @@ def test_random_noise_control_is_uniform_within_the_budget():
     ({"attacker": {"method": {"name": "clip"}}}, "not an image contrastive method"),
     ({"attacker": {"train": {"epochs": 3}}}, "attacker.train.epochs"),
     ({"attacker": {"bogus": 1}}, "attacker.bogus"),
+    ({"attacker": {"model": {"widht": 8}}}, "attacker.model.widht"),
+    ({"attacker": {"model": {"arch": "vit"}}}, "attacker.model.arch"),
+    ({"attacker": {"model": {"width": 0}}}, "attacker.model.width"),
     ({"init": "/nonexistent/delta.npz"}, "init"),
 ])
 def test_bad_params_are_one_config_error(params, match):
@@ -216,3 +219,25 @@ def test_cp_run_and_export_through_the_cli(tmp_path, capsys):
     assert (out / "data.npz").exists() and (out / "delta.npz").exists() and not (tmp_path / ".exp.craft").exists()
     assert main(["poison", "cp-sample", "--data", "cifar10-subset", "--out", str(tmp_path / "bad"), "epsilon=2"]) == 2
     assert not (tmp_path / "bad").exists() and "epsilon" in capsys.readouterr().err
+
+
+def test_model_phase_stream_continues_across_rounds_in_seeded_passes():
+    """Batch k of the stream is position k mod B of pass k div B of the seeded per-pass permutation."""
+    from clpoison.data.loader import epoch_permutation
+
+    _, _, batches, _ = make_batches(n=32)  # batch 16: B = 2 batches per pass
+    got = [batches.indices(k) for k in range(5)]
+    want = [epoch_permutation(32, 0, k // 2)[(k % 2) * 16:(k % 2 + 1) * 16] for k in range(5)]
+    assert all(torch.equal(a, b) for a, b in zip(got, want))
+
+
+def test_poison_or_reuse_makes_an_export_once(tmp_path):
+    from clpoison.experiments.poison import poison_or_reuse
+
+    out = tmp_path / "rn"
+    man = poison_or_reuse("random-noise", {"epsilon": 4 / 255}, "cifar10-subset", out, seed=1, device="cpu")
+    stamp = (out / "data.npz").stat().st_mtime_ns
+    assert poison_or_reuse("random-noise", {"epsilon": 4 / 255}, "cifar10-subset", out, seed=1, device="cpu") == man
+    assert (out / "data.npz").stat().st_mtime_ns == stamp  # reused, not rewritten
+    other = poison_or_reuse("random-noise", {"epsilon": 2 / 255}, "cifar10-subset", out, seed=1, device="cpu")
+    assert other["params"]["epsilon"] == 2 / 255 and (out / "data.npz").stat().st_mtime_ns != stamp

@@ -17,7 +17,7 @@ Example::
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from .errors import ConfigError
 from .utils.schema import from_dict
@@ -31,6 +31,10 @@ class Params:
     def from_dict(cls, d: dict, where: str = "params") -> "Params":
         """Unknown keys and values of the wrong type end in one ConfigError naming ``where.key``."""
         return from_dict(cls, d, f"{where}.")
+
+    def to_dict(self) -> dict:
+        """Every parameter, defaults included (what a manifest records)."""
+        return asdict(self)
 
 
 def check_positive(params: Params, *names: str, where: str = "method.params") -> None:

@@ -83,7 +83,7 @@ class CarliniBackdoorParams(AttackParams):
         self.trigger_spec = TriggerSpec.from_dict(self.trigger, "attack.params.trigger")
 
     def to_dict(self) -> dict:
-        d = {k: v for k, v in asdict(self).items()}
+        d = asdict(self)
         d["trigger"] = self.trigger_spec.to_dict()
         return d
 

@@ -25,7 +25,7 @@ Example::
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import torch
@@ -59,9 +59,6 @@ class CarliniTargetedParams(AttackParams):
             raise ConfigError("attack.params.victims and adversarial_labels must have the same length (one label per victim)")
         if not isinstance(self.synonyms, dict):
             raise ConfigError("attack.params.synonyms must map class names to lists of words, e.g. {automobile: [car]}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @ATTACKS.register("carlini-targeted")

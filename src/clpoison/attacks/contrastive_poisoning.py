@@ -28,7 +28,7 @@ from __future__ import annotations
 import hashlib
 import io
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -75,9 +75,6 @@ class CPSampleParams(AttackParams):
         if self.init is not None and not Path(self.init).expanduser().exists():
             raise ConfigError(f"attack.params.init='{self.init}' does not exist; give a cp-class export or run folder")
         self.surrogate = Surrogate.from_dict(self.attacker, "attack.params.attacker")
-
-    def to_dict(self) -> dict:
-        return {k: v for k, v in asdict(self).items()}
 
     def settings(self) -> CraftSettings:
         pgd, step = self.pgd_steps, self.step_size

@@ -104,14 +104,20 @@ class PoisonedViews:
         if self.per_pass < 1:
             raise ConfigError(f"attack.params.batch_size={batch_size} is larger than the {self.n} training images")
         self.steps = min(steps, self.per_pass)
+        self._pass: tuple[int, Optional[torch.Tensor]] = (-1, None)  # (pass, its permutation on the device)
 
     def __len__(self) -> int:
         return self.steps
 
+    def permutation(self, p: int) -> torch.Tensor:
+        """The shuffled order of pass ``p`` (drawn once per pass)."""
+        if self._pass[0] != p:
+            self._pass = (p, epoch_permutation(self.n, self.seed, p).to(self.images.device))
+        return self._pass[1]
+
     def indices(self, k: int) -> torch.Tensor:
         p, pos = divmod(k, self.per_pass)
-        perm = epoch_permutation(self.n, self.seed, p)
-        return perm[pos * self.batch_size:(pos + 1) * self.batch_size].to(self.images.device)
+        return self.permutation(p)[pos * self.batch_size:(pos + 1) * self.batch_size]
 
     def views(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         v1, v2 = self.augment(x)
@@ -126,10 +132,12 @@ class PoisonedViews:
 
 
 def noise_step(method: Method, noise: PoisonNoise, batches: PoisonedViews, idx: torch.Tensor, settings: CraftSettings,
-               amp: Optional[torch.dtype] = None) -> tuple[float, dict[str, Any]]:
-    """One sign-PGD descent step of δ on the images ``idx``; returns the batch's loss before the step and the
-    method's ``aux`` (what ``update_state`` would apply)."""
-    x = batches.images[idx].float().div(255)
+               amp: Optional[torch.dtype] = None, x: Optional[torch.Tensor] = None) -> tuple[float, dict[str, Any]]:
+    """One sign-PGD descent step of δ on the images ``idx`` (``x``: those images as floats in [0, 1], if the
+    caller has them); returns the batch's loss before the step and the method's ``aux`` (what ``update_state``
+    would apply)."""
+    if x is None:
+        x = batches.images[idx].float().div(255)
     rows = noise.rows(idx)
     uniq, inverse = torch.unique(rows, return_inverse=True) if noise.classwise else (idx, None)
     d = noise.delta[uniq].clone().requires_grad_(True)
@@ -161,8 +169,9 @@ def noise_phase(trainer: Trainer, noise: PoisonNoise, batches: PoisonedViews, se
     try:
         for b in tqdm(range(steps), desc=f"noise {rnd + 1}", disable=not progress, leave=False, dynamic_ncols=True):
             idx = perm[b * batches.batch_size:(b + 1) * batches.batch_size]
+            x = batches.images[idx].float().div(255)  # once per batch, for all its PGD steps
             for s in range(settings.pgd_steps):
-                loss, aux = noise_step(method, noise, batches, idx, settings, trainer.amp_dtype)
+                loss, aux = noise_step(method, noise, batches, idx, settings, trainer.amp_dtype, x)
                 if settings.noise_updates_state:
                     method.update_state(aux)
                     method.after_optimizer_step(min(1.0, trainer.step / trainer.total_steps))

@@ -17,7 +17,7 @@ Example::
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
@@ -58,6 +58,6 @@ class RandomNoise(Attack):
         noise = PoisonNoise(rows, tuple(train.images.shape[1:]), p.epsilon, train.labels if p.classwise else None, g)
         out = ImageSplits(ImageDataset(noise.quantised(train.images), train.labels.clone(), list(train.class_names),
                                        train.name, train.sizes), splits.test, dict(splits.source))
-        manifest = build_manifest(attack=self.name, attack_version=self.version, params=asdict(p), seed=seed,
+        manifest = build_manifest(attack=self.name, attack_version=self.version, params=p.to_dict(), seed=seed,
                                   source=splits, output=out, poisoned_indices=range(len(train)))
         return PoisonResult(out, manifest)

@@ -31,6 +31,7 @@ from ..errors import ConfigError
 from ..methods import METHODS
 from ..methods.base import Method
 from ..methods.build import build_method
+from ..models import check_backbone
 from ..utils.schema import from_dict
 
 _CP_TRAIN = {"optimizer": "sgd", "lr": 0.5, "lr_scaling": "none", "momentum": 0.9, "weight_decay": 1e-4,
@@ -56,6 +57,11 @@ class Surrogate:
         for k in ("method", "model", "augment", "train"):
             if not isinstance(getattr(s, k), dict):
                 raise ConfigError(f"{where}.{k} must be a mapping of key: value")
+        for k, valid in (("method", {"name", "params"}), ("model", {"arch", "width", "stem_stride"})):
+            bad = sorted(set(getattr(s, k)) - valid)
+            if bad:
+                raise ConfigError(f"unknown key(s) {', '.join(f'{where}.{k}.{b}' for b in bad)}; valid keys: "
+                                  f"{', '.join(sorted(valid))}")
         name = s.method.get("name", "simclr")
         cls_ = METHODS.get(name)
         if cls_.modality != "image":
@@ -67,11 +73,13 @@ class Surrogate:
                 raise ConfigError(f"{where}.train.{k} is set by the attack (rounds / batch_size), not here")
         s.augment_config()
         s.train_config(1, 1)
-        try:
-            s.build_method(check_only=True)
-        except ConfigError as e:
-            raise ConfigError(f"{where}.model: {e}") from None
+        m = s.model_config()
+        check_backbone(m["arch"], m["width"], m["stem_stride"], f"{where}.model")
         return s
+
+    def model_config(self) -> dict:
+        """The backbone spec with its defaults (a CIFAR ResNet-18 of width 64)."""
+        return {"arch": "resnet18", "width": 64, "stem_stride": 1, **self.model}
 
     def augment_config(self) -> AugmentConfig:
         try:
@@ -87,8 +95,5 @@ class Surrogate:
             raise ConfigError(f"{self.where}.train: {e}") from None
         return replace(cfg, **overrides)
 
-    def build_method(self, check_only: bool = False) -> Method:
-        model = {"arch": "resnet18", "width": 64, "stem_stride": 1, **self.model}
-        if check_only:
-            model = {**model, "width": 1}  # validates names cheaply
-        return build_method(self.method["name"], self.method["params"], model)
+    def build_method(self) -> Method:
+        return build_method(self.method["name"], self.method["params"], self.model_config())

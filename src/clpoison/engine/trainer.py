@@ -166,6 +166,7 @@ class Trainer:
         self.epoch = 0  # epochs completed
         self.step = 0
         self.history: list[dict] = []
+        self.last_record: dict = {}  # the epoch record being built, for epoch_end hooks (e.g. its loss)
         self.train_seconds = 0.0
         self.stop_requested = False
 
@@ -288,7 +289,7 @@ class Trainer:
                 "samples_per_s": self.steps_per_epoch * self.cfg.batch_size / dt if dt > 0 else None,
                 **extra,
             }
-            self.last_record = rec  # what end hooks may read (the round's loss)
+            self.last_record = rec
             for hook in self.on_epoch_end:
                 rec.update(hook(self, self.epoch) or {})
             self.history.append(rec)

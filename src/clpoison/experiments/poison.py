@@ -10,7 +10,7 @@ import shutil
 from pathlib import Path
 from typing import Callable, Optional
 
-from ..attacks import ATTACKS
+from ..attacks import ATTACKS, Attack
 from ..attacks.export import export_poisoned
 from ..errors import ConfigError
 from ..utils.device import resolve_device
@@ -43,6 +43,15 @@ def poison_to_disk(attack: str, data: str, out: str | Path, overrides: list[str]
     if out.exists() and not overwrite:
         raise ConfigError(f"output directory '{out}' already exists; pass --overwrite or choose another --out")
     atk = ATTACKS.build(attack, attack_params_from(preset, attack, overrides))
+    return export_attack(atk, data, out, seed, data_path, image_size, label_column, test_path, overwrite, device,
+                         echo, progress)
+
+
+def export_attack(atk: Attack, data: str, out: Path, seed: int = 0, data_path: Optional[str] = None,
+                  image_size: Optional[int] = None, label_column: Optional[str] = None,
+                  test_path: Optional[str] = None, overwrite: bool = False, device: str = "auto",
+                  echo: Callable[[str], None] = lambda s: None, progress: bool = True) -> tuple[Path, dict]:
+    """Load the clean data, run the (built) attack ``atk`` in memory, export the result to ``out``."""
     splits = load_source(atk.data_kind, data, data_path, image_size, seed, label_column, test_path)
     # a long crafting (Contrastive Poisoning) checkpoints next to OUT and resumes when the command is re-run
     craft = out.with_name(f".{out.name}.craft")
@@ -60,11 +69,10 @@ def poison_or_reuse(attack: str, params: dict, data: str, out: str | Path, seed:
     crafting resumes from its checkpoint beside ``out`` (benchmarks share crafted poisons this way)."""
     out = Path(out)
     man_path = out / "manifest.json"
-    want = json.loads(dumps_json(ATTACKS.build(attack, params).params.to_dict()))
+    atk = ATTACKS.build(attack, params)
+    want = json.loads(dumps_json(atk.params.to_dict()))
     if man_path.exists():
         man = json.loads(man_path.read_text())
         if man.get("attack", {}).get("name") == attack and man.get("params") == want and man.get("seed") == seed:
             return man
-    params_kv = [f"{k}={json.dumps(v)}" for k, v in params.items()]
-    return poison_to_disk(attack, data, out, params_kv, seed, overwrite=True, device=device, echo=echo,
-                          progress=progress)[1]
+    return export_attack(atk, data, out, seed, overwrite=True, device=device, echo=echo, progress=progress)[1]
