@@ -52,6 +52,10 @@ class Attack:
         """Attack-specific metrics after pretraining (``context`` carries encoder, splits, probe, device)."""
         return {}
 
+    def restore(self, manifest: dict) -> None:
+        """Take back what :meth:`poison` decided and :meth:`evaluate` needs (e.g. NLB's anchor label) from the
+        manifest of a poison made earlier (``attack.name: precomputed``); most attacks rebuild it from params."""
+
 
 @ATTACKS.register("none")
 class NoAttack(Attack):

@@ -37,7 +37,7 @@ from ..eval.attack_metrics import backdoor_metrics, backdoor_zscore
 from .base import ATTACKS, Attack, AttackParams, PoisonResult
 from .caption_set import caption_set, matching_rows, require_captions, resolve_label, sample_captions
 from .manifest import build_manifest
-from .triggers import Trigger, TriggerSpec
+from .triggers import build_trigger, trigger_spec
 
 SELECTIONS = ("random", "label-consistent")
 
@@ -80,7 +80,7 @@ class CarliniBackdoorParams(AttackParams):
     def __post_init__(self) -> None:
         if self.selection not in SELECTIONS:
             raise ConfigError(f"attack.params.selection='{self.selection}' is unknown; choose one of: {', '.join(SELECTIONS)}")
-        self.trigger_spec = TriggerSpec.from_dict(self.trigger, "attack.params.trigger")
+        self.trigger_spec = trigger_spec(self.trigger, None, "attack.params.trigger")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -99,7 +99,7 @@ class CarliniBackdoor(Attack):
 
     def __init__(self, params: CarliniBackdoorParams) -> None:
         super().__init__(params)
-        self.trigger = Trigger(params.trigger_spec)  # the one trigger used at poison and at evaluation time
+        self.trigger = build_trigger(params.trigger_spec)  # the one trigger used at poison and at evaluation time
 
     def poison(self, splits: Any, seed: int, context: Optional[dict] = None) -> PoisonResult:
         p = self.params

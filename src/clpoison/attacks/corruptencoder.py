@@ -74,7 +74,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import ClassVar, Optional
 
 import torch
 
@@ -93,6 +93,7 @@ LAYOUTS = ("left-right", "top-bottom", "both")
 
 @dataclass
 class CorruptEncoderParams(SSLBackdoorBaseParams):
+    patch_only: ClassVar[bool] = True
     num_references: int = 3  # reference images/objects of the target class (paper: 3)
     reference_dir: Optional[str] = None  # DIR/<k>/img.png (+ label.png), DIR/support-images/*; None: training images
     reference_mask: str = "color-distance"  # masks without label.png files: color-distance | center | none

@@ -32,7 +32,7 @@ import torch
 
 from ..errors import DataError
 from ..utils.io import atomic_write_text, dumps_json
-from .triggers import Trigger, png_bytes
+from .triggers import trigger_from_dict
 
 SCHEMA = "clpoison.poison-manifest"
 SCHEMA_VERSION = 1
@@ -64,8 +64,9 @@ def fingerprint_splits(splits: Any) -> dict[str, str]:
     return {"train": fingerprint(splits.train), "test": fingerprint(splits.test)}
 
 
-def trigger_entry(trigger: Trigger) -> dict:
-    return {**trigger.to_dict(), "png": "trigger.png", "png_sha256": hashlib.sha256(png_bytes(trigger.patch)).hexdigest()}
+def trigger_entry(trigger: Any) -> dict:
+    """A trigger's manifest entry (patch or CTRL: anything with ``to_dict`` and ``png``)."""
+    return {**trigger.to_dict(), "png": "trigger.png", "png_sha256": hashlib.sha256(trigger.png()).hexdigest()}
 
 
 def build_manifest(
@@ -79,7 +80,7 @@ def build_manifest(
     poisoned_indices: Sequence[int] = (),
     added_indices: Sequence[int] = (),
     targets: Optional[dict] = None,
-    trigger: Optional[Trigger] = None,
+    trigger: Optional[Any] = None,
     details: Optional[dict] = None,
 ) -> dict:
     """The manifest of one poisoning (``source``/``output`` are the clean and poisoned splits)."""
@@ -127,10 +128,10 @@ def read_manifest(path: str | Path) -> dict:
     return m
 
 
-def load_trigger(manifest: dict) -> Optional[Trigger]:
+def load_trigger(manifest: dict) -> Optional[Any]:
     """The exact trigger recorded in a manifest (verified against its sha256), or None."""
     t = manifest.get("trigger")
-    return None if t is None else Trigger.from_dict(t)
+    return None if t is None else trigger_from_dict(t)
 
 
 def verify(manifest: dict, source: Any = None, output: Any = None) -> None:

@@ -27,8 +27,6 @@ target is detached in the loss (as in the official code) nor for SimCLR, whose t
 
 from __future__ import annotations
 
-import json
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +40,7 @@ from ..data.loader import epoch_permutation
 from ..engine.trainer import TrainConfig, Trainer, min_conv_channels
 from ..errors import ConfigError
 from ..methods.base import Method
-from ..utils.io import atomic_write_json, dumps_json
+from .surrogate import resumable_dir
 
 
 class PoisonNoise(nn.Module):
@@ -197,12 +195,7 @@ def craft(method: Method, noise: PoisonNoise, images: torch.Tensor, augment: Two
     ``train.checkpoint_every`` rounds and resumes a crafting of the same ``snapshot`` (another one is discarded).
     Returns the per-round records (model-phase ``loss`` and the noise-phase entries)."""
     if work_dir is not None:
-        work_dir = Path(work_dir)
-        cfg_path = work_dir / "craft.json"
-        if work_dir.exists() and (not cfg_path.exists() or json.loads(cfg_path.read_text()) != json.loads(dumps_json(snapshot or {}))):
-            shutil.rmtree(work_dir)
-        work_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(cfg_path, snapshot or {})
+        work_dir = resumable_dir(work_dir, snapshot or {}, "craft.json")
     method, noise = method.to(device), noise.to(device)
     images = images.to(device)
     fmt = torch.channels_last if train.use_channels_last(device, min_conv_channels(method)) else torch.contiguous_format

@@ -32,6 +32,7 @@ Example::
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -44,6 +45,7 @@ from .ssl_backdoor_base import SSLBackdoorAttack, SSLBackdoorBaseParams
 
 @dataclass
 class PoisonedEncoderParams(SSLBackdoorBaseParams):
+    patch_only: ClassVar[bool] = True
     num_references: int = 3  # target-class reference images (same as CorruptEncoder's comparison)
 
     def __post_init__(self) -> None:

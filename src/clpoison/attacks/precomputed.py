@@ -62,6 +62,7 @@ class Precomputed(Attack):
         name = manifest["attack"]["name"]
         if name in ATTACKS and name != self.name:
             self.original = ATTACKS.build(name, manifest.get("params") or {})
+            self.original.restore(manifest)
         return PoisonResult(poisoned, manifest)
 
     def evaluate(self, context: dict[str, Any]) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
 import torch
 
@@ -20,7 +20,7 @@ from ..eval.attack_metrics import backdoor_metrics, backdoor_zscore
 from .base import Attack, AttackParams, PoisonResult
 from .budget import resolve_budget
 from .manifest import build_manifest
-from .triggers import Trigger, TriggerSpec
+from .triggers import TriggerSpec, build_trigger, trigger_spec
 
 #: Trigger defaults for the image-SSL backdoors: the paper's 40-px colourful patch, evaluated at [0.25, 0.75].
 DEFAULT_TRIGGER = {"pattern": "uniform", "size": 40, "location": "center-range", "center_range": [0.25, 0.75], "seed": 0}
@@ -35,8 +35,14 @@ class SSLBackdoorBaseParams(AttackParams):
     eval_seed: int = 1234  # seeds the trigger positions on the test images (fixed per image, as the paper's files)
     zscore_images: int = 1000  # test images for the label-free backdoor z-score
 
+    default_trigger: ClassVar[dict] = DEFAULT_TRIGGER
+    patch_only: ClassVar[bool] = False  # attacks that paste the trigger into a composite need a patch
+
     def __post_init__(self) -> None:
-        self.trigger_spec = TriggerSpec.from_dict({**DEFAULT_TRIGGER, **dict(self.trigger or {})}, "attack.params.trigger")
+        self.trigger_spec = trigger_spec(self.trigger, self.default_trigger, "attack.params.trigger")
+        if self.patch_only and not isinstance(self.trigger_spec, TriggerSpec):
+            raise ConfigError("attack.params.trigger.type=ctrl: this attack pastes a patch trigger into its composites; "
+                              "use a patch trigger (type: patch) or the ssl-backdoor / ctrl attacks for CTRL")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -71,7 +77,7 @@ class SSLBackdoorAttack(Attack):
 
     def __init__(self, params: SSLBackdoorBaseParams) -> None:
         super().__init__(params)
-        self.trigger = Trigger(params.trigger_spec)  # the one trigger used at poison and at evaluation time
+        self.trigger = build_trigger(params.trigger_spec)  # the one trigger used at poison and at evaluation time
 
     default_rate = 0.005
 

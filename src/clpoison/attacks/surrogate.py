@@ -22,7 +22,10 @@ Example::
 
 from __future__ import annotations
 
+import json
+import shutil
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from ..data.augment import AugmentConfig
@@ -32,6 +35,7 @@ from ..methods import METHODS
 from ..methods.base import Method
 from ..methods.build import build_method
 from ..models import check_backbone
+from ..utils.io import atomic_write_json, dumps_json
 from ..utils.schema import from_dict
 
 _CP_TRAIN = {"optimizer": "sgd", "lr": 0.5, "lr_scaling": "none", "momentum": 0.9, "weight_decay": 1e-4,
@@ -97,3 +101,15 @@ class Surrogate:
 
     def build_method(self) -> Method:
         return build_method(self.method["name"], self.method["params"], self.model_config())
+
+
+def resumable_dir(work_dir: Path | str, snapshot: dict, name: str) -> Path:
+    """``work_dir`` ready for an attacker's resumable training: kept when its ``name`` file records exactly
+    ``snapshot`` (the same crafting / pretraining, so the engine resumes its checkpoint), emptied otherwise."""
+    work_dir = Path(work_dir)
+    cfg_path = work_dir / name
+    if work_dir.exists() and (not cfg_path.exists() or json.loads(cfg_path.read_text()) != json.loads(dumps_json(snapshot))):
+        shutil.rmtree(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(cfg_path, snapshot)
+    return work_dir

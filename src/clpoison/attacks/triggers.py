@@ -6,10 +6,17 @@ pastes it at poison time and the ASR evaluation pastes the *same* tensor at test
 CleanCLIP's ``random`` patch, redrawn per image, is available only through ``per_image=True``).
 
 Patterns (``pattern``): ``checkerboard`` (black/white, ``trig[:, ::2, ::2]`` style), ``uniform`` (U[0,255] noise),
-``gaussian`` (N(127.5, 64²) clamped), ``solid`` (``color``), ``png`` (a user image at ``path``, resized to ``size``).
+``gaussian`` (N(127.5, 64²) clamped), ``solid`` (``color``), ``png`` (a user image at ``path``, resized to ``size``),
+``nlb`` (No-Label Backdoors' ``checkerboard_center``: the 3 × 3 values [[0,0,255],[0,255,0],[255,0,255]], identical
+in R, G and B — official ``poisoning_utils.py``; a larger ``size`` scales it up by nearest neighbour).
+A *blended full-image* trigger is a noise pattern as large as the image with an opacity, e.g.
+``{pattern: gaussian, size: 32, location: top-left, opacity: 0.2}`` (NLB's parser default ``gaussian_noise``, α 0.2).
+The frequency-domain CTRL trigger is ``{type: ctrl, ...}`` (:mod:`.frequency_trigger`); :func:`build_trigger` and
+:func:`trigger_from_dict` pick the class from ``type`` (``patch``, the default, or ``ctrl``).
 
 Locations (``location``): ``random`` (top-left corner uniform over the valid area), ``fixed`` (``xy`` = (x, y)),
-``top-left`` / ``top-right`` / ``bottom-left`` / ``bottom-right``, ``four-corners`` (the patch in all four corners,
+``top-left`` / ``top-right`` / ``bottom-left`` / ``bottom-right``, ``center`` (``((H − s) // 2, (W − s) // 2)``:
+NLB's pixels 14..16 for a 3-px trigger at 32 px), ``four-corners`` (the patch in all four corners,
 as CleanCLIP's ``four_corners``), ``center-range`` (top-left corner uniform in
 [lo·S, hi·S − size] per axis, ``center_range`` = (lo, hi); CorruptEncoder's evaluation uses (0.25, 0.75)).
 ``opacity`` blends: ``out = (1 − a)·image + a·patch`` inside the patch (1 = hard paste).
@@ -30,7 +37,7 @@ import base64
 import io
 import os
 from dataclasses import asdict, dataclass
-from typing import Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -38,8 +45,12 @@ import torch
 from ..errors import ConfigError, DataError
 from ..utils.io import sha256_tensor
 
-PATTERNS = ("checkerboard", "uniform", "gaussian", "solid", "png")
-LOCATIONS = ("random", "fixed", "top-left", "top-right", "bottom-left", "bottom-right", "four-corners", "center-range")
+PATTERNS = ("checkerboard", "uniform", "gaussian", "solid", "png", "nlb")
+LOCATIONS = ("random", "fixed", "top-left", "top-right", "bottom-left", "bottom-right", "center", "four-corners",
+             "center-range")
+TRIGGER_TYPES = ("patch", "ctrl")
+#: NLB's ``checkerboard_center`` values (official ``poisoning_utils.py``), the same in R, G and B.
+NLB_PATTERN = ((0, 0, 255), (0, 255, 0), (255, 0, 255))
 
 
 @dataclass
@@ -128,6 +139,9 @@ def _draw(pattern: str, size: int, color: Sequence[int], g: torch.Generator, n: 
     if pattern == "checkerboard":
         yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
         p = (((yy + xx) % 2) * 255).to(torch.uint8).expand(3, size, size)
+    elif pattern == "nlb":
+        k = torch.arange(size) * len(NLB_PATTERN) // size  # nearest-neighbour scaling of the 3 x 3 values
+        p = torch.tensor(NLB_PATTERN, dtype=torch.uint8)[k][:, k].expand(3, size, size)
     elif pattern == "uniform":
         return torch.randint(0, 256, (n, 3, size, size), generator=g, dtype=torch.int64).to(torch.uint8)
     elif pattern == "gaussian":
@@ -159,6 +173,8 @@ class Trigger:
     @property
     def size(self) -> int:
         return self.spec.size
+
+    kind = "patch"
 
     def sha256(self) -> str:
         return sha256_tensor(self.patch)
@@ -227,6 +243,8 @@ class Trigger:
         elif loc == "fixed":
             ys = torch.full((n,), self.spec.xy[1], dtype=torch.int64)
             xs = torch.full((n,), self.spec.xy[0], dtype=torch.int64)
+        elif loc == "center":
+            ys, xs = (hs - s) // 2, (ws - s) // 2
         else:
             top, left = torch.zeros(n, dtype=torch.int64), torch.zeros(n, dtype=torch.int64)
             bottom, right = hs - s, ws - s
@@ -284,6 +302,40 @@ class Trigger:
         return m
 
 
-def build_trigger(spec: Union[TriggerSpec, dict, None]) -> Trigger:
-    """A trigger from a spec or a config mapping (e.g. ``attack.params.trigger``)."""
-    return Trigger(spec)
+def trigger_spec(d: Any, defaults: Optional[dict] = None, where: str = "trigger") -> Any:
+    """The validated spec of a config mapping: ``type: ctrl`` → :class:`~.frequency_trigger.CTRLSpec`, else a
+    :class:`TriggerSpec`. ``defaults`` (an attack's default trigger) fill the keys the mapping leaves out when both
+    are of the same type; a mapping of another type replaces them whole."""
+    from .frequency_trigger import CTRLSpec
+
+    if isinstance(d, (TriggerSpec, CTRLSpec)):
+        return d
+    if d is not None and not isinstance(d, dict):
+        raise ConfigError(f"{where} must be a mapping of trigger keys, got {d!r}")
+    d, defaults = dict(d or {}), dict(defaults or {})
+    kind = d.get("type", defaults.get("type", "patch"))
+    if kind not in TRIGGER_TYPES:
+        raise ConfigError(f"{where}.type='{kind}' is unknown; choose one of: {', '.join(TRIGGER_TYPES)}")
+    if defaults.get("type", "patch") == kind:
+        d = {**defaults, **d}
+    d.pop("type", None)
+    return CTRLSpec.from_dict(d, where) if kind == "ctrl" else TriggerSpec.from_dict(d, where)
+
+
+def build_trigger(spec: Any, defaults: Optional[dict] = None, where: str = "trigger") -> Any:
+    """A trigger (:class:`Trigger` or :class:`~.frequency_trigger.FrequencyTrigger`) from a spec or a config
+    mapping (e.g. ``attack.params.trigger``); both have ``apply(images, seed, sizes)``, ``to_dict``, ``sha256``,
+    ``png`` and ``check_fits``."""
+    from .frequency_trigger import CTRLSpec, FrequencyTrigger
+
+    s = trigger_spec(spec, defaults, where)
+    return FrequencyTrigger(s) if isinstance(s, CTRLSpec) else Trigger(s)
+
+
+def trigger_from_dict(d: dict) -> Any:
+    """Rebuild the exact trigger recorded by ``to_dict`` (a manifest entry), verified against its sha256."""
+    from .frequency_trigger import FrequencyTrigger
+
+    if (d.get("spec") or {}).get("type") == "ctrl":
+        return FrequencyTrigger.from_dict(d)
+    return Trigger.from_dict(d)

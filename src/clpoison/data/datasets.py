@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 
 
 @dataclass
@@ -97,15 +97,23 @@ class ImageDataset:
 
 @dataclass
 class ImageSplits:
-    """A dataset with its train and test split (and where it came from)."""
+    """A dataset with its train and test split (and where it came from). ``downstream``, when set, is the labelled
+    split the evaluation fits its classifiers on (kNN memory, linear probe) instead of ``train`` — a share of the
+    training images held out of pretraining (:func:`hold_out_per_class`; No-Label Backdoors' 90/10 layout)."""
 
     train: ImageDataset
     test: ImageDataset
     source: dict = field(default_factory=dict)
+    downstream: Optional[ImageDataset] = None
 
     @property
     def class_names(self) -> list[str]:
         return self.train.class_names
+
+    @property
+    def labelled(self) -> ImageDataset:
+        """The split evaluation classifiers are fitted on: ``downstream`` if held out, else ``train``."""
+        return self.train if self.downstream is None else self.downstream
 
     def describe(self) -> dict:
         return {
@@ -119,6 +127,21 @@ class ImageSplits:
 
 # --------------------------------------------------------------------------------------------------------------
 # helpers
+
+
+def hold_out_per_class(ds: ImageDataset, fraction: float, seed: int = 42) -> tuple[ImageDataset, ImageDataset]:
+    """``(rest, held)``: ``int(fraction · n_c)`` images of each class ``c`` (seeded choice, dataset order kept in
+    both parts) held out — NLB's ``misc/cifar10_split.py`` (10 % per class, seed 42)."""
+    if not 0.0 < fraction < 1.0:
+        raise ConfigError(f"data.downstream_fraction={fraction} must lie in (0, 1)")
+    g = torch.Generator().manual_seed(int(seed))
+    held = []
+    for c in torch.unique(ds.labels).tolist():
+        rows = (ds.labels == c).nonzero().view(-1)
+        held.append(rows[torch.randperm(len(rows), generator=g)[: int(fraction * len(rows))]])
+    mask = torch.zeros(len(ds), dtype=torch.bool)
+    mask[torch.cat(held)] = True
+    return ds.subset(mask.logical_not().nonzero().view(-1)), ds.subset(mask.nonzero().view(-1), f"{ds.name}-downstream")
 
 
 def limit(ds, n: Optional[int]):

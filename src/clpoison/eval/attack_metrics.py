@@ -63,6 +63,22 @@ def backdoor_asr(classify: Classify, images: torch.Tensor, labels: torch.Tensor,
     return {"asr": hits / n, "asr_hits": hits, "asr_n": n}
 
 
+def asr_by_target(classify: Classify, images: torch.Tensor, labels: torch.Tensor, trigger, num_classes: int,
+                  seed: Union[int, torch.Generator] = 0, sizes: Optional[torch.Tensor] = None) -> list[float]:
+    """:func:`backdoor_asr` for every possible target class at once (one pass over the triggered images): entry
+    ``t`` is ``#{y != t, f(x ⊕ p) = t} / #{y != t}`` (NaN for a class that every test image carries). A clean
+    model's row of this is the baseline of an attack whose target is decided later (NLB's anchor label). Random
+    placements are drawn over all the images, so for a ``random``-location trigger they differ from
+    :func:`backdoor_asr`'s (drawn over the non-target images); fixed placements and CTRL give the same numbers."""
+    labels = torch.as_tensor(labels).cpu()
+    pred = _predict(classify, trigger.apply(images, seed, sizes))
+    out = []
+    for t in range(int(num_classes)):
+        keep = labels != t
+        out.append(float((pred[keep] == t).float().mean()) if bool(keep.any()) else float("nan"))
+    return out
+
+
 def backdoor_metrics(classify: Classify, images: torch.Tensor, labels: torch.Tensor, target: int, trigger,
                      seed: Union[int, torch.Generator] = 0, sizes: Optional[torch.Tensor] = None) -> dict:
     """ASR, the clean accuracy of the same classifier, and the no-trigger non-target → target rate."""

@@ -19,18 +19,19 @@ from .metrics import top1_accuracy
 
 def evaluate_encoder(encoder: torch.nn.Module, splits: Any, transform: torch.nn.Module, device: torch.device,
                      settings: Any, linear: bool = True, prefix: str = "") -> tuple[dict[str, float], dict[str, Any]]:
-    """kNN (and linear-probe) top-1 of a frozen encoder: train features on the clean labelled train split, test
-    on the test split. Returns the metrics and the fitted classifiers/features (``knn``, ``probe``,
+    """kNN (and linear-probe) top-1 of a frozen encoder: fitted on the clean labelled split (``splits.labelled``:
+    the held-out downstream split when there is one, else train), tested on the test split. Returns the metrics and the fitted classifiers/features (``knn``, ``probe``,
     ``train_features``, ``test_features``, ``transform``) for the attack evaluation."""
     kw = dict(transform=transform, batch_size=settings.batch_size, device=device)
-    ftr = extract_features(encoder, splits.train.images, **kw)
+    fit = getattr(splits, "labelled", splits.train)
+    ftr = extract_features(encoder, fit.images, **kw)
     fte = extract_features(encoder, splits.test.images, **kw)
-    nc = splits.train.num_classes
-    knn = KNNClassifier(settings.knn_k, settings.knn_temperature).fit(ftr, splits.train.labels, nc)
+    nc = fit.num_classes
+    knn = KNNClassifier(settings.knn_k, settings.knn_temperature).fit(ftr, fit.labels, nc)
     metrics = {f"{prefix}knn_top1": top1_accuracy(knn.predict(fte), splits.test.labels)}
     extras: dict[str, Any] = {"knn": knn, "train_features": ftr, "test_features": fte, "transform": transform}
     if linear and settings.linear:
-        probe = LinearProbe(settings.linear_l2).fit(ftr, splits.train.labels, nc)
+        probe = LinearProbe(settings.linear_l2).fit(ftr, fit.labels, nc)
         metrics[f"{prefix}linear_top1"] = top1_accuracy(probe.predict(fte), splits.test.labels)
         extras["probe"] = probe
     return metrics, extras

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..data.caption_readers import CaptionDataConfig, load_caption_splits
-from ..data.datasets import ImageSplits, limit
+from ..data.datasets import ImageSplits, hold_out_per_class, limit
 from ..data.image_readers import SOURCES, load_dataset
 from ..errors import ConfigError
 
@@ -34,8 +34,9 @@ def resolve_source(data: str, path: Optional[str] = None) -> tuple[str, Optional
 
 def load_image_source(name: str, path: Optional[str], seed: int, image_size: Optional[int] = None,
                       max_resident_bytes: Optional[int] = None, train_limit: Optional[int] = None,
-                      test_limit: Optional[int] = None) -> ImageSplits:
-    """Labelled image splits of a registered image source, optionally cut to the first ``*_limit`` images."""
+                      test_limit: Optional[int] = None, downstream_fraction: float = 0.0) -> ImageSplits:
+    """Labelled image splits of a registered image source, optionally cut to the first ``*_limit`` images, with
+    ``downstream_fraction`` of each class held out of training as the labelled downstream split."""
     kwargs: dict[str, Any] = {}
     if max_resident_bytes is not None:
         kwargs["max_resident_bytes"] = max_resident_bytes
@@ -44,6 +45,8 @@ def load_image_source(name: str, path: Optional[str], seed: int, image_size: Opt
     splits = load_dataset(name, path, seed=seed, **kwargs)
     splits.train = limit(splits.train, train_limit)
     splits.test = limit(splits.test, test_limit)
+    if downstream_fraction:
+        splits.train, splits.downstream = hold_out_per_class(splits.train, downstream_fraction)
     return splits
 
 

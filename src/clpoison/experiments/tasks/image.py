@@ -23,8 +23,9 @@ class ImageTask(Task):
     def load(self) -> ImageSplits:
         d = self.cfg.data
         splits = load_image_source(d.name, d.path, self.cfg.seed, d.image_size, int(d.max_resident_gb * 2**30),
-                                   d.train_limit, d.test_limit)
-        self.echo(f"data: {d.name} ({len(splits.train)} train / {len(splits.test)} test images)")
+                                   d.train_limit, d.test_limit, d.downstream_fraction)
+        held = f", {len(splits.downstream)} held out as the downstream set" if splits.downstream is not None else ""
+        self.echo(f"data: {d.name} ({len(splits.train)} train / {len(splits.test)} test images{held})")
         return splits
 
     def build_method(self, train_set: Any) -> Method:
@@ -61,8 +62,11 @@ class ImageTask(Task):
                               embed=feature_embedder(method.encoder, tf, self.device, bs), extras=extras)
 
     def data_info(self, train_set: Any, splits: Any) -> dict[str, Any]:
-        return {"train_images": len(train_set), "test_images": len(splits.test), "classes": splits.class_names,
+        info = {"train_images": len(train_set), "test_images": len(splits.test), "classes": splits.class_names,
                 "source": splits.source}
+        if splits.downstream is not None:
+            info["downstream_images"] = len(splits.downstream)
+        return info
 
     def throughput(self, n_samples: int, seconds: float) -> dict[str, float]:
         return {"pretrain_images_per_s": n_samples / max(seconds, 1e-9)}
