@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 from dataclasses import replace
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -28,8 +27,7 @@ import torch
 
 from clpoison.attacks import ATTACKS
 from clpoison.attacks.noise_crafting import PoisonedViews, PoisonNoise, noise_step
-from clpoison.errors import ConfigError
-from clpoison.experiments.bench import run_named, split_overrides, stats, work_dir
+from clpoison.experiments.bench import script_main, run_named, split_overrides, stats, work_dir
 from clpoison.experiments.config import load_preset
 from clpoison.experiments.poison import poison_or_reuse
 from clpoison.experiments.sources import load_source
@@ -173,8 +171,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    script_main(main)

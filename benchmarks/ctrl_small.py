@@ -17,15 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from typing import Any
 
 import torch
 
 from clpoison.attacks import ATTACKS
-from clpoison.errors import ConfigError
-from clpoison.experiments.bench import clean_asr_by_target, run_named, split_overrides, stats, work_dir
+from clpoison.experiments.bench import script_main, clean_asr_by_target, run_named, split_overrides, stats, work_dir
 from clpoison.experiments.config import load_preset
 from clpoison.utils.io import atomic_write_json
 
@@ -95,8 +93,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    script_main(main)

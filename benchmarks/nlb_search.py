@@ -16,13 +16,12 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import sys
 import time
 from typing import Any
 
 from clpoison.attacks import ATTACKS
 from clpoison.errors import ConfigError
-from clpoison.experiments.bench import (NLB_PRESET, NLB_ROWS, add_run_args, clean_asr_by_target, nlb_attacker_run,
+from clpoison.experiments.bench import (script_main, NLB_PRESET, NLB_ROWS, add_run_args, clean_asr_by_target, nlb_attacker_run,
                                         nlb_row, run_named, split_overrides, start)
 from clpoison.experiments.config import load_preset
 from clpoison.utils.io import atomic_write_json
@@ -64,8 +63,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    script_main(main)

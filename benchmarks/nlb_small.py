@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from typing import Any
 
@@ -26,7 +25,7 @@ import torch
 
 from clpoison.attacks import ATTACKS
 from clpoison.errors import ConfigError
-from clpoison.experiments.bench import (NLB_PRESET, NLB_ROWS, clean_asr_by_target, nlb_attacker_run, nlb_row,
+from clpoison.experiments.bench import (script_main, NLB_PRESET, NLB_ROWS, clean_asr_by_target, nlb_attacker_run, nlb_row,
                                         run_named, split_overrides, stats, work_dir)
 from clpoison.experiments.config import load_preset
 from clpoison.utils.io import atomic_write_json
@@ -87,8 +86,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    script_main(main)

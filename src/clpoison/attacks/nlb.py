@@ -51,12 +51,11 @@ import torch
 
 from ..data.datasets import ImageDataset, ImageSplits
 from ..errors import ConfigError, DataError
-from ..eval.attack_metrics import backdoor_metrics, backdoor_zscore
 from .attacker_features import attacker_features
 from .base import ATTACKS, Attack, AttackParams, PoisonResult
 from .manifest import build_manifest
 from .poison_selection import RULES, nlb_budget, purity, select
-from .ssl_backdoor_base import require_images
+from .ssl_backdoor_base import image_backdoor_eval, require_images
 from .surrogate import Surrogate
 from .triggers import build_trigger, trigger_spec
 
@@ -194,16 +193,8 @@ class NLB(Attack):
 
     def evaluate(self, context: dict[str, Any]) -> dict[str, Any]:
         """ASR against the anchor label (CA and the no-trigger rate of the same probe), TPR, the z-score."""
-        p, test = self.params, context["splits"].test
-        m: dict[str, Any] = {}
         if self.anchor_label is None:
-            return m
-        m["nlb_anchor_label"], m["nlb_tpr"] = self.anchor_label, self.tpr
-        if "classify" in context and len(test) and bool((test.labels >= 0).all()):
-            m.update(backdoor_metrics(context["classify"], test.images, test.labels, self.anchor_label, self.trigger,
-                                      p.eval_seed, getattr(test, "sizes", None)))
-            m["ca"] = m["asr_clean_accuracy"]
-        if "embed" in context:
-            m["backdoor_zscore"] = backdoor_zscore(context["embed"], test.images, self.trigger, p.eval_seed,
-                                                   p.zscore_images)
-        return m
+            return {}
+        p = self.params
+        return {"nlb_anchor_label": self.anchor_label, "nlb_tpr": self.tpr,
+                **image_backdoor_eval(context, self.anchor_label, self.trigger, p.eval_seed, p.zscore_images)}

@@ -50,6 +50,21 @@ class SSLBackdoorBaseParams(AttackParams):
         return d
 
 
+def image_backdoor_eval(context: dict[str, Any], target: int, trigger: Any, eval_seed: int,
+                        zscore_images: int) -> dict[str, Any]:
+    """The image backdoors' metrics from an attack context: ASR against ``target``, the clean accuracy ``ca`` and
+    the no-trigger rate of the same classifier (the linear probe), and the label-free backdoor z-score."""
+    test = context["splits"].test
+    m: dict[str, Any] = {}
+    if "classify" in context and len(test) and bool((test.labels >= 0).all()):
+        m.update(backdoor_metrics(context["classify"], test.images, test.labels, target, trigger, eval_seed,
+                                  getattr(test, "sizes", None)))
+        m["ca"] = m["asr_clean_accuracy"]
+    if "embed" in context:
+        m["backdoor_zscore"] = backdoor_zscore(context["embed"], test.images, trigger, eval_seed, zscore_images)
+    return m
+
+
 @contextmanager
 def single_thread():
     """Crafting does many tiny per-image tensor ops; intra-op threads only add wake-up latency there (measured
@@ -102,17 +117,8 @@ class SSLBackdoorAttack(Attack):
 
     def evaluate(self, context: dict[str, Any]) -> dict[str, Any]:
         p = self.params
-        test = context["splits"].test
-        target = self.target_index(test)
-        m: dict[str, Any] = {}
-        if "classify" in context and len(test):
-            m.update(backdoor_metrics(context["classify"], test.images, test.labels, target, self.trigger,
-                                      p.eval_seed, getattr(test, "sizes", None)))
-            m["ca"] = m["asr_clean_accuracy"]
-        if "embed" in context:
-            m["backdoor_zscore"] = backdoor_zscore(context["embed"], test.images, self.trigger, p.eval_seed,
-                                                   p.zscore_images)
-        return m
+        return image_backdoor_eval(context, self.target_index(context["splits"].test), self.trigger, p.eval_seed,
+                                   p.zscore_images)
 
     def finish(self, splits: ImageSplits, extra: list[torch.Tensor], target: int, seed: int, details: dict,
                t0: float) -> PoisonResult:

@@ -116,6 +116,17 @@ def corruptencoder_row_config(row: str, ce: dict) -> dict:
     return data
 
 
+def script_main(main: Callable[[], None]) -> None:
+    """Run a benchmark script's ``main``: a ConfigError ends in one line on stderr and exit status 2."""
+    import sys
+
+    try:
+        main()
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
 def add_run_args(ap: Any) -> None:
     """``--seed``, ``--threads`` and ``--work`` of a search script (an ``argparse.ArgumentParser``)."""
     ap.add_argument("--seed", type=int, default=0)
@@ -130,3 +141,54 @@ def start(args: Any) -> tuple[Path, Path]:
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     return out, work_dir(out, args.work)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# No-Label Backdoors (benchmarks/nlb_small.py, nlb_search.py)
+
+NLB_PRESET = "nlb-small"
+NLB_ROWS = ("random", "kmeans", "con", "conp", "conn", "target")
+
+
+def nlb_attacker_run(params: dict, seed: int, work: Path) -> Path:
+    """The attacker's clean encoder as a run of the preset's ``attacker`` spec (``attacker_epochs``, seed
+    1000 + ``seed``: independent of the victims), trained once per seed and passed to every row as
+    ``attack.params.encoder`` — the training the attack would otherwise repeat in each run."""
+    a = params.get("attacker") or {}
+    train = {**(a.get("train") or {}), "epochs": params["attacker_epochs"], "batch_size": params["attacker_batch_size"]}
+    data = {"preset": "simclr-small", "method": a["method"], "model": a["model"], "augment": a["augment"],
+            "train": train}
+    run_named(f"attacker_s{seed}", data, [f"seed={1000 + seed}"], work)
+    return Path(work) / f"attacker_s{seed}"
+
+
+def nlb_row(row: str, params: dict, seed: int, encoder: Path, overrides: list[str], work: Path) -> dict:
+    """Metrics and manifest summary of one NLB row (``selection = row``) on seed ``seed``."""
+    p = {**params, "selection": row, "encoder": str(encoder)}
+    res, _ = run_named(f"{row}_s{seed}", {"preset": NLB_PRESET, "attack": {"name": "nlb", "params": p}},
+                       [f"seed={seed}", *overrides], work)
+    man = json.loads((Path(work) / f"{row}_s{seed}" / "manifest.json").read_text())
+    m = res["metrics"]
+    return {"tpr": man["targets"]["tpr"], "anchor": man["targets"]["anchor_index"], "asr": m["asr"], "ca": m["ca"],
+            "knn_top1": m.get("knn_top1"), "select_seconds": man["details"]["selection_seconds"],
+            "backdoor_zscore": m.get("backdoor_zscore")}
+
+
+def clean_asr_by_target(run: Path, trigger: Any, eval_seed: int) -> tuple[list[float], float]:
+    """``(ASR of the clean run's linear probe for every possible target class, its clean accuracy)`` with
+    ``trigger`` — the baseline of an attack whose target (NLB's anchor) is decided by its selection."""
+    import torch
+
+    from ..engine.checkpoint import read_checkpoint
+    from ..eval.attack_metrics import asr_by_target
+    from .config import build_config
+    from .tasks import task_for
+
+    ckpt = read_checkpoint(Path(run) / "checkpoint.pt")
+    task = task_for(build_config(dict(ckpt["config"]), []), torch.device("cpu"))
+    method = task.method_from_checkpoint(ckpt)
+    splits = task.load()
+    m, extras = task.evaluate(method, splits)
+    classify = task.context(method, splits, splits, extras)["classify"]
+    t = splits.test
+    return asr_by_target(classify, t.images, t.labels, trigger, t.num_classes, eval_seed), m["linear_top1"]
