@@ -52,7 +52,7 @@ def main() -> None:
         rec: dict[str, Any] = {"overrides": shlex.split(ov), "seed": args.seed, "trigger": trig.spec.to_dict(),
                                "clean_ca": clean_ca, "clean_asr_by_class": clean_by_class, "rows": {}}
         for r in rows:
-            row = nlb_row(r, params, args.seed, encoder, victim_ov, work)
+            row = nlb_row(r, params, args.seed, encoder, victim_ov, work, tag=f"{name}_")
             row["clean_asr"] = clean_by_class[row["anchor"]]
             rec["rows"][r] = row
             print(f"{name} {r}: TPR {row['tpr']:.3f}, ASR {row['asr']:.4f} (clean model {row['clean_asr']:.4f}), "

@@ -162,12 +162,13 @@ def nlb_attacker_run(params: dict, seed: int, work: Path) -> Path:
     return Path(work) / f"attacker_s{seed}"
 
 
-def nlb_row(row: str, params: dict, seed: int, encoder: Path, overrides: list[str], work: Path) -> dict:
-    """Metrics and manifest summary of one NLB row (``selection = row``) on seed ``seed``."""
+def nlb_row(row: str, params: dict, seed: int, encoder: Path, overrides: list[str], work: Path, tag: str = "") -> dict:
+    """Metrics and manifest summary of one NLB row (``selection = row``) on seed ``seed`` (run ``{tag}{row}_s{seed}``)."""
     p = {**params, "selection": row, "encoder": str(encoder)}
-    res, _ = run_named(f"{row}_s{seed}", {"preset": NLB_PRESET, "attack": {"name": "nlb", "params": p}},
+    name = f"{tag}{row}_s{seed}"
+    res, _ = run_named(name, {"preset": NLB_PRESET, "attack": {"name": "nlb", "params": p}},
                        [f"seed={seed}", *overrides], work)
-    man = json.loads((Path(work) / f"{row}_s{seed}" / "manifest.json").read_text())
+    man = json.loads((Path(work) / name / "manifest.json").read_text())
     m = res["metrics"]
     return {"tpr": man["targets"]["tpr"], "anchor": man["targets"]["anchor_index"], "asr": m["asr"], "ca": m["ca"],
             "knn_top1": m.get("knn_top1"), "select_seconds": man["details"]["selection_seconds"],
