@@ -64,11 +64,10 @@ def _read_checkpoint(arg: str, what: str = "clpoison") -> tuple[Path, dict]:
     path = path / "checkpoint.pt" if path.is_dir() else path
     if not path.exists():
         raise ConfigError(f"checkpoint '{path}' does not exist; pass a run directory or its checkpoint.pt")
-    try:
-        ckpt = read_checkpoint(path)
-        dict(ckpt["config"])
-    except Exception as e:
-        raise ConfigError(f"checkpoint '{path}' cannot be read ({type(e).__name__}); is it a {what} checkpoint?") from None
+    ckpt = read_checkpoint(path)  # weights_only: refuses pickled code with one line
+    missing = [k for k in ("method", "model", "config") if k not in ckpt]
+    if missing or not isinstance(ckpt["config"], dict) or not isinstance(ckpt["model"], dict):
+        raise ConfigError(f"checkpoint '{path}' lacks {missing or 'a model/config dict'}; is it a {what} checkpoint?")
     return path, ckpt
 
 

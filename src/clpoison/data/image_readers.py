@@ -113,19 +113,45 @@ def load_npz(path: Optional[str | os.PathLike] = None, name: str = "npz", **_: o
     return ImageSplits(train, test, {"name": name, "path": str(p)})
 
 
+# the only globals a CIFAR batch pickle names: NumPy's array / dtype reconstruction (NumPy 1.x and 2.x module
+# paths) and, for Python-3 protocol-2 pickles of bytes, ``_codecs.encode``. None of them runs user code.
+_CIFAR_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles a CIFAR batch (a dict of bytes, lists and NumPy arrays) and refuses every other global, so a
+    crafted file cannot import or call anything (``os.system``, ``builtins.eval``, ...)."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in _CIFAR_GLOBALS:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"it names {module}.{name}, which a CIFAR batch never does")
+
+
 def _unpickle(path: Path) -> dict:
+    """The dict in CIFAR batch ``path``, read by :class:`_CifarUnpickler` (nothing but NumPy arrays is built)."""
     try:
         with open(path, "rb") as f:
-            return pickle.load(f, encoding="latin1")
+            d = _CifarUnpickler(f, encoding="latin1").load()
+    except pickle.UnpicklingError as e:
+        raise DataError(f"CIFAR batch '{path}' was refused: {e}; only standard CIFAR pickles are read") from None
     except Exception as e:
         raise DataError(f"CIFAR batch '{path}' cannot be read ({type(e).__name__}); re-download the dataset") from None
+    if not isinstance(d, dict):
+        raise DataError(f"CIFAR batch '{path}' holds a {type(d).__name__}, not a dict; re-download the dataset")
+    return d
 
 
 @SOURCES.register("cifar")
 def load_cifar_dir(path: Optional[str | os.PathLike] = None, **_: object) -> ImageSplits:
     """``cifar-10-batches-py`` (data_batch_1..5, test_batch, batches.meta) or ``cifar-100-python`` (train, test, meta).
 
-    Note: the files are Python pickles; only load directories you trust.
+    The files are Python pickles; they are read by a restricted unpickler that builds only dicts, lists, bytes
+    and NumPy arrays and refuses any other object (a crafted file cannot run code).
     """
     root = _require_path(path, "cifar dataset")
     if (root / "data_batch_1").exists():

@@ -214,11 +214,7 @@ class Trainer:
         self.epoch, self.step = int(ckpt["epoch"]), int(ckpt["step"])
         self.history = list(ckpt.get("history", []))
         self.train_seconds = float(ckpt.get("train_seconds", 0.0))
-        rng = ckpt["rng"]
-        rng["torch"] = rng["torch"].cpu()
-        if "cuda" in rng:
-            rng["cuda"] = [s.cpu() for s in rng["cuda"]]
-        set_rng_state(rng)
+        set_rng_state(ckpt["rng"])
 
     # -- logging --------------------------------------------------------------------------------------------
     def log(self, record: dict) -> None:
