@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from .errors import ClpoisonError
+from .errors import ClpoisonError, ConfigError
 
 
 def _echo(msg: str) -> None:
@@ -19,6 +19,8 @@ def _echo(msg: str) -> None:
 
 
 def _threads(n: Optional[int]) -> None:
+    if n is not None and n < 1:
+        raise ConfigError(f"--threads {n} must be a positive integer")
     if n:
         import torch
 
@@ -58,8 +60,6 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 def _read_checkpoint(arg: str, what: str = "clpoison") -> tuple[Path, dict]:
     """(path, checkpoint dict) of a run directory or checkpoint file; one ConfigError line if it cannot be read."""
     from .engine.checkpoint import read_checkpoint
-    from .errors import ConfigError
-
     path = Path(arg)
     path = path / "checkpoint.pt" if path.is_dir() else path
     if not path.exists():
@@ -75,8 +75,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .experiments.config import build_config
     from .experiments.tasks import task_for
     from .utils.device import resolve_device
-    from .utils.io import atomic_write_json
+    from .utils.io import atomic_write_json, check_output_path
 
+    if args.out:
+        check_output_path(args.out)
     path, ckpt = _read_checkpoint(args.checkpoint)
     cfg = build_config(dict(ckpt["config"]), args.overrides)
     task = task_for(cfg, resolve_device(cfg.device))  # stdout is the JSON
@@ -153,14 +155,15 @@ def cmd_poison(args: argparse.Namespace) -> int:
 
 def cmd_scan(args: argparse.Namespace) -> int:
     """Score every image–caption pair with a CLIP checkpoint; CSV ranked by risk (clpoison.defenses.safeclip_scan)."""
-    from .attacks.manifest import manifest_poisons
+    from .attacks.manifest import manifest_poisons, read_manifest
     from .defenses.safeclip_scan import scan_to_csv, score_pairs
-    from .errors import ConfigError
     from .experiments.config import build_config
     from .experiments.sources import load_source
     from .experiments.tasks import task_for
     from .utils.device import resolve_device
+    from .utils.io import check_output_path
 
+    check_output_path(args.out)
     path, ckpt = _read_checkpoint(args.checkpoint, "clpoison CLIP")
     try:
         cfg = build_config(dict(ckpt["config"]), [])
@@ -170,7 +173,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
     if args.manifest:
         if not Path(args.manifest).exists():
             raise ConfigError(f"manifest '{args.manifest}' does not exist; check the path")
-        poisons = manifest_poisons(json.loads(Path(args.manifest).read_text()))
+        poisons = manifest_poisons(read_manifest(args.manifest))
     task = task_for(cfg, resolve_device(cfg.device))  # stdout is the JSON
     if task.modality != "image-text":
         raise ConfigError(f"checkpoint '{path}' is a '{cfg.method.name}' run; `clpoison scan` needs a CLIP checkpoint")

@@ -110,6 +110,9 @@ def load_npz(path: Optional[str | os.PathLike] = None, name: str = "npz", **_: o
             )
     train = ImageDataset(_to_nchw_uint8(xtr, f"{p}:x_train"), torch.from_numpy(ytr.astype(np.int64)), classes, f"{name}/train")
     test = ImageDataset(_to_nchw_uint8(xte, f"{p}:x_test"), torch.from_numpy(yte.astype(np.int64)), classes, f"{name}/test")
+    if train.images.shape[1:] != test.images.shape[1:]:
+        raise DataError(f"npz dataset '{p}': x_train images are {tuple(train.images.shape[2:])} but x_test images "
+                        f"{tuple(test.images.shape[2:])}; both splits must have one image size")
     return ImageSplits(train, test, {"name": name, "path": str(p)})
 
 

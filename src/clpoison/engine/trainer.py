@@ -23,7 +23,7 @@ from typing import Any, Optional, Protocol
 
 import torch
 
-from ..errors import ConfigError
+from ..errors import ConfigError, TrainingDiverged
 from ..methods.base import Method
 from ..utils.io import atomic_torch_save
 from ..utils.seed import get_rng_state, set_rng_state
@@ -66,6 +66,9 @@ class TrainConfig:
             raise ConfigError(f"train.epochs={self.epochs} must be a positive integer")
         if self.batch_size < 1:
             raise ConfigError(f"train.batch_size={self.batch_size} must be >= 1")
+        for key in ("lr", "momentum", "weight_decay", "warmup_epochs", "min_lr_ratio", "grad_clip"):
+            if not math.isfinite(float(getattr(self, key))):  # .inf / .nan would only fail deep in training
+                raise ConfigError(f"train.{key}={getattr(self, key)} must be a finite number")
         if not self.lr > 0:
             raise ConfigError(f"train.lr={self.lr} must be > 0")
         if self.weight_decay < 0:
@@ -229,9 +232,12 @@ class Trainer:
         self.method.train()
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
             loss, logs, aux = self.method.loss(batch)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"loss is {loss.item()} at epoch {self.epoch + 1}, step {self.step}; lower train.lr or use train.amp=off"
+        if not torch.isfinite(loss):  # checked before the step: the weights and the last checkpoint stay good
+            kept = (f"the last good checkpoint (epoch {self.epoch}) is kept in {self.out_dir}"
+                    if self.checkpoint_path is not None and self.checkpoint_path.exists() else "no checkpoint was written yet")
+            raise TrainingDiverged(
+                f"the loss became {loss.item()} at epoch {self.epoch + 1}, step {self.step + 1}; lower train.lr "
+                f"(now {self.cfg.lr}), set train.grad_clip or use train.amp=off ({kept})"
             )
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()

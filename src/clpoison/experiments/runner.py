@@ -31,10 +31,10 @@ import torch
 from ..attacks import ATTACKS
 from ..defenses import DEFENSES
 from ..engine.trainer import CHECKPOINT_NAME, Trainer
-from ..errors import ClpoisonError, ConfigError
+from ..errors import ClpoisonError, ConfigError, TrainingDiverged
 from ..report.tables import format_table
 from ..utils.device import resolve_device
-from ..utils.io import atomic_write_bytes, atomic_write_json, dumps_json
+from ..utils.io import atomic_write_bytes, atomic_write_json, check_output_path, dumps_json
 from ..utils.seed import seed_everything
 from .config import ExperimentConfig
 from .tasks import task_for
@@ -64,7 +64,8 @@ def environment() -> dict[str, Any]:
 
 
 def prepare_out_dir(out: Path, overwrite: bool) -> Path:
-    out = Path(out)
+    out = check_output_path(out, "dir")
+    check_output_path(out.with_name(out.name + ".partial"), "dir")
     if out.exists() and not overwrite:
         raise ConfigError(f"output directory '{out}' already exists; pass --overwrite or choose another --out")
     return out.with_name(out.name + ".partial")
@@ -89,9 +90,11 @@ def run_experiment(
     atomic_write_json(work / "config.json", snapshot)
     try:
         return _run(cfg, out, work, device, snapshot, resume, echo)
-    except ClpoisonError:
-        # a user error before anything resumable exists leaves no output behind
-        if not (work / CHECKPOINT_NAME).exists():
+    except ClpoisonError as e:
+        # a user error before anything resumable exists (or one that makes the checkpoint useless, such as a
+        # model that diverged by the end of training) leaves no output behind; a non-finite loss mid-training
+        # keeps the last good checkpoint
+        if getattr(e, "discard_partial", False) or not (work / CHECKPOINT_NAME).exists():
             shutil.rmtree(work, ignore_errors=True)
         raise
 
@@ -169,7 +172,11 @@ def _run(cfg: ExperimentConfig, out: Path, work: Path, device: torch.device, sna
     timings["pretrain_s_total_including_resumed"] = round(trainer.train_seconds, 3)
 
     with timed("eval_s"):
-        m, extras = task.evaluate(method, splits)
+        try:
+            m, extras = task.evaluate(method, splits)
+        except TrainingDiverged as e:  # the trained weights are not usable: nothing to resume
+            e.discard_partial = True
+            raise
     metrics.update(m)
     context = task.context(method, splits, train_splits, extras)
     with timed("attack_eval_s"):

@@ -89,3 +89,19 @@ def sha256_tensor(t: torch.Tensor) -> str:
     h.update(str(t.dtype).encode())
     h.update(t.numpy().tobytes())
     return h.hexdigest()
+
+
+def check_output_path(path: str | os.PathLike, kind: str = "file", flag: str = "--out") -> Path:
+    """``path`` as a Path if it can be written as a ``kind`` ("file" or "dir"); else one :class:`ConfigError` line
+    (a parent that is a file, a file where a directory goes or the reverse) — checked before any work is done."""
+    from ..errors import ConfigError
+
+    path = Path(path)
+    for parent in path.absolute().parents:
+        if parent.exists() and not parent.is_dir():
+            raise ConfigError(f"{flag} '{path}': '{parent}' is a file, not a directory; choose another {flag}")
+    if kind == "file" and path.is_dir():
+        raise ConfigError(f"{flag} '{path}' is a directory; name a file to write")
+    if kind == "dir" and path.exists() and not path.is_dir():
+        raise ConfigError(f"{flag} '{path}' is an existing file, not an output directory; choose another {flag}")
+    return path

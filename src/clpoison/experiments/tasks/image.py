@@ -8,6 +8,7 @@ from typing import Any
 from ...data.augment import TwoViewAugment, make_sampler
 from ...data.datasets import ImageSplits
 from ...data.loader import ResidentBatches, TwoViewBatches
+from ...errors import ConfigError
 from ...engine.trainer import min_conv_channels
 from ...eval.encoder_eval import attack_context, evaluate_encoder, feature_classifier, feature_embedder
 from ...methods.base import Method
@@ -25,6 +26,9 @@ class ImageTask(Task):
         splits = load_image_source(d.name, d.path, self.cfg.seed, d.image_size, int(d.max_resident_gb * 2**30),
                                    d.train_limit, d.test_limit)
         self.echo(f"data: {d.name} ({len(splits.train)} train / {len(splits.test)} test images)")
+        if self.cfg.eval.knn_k > len(splits.train):  # checked before training, not after it
+            raise ConfigError(f"eval.knn_k={self.cfg.eval.knn_k} is larger than the {len(splits.train)} training "
+                              f"images; lower eval.knn_k")
         return splits
 
     def build_method(self, train_set: Any) -> Method:
