@@ -187,7 +187,14 @@ def cmd_scan(args: argparse.Namespace) -> int:
     return 0
 
 
-class _KeyValueParser(argparse.ArgumentParser):
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse parser whose usage errors are one ``error: ...`` line (exit 2), like every other input error."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"error: {self.prog}: {message}; see `{self.prog} --help`\n")
+
+
+class _KeyValueParser(_OneLineParser):
     """Sub-command parser that accepts ``key=value`` items anywhere on the line (argparse alone fills a ``*``
     positional only once, so ``pretrain clip --preset small train.epochs=5`` would fail). They are collected into
     ``kv_dest`` (``overrides`` for config overrides, ``params`` for attack parameters)."""
@@ -205,7 +212,7 @@ class _KeyValueParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="clpoison", description=__doc__.splitlines()[0])
+    p = _OneLineParser(prog="clpoison", description=__doc__.splitlines()[0])
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_KeyValueParser)
 

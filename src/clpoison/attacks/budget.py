@@ -32,5 +32,5 @@ def resolve_budget(rate: Optional[float], count: Optional[int], n_train: int, de
 def check_count(count: int, n_train: int, where: str = "attack.params") -> None:
     """Refuse a poison budget larger than the clean training split (one :class:`ConfigError` line)."""
     if count > n_train:
-        raise ConfigError(f"{where}.poison_count={count} is larger than the {n_train} clean training samples; "
-                          f"use at most {n_train} (or a poison_rate)")
+        raise ConfigError(f"{where}.poison_count={count} is larger than the clean training split (only {n_train} "
+                          f"samples); use at most {n_train} (or a poison_rate)")
