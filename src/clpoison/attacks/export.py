@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
@@ -34,6 +34,8 @@ import numpy as np
 
 from ..data.captions import CaptionDataset, CaptionSplits
 from ..errors import ConfigError
+from ..utils.io import check_output_path
+from ..utils.lock import OutputLock, stale_partials
 from .manifest import load_trigger, write_manifest
 
 
@@ -69,14 +71,28 @@ def _write_npz(splits: Any, root: Path) -> None:
 
 
 def export_poisoned(splits: Any, manifest: Optional[dict], out: str | Path, overwrite: bool = False,
-                    artifacts: Optional[dict[str, bytes]] = None) -> Path:
+                    artifacts: Optional[dict[str, bytes]] = None, lock: bool = True) -> Path:
     """Write ``splits`` (the poisoned dataset), its manifest and the attack's ``artifacts`` (file name -> bytes,
-    e.g. a crafted noise ``delta.npz``) to ``out`` atomically; returns ``out``."""
-    out = Path(out)
+    e.g. a crafted noise ``delta.npz``) to ``out`` atomically; returns ``out``.
+
+    The export holds the output's lock (:class:`~clpoison.utils.lock.OutputLock`; ``lock=False`` when the caller
+    already does), so a concurrent export to the same ``out`` fails at once; hidden partials a killed export left
+    (``.OUT.*partial``) are removed, and an existing ``out`` is refused unless ``overwrite``."""
+    out = check_output_path(out, "dir")
+    if not lock:
+        return _export_locked(splits, manifest, out, overwrite, artifacts)
+    with OutputLock(out):
+        return _export_locked(splits, manifest, out, overwrite, artifacts)
+
+
+def _export_locked(splits: Any, manifest: Optional[dict], out: Path, overwrite: bool,
+                   artifacts: Optional[dict[str, bytes]]) -> Path:
     if out.exists() and not overwrite:
         raise ConfigError(f"output directory '{out}' already exists; pass --overwrite or choose another --out")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    for stale in stale_partials(out):  # we hold the lock: their writer is dead
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = out.with_name(f".{out.name}.partial")
+    tmp.mkdir(parents=True)
     try:
         if isinstance(splits, CaptionSplits):
             _write_caption_split(splits.train, tmp, "train")
@@ -90,6 +106,7 @@ def export_poisoned(splits: Any, manifest: Optional[dict], out: str | Path, over
             write_manifest(tmp / "manifest.json", manifest)
         for name, data in (artifacts or {}).items():
             (tmp / name).write_bytes(data)
+        _fsync_tree(tmp)
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)
@@ -97,3 +114,11 @@ def export_poisoned(splits: Any, manifest: Optional[dict], out: str | Path, over
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _fsync_tree(root: Path) -> None:
+    """Flush every file under ``root`` to disk before the rename publishes it."""
+    for p in root.rglob("*"):
+        if p.is_file():
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())

@@ -13,7 +13,9 @@ results.json) is shared.
 * ``metrics.jsonl`` — the training log; ``manifest.json`` when an attack ran.
 
 Work happens in ``OUT.partial/`` which is renamed to ``OUT`` at the very end, so an interrupted run never leaves
-something that looks finished; re-running the same command resumes from the partial checkpoint.
+something that looks finished; re-running the same command resumes from the partial checkpoint. One process
+writes an output at a time: the run holds ``.OUT.lock`` (:class:`~clpoison.utils.lock.OutputLock`), so a second
+command on the same ``--out`` fails at once with one line naming the first one's pid.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from ..engine.trainer import CHECKPOINT_NAME, Trainer
 from ..errors import ClpoisonError, ConfigError, TrainingDiverged
 from ..report.tables import format_table
 from ..utils.device import resolve_device
+from ..utils.lock import OutputLock
 from ..utils.io import atomic_write_bytes, atomic_write_json, check_output_path, dumps_json
 from ..utils.seed import seed_everything
 from .config import ExperimentConfig
@@ -79,6 +82,13 @@ def run_experiment(
     echo: Callable[[str], None] = lambda s: None,
 ) -> dict[str, Any]:
     out = Path(out)
+    check_output_path(out, "dir")
+    with OutputLock(out):  # one writer per output folder; a second command fails at once naming this pid
+        return _run_locked(cfg, out, overwrite, resume, echo)
+
+
+def _run_locked(cfg: ExperimentConfig, out: Path, overwrite: bool, resume: bool,
+                echo: Callable[[str], None]) -> dict[str, Any]:
     work = prepare_out_dir(out, overwrite)
     device = resolve_device(cfg.device)
     snapshot = cfg.to_dict()
