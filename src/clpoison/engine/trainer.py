@@ -19,20 +19,20 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Protocol
+from typing import Any, Callable, Optional, Protocol
 
 import torch
 
 from ..errors import ConfigError, TrainingDiverged
 from ..methods.base import Method
-from ..utils.io import atomic_torch_save
+from ..utils.io import atomic_torch_save, atomic_write_text
 from ..utils.seed import get_rng_state, set_rng_state
 from .checkpoint import read_checkpoint
 from .optim import build_optimizer
 from .schedules import EpochHook, ScheduleFactory, warmup_cosine_schedule
 
 CHECKPOINT_NAME = "checkpoint.pt"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2  # 2: RNG states as tensors/lists (weights_only loading), fingerprint
 
 
 class BatchSource(Protocol):
@@ -133,6 +133,8 @@ class Trainer:
         log_name: str = "metrics.jsonl",
         schedule: Optional[ScheduleFactory] = None,
         state: Optional[dict[str, Any]] = None,
+        fingerprint: Optional[dict] = None,
+        notify: Optional[Callable[[str], None]] = None,
     ) -> None:
         self.method = method.to(device)
         self.batches = batches
@@ -144,6 +146,8 @@ class Trainer:
         self.on_epoch_start = list(on_epoch_start or [])
         self.log_name = log_name
         self.extra_state = dict(state or {})  # checkpointed beside the model (state_dict / load_state_dict)
+        self.fingerprint = fingerprint  # what the run trains on (data, poison); a checkpoint of other data is refused
+        self.notify = notify or (lambda msg: None)
         if cfg.use_channels_last(device, min_conv_channels(self.method)):
             self.method.to(memory_format=torch.channels_last)
         self.steps_per_epoch = len(batches)
@@ -192,6 +196,7 @@ class Trainer:
             "history": self.history,
             "train_seconds": self.train_seconds,
             "config": self.config_snapshot,
+            "fingerprint": self.fingerprint,
             **({"extra_state": {k: v.state_dict() for k, v in self.extra_state.items()}} if self.extra_state else {}),
         }
 
@@ -206,6 +211,9 @@ class Trainer:
                 f"checkpoint {path} is for method '{ckpt.get('method')}', not '{self.method.name}'; "
                 "use another out directory or pass --overwrite"
             )
+        if self.fingerprint is not None and ckpt.get("fingerprint") != self.fingerprint:
+            raise ConfigError(f"the data changed since the interrupted run ({path} was trained on other data); "
+                              "use --overwrite to start again")
         self.method.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
@@ -218,6 +226,20 @@ class Trainer:
         self.history = list(ckpt.get("history", []))
         self.train_seconds = float(ckpt.get("train_seconds", 0.0))
         set_rng_state(ckpt["rng"])
+        self._truncate_log()
+
+    def _truncate_log(self) -> None:
+        """Drop log records written after the checkpoint (steps the resumed run will log again)."""
+        if self.out_dir is None or not (self.out_dir / self.log_name).exists():
+            return
+        keep = []
+        for line in (self.out_dir / self.log_name).read_text(encoding="utf-8").splitlines():
+            try:
+                if int(json.loads(line).get("step", 0)) <= self.step:
+                    keep.append(line)
+            except (ValueError, AttributeError, TypeError):
+                continue  # a line cut short by the kill
+        atomic_write_text(self.out_dir / self.log_name, "".join(f"{ln}\n" for ln in keep))
 
     # -- logging --------------------------------------------------------------------------------------------
     def log(self, record: dict) -> None:
@@ -257,6 +279,7 @@ class Trainer:
 
         if resume and self.checkpoint_path is not None and self.checkpoint_path.exists():
             self.load_checkpoint(self.checkpoint_path)
+            self.notify(f"resuming from epoch {self.epoch}/{self.cfg.epochs} (step {self.step}) of {self.checkpoint_path}")
         while self.epoch < self.cfg.epochs and not self.stop_requested:
             e = self.epoch
             extra: dict = {}
