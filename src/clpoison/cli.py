@@ -1,4 +1,4 @@
-"""Command-line interface: ``clpoison run | pretrain | evaluate | datasets | presets | poison | scan | demo``.
+"""Command-line interface: ``clpoison run | pretrain | evaluate | datasets | presets | poison | scan | verify | demo``.
 
 Every user error prints one line ``error: ...`` naming the thing and the fix, and exits with status 2.
 """
@@ -187,6 +187,17 @@ def cmd_scan(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Check a `clpoison poison` export against its manifest and SHA256SUMS (clpoison.attacks.verify)."""
+    from .attacks.verify import verify_export
+    from .experiments.sources import load_export
+
+    root = Path(args.dir)
+    verify_export(root)  # files, indices, trigger first: cheap, and nothing is decoded from a tampered folder
+    print(json.dumps(verify_export(root, load_export(root)), indent=2))
+    return 0
+
+
 class _OneLineParser(argparse.ArgumentParser):
     """argparse parser whose usage errors are one ``error: ...`` line (exit 2), like every other input error."""
 
@@ -278,6 +289,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--threshold", type=float, default=0.9, help="risky = GMM clean posterior below this")
     sp.add_argument("--seed", type=int, default=0)
     sp.set_defaults(fn=cmd_scan)
+    sp = sub.add_parser("verify", help="check a poisoned-dataset export against its manifest (file hashes, indices, "
+                                       "trigger, data fingerprint)")
+    sp.add_argument("dir", help="folder written by `clpoison poison`")
+    sp.set_defaults(fn=cmd_verify)
     sp = sub.add_parser(
         "demo",
         help="`demo [simclr]`: SimCLR small preset (kNN + linear probe); `demo clip`: CLIP small preset (zero-shot, "

@@ -8,7 +8,9 @@ Layout of ``OUT`` (written into a temporary sibling folder, renamed into place a
   clpoison reads it back with ``data.name=captions-csv data.path=OUT/train.csv
   data.captions.test_path=OUT/test.csv data.captions.label_column=label``;
 * image data — ``data.npz`` (``x_train, y_train, x_test, y_test, class_names``; ``data.name=npz``);
-* ``manifest.json`` (see :mod:`clpoison.attacks.manifest`) and ``trigger.png`` when the attack has a trigger.
+* ``manifest.json`` (see :mod:`clpoison.attacks.manifest`) and ``trigger.png`` when the attack has a trigger;
+* ``SHA256SUMS`` — the sha256 of every other file (``clpoison verify OUT`` checks the export, see
+  :mod:`clpoison.attacks.verify`).
 
 Example::
 
@@ -18,7 +20,7 @@ Example::
     >>> ds = ImageDataset(torch.zeros(2, 3, 4, 4, dtype=torch.uint8), torch.tensor([0, 1]), ["a", "b"])
     >>> out = Path(tempfile.mkdtemp()) / "poisoned"
     >>> sorted(p.name for p in export_poisoned(ImageSplits(ds, ds), {"trigger": None}, out).iterdir())
-    ['data.npz', 'manifest.json']
+    ['SHA256SUMS', 'data.npz', 'manifest.json']
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from ..errors import ConfigError
 from ..utils.io import check_output_path
 from ..utils.lock import OutputLock, stale_partials
 from .manifest import load_trigger, write_manifest
+from .verify import write_sums
 
 
 def _write_caption_split(ds: CaptionDataset, root: Path, split: str) -> None:
@@ -106,6 +109,7 @@ def _export_locked(splits: Any, manifest: Optional[dict], out: Path, overwrite: 
             write_manifest(tmp / "manifest.json", manifest)
         for name, data in (artifacts or {}).items():
             (tmp / name).write_bytes(data)
+        write_sums(tmp)  # SHA256SUMS of every file: `clpoison verify` checks them
         _fsync_tree(tmp)
         if out.exists():
             shutil.rmtree(out)

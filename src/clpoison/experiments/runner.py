@@ -43,6 +43,7 @@ from ..utils.io import atomic_write_bytes, atomic_write_json, check_output_path,
 from ..utils.seed import seed_everything
 from .config import ExperimentConfig
 from .fingerprint import config_changes, run_fingerprint
+from .sources import verify_if_export
 from .tasks import task_for
 
 __all__ = ["run_experiment", "run_or_reuse", "periodic_eval", "environment", "format_table", "RESULTS_NAME"]
@@ -170,6 +171,10 @@ def _run(cfg: ExperimentConfig, out: Path, work: Path, device: torch.device, sna
     seed_everything(cfg.seed, cfg.deterministic)
     with timed("data_s"):
         splits = task.load()
+        d = cfg.data
+        checked = verify_if_export(d.path, splits, not (d.train_limit or d.test_limit or d.image_size))
+        if checked is not None:
+            echo(f"data: verified the export {checked['folder']} against its manifest ({checked['files']} files)")
 
     attack = ATTACKS.build(cfg.attack.name, cfg.attack.params)
     with timed("attack_s"):
