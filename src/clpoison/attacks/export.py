@@ -36,6 +36,7 @@ import numpy as np
 
 from ..data.captions import CaptionDataset, CaptionSplits
 from ..errors import ConfigError
+from ..utils.faults import fault_point
 from ..utils.io import check_output_path
 from ..utils.lock import OutputLock, stale_partials
 from .manifest import load_trigger, write_manifest
@@ -102,6 +103,7 @@ def _export_locked(splits: Any, manifest: Optional[dict], out: Path, overwrite: 
             _write_caption_split(splits.test, tmp, "test")
         else:
             _write_npz(splits, tmp)
+        fault_point("export-data")
         if manifest is not None:
             trigger = load_trigger(manifest)
             if trigger is not None:
@@ -113,6 +115,7 @@ def _export_locked(splits: Any, manifest: Optional[dict], out: Path, overwrite: 
         _fsync_tree(tmp)
         if out.exists():
             shutil.rmtree(out)
+        fault_point("publish-export")
         tmp.rename(out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -35,7 +35,7 @@ def read_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
     except FileNotFoundError:
         raise DataError(f"checkpoint '{path}' does not exist; pass a run directory or its checkpoint.pt") from None
     except pickle.UnpicklingError as e:
-        what = str(e).splitlines()[0] if "weights_only" not in str(e).splitlines()[0] else _unsafe_reason(str(e))
+        what = _unsafe_reason(str(e))
         raise DataError(f"checkpoint '{path}' was refused: it holds objects other than tensors and plain types "
                         f"({what}); only load clpoison checkpoints") from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, AttributeError, KeyError) as e:
@@ -46,12 +46,9 @@ def read_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
 
 
 def _unsafe_reason(msg: str) -> str:
-    """The line of torch's weights_only error that names the refused global (``Unsupported global: ...``)."""
+    """The part of torch's weights_only error that names the refused global (``GLOBAL posix.system ...``)."""
     for line in msg.splitlines():
-        line = line.strip()
-        if line.startswith(("Unsupported global", "Unsupported operand", "Weights only load failed")) and "GLOBAL" in line:
-            return line.rstrip(".")
-    for line in msg.splitlines():
-        if "GLOBAL" in line or "Unsupported" in line:
-            return line.strip().rstrip(".")
+        if "GLOBAL" in line:
+            line = line.strip()
+            return line[line.index("GLOBAL"):].split(". ")[0].rstrip(".")[:200]
     return "unsupported pickle content"

@@ -26,6 +26,7 @@ import torch
 from ..errors import ConfigError, TrainingDiverged
 from ..methods.base import Method
 from ..utils.io import atomic_torch_save, atomic_write_text
+from ..utils.faults import fault_point
 from ..utils.seed import get_rng_state, set_rng_state
 from .checkpoint import read_checkpoint
 from .optim import build_optimizer
@@ -248,6 +249,7 @@ class Trainer:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         with open(self.out_dir / self.log_name, "a") as f:
             f.write(json.dumps(record) + "\n")
+        fault_point("log")
 
     # -- the loop -------------------------------------------------------------------------------------------
     def train_step(self, batch: dict[str, Any]) -> tuple[float, dict]:
@@ -280,6 +282,8 @@ class Trainer:
         if resume and self.checkpoint_path is not None and self.checkpoint_path.exists():
             self.load_checkpoint(self.checkpoint_path)
             self.notify(f"resuming from epoch {self.epoch}/{self.cfg.epochs} (step {self.step}) of {self.checkpoint_path}")
+        else:
+            self._truncate_log()  # records of a run killed before its first checkpoint: this run logs them again
         while self.epoch < self.cfg.epochs and not self.stop_requested:
             e = self.epoch
             extra: dict = {}
@@ -297,6 +301,7 @@ class Trainer:
             )
             for batch in bar:
                 loss, logs = self.train_step(batch)
+                fault_point("train-step")
                 losses.append(loss)
                 if self.step % self.cfg.log_every == 0:
                     lv = float(loss)

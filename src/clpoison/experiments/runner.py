@@ -38,6 +38,7 @@ from ..engine.trainer import CHECKPOINT_NAME, Trainer
 from ..errors import ClpoisonError, ConfigError, DataError, TrainingDiverged
 from ..report.tables import format_table
 from ..utils.device import resolve_device
+from ..utils.faults import fault_point
 from ..utils.lock import OutputLock
 from ..utils.io import atomic_write_bytes, atomic_write_json, check_output_path, dumps_json
 from ..utils.seed import seed_everything
@@ -217,6 +218,7 @@ def _run(cfg: ExperimentConfig, out: Path, work: Path, device: torch.device, sna
     timings["pretrain_s_total_including_resumed"] = round(trainer.train_seconds, 3)
 
     with timed("eval_s"):
+        fault_point("evaluate")
         try:
             m, extras = task.evaluate(method, splits)
         except TrainingDiverged as e:  # the trained weights are not usable: nothing to resume
@@ -243,6 +245,7 @@ def _run(cfg: ExperimentConfig, out: Path, work: Path, device: torch.device, sna
     atomic_write_json(work / RESULTS_NAME, results)
     if out.exists():
         shutil.rmtree(out)
+    fault_point("publish-run")
     work.rename(out)
     return results
 
