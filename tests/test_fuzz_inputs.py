@@ -107,6 +107,15 @@ CASES = [
                              "--out", "p"], "notes.npz"),
     ("poison-cifar-code-pickle", ["poison", "corruptencoder", "--data", "cifar", "--data-path", "{fx}/evil-cifar",
                                   "target=airplane", "--out", "p"], "evil-cifar"),
+    ("run-npz-object-array", [*RUN, "data.name=npz", "data.path={fx}/objects.npz", "--out", "o"], "objects.npz"),
+    ("poison-npz-object-array", ["poison", "corruptencoder", "--data", "{fx}/objects.npz", "target=airplane",
+                                "--out", "p"], "objects.npz"),
+    # -- verify
+    ("verify-not-a-folder", ["verify", "{fx}/notes.txt"], "notes.txt"),
+    ("verify-missing", ["verify", "{fx}/none"], "none"),
+    ("verify-no-manifest", ["verify", "{fx}/adir"], "manifest.json"),
+    ("verify-run-folder", ["verify", "{fx}/run"], "manifest.json"),
+    ("verify-no-argument", ["verify"], "dir"),
     # -- datasets / presets / top level
     ("datasets-cifar-code-pickle", ["datasets", "describe", "cifar", "--path", "{fx}/evil-cifar"], "evil-cifar"),
     ("datasets-npz-split-sizes-differ", ["datasets", "describe", "npz", "--path", "{fx}/sizes.npz"], "sizes.npz"),
@@ -143,6 +152,9 @@ def fx(tmp_path_factory):
     np.savez(d / "sizes.npz", x_train=r.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8), y_train=np.zeros(8, int),
              x_test=r.integers(0, 256, (4, 16, 16, 3), dtype=np.uint8), y_test=np.zeros(4, int))
     np.savez(d / "partial.npz", x_train=np.zeros((2, 8, 8, 3), np.uint8))
+    evil = np.empty(1, dtype=object)
+    evil[0] = _Evil(d / "PWNED")
+    np.savez(d / "objects.npz", x_train=evil, y_train=np.zeros(1, int), x_test=evil, y_test=np.zeros(1, int))
     cifar = d / "evil-cifar"
     cifar.mkdir()
     for name in ("data_batch_1", "test_batch", "batches.meta"):
@@ -178,4 +190,4 @@ def test_bad_input_one_line_exit_2_no_leftovers(fx, tmp_path, monkeypatch, capsy
 
 def test_case_count():
     """The docs (docs/reliability.md) quote this count."""
-    assert len(CASES) == len({c[0] for c in CASES}) >= 70
+    assert len(CASES) == len({c[0] for c in CASES}) >= 80
