@@ -102,3 +102,14 @@ def test_class_order_of_the_reader_is_no_false_alarm():
     changed = ImageDataset(x, torch.tensor([0, 0, 1, 0, 1, 0]), ["apple", "zebra"])
     with pytest.raises(Exception, match="fingerprint"):
         verify(m, output=ImageSplits(changed, changed))
+
+
+def test_padded_canvas_export_keeps_its_sizes_and_verifies(export, tmp_path, capsys):
+    """CorruptEncoder adds composites larger than the clean images: the NPZ keeps each image's valid size."""
+    out = tmp_path / "ce"
+    assert main(["poison", "corruptencoder", "--data", str(export.parent / "clean.npz"), "--out", str(out),
+                 "target=zebra", "poison_count=3", "trigger.size=4", "--no-progress"]) == 0
+    with np.load(out / "data.npz") as z:
+        assert "train_sizes" in z.files and z["train_sizes"].shape == (43, 2)
+    rc, err, _ = _verify(out, capsys)
+    assert rc == 0 and not err

@@ -7,7 +7,8 @@ Layout of ``OUT`` (written into a temporary sibling folder, renamed into place a
   the PNG files under ``images/train/`` and ``images/test/``;
   clpoison reads it back with ``data.name=captions-csv data.path=OUT/train.csv
   data.captions.test_path=OUT/test.csv data.captions.label_column=label``;
-* image data — ``data.npz`` (``x_train, y_train, x_test, y_test, class_names``; ``data.name=npz``);
+* image data — ``data.npz`` (``x_train, y_train, x_test, y_test, class_names``, and ``train_sizes`` /
+  ``test_sizes`` when images of different sizes share a padded canvas, e.g. CorruptEncoder; ``data.name=npz``);
 * ``manifest.json`` (see :mod:`clpoison.attacks.manifest`) and ``trigger.png`` when the attack has a trigger;
 * ``SHA256SUMS`` — the sha256 of every other file (``clpoison verify OUT`` checks the export, see
   :mod:`clpoison.attacks.verify`).
@@ -69,9 +70,11 @@ def _write_caption_split(ds: CaptionDataset, root: Path, split: str) -> None:
 
 def _write_npz(splits: Any, root: Path) -> None:
     with open(root / "data.npz", "wb") as f:
+        sizes = {f"{k}_sizes": getattr(splits, k).sizes.numpy() for k in ("train", "test")
+                 if getattr(getattr(splits, k), "sizes", None) is not None}  # padded canvas: each image's valid (h, w)
         np.savez(f, x_train=splits.train.images.numpy(), y_train=splits.train.labels.numpy(),
                  x_test=splits.test.images.numpy(), y_test=splits.test.labels.numpy(),
-                 class_names=np.array(list(splits.class_names)))
+                 class_names=np.array(list(splits.class_names)), **sizes)
 
 
 def export_poisoned(splits: Any, manifest: Optional[dict], out: str | Path, overwrite: bool = False,

@@ -7,7 +7,8 @@ Sources (selected in config by ``data.name``):
 
 * ``cifar10-subset`` — the bundled real CIFAR-10 subset (5,438 train / 1,017 test images), no path needed;
 * ``npz`` — a file with ``x_train``, ``y_train``, ``x_test``, ``y_test`` and ``class_names``
-  (images NHWC or NCHW uint8);
+  (images NHWC or NCHW uint8; both splits one image size, unless ``train_sizes`` / ``test_sizes`` give each
+  image's valid (h, w) on a padded canvas, as exports of CorruptEncoder poisons do);
 * ``cifar`` — a ``cifar-10-batches-py`` or ``cifar-100-python`` directory in the standard pickle layout;
 * ``imagefolder`` — ``ROOT/train/CLASS/*.png`` and ``ROOT/test/CLASS/*.png`` (or ``ROOT/CLASS/*`` with a
   seeded hold-out split). Trees that fit in ``max_resident_bytes`` are decoded once into a tensor; larger ones
@@ -108,9 +109,17 @@ def load_npz(path: Optional[str | os.PathLike] = None, name: str = "npz", **_: o
                 f"npz dataset '{p}': x_{split} has {len(x)} images but y_{split} has {len(y)} labels; "
                 "they must match"
             )
-    train = ImageDataset(_to_nchw_uint8(xtr, f"{p}:x_train"), torch.from_numpy(ytr.astype(np.int64)), classes, f"{name}/train")
-    test = ImageDataset(_to_nchw_uint8(xte, f"{p}:x_test"), torch.from_numpy(yte.astype(np.int64)), classes, f"{name}/test")
-    if train.images.shape[1:] != test.images.shape[1:]:
+    with np.load(p, allow_pickle=False) as z:  # optional valid (h, w) per image of a padded canvas (exports)
+        try:
+            sizes = {k: torch.from_numpy(z[f"{k}_sizes"].astype(np.int64)) if f"{k}_sizes" in z.files else None
+                     for k in ("train", "test")}
+        except Exception as e:
+            raise DataError(f"npz dataset '{p}' has unreadable *_sizes arrays ({type(e).__name__}); re-export it") from None
+    train = ImageDataset(_to_nchw_uint8(xtr, f"{p}:x_train"), torch.from_numpy(ytr.astype(np.int64)), classes,
+                         f"{name}/train", sizes["train"])
+    test = ImageDataset(_to_nchw_uint8(xte, f"{p}:x_test"), torch.from_numpy(yte.astype(np.int64)), classes,
+                        f"{name}/test", sizes["test"])
+    if sizes["train"] is None and sizes["test"] is None and train.images.shape[1:] != test.images.shape[1:]:
         raise DataError(f"npz dataset '{p}': x_train images are {tuple(train.images.shape[2:])} but x_test images "
                         f"{tuple(test.images.shape[2:])}; both splits must have one image size")
     return ImageSplits(train, test, {"name": name, "path": str(p)})
