@@ -161,3 +161,12 @@ def test_non_finite_loss_names_the_step_and_keeps_the_last_good_checkpoint(setup
     ckpt = read_checkpoint(tmp / "o.partial" / "checkpoint.pt")
     assert ckpt["epoch"] == 1 and all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
     assert issubclass(TrainingDiverged, FloatingPointError)  # callers catching FloatingPointError still do
+
+
+def test_failed_command_leaves_no_parent_folders(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("preset: simclr-small\n")
+    assert main(["run", str(cfg), "data.train_limit=64", "eval.knn_k=100", "--no-progress",
+                 "--out", str(tmp_path / "new" / "deeper" / "o")]) == 2
+    assert "eval.knn_k" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml"]

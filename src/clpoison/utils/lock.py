@@ -41,8 +41,10 @@ class OutputLock:
         self.out, self.flag = Path(out), flag
         self.path = lock_path(out)
         self.fd: Optional[int] = None
+        self.created: list[Path] = []  # parent folders this lock created (removed again if left empty)
 
     def acquire(self) -> "OutputLock":
+        self.created = [p for p in [self.path.parent, *self.path.parent.parents] if not p.exists()]
         self.path.parent.mkdir(parents=True, exist_ok=True)
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -74,6 +76,11 @@ class OutputLock:
             pass
         os.close(self.fd)  # closing drops the flock
         self.fd = None
+        for d in self.created:  # innermost first; a failed command leaves no empty folders behind
+            try:
+                d.rmdir()
+            except OSError:
+                break
 
     def __enter__(self) -> "OutputLock":
         return self.acquire()
