@@ -21,7 +21,9 @@ from clpoison.errors import ConfigError, TrainingDiverged
 from clpoison.utils.lock import OutputLock, lock_path
 
 TINY = ["data.train_limit=64", "data.test_limit=32", "model.width=4", "train.epochs=2", "train.batch_size=32",
-        "method.params.proj_dim=16", "eval.knn_k=5", "eval.random_init_control=false", "eval.linear=false"]
+        "method.params.proj_dim=16", "eval.knn_k=5", "eval.random_init_control=false", "eval.linear=false",
+        "attack.name=ssl-backdoor", "attack.params.target=0", "attack.params.poison_count=4",
+        "attack.params.trigger.size=4"]  # an attack whose manifest holds timings
 
 
 def _npz(path, seed=0):

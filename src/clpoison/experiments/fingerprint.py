@@ -5,7 +5,8 @@
 * ``data`` — sha256 of the clean train and test splits as loaded (image bytes, labels, captions, class names:
   :func:`clpoison.attacks.manifest.fingerprint`); a streaming image folder is fingerprinted by its file list
   (path, size, mtime) instead of its decoded pixels;
-* ``poisoned`` — sha256 of the attack's manifest (``None`` without an attack).
+* ``poisoned`` — sha256 of the attack's manifest less its ``details`` (which hold timings; the manifest's
+  ``output`` fingerprint already pins the poisoned data), ``None`` without an attack.
 
 :func:`config_changes` compares two config snapshots, ignoring the *presentation* keys (:data:`PRESENTATION_KEYS`:
 the progress bar) that do not change what is trained — so toggling ``--no-progress`` resumes instead of
@@ -43,7 +44,7 @@ def _split_fingerprint(ds: Any) -> str:
 def run_fingerprint(splits: Any, manifest: Optional[dict]) -> dict[str, Any]:
     """``{"data": {"train", "test"}, "poisoned": sha256 of the manifest or None}`` of one run."""
     return {"data": {"train": _split_fingerprint(splits.train), "test": _split_fingerprint(splits.test)},
-            "poisoned": None if manifest is None else manifest_sha256(manifest)}
+            "poisoned": None if manifest is None else manifest_sha256({k: v for k, v in manifest.items() if k != "details"})}
 
 
 def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
