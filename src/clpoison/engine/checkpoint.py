@@ -1,8 +1,8 @@
 """Reading a checkpoint file — the one place that does, for resuming a run and for ``clpoison evaluate`` /
 ``scan``. A checkpoint is the dict :meth:`~clpoison.engine.trainer.Trainer.state_dict` writes: ``model``,
 ``optimizer``, ``scheduler``, ``scaler``, ``rng``, ``epoch``, ``step``, ``history``, ``config`` (the run's config
-snapshot), ``method``
-and ``format_version``.
+snapshot), ``fingerprint`` (the data and poison it was trained on, see :mod:`clpoison.experiments.fingerprint`),
+``method`` and ``format_version`` (2).
 
 It holds only tensors and plain Python types (the RNG states are tensors and lists, see
 :func:`clpoison.utils.seed.get_rng_state`), so it is read with ``torch.load(..., weights_only=True)``: a file
