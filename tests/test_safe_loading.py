@@ -15,6 +15,8 @@ from clpoison.data.image_readers import load_dataset
 from clpoison.engine.checkpoint import read_checkpoint
 from clpoison.errors import DataError
 from clpoison.experiments.config import build_config
+from clpoison.experiments.fingerprint import run_fingerprint
+from clpoison.experiments.tasks import task_for
 from clpoison.utils.io import dumps_json
 
 
@@ -68,6 +70,8 @@ def test_resume_refuses_code_running_checkpoint(tmp_path, capsys):
     cfg = build_config({"preset": "simclr-small"}, over)
     cfg.train.progress = False
     (work / "config.json").write_text(dumps_json(cfg.to_dict()))
+    fp = run_fingerprint(task_for(cfg, torch.device("cpu")).load(), None)  # same data: the checkpoint gets read
+    (work / "fingerprint.json").write_text(dumps_json(fp))
     marker = tmp_path / "PWNED"
     torch.save({"method": "simclr", "model": _Evil(marker), "rng": {}}, work / "checkpoint.pt")
     assert main(["run", str(cfg_path), *over, "--out", str(tmp_path / "out"), "--no-progress"]) == 2
