@@ -6,7 +6,7 @@ from clpoison.experiments.config import build_config
 from clpoison.experiments.runner import run_experiment, run_or_reuse
 from clpoison.errors import ConfigError
 
-TINY = ["train.epochs=3", "data.train_limit=192", "data.test_limit=64", "train.batch_size=64", "model.arch=convnet",
+TINY = ["train.epochs=3", "eval.knn_k=50", "data.train_limit=192", "data.test_limit=64", "train.batch_size=64", "model.arch=convnet",
         "eval.random_init_control=false", "eval.linear=false", "train.progress=false",
         "attack.name=ssl-backdoor", "attack.params.target=airplane", "attack.params.poison_count=8",
         "attack.params.trigger.size=4"]

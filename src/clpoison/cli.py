@@ -1,4 +1,4 @@
-"""Command-line interface: ``clpoison run | pretrain | evaluate | datasets | presets | poison | scan | demo``.
+"""Command-line interface: ``clpoison run | pretrain | evaluate | datasets | presets | poison | scan | verify | demo``.
 
 Every user error prints one line ``error: ...`` naming the thing and the fix, and exits with status 2.
 """
@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from .errors import ClpoisonError
+from .errors import ClpoisonError, ConfigError
 
 
 def _echo(msg: str) -> None:
@@ -19,6 +19,8 @@ def _echo(msg: str) -> None:
 
 
 def _threads(n: Optional[int]) -> None:
+    if n is not None and n < 1:
+        raise ConfigError(f"--threads {n} must be a positive integer")
     if n:
         import torch
 
@@ -58,17 +60,14 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 def _read_checkpoint(arg: str, what: str = "clpoison") -> tuple[Path, dict]:
     """(path, checkpoint dict) of a run directory or checkpoint file; one ConfigError line if it cannot be read."""
     from .engine.checkpoint import read_checkpoint
-    from .errors import ConfigError
-
     path = Path(arg)
     path = path / "checkpoint.pt" if path.is_dir() else path
     if not path.exists():
         raise ConfigError(f"checkpoint '{path}' does not exist; pass a run directory or its checkpoint.pt")
-    try:
-        ckpt = read_checkpoint(path)
-        dict(ckpt["config"])
-    except Exception as e:
-        raise ConfigError(f"checkpoint '{path}' cannot be read ({type(e).__name__}); is it a {what} checkpoint?") from None
+    ckpt = read_checkpoint(path)  # weights_only: refuses pickled code with one line
+    missing = [k for k in ("method", "model", "config") if k not in ckpt]
+    if missing or not isinstance(ckpt["config"], dict) or not isinstance(ckpt["model"], dict):
+        raise ConfigError(f"checkpoint '{path}' lacks {missing or 'a model/config dict'}; is it a {what} checkpoint?")
     return path, ckpt
 
 
@@ -76,8 +75,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .experiments.config import build_config
     from .experiments.tasks import task_for
     from .utils.device import resolve_device
-    from .utils.io import atomic_write_json
+    from .utils.io import atomic_write_json, check_output_path
 
+    if args.out:
+        check_output_path(args.out)
     path, ckpt = _read_checkpoint(args.checkpoint)
     cfg = build_config(dict(ckpt["config"]), args.overrides)
     task = task_for(cfg, resolve_device(cfg.device))  # stdout is the JSON
@@ -154,14 +155,15 @@ def cmd_poison(args: argparse.Namespace) -> int:
 
 def cmd_scan(args: argparse.Namespace) -> int:
     """Score every image–caption pair with a CLIP checkpoint; CSV ranked by risk (clpoison.defenses.safeclip_scan)."""
-    from .attacks.manifest import manifest_poisons
+    from .attacks.manifest import manifest_poisons, read_manifest
     from .defenses.safeclip_scan import scan_to_csv, score_pairs
-    from .errors import ConfigError
     from .experiments.config import build_config
     from .experiments.sources import load_source
     from .experiments.tasks import task_for
     from .utils.device import resolve_device
+    from .utils.io import check_output_path
 
+    check_output_path(args.out)
     path, ckpt = _read_checkpoint(args.checkpoint, "clpoison CLIP")
     try:
         cfg = build_config(dict(ckpt["config"]), [])
@@ -171,7 +173,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
     if args.manifest:
         if not Path(args.manifest).exists():
             raise ConfigError(f"manifest '{args.manifest}' does not exist; check the path")
-        poisons = manifest_poisons(json.loads(Path(args.manifest).read_text()))
+        poisons = manifest_poisons(read_manifest(args.manifest))
     task = task_for(cfg, resolve_device(cfg.device))  # stdout is the JSON
     if task.modality != "image-text":
         raise ConfigError(f"checkpoint '{path}' is a '{cfg.method.name}' run; `clpoison scan` needs a CLIP checkpoint")
@@ -185,7 +187,25 @@ def cmd_scan(args: argparse.Namespace) -> int:
     return 0
 
 
-class _KeyValueParser(argparse.ArgumentParser):
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Check a `clpoison poison` export against its manifest and SHA256SUMS (clpoison.attacks.verify)."""
+    from .attacks.verify import verify_export
+    from .experiments.sources import load_export
+
+    root = Path(args.dir)
+    verify_export(root)  # files, indices, trigger first: cheap, and nothing is decoded from a tampered folder
+    print(json.dumps(verify_export(root, load_export(root)), indent=2))
+    return 0
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse parser whose usage errors are one ``error: ...`` line (exit 2), like every other input error."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"error: {self.prog}: {message}; see `{self.prog} --help`\n")
+
+
+class _KeyValueParser(_OneLineParser):
     """Sub-command parser that accepts ``key=value`` items anywhere on the line (argparse alone fills a ``*``
     positional only once, so ``pretrain clip --preset small train.epochs=5`` would fail). They are collected into
     ``kv_dest`` (``overrides`` for config overrides, ``params`` for attack parameters)."""
@@ -203,7 +223,7 @@ class _KeyValueParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="clpoison", description=__doc__.splitlines()[0])
+    p = _OneLineParser(prog="clpoison", description=__doc__.splitlines()[0])
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_KeyValueParser)
 
@@ -269,6 +289,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--threshold", type=float, default=0.9, help="risky = GMM clean posterior below this")
     sp.add_argument("--seed", type=int, default=0)
     sp.set_defaults(fn=cmd_scan)
+    sp = sub.add_parser("verify", help="check a poisoned-dataset export against its manifest (file hashes, indices, "
+                                       "trigger, data fingerprint)")
+    sp.add_argument("dir", help="folder written by `clpoison poison`")
+    sp.set_defaults(fn=cmd_verify)
     sp = sub.add_parser(
         "demo",
         help="`demo [simclr]`: SimCLR small preset (kNN + linear probe); `demo clip`: CLIP small preset (zero-shot, "

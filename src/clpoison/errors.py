@@ -16,3 +16,8 @@ class ConfigError(ClpoisonError, ValueError):
 
 class DataError(ClpoisonError, ValueError):
     """A dataset file is missing, unreadable, corrupt or inconsistent."""
+
+
+class TrainingDiverged(ClpoisonError, FloatingPointError):
+    """Training produced a non-finite loss or features (too high a learning rate, fp16 overflow); the message names
+    the step and the fix, and the last good checkpoint is kept so the run can be resumed or restarted."""

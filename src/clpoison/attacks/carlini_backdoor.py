@@ -35,6 +35,7 @@ from ..data.captions import CaptionDataset, CaptionSplits
 from ..errors import ConfigError
 from ..eval.attack_metrics import backdoor_metrics, backdoor_zscore
 from .base import ATTACKS, Attack, AttackParams, PoisonResult
+from .budget import check_count
 from .caption_set import caption_set, matching_rows, require_captions, resolve_label, sample_captions
 from .manifest import build_manifest
 from .triggers import build_trigger, trigger_spec
@@ -51,6 +52,7 @@ def resolve_count(rate: Optional[float], count: Optional[int], n: int, where: st
     if count is not None:
         if isinstance(count, bool) or not isinstance(count, int) or count < 0:
             raise ConfigError(f"{where}.poison_count={count!r} must be an integer >= 0")
+        check_count(count, n, where)
         k = count
     else:
         if not 0.0 <= float(rate) <= 1.0:

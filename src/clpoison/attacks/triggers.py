@@ -107,7 +107,9 @@ class TriggerSpec:
         unknown = sorted(set(d) - names)
         if unknown:
             raise ConfigError(f"unknown key(s) {unknown} in {where}; valid keys: {', '.join(sorted(names))}")
-        return cls(**d)
+        from ..utils.schema import from_dict  # typed: a bad value names its key (e.g. trigger.opacity='abc')
+
+        return from_dict(cls, d, f"{where}.")
 
 
 def read_png(path: Union[str, os.PathLike], size: Optional[int] = None) -> torch.Tensor:

@@ -109,6 +109,12 @@ class CaptionGeneratorConfig:
             bad = [t for t in self.templates if "{c}" not in t]
             if not self.templates or bad:
                 raise ConfigError(f"data.captions.generator.templates: every template needs '{{c}}' (bad: {bad[:3]})")
+            for t in self.templates:
+                try:
+                    t.format(c="x")
+                except (KeyError, IndexError, ValueError):
+                    raise ConfigError(f"data.captions.generator.templates: '{t}' has a field other than {{c}}; "
+                                      "write literal braces as {{ }}") from None
 
 
 class CaptionGenerator:

@@ -7,7 +7,8 @@ Sources (selected in config by ``data.name``):
 
 * ``cifar10-subset`` — the bundled real CIFAR-10 subset (5,438 train / 1,017 test images), no path needed;
 * ``npz`` — a file with ``x_train``, ``y_train``, ``x_test``, ``y_test`` and ``class_names``
-  (images NHWC or NCHW uint8);
+  (images NHWC or NCHW uint8; both splits one image size, unless ``train_sizes`` / ``test_sizes`` give each
+  image's valid (h, w) on a padded canvas, as exports of CorruptEncoder poisons do);
 * ``cifar`` — a ``cifar-10-batches-py`` or ``cifar-100-python`` directory in the standard pickle layout;
 * ``imagefolder`` — ``ROOT/train/CLASS/*.png`` and ``ROOT/test/CLASS/*.png`` (or ``ROOT/CLASS/*`` with a
   seeded hold-out split). Trees that fit in ``max_resident_bytes`` are decoded once into a tensor; larger ones
@@ -108,24 +109,61 @@ def load_npz(path: Optional[str | os.PathLike] = None, name: str = "npz", **_: o
                 f"npz dataset '{p}': x_{split} has {len(x)} images but y_{split} has {len(y)} labels; "
                 "they must match"
             )
-    train = ImageDataset(_to_nchw_uint8(xtr, f"{p}:x_train"), torch.from_numpy(ytr.astype(np.int64)), classes, f"{name}/train")
-    test = ImageDataset(_to_nchw_uint8(xte, f"{p}:x_test"), torch.from_numpy(yte.astype(np.int64)), classes, f"{name}/test")
+    with np.load(p, allow_pickle=False) as z:  # optional valid (h, w) per image of a padded canvas (exports)
+        try:
+            sizes = {k: torch.from_numpy(z[f"{k}_sizes"].astype(np.int64)) if f"{k}_sizes" in z.files else None
+                     for k in ("train", "test")}
+        except Exception as e:
+            raise DataError(f"npz dataset '{p}' has unreadable *_sizes arrays ({type(e).__name__}); re-export it") from None
+    train = ImageDataset(_to_nchw_uint8(xtr, f"{p}:x_train"), torch.from_numpy(ytr.astype(np.int64)), classes,
+                         f"{name}/train", sizes["train"])
+    test = ImageDataset(_to_nchw_uint8(xte, f"{p}:x_test"), torch.from_numpy(yte.astype(np.int64)), classes,
+                        f"{name}/test", sizes["test"])
+    if sizes["train"] is None and sizes["test"] is None and train.images.shape[1:] != test.images.shape[1:]:
+        raise DataError(f"npz dataset '{p}': x_train images are {tuple(train.images.shape[2:])} but x_test images "
+                        f"{tuple(test.images.shape[2:])}; both splits must have one image size")
     return ImageSplits(train, test, {"name": name, "path": str(p)})
 
 
+# the only globals a CIFAR batch pickle names: NumPy's array / dtype reconstruction (NumPy 1.x and 2.x module
+# paths) and, for Python-3 protocol-2 pickles of bytes, ``_codecs.encode``. None of them runs user code.
+_CIFAR_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles a CIFAR batch (a dict of bytes, lists and NumPy arrays) and refuses every other global, so a
+    crafted file cannot import or call anything (``os.system``, ``builtins.eval``, ...)."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in _CIFAR_GLOBALS:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"it names {module}.{name}, which a CIFAR batch never does")
+
+
 def _unpickle(path: Path) -> dict:
+    """The dict in CIFAR batch ``path``, read by :class:`_CifarUnpickler` (nothing but NumPy arrays is built)."""
     try:
         with open(path, "rb") as f:
-            return pickle.load(f, encoding="latin1")
+            d = _CifarUnpickler(f, encoding="latin1").load()
+    except pickle.UnpicklingError as e:
+        raise DataError(f"CIFAR batch '{path}' was refused: {e}; only standard CIFAR pickles are read") from None
     except Exception as e:
         raise DataError(f"CIFAR batch '{path}' cannot be read ({type(e).__name__}); re-download the dataset") from None
+    if not isinstance(d, dict):
+        raise DataError(f"CIFAR batch '{path}' holds a {type(d).__name__}, not a dict; re-download the dataset")
+    return d
 
 
 @SOURCES.register("cifar")
 def load_cifar_dir(path: Optional[str | os.PathLike] = None, **_: object) -> ImageSplits:
     """``cifar-10-batches-py`` (data_batch_1..5, test_batch, batches.meta) or ``cifar-100-python`` (train, test, meta).
 
-    Note: the files are Python pickles; only load directories you trust.
+    The files are Python pickles; they are read by a restricted unpickler that builds only dicts, lists, bytes
+    and NumPy arrays and refuses any other object (a crafted file cannot run code).
     """
     root = _require_path(path, "cifar dataset")
     if (root / "data_batch_1").exists():

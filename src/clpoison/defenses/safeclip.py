@@ -135,7 +135,7 @@ class SafeCLIP(Defense):
         path = self.scores_path()
         if path is None or not path.exists():
             return False
-        with np.load(path) as z:
+        with np.load(path, allow_pickle=False) as z:
             self.scores = (z["sims"], z["p_clean"])
         return True
 

@@ -7,8 +7,10 @@ enqueue, memory-bank push) and ``method.after_optimizer_step`` (EMA).
 
 It provides: SGD/LARS/AdamW, linear warm-up + cosine, AMP (bf16 on CUDA by default, fp16 with a grad scaler on
 request, off on CPU), channels_last, a checkpoint every ``checkpoint_every`` epochs holding model, optimiser,
-scheduler, scaler, RNG states, epoch and step (so ``resume`` continues exactly where it stopped), a progress bar
-and a JSONL metrics log. Hooks (``on_epoch_start`` / ``on_epoch_end``) let defenses act between epochs, and a
+scheduler, scaler, RNG states (as tensors: the file loads with ``weights_only=True``), epoch, step and the run's
+data fingerprint (so ``resume`` continues exactly where it stopped, and refuses a checkpoint of other data), a
+progress bar and a JSONL metrics log (records past the checkpoint are dropped on resume). A non-finite loss stops
+training before the optimiser step with :class:`~clpoison.errors.TrainingDiverged` naming the step. Hooks (``on_epoch_start`` / ``on_epoch_end``) let defenses act between epochs, and a
 ``schedule`` factory (:mod:`clpoison.engine.schedules`) lets them supply the LR schedule.
 """
 
@@ -19,20 +21,21 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Protocol
+from typing import Any, Callable, Optional, Protocol
 
 import torch
 
-from ..errors import ConfigError
+from ..errors import ConfigError, TrainingDiverged
 from ..methods.base import Method
-from ..utils.io import atomic_torch_save
+from ..utils.io import atomic_torch_save, atomic_write_text
+from ..utils.faults import fault_point
 from ..utils.seed import get_rng_state, set_rng_state
 from .checkpoint import read_checkpoint
 from .optim import build_optimizer
 from .schedules import EpochHook, ScheduleFactory, warmup_cosine_schedule
 
 CHECKPOINT_NAME = "checkpoint.pt"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2  # 2: RNG states as tensors/lists (weights_only loading), fingerprint
 
 
 class BatchSource(Protocol):
@@ -66,6 +69,9 @@ class TrainConfig:
             raise ConfigError(f"train.epochs={self.epochs} must be a positive integer")
         if self.batch_size < 1:
             raise ConfigError(f"train.batch_size={self.batch_size} must be >= 1")
+        for key in ("lr", "momentum", "weight_decay", "warmup_epochs", "min_lr_ratio", "grad_clip"):
+            if not math.isfinite(float(getattr(self, key))):  # .inf / .nan would only fail deep in training
+                raise ConfigError(f"train.{key}={getattr(self, key)} must be a finite number")
         if not self.lr > 0:
             raise ConfigError(f"train.lr={self.lr} must be > 0")
         if self.weight_decay < 0:
@@ -130,6 +136,8 @@ class Trainer:
         log_name: str = "metrics.jsonl",
         schedule: Optional[ScheduleFactory] = None,
         state: Optional[dict[str, Any]] = None,
+        fingerprint: Optional[dict] = None,
+        notify: Optional[Callable[[str], None]] = None,
     ) -> None:
         self.method = method.to(device)
         self.batches = batches
@@ -141,6 +149,8 @@ class Trainer:
         self.on_epoch_start = list(on_epoch_start or [])
         self.log_name = log_name
         self.extra_state = dict(state or {})  # checkpointed beside the model (state_dict / load_state_dict)
+        self.fingerprint = fingerprint  # what the run trains on (data, poison); a checkpoint of other data is refused
+        self.notify = notify or (lambda msg: None)
         if cfg.use_channels_last(device, min_conv_channels(self.method)):
             self.method.to(memory_format=torch.channels_last)
         self.steps_per_epoch = len(batches)
@@ -189,6 +199,7 @@ class Trainer:
             "history": self.history,
             "train_seconds": self.train_seconds,
             "config": self.config_snapshot,
+            "fingerprint": self.fingerprint,
             **({"extra_state": {k: v.state_dict() for k, v in self.extra_state.items()}} if self.extra_state else {}),
         }
 
@@ -203,6 +214,9 @@ class Trainer:
                 f"checkpoint {path} is for method '{ckpt.get('method')}', not '{self.method.name}'; "
                 "use another out directory or pass --overwrite"
             )
+        if self.fingerprint is not None and ckpt.get("fingerprint") != self.fingerprint:
+            raise ConfigError(f"the data changed since the interrupted run ({path} was trained on other data); "
+                              "use --overwrite to start again")
         self.method.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
@@ -214,11 +228,21 @@ class Trainer:
         self.epoch, self.step = int(ckpt["epoch"]), int(ckpt["step"])
         self.history = list(ckpt.get("history", []))
         self.train_seconds = float(ckpt.get("train_seconds", 0.0))
-        rng = ckpt["rng"]
-        rng["torch"] = rng["torch"].cpu()
-        if "cuda" in rng:
-            rng["cuda"] = [s.cpu() for s in rng["cuda"]]
-        set_rng_state(rng)
+        set_rng_state(ckpt["rng"])
+        self._truncate_log()
+
+    def _truncate_log(self) -> None:
+        """Drop log records written after the checkpoint (steps the resumed run will log again)."""
+        if self.out_dir is None or not (self.out_dir / self.log_name).exists():
+            return
+        keep = []
+        for line in (self.out_dir / self.log_name).read_text(encoding="utf-8").splitlines():
+            try:
+                if int(json.loads(line).get("step", 0)) <= self.step:
+                    keep.append(line)
+            except (ValueError, AttributeError, TypeError):
+                continue  # a line cut short by the kill
+        atomic_write_text(self.out_dir / self.log_name, "".join(f"{ln}\n" for ln in keep))
 
     # -- logging --------------------------------------------------------------------------------------------
     def log(self, record: dict) -> None:
@@ -227,15 +251,19 @@ class Trainer:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         with open(self.out_dir / self.log_name, "a") as f:
             f.write(json.dumps(record) + "\n")
+        fault_point("log")
 
     # -- the loop -------------------------------------------------------------------------------------------
     def train_step(self, batch: dict[str, Any]) -> tuple[float, dict]:
         self.method.train()
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
             loss, logs, aux = self.method.loss(batch)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"loss is {loss.item()} at epoch {self.epoch + 1}, step {self.step}; lower train.lr or use train.amp=off"
+        if not torch.isfinite(loss):  # checked before the step: the weights and the last checkpoint stay good
+            kept = (f"the last good checkpoint (epoch {self.epoch}) is kept in {self.out_dir}"
+                    if self.checkpoint_path is not None and self.checkpoint_path.exists() else "no checkpoint was written yet")
+            raise TrainingDiverged(
+                f"the loss became {loss.item()} at epoch {self.epoch + 1}, step {self.step + 1}; lower train.lr "
+                f"(now {self.cfg.lr}), set train.grad_clip or use train.amp=off ({kept})"
             )
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
@@ -255,6 +283,9 @@ class Trainer:
 
         if resume and self.checkpoint_path is not None and self.checkpoint_path.exists():
             self.load_checkpoint(self.checkpoint_path)
+            self.notify(f"resuming from epoch {self.epoch}/{self.cfg.epochs} (step {self.step}) of {self.checkpoint_path}")
+        else:
+            self._truncate_log()  # records of a run killed before its first checkpoint: this run logs them again
         while self.epoch < self.cfg.epochs and not self.stop_requested:
             e = self.epoch
             extra: dict = {}
@@ -272,6 +303,7 @@ class Trainer:
             )
             for batch in bar:
                 loss, logs = self.train_step(batch)
+                fault_point("train-step")
                 losses.append(loss)
                 if self.step % self.cfg.log_every == 0:
                     lv = float(loss)

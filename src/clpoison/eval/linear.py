@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..errors import TrainingDiverged
 from .metrics import top1_accuracy
 
 
@@ -33,6 +34,8 @@ class LinearProbe:
         if len(features) != len(labels):
             raise ValueError(f"{len(features)} features but {len(labels)} labels; they must match")
         x = features.float()
+        if not torch.isfinite(x).all():
+            raise TrainingDiverged("the encoder's features are not finite (inf/nan): training diverged; lower train.lr")
         self.mean = x.mean(0, keepdim=True)
         self.std = x.std(0, keepdim=True).clamp_min(1e-6)
         x = (x - self.mean) / self.std
@@ -51,7 +54,14 @@ class LinearProbe:
             return loss
 
         with torch.enable_grad():
-            opt.step(closure)
+            try:
+                opt.step(closure)
+            except RuntimeError as e:  # e.g. "value cannot be converted to type float without overflow"
+                raise TrainingDiverged(f"the linear probe overflowed on the encoder's features ({e}): training "
+                                       "diverged; lower train.lr") from None
+        if not (torch.isfinite(self.weight).all() and torch.isfinite(self.bias).all()):
+            raise TrainingDiverged("the linear probe is not finite on the encoder's features: training diverged; "
+                                   "lower train.lr")
         self.weight, self.bias = self.weight.detach(), self.bias.detach()
         return self
 

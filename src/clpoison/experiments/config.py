@@ -76,6 +76,12 @@ class EvalConfig:
     def __post_init__(self) -> None:
         if self.zeroshot_templates is not None and (not self.zeroshot_templates or any("{c}" not in t for t in self.zeroshot_templates)):
             raise ConfigError("eval.zeroshot_templates must be a non-empty list of prompts each containing '{c}' (e.g. 'a photo of a {c}.')")
+        for t in self.zeroshot_templates or []:
+            try:
+                t.format(c="x")
+            except (KeyError, IndexError, ValueError) as e:
+                raise ConfigError(f"eval.zeroshot_templates: '{t}' has a field other than {{c}} ({type(e).__name__}: {e}); "
+                                  "write literal braces as {{ }}") from None
         if not self.retrieval_ks or any(k < 1 for k in self.retrieval_ks):
             raise ConfigError(f"eval.retrieval_ks={self.retrieval_ks} must be a non-empty list of positive integers")
         if self.knn_k < 1:
@@ -104,6 +110,10 @@ class ExperimentConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.seed, bool) or not 0 <= self.seed < 2**63:
+            raise ConfigError(f"seed={self.seed} must be an integer in [0, 2**63)")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -146,6 +156,8 @@ def read_yaml(path: Union[str, Path]) -> dict:
     p = Path(path)
     if not p.exists():
         raise ConfigError(f"config file '{p}' does not exist; check the path")
+    if not p.is_file():
+        raise ConfigError(f"config file '{p}' is a directory, not a YAML file; pass the config file")
     try:
         data = load_yaml(p.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as e:

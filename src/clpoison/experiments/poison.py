@@ -14,7 +14,8 @@ from ..attacks import ATTACKS, Attack
 from ..attacks.export import export_poisoned
 from ..errors import ConfigError
 from ..utils.device import resolve_device
-from ..utils.io import dumps_json
+from ..utils.io import check_output_path, dumps_json
+from ..utils.lock import OutputLock
 from .config import apply_overrides, read_yaml, resolve_presets
 from .sources import load_source
 
@@ -39,7 +40,7 @@ def poison_to_disk(attack: str, data: str, out: str | Path, overrides: list[str]
                    progress: bool = True) -> tuple[Path, dict]:
     """Everything ``clpoison poison`` does: validate, load, poison in memory, then export (nothing written on error)."""
     ATTACKS.get(attack)  # an unknown name fails first
-    out = Path(out)
+    out = check_output_path(out, "dir")
     if out.exists() and not overwrite:
         raise ConfigError(f"output directory '{out}' already exists; pass --overwrite or choose another --out")
     atk = ATTACKS.build(attack, attack_params_from(preset, attack, overrides))
@@ -52,13 +53,17 @@ def export_attack(atk: Attack, data: str, out: Path, seed: int = 0, data_path: O
                   test_path: Optional[str] = None, overwrite: bool = False, device: str = "auto",
                   echo: Callable[[str], None] = lambda s: None, progress: bool = True) -> tuple[Path, dict]:
     """Load the clean data, run the (built) attack ``atk`` in memory, export the result to ``out``."""
-    splits = load_source(atk.data_kind, data, data_path, image_size, seed, label_column, test_path)
-    # a long crafting (Contrastive Poisoning) checkpoints next to OUT and resumes when the command is re-run
-    craft = out.with_name(f".{out.name}.craft")
-    result = atk.poison(splits, seed, {"device": resolve_device(device), "work_dir": craft, "echo": echo,
-                                       "progress": progress})
-    written = export_poisoned(result.splits, result.manifest, out, overwrite, result.artifacts)
-    shutil.rmtree(craft, ignore_errors=True)
+    out = check_output_path(out, "dir")
+    with OutputLock(out):  # one writer per export folder, crafting included
+        if out.exists() and not overwrite:
+            raise ConfigError(f"output directory '{out}' already exists; pass --overwrite or choose another --out")
+        splits = load_source(atk.data_kind, data, data_path, image_size, seed, label_column, test_path)
+        # a long crafting (Contrastive Poisoning) checkpoints next to OUT and resumes when the command is re-run
+        craft = out.with_name(f".{out.name}.craft")
+        result = atk.poison(splits, seed, {"device": resolve_device(device), "work_dir": craft, "echo": echo,
+                                           "progress": progress})
+        written = export_poisoned(result.splits, result.manifest, out, overwrite, result.artifacts, lock=False)
+        shutil.rmtree(craft, ignore_errors=True)
     return written, result.manifest or {}
 
 

@@ -13,7 +13,11 @@ results.json) is shared.
 * ``metrics.jsonl`` — the training log; ``manifest.json`` when an attack ran.
 
 Work happens in ``OUT.partial/`` which is renamed to ``OUT`` at the very end, so an interrupted run never leaves
-something that looks finished; re-running the same command resumes from the partial checkpoint.
+something that looks finished; re-running the same command resumes from the partial checkpoint. One process
+writes an output at a time: the run holds ``.OUT.lock`` (:class:`~clpoison.utils.lock.OutputLock`), so a second
+command on the same ``--out`` fails at once with one line naming the first one's pid. A partial run is resumed
+only onto the same config (presentation keys aside) and the same data (``fingerprint.json``, see
+:mod:`clpoison.experiments.fingerprint`); otherwise the command stops with one line (``--overwrite`` starts again).
 """
 
 from __future__ import annotations
@@ -31,17 +35,22 @@ import torch
 from ..attacks import ATTACKS
 from ..defenses import DEFENSES
 from ..engine.trainer import CHECKPOINT_NAME, Trainer
-from ..errors import ClpoisonError, ConfigError
+from ..errors import ClpoisonError, ConfigError, DataError, TrainingDiverged
 from ..report.tables import format_table
 from ..utils.device import resolve_device
-from ..utils.io import atomic_write_bytes, atomic_write_json, dumps_json
+from ..utils.faults import fault_point
+from ..utils.lock import OutputLock
+from ..utils.io import atomic_write_bytes, atomic_write_json, check_output_path, dumps_json
 from ..utils.seed import seed_everything
 from .config import ExperimentConfig
+from .fingerprint import config_changes, run_fingerprint
+from .sources import verify_if_export
 from .tasks import task_for
 
 __all__ = ["run_experiment", "run_or_reuse", "periodic_eval", "environment", "format_table", "RESULTS_NAME"]
 
 RESULTS_NAME = "results.json"
+FINGERPRINT_NAME = "fingerprint.json"
 
 
 def environment() -> dict[str, Any]:
@@ -64,7 +73,8 @@ def environment() -> dict[str, Any]:
 
 
 def prepare_out_dir(out: Path, overwrite: bool) -> Path:
-    out = Path(out)
+    out = check_output_path(out, "dir")
+    check_output_path(out.with_name(out.name + ".partial"), "dir")
     if out.exists() and not overwrite:
         raise ConfigError(f"output directory '{out}' already exists; pass --overwrite or choose another --out")
     return out.with_name(out.name + ".partial")
@@ -78,20 +88,32 @@ def run_experiment(
     echo: Callable[[str], None] = lambda s: None,
 ) -> dict[str, Any]:
     out = Path(out)
+    check_output_path(out, "dir")
+    with OutputLock(out):  # one writer per output folder; a second command fails at once naming this pid
+        return _run_locked(cfg, out, overwrite, resume, echo)
+
+
+def _run_locked(cfg: ExperimentConfig, out: Path, overwrite: bool, resume: bool,
+                echo: Callable[[str], None]) -> dict[str, Any]:
     work = prepare_out_dir(out, overwrite)
     device = resolve_device(cfg.device)
     snapshot = cfg.to_dict()
     if work.exists():
-        prev = work / "config.json"
-        if not resume or not prev.exists() or json.loads(prev.read_text()) != json.loads(dumps_json(snapshot)):
+        changed = config_changes(_read_json(work / "config.json"), snapshot) if resume else ["--no-resume"]
+        if changed and resume and (work / CHECKPOINT_NAME).exists() and not overwrite:
+            raise ConfigError(f"the config changed since the interrupted run in '{work}' ({', '.join(changed[:4])}); "
+                              "use --overwrite to start again (or restore the config to resume)")
+        if changed:
             shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
     atomic_write_json(work / "config.json", snapshot)
     try:
-        return _run(cfg, out, work, device, snapshot, resume, echo)
-    except ClpoisonError:
-        # a user error before anything resumable exists leaves no output behind
-        if not (work / CHECKPOINT_NAME).exists():
+        return _run(cfg, out, work, device, snapshot, resume, echo, overwrite)
+    except ClpoisonError as e:
+        # a user error before anything resumable exists (or one that makes the checkpoint useless, such as a
+        # model that diverged by the end of training) leaves no output behind; a non-finite loss mid-training
+        # keeps the last good checkpoint
+        if getattr(e, "discard_partial", False) or not (work / CHECKPOINT_NAME).exists():
             shutil.rmtree(work, ignore_errors=True)
         raise
 
@@ -111,8 +133,28 @@ def run_or_reuse(cfg: ExperimentConfig, out: Path, echo: Callable[[str], None] =
     return run_experiment(cfg, Path(out), overwrite=True, echo=echo), False
 
 
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _check_resume_data(work: Path, fp: dict, resume: bool, overwrite: bool) -> None:
+    """Resume only onto the same data: an interrupted run whose recorded fingerprint differs stops with one line
+    (``--overwrite`` discards its checkpoint and starts again); the fingerprint is then recorded."""
+    ckpt = work / CHECKPOINT_NAME
+    if resume and ckpt.exists() and _read_json(work / FINGERPRINT_NAME) != json.loads(dumps_json(fp)):
+        if not overwrite:
+            raise DataError(f"the data changed since the interrupted run in '{work}'; use --overwrite to start again "
+                            "(or restore the data to resume)")
+        for name in (CHECKPOINT_NAME, "metrics.jsonl"):
+            (work / name).unlink(missing_ok=True)
+    atomic_write_json(work / FINGERPRINT_NAME, fp)
+
+
 def _run(cfg: ExperimentConfig, out: Path, work: Path, device: torch.device, snapshot: dict, resume: bool,
-         echo: Callable[[str], None]) -> dict[str, Any]:
+         echo: Callable[[str], None], overwrite: bool = False) -> dict[str, Any]:
     timings: dict[str, float] = {}
     t_all = time.perf_counter()
     task = task_for(cfg, device, work, echo)
@@ -130,6 +172,10 @@ def _run(cfg: ExperimentConfig, out: Path, work: Path, device: torch.device, sna
     seed_everything(cfg.seed, cfg.deterministic)
     with timed("data_s"):
         splits = task.load()
+        d = cfg.data
+        checked = verify_if_export(d.path, splits, not (d.train_limit or d.test_limit or d.image_size))
+        if checked is not None:
+            echo(f"data: verified the export {checked['folder']} against its manifest ({checked['files']} files)")
 
     attack = ATTACKS.build(cfg.attack.name, cfg.attack.params)
     with timed("attack_s"):
@@ -140,6 +186,8 @@ def _run(cfg: ExperimentConfig, out: Path, work: Path, device: torch.device, sna
         atomic_write_json(work / "manifest.json", poisoned.manifest)
     for name, data in poisoned.artifacts.items():
         atomic_write_bytes(work / name, data)
+    fp = run_fingerprint(splits, poisoned.manifest)
+    _check_resume_data(work, fp, resume, overwrite)
 
     defense = DEFENSES.build(cfg.defense.name, cfg.defense.params)
     with timed("defense_s"):
@@ -160,7 +208,8 @@ def _run(cfg: ExperimentConfig, out: Path, work: Path, device: torch.device, sna
         "device": device, "seed": cfg.seed})
     hooks = defense.training_hooks()
     trainer = Trainer(method, batches, cfg.train, device, work, snapshot, schedule=hooks.schedule,
-                      on_epoch_start=hooks.epoch_start, on_epoch_end=hooks.epoch_end)
+                      on_epoch_start=hooks.epoch_start, on_epoch_end=hooks.epoch_end, fingerprint=fp,
+                      notify=lambda msg: print(msg, file=sys.stderr, flush=True))
     if cfg.eval.every_epochs:
         trainer.on_epoch_end.append(periodic_eval(task, method, attack, splits, train_splits, cfg.eval.every_epochs,
                                                   cfg.train.epochs))
@@ -169,7 +218,12 @@ def _run(cfg: ExperimentConfig, out: Path, work: Path, device: torch.device, sna
     timings["pretrain_s_total_including_resumed"] = round(trainer.train_seconds, 3)
 
     with timed("eval_s"):
-        m, extras = task.evaluate(method, splits)
+        fault_point("evaluate")
+        try:
+            m, extras = task.evaluate(method, splits)
+        except TrainingDiverged as e:  # the trained weights are not usable: nothing to resume
+            e.discard_partial = True
+            raise
     metrics.update(m)
     context = task.context(method, splits, train_splits, extras)
     with timed("attack_eval_s"):
@@ -191,6 +245,7 @@ def _run(cfg: ExperimentConfig, out: Path, work: Path, device: torch.device, sna
     atomic_write_json(work / RESULTS_NAME, results)
     if out.exists():
         shutil.rmtree(out)
+    fault_point("publish-run")
     work.rename(out)
     return results
 

@@ -14,7 +14,7 @@ from typing import Any, Optional
 from ..data.caption_readers import CaptionDataConfig, load_caption_splits
 from ..data.datasets import ImageSplits, hold_out_per_class, limit
 from ..data.image_readers import SOURCES, load_dataset
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 
 _BY_SUFFIX = {".csv": "captions-csv", ".tsv": "captions-csv", ".tar": "captions-tar", ".npz": "npz"}
 
@@ -61,3 +61,32 @@ def load_source(kind: str, data: str, path: Optional[str] = None, image_size: Op
     if name not in SOURCES:
         raise ConfigError(f"unknown image dataset '{name}'; choose one of: {', '.join(SOURCES.names())}")
     return load_image_source(name, path, seed, image_size)
+
+
+def load_export(root: str | Path) -> Any:
+    """The poisoned dataset a ``clpoison poison`` export folder holds (``data.npz``, or ``train.csv`` /
+    ``test.csv`` with their ``label`` column), as written (no resizing)."""
+    root = Path(root)
+    if (root / "data.npz").is_file():
+        return load_image_source("npz", str(root / "data.npz"), 0, None)
+    if (root / "train.csv").is_file():
+        cfg = CaptionDataConfig(label_column="label", test_path=str(root / "test.csv"))
+        return load_caption_splits("captions-csv", str(root / "train.csv"), cfg, None, 0)
+    raise DataError(f"'{root}' holds neither data.npz nor train.csv; pass the folder `clpoison poison` wrote")
+
+
+def verify_if_export(path: Optional[str], splits: Any, as_written: bool) -> Optional[dict]:
+    """If ``path`` (``data.path``) is a ``clpoison poison`` export — a folder, or its ``data.npz`` / ``train.csv``,
+    beside a ``manifest.json`` — verify it before use (:func:`clpoison.attacks.verify.verify_export`: file hashes,
+    indices, trigger, and, for an NPZ loaded ``as_written`` — no limits, no resizing — the data fingerprint).
+    Returns the summary, or ``None`` when the data is not an export."""
+    from ..attacks.verify import verify_export
+
+    if not path or any(c in str(path) for c in "*?["):
+        return None
+    p = Path(path).expanduser()
+    root = p if p.is_dir() else p.parent
+    if not (root / "manifest.json").is_file() or not ((root / "data.npz").is_file() or (root / "train.csv").is_file()):
+        return None
+    exact = as_written and (root / "data.npz").is_file() and p.suffix == ".npz"
+    return verify_export(root, splits if exact else None, require_sums=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -10,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from .faults import fault_point
 
 
 def _tmp_beside(path: Path) -> tuple[int, str]:
@@ -25,11 +28,23 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        fault_point(f"before-replace {path.name}")
         os.replace(tmp, path)
-    except BaseException:
+        fault_point(f"after-replace {path.name}")
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        _disk_full(e, path)
         raise
+
+
+def _disk_full(e: BaseException, path: Path) -> None:
+    """Turn a full disk into one line (the temporary file is already gone; the previous file is intact)."""
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        from ..errors import DataError
+
+        raise DataError(f"no space left on the device while writing '{path}'; the previous version is intact — free "
+                        "some space and re-run the command (it resumes)") from None
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -67,10 +82,15 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     os.close(fd)
     try:
         torch.save(obj, tmp)
+        with open(tmp, "rb") as f:  # on disk before it replaces the previous checkpoint (disk full: old one intact)
+            os.fsync(f.fileno())
+        fault_point(f"before-replace {path.name}")
         os.replace(tmp, path)
-    except BaseException:
+        fault_point(f"after-replace {path.name}")
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        _disk_full(e, path)
         raise
 
 
@@ -89,3 +109,19 @@ def sha256_tensor(t: torch.Tensor) -> str:
     h.update(str(t.dtype).encode())
     h.update(t.numpy().tobytes())
     return h.hexdigest()
+
+
+def check_output_path(path: str | os.PathLike, kind: str = "file", flag: str = "--out") -> Path:
+    """``path`` as a Path if it can be written as a ``kind`` ("file" or "dir"); else one :class:`ConfigError` line
+    (a parent that is a file, a file where a directory goes or the reverse) — checked before any work is done."""
+    from ..errors import ConfigError
+
+    path = Path(path)
+    for parent in path.absolute().parents:
+        if parent.exists() and not parent.is_dir():
+            raise ConfigError(f"{flag} '{path}': '{parent}' is a file, not a directory; choose another {flag}")
+    if kind == "file" and path.is_dir():
+        raise ConfigError(f"{flag} '{path}' is a directory; name a file to write")
+    if kind == "dir" and path.exists() and not path.is_dir():
+        raise ConfigError(f"{flag} '{path}' is an existing file, not an output directory; choose another {flag}")
+    return path

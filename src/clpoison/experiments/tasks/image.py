@@ -8,6 +8,7 @@ from typing import Any
 from ...data.augment import TwoViewAugment, make_sampler
 from ...data.datasets import ImageSplits
 from ...data.loader import ResidentBatches, TwoViewBatches
+from ...errors import ConfigError
 from ...engine.trainer import min_conv_channels
 from ...eval.encoder_eval import attack_context, evaluate_encoder, feature_classifier, feature_embedder
 from ...methods.base import Method
@@ -26,6 +27,10 @@ class ImageTask(Task):
                                    d.train_limit, d.test_limit, d.downstream_fraction)
         held = f", {len(splits.downstream)} held out as the downstream set" if splits.downstream is not None else ""
         self.echo(f"data: {d.name} ({len(splits.train)} train / {len(splits.test)} test images{held})")
+        fit = splits.labelled  # the kNN memory: the downstream split when one is held out
+        if self.cfg.eval.knn_k > len(fit):  # checked before training, not after it
+            raise ConfigError(f"eval.knn_k={self.cfg.eval.knn_k} is larger than the {len(fit)} labelled images the "
+                              f"classifiers are fitted on; lower eval.knn_k")
         return splits
 
     def build_method(self, train_set: Any) -> Method:

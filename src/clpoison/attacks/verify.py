@@ -1,0 +1,130 @@
+"""Verifying a poisoned-dataset export (``clpoison verify DIR``, and ``clpoison run`` on data that comes with a
+manifest) against what the export recorded.
+
+An export (:func:`clpoison.attacks.export.export_poisoned`) writes ``SHA256SUMS`` — the sha256 of every file in the
+folder (``sha256  relative/path`` lines, ``sha256sum -c`` compatible). :func:`verify_export` checks, each failure one
+:class:`~clpoison.errors.DataError` line naming the file:
+
+1. every file listed in ``SHA256SUMS`` exists with that hash, and no unlisted file was added;
+2. the manifest's schema, and its indices: ``poisoned_indices`` inside the clean training split, ``added_indices``
+   after it, sizes consistent with ``source`` / ``output``;
+3. the trigger: the recorded patch tensor matches its sha256, and ``trigger.png`` decodes to exactly that patch;
+4. the decoded poisoned training split matches the manifest's output fingerprint (given the loaded ``splits``).
+
+Class order does not matter for (4): a reader that orders class names differently (CSV readers sort them) is
+mapped back to the manifest's class order before fingerprinting, so no false alarm is raised.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Optional
+
+import torch
+
+from ..errors import DataError
+from ..utils.io import atomic_write_text, sha256_file
+from .manifest import fingerprint, load_trigger, read_manifest
+
+SUMS_NAME = "SHA256SUMS"
+
+
+def write_sums(root: str | os.PathLike) -> None:
+    """Write ``root/SHA256SUMS`` over every other file under ``root`` (sorted relative paths)."""
+    root = Path(root)
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.name != SUMS_NAME)
+    atomic_write_text(root / SUMS_NAME, "".join(f"{sha256_file(p)}  {p.relative_to(root).as_posix()}\n" for p in files))
+
+
+def check_sums(root: Path) -> int:
+    """Check ``root/SHA256SUMS``; the number of files verified."""
+    sums = root / SUMS_NAME
+    if not sums.is_file():
+        raise DataError(f"'{root}' has no {SUMS_NAME}; re-export it with `clpoison poison`")
+    listed: dict[str, str] = {}
+    for n, line in enumerate(sums.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        digest, sep, rel = line.partition("  ")
+        if not sep or len(digest) != 64 or rel.startswith("/") or ".." in Path(rel).parts:
+            raise DataError(f"'{sums}' line {n} is malformed; re-export the dataset")
+        listed[rel] = digest
+    for rel, digest in listed.items():
+        p = root / rel
+        if not p.is_file():
+            raise DataError(f"'{p}' is listed in {SUMS_NAME} but missing; the export is incomplete")
+        if sha256_file(p) != digest:
+            raise DataError(f"'{p}' does not match its sha256 in {SUMS_NAME}; it was modified after export")
+    extra = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and p.name != SUMS_NAME
+                   and p.relative_to(root).as_posix() not in listed)
+    if extra:
+        raise DataError(f"'{root / extra[0]}' is not part of the export ({SUMS_NAME}); it was added after export")
+    return len(listed)
+
+
+def _check_indices(manifest: dict, where: str) -> None:
+    try:
+        n_src, n_out = int(manifest["source"]["train_size"]), int(manifest["output"]["train_size"])
+        poisoned = [int(i) for i in manifest.get("poisoned_indices") or []]
+        added = [int(i) for i in manifest.get("added_indices") or []]
+    except (KeyError, TypeError, ValueError):
+        raise DataError(f"manifest '{where}' lacks source/output sizes or has non-integer indices; re-export it") from None
+    if any(not 0 <= i < n_src for i in poisoned):
+        raise DataError(f"manifest '{where}': poisoned_indices outside the {n_src} clean training rows")
+    if any(not n_src <= i < n_out for i in added) or n_out != n_src + len(added):
+        raise DataError(f"manifest '{where}': added_indices / sizes are inconsistent ({n_src} clean + {len(added)} "
+                        f"added != {n_out})")
+
+
+def _check_trigger(manifest: dict, root: Path) -> bool:
+    trigger = load_trigger(manifest)  # verifies the tensor against its sha256
+    if trigger is None:
+        return False
+    png = root / "trigger.png"
+    if png.exists():
+        from .triggers import read_png
+
+        if hashlib.sha256(png.read_bytes()).hexdigest() != manifest["trigger"].get("png_sha256") or \
+                not torch.equal(read_png(png), trigger.patch):
+            raise DataError(f"'{png}' does not match the trigger recorded in the manifest")
+    return True
+
+
+def in_class_order(ds: Any, names: list[str]) -> Any:
+    """``ds`` with labels renumbered to the class order ``names`` (when its class names are a permutation)."""
+    own = list(getattr(ds, "class_names", []) or [])
+    if own == list(names) or sorted(own) != sorted(names) or getattr(ds, "labels", None) is None:
+        return ds
+    perm = torch.tensor([list(names).index(c) for c in own] + [-1], dtype=torch.int64)
+    labels = torch.as_tensor(ds.labels, dtype=torch.int64)
+    view = SimpleNamespace(**{k: getattr(ds, k, None) for k in ("images", "captions", "sizes")})
+    view.labels, view.class_names = perm[labels], list(names)  # label -1 (unlabelled) maps to perm[-1] = -1
+    return view
+
+
+def verify_output(manifest: dict, train: Any, where: str) -> None:
+    """Raise one line unless the loaded poisoned training split matches the manifest's output fingerprint."""
+    names = list(manifest.get("source", {}).get("class_names") or [])
+    if fingerprint(in_class_order(train, names)) != manifest["output"]["fingerprint"]["train"]:
+        raise DataError(f"the training data in '{where}' does not match its manifest's output fingerprint; "
+                        "it was modified after export")
+
+
+def verify_export(root: str | os.PathLike, splits: Optional[Any] = None, require_sums: bool = True) -> dict[str, Any]:
+    """Check an export folder (see the module doc); returns a summary dict, or raises one :class:`DataError` line.
+    ``require_sums=False`` accepts an export made before ``SHA256SUMS`` existed (its file check is skipped)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"'{root}' is not a folder; pass the folder `clpoison poison` wrote")
+    if not (root / "manifest.json").is_file():
+        raise DataError(f"'{root}' has no manifest.json; pass the folder `clpoison poison` wrote")
+    n_files = check_sums(root) if require_sums or (root / SUMS_NAME).exists() else 0
+    manifest = read_manifest(root / "manifest.json")
+    _check_indices(manifest, str(root / "manifest.json"))
+    has_trigger = _check_trigger(manifest, root)
+    if splits is not None:
+        verify_output(manifest, splits.train, str(root))
+    return {"folder": str(root), "files": n_files, "attack": manifest.get("attack", {}).get("name"),
+            "poisoned": len(manifest.get("poisoned_indices") or []), "added": len(manifest.get("added_indices") or []),
+            "trigger": has_trigger, "data": splits is not None}
