@@ -4,7 +4,8 @@ Each *setting* is ``NAME:key=value ...``: ``attack.params.*`` change the attack 
 the ``simclr-small`` victim (e.g. ``train.epochs=40``). For every setting and ``--rows`` (default ``target``, the
 label-aware upper reference: if it shows no backdoor, nothing will) it trains the victims on seed ``--seed`` and
 records TPR, ASR against the anchor label, CA (linear probe), and the clean model's ASR with the same trigger for the
-same anchor (``clean_s{seed}``: simclr-small on clean data with the victim overrides). The attacker's encoder is one
+same anchor (``clean_s{seed}``: ``nlb-small`` without the attack, with the victim overrides; settings recorded
+before the preset moved to its ResNet-10 victim used simclr-small, which the preset then was). The attacker's encoder is one
 run per seed (:func:`clpoison.experiments.bench.nlb_attacker_run`). Results accumulate in ``--out`` (setting → record).
 
     python benchmarks/nlb_search.py --out benchmarks/results/nlb_search.json \\
@@ -21,8 +22,9 @@ from typing import Any
 
 from clpoison.attacks import ATTACKS
 from clpoison.errors import ConfigError
-from clpoison.experiments.bench import (script_main, NLB_PRESET, NLB_ROWS, add_run_args, clean_asr_by_target, nlb_attacker_run,
-                                        nlb_row, run_named, split_overrides, start)
+from clpoison.experiments.bench import (NLB_PRESET, NLB_ROWS, add_run_args, clean_asr_by_target, nlb_attacker_run,
+                                        nlb_clean_run, script_main,
+                                        nlb_row, split_overrides, start)
 from clpoison.experiments.config import load_preset
 from clpoison.utils.io import atomic_write_json
 
@@ -46,7 +48,7 @@ def main() -> None:
         t0 = time.time()
         encoder = nlb_attacker_run(params, args.seed, work)
         clean_tag = "clean_s%d%s" % (args.seed, "_" + "_".join(o.replace("=", "") for o in victim_ov) if victim_ov else "")
-        run_named(clean_tag, {"preset": "simclr-small"}, [f"seed={args.seed}", *victim_ov], work)
+        nlb_clean_run(args.seed, victim_ov, work, clean_tag)
         trig = ATTACKS.build("nlb", params).trigger  # the attack's own trigger (its defaults filled in)
         clean_by_class, clean_ca = clean_asr_by_target(work / clean_tag, trig, params.get("eval_seed", 1234))
         rec: dict[str, Any] = {"overrides": shlex.split(ov), "seed": args.seed, "trigger": trig.spec.to_dict(),

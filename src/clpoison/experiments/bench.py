@@ -162,6 +162,13 @@ def nlb_attacker_run(params: dict, seed: int, work: Path) -> Path:
     return Path(work) / f"attacker_s{seed}"
 
 
+def nlb_clean_run(seed: int, overrides: list[str], work: Path, name: str = "") -> Path:
+    """The clean victim: ``nlb-small`` without the attack (the same encoder, method and schedule as the rows)."""
+    name = name or f"clean_s{seed}"
+    run_named(name, {"preset": NLB_PRESET, "attack": {"name": "none"}}, [f"seed={seed}", *overrides], work)
+    return Path(work) / name
+
+
 def nlb_row(row: str, params: dict, seed: int, encoder: Path, overrides: list[str], work: Path, tag: str = "") -> dict:
     """Metrics and manifest summary of one NLB row (``selection = row``) on seed ``seed`` (run ``{tag}{row}_s{seed}``)."""
     p = {**params, "selection": row, "encoder": str(encoder)}
