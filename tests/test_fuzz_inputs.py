@@ -110,6 +110,21 @@ CASES = [
     ("run-npz-object-array", [*RUN, "data.name=npz", "data.path={fx}/objects.npz", "--out", "o"], "objects.npz"),
     ("poison-npz-object-array", ["poison", "corruptencoder", "--data", "{fx}/objects.npz", "target=airplane",
                                 "--out", "p"], "objects.npz"),
+    ("poison-nlb-unknown-selection", ["poison", "nlb", "--data", "cifar10-subset", "selection=telepathy", "--out", "p"],
+     "selection"),
+    ("poison-nlb-target-without-class", ["poison", "nlb", "--data", "cifar10-subset", "selection=target", "--out", "p"],
+     "attack.params.target"),
+    ("poison-nlb-budget", ["poison", "nlb", "--data", "cifar10-subset", "selection=random", "poison_count=100000",
+                           "--out", "p"], "budget"),
+    ("poison-nlb-features-not-features", ["poison", "nlb", "--data", "cifar10-subset", "poison_count=10",
+                                          "features={fx}/sizes.npz", "--out", "p"], "sizes.npz"),
+    ("poison-nlb-code-encoder", ["poison", "nlb", "--data", "cifar10-subset", "poison_count=10", "encoder={fx}/evil.pt",
+                                 "--out", "p"], "evil.pt"),
+    ("poison-nlb-trigger-too-big", ["poison", "nlb", "--data", "cifar10-subset", "selection=random", "poison_count=10",
+                                    "trigger.size=40", "--out", "p"], "trigger"),
+    ("poison-ctrl-window", ["poison", "ctrl", "--data", "cifar10-subset", "target=airplane", "trigger.window=5",
+                            "--out", "p"], "window"),
+    ("poison-corruptencoder-ctrl-trigger", [*CE, "trigger.type=ctrl", "--out", "p"], "type"),
     # -- verify
     ("verify-not-a-folder", ["verify", "{fx}/notes.txt"], "notes.txt"),
     ("verify-missing", ["verify", "{fx}/none"], "none"),
@@ -190,4 +205,4 @@ def test_bad_input_one_line_exit_2_no_leftovers(fx, tmp_path, monkeypatch, capsy
 
 def test_case_count():
     """The docs (docs/reliability.md) quote this count."""
-    assert len(CASES) == len({c[0] for c in CASES}) >= 80
+    assert len(CASES) == len({c[0] for c in CASES}) >= 90
