@@ -71,6 +71,25 @@ def _read_checkpoint(arg: str, what: str = "clpoison") -> tuple[Path, dict]:
     return path, ckpt
 
 
+def _is_encoder_file(arg: str) -> bool:
+    """True for an encoder file (``encoder.safetensors``, a folder holding one but no checkpoint.pt, or a ``.pt``/
+    ``.pth`` whose dict is not a clpoison checkpoint); False for a run directory or clpoison checkpoint."""
+    path = Path(arg)
+    if path.is_dir():
+        return not (path / "checkpoint.pt").exists() and (path / "encoder.safetensors").exists()
+    if path.suffix == ".safetensors":
+        return True
+    if path.suffix in (".pt", ".pth") and path.is_file():
+        from .engine.checkpoint import read_checkpoint
+
+        try:
+            ckpt = read_checkpoint(path)
+        except ClpoisonError:
+            return False  # the checkpoint route reports it
+        return not ("config" in ckpt or "method" in ckpt)
+    return False
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .experiments.config import build_config
     from .experiments.tasks import task_for
@@ -79,6 +98,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     if args.out:
         check_output_path(args.out)
+    if _is_encoder_file(args.checkpoint):
+        from .experiments.encoder_eval import evaluate_encoder_file
+
+        metrics, cfg, spec = evaluate_encoder_file(args.checkpoint, args.overrides)
+        print(json.dumps(metrics, indent=2))
+        if args.out:
+            atomic_write_json(args.out, {"encoder": str(args.checkpoint), "format": spec.get("format"),
+                                         "metrics": metrics, "config": cfg.to_dict()})
+        return 0
     path, ckpt = _read_checkpoint(args.checkpoint)
     cfg = build_config(dict(ckpt["config"]), args.overrides)
     task = task_for(cfg, resolve_device(cfg.device))  # stdout is the JSON
@@ -246,8 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
     common(sp)
     sp.set_defaults(fn=cmd_pretrain)
 
-    sp = sub.add_parser("evaluate", help="kNN and linear-probe evaluation of a checkpoint")
-    sp.add_argument("checkpoint", help="run directory or checkpoint.pt")
+    sp = sub.add_parser("evaluate", help="kNN and linear-probe evaluation of a checkpoint or an encoder file")
+    sp.add_argument("checkpoint", help="run directory, checkpoint.pt, encoder.safetensors (+ encoder.json), or a "
+                                       "torchvision-layout ResNet state dict (.pt/.pth, loaded weights_only)")
     sp.add_argument("overrides", nargs="*", help="key=value overrides (e.g. data.name=npz data.path=...)")
     sp.add_argument("--out", help="write the metrics to this JSON file")
     sp.set_defaults(fn=cmd_evaluate)
