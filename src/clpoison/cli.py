@@ -175,10 +175,17 @@ def cmd_poison(args: argparse.Namespace) -> int:
 
     out, manifest = poison_to_disk(args.attack, args.data, args.out, args.params, args.seed, args.preset,
                                    args.data_path, args.image_size, args.label_column, args.test_path, args.overwrite,
-                                   args.device, _echo, not args.no_progress)
+                                   args.device, _echo, not args.no_progress,
+                                   {"fmt": args.format, "csv_separator": _separator(args.csv_separator),
+                                    "csv_paths": args.csv_paths})
     print(f"poisoned {len(manifest.get('poisoned_indices', []))} and added {len(manifest.get('added_indices', []))} "
           f"training samples; wrote {out} (manifest.json)")
     return 0
+
+
+def _separator(name: str) -> str:
+    """``tab`` / ``comma`` / ``\\t`` or one character -> the separator character."""
+    return {"tab": "\t", "\\t": "\t", "comma": ","}.get(name, name)
 
 
 def cmd_scan(args: argparse.Namespace) -> int:
@@ -303,6 +310,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--image-size", type=int, help="resize images to this size")
     sp.add_argument("--label-column", help="CSV column holding class names (needed for targeted poisoning)")
     sp.add_argument("--test-path", help="CSV of the test split (default: a seeded hold-out)")
+    sp.add_argument("--format", choices=["npz", "imagefolder", "csv", "wds"],
+                    help="export layout: image data npz (default) | imagefolder (train/CLASS/*.png); caption data "
+                         "csv (default; open_clip's tab-separated filepath/title) | wds (webdataset tar shards)")
+    sp.add_argument("--csv-separator", default="tab", help="csv format: tab (default, open_clip's) | comma | one character")
+    sp.add_argument("--csv-paths", default="absolute", choices=["absolute", "relative"],
+                    help="csv format: absolute image paths (default; open_clip reads them from any folder) or "
+                         "relative to the CSV (then run open_clip from inside --out)")
     sp.add_argument("--overwrite", action="store_true")
     sp.add_argument("--device", default="auto", help="device for attacks that craft with a model (auto | cpu | cuda)")
     sp.add_argument("--no-progress", action="store_true", help="no progress bar while crafting")
