@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/clpoison demo --out runs/demo
+	$(BIN)/clpoison demo --out runs/demo --overwrite
 
 test: $(STAMP)
 	$(BIN)/python -m pytest tests --doctest-modules src/clpoison

@@ -64,6 +64,13 @@ CASES = [
      "eval.zeroshot_templates"),
     ("pretrain-clip-template-no-c", ["pretrain", "clip", "eval.zeroshot_templates=['a photo']", "--out", "o"],
      "eval.zeroshot_templates"),
+    ("demo-out-exists", ["demo", *TINY, "--out", "{fx}/adir"], "--overwrite"),
+    ("poison-no-data", ["poison", "corruptencoder", "target=airplane", "--out", "p"], "--data"),
+    ("poison-unknown-data-key", [*CE, "data.bogus=1", "--out", "p"], "data.bogus"),
+    ("poison-image-size-not-int", [*CE, "data.image_size=big", "--out", "p"], "data.image_size"),
+    ("poison-format-does-not-fit", [*CE, "--format", "csv", "--out", "p"], "npz, imagefolder"),
+    ("poison-bad-csv-separator", ["poison", "carlini-backdoor", "--data", "cifar10-subset", "--csv-separator", "ab",
+                                  "--out", "p"], "separator"),
     ("demo-out-is-file", ["demo", *TINY, "--out", "{fx}/notes.txt"], "notes.txt"),
     ("demo-bad-key", ["demo", "train.nosuch=1", "--out", "o"], "train.nosuch"),
     # -- evaluate

@@ -51,12 +51,14 @@ def load_image_source(name: str, path: Optional[str], seed: int, image_size: Opt
 
 
 def load_source(kind: str, data: str, path: Optional[str] = None, image_size: Optional[int] = None, seed: int = 0,
-                label_column: Optional[str] = None, test_path: Optional[str] = None) -> Any:
+                label_column: Optional[str] = None, test_path: Optional[str] = None,
+                caption_options: Optional[dict] = None) -> Any:
     """Clean data named on the command line: ``kind`` is ``captions`` (CaptionSplits) or ``images``
-    (ImageSplits); ``data`` a source name or a path (:func:`resolve_source`)."""
+    (ImageSplits); ``data`` a source name or a path (:func:`resolve_source`); ``caption_options`` more fields of
+    :class:`~clpoison.data.caption_readers.CaptionDataConfig` (``separator``, ``image_column``, ...)."""
     name, path = resolve_source(data, path)
     if kind == "captions":
-        cfg = CaptionDataConfig(label_column=label_column, test_path=test_path)
+        cfg = CaptionDataConfig(label_column=label_column, test_path=test_path, **(caption_options or {}))
         return load_caption_splits(name, path, cfg, image_size, seed)
     if name not in SOURCES:
         raise ConfigError(f"unknown image dataset '{name}'; choose one of: {', '.join(SOURCES.names())}")
