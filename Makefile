@@ -24,6 +24,7 @@ demo: $(STAMP)
 	$(BIN)/clpoison demo --out runs/demo --overwrite
 
 test: $(STAMP)
+	$(BIN)/python -m ruff check src tests benchmarks
 	$(BIN)/python -m pytest tests --doctest-modules src/clpoison
 
 bench: $(STAMP)

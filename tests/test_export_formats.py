@@ -4,7 +4,6 @@ tar shards (``webdataset``, optional), ImageFolder trees (PIL), the triggered te
 ``clpoison verify`` on every format."""
 
 import csv
-import io
 import json
 import tarfile
 
