@@ -270,7 +270,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         _threads(args.threads)
         return COMMANDS[args.command](args)
     except ClpoisonError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {e.cli_message or e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; re-run the same command to resume from the last checkpoint", file=sys.stderr)

@@ -82,7 +82,9 @@ def check_format(captions: bool, fmt: Optional[str] = None, csv_separator: str =
 def _export_locked(splits: Any, manifest: Optional[dict], out: Path, overwrite: bool,
                    artifacts: Optional[dict[str, bytes]], opts: dict) -> Path:
     if out.exists() and not overwrite:
-        raise ConfigError(f"output directory '{out}' already exists; pass --overwrite or choose another --out")
+        msg = f"output directory '{out}' already exists; pass"
+        raise ConfigError(f"{msg} overwrite=True or choose another output directory",
+                          cli=f"{msg} --overwrite or choose another --out")
     for stale in stale_partials(out):  # we hold the lock: their writer is dead
         shutil.rmtree(stale, ignore_errors=True)
     tmp = out.with_name(f".{out.name}.partial")

@@ -131,15 +131,23 @@ def sha256_tensor(t: torch.Tensor) -> str:
 
 def check_output_path(path: str | os.PathLike, kind: str = "file", flag: str = "--out") -> Path:
     """``path`` as a Path if it can be written as a ``kind`` ("file" or "dir"); else one :class:`ConfigError` line
-    (a parent that is a file, a file where a directory goes or the reverse) — checked before any work is done."""
+    (a parent that is a file, a file where a directory goes or the reverse) — checked before any work is done. The
+    message names ``path``; its ``cli_message`` names ``flag`` (the command-line option that gave it)."""
     from ..errors import ConfigError
 
     path = Path(path)
+
+    def fail(lib: str, cli: str) -> None:  # the library names the output, the CLI its flag
+        raise ConfigError(lib, cli=cli)
+
     for parent in path.absolute().parents:
         if parent.exists() and not parent.is_dir():
-            raise ConfigError(f"{flag} '{path}': '{parent}' is a file, not a directory; choose another {flag}")
+            fail(f"output '{path}': '{parent}' is a file, not a directory; choose another output path",
+                 f"{flag} '{path}': '{parent}' is a file, not a directory; choose another {flag}")
     if kind == "file" and path.is_dir():
-        raise ConfigError(f"{flag} '{path}' is a directory; name a file to write")
+        fail(f"output '{path}' is a directory; name a file to write",
+             f"{flag} '{path}' is a directory; name a file to write")
     if kind == "dir" and path.exists() and not path.is_dir():
-        raise ConfigError(f"{flag} '{path}' is an existing file, not an output directory; choose another {flag}")
+        fail(f"output '{path}' is an existing file, not an output directory; choose another output path",
+             f"{flag} '{path}' is an existing file, not an output directory; choose another {flag}")
     return path
