@@ -101,3 +101,16 @@ def test_foreign_refused_one_line(tmp_path, content, needle):
     with pytest.raises(DataError) as e:
         clpoison.load_encoder(tmp_path / "x.pt")
     assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_evaluate_encoder_backdoor_asr_from_manifest(run_dir, tmp_path, capsys):
+    """An encoder trained anywhere is scored for a backdoor export's trigger (ASR through the linear probe)."""
+    out = tmp_path / "ce"
+    assert main(["poison", "corruptencoder", "--data", "cifar10-subset", "target=airplane", "poison_count=4",
+                 "trigger.size=8", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(run_dir / "encoder.safetensors"), "--manifest", str(out / "manifest.json")]) == 0
+    m = json.loads(capsys.readouterr().out)
+    assert m["backdoor_target"] == "airplane" and 0.0 <= m["asr"] <= 1.0 and "asr_clean_accuracy" in m
+    # a manifest without a trigger is one line
+    assert main(["evaluate", str(run_dir / "encoder.safetensors"), "--manifest", str(run_dir / "results.json")]) == 2

@@ -103,12 +103,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if _is_encoder_file(args.checkpoint):
         from .experiments.encoder_eval import evaluate_encoder_file
 
-        metrics, cfg, spec = evaluate_encoder_file(args.checkpoint, args.overrides)
+        metrics, cfg, spec = evaluate_encoder_file(args.checkpoint, args.overrides, args.manifest)
         print(json.dumps(metrics, indent=2))
         if args.out:
             atomic_write_json(args.out, {"encoder": str(args.checkpoint), "format": spec.get("format"),
                                          "metrics": metrics, "config": cfg.to_dict()})
         return 0
+    if args.manifest:
+        raise ConfigError("--manifest (backdoor ASR) is for encoder files; a run's results.json already holds its "
+                          "attack metrics — pass OUT/encoder.safetensors to score another manifest")
     path, ckpt = _read_checkpoint(args.checkpoint)
     cfg = build_config(dict(ckpt["config"]), args.overrides)
     task = task_for(cfg, resolve_device(cfg.device))  # stdout is the JSON

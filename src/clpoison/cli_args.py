@@ -157,6 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
                                        "torchvision-layout ResNet state dict (.pt/.pth, loaded weights_only)")
     sp.add_argument("overrides", nargs="*", help="key=value overrides (e.g. data.name=npz data.path=...)")
     sp.add_argument("--out", help="write the metrics to this JSON file")
+    sp.add_argument("--manifest", help="a backdoor export's manifest.json: also score its trigger's attack success "
+                                       "rate (encoder files)")
 
     sp = add_command(sub, "datasets", names)
     sp.add_argument("action", nargs="?", choices=["list", "describe"], default="list")

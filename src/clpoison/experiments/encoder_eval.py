@@ -6,15 +6,20 @@ on labelled image data, exactly as a run scores its own encoder (:func:`clpoison
 The config is the run's snapshot stored in ``encoder.json`` when there is one, else the ``simclr-small`` preset
 (bundled CIFAR-10 subset); ``key=value`` overrides select other data (``data.name=imagefolder data.path=DIR``) or
 preprocessing (``augment.out_size``, ``augment.mean``, ``augment.std``). ``encoder.json``'s preprocessing is used
-unless overridden.
+unless overridden. With ``--manifest`` (a backdoor export's ``manifest.json``) the backdoor attack success rate
+is scored too: the recorded trigger is applied to the test images (the attack's ``eval_seed``) and the
+classifier fitted on clean features (linear probe) is asked for the target class.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
-from ..eval.encoder_eval import evaluate_encoder
+from ..attacks.manifest import load_trigger, read_manifest
+from ..errors import ConfigError
+from ..eval.attack_metrics import backdoor_metrics
+from ..eval.encoder_eval import evaluate_encoder, feature_classifier
 from ..models.encoder_file import load_encoder
 from ..utils.device import resolve_device
 from .config import ExperimentConfig, build_config
@@ -27,9 +32,10 @@ def _given(overrides: Sequence[str], key: str) -> bool:
     return any(o.split("=", 1)[0].strip() == key for o in overrides)
 
 
-def evaluate_encoder_file(path: str | Path, overrides: Sequence[str] = (), state: Any = None
+def evaluate_encoder_file(path: str | Path, overrides: Sequence[str] = (), manifest: Optional[str | Path] = None
                           ) -> tuple[dict[str, float], ExperimentConfig, dict[str, Any]]:
-    """``(metrics, config, encoder spec)``: kNN and linear-probe top-1 of the encoder at ``path``."""
+    """``(metrics, config, encoder spec)``: kNN and linear-probe top-1 of the encoder at ``path``; with a poison
+    ``manifest`` (``clpoison poison``'s ``manifest.json``) also the backdoor ASR of its trigger and target."""
     overrides = list(overrides)
     model = {"stem_stride": int(o.split("=", 1)[1]) for o in overrides if o.startswith("model.stem_stride=")
              and o.split("=", 1)[1].strip().isdigit()}
@@ -46,5 +52,25 @@ def evaluate_encoder_file(path: str | Path, overrides: Sequence[str] = (), state
         base = {"preset": DEFAULT_PRESET, **{k: v for k, v in base.items() if k in ("seed", "eval", "augment")}}
     cfg = build_config(base, overrides)
     task = ImageTask(cfg, resolve_device(cfg.device))
-    metrics, _ = evaluate_encoder(encoder.to(task.device), task.load(), task.transform(), task.device, cfg.eval)
+    splits = task.load()
+    metrics, extras = evaluate_encoder(encoder.to(task.device), splits, task.transform(), task.device, cfg.eval)
+    if manifest is not None:
+        metrics.update(_backdoor(encoder, splits, extras, task, cfg, Path(manifest)))
     return metrics, cfg, spec
+
+
+def _backdoor(encoder: Any, splits: Any, extras: dict, task: Any, cfg: ExperimentConfig, path: Path) -> dict:
+    """ASR of the manifest's trigger towards its target class, through the linear probe (kNN without one)."""
+    m = read_manifest(path)
+    trigger = load_trigger(m)
+    target = (m.get("targets") or {}).get("target")
+    if trigger is None or target is None:
+        raise ConfigError(f"manifest '{path}' records no trigger and target class; backdoor ASR needs a backdoor "
+                          "attack's manifest (carlini-backdoor, corruptencoder, ssl-backdoor, ctrl, ...)")
+    test = splits.test
+    classifier = extras.get("probe") or extras["knn"]
+    classify = feature_classifier(encoder, task.transform(), task.device, cfg.eval.batch_size, classifier)
+    seed = int((m.get("params") or {}).get("eval_seed", 0))
+    out = backdoor_metrics(classify, test.images, test.labels, test.class_index(target), trigger, seed,
+                           getattr(test, "sizes", None))
+    return {"backdoor_target": target, **out}
