@@ -149,3 +149,35 @@ def test_format_must_fit_data(csv_data, tmp_path, capsys):
                  "--format", "imagefolder"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "csv, wds" in err[0] and not (tmp_path / "x").exists()
+
+
+def test_untouched_files_copied_byte_for_byte_at_native_size(tmp_path, capsys):
+    """A caption CSV of JPEGs of two sizes, read without --image-size: untouched images are the source files byte
+    for byte (still .jpg), poisons are PNGs at their own size, and the export verifies."""
+    splits = tiny_caption_splits(n_train=30, n_test=9, size=12)
+    src = tmp_path / "src"
+    for name, ds in (("train", splits.train), ("test", splits.test)):
+        (src / name).mkdir(parents=True)
+        rows = [["filepath", "title", "label"]]
+        for i in range(len(ds)):
+            img = ds.images[i][:, : 12 - 4 * (i % 2)]  # 12x12 and 8x12 (h x w)
+            Image.fromarray(img.permute(1, 2, 0).contiguous().numpy()).save(src / name / f"{i}.jpg", quality=90)
+            rows += [[f"{name}/{i}.jpg", c, ds.class_names[int(ds.labels[i])]] for c in ds.captions[i]]
+        with open(src / f"{name}.csv", "w", newline="") as f:
+            csv.writer(f).writerows(rows)
+    out = tmp_path / "out"
+    poison(capsys, "carlini-backdoor", "--label-column", "label", "target=airplane", "poison_count=3", "trigger.size=3",
+           "--data", str(src / "train.csv"), "--test-path", str(src / "test.csv"), "--out", str(out))
+    m = json.loads((out / "manifest.json").read_text())
+    poisoned = set(m["poisoned_indices"])
+    paths, _ = read_like_open_clip(out / "train.csv")
+    by_row = {int(p.rsplit("/", 1)[1].split(".")[0]): p for p in paths}
+    assert len(by_row) == 30 and len(poisoned) == 3
+    for i, p in by_row.items():
+        w, h = Image.open(p).size
+        assert (h, w) == (12 - 4 * (i % 2), 12)  # each image at its own size
+        if i in poisoned:
+            assert p.endswith(".png")
+        else:
+            assert p.endswith(".jpg") and open(p, "rb").read() == (src / "train" / f"{i}.jpg").read_bytes()
+    assert main(["verify", str(out)]) == 0

@@ -130,6 +130,8 @@ def cmd_datasets(args: argparse.Namespace) -> int:
         for name in SOURCES.names():
             doc = (SOURCES.get(name).__doc__ or "").strip().splitlines()[0]
             print(f"{name:16s} {doc}")
+        print(f"{'captions-csv':16s} image-caption pairs from a CSV/TSV (columns filepath, title; data.captions.*)")
+        print(f"{'captions-tar':16s} image-caption pairs from webdataset tar shards (KEY.jpg/png + KEY.txt)")
         return 0
     splits = load_dataset(args.name, args.path)
     print(json.dumps(splits.describe(), indent=2))

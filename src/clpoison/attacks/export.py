@@ -46,17 +46,19 @@ from .verify import write_sums
 
 def export_poisoned(splits: Any, manifest: Optional[dict], out: str | Path, overwrite: bool = False,
                     artifacts: Optional[dict[str, bytes]] = None, lock: bool = True, fmt: Optional[str] = None,
-                    csv_separator: str = "\t", csv_paths: str = "absolute") -> Path:
+                    csv_separator: str = "\t", csv_paths: str = "absolute",
+                    copies: Optional[dict[str, dict[int, str]]] = None) -> Path:
     """Write ``splits`` (the poisoned dataset), its manifest and the attack's ``artifacts`` (file name -> bytes,
     e.g. a crafted noise ``delta.npz``) to ``out`` atomically; returns ``out``.
 
     The export holds the output's lock (:class:`~clpoison.utils.lock.OutputLock`; ``lock=False`` when the caller
     already does), so a concurrent export to the same ``out`` fails at once; hidden partials a killed export left
     (``.OUT.*partial``) are removed, and an existing ``out`` is refused unless ``overwrite``. ``fmt`` is one of
-    :mod:`~clpoison.attacks.export_formats`' formats (default ``npz`` for images, ``csv`` for captions)."""
+    :mod:`~clpoison.attacks.export_formats`' formats (default ``npz`` for images, ``csv`` for captions);
+    ``copies`` (:func:`~clpoison.attacks.export_formats.untouched_files`) names the rows copied byte for byte."""
     out = check_output_path(out, "dir")
     fmt = check_format(isinstance(splits, CaptionSplits), fmt, csv_separator, csv_paths)
-    opts = {"fmt": fmt, "csv_separator": csv_separator, "csv_paths": csv_paths}
+    opts = {"fmt": fmt, "csv_separator": csv_separator, "csv_paths": csv_paths, "copies": copies or {}}
     if not lock:
         return _export_locked(splits, manifest, out, overwrite, artifacts, opts)
     with OutputLock(out):
@@ -91,9 +93,10 @@ def _export_locked(splits: Any, manifest: Optional[dict], out: Path, overwrite: 
     tmp.mkdir(parents=True)
     try:
         fmt, sep, paths = opts["fmt"], opts["csv_separator"], opts["csv_paths"]
-        write_split(tmp, splits, splits.train, "train", fmt, out, sep, paths)
+        copies = opts["copies"]
+        write_split(tmp, splits, splits.train, "train", fmt, out, sep, paths, copies.get("train"))
         if fmt != "npz":  # data.npz holds both splits
-            write_split(tmp, splits, splits.test, "test", fmt, out, sep, paths)
+            write_split(tmp, splits, splits.test, "test", fmt, out, sep, paths, copies.get("test"))
         triggered = triggered_test(splits, manifest) if manifest is not None else None
         if triggered is not None:
             write_split(tmp, splits, triggered, "test_triggered", fmt, out, sep, paths)

@@ -18,9 +18,10 @@ Caption data (``CaptionSplits``):
 * ``wds`` — webdataset tar shards ``train-000000.tar``, ``test-000000.tar`` (``shard_size`` samples each) holding
   ``NNNNNN.png`` + ``NNNNNN.txt`` (the image's captions, one a line) + ``NNNNNN.cls`` (class index, when labelled).
 
-Images are held decoded (uint8 tensors) by clpoison, so every image is written as a lossless PNG of its pixels at
-its own size (no resizing unless ``--image-size`` was asked for when reading the source); source files are not
-copied byte for byte.
+Untouched caption images (neither poisoned nor added; the whole test split) that were read from files at their
+native size (a caption CSV read without ``--image-size``) are copied byte for byte with their own extension; every
+other image (poisons, composites, resized images, images decoded from tar shards or NPZ arrays) is written as a
+lossless PNG of its pixels at its own valid size.
 
 :func:`write_triggered_test` adds the triggered test set in the same format (``test_triggered``): every test image
 with the attack's recorded trigger applied (``trigger.apply`` with the attack's ``eval_seed``), labels and captions
@@ -95,32 +96,60 @@ def write_imagefolder_split(root: Path, ds: Any, split: str) -> None:
             _png(ds.images[i], None if sizes is None else sizes[i]))
 
 
+def _image_file(ds: Any, i: int, copies: Optional[dict[int, str]]) -> tuple[bytes, str]:
+    """``(bytes, extension)`` of image ``i``: its untouched source file byte for byte, else a PNG of its pixels."""
+    if copies and i in copies:
+        src = Path(copies[i])
+        return src.read_bytes(), src.suffix.lower().lstrip(".") or "png"
+    return _png(ds.images[i], None if getattr(ds, "sizes", None) is None else ds.sizes[i]), "png"
+
+
+def untouched_files(source: Any, output: Any, manifest: Optional[dict]) -> dict[str, dict[int, str]]:
+    """``{split: {row: source file}}`` for the rows of ``output`` that are the source's images unchanged (not
+    poisoned, not added; the whole test split) and were read from files at native size — copied byte for byte."""
+    out: dict[str, dict[int, str]] = {}
+    if manifest is None:
+        return out
+    poisoned = {int(i) for i in manifest.get("poisoned_indices") or []}
+    for split in ("train", "test"):
+        src, dst = getattr(source, split, None), getattr(output, split, None)
+        files = getattr(src, "files", None)
+        if files is None or dst is None:
+            continue
+        n = len(src) if split == "train" else (len(src) if len(dst) == len(src) else 0)
+        out[split] = {i: files[i] for i in range(min(n, len(dst))) if split == "test" or i not in poisoned}
+    return out
+
+
 def write_caption_csv(root: Path, ds: CaptionDataset, split: str, final_root: Path, separator: str = "\t",
-                      paths: str = "absolute") -> None:
-    """``root/split.csv`` + ``root/images/split/NNNNNN.png``; ``filepath`` is absolute under ``final_root`` (where
-    the export is published) or relative to the CSV."""
+                      paths: str = "absolute", copies: Optional[dict[int, str]] = None) -> None:
+    """``root/split.csv`` + ``root/images/split/NNNNNN.EXT``; ``filepath`` is absolute under ``final_root`` (where
+    the export is published) or relative to the CSV; rows in ``copies`` are their source files byte for byte."""
     (root / "images" / split).mkdir(parents=True)
     width = _digits(len(ds))
     buf = io.StringIO()
     w = csv.writer(buf, delimiter=separator, lineterminator="\n")
     w.writerow(["filepath", "title", "label"])
     for i in range(len(ds)):
-        rel = f"images/{split}/{i:0{width}d}.png"
-        (root / rel).write_bytes(_png(ds.images[i], None if ds.sizes is None else ds.sizes[i]))
+        data, ext = _image_file(ds, i, copies)
+        rel = f"images/{split}/{i:0{width}d}.{ext}"
+        (root / rel).write_bytes(data)
         shown = str(final_root.resolve() / rel) if paths == "absolute" else rel
         for c in ds.captions[i]:
             w.writerow([shown, c, _label_name(ds, i)])
     (root / f"{split}.csv").write_text(buf.getvalue(), encoding="utf-8")
 
 
-def write_caption_shards(root: Path, ds: CaptionDataset, split: str, shard_size: int = 10000) -> None:
-    """``root/split-000000.tar``, ...: webdataset samples ``NNNNNN.png`` + ``.txt`` (+ ``.cls``)."""
+def write_caption_shards(root: Path, ds: CaptionDataset, split: str, shard_size: int = 10000,
+                         copies: Optional[dict[int, str]] = None) -> None:
+    """``root/split-000000.tar``, ...: webdataset samples ``NNNNNN.png`` (or the untouched source file's own
+    extension, byte for byte) + ``.txt`` (+ ``.cls``)."""
     width = _digits(len(ds))
     for s, start in enumerate(range(0, max(len(ds), 1), shard_size)):
         with tarfile.open(root / f"{split}-{s:06d}.tar", "w", format=tarfile.USTAR_FORMAT) as tf:
             for i in range(start, min(start + shard_size, len(ds))):
-                members = {"png": _png(ds.images[i], None if ds.sizes is None else ds.sizes[i]),
-                           "txt": "\n".join(ds.captions[i]).encode("utf-8")}
+                data, ext = _image_file(ds, i, copies)
+                members = {ext: data, "txt": "\n".join(ds.captions[i]).encode("utf-8")}
                 if ds.labels is not None and int(ds.labels[i]) >= 0:
                     members["cls"] = str(int(ds.labels[i])).encode()
                 for ext, data in members.items():
@@ -130,14 +159,15 @@ def write_caption_shards(root: Path, ds: CaptionDataset, split: str, shard_size:
 
 
 def write_split(root: Path, splits: Any, ds: Any, split: str, fmt: str, final_root: Path,
-                csv_separator: str = "\t", csv_paths: str = "absolute") -> None:
-    """One split (``train``, ``test``, ``test_triggered``) of ``splits`` in format ``fmt``."""
+                csv_separator: str = "\t", csv_paths: str = "absolute", copies: Optional[dict[int, str]] = None) -> None:
+    """One split (``train``, ``test``, ``test_triggered``) of ``splits`` in format ``fmt``; caption formats copy
+    the rows in ``copies`` from their source files (:func:`untouched_files`)."""
     if fmt == "imagefolder":
         write_imagefolder_split(root, ds, split)
     elif fmt == "csv":
-        write_caption_csv(root, ds, split, final_root, csv_separator, csv_paths)
+        write_caption_csv(root, ds, split, final_root, csv_separator, csv_paths, copies)
     elif fmt == "wds":
-        write_caption_shards(root, ds, split)
+        write_caption_shards(root, ds, split, copies=copies)
     elif split == "train":
         write_npz(root, splits)
     else:  # npz: a triggered test set goes beside data.npz as test_triggered.npz (x_test, y_test, class_names)

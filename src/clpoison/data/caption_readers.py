@@ -177,7 +177,7 @@ def read_caption_csv(
             groups[img][0].append(cap)
         else:
             groups[img] = ([cap], label, where)
-    images, captions, labels = [], [], []
+    images, captions, labels, files = [], [], [], []
     for img, (caps, label, where) in groups.items():
         ip = (p.parent / img) if not os.path.isabs(img) else Path(img)
         if not ip.is_file():
@@ -190,12 +190,16 @@ def read_caption_csv(
             continue
         captions.append(caps)
         labels.append(label)
+        files.append(str(ip.resolve()))
     if not images:
         raise DataError(f"caption file '{p}' yields no usable image–caption pair (skipped: {dict(errors.counts)}); check it")
-    return _make_dataset(images, captions, labels, name or p.stem, cl is not None), errors.report(str(p))
+    ds = _make_dataset(images, captions, labels, name or p.stem, cl is not None,
+                       files if image_size is None else None)  # native size: the exporter may copy the files
+    return ds, errors.report(str(p))
 
 
-def _make_dataset(images: list, captions: list, labels: list, name: str, labelled: bool) -> CaptionDataset:
+def _make_dataset(images: list, captions: list, labels: list, name: str, labelled: bool,
+                  files: Optional[list[str]] = None) -> CaptionDataset:
     """Images of one size are stacked; images read at their native, different sizes (no ``image_size``) share a
     zero-padded canvas with their valid sizes recorded (``sizes``)."""
     sizes = None
@@ -205,7 +209,7 @@ def _make_dataset(images: list, captions: list, labels: list, name: str, labelle
         x = torch.stack(images)
     classes = sorted({l for l in labels if l}) if labelled else []
     y = torch.tensor([classes.index(l) if l else -1 for l in labels], dtype=torch.int64) if labelled else None
-    return CaptionDataset(x, captions, classes, y, name, sizes)
+    return CaptionDataset(x, captions, classes, y, name, sizes, files)
 
 
 # ------------------------------------------------------------------------------------------------------------------

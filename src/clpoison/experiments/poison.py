@@ -12,6 +12,7 @@ from typing import Callable, Optional
 
 from ..attacks import ATTACKS, Attack
 from ..attacks.export import check_format, export_poisoned
+from ..attacks.export_formats import untouched_files
 from ..errors import ConfigError
 from ..utils.device import resolve_device
 from ..utils.io import check_output_path, dumps_json
@@ -68,8 +69,9 @@ def export_attack(atk: Attack, data: str, out: Path, seed: int = 0, data_path: O
         craft = out.with_name(f".{out.name}.craft")
         result = atk.poison(splits, seed, {"device": resolve_device(device), "work_dir": craft, "echo": echo,
                                            "progress": progress})
+        copies = untouched_files(splits, result.splits, result.manifest)  # copied byte for byte
         written = export_poisoned(result.splits, result.manifest, out, overwrite, result.artifacts, lock=False,
-                                  **(export or {}))
+                                  copies=copies, **(export or {}))
         shutil.rmtree(craft, ignore_errors=True)
     return written, result.manifest or {}
 
