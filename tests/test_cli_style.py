@@ -30,6 +30,12 @@ def test_help_has_description_example_choices(command, capsys):
         assert "simclr" in out and "safeclip" in out
 
 
+def test_datasets_lists_caption_sources(capsys):
+    assert main(["datasets"]) == 0
+    out = capsys.readouterr().out
+    assert "captions-csv" in out and "captions-tar" in out and "cifar10-subset" in out
+
+
 def test_threads_after_subcommand(capsys):
     assert main(["presets", "--threads", "1"]) == 0
     assert "simclr-small" in capsys.readouterr().out
