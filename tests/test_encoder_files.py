@@ -114,3 +114,16 @@ def test_evaluate_encoder_backdoor_asr_from_manifest(run_dir, tmp_path, capsys):
     assert m["backdoor_target"] == "airplane" and 0.0 <= m["asr"] <= 1.0 and "asr_clean_accuracy" in m
     # a manifest without a trigger is one line
     assert main(["evaluate", str(run_dir / "encoder.safetensors"), "--manifest", str(run_dir / "results.json")]) == 2
+
+
+def test_clip_run_encoder_scores_like_the_run(tmp_path, capsys):
+    """A CLIP run's encoder.safetensors (the image tower) gives the run's own kNN and linear-probe numbers."""
+    out = tmp_path / "clip"
+    assert main(["pretrain", "clip", "data.train_limit=64", "data.test_limit=32", "model.width=4", "train.epochs=1",
+                 "train.batch_size=32", "eval.knn_k=5", "--no-progress", "--out", str(out)]) == 0
+    run = json.loads((out / "results.json").read_text())["metrics"]
+    assert json.loads((out / "encoder.json").read_text())["method"] == "clip"
+    capsys.readouterr()
+    assert main(["evaluate", str(out / "encoder.safetensors")]) == 0
+    m = json.loads(capsys.readouterr().out)
+    assert abs(m["knn_top1"] - run["knn_top1"]) < 1e-6 and abs(m["linear_top1"] - run["linear_top1"]) < 1e-6

@@ -49,7 +49,7 @@ def evaluate_encoder_file(path: str | Path, overrides: Sequence[str] = (), manif
         base.pop("method", None)  # only the image tower is scored: kNN / linear probe on labelled images
         base.pop("attack", None)
         base.pop("defense", None)
-        base = {"preset": DEFAULT_PRESET, **{k: v for k, v in base.items() if k in ("seed", "eval", "augment")}}
+        base = {"preset": DEFAULT_PRESET, **{k: v for k, v in base.items() if k in ("seed", "eval", "augment", "data")}}
     cfg = build_config(base, overrides)
     task = ImageTask(cfg, resolve_device(cfg.device))
     splits = task.load()
