@@ -21,9 +21,10 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/clpoison demo --out runs/demo
+	$(BIN)/clpoison demo --out runs/demo --overwrite
 
 test: $(STAMP)
+	$(BIN)/python -m ruff check src tests benchmarks
 	$(BIN)/python -m pytest tests --doctest-modules src/clpoison
 
 bench: $(STAMP)

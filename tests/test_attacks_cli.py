@@ -44,7 +44,8 @@ def test_poison_backdoor_export_roundtrip(csv_data, tmp_path, capsys):
             "--image-size", "8", "--out", str(out), "target=airplane", "poison_count=5", "trigger.size=3"]
     code, io = run(args, capsys)
     assert code == 0, io.err
-    assert sorted(p.name for p in out.iterdir()) == ["SHA256SUMS", "images", "manifest.json", "test.csv", "train.csv", "trigger.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["SHA256SUMS", "images", "manifest.json", "test.csv",
+                                                     "test_triggered.csv", "train.csv", "trigger.png"]
     assert hashlib.sha256(train.read_bytes()).hexdigest() == src_hash  # source untouched
     m = json.loads((out / "manifest.json").read_text())
     assert len(m["poisoned_indices"]) == 5 and m["params"]["trigger"]["size"] == 3

@@ -7,6 +7,7 @@ folder, non-JSON / non-YAML files, a plain file where a folder is expected). A n
 The commands run in-process (``clpoison.cli.main``) in a fresh working folder, so a traceback fails the test.
 """
 
+import json
 import os
 import pickle
 
@@ -63,6 +64,13 @@ CASES = [
      "eval.zeroshot_templates"),
     ("pretrain-clip-template-no-c", ["pretrain", "clip", "eval.zeroshot_templates=['a photo']", "--out", "o"],
      "eval.zeroshot_templates"),
+    ("demo-out-exists", ["demo", *TINY, "--out", "{fx}/adir"], "--overwrite"),
+    ("poison-no-data", ["poison", "corruptencoder", "target=airplane", "--out", "p"], "--data"),
+    ("poison-unknown-data-key", [*CE, "data.bogus=1", "--out", "p"], "data.bogus"),
+    ("poison-image-size-not-int", [*CE, "data.image_size=big", "--out", "p"], "data.image_size"),
+    ("poison-format-does-not-fit", [*CE, "--format", "csv", "--out", "p"], "npz, imagefolder"),
+    ("poison-bad-csv-separator", ["poison", "carlini-backdoor", "--data", "cifar10-subset", "--csv-separator", "ab",
+                                  "--out", "p"], "separator"),
     ("demo-out-is-file", ["demo", *TINY, "--out", "{fx}/notes.txt"], "notes.txt"),
     ("demo-bad-key", ["demo", "train.nosuch=1", "--out", "o"], "train.nosuch"),
     # -- evaluate
@@ -78,6 +86,11 @@ CASES = [
     ("evaluate-knn-k-larger-than-data", ["evaluate", "{fx}/run", "eval.knn_k=100000", "data.train_limit=64"],
      "eval.knn_k"),
     ("evaluate-bad-key", ["evaluate", "{fx}/run", "eval.nosuch=1"], "eval.nosuch"),
+    ("evaluate-safetensors-garbage", ["evaluate", "{fx}/garbage.safetensors"], "garbage.safetensors"),
+    ("evaluate-state-dict-wrong-layout", ["evaluate", "{fx}/wrong.pth"], "not part of a torchvision ResNet"),
+    ("evaluate-state-dict-code", ["evaluate", "{fx}/evil-sd.pth"], "evil-sd.pth"),
+    ("evaluate-encoder-json-not-json", ["evaluate", "{fx}/badenc/encoder.safetensors"], "encoder.json"),
+    ("evaluate-encoder-json-wrong-arch", ["evaluate", "{fx}/archenc/encoder.safetensors"], "encoder.json.arch"),
     # -- scan
     ("scan-simclr-run", ["scan", "{fx}/run", "--data", "cifar10-subset", "--out", "s.csv"], "CLIP"),
     ("scan-code-checkpoint", ["scan", "{fx}/evil.pt", "--data", "cifar10-subset", "--out", "s.csv"], "evil.pt"),
@@ -178,6 +191,14 @@ def fx(tmp_path_factory):
     assert main(["run", str(d / "c.yaml"), *TINY, "--out", str(d / "run")]) == 0
     full = (d / "run" / "checkpoint.pt").read_bytes()
     (d / "truncated.pt").write_bytes(full[: len(full) // 2])
+    (d / "garbage.safetensors").write_bytes(b"not safetensors")
+    torch.save({"foo.weight": torch.zeros(2)}, d / "wrong.pth")
+    torch.save({"conv1.weight": _Evil(d / "PWNED")}, d / "evil-sd.pth")
+    for name, spec in (("badenc", "{nope"), ("archenc", json.dumps({"format": "clpoison-encoder", "arch": "vit",
+                                                                     "width": 4}))):
+        (d / name).mkdir()
+        (d / name / "encoder.safetensors").write_bytes((d / "run" / "encoder.safetensors").read_bytes())
+        (d / name / "encoder.json").write_text(spec)
     return d
 
 

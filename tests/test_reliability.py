@@ -131,7 +131,7 @@ def test_export_refuses_existing_folder_and_cleans_dead_partials(tmp_path):
     stale.mkdir()
     export_poisoned(ImageSplits(ds, ds), None, out)
     assert not stale.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["p"]
-    with pytest.raises(ConfigError, match="--overwrite"):
+    with pytest.raises(ConfigError, match="overwrite=True"):
         export_poisoned(ImageSplits(ds, ds), None, out)
     export_poisoned(ImageSplits(ds, ds), None, out, overwrite=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p"]

@@ -44,7 +44,8 @@ def test_verify_accepts_a_fresh_export(export, capsys):
     rc, err, out = _verify(export, capsys)
     assert rc == 0 and not err
     s = json.loads(out)
-    assert s["files"] == 3 and s["poisoned"] == 6 and s["trigger"] and s["data"]
+    assert s["files"] == 4 and s["poisoned"] == 6  # data.npz, test_triggered.npz, manifest.json, trigger.png
+    assert s["poisoned"] == 6 and s["trigger"] and s["data"]
 
 
 def _tamper_pixels(d):

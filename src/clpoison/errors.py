@@ -2,12 +2,25 @@
 
 Every mistake a user can make (a missing file, an unknown config key, a value out of range) raises a
 :class:`ClpoisonError` whose message is one line naming the thing and the fix. The CLI prints it as
-``error: <message>`` and exits with status 2; the library lets it propagate.
+``error: <message>`` (its ``cli_message`` when it has one) and exits with status 2; the library lets it propagate.
 """
 
 
+from __future__ import annotations
+
+from typing import Optional
+
+
 class ClpoisonError(Exception):
-    """Base class of errors caused by user input; the message is one actionable line."""
+    """Base class of errors caused by user input; the message is one actionable line.
+
+    The message names library arguments (``overwrite=True``), never command-line flags; an error whose fix is a
+    flag also carries ``cli_message`` (the same line naming the flag, e.g. ``--overwrite``), which the CLI prints
+    instead."""
+
+    def __init__(self, *args: object, cli: Optional[str] = None) -> None:
+        super().__init__(*args)
+        self.cli_message = cli
 
 
 class ConfigError(ClpoisonError, ValueError):

@@ -2,13 +2,16 @@
 
 Layout of ``OUT`` (written into a temporary sibling folder, renamed into place at the end; the source is read only):
 
-* caption data — ``train.csv`` and ``test.csv`` (columns ``filepath,title,label``; open_clip reads them with
-  ``--csv-img-key filepath --csv-caption-key title``; an image with several captions has one row per caption) and
-  the PNG files under ``images/train/`` and ``images/test/``;
-  clpoison reads it back with ``data.name=captions-csv data.path=OUT/train.csv
-  data.captions.test_path=OUT/test.csv data.captions.label_column=label``;
-* image data — ``data.npz`` (``x_train, y_train, x_test, y_test, class_names``, and ``train_sizes`` /
-  ``test_sizes`` when images of different sizes share a padded canvas, e.g. CorruptEncoder; ``data.name=npz``);
+* the data in the format asked for (:mod:`clpoison.attacks.export_formats`): image data as ``data.npz`` (default)
+  or an ImageFolder tree ``train/CLASS/NNNNNN.png`` + ``test/...``; caption data as open_clip's CSV layout
+  (default: ``train.csv`` / ``test.csv``, tab-separated, columns ``filepath`` (absolute) / ``title`` / ``label``, PNGs
+  under ``images/``; open_clip reads it with ``--csv-img-key filepath --csv-caption-key title``) or webdataset
+  shards ``train-000000.tar`` / ``test-000000.tar``; clpoison reads the CSV back with
+  ``data.name=captions-csv data.path=OUT/train.csv data.captions.test_path=OUT/test.csv
+  data.captions.label_column=label`` (the tab separator is recognised from the header);
+* ``test_triggered`` in the same format (``test_triggered.npz``, ``test_triggered/CLASS/*.png``,
+  ``test_triggered.csv``, ``test_triggered-000000.tar``) when the attack has a trigger: the clean test split with
+  the recorded trigger applied, to measure the attack success rate with any tool;
 * ``manifest.json`` (see :mod:`clpoison.attacks.manifest`) and ``trigger.png`` when the attack has a trigger;
 * ``SHA256SUMS`` — the sha256 of every other file (``clpoison verify OUT`` checks the export, see
   :mod:`clpoison.attacks.verify`).
@@ -26,86 +29,77 @@ Example::
 
 from __future__ import annotations
 
-import csv
-import io
 import os
 import shutil
 from pathlib import Path
 from typing import Any, Optional
 
-import numpy as np
-
-from ..data.captions import CaptionDataset, CaptionSplits
+from ..data.captions import CaptionSplits
 from ..errors import ConfigError
 from ..utils.faults import fault_point
 from ..utils.io import check_output_path
 from ..utils.lock import OutputLock, stale_partials
+from .export_formats import CAPTION_FORMATS, IMAGE_FORMATS, triggered_test, write_split
 from .manifest import load_trigger, write_manifest
 from .verify import write_sums
 
 
-def _write_caption_split(ds: CaptionDataset, root: Path, split: str) -> None:
-    from PIL import Image
-
-    img_dir = root / "images" / split
-    img_dir.mkdir(parents=True)
-    width = max(6, len(str(len(ds))))
-    sizes = ds.sizes
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["filepath", "title", "label"])
-    for i in range(len(ds)):
-        rel = f"images/{split}/{i:0{width}d}.png"
-        img = ds.images[i]
-        if sizes is not None:
-            img = img[:, : int(sizes[i, 0]), : int(sizes[i, 1])]
-        Image.fromarray(img.permute(1, 2, 0).contiguous().numpy()).save(root / rel, format="PNG")
-        lab = ""
-        if ds.labels is not None and int(ds.labels[i]) >= 0 and ds.class_names:
-            lab = ds.class_names[int(ds.labels[i])]
-        for c in ds.captions[i]:
-            w.writerow([rel, c, lab])
-    (root / f"{split}.csv").write_text(buf.getvalue(), encoding="utf-8")
-
-
-def _write_npz(splits: Any, root: Path) -> None:
-    with open(root / "data.npz", "wb") as f:
-        sizes = {f"{k}_sizes": getattr(splits, k).sizes.numpy() for k in ("train", "test")
-                 if getattr(getattr(splits, k), "sizes", None) is not None}  # padded canvas: each image's valid (h, w)
-        np.savez(f, x_train=splits.train.images.numpy(), y_train=splits.train.labels.numpy(),
-                 x_test=splits.test.images.numpy(), y_test=splits.test.labels.numpy(),
-                 class_names=np.array(list(splits.class_names)), **sizes)
-
-
 def export_poisoned(splits: Any, manifest: Optional[dict], out: str | Path, overwrite: bool = False,
-                    artifacts: Optional[dict[str, bytes]] = None, lock: bool = True) -> Path:
+                    artifacts: Optional[dict[str, bytes]] = None, lock: bool = True, fmt: Optional[str] = None,
+                    csv_separator: str = "\t", csv_paths: str = "absolute",
+                    copies: Optional[dict[str, dict[int, str]]] = None) -> Path:
     """Write ``splits`` (the poisoned dataset), its manifest and the attack's ``artifacts`` (file name -> bytes,
     e.g. a crafted noise ``delta.npz``) to ``out`` atomically; returns ``out``.
 
     The export holds the output's lock (:class:`~clpoison.utils.lock.OutputLock`; ``lock=False`` when the caller
     already does), so a concurrent export to the same ``out`` fails at once; hidden partials a killed export left
-    (``.OUT.*partial``) are removed, and an existing ``out`` is refused unless ``overwrite``."""
+    (``.OUT.*partial``) are removed, and an existing ``out`` is refused unless ``overwrite``. ``fmt`` is one of
+    :mod:`~clpoison.attacks.export_formats`' formats (default ``npz`` for images, ``csv`` for captions);
+    ``copies`` (:func:`~clpoison.attacks.export_formats.untouched_files`) names the rows copied byte for byte."""
     out = check_output_path(out, "dir")
+    fmt = check_format(isinstance(splits, CaptionSplits), fmt, csv_separator, csv_paths)
+    opts = {"fmt": fmt, "csv_separator": csv_separator, "csv_paths": csv_paths, "copies": copies or {}}
     if not lock:
-        return _export_locked(splits, manifest, out, overwrite, artifacts)
+        return _export_locked(splits, manifest, out, overwrite, artifacts, opts)
     with OutputLock(out):
-        return _export_locked(splits, manifest, out, overwrite, artifacts)
+        return _export_locked(splits, manifest, out, overwrite, artifacts, opts)
+
+
+def check_format(captions: bool, fmt: Optional[str] = None, csv_separator: str = "\t",
+                 csv_paths: str = "absolute") -> str:
+    """The export format (the default when ``fmt`` is None) for image–caption data (``captions``) or image data;
+    one ConfigError line if it does not fit the data or an option is bad."""
+    allowed = CAPTION_FORMATS if captions else IMAGE_FORMATS
+    fmt = fmt or allowed[0]
+    if fmt not in allowed:
+        raise ConfigError(f"export format '{fmt}' does not fit {'image-caption' if captions else 'image'} data; "
+                          f"choose one of: {', '.join(allowed)}")
+    if len(csv_separator) != 1 or csv_separator in "\n\r\"":
+        raise ConfigError(f"CSV separator {csv_separator!r} must be one character other than a newline or quote")
+    if csv_paths not in ("absolute", "relative"):
+        raise ConfigError(f"CSV paths '{csv_paths}' unknown; choose absolute or relative")
+    return fmt
 
 
 def _export_locked(splits: Any, manifest: Optional[dict], out: Path, overwrite: bool,
-                   artifacts: Optional[dict[str, bytes]]) -> Path:
+                   artifacts: Optional[dict[str, bytes]], opts: dict) -> Path:
     if out.exists() and not overwrite:
-        raise ConfigError(f"output directory '{out}' already exists; pass --overwrite or choose another --out")
+        msg = f"output directory '{out}' already exists; pass"
+        raise ConfigError(f"{msg} overwrite=True or choose another output directory",
+                          cli=f"{msg} --overwrite or choose another --out")
     for stale in stale_partials(out):  # we hold the lock: their writer is dead
         shutil.rmtree(stale, ignore_errors=True)
     tmp = out.with_name(f".{out.name}.partial")
     tmp.mkdir(parents=True)
     try:
-        if isinstance(splits, CaptionSplits):
-            _write_caption_split(splits.train, tmp, "train")
-            _write_caption_split(splits.test, tmp, "test")
-        else:
-            _write_npz(splits, tmp)
+        fmt, sep, paths = opts["fmt"], opts["csv_separator"], opts["csv_paths"]
+        copies = opts["copies"]
+        write_split(tmp, splits, splits.train, "train", fmt, out, sep, paths, copies.get("train"))
+        if fmt != "npz":  # data.npz holds both splits
+            write_split(tmp, splits, splits.test, "test", fmt, out, sep, paths, copies.get("test"))
+        triggered = triggered_test(splits, manifest) if manifest is not None else None
+        if triggered is not None:
+            write_split(tmp, splits, triggered, "test_triggered", fmt, out, sep, paths)
         fault_point("export-data")
         if manifest is not None:
             trigger = load_trigger(manifest)

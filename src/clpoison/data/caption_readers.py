@@ -56,6 +56,7 @@ from ..errors import ConfigError, DataError
 from ..registry import Registry
 from .caption_generator import CaptionGeneratorConfig, caption_image_splits
 from .captions import CaptionDataset, CaptionSplits
+from .datasets import stack_on_canvas
 from .image_readers import SOURCES, decode_image
 
 IMAGE_SUFFIXES = ("jpg", "jpeg", "png", "webp", "bmp")
@@ -68,7 +69,7 @@ class CaptionDataConfig:
     image_column: str = "filepath"
     caption_column: str = "title"
     label_column: Optional[str] = None
-    separator: Optional[str] = None  # None: "\t" for .tsv, "," otherwise
+    separator: Optional[str] = None  # None: "\t" for .tsv or a header with tabs and no comma, "," otherwise
     on_error: str = "fail"  # fail | skip (skipped rows are counted and reported)
     test_path: Optional[str] = None
     test_fraction: float = 0.1
@@ -135,11 +136,12 @@ def read_caption_csv(
     p = Path(path).expanduser()
     if not p.is_file():
         raise DataError(f"caption file '{p}' does not exist; check data.path")
-    sep = separator or ("\t" if p.suffix.lower() == ".tsv" else ",")
     errors = _Errors(on_error)
     lines = _decode_lines(p.read_bytes(), p, errors)
     if lines and lines[0].startswith("\ufeff"):
         lines[0] = lines[0][1:]
+    tabbed = bool(lines) and "\t" in lines[0] and "," not in lines[0]  # a tab-separated header (open_clip's layout)
+    sep = separator or ("\t" if p.suffix.lower() == ".tsv" or tabbed else ",")
     reader = csv.reader(lines, delimiter=sep)
     try:
         header = next(reader)
@@ -175,7 +177,7 @@ def read_caption_csv(
             groups[img][0].append(cap)
         else:
             groups[img] = ([cap], label, where)
-    images, captions, labels = [], [], []
+    images, captions, labels, files = [], [], [], []
     for img, (caps, label, where) in groups.items():
         ip = (p.parent / img) if not os.path.isabs(img) else Path(img)
         if not ip.is_file():
@@ -188,25 +190,26 @@ def read_caption_csv(
             continue
         captions.append(caps)
         labels.append(label)
+        files.append(str(ip.resolve()))
     if not images:
         raise DataError(f"caption file '{p}' yields no usable image–caption pair (skipped: {dict(errors.counts)}); check it")
-    return _make_dataset(images, captions, labels, name or p.stem, cl is not None), errors.report(str(p))
+    ds = _make_dataset(images, captions, labels, name or p.stem, cl is not None,
+                       files if image_size is None else None)  # native size: the exporter may copy the files
+    return ds, errors.report(str(p))
 
 
-def _make_dataset(images: list, captions: list, labels: list, name: str, labelled: bool) -> CaptionDataset:
-    x = _stack(images, name)
-    if labelled:
-        classes = sorted({l for l in labels if l})
-        y = torch.tensor([classes.index(l) if l else -1 for l in labels], dtype=torch.int64)
-        return CaptionDataset(x, captions, classes, y, name)
-    return CaptionDataset(x, captions, [], None, name)
-
-
-def _stack(images: list[torch.Tensor], name: str) -> torch.Tensor:
-    shapes = {tuple(t.shape) for t in images}
-    if len(shapes) > 1:
-        raise DataError(f"{name}: images have different sizes {sorted(shapes)[:3]}; set data.image_size to resize them")
-    return torch.stack(images)
+def _make_dataset(images: list, captions: list, labels: list, name: str, labelled: bool,
+                  files: Optional[list[str]] = None) -> CaptionDataset:
+    """Images of one size are stacked; images read at their native, different sizes (no ``image_size``) share a
+    zero-padded canvas with their valid sizes recorded (``sizes``)."""
+    sizes = None
+    if len({tuple(t.shape) for t in images}) > 1:
+        x, sizes = stack_on_canvas(images)
+    else:
+        x = torch.stack(images)
+    classes = sorted({l for l in labels if l}) if labelled else []
+    y = torch.tensor([classes.index(l) if l else -1 for l in labels], dtype=torch.int64) if labelled else None
+    return CaptionDataset(x, captions, classes, y, name, sizes, files)
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -365,7 +368,7 @@ def load_caption_splits(
 ) -> CaptionSplits:
     """Caption data by source name: a file source, or a labelled image source captioned by the generator."""
     if name in CAPTION_SOURCES:
-        return CAPTION_SOURCES.get(name)(path, cfg, image_size or 32, seed)
+        return CAPTION_SOURCES.get(name)(path, cfg, image_size, seed)  # None: native sizes (padded canvas)
     if name not in SOURCES:
         raise ConfigError(f"unknown caption dataset '{name}'; choose one of: {', '.join(caption_source_names())}")
     kwargs = {"image_size": image_size} if image_size is not None else {}

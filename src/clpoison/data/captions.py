@@ -24,6 +24,7 @@ class CaptionDataset:
     labels: Optional[torch.Tensor] = None  # int64 (N,), -1 where unknown; never used for pretraining
     name: str = "captions"
     sizes: Optional[torch.Tensor] = None  # (N,2) valid (h, w) when images share a padded canvas
+    files: Optional[list[str]] = None  # the source file of each image, when decoded from files at native size
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.ndim != 4 or self.images.shape[1] != 3:
@@ -35,6 +36,8 @@ class CaptionDataset:
                 self.captions[i] = caps = [caps]
             if not caps:
                 raise DataError(f"{self.name}: image {i} has no caption; every image needs at least one")
+        if self.files is not None and len(self.files) != len(self.images):
+            raise DataError(f"{self.name}: {len(self.files)} source files for {len(self.images)} images")
         if self.labels is not None:
             self.labels = torch.as_tensor(self.labels, dtype=torch.int64)
             if len(self.labels) != len(self.images):
@@ -52,6 +55,7 @@ class CaptionDataset:
             None if self.labels is None else self.labels[index],
             name or self.name,
             None if self.sizes is None else self.sizes[index],
+            None if self.files is None else [self.files[i] for i in index.tolist()],
         )
 
 

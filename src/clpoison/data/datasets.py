@@ -9,7 +9,7 @@ produce datasets from files (``data.name`` sources) are in :mod:`clpoison.data.i
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 
@@ -73,6 +73,12 @@ class ImageDataset:
             name or self.name,
             None if self.sizes is None else self.sizes[index],
         )
+
+    def as_torch_dataset(self, transform: Optional[Callable[[torch.Tensor], Any]] = None) -> Any:
+        """A ``torch.utils.data.Dataset`` of ``(image, label)`` (see :mod:`clpoison.data.torch_view`)."""
+        from .torch_view import TorchImageDataset
+
+        return TorchImageDataset(self, transform)
 
     def valid_sizes(self) -> torch.Tensor:
         """(N,2) valid (h, w) of every image, whether or not the canvas is padded."""

@@ -210,20 +210,19 @@ class Trainer:
     def load_checkpoint(self, path: Path) -> None:
         ckpt = read_checkpoint(path, map_location=self.device)
         if ckpt.get("method") != self.method.name:
-            raise ConfigError(
-                f"checkpoint {path} is for method '{ckpt.get('method')}', not '{self.method.name}'; "
-                "use another out directory or pass --overwrite"
-            )
+            msg = f"checkpoint {path} is for method '{ckpt.get('method')}', not '{self.method.name}'; use another out directory"
+            raise ConfigError(f"{msg} or pass overwrite=True", cli=f"{msg} or pass --overwrite")
         if self.fingerprint is not None and ckpt.get("fingerprint") != self.fingerprint:
-            raise ConfigError(f"the data changed since the interrupted run ({path} was trained on other data); "
-                              "use --overwrite to start again")
+            msg = f"the data changed since the interrupted run ({path} was trained on other data); use"
+            raise ConfigError(f"{msg} overwrite=True to start again", cli=f"{msg} --overwrite to start again")
         self.method.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.scaler.load_state_dict(ckpt["scaler"])
         for k, obj in self.extra_state.items():
             if k not in ckpt.get("extra_state", {}):
-                raise ConfigError(f"checkpoint {path} holds no '{k}' state; use another out directory or pass --overwrite")
+                msg = f"checkpoint {path} holds no '{k}' state; use another out directory or pass"
+                raise ConfigError(f"{msg} overwrite=True", cli=f"{msg} --overwrite")
             obj.load_state_dict(ckpt["extra_state"][k])
         self.epoch, self.step = int(ckpt["epoch"]), int(ckpt["step"])
         self.history = list(ckpt.get("history", []))

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from ..attacks import ATTACKS, Attack
-from ..attacks.export import export_poisoned
+from ..attacks.export import check_format, export_poisoned
+from ..attacks.export_formats import untouched_files
 from ..errors import ConfigError
 from ..utils.device import resolve_device
 from ..utils.io import check_output_path, dumps_json
@@ -37,7 +38,8 @@ def poison_to_disk(attack: str, data: str, out: str | Path, overrides: list[str]
                    preset: Optional[str] = None, data_path: Optional[str] = None, image_size: Optional[int] = None,
                    label_column: Optional[str] = None, test_path: Optional[str] = None,
                    overwrite: bool = False, device: str = "auto", echo: Callable[[str], None] = lambda s: None,
-                   progress: bool = True) -> tuple[Path, dict]:
+                   progress: bool = True, export: Optional[dict] = None,
+                   caption_options: Optional[dict] = None) -> tuple[Path, dict]:
     """Everything ``clpoison poison`` does: validate, load, poison in memory, then export (nothing written on error)."""
     ATTACKS.get(attack)  # an unknown name fails first
     out = check_output_path(out, "dir")
@@ -45,24 +47,31 @@ def poison_to_disk(attack: str, data: str, out: str | Path, overrides: list[str]
         raise ConfigError(f"output directory '{out}' already exists; pass --overwrite or choose another --out")
     atk = ATTACKS.build(attack, attack_params_from(preset, attack, overrides))
     return export_attack(atk, data, out, seed, data_path, image_size, label_column, test_path, overwrite, device,
-                         echo, progress)
+                         echo, progress, export, caption_options)
 
 
 def export_attack(atk: Attack, data: str, out: Path, seed: int = 0, data_path: Optional[str] = None,
                   image_size: Optional[int] = None, label_column: Optional[str] = None,
                   test_path: Optional[str] = None, overwrite: bool = False, device: str = "auto",
-                  echo: Callable[[str], None] = lambda s: None, progress: bool = True) -> tuple[Path, dict]:
-    """Load the clean data, run the (built) attack ``atk`` in memory, export the result to ``out``."""
+                  echo: Callable[[str], None] = lambda s: None, progress: bool = True,
+                  export: Optional[dict] = None, caption_options: Optional[dict] = None) -> tuple[Path, dict]:
+    """Load the clean data, run the (built) attack ``atk`` in memory, export the result to ``out``; ``export``
+    holds :func:`~clpoison.attacks.export.export_poisoned`'s format options (``fmt``, ``csv_separator``,
+    ``csv_paths``) and ``caption_options`` the caption reader's (``data.captions.*``)."""
     out = check_output_path(out, "dir")
     with OutputLock(out):  # one writer per export folder, crafting included
         if out.exists() and not overwrite:
             raise ConfigError(f"output directory '{out}' already exists; pass --overwrite or choose another --out")
-        splits = load_source(atk.data_kind, data, data_path, image_size, seed, label_column, test_path)
+        check_format(atk.data_kind == "captions", **(export or {}))  # before any loading or crafting
+        splits = load_source(atk.data_kind, data, data_path, image_size, seed, label_column, test_path,
+                             caption_options)
         # a long crafting (Contrastive Poisoning) checkpoints next to OUT and resumes when the command is re-run
         craft = out.with_name(f".{out.name}.craft")
         result = atk.poison(splits, seed, {"device": resolve_device(device), "work_dir": craft, "echo": echo,
                                            "progress": progress})
-        written = export_poisoned(result.splits, result.manifest, out, overwrite, result.artifacts, lock=False)
+        copies = untouched_files(splits, result.splits, result.manifest)  # copied byte for byte
+        written = export_poisoned(result.splits, result.manifest, out, overwrite, result.artifacts, lock=False,
+                                  copies=copies, **(export or {}))
         shutil.rmtree(craft, ignore_errors=True)
     return written, result.manifest or {}
 

@@ -10,6 +10,8 @@ results.json) is shared.
 
 * ``results.json`` — ``{"metrics", "config", "timings", "environment", ...}``;
 * ``checkpoint.pt`` — the training checkpoint (model, optimiser, RNG, ... — see the engine);
+* ``encoder.safetensors`` + ``encoder.json`` — the trained image encoder, weights only, with its architecture and
+  preprocessing (:mod:`clpoison.models.encoder_file`; read by :func:`clpoison.load_encoder`, ``clpoison evaluate``);
 * ``metrics.jsonl`` — the training log; ``manifest.json`` when an attack ran.
 
 Work happens in ``OUT.partial/`` which is renamed to ``OUT`` at the very end, so an interrupted run never leaves
@@ -36,6 +38,7 @@ from ..attacks import ATTACKS
 from ..defenses import DEFENSES
 from ..engine.trainer import CHECKPOINT_NAME, Trainer
 from ..errors import ClpoisonError, ConfigError, DataError, TrainingDiverged
+from ..models.encoder_file import save_encoder
 from ..report.tables import format_table
 from ..utils.device import resolve_device
 from ..utils.faults import fault_point
@@ -242,6 +245,9 @@ def _run(cfg: ExperimentConfig, out: Path, work: Path, device: torch.device, sna
         "defense": {"name": cfg.defense.name, **defense_info, **defense.training_summary()},
         "history": history,
     }
+    a = cfg.augment
+    save_encoder(work, method.encoder, vars(cfg.model), {"size": a.out_size, "mean": a.mean, "std": a.std},
+                 cfg.method.name, snapshot)
     atomic_write_json(work / RESULTS_NAME, results)
     if out.exists():
         shutil.rmtree(out)

@@ -51,12 +51,14 @@ def load_image_source(name: str, path: Optional[str], seed: int, image_size: Opt
 
 
 def load_source(kind: str, data: str, path: Optional[str] = None, image_size: Optional[int] = None, seed: int = 0,
-                label_column: Optional[str] = None, test_path: Optional[str] = None) -> Any:
+                label_column: Optional[str] = None, test_path: Optional[str] = None,
+                caption_options: Optional[dict] = None) -> Any:
     """Clean data named on the command line: ``kind`` is ``captions`` (CaptionSplits) or ``images``
-    (ImageSplits); ``data`` a source name or a path (:func:`resolve_source`)."""
+    (ImageSplits); ``data`` a source name or a path (:func:`resolve_source`); ``caption_options`` more fields of
+    :class:`~clpoison.data.caption_readers.CaptionDataConfig` (``separator``, ``image_column``, ...)."""
     name, path = resolve_source(data, path)
     if kind == "captions":
-        cfg = CaptionDataConfig(label_column=label_column, test_path=test_path)
+        cfg = CaptionDataConfig(label_column=label_column, test_path=test_path, **(caption_options or {}))
         return load_caption_splits(name, path, cfg, image_size, seed)
     if name not in SOURCES:
         raise ConfigError(f"unknown image dataset '{name}'; choose one of: {', '.join(SOURCES.names())}")
@@ -64,15 +66,19 @@ def load_source(kind: str, data: str, path: Optional[str] = None, image_size: Op
 
 
 def load_export(root: str | Path) -> Any:
-    """The poisoned dataset a ``clpoison poison`` export folder holds (``data.npz``, or ``train.csv`` /
-    ``test.csv`` with their ``label`` column), as written (no resizing)."""
+    """The poisoned dataset a ``clpoison poison`` export folder holds, as written (no resizing), for the data
+    fingerprint check: ``data.npz`` or ``train.csv`` / ``test.csv`` (with their ``label`` column). ``None`` for the
+    ImageFolder and webdataset layouts: their files are checked by ``SHA256SUMS`` only."""
     root = Path(root)
     if (root / "data.npz").is_file():
         return load_image_source("npz", str(root / "data.npz"), 0, None)
     if (root / "train.csv").is_file():
         cfg = CaptionDataConfig(label_column="label", test_path=str(root / "test.csv"))
         return load_caption_splits("captions-csv", str(root / "train.csv"), cfg, None, 0)
-    raise DataError(f"'{root}' holds neither data.npz nor train.csv; pass the folder `clpoison poison` wrote")
+    if (root / "train").is_dir() or (root / "train-000000.tar").is_file():
+        return None
+    raise DataError(f"'{root}' holds no data.npz, train.csv, train/ or train-000000.tar; pass the folder "
+                    "`clpoison poison` wrote")
 
 
 def verify_if_export(path: Optional[str], splits: Any, as_written: bool) -> Optional[dict]:

@@ -26,8 +26,14 @@ from ..utils.io import atomic_write_bytes
 
 
 def pyplot() -> Any:
-    """``matplotlib.pyplot`` on the non-interactive Agg backend (no display needed)."""
-    import matplotlib
+    """``matplotlib.pyplot`` on the non-interactive Agg backend (no display needed); one ConfigError line when
+    matplotlib (the optional ``plots`` extra) is not installed."""
+    try:
+        import matplotlib
+    except ImportError:
+        from ..errors import ConfigError
+
+        raise ConfigError("plots need matplotlib, which is not installed; pip install matplotlib") from None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

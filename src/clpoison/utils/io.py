@@ -15,9 +15,27 @@ import torch
 from .faults import fault_point
 
 
+def current_umask() -> int:
+    """The process umask (read from /proc where possible: setting it to read it is not thread-safe)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _tmp_beside(path: Path) -> tuple[int, str]:
+    """A temporary file beside ``path`` with the permissions a plain ``open(path, "w")`` would give (mkstemp
+    makes it 0600; the user's umask decides instead)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    return tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.chmod(tmp, 0o666 & ~current_umask())
+    return fd, tmp
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -113,15 +131,23 @@ def sha256_tensor(t: torch.Tensor) -> str:
 
 def check_output_path(path: str | os.PathLike, kind: str = "file", flag: str = "--out") -> Path:
     """``path`` as a Path if it can be written as a ``kind`` ("file" or "dir"); else one :class:`ConfigError` line
-    (a parent that is a file, a file where a directory goes or the reverse) — checked before any work is done."""
+    (a parent that is a file, a file where a directory goes or the reverse) — checked before any work is done. The
+    message names ``path``; its ``cli_message`` names ``flag`` (the command-line option that gave it)."""
     from ..errors import ConfigError
 
     path = Path(path)
+
+    def fail(lib: str, cli: str) -> None:  # the library names the output, the CLI its flag
+        raise ConfigError(lib, cli=cli)
+
     for parent in path.absolute().parents:
         if parent.exists() and not parent.is_dir():
-            raise ConfigError(f"{flag} '{path}': '{parent}' is a file, not a directory; choose another {flag}")
+            fail(f"output '{path}': '{parent}' is a file, not a directory; choose another output path",
+                 f"{flag} '{path}': '{parent}' is a file, not a directory; choose another {flag}")
     if kind == "file" and path.is_dir():
-        raise ConfigError(f"{flag} '{path}' is a directory; name a file to write")
+        fail(f"output '{path}' is a directory; name a file to write",
+             f"{flag} '{path}' is a directory; name a file to write")
     if kind == "dir" and path.exists() and not path.is_dir():
-        raise ConfigError(f"{flag} '{path}' is an existing file, not an output directory; choose another {flag}")
+        fail(f"output '{path}' is an existing file, not an output directory; choose another output path",
+             f"{flag} '{path}' is an existing file, not an output directory; choose another {flag}")
     return path

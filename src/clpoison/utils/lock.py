@@ -53,8 +53,9 @@ class OutputLock:
             except BlockingIOError:
                 holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "unknown"
                 os.close(fd)
-                raise ConfigError(f"'{self.out}' is being written by another clpoison process (pid {holder}); "
-                                  f"wait for it to finish or choose another {self.flag}") from None
+                msg = f"'{self.out}' is being written by another clpoison process (pid {holder}); wait for it to finish " \
+                      "or choose another"
+                raise ConfigError(f"{msg} output", cli=f"{msg} {self.flag}") from None
             try:  # the previous holder may have unlinked the file between our open and flock: lock the new one
                 same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
             except FileNotFoundError:

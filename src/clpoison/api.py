@@ -1,0 +1,59 @@
+"""The small Python API for finished runs and encoder files: :func:`load_run` and :func:`load_encoder`.
+
+Example::
+
+    >>> import clpoison
+    >>> callable(clpoison.load_run) and callable(clpoison.load_encoder)
+    True
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from torch import nn
+
+from .errors import DataError
+from .models.encoder_file import SPEC_NAME, WEIGHTS_NAME
+from .models.encoder_file import load_encoder as _load_encoder
+
+
+@dataclass
+class Run:
+    """A finished run: its ``config`` snapshot, ``metrics``, the whole ``results`` dict and the frozen ``encoder``
+    (``None`` for a run written before encoder files existed) with its ``encoder_spec``."""
+
+    path: Path
+    config: dict[str, Any]
+    metrics: dict[str, Any]
+    results: dict[str, Any]
+    encoder: Optional[nn.Module]
+    encoder_spec: Optional[dict[str, Any]]
+
+
+def load_encoder(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """``(encoder, spec)``: a clpoison ``encoder.safetensors`` (or its folder) or a torchvision-layout ResNet state
+    dict, on the CPU in eval mode; ``spec`` holds the architecture and preprocessing (see
+    :mod:`clpoison.models.encoder_file`). Raises :class:`~clpoison.errors.DataError` on anything else."""
+    return _load_encoder(path)
+
+
+def load_run(path: str | Path) -> Run:
+    """The finished run in folder ``path`` (``results.json``, ``encoder.safetensors`` + ``encoder.json``)."""
+    path = Path(path)
+    res_path = path / "results.json"
+    if not res_path.is_file():
+        raise DataError(f"'{path}' holds no results.json; is it a finished clpoison run folder?")
+    try:
+        results = json.loads(res_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"'{res_path}' is not JSON ({type(e).__name__})") from None
+    if not isinstance(results, dict):
+        raise DataError(f"'{res_path}' does not hold a results object")
+    encoder, spec = None, None
+    if (path / WEIGHTS_NAME).exists() and (path / SPEC_NAME).exists():
+        encoder, spec = _load_encoder(path / WEIGHTS_NAME)
+    return Run(path, results.get("config") or {}, results.get("metrics") or {}, results, encoder, spec)
