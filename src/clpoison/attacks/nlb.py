@@ -156,11 +156,12 @@ class NLB(Attack):
                 batch_size=p.attacker_batch_size, device=ctx.get("device"), seed=seed,
                 work_dir=None if work is None else work / "attacker", progress=bool(ctx.get("progress")),
                 echo=ctx.get("echo") or (lambda s: None))
+            feats = feats.to(ctx.get("device") or "cpu")  # the chunked top-2M runs on the device
         t0 = time.perf_counter()
         sel = select(p.selection, feats, m, n=n, seed=seed, n_clusters=p.clusters, labels=train.labels, target=target,
                      chunk=p.chunk)
         select_s = time.perf_counter() - t0
-        idx = sel.indices.long()
+        idx = sel.indices.long().cpu()
         images = train.images.clone()
         sizes = None if train.sizes is None else train.sizes[idx]
         images[idx] = self.trigger.apply(train.images[idx], torch.Generator().manual_seed(int(seed)), sizes)
