@@ -36,7 +36,7 @@ from clpoison.experiments.bench import (NLB_PRESET, NLB_ROWS, clean_asr_by_targe
 from clpoison.experiments.config import load_preset
 from clpoison.utils.io import atomic_write_json
 
-KEYS = ("tpr", "asr", "ca", "clean_asr", "select_seconds")
+KEYS = ("asr", "ca", "clean_asr", "select_seconds")  # TPR: from the attacker seeds (`tpr`), one source
 
 
 def selection_tpr(p: Any, rows: list[str], encoder: Any, train: Any, seed: int) -> dict[str, float]:
