@@ -111,6 +111,17 @@ def _rate(cfg: dict) -> Optional[float]:
     return float(r) if isinstance(r, (int, float)) and not isinstance(r, bool) else None
 
 
+def _poisons(run: Run) -> str:
+    """The poison budget as a person reads it: ``0`` (clean), ``1 %`` (a rate), ``8 samples`` (a count) or ``—``."""
+    if is_clean(run):
+        return "0"
+    cfg = run.results.get("config") or {}
+    rate, count = _rate(cfg), ((cfg.get("attack") or {}).get("params") or {}).get("poison_count")
+    if rate is not None:
+        return f"{100 * rate:g} %"
+    return f"{count} samples" if isinstance(count, int) else "—"
+
+
 def is_clean(run: Run) -> bool:
     """A run without poisons: attack ``none``, a ``*-control`` attack (the clean model evaluated with an attack's
     trigger / victims), or zero poisons."""
@@ -147,8 +158,7 @@ def settings(runs: Sequence[Run]) -> list[Setting]:
                 label["Method"] = (cfg.get("method") or {}).get("name")
             label["Attack"] = attack_label(r)
             label["Defense"] = ((cfg.get("defense") or {}).get("name") or "none")
-            rate = None if is_clean(r) else _rate(cfg)
-            label["Poison rate"] = "0" if is_clean(r) else ("—" if rate is None else f"{100 * rate:g} %")
+            label["Poisons"] = _poisons(r)
             for k in extra:
                 label[k.split(".")[-1].replace("_", " ")] = f.get(k)
             groups[key] = Setting(key, label, [], ca_key)

@@ -54,8 +54,8 @@ def summary_table(sets: Sequence[Setting]) -> tuple[list[str], list[list[str]]]:
     label_cols: list[str] = []
     for s in sets:
         label_cols += [k for k in s.label if k not in label_cols]
-    if all(s.label.get("Poison rate") in ("—", None) for s in sets):
-        label_cols.remove("Poison rate")
+    if all(s.label.get("Poisons") in ("—", None) for s in sets):
+        label_cols.remove("Poisons")
     header = [*label_cols, "Seeds", "Clean accuracy", "CA 95 % CI (t)"]
     if has_asr:
         header += ["Attack success rate", "ASR 95 % CI (Wilson)"]

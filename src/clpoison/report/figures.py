@@ -19,12 +19,27 @@ from .plots import pyplot, save_figure
 Figure = tuple[str, Path]
 
 
+def _word(k: str, v: object) -> str:
+    if k == "Defense":
+        return "no defense" if v == "none" else f"defense {v}"
+    if k == "Poisons":
+        return "no poisons" if v == "0" else f"{v} poisoned"
+    return str(v) if k in ("Attack", "Method") else f"{k} {v}"
+
+
 def _name(s: Setting, skip: Sequence[str] = ()) -> str:
-    return ", ".join(f"{v}" for k, v in s.label.items() if k not in skip and v not in (None, "—"))
+    """A setting in words, e.g. ``carlini-backdoor, no defense, 1 % poisoned``."""
+    return ", ".join(_word(k, v) for k, v in s.label.items() if k not in skip and v not in (None, "—"))
 
 
 def _series_key(s: Setting) -> str:
-    return _name(s, ("Poison rate",))
+    return _name(s, ("Poisons",))
+
+
+def use_log_x(values: Sequence[float]) -> bool:
+    """A log axis when the positive values span a decade or more (e.g. poison rates 0.1 % … 2 %)."""
+    pos = [v for v in values if v > 0]
+    return len(pos) >= 2 and max(pos) / min(pos) >= 10
 
 
 def asr_vs_rate(sets: Sequence[Setting], folder: Path) -> list[Figure]:
@@ -49,9 +64,11 @@ def asr_vs_rate(sets: Sequence[Setting], folder: Path) -> list[Figure]:
             ax.scatter([x] * len(s.values("asr")), s.values("asr"), color="grey", s=10, alpha=0.6, zorder=3)
     for s in clean:
         ax.axhline(statistics.fmean(s.values("asr")), ls="--", lw=1, color="k",
-                   label=f"clean model ({s.label.get('Defense', 'none')} defense)" if len(clean) > 1 else "clean model")
-    if rates[-1] / max(rates[0], 1e-12) >= 10:
+                   label=f"clean model ({_word('Defense', s.label.get('Defense'))})" if len(clean) > 1 else "clean model")
+    if use_log_x(rates):
         ax.set_xscale("log")
+        ax.set_xticks(rates, [f"{r:g}" for r in rates])
+        ax.minorticks_off()
     ax.set_xlabel("Poisoned share of the training data (%)")
     ax.set_ylabel("Attack success rate")
     ax.set_ylim(-0.02, 1.02)
@@ -87,7 +104,7 @@ def targeted_bars(sets: Sequence[Setting], folder: Path) -> list[Figure]:
     if not rows:
         return []
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 0.6 + 0.45 * len(rows)))
+    fig, ax = plt.subplots(figsize=(6.4, max(2.4, 1.2 + 0.45 * len(rows))))
     ys = list(range(len(rows)))
     means = [r[1]["mean"] for r in rows]
     err = [[m - (r[1]["ci"] or (m, m))[0] for m, r in zip(means, rows)],
