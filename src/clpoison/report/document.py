@@ -110,7 +110,8 @@ def _html_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 CSS = ("body{font-family:sans-serif;max-width:1300px;margin:1em auto;color:#222}table{border-collapse:collapse;"
        "margin:.5em 0;font-size:14px}td,th{border:1px solid #bbb;padding:3px 8px;text-align:left}th{background:#eee}"
-       "img{max-width:640px;margin:4px}figure{display:inline-block;margin:0 8px 8px 0;vertical-align:top}"
+       "td:not(:first-child){white-space:nowrap}img{width:100%}figure{display:inline-block;width:620px;"
+       "margin:0 12px 12px 0;vertical-align:top}"
        "figcaption{font-size:13px}pre{background:#f6f6f6;padding:6px;font-size:12px;overflow:auto}"
        ".failed{color:#b00}p.note{font-size:13px;color:#444}")
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import statistics
+import textwrap
 from pathlib import Path
 from typing import Sequence
 
@@ -84,7 +85,7 @@ def ca_vs_asr(sets: Sequence[Setting], folder: Path) -> list[Figure]:
     if not pts:
         return []
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig, ax = plt.subplots(figsize=(6.4, 4.2 + 0.16 * len(pts)))
     for i, (s, a, c) in enumerate(pts):
         ax.errorbar(a["mean"], c["mean"], xerr=a["std"], yerr=c["std"], fmt="o", ms=5, capsize=2,
                     label=f"{i + 1}: {_name(s)}")
@@ -93,7 +94,7 @@ def ca_vs_asr(sets: Sequence[Setting], folder: Path) -> list[Figure]:
     ax.set_ylabel("Clean accuracy")
     ax.set_xlim(-0.02, 1.02)
     ax.set_title("Clean accuracy against attack success rate (mean ± std over seeds)", fontsize=9)
-    ax.legend(fontsize=6, loc="best")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), frameon=False)
     return [("Clean accuracy against attack success rate", save_figure(fig, folder / "ca_vs_asr.png"))]
 
 
@@ -110,9 +111,9 @@ def targeted_bars(sets: Sequence[Setting], folder: Path) -> list[Figure]:
     err = [[m - (r[1]["ci"] or (m, m))[0] for m, r in zip(means, rows)],
            [(r[1]["ci"] or (m, m))[1] - m for m, r in zip(means, rows)]]
     ax.barh(ys, means, xerr=err, capsize=3, color="tab:orange")
-    ax.set_yticks(ys, [_name(r[0]) for r in rows], fontsize=7)
+    ax.set_yticks(ys, [textwrap.fill(_name(r[0]), 32) for r in rows], fontsize=7)
     ax.set_xlim(0, 1)
-    ax.set_xlabel("Targeted success (share of victims; bar: 95 % Wilson interval)")
+    ax.set_xlabel("Share of victims given the attacker's label\n(bars: 95 % Wilson interval)")
     ax.set_title("Targeted poisoning success", fontsize=9)
     return [("Targeted poisoning success", save_figure(fig, folder / "targeted_success.png"))]
 
