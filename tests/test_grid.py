@@ -105,6 +105,38 @@ def test_carlini_grid_builds_the_benchmark_configs():
     assert {c.name: c.config.to_dict() for c in cells} == ref
 
 
+def test_other_benchmark_grids_build_the_scripts_configs():
+    """ssl_small / corruptencoder_small / safeclip_small grid files: the configs of their benchmark scripts (the
+    ssl_small script names every run after its preset; a grid names it after its cell)."""
+    from clpoison.experiments.bench import CORRUPTENCODER_ROWS, corruptencoder_row_config
+    from clpoison.experiments.config import load_preset
+
+    def old(name, data, ov):
+        return build_config({**data, "name": name}, ["train.progress=false", *ov]).to_dict()
+
+    grids = ROOT / "benchmarks" / "grids"
+    ssl = {c.name: c.config.to_dict() for c in expand_grid(read_grid(grids / "ssl_small.yaml"))}
+    assert ssl == {f"{m}_s{s}": old(f"{m}_s{s}", {"preset": f"{m}-small"}, [f"seed={s}"])
+                   for m in ("simclr", "mocov2", "byol") for s in range(3)}
+    ce_params = dict(load_preset("corruptencoder-small")["attack"]["params"])
+    ce = {c.name: c.config.to_dict() for c in expand_grid(read_grid(grids / "corruptencoder_small.yaml"))}
+    assert ce == {f"{r}_s{s}": old(f"{r}_s{s}", corruptencoder_row_config(r, ce_params), [f"seed={s}"])
+                  for r in CORRUPTENCODER_ROWS for s in range(3)}
+    sections = {k: v for k, v in load_preset("safeclip-small").items() if k not in ("name", "preset")}
+    ref = {}
+    for s in range(3):
+        ref[f"clean_s{s}"] = old(f"clean_s{s}", carlini_clean_control(), [f"seed={s}"])
+        for attack, preset, extra, tag in (("backdoor", "carlini-backdoor-small", ["attack.params.poison_rate=0.01"],
+                                            "_0.01"), ("targeted", "carlini-targeted-small", [], "")):
+            ref[f"{attack}{tag}_s{s}"] = old(f"{attack}{tag}_s{s}", {"preset": preset}, [*extra, f"seed={s}"])
+            ref[f"{attack}_safeclip{tag}_s{s}"] = old(f"{attack}_safeclip{tag}_s{s}", {"preset": preset, **sections},
+                                                      [*extra, f"seed={s}"])
+            ref[f"{attack}{tag}_e32_s{s}"] = old(f"{attack}{tag}_e32_s{s}", {"preset": preset},
+                                                 [*extra, f"seed={s}", "train.epochs=32"])
+    safe = {c.name: c.config.to_dict() for c in expand_grid(read_grid(grids / "safeclip_small.yaml"))}
+    assert safe == ref
+
+
 class _Html(HTMLParser):
     def __init__(self):
         super().__init__()

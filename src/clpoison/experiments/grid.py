@@ -76,7 +76,9 @@ def read_grid(path: Union[str, Path]) -> dict:
 
 
 def normalize_grid(spec: dict, path: Union[str, Path] = "<grid>") -> dict:
-    """A grid mapping (as read from YAML) checked and completed: ``{name, description, base, axes, cells}``."""
+    """A grid mapping (as read from YAML) checked and completed: ``{name, description, base, axes, cells}``.
+    Top-level keys starting with ``x-`` are ignored (a place for YAML anchors shared by several cells)."""
+    spec = {k: v for k, v in spec.items() if not str(k).startswith("x-")}
     unknown = sorted(set(spec) - set(GRID_KEYS) - {"preset"})
     if unknown and "base" in spec:
         raise ConfigError(f"grid file '{path}': unknown top-level keys {unknown}; a grid holds {', '.join(GRID_KEYS)}")
