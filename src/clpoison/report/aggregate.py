@@ -112,13 +112,17 @@ def _rate(cfg: dict) -> Optional[float]:
 
 
 def _poisons(run: Run) -> str:
-    """The poison budget as a person reads it: ``0`` (clean), ``1 %`` (a rate), ``8 samples`` (a count) or ``—``."""
+    """The poison budget as a person reads it: ``0`` (clean), ``1 %`` (a rate), ``8 samples`` (a count),
+    ``16 victims × 5`` (targeted poisoning: pairs per victim) or ``—``."""
     if is_clean(run):
         return "0"
     cfg = run.results.get("config") or {}
-    rate, count = _rate(cfg), ((cfg.get("attack") or {}).get("params") or {}).get("poison_count")
+    params = (cfg.get("attack") or {}).get("params") or {}
+    rate, count = _rate(cfg), params.get("poison_count")
     if rate is not None:
         return f"{100 * rate:g} %"
+    if isinstance(params.get("num_targets"), int) and isinstance(params.get("pairs_per_target"), int):
+        return f"{params['num_targets']} victims × {params['pairs_per_target']}"  # targeted poisoning
     return f"{count} samples" if isinstance(count, int) else "—"
 
 
