@@ -289,8 +289,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"grid": cmd_grid, "report": cmd_report, "run": cmd_run, "pretrain": cmd_pretrain, "evaluate": cmd_evaluate, "datasets": cmd_datasets,
-            "presets": cmd_presets, "poison": cmd_poison, "scan": cmd_scan, "verify": cmd_verify, "demo": cmd_demo}
+COMMANDS = {"run": cmd_run, "pretrain": cmd_pretrain, "evaluate": cmd_evaluate, "datasets": cmd_datasets,
+            "presets": cmd_presets, "poison": cmd_poison, "scan": cmd_scan, "verify": cmd_verify, "demo": cmd_demo,
+            "grid": cmd_grid, "report": cmd_report}
 
 
 def main(argv: Optional[list[str]] = None) -> int:
