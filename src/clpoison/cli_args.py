@@ -117,7 +117,7 @@ HELP: dict[str, tuple[str, str, str]] = {  # name -> (description, example, choi
              "failed ones recorded and retried.",
              "clpoison grid benchmarks/grids/carlini_small.yaml --out runs/grid_carlini", "attacks defenses presets"),
     "report": ("Write report.html (self-contained) and report.md from a grid folder or run folders: the attack x "
-               "defense table (mean +- std over seeds, 95% intervals) and plots.",
+               "defense table (mean +- std over seeds, confidence intervals) and plots.",
                "clpoison report runs/grid_carlini --out runs/grid_carlini/report", ""),
 }
 
