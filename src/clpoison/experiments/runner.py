@@ -213,7 +213,7 @@ def _run(cfg: ExperimentConfig, out: Path, work: Path, device: torch.device, sna
         "device": device, "seed": cfg.seed})
     hooks = defense.training_hooks()
     trainer = Trainer(method, batches, cfg.train, device, work, snapshot, schedule=hooks.schedule,
-                      on_epoch_start=hooks.epoch_start, on_epoch_end=hooks.epoch_end, fingerprint=fp,
+                      on_epoch_start=hooks.epoch_start, on_epoch_end=hooks.epoch_end, state=hooks.state, fingerprint=fp,
                       notify=lambda msg: print(msg, file=sys.stderr, flush=True))
     if cfg.eval.every_epochs:
         trainer.on_epoch_end.append(periodic_eval(task, method, attack, splits, train_splits, cfg.eval.every_epochs,

@@ -1,0 +1,194 @@
+"""CleanCLIP (Bansal, Singhi, Yang, Yin, Grover, Chang, ICCV 2023): fine-tune a poisoned CLIP on clean pairs with an
+added in-modal self-supervised loss, so that the spurious trigger–caption association is forgotten.
+
+A *post-hoc* defense (``defense: {name: cleanclip, params: {checkpoint: RUN}}``): the run builds the same (poisoned)
+data as the attacked run, so that the attack is evaluated exactly as there, and then
+
+1. :meth:`CleanCLIP.filter` picks the **clean fine-tuning split** — rows of the training split that are disjoint
+   from the poisoned training rows (the attack's manifest): ``finetune_split: untouched`` draws ``finetune_pairs``
+   rows (seeded by the run's seed) among the rows the attack did not touch — the manifest stands in for the
+   defender's trusted clean data, as the paper fine-tunes on a clean 100K subset; ``finetune_split: range`` takes the
+   half-open row range ``finetune_range`` and refuses, with one line, a range that holds a poisoned row;
+2. :meth:`CleanCLIP.wrap_training` loads the checkpoint's CLIP (weights and tokenizer; the run's captions are
+   re-tokenized with it) and trains it with :func:`clpoison.methods.cleanclip.cleanclip_loss` on batches of
+   (stored image, caption, strong image view, EDA caption) — :mod:`clpoison.defenses.clip_views`, EDA computed once.
+
+The engine (:class:`~clpoison.engine.trainer.Trainer`) runs the fine-tuning with the run's ``train`` section: the
+official recipe is AdamW (0.9, 0.999), lr 1e-5, weight decay 0.1 (not on norms / biases / the logit scale), batch 64,
+10 epochs, 50 warm-up steps then cosine (``cleanclip-paper``). The optimiser is **fresh**: the official
+``--complete_finetune`` still loads the poisoned run's optimiser state (AdamW moments of the poisoned training);
+starting from the weights alone is the defender's situation when only a model is at hand (docs/clip_defenses.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..attacks.manifest import manifest_poisons
+from ..data.caption_loader import CaptionBatches, flat_captions
+from ..engine.checkpoint import read_checkpoint
+from ..errors import ConfigError
+from ..methods.base import Method
+from ..methods.cleanclip import cleanclip_loss
+from .base import DEFENSES, Defense, DefenseParams
+from .clip_views import AugmentedCaptionBatches, eda_tokens
+
+SPLITS = ("untouched", "range")
+
+
+@dataclass
+class CleanCLIPParams(DefenseParams):
+    checkpoint: Optional[str] = None  # the poisoned CLIP: a run folder or its checkpoint.pt (required)
+    finetune_split: str = "untouched"  # untouched | range (see the module docstring)
+    finetune_pairs: int = 100000  # paper: 100K clean CC3M pairs
+    finetune_range: Optional[list[int]] = None  # [start, stop) rows of the training split (finetune_split=range)
+    clip_weight: float = 1.0
+    inmodal_weight: float = 1.0
+    eda_alpha: float = 0.1
+    clean_images: bool = True  # the CLIP term sees the stored image (official); false: the run's augmented view
+
+    def __post_init__(self) -> None:
+        if self.finetune_split not in SPLITS:
+            raise ConfigError(f"defense.params.finetune_split='{self.finetune_split}' unknown; choose untouched or range")
+        if self.finetune_pairs < 2:
+            raise ConfigError(f"defense.params.finetune_pairs={self.finetune_pairs} must be >= 2")
+        if self.finetune_range is not None and (len(self.finetune_range) != 2 or not 0 <= self.finetune_range[0] < self.finetune_range[1]):
+            raise ConfigError(f"defense.params.finetune_range={self.finetune_range} must be [start, stop) with 0 <= start < stop")
+        if self.finetune_split == "range" and self.finetune_range is None:
+            raise ConfigError("defense.params.finetune_split=range needs defense.params.finetune_range=[start,stop]")
+        if self.clip_weight < 0 or self.inmodal_weight < 0 or self.clip_weight + self.inmodal_weight <= 0:
+            raise ConfigError("defense.params.clip_weight and inmodal_weight must be >= 0 and not both 0")
+
+
+def finetune_rows(n: int, poisons: Optional[np.ndarray], p: CleanCLIPParams, seed: int) -> np.ndarray:
+    """Sorted rows of the clean fine-tuning split of an ``n``-row training split; never a row of ``poisons``."""
+    poisoned = np.zeros(n, bool)
+    if poisons is not None and len(poisons):
+        poisoned[poisons[poisons < n]] = True
+    if p.finetune_split == "range":
+        start, stop = p.finetune_range
+        if stop > n:
+            raise ConfigError(f"defense.params.finetune_range={p.finetune_range} ends past the {n} training rows")
+        rows = np.arange(start, stop)
+        bad = rows[poisoned[rows]]
+        if len(bad):
+            raise ConfigError(f"defense.params.finetune_range={p.finetune_range} holds {len(bad)} poisoned training "
+                              f"row(s) (first: {int(bad[0])}); CleanCLIP fine-tunes on clean pairs only — choose a "
+                              "range without them or finetune_split=untouched")
+        return rows
+    clean = np.flatnonzero(~poisoned)
+    if p.finetune_pairs > len(clean):
+        raise ConfigError(f"defense.params.finetune_pairs={p.finetune_pairs} exceeds the {len(clean)} training rows "
+                          "the attack did not touch; lower it")
+    rng = np.random.default_rng(int(seed) * 7_919 + 12_345)
+    return np.sort(rng.choice(clean, p.finetune_pairs, replace=False))
+
+
+class CleanCLIPMethod(Method):
+    """Wraps the loaded CLIP; its state dict *is* the CLIP's, so the run's checkpoint loads wherever a CLIP one does."""
+
+    name = "cleanclip"
+    modality = "image-text"
+
+    def __init__(self, clip: Method, params: CleanCLIPParams) -> None:
+        super().__init__()
+        self.clip, self.params = clip, params
+
+    @property
+    def model(self) -> nn.Module:
+        return self.clip.model
+
+    @property
+    def encoder(self) -> nn.Module:
+        return self.clip.encoder
+
+    @property
+    def tokenizer(self):
+        return self.clip.tokenizer
+
+    def state_dict(self, *args, **kwargs):
+        return self.clip.state_dict(*args, **kwargs)
+
+    def load_state_dict(self, state, strict: bool = True, assign: bool = False):
+        return self.clip.load_state_dict(state, strict=strict, assign=assign)
+
+    def loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float], dict[str, Any]]:
+        m = self.model
+        scale = m.scale()
+        img, img_aug = m.encode_image(torch.cat([batch["images"], batch["images_aug"]])).chunk(2)
+        t, ta = batch["tokens"], batch["tokens_aug"]
+        n = max(t.shape[1], ta.shape[1])
+        pad = lambda x: nn.functional.pad(x, (0, n - x.shape[1]))  # noqa: E731  (0 = padding token)
+        txt, txt_aug = m.encode_text(torch.cat([pad(t), pad(ta)])).chunk(2)
+        loss, terms = cleanclip_loss(img, txt, img_aug, txt_aug, scale, self.params.clip_weight, self.params.inmodal_weight)
+        return loss, {"logit_scale": float(scale.detach()), "cleanclip_clip": float(terms["clip"].detach()),
+                      "cleanclip_inmodal": float(terms["inmodal"].detach())}, {}
+
+
+def checkpoint_file(path: Optional[str]) -> Path:
+    if not path:
+        raise ConfigError("defense cleanclip needs defense.params.checkpoint: the poisoned CLIP run folder (or its "
+                          "checkpoint.pt) to fine-tune")
+    p = Path(path).expanduser()
+    p = p / "checkpoint.pt" if p.is_dir() else p
+    if not p.is_file():
+        raise ConfigError(f"defense.params.checkpoint '{path}' does not exist; pass a finished CLIP run folder or its checkpoint.pt")
+    return p
+
+
+@DEFENSES.register("cleanclip")
+class CleanCLIP(Defense):
+    """Fine-tune a (poisoned) CLIP checkpoint on a clean split with CLIP + in-modal losses."""
+
+    name = "cleanclip"
+    Params = CleanCLIPParams
+
+    def __init__(self, params: CleanCLIPParams) -> None:
+        super().__init__(params)
+        self.info: dict[str, Any] = {}
+
+    def filter(self, train: Any, context: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        checkpoint_file(self.params.checkpoint)  # fail before any work
+        if not hasattr(train, "captions"):
+            raise ConfigError("defense 'cleanclip' needs image-text data (method.name=clip)")
+        poisons = manifest_poisons(context.get("manifest"))
+        rows = finetune_rows(len(train), poisons, self.params, int(context.get("seed", 0)))
+        self.info = {"cleanclip_finetune_pairs": int(len(rows)), "cleanclip_split": self.params.finetune_split,
+                     "cleanclip_poisoned_rows": 0 if poisons is None else int(len(poisons)),
+                     "cleanclip_poisons_in_split": 0 if poisons is None else int(np.isin(rows, poisons).sum())}
+        return train.subset(torch.as_tensor(rows, dtype=torch.long), f"{getattr(train, 'name', 'train')}/cleanclip"), dict(self.info)
+
+    def wrap_training(self, method: Method, batches: Any, context: dict[str, Any]) -> tuple[Method, Any]:
+        if method.modality != "image-text" or not isinstance(batches, CaptionBatches):
+            raise ConfigError("defense 'cleanclip' needs an image-text method (method.name=clip)")
+        path = checkpoint_file(self.params.checkpoint)
+        ckpt = read_checkpoint(path, map_location="cpu")
+        cfg, task = context["cfg"], context["task"]
+        old = ckpt.get("config") or {}
+        if (old.get("method") or {}).get("name") != "clip":
+            raise ConfigError(f"defense.params.checkpoint '{path}' is not a CLIP checkpoint; pass a run of method clip")
+        if old.get("model") != vars(cfg.model):
+            raise ConfigError(f"defense.params.checkpoint '{path}' holds model {old.get('model')}, this run "
+                              f"{vars(cfg.model)}; use the poisoned run's preset")
+        clip = task.method_from_checkpoint(ckpt, f"defense.params.checkpoint '{path}'")  # also the task's tokenizer
+        if context.get("out_dir") is not None:  # the run folder's tokenizer.json is the model's
+            clip.tokenizer.save(Path(context["out_dir"]) / "tokenizer.json")
+        train_set = context["train_set"]
+        captions = flat_captions(train_set)
+        ctx = clip.params.context_length
+        base = CaptionBatches(train_set, clip.tokenizer.encode(captions, ctx), batches.batch_size, batches.device,
+                              batches.seed, batches.augment, batches.memory_format == torch.channels_last, batches.drop_last)
+        eda = eda_tokens(captions, clip.tokenizer, ctx, int(context.get("seed", 0)), self.params.eda_alpha)
+        self.info.update({"cleanclip_checkpoint": str(path), "cleanclip_checkpoint_epochs": int(ckpt.get("epoch", 0)),
+                          "cleanclip_checkpoint_train_s": float(ckpt.get("train_seconds", 0.0)),
+                          "cleanclip_optimizer": "fresh"})
+        return CleanCLIPMethod(clip, self.params), AugmentedCaptionBatches(base, eda, self.params.clean_images)
+
+    def training_summary(self) -> dict[str, Any]:
+        return dict(self.info)

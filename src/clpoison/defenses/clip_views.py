@@ -1,0 +1,96 @@
+"""Augmented image and caption views for the CLIP defenses that train on them (CleanCLIP, RoCLIP's cross-augmentation).
+
+* **Strong image view**, on the device: the run's geometric augmentation (crop box + flip of the
+  :class:`~clpoison.data.caption_loader.CaptionImageAugment`), then SimCLR-style colour jitter (0.4, 0.4, 0.4, 0.1)
+  with p 0.8 and grayscale with p 0.2 (:class:`~clpoison.data.augment.ViewAugment`; Gaussian blur from 96 px up).
+  The official CleanCLIP and RoCLIP code use torchvision's AutoAugment (ImageNet policy) — a deviation, named in
+  docs/clip_defenses.md: AutoAugment's ops are mostly photometric too (colour, contrast, brightness, posterize,
+  solarize, equalize, sharpness) plus small rotations and shears.
+* **EDA caption view** (:mod:`clpoison.data.eda`, one augmentation per caption), computed **once** when the batch
+  source is built, as the official ``src/data.py``.
+
+:class:`AugmentedCaptionBatches` wraps the run's :class:`~clpoison.data.caption_loader.CaptionBatches` (same
+order, same caption choice per epoch) and adds ``images_aug`` / ``tokens_aug`` to each batch.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator, Optional
+
+import torch
+
+from ..data.augment import AugmentConfig, ViewAugment, crop_resize_flip
+from ..data.caption_loader import CaptionBatches, CaptionImageAugment
+from ..data.eda import eda_views
+
+
+def strong_photometric(augment: CaptionImageAugment) -> ViewAugment:
+    """The colour part of the strong view (SimCLR's jitter + grayscale; blur only from 96 px up), normalising with
+    the run's mean / std."""
+    big = augment.out_size >= 96
+    cfg = AugmentConfig(out_size=augment.out_size, jitter=(0.4, 0.4, 0.4, 0.1), jitter_p=0.8, gray_p=0.2,
+                        blur_p=(0.5, 0.5) if big else (0.0, 0.0), mean=tuple(augment.mean.flatten().tolist()),
+                        std=tuple(augment.std.flatten().tolist()))
+    return ViewAugment(cfg, 0)
+
+
+def eda_tokens(captions: list[str], tokenizer: Any, context_length: int, seed: int, alpha: float) -> torch.Tensor:
+    """Tokens of one EDA view of every caption (deterministic in ``seed``)."""
+    (view,) = eda_views(captions, seed, alpha, views=1)
+    return tokenizer.encode(view, context_length)
+
+
+def trim(tok: torch.Tensor) -> torch.Tensor:
+    """Token rows cut to the longest caption of the batch (exact for the causal / bag-of-tokens text towers)."""
+    return tok[:, : max(1, int((tok != 0).sum(1).max()))]
+
+
+class AugmentedCaptionBatches:
+    """The run's CLIP batches plus a strong image view (``images_aug``) and the EDA caption (``tokens_aug``).
+
+    ``clean_images``: the ``images`` entry is the image as stored (whole image, no flip; the official CleanCLIP
+    data path applies only the CLIP preprocessing to it) instead of the run's augmented view. ``flag(epoch)`` adds
+    per-epoch entries to every batch (RoCLIP: whether the epoch matches captions)."""
+
+    def __init__(self, base: CaptionBatches, eda: torch.Tensor, clean_images: bool = False,
+                 flag: Optional[Any] = None) -> None:
+        self.base = base
+        self.eda = eda.to(base.device)
+        if len(self.eda) != len(base.tokens):
+            raise ValueError(f"{len(self.eda)} EDA token rows for {len(base.tokens)} captions")
+        a = base.augment
+        self.photometric = strong_photometric(a).to(base.device)
+        self.clean = CaptionImageAugment(a.out_size, "none", flip_p=0.0, mean=a.mean.flatten().tolist(),
+                                         std=a.std.flatten().tolist()).to(base.device) if clean_images else None
+        self.flag = flag
+        self.batch_size = base.batch_size
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    @property
+    def n(self) -> int:
+        return self.base.n
+
+    def strong_view(self, idx: torch.Tensor) -> torch.Tensor:
+        b = self.base
+        aug = b.augment
+        x = b.images[idx].float().div(255.0)
+        n, _, hc, wc = x.shape
+        hw = b.sizes[idx] if b.sizes is not None else torch.tensor([[hc, wc]], device=x.device).expand(n, 2)
+        flip = torch.rand(n, device=x.device) < aug.flip_p
+        x = crop_resize_flip(x, aug.boxes(hw), (aug.out_size, aug.out_size), flip)
+        return self.photometric(x).contiguous(memory_format=b.memory_format)
+
+    def epoch(self, epoch: int) -> Iterator[dict[str, Any]]:
+        b = self.base
+        extra = self.flag(epoch) if self.flag is not None else {}
+        for batch in b.epoch(epoch):
+            idx, rows = batch["index"], batch["caption_index"]
+            if self.clean is not None:
+                sizes = None if b.sizes is None else b.sizes[idx]
+                batch["images"] = self.clean(b.images[idx], sizes).contiguous(memory_format=b.memory_format)
+            batch["images_aug"] = self.strong_view(idx)
+            batch["tokens_aug"] = trim(self.eda[rows])
+            batch.update(extra)
+            yield batch
