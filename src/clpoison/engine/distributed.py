@@ -4,7 +4,7 @@
   (so the backward averages every parameter gradient over ranks), SyncBatchNorm first on CUDA for the methods
   that allow it (not MoCo v2, whose ShuffleBN needs per-process statistics; SyncBatchNorm does not run on a CPU).
   The loss stays the method's pure ``loss``; with one process it is returned as is.
-* Buffers (BatchNorm running statistics) are not broadcast at every forward (``broadcast_buffers=False``: training
+* Buffers (BatchNorm running statistics) are not broadcast at every forward (``forward_sync_buffers=False``: training
   mode never reads them); the trainer copies rank 0's to every rank at the end of each epoch
   (:func:`~clpoison.utils.dist.sync_buffers`), so epoch hooks, evaluation and the checkpoint see one model, and a
   run resumed from rank 0's checkpoint continues exactly as the uninterrupted one.
@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Callable
 
 import torch
@@ -38,10 +39,12 @@ def wrap_for_training(method: Method, device: torch.device) -> tuple[Method, Cal
         return method, method.loss
     if device.type == "cuda" and getattr(method, "sync_batchnorm", True):
         method = nn.SyncBatchNorm.convert_sync_batchnorm(method)
+    ddp_args = inspect.signature(nn.parallel.DistributedDataParallel).parameters
+    no_buffer_sync = {"forward_sync_buffers": False} if "forward_sync_buffers" in ddp_args else {"broadcast_buffers": False}
     ddp = nn.parallel.DistributedDataParallel(
         LossModule(method),
         device_ids=[device.index] if device.type == "cuda" else None,
-        broadcast_buffers=False,
         find_unused_parameters=bool(getattr(method, "ddp_find_unused_parameters", False)),
+        **no_buffer_sync,
     )
     return method, ddp

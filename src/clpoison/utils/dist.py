@@ -121,8 +121,15 @@ def init_distributed(device: torch.device, environ: Optional[Mapping[str, str]] 
     if is_initialized():
         return device
     minutes = float(os.environ.get(TIMEOUT_ENV, "120"))
-    dist.init_process_group(backend_for(device), init_method=f"tcp://{env.master_addr}:{env.master_port}",
-                            rank=env.rank, world_size=env.world_size, timeout=datetime.timedelta(minutes=minutes))
+    if environ is None:  # env:// (torchrun's own store when it runs the rendezvous); SLURM's values exported first
+        for key, value in (("MASTER_ADDR", env.master_addr), ("MASTER_PORT", env.master_port), ("RANK", env.rank),
+                           ("WORLD_SIZE", env.world_size), ("LOCAL_RANK", env.local_rank)):
+            os.environ.setdefault(key, str(value))
+        init = "env://"
+    else:
+        init = f"tcp://{env.master_addr}:{env.master_port}"
+    dist.init_process_group(backend_for(device), init_method=init, rank=env.rank, world_size=env.world_size,
+                            timeout=datetime.timedelta(minutes=minutes))
     return device
 
 
@@ -215,3 +222,11 @@ def sync_buffers(module: torch.nn.Module, src: int = 0) -> None:
 def rank_seed(seed: int, r: int) -> int:
     """The seed of rank ``r``'s augmentation stream (rank 0 keeps ``seed``)."""
     return int(seed) + 1_000_003 * int(r)
+
+
+def local_batch_size(batch_size: int) -> int:
+    """This process's share of the global ``train.batch_size`` (the whole of it when alone)."""
+    w = world_size()
+    if batch_size % w:
+        raise ConfigError(f"train.batch_size={batch_size} is not divisible by the {w} processes; use a multiple of {w}")
+    return batch_size // w
