@@ -37,6 +37,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     out = Path(args.out or Path("runs") / cfg.name)
     if args.no_progress:
         cfg.train.progress = False
+    if args.dry_run:
+        from .experiments.plan import format_plan, plan_experiment
+
+        print(format_plan(plan_experiment(cfg, echo=_echo)))
+        return 0
     res = run_experiment(cfg, out, overwrite=args.overwrite, resume=not args.no_resume, echo=_echo)
     _print_run(res, out)
     return 0
