@@ -69,16 +69,22 @@ def test_torchrun_simclr_results_once_and_resume_is_identical(tmp_path):
     assert json.loads((tmp_path / "resumed" / "results.json").read_text())["metrics"] == res["metrics"]
 
 
-def test_torchrun_clip_trains_and_writes_once(tmp_path):
-    (tmp_path / "c.yaml").write_text("preset: clip-small\n")
-    r = _torchrun(["run", "c.yaml", *TINY, "--out", "clip"], tmp_path)
+def test_torchrun_clip_attack_once_and_safeclip(tmp_path):
+    """CLIP under a Carlini backdoor (poisoned once, on rank 0, sent to rank 1 and fingerprint-checked there) with
+    SafeCLIP: its similarity pass is split over the ranks and gathered, so both ranks train on one split."""
+    (tmp_path / "c.yaml").write_text("preset: carlini-backdoor-small\ndefense:\n  name: safeclip\n")
+    params = ["defense.params.inmodal_epochs=1", "defense.params.crossmodal_epochs=1", "defense.params.warmup_epochs=0.5",
+              "attack.params.poison_rate=0.05"]
+    r = _torchrun(["run", "c.yaml", *TINY, "train.epochs=3", *params, "--out", "clip"], tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.count("wrote ") == 1
     res = json.loads((tmp_path / "clip" / "results.json").read_text())
-    assert res["environment"]["world_size"] == 2 and "zeroshot_top1" in res["metrics"]
-    losses = [h["loss"] for h in res["history"]]
-    assert len(losses) == 2 and all(v == v for v in losses)
-    assert (tmp_path / "clip" / "tokenizer.json").exists()
+    assert res["environment"]["world_size"] == 2 and "zeroshot_top1" in res["metrics"] and "asr" in res["metrics"]
+    assert [h["safeclip_phase"] for h in res["history"]] == ["inmodal", "crossmodal", "filtered"]
+    h = res["history"][2]
+    assert h["safeclip_safe"] + h["safeclip_risky"] == 256 and 0 < h["safeclip_safe"] < 256
+    assert all(v["loss"] == v["loss"] for v in res["history"])  # finite
+    assert (tmp_path / "clip" / "manifest.json").exists() and (tmp_path / "clip" / "tokenizer.json").exists()
 
 
 def test_batch_not_divisible_by_processes_is_one_line(tmp_path):

@@ -49,7 +49,8 @@ from ..errors import ClpoisonError, ConfigError, DataError, TrainingDiverged
 from ..models.encoder_file import save_encoder
 from ..report.tables import format_table
 from ..utils.device import resolve_device
-from ..utils.dist import all_gather_object, barrier, broadcast_object, init_distributed, is_main, rank, rank_seed, world_size
+from ..utils.dist import (all_gather_object, alone, barrier, broadcast_object, init_distributed, is_main, rank, rank_seed,
+                          world_size)
 from ..utils.faults import fault_point
 from ..utils.lock import OutputLock
 from ..utils.io import atomic_write_bytes, atomic_write_json, check_output_path, dumps_json
@@ -199,8 +200,9 @@ def _run(cfg: ExperimentConfig, out: Path, work: Path, device: torch.device, sna
     main, world = is_main(), world_size()
     with timed("attack_s"):
         once = world > 1 and cfg.attack.name != "none"  # several processes: poison once, on rank 0, and send it
-        poisoned = attack.poison(splits, cfg.seed, {"device": device, "work_dir": work / "attack", "echo": echo,
-                                                     "progress": cfg.train.progress}) if main or not once else None
+        with alone():  # an attack that trains a surrogate trains it on this process only
+            poisoned = attack.poison(splits, cfg.seed, {"device": device, "work_dir": work / "attack", "echo": echo,
+                                                         "progress": cfg.train.progress}) if main or not once else None
         if once:
             poisoned = broadcast_object(poisoned)
     train_splits = poisoned.splits
@@ -228,7 +230,7 @@ def _run(cfg: ExperimentConfig, out: Path, work: Path, device: torch.device, sna
         barrier()
     metrics: dict[str, Any] = {}
     if cfg.eval.random_init_control and main:
-        with timed("random_init_eval_s"):
+        with timed("random_init_eval_s"), alone():
             metrics.update(task.random_init_metrics(method, splits))
 
     batches = task.batches(method, train_set, defense)
@@ -252,7 +254,7 @@ def _run(cfg: ExperimentConfig, out: Path, work: Path, device: torch.device, sna
         barrier()  # rank 0 evaluates and publishes the run
         return _read_json(out / RESULTS_NAME) or {"metrics": {}, "rank": rank()}
 
-    with timed("eval_s"):
+    with timed("eval_s"), alone():
         fault_point("evaluate")
         try:
             m, extras = task.evaluate(method, splits)
@@ -261,7 +263,7 @@ def _run(cfg: ExperimentConfig, out: Path, work: Path, device: torch.device, sna
             raise
     metrics.update(m)
     context = task.context(method, splits, train_splits, extras)
-    with timed("attack_eval_s"):
+    with timed("attack_eval_s"), alone():
         metrics.update(attack.evaluate(context))
     timings["total_s"] = round(time.perf_counter() - t_all, 3)
     n_samples = cfg.train.epochs * len(batches) * cfg.train.batch_size
@@ -311,8 +313,9 @@ def periodic_eval(task: Any, method: Any, attack: Any, splits: Any, poisoned: An
         modes = [(mod, mod.training) for mod in method.modules()]
         t0 = time.perf_counter()
         try:
-            m, extras = task.evaluate(method, splits)
-            m.update(attack.evaluate(task.context(method, splits, poisoned, extras)))
+            with alone():  # rank 0 evaluates by itself
+                m, extras = task.evaluate(method, splits)
+                m.update(attack.evaluate(task.context(method, splits, poisoned, extras)))
         finally:
             torch.random.set_rng_state(state)
             if cuda is not None:

@@ -29,10 +29,11 @@ Example (one process: every helper is the identity)::
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional
+from typing import Any, Iterator, Mapping, Optional
 
 import torch
 import torch.distributed as dist
@@ -86,16 +87,31 @@ def env_from_environ(environ: Optional[Mapping[str, str]] = None) -> Optional[Di
     return DistEnv(rank, world, local, addr, port, launcher)
 
 
+_alone = 0  # > 0 inside alone(): this process computes by itself (rank 0's attack, its evaluation)
+
+
 def is_initialized() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
 def rank() -> int:
-    return dist.get_rank() if is_initialized() else 0
+    return dist.get_rank() if is_initialized() and not _alone else 0
 
 
 def world_size() -> int:
-    return dist.get_world_size() if is_initialized() else 1
+    return dist.get_world_size() if is_initialized() and not _alone else 1
+
+
+@contextlib.contextmanager
+def alone() -> Iterator[None]:
+    """Within it this process acts as a world of one: losses gather nothing, the engine wraps no DDP — for the work
+    rank 0 does by itself (the attack's poisoning, which may train a surrogate; evaluation)."""
+    global _alone
+    _alone += 1
+    try:
+        yield
+    finally:
+        _alone -= 1
 
 
 def is_main() -> bool:
