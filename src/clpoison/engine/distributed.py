@@ -36,7 +36,7 @@ class LossModule(nn.Module):
 def wrap_for_training(method: Method, device: torch.device) -> tuple[Method, Callable[[dict], Any]]:
     """``(method, loss_fn)``: the method (SyncBN-converted where it applies) and the function the trainer calls."""
     if world_size() == 1:
-        return method, method.loss
+        return method, lambda batch: method.loss(batch)  # looked up per call (a test may replace ``loss``)
     if device.type == "cuda" and getattr(method, "sync_batchnorm", True):
         method = nn.SyncBatchNorm.convert_sync_batchnorm(method)
     ddp_args = inspect.signature(nn.parallel.DistributedDataParallel).parameters
