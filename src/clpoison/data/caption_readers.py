@@ -227,8 +227,10 @@ def shard_paths(spec: Union[str, Path, list]) -> list[Path]:
     or a list of those → shard paths (error when none)."""
     specs = spec if isinstance(spec, (list, tuple)) else [spec]
     if any("{" in str(s) for s in specs):
-        from braceexpand import braceexpand
-
+        try:
+            from braceexpand import braceexpand
+        except ImportError:
+            raise ConfigError(f"data.path {spec} is a brace list; pip install 'clpoison[stream]' (braceexpand)") from None
         specs = [x for s in specs for x in braceexpand(str(s))]
     out: list[Path] = []
     for s in specs:
@@ -248,11 +250,8 @@ def shard_paths(spec: Union[str, Path, list]) -> list[Path]:
 
 def _json_caption(raw: bytes) -> str:
     """The caption of a webdataset ``KEY.json`` (img2dataset writes ``caption``; ``text`` / ``title`` also read)."""
-    d = json.loads(raw.decode("utf-8"))
-    v = next((d[k] for k in ("caption", "text", "title") if isinstance(d, dict) and isinstance(d.get(k), str)), "")
-    if not v.strip():
-        raise ValueError("no caption")
-    return v
+    d = json.loads(raw.decode("utf-8"))  # StopIteration when no key holds a caption
+    return next(d[k] for k in ("caption", "text", "title") if isinstance(d, dict) and isinstance(d.get(k), str) and d[k].strip())
 
 
 def iter_shard_samples(paths: list[Path], on_error: str = "fail", errors: Optional[_Errors] = None) -> Iterator[dict]:
@@ -276,7 +275,7 @@ def iter_shard_samples(paths: list[Path], on_error: str = "fail", errors: Option
         except UnicodeDecodeError:
             errors("non_utf8", f"{where}.txt", "caption is not valid UTF-8")
             return None
-        except ValueError:
+        except (ValueError, StopIteration):
             errors("empty_caption", f"{where}.json", "the .json holds no caption (keys caption, text or title)")
             return None
         caps = [c.strip() for c in text.splitlines() if c.strip()]
