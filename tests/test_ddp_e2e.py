@@ -93,3 +93,17 @@ def test_batch_not_divisible_by_processes_is_one_line(tmp_path):
     assert r.returncode != 0
     assert "train.batch_size=63 is not divisible by the 2 processes" in r.stderr
     assert not (tmp_path / "odd").exists()
+
+
+@pytest.mark.parametrize("preset", ["mocov2-small", "byol-small"])
+def test_torchrun_mocov2_and_byol_train(tmp_path, preset):
+    (tmp_path / "c.yaml").write_text(f"preset: {preset}\n")
+    extra = ["method.params.queue_size=96", "method.params.bn_splits=2"] if preset == "mocov2-small" else []
+    r = _torchrun(["run", "c.yaml", *TINY, "train.epochs=1", "eval.linear=false", *extra, "--out", "m"], tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads((tmp_path / "m" / "results.json").read_text())
+    assert res["environment"]["world_size"] == 2 and res["history"][0]["step"] == 256 // 64
+    assert res["history"][0]["loss"] == res["history"][0]["loss"] and 0 < res["metrics"]["knn_top1"] <= 1
+    if preset == "mocov2-small":  # both ranks enqueued the keys of both: the queue pointer moved by the global batch
+        ckpt = read_checkpoint(tmp_path / "m" / "checkpoint.pt")
+        assert int(ckpt["model"]["queue_ptr"]) == (256 // 64 * 64) % 96 == 64

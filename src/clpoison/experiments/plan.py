@@ -3,8 +3,8 @@
 :func:`plan_experiment` resolves the config, finds the data (counts the streamed shards' samples, or loads the
 resident splits), builds the method and its batch source exactly as the run would, and reports
 
-* the data found, the processes (``WORLD_SIZE`` of torchrun / SLURM, 1 otherwise), the global and per-process
-  batch, steps per epoch and in total;
+* the data found, the processes (``WORLD_SIZE`` of torchrun / SLURM, 1 otherwise: ``RANK=0 WORLD_SIZE=8 clpoison run
+  ... --dry-run`` plans for 8 processes from one), the global and per-process batch, steps per epoch and in total;
 * a memory estimate: parameters, gradients and optimiser moments (fp32), the resident data (uint8) — and, on
   CUDA, the peak memory of the measured steps (activations included);
 * a time estimate from a few measured optimiser steps on this process (after one warm-up step): seconds per step
@@ -16,6 +16,7 @@ Nothing is written: no output folder, no checkpoint, no log.
 
 from __future__ import annotations
 
+import copy
 import time
 from typing import Any
 
@@ -29,10 +30,6 @@ from .config import ExperimentConfig
 from .tasks import task_for
 
 OPTIMIZER_MOMENTS = {"sgd": 1, "lars": 1, "adamw": 2}
-
-
-class _One:
-    world_size = 1
 
 
 def _mb(n_bytes: float) -> float:
@@ -74,7 +71,10 @@ def plan_experiment(cfg: ExperimentConfig, measure_steps: int = 2, echo=lambda s
         "parameters": n_params,
     }
     if measure_steps > 0 and steps > 0:
-        plan["measured"] = _measure(task, method, train, cfg, device, measure_steps)
+        one = copy.deepcopy(cfg)  # the measured process draws its share of the global batch
+        one.train.batch_size = local
+        task.cfg = one
+        plan["measured"] = _measure(task, method, train, one, device, measure_steps)
         per_step = plan["measured"]["seconds_per_step"]
         plan["time_estimate_s"] = {"epoch": round(per_step * steps, 1), "total": round(per_step * steps * cfg.train.epochs, 1)}
     return plan
@@ -101,8 +101,7 @@ def _measure(task: Any, method: Any, train: Any, cfg: ExperimentConfig, device: 
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     dt = (time.perf_counter() - t0) / max(done, 1)
-    local = cfg.train.batch_size // max(1, (env_from_environ() or _One()).world_size)
-    out = {"steps": done, "seconds_per_step": round(dt, 4), "samples_per_s": round(local / max(dt, 1e-9), 1)}
+    out = {"steps": done, "seconds_per_step": round(dt, 4), "samples_per_s": round(cfg.train.batch_size / max(dt, 1e-9), 1)}
     if device.type == "cuda":
         out["peak_gpu_memory_mb"] = _mb(torch.cuda.max_memory_allocated(device))
     return out
