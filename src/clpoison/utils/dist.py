@@ -164,8 +164,9 @@ class _GatherWithGrad(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        out = [torch.empty_like(x) for _ in range(dist.get_world_size())]
-        dist.all_gather(out, x.contiguous())
+        x = x.contiguous()  # one layout for the sent and the received bytes (not channels_last)
+        out = [torch.empty_like(x, memory_format=torch.contiguous_format) for _ in range(dist.get_world_size())]
+        dist.all_gather(out, x)
         return tuple(out)
 
     @staticmethod
@@ -188,8 +189,9 @@ def all_gather_nograd(x: torch.Tensor) -> torch.Tensor:
     """``x`` of every rank concatenated along dim 0, without gradient (MoCo's keys and ShuffleBN inputs)."""
     if world_size() == 1:
         return x
-    out = [torch.empty_like(x) for _ in range(world_size())]
-    dist.all_gather(out, x.contiguous())
+    x = x.contiguous()
+    out = [torch.empty_like(x, memory_format=torch.contiguous_format) for _ in range(world_size())]
+    dist.all_gather(out, x)
     return torch.cat(out, 0)
 
 
