@@ -60,6 +60,10 @@ def test_torchrun_simclr_results_once_and_resume_is_identical(tmp_path):
     assert r.returncode != 0
     assert not (tmp_path / "resumed").exists() and (tmp_path / "resumed.partial" / "checkpoint.pt").exists()
     assert read_checkpoint(tmp_path / "resumed.partial" / "checkpoint.pt")["epoch"] == 1
+    one = subprocess.run([sys.executable, "-m", "clpoison", *args, "resumed"], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert one.returncode == 2 and "written by 2 processes, this run has 1" in one.stderr, one.stderr[-2000:]
+    assert (tmp_path / "resumed.partial" / "checkpoint.pt").exists()  # refused, not discarded
     r = _torchrun(args + ["resumed"], tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "resuming from epoch 1/2" in r.stderr
