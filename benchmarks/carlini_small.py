@@ -9,7 +9,10 @@ For every seed it trains (presets ``carlini-backdoor-small`` / ``carlini-targete
   :func:`clpoison.experiments.bench.carlini_clean_control`, shared with ``safeclip_small.py``).
 
 and writes ``--out`` (JSON, means over seeds plus per-seed lists) and a PNG plot of poison rate → ASR next to it.
-Finished runs are kept under ``--work`` and reused when the script is re-run.
+The runs are the cells of the grid ``benchmarks/grids/carlini_small.yaml`` (with ``--seeds`` / ``--rates`` /
+``--no-targeted`` applied), run by :func:`clpoison.experiments.grid.run_grid` into ``--work`` (``WORK/cells/NAME``;
+``WORK/results.csv`` is the table of every run); finished runs are reused when the script is re-run. The same grid
+from the command line: ``clpoison grid benchmarks/grids/carlini_small.yaml --out DIR``.
 
     python benchmarks/carlini_small.py --out runs/carlini_small.json --seeds 3
 """
@@ -25,12 +28,29 @@ from typing import Any
 
 import torch
 
-from clpoison.experiments.bench import carlini_clean_control, mean, run_named, work_dir
+from clpoison.experiments.bench import mean, work_dir
 from clpoison.experiments.config import load_preset
+from clpoison.experiments.grid import read_grid, run_grid
 from clpoison.report.plots import curve_plot
 from clpoison.utils.io import atomic_write_json
 
 ECHO = partial(print, flush=True)  # a fresh run's line shows at once in a log file
+GRID = Path(__file__).resolve().parent / "grids" / "carlini_small.yaml"
+
+
+def grid_spec(seeds: int, rates: list[float], targeted: bool) -> dict:
+    """``benchmarks/grids/carlini_small.yaml`` with the script's seeds and backdoor rates (and without the
+    targeted cells when ``targeted`` is false)."""
+    spec = read_grid(GRID)
+    spec["axes"]["seed"] = list(range(seeds))
+    cells = []
+    for c in spec["cells"]:
+        if c["name"].startswith("backdoor_"):
+            c["axes"]["attack.params.poison_rate"] = rates
+        if targeted or not c["name"].startswith("targeted_"):
+            cells.append(c)
+    spec["cells"] = cells
+    return spec
 
 
 def main() -> None:
@@ -38,7 +58,8 @@ def main() -> None:
     ap.add_argument("--out", required=True, help="JSON result file (the plot goes next to it as .png)")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--rates", default="0.005,0.01,0.02")
-    ap.add_argument("--work", default=None, help="run folders (default: OUT without suffix + '_runs')")
+    ap.add_argument("--work", default=None, help="grid folder (default: OUT without suffix + '_runs'); the runs are "
+                                                 "its cells/NAME")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-targeted", action="store_true", help="skip the targeted-poisoning runs (quick look)")
     ap.add_argument("overrides", nargs="*", help="config overrides for every run, e.g. train.epochs=10")
@@ -51,25 +72,32 @@ def main() -> None:
     tg_params = load_preset("carlini-targeted-small")["attack"]["params"]
     seeds = list(range(args.seeds))
     t0 = time.time()
+    state = run_grid(grid_spec(args.seeds, rates, not args.no_targeted), work, args.overrides, echo=ECHO)
+    failed = [c for c in state["cells"] if c["status"] not in ("done", "reused")]
+    if failed:
+        raise SystemExit(f"error: {len(failed)} runs did not finish ({failed[0]['name']}: {failed[0]['error']}); "
+                         "fix it and re-run the same command (finished runs are reused)")
+
+    def metrics(name: str) -> dict:
+        return json.loads((work / "cells" / name / "results.json").read_text())["metrics"]
+
     per: dict[str, Any] = {"asr": {str(r): [] for r in rates}, "zs": {str(r): [] for r in rates},
                            "z": {str(r): [] for r in rates}, "clean_asr": [], "clean_zs": [], "clean_z": [],
                            "tg": [], "tg_k": [], "tg_zs": [], "clean_tg": [], "clean_tg_k": []}
     for s in seeds:
-        ov = [f"seed={s}", *args.overrides]
-        m = run_named(f"clean_s{s}", carlini_clean_control(), ov, work, ECHO)[0]["metrics"]
+        m = metrics(f"clean_s{s}")
         per["clean_asr"].append(m["asr"])
         per["clean_zs"].append(m["zeroshot_top1"])
         per["clean_z"].append(m["backdoor_zscore"])
         per["clean_tg"].append(m["targeted_success_rate"])
         per["clean_tg_k"].append(m["targeted_successes"])
         for r in rates:
-            m = run_named(f"backdoor_{r}_s{s}", {"preset": "carlini-backdoor-small"},
-                          [f"attack.params.poison_rate={r}", *ov], work, ECHO)[0]["metrics"]
+            m = metrics(f"backdoor_{r}_s{s}")
             per["asr"][str(r)].append(m["asr"])
             per["zs"][str(r)].append(m["zeroshot_top1"])
             per["z"][str(r)].append(m["backdoor_zscore"])
         if not args.no_targeted:
-            m = run_named(f"targeted_s{s}", {"preset": "carlini-targeted-small"}, ov, work, ECHO)[0]["metrics"]
+            m = metrics(f"targeted_s{s}")
             per["tg"].append(m["targeted_success_rate"])
             per["tg_k"].append(m["targeted_successes"])
             per["tg_zs"].append(m["zeroshot_top1"])

@@ -113,6 +113,32 @@ def test_caption_csv_read_by_open_clip(csv_data, tmp_path, capsys):
     assert len(ds) == 60 and ds[0][0].shape == (3, 8, 8)
 
 
+def test_caption_export_trains_one_step_in_open_clip(csv_data, tmp_path, capsys):
+    """open_clip's own pipeline on the poisoned export: CsvDataset + its image transform and tokenizer, a DataLoader,
+    one AdamW step of a small open_clip CLIP under its ClipLoss (finite loss, weights move)."""
+    open_clip = pytest.importorskip("open_clip", reason="open_clip is not installed (optional; it needs torchvision, "
+                                    "which this torch build lacks)")
+    data = pytest.importorskip("open_clip_train.data", reason="open_clip_train is not installed")
+    train, test = csv_data
+    out = tmp_path / "oc1"
+    poison(capsys, *BACKDOOR, "--data", str(train), "--test-path", str(test), "--out", str(out))
+    cfg = {"embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16},
+           "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+    model = open_clip.model.CLIP(**cfg)
+    preprocess = open_clip.image_transform(32, is_train=True)
+    tok = open_clip.get_tokenizer("ViT-B-32", context_length=16)
+    ds = data.CsvDataset(str(out / "train.csv"), preprocess, "filepath", "title", sep="\t", tokenizer=tok)
+    images, texts = next(iter(torch.utils.data.DataLoader(ds, batch_size=8, shuffle=True)))
+    before = [p.detach().clone() for p in model.parameters()]
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    image_features, text_features, logit_scale = model(images, texts)[:3]
+    loss = open_clip.ClipLoss()(image_features, text_features, logit_scale)
+    loss.backward()
+    opt.step()
+    assert torch.isfinite(loss) and images.shape == (8, 3, 32, 32)
+    assert any(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
+
+
 def test_imagefolder_native_sizes_and_triggered(tmp_path, capsys):
     """CorruptEncoder composites are wider than the clean images: each PNG keeps its own valid size."""
     out = tmp_path / "if"

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 from torch import nn
 
@@ -34,11 +34,13 @@ class Run:
     encoder_spec: Optional[dict[str, Any]]
 
 
-def load_encoder(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """``(encoder, spec)``: a clpoison ``encoder.safetensors`` (or its folder) or a torchvision-layout ResNet state
-    dict, on the CPU in eval mode; ``spec`` holds the architecture and preprocessing (see
-    :mod:`clpoison.models.encoder_file`). Raises :class:`~clpoison.errors.DataError` on anything else."""
-    return _load_encoder(path)
+def load_encoder(path: str | Path, model: Optional[Mapping[str, Any]] = None) -> tuple[nn.Module, dict[str, Any]]:
+    """``(encoder, spec)``: a clpoison ``encoder.safetensors`` (or its folder), a torchvision-layout ResNet state
+    dict or an open_clip model state dict (its image tower), on the CPU in eval mode; ``spec`` holds the
+    architecture and preprocessing (see :mod:`clpoison.models.encoder_file`). ``model`` sets what foreign weights
+    do not record (``stem_stride``; open_clip's ``heads``, ``activation``). Raises
+    :class:`~clpoison.errors.DataError` on anything else."""
+    return _load_encoder(path, model)
 
 
 def load_run(path: str | Path) -> Run:

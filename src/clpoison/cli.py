@@ -1,4 +1,5 @@
-"""Command-line interface: ``clpoison run | pretrain | evaluate | datasets | presets | poison | scan | verify | demo``.
+"""Command-line interface: ``clpoison run | pretrain | evaluate | datasets | presets | poison | scan | verify | demo |
+grid | report``.
 
 Every user error prints one line ``error: ...`` naming the thing and the fix, and exits with status 2. The parser
 (descriptions, examples, ``key=value`` items, ``--threads`` anywhere) is :mod:`clpoison.cli_args`.
@@ -276,8 +277,32 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_grid(args: argparse.Namespace) -> int:
+    """Run a grid of configs (clpoison.experiments.grid); each cell a run folder, the table in DIR/results.csv."""
+    from .experiments.grid import read_grid, run_grid
+
+    if args.max_cells is not None and args.max_cells < 0:
+        raise ConfigError(f"--max-cells {args.max_cells} must be >= 0")
+    out = Path(args.out or Path("runs") / read_grid(args.grid)["name"])
+    state = run_grid(args.grid, out, args.overrides, jobs=args.jobs, max_cells=args.max_cells,
+                     overwrite=args.overwrite, echo=_echo)
+    return 1 if any(c["status"] == "failed" for c in state["cells"]) else 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """report.html + report.md of grid / run folders (clpoison.report.document)."""
+    from .report.document import write_report
+
+    if args.overrides:
+        raise ConfigError(f"`clpoison report` takes folders, not key=value items ('{args.overrides[0]}')")
+    html = write_report(args.dirs, args.out, title=args.title, overwrite=args.overwrite)
+    print(f"wrote {html} and {html.with_name('report.md')}")
+    return 0
+
+
 COMMANDS = {"run": cmd_run, "pretrain": cmd_pretrain, "evaluate": cmd_evaluate, "datasets": cmd_datasets,
-            "presets": cmd_presets, "poison": cmd_poison, "scan": cmd_scan, "verify": cmd_verify, "demo": cmd_demo}
+            "presets": cmd_presets, "poison": cmd_poison, "scan": cmd_scan, "verify": cmd_verify, "demo": cmd_demo,
+            "grid": cmd_grid, "report": cmd_report}
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -111,6 +111,14 @@ HELP: dict[str, tuple[str, str, str]] = {  # name -> (description, example, choi
                "exports (imagefolder and wds exports: files only).", "clpoison verify OUT", ""),
     "demo": ("`demo [simclr]`: SimCLR small preset (kNN + linear probe); `demo clip`: CLIP small preset (zero-shot, "
              "retrieval), both on the bundled data.", "clpoison demo clip --out runs/demo-clip --overwrite", ""),
+    "grid": ("Run every cell of a grid file (a base config plus axes: any config key -> list of values, and/or "
+             "explicit cells), one after another, each a run folder DIR/cells/NAME; writes DIR/results.csv. An "
+             "existing grid folder is resumed: finished cells of the same config are reused, changed ones re-run, "
+             "failed ones recorded and retried.",
+             "clpoison grid benchmarks/grids/carlini_small.yaml --out runs/grid_carlini", "attacks defenses presets"),
+    "report": ("Write report.html (self-contained) and report.md from a grid folder or run folders: the attack x "
+               "defense table (mean +- std over seeds, confidence intervals) and plots.",
+               "clpoison report runs/grid_carlini --out runs/grid_carlini/report", ""),
 }
 
 
@@ -199,6 +207,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add_command(sub, "verify", names)
     sp.add_argument("dir", help="folder written by `clpoison poison`")
+
+    sp = add_command(sub, "grid", names)
+    sp.add_argument("grid", help="grid YAML (base: PRESET or a config mapping; axes: {KEY: [values]}; cells: [...])")
+    sp.add_argument("overrides", nargs="*", help="key=value overrides for every cell, e.g. train.epochs=5")
+    sp.add_argument("--out", help="grid folder (default runs/GRID_NAME); an existing grid folder is resumed")
+    sp.add_argument("--overwrite", action="store_true", help="delete the grid folder and run every cell again")
+    sp.add_argument("--jobs", type=int, default=1, help="cells run at once in worker processes (default 1; keep 1 "
+                                                        "on a small CPU: each cell already uses every core)")
+    sp.add_argument("--max-cells", type=int, default=None, help="stop after running this many cells (re-run to "
+                                                                "continue)")
+    sp.add_argument("--no-progress", action="store_true", help="accepted for symmetry: cells print one line per epoch")
+
+    sp = add_command(sub, "report", names)
+    sp.add_argument("dirs", nargs="+", help="grid folders, run folders, or folders of run folders")
+    sp.add_argument("--out", required=True, help="report folder (refused if it exists, unless --overwrite)")
+    sp.add_argument("--overwrite", action="store_true", help="replace an existing report folder")
+    sp.add_argument("--title", default=None, help="report title (default: the grid's name)")
 
     sp = add_command(sub, "demo", names)
     sp.add_argument("overrides", nargs="*", help="optional demo name (simclr | clip) then key=value overrides")

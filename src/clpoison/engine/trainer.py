@@ -9,7 +9,8 @@ It provides: SGD/LARS/AdamW, linear warm-up + cosine, AMP (bf16 on CUDA by defau
 request, off on CPU), channels_last, a checkpoint every ``checkpoint_every`` epochs holding model, optimiser,
 scheduler, scaler, RNG states (as tensors: the file loads with ``weights_only=True``), epoch, step and the run's
 data fingerprint (so ``resume`` continues exactly where it stopped, and refuses a checkpoint of other data), a
-progress bar and a JSONL metrics log (records past the checkpoint are dropped on resume). A non-finite loss stops
+progress bar and a JSONL metrics log (records past the checkpoint are dropped on resume); without a terminal (or
+with progress off) one line per epoch instead of the bar (:func:`epoch_line`). A non-finite loss stops
 training before the optimiser step with :class:`~clpoison.errors.TrainingDiverged` naming the step. Hooks (``on_epoch_start`` / ``on_epoch_end``) let defenses act between epochs, and a
 ``schedule`` factory (:mod:`clpoison.engine.schedules`) lets them supply the LR schedule.
 
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,6 +121,23 @@ class TrainConfig:
         if device.type == "cpu" and min_channels is not None and min_channels < 16:
             return False
         return self.channels_last == "on" or device.type in ("cpu", "cuda")
+
+
+def progress_bar_on(progress: bool) -> bool:
+    """A tqdm bar only when asked for and stderr is a terminal; otherwise (a log file, a pipe, ``--no-progress``)
+    the trainer prints one line per epoch (:func:`epoch_line`) — no carriage returns in logs."""
+    return bool(progress) and sys.stderr.isatty()
+
+
+def epoch_line(method: Method, rec: dict, epochs: int, lr: float) -> str:
+    """``simclr epoch 3/20: loss 4.1234, lr 0.0600, 812 images/s, 6.3 s, eval knn_top1 0.3120`` of an epoch record."""
+    unit = "pairs" if getattr(method, "modality", "image") == "image-text" else "images"
+    rate = rec.get("samples_per_s")
+    evals = [f"{k[5:]} {v:.4f}" for k, v in rec.items() if k.startswith("eval_") and k != "eval_seconds"
+             and isinstance(v, float)]
+    return (f"{method.name} epoch {rec['epoch']}/{epochs}: loss {rec['loss']:.4f}, lr {lr:.4g}, "
+            f"{'?' if rate is None else f'{rate:.0f}'} {unit}/s, {rec['epoch_seconds']:.1f} s"
+            + (f", eval {', '.join(evals)}" if evals else ""))
 
 
 def min_conv_channels(model: torch.nn.Module) -> Optional[int]:
@@ -301,6 +320,7 @@ class Trainer:
             self.notify(f"resuming from epoch {self.epoch}/{self.cfg.epochs} (step {self.step}) of {self.checkpoint_path}")
         else:
             self._truncate_log()  # records of a run killed before its first checkpoint: this run logs them again
+        bar_on = progress_bar_on(self.cfg.progress)
         while self.epoch < self.cfg.epochs and not self.stop_requested:
             e = self.epoch
             extra: dict = {}
@@ -312,7 +332,7 @@ class Trainer:
                 self.batches.epoch(e),
                 total=self.steps_per_epoch,
                 desc=f"{self.method.name} epoch {e + 1}/{self.cfg.epochs}",
-                disable=not self.cfg.progress or self.rank != 0,
+                disable=not bar_on or self.rank != 0,
                 leave=False,
                 dynamic_ncols=True,
             )
@@ -342,6 +362,8 @@ class Trainer:
                 rec.update(hook(self, self.epoch) or {})
             self.history.append(rec)
             self.log({"event": "epoch", **rec})
+            if not bar_on:  # no bar (not a terminal, or progress off): one line per epoch
+                self.notify(epoch_line(self.method, rec, self.cfg.epochs, self.scheduler.get_last_lr()[0]))
             if self.cfg.checkpoint_every and (self.epoch % self.cfg.checkpoint_every == 0 or self.epoch == self.cfg.epochs):
                 self.save_checkpoint()
         return self.history

@@ -1,5 +1,6 @@
 """``clpoison evaluate`` of an encoder file rather than a run's checkpoint: a clpoison ``encoder.safetensors``
-(+ ``encoder.json``) or a torchvision-layout ResNet state dict trained by another framework
+(+ ``encoder.json``), a torchvision-layout ResNet state dict or an open_clip model state dict (its image tower;
+``model.heads=`` / ``model.activation=quick_gelu`` where the weights need them) trained by another framework
 (:func:`clpoison.models.encoder_file.load_encoder`). The encoder is frozen and scored by kNN and the linear probe
 on labelled image data, exactly as a run scores its own encoder (:func:`clpoison.eval.encoder_eval.evaluate_encoder`).
 
@@ -32,13 +33,33 @@ def _given(overrides: Sequence[str], key: str) -> bool:
     return any(o.split("=", 1)[0].strip() == key for o in overrides)
 
 
+ADAPTER_KEYS = {"model.heads": int, "model.activation": str}  # read by the open_clip adapter only
+
+
+def _adapter_options(overrides: Sequence[str]) -> tuple[list[str], dict[str, Any]]:
+    """``(overrides for the config, options for the foreign-weights adapters)``: ``model.stem_stride`` goes to both,
+    ``model.heads`` / ``model.activation`` (open_clip towers) to the adapter only."""
+    rest, model = [], {}
+    for o in overrides:
+        key, _, value = o.partition("=")
+        key, value = key.strip(), value.strip()
+        if key in ADAPTER_KEYS:
+            try:
+                model[key.split(".", 1)[1]] = ADAPTER_KEYS[key](value)
+            except ValueError:
+                raise ConfigError(f"{key}={value!r} is not an integer; give e.g. {key}=8") from None
+            continue
+        if key == "model.stem_stride" and value.isdigit():
+            model["stem_stride"] = int(value)
+        rest.append(o)
+    return rest, model
+
+
 def evaluate_encoder_file(path: str | Path, overrides: Sequence[str] = (), manifest: Optional[str | Path] = None
                           ) -> tuple[dict[str, float], ExperimentConfig, dict[str, Any]]:
     """``(metrics, config, encoder spec)``: kNN and linear-probe top-1 of the encoder at ``path``; with a poison
     ``manifest`` (``clpoison poison``'s ``manifest.json``) also the backdoor ASR of its trigger and target."""
-    overrides = list(overrides)
-    model = {"stem_stride": int(o.split("=", 1)[1]) for o in overrides if o.startswith("model.stem_stride=")
-             and o.split("=", 1)[1].strip().isdigit()}
+    overrides, model = _adapter_options(overrides)
     encoder, spec = load_encoder(path, model if model else None)
     base = dict(spec["config"]) if isinstance(spec.get("config"), dict) else {"preset": DEFAULT_PRESET}
     pre = spec.get("preprocessing") or {}

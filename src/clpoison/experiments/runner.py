@@ -12,7 +12,8 @@ results.json) is shared.
 * ``checkpoint.pt`` — the training checkpoint (model, optimiser, RNG, ... — see the engine);
 * ``encoder.safetensors`` + ``encoder.json`` — the trained image encoder, weights only, with its architecture and
   preprocessing (:mod:`clpoison.models.encoder_file`; read by :func:`clpoison.load_encoder`, ``clpoison evaluate``);
-* ``metrics.jsonl`` — the training log; ``manifest.json`` when an attack ran.
+* ``metrics.jsonl`` — the training log; ``manifest.json`` when an attack ran;
+* ``report.md`` — a short human-readable summary (:func:`clpoison.report.run_report.run_markdown`).
 
 Work happens in ``OUT.partial/`` which is renamed to ``OUT`` at the very end, so an interrupted run never leaves
 something that looks finished; re-running the same command resumes from the partial checkpoint. One process
@@ -44,16 +45,17 @@ import torch
 
 from ..attacks import ATTACKS
 from ..defenses import DEFENSES
-from ..engine.trainer import CHECKPOINT_NAME, Trainer
+from ..engine.trainer import CHECKPOINT_NAME, Trainer, progress_bar_on
 from ..errors import ClpoisonError, ConfigError, DataError, TrainingDiverged
 from ..models.encoder_file import save_encoder
+from ..report.run_report import run_markdown
 from ..report.tables import format_table
 from ..utils.device import resolve_device
 from ..utils.dist import (all_gather_object, alone, barrier, broadcast_object, init_distributed, is_main, rank, rank_seed,
                           world_size)
 from ..utils.faults import fault_point
 from ..utils.lock import OutputLock
-from ..utils.io import atomic_write_bytes, atomic_write_json, check_output_path, dumps_json
+from ..utils.io import atomic_write_bytes, atomic_write_json, atomic_write_text, check_output_path, dumps_json
 from ..utils.seed import seed_everything
 from .config import ExperimentConfig
 from .fingerprint import config_changes, run_fingerprint
@@ -202,7 +204,7 @@ def _run(cfg: ExperimentConfig, out: Path, work: Path, device: torch.device, sna
         once = world > 1 and cfg.attack.name != "none"  # several processes: poison once, on rank 0, and send it
         with alone():  # an attack that trains a surrogate trains it on this process only
             poisoned = attack.poison(splits, cfg.seed, {"device": device, "work_dir": work / "attack", "echo": echo,
-                                                         "progress": cfg.train.progress}) if main or not once else None
+                                                         "progress": progress_bar_on(cfg.train.progress)}) if main or not once else None
         if once:
             poisoned = broadcast_object(poisoned)
     train_splits = poisoned.splits
@@ -282,6 +284,7 @@ def _run(cfg: ExperimentConfig, out: Path, work: Path, device: torch.device, sna
     a = cfg.augment
     save_encoder(work, method.encoder, vars(cfg.model), {"size": a.out_size, "mean": a.mean, "std": a.std},
                  cfg.method.name, snapshot)
+    atomic_write_text(work / "report.md", run_markdown(json.loads(dumps_json(results))))
     atomic_write_json(work / RESULTS_NAME, results)
     if out.exists():
         shutil.rmtree(out)

@@ -1,5 +1,6 @@
-"""Adapter for encoders trained elsewhere: a **torchvision-layout ResNet state dict** becomes a clpoison
-:class:`~clpoison.models.resnet.ResNet` with the same weights.
+"""Adapters for encoders trained elsewhere: a **torchvision-layout ResNet state dict** becomes a clpoison
+:class:`~clpoison.models.resnet.ResNet` with the same weights; an **open_clip model state dict** (``visual.*``
+keys) is routed to :mod:`clpoison.models.openclip_visual`.
 
 Accepted layout (the only one): the keys of ``torchvision.models.resnet{18,34,50}`` and of the CIFAR variants
 solo-learn and lightly build from it — ``conv1.weight``, ``bn1.*``, ``layer{1..4}.{j}.conv{1,2[,3]}.weight``,
@@ -24,6 +25,7 @@ from torch import nn
 from ..errors import DataError
 
 LAYOUT = "torchvision ResNet state dict (conv1.weight, bn1.*, layer1.0.conv1.weight, ..., fc.*)"
+EXPECTED = f"{LAYOUT}, or an open_clip model state dict (visual.*)"
 _PREFIXES = ("module.", "backbone.", "encoder.")
 _ARCHS = {(1, 1, 1, 1, False): "resnet10", (2, 2, 2, 2, False): "resnet18", (3, 4, 6, 3, False): "resnet34",
           (3, 4, 6, 3, True): "resnet50"}
@@ -54,7 +56,7 @@ def _torch_load(path: Path) -> Any:
         raise DataError(f"encoder '{path}' was refused: it holds objects other than tensors and plain types; "
                         "save a plain state dict (torch.save(model.state_dict(), PATH))") from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, AttributeError, KeyError) as e:
-        raise DataError(f"encoder '{path}' cannot be read ({type(e).__name__}); expected a {LAYOUT}") from None
+        raise DataError(f"encoder '{path}' cannot be read ({type(e).__name__}); expected a {EXPECTED}") from None
 
 
 def to_clpoison(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -90,13 +92,21 @@ def to_clpoison(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tens
 
 def load_foreign(path: Path, state: Optional[Mapping[str, torch.Tensor]], model: Mapping[str, Any]
                  ) -> tuple[nn.Module, dict[str, Any]]:
-    """``(encoder, spec)`` of a torchvision-layout ResNet state dict at ``path`` (``state`` if already read);
-    ``model.stem_stride`` sets a CIFAR stem's stride (default 1). One :class:`DataError` line otherwise."""
+    """``(encoder, spec)`` of a torchvision-layout ResNet or open_clip model state dict at ``path`` (``state`` if
+    already read); ``model.stem_stride`` sets a CIFAR stem's stride (default 1), ``model.heads`` /
+    ``model.activation`` an open_clip tower's. One :class:`DataError` line otherwise."""
     from .encoder_file import encoder_from_spec
 
     obj = _unwrap(_torch_load(path) if state is None else dict(state))
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise DataError(f"encoder '{path}' holds a {type(obj).__name__} that is not a state dict; expected a {LAYOUT}")
+        raise DataError(f"encoder '{path}' holds a {type(obj).__name__} that is not a state dict; expected a {EXPECTED}")
+    from .openclip_visual import from_openclip, is_openclip
+
+    if is_openclip(obj):
+        try:
+            return from_openclip(obj, model)
+        except ValueError as e:
+            raise DataError(f"encoder '{path}' (open_clip layout): {e}") from None
     try:
         mapped, spec = to_clpoison(obj)
     except ValueError as e:

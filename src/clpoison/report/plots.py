@@ -55,8 +55,9 @@ def save_figure(fig: Any, path: Path, dpi: int = 110) -> Path:
 
 def similarity_histogram(path: Path, sims: np.ndarray, poisons: Optional[np.ndarray], title: str,
                          cut: Optional[float] = None) -> Path:
-    """PNG histogram of similarities, clean vs poisons. ``cut`` = the lowest similarity in the safe set, drawn as
-    a vertical line."""
+    """PNG histogram of similarities, clean vs poisons, on a **log count axis** (a 1 % poison set is invisible
+    beside the other pairs on a linear one). ``cut`` = the lowest similarity in the safe set, drawn as a vertical
+    line."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     mask = np.zeros(len(sims), bool)
@@ -71,7 +72,8 @@ def similarity_histogram(path: Path, sims: np.ndarray, poisons: Optional[np.ndar
     if cut is not None:
         ax.axvline(cut, color="k", ls="--", lw=1, label="safe-set cut")
     ax.set_xlabel("cosine similarity (image, caption)")
-    ax.set_ylabel("pairs")
+    ax.set_yscale("log")
+    ax.set_ylabel("pairs (log scale)")
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
     return save_figure(fig, path, dpi=100)

@@ -1,0 +1,162 @@
+"""The report's plots (matplotlib, Agg): attack success rate against poison rate per defense, clean accuracy
+against attack success rate, targeted success per setting, attack success rate against epochs (from
+``eval.every_epochs`` histories), and the plots the runs already made (e.g. SafeCLIP's similarity histograms).
+Titles and axis labels are plain words, never config keys.
+
+Each function returns ``[(title, path)]`` of the PNGs it wrote (nothing when the runs hold no such data).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import textwrap
+from pathlib import Path
+from typing import Sequence
+
+from .aggregate import Setting, is_clean
+from .plots import pyplot, save_figure
+
+Figure = tuple[str, Path]
+
+
+def _word(k: str, v: object) -> str:
+    if k == "Defense":
+        return "no defense" if v == "none" else f"defense {v}"
+    if k == "Poisons":
+        return "no poisons" if v == "0" else f"{v} poisoned"
+    return str(v) if k in ("Attack", "Method") else f"{k} {v}"
+
+
+def _name(s: Setting, skip: Sequence[str] = ()) -> str:
+    """A setting in words, e.g. ``carlini-backdoor, no defense, 1 % poisoned``."""
+    return ", ".join(_word(k, v) for k, v in s.label.items() if k not in skip and v not in (None, "—"))
+
+
+def _series_key(s: Setting) -> str:
+    return _name(s, ("Poisons",))
+
+
+def use_log_x(values: Sequence[float]) -> bool:
+    """A log axis when the positive values span a decade or more (e.g. poison rates 0.1 % … 2 %)."""
+    pos = [v for v in values if v > 0]
+    return len(pos) >= 2 and max(pos) / min(pos) >= 10
+
+
+def asr_vs_rate(sets: Sequence[Setting], folder: Path) -> list[Figure]:
+    """One line per attack and defense: mean ASR over seeds against the poison rate (%), each seed a grey point;
+    the clean model's ASR as a dashed line. Log x axis when the rates span a decade or more."""
+    lines: dict[str, list[tuple[float, Setting]]] = {}
+    clean = [s for s in sets if all(is_clean(r) for r in s.runs) and s.values("asr")]
+    for s in sets:
+        rate = s.runs[0].results["config"].get("attack", {}).get("params", {}).get("poison_rate")
+        if s in clean or not isinstance(rate, (int, float)) or not s.values("asr"):
+            continue
+        lines.setdefault(_series_key(s), []).append((100 * float(rate), s))
+    rates = sorted({x for pts in lines.values() for x, _ in pts})
+    if len(rates) < 2:
+        return []
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for label, pts in lines.items():
+        pts.sort(key=lambda p: p[0])
+        ax.plot([x for x, _ in pts], [statistics.fmean(s.values("asr")) for _, s in pts], "o-", label=label)
+        for x, s in pts:
+            ax.scatter([x] * len(s.values("asr")), s.values("asr"), color="grey", s=10, alpha=0.6, zorder=3)
+    for s in clean:
+        ax.axhline(statistics.fmean(s.values("asr")), ls="--", lw=1, color="k",
+                   label=f"clean model ({_word('Defense', s.label.get('Defense'))})" if len(clean) > 1 else "clean model")
+    if use_log_x(rates):
+        ax.set_xscale("log")
+        ax.set_xticks(rates, [f"{r:g}" for r in rates])
+        ax.minorticks_off()
+    ax.set_xlabel("Poisoned share of the training data (%)")
+    ax.set_ylabel("Attack success rate")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title("Attack success rate against poison rate (mean over seeds; grey: each seed)", fontsize=9)
+    ax.legend(fontsize=7)
+    return [("Attack success rate against poison rate", save_figure(fig, folder / "asr_vs_poison_rate.png"))]
+
+
+def ca_vs_asr(sets: Sequence[Setting], folder: Path) -> list[Figure]:
+    """Each setting's mean clean accuracy against its mean ASR (error bars: std over seeds)."""
+    pts = [(s, s.summary("asr"), s.summary("ca")) for s in sets]
+    pts = [p for p in pts if p[1] and p[2]]
+    if not pts:
+        return []
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.2 + 0.16 * len(pts)))
+    for i, (s, a, c) in enumerate(pts):
+        ax.errorbar(a["mean"], c["mean"], xerr=a["std"], yerr=c["std"], fmt="o", ms=5, capsize=2,
+                    label=f"{i + 1}: {_name(s)}")
+        ax.annotate(str(i + 1), (a["mean"], c["mean"]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.set_xlabel("Attack success rate")
+    ax.set_ylabel("Clean accuracy")
+    ax.set_xlim(-0.02, 1.02)
+    ax.set_title("Clean accuracy against attack success rate (mean ± std over seeds)", fontsize=9)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), frameon=False)
+    return [("Clean accuracy against attack success rate", save_figure(fig, folder / "ca_vs_asr.png"))]
+
+
+def targeted_bars(sets: Sequence[Setting], folder: Path) -> list[Figure]:
+    """Targeted success per setting with its Wilson 95 % interval."""
+    rows = [(s, s.summary("targeted_success_rate")) for s in sets]
+    rows = [r for r in rows if r[1]]
+    if not rows:
+        return []
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, max(2.4, 1.2 + 0.45 * len(rows))))
+    ys = list(range(len(rows)))
+    means = [r[1]["mean"] for r in rows]
+    err = [[m - (r[1]["ci"] or (m, m))[0] for m, r in zip(means, rows)],
+           [(r[1]["ci"] or (m, m))[1] - m for m, r in zip(means, rows)]]
+    ax.barh(ys, means, xerr=err, capsize=3, color="tab:orange")
+    ax.set_yticks(ys, [textwrap.fill(_name(r[0]), 32) for r in rows], fontsize=7)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("Share of victims given the attacker's label\n(bars: 95 % Wilson interval)")
+    ax.set_title("Targeted poisoning success", fontsize=9)
+    return [("Targeted poisoning success", save_figure(fig, folder / "targeted_success.png"))]
+
+
+def asr_vs_epoch(sets: Sequence[Setting], folder: Path) -> list[Figure]:
+    """Mean ASR over seeds against epochs, from the periodic evaluations (``eval_asr``) of each setting's runs."""
+    curves = {}
+    for s in sets:
+        by_epoch: dict[int, list[float]] = {}
+        for r in s.runs:
+            hist = r.results.get("history") or []
+            pts = [(h["epoch"], h["eval_asr"]) for h in hist if isinstance(h.get("eval_asr"), (int, float))]
+            if pts and isinstance(r.results["metrics"].get("asr"), (int, float)):
+                pts.append((hist[-1]["epoch"], r.results["metrics"]["asr"]))
+            for e, v in pts:
+                if math.isfinite(v):
+                    by_epoch.setdefault(int(e), []).append(float(v))
+        if len(by_epoch) >= 2:
+            curves[_name(s)] = sorted((e, statistics.fmean(v)) for e, v in by_epoch.items())
+    if not curves:
+        return []
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for label, pts in curves.items():
+        ax.plot([e for e, _ in pts], [v for _, v in pts], "o-", ms=3, label=label)
+    ax.set_xlabel("Epoch")
+    ax.set_ylabel("Attack success rate")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title("Attack success rate during training (mean over seeds)", fontsize=9)
+    ax.legend(fontsize=7)
+    return [("Attack success rate against epochs", save_figure(fig, folder / "asr_vs_epoch.png"))]
+
+
+def run_plots(sets: Sequence[Setting], limit: int = 6) -> list[Figure]:
+    """The PNGs the runs wrote themselves (e.g. a defense's diagnostics such as SafeCLIP's similarity histograms):
+    the last one of each kind from the first run of each setting, at most ``limit``."""
+    out: list[Figure] = []
+    for s in sets:
+        run = s.runs[0]
+        kinds: dict[str, Path] = {}
+        for p in sorted(Path(run.path).glob("*/*.png")):  # plots in a defense's sub-folder (not trigger.png)
+            kinds[str(p.parent.relative_to(run.path))] = p  # sorted: the last epoch's plot of each folder
+        for sub, p in kinds.items():
+            if len(out) < limit:
+                out.append((f"{_name(s)} — {sub}: {p.stem.replace('_', ' ')}", p))
+    return out
