@@ -33,30 +33,41 @@ def _threads(n: Optional[int]) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from .experiments.config import load_config
     from .experiments.runner import run_experiment
-    from .report.tables import format_table
 
     cfg = load_config(args.config, args.overrides)
     out = Path(args.out or Path("runs") / cfg.name)
     if args.no_progress:
         cfg.train.progress = False
+    if args.dry_run:
+        from .experiments.plan import format_plan, plan_experiment
+
+        print(format_plan(plan_experiment(cfg, echo=_echo)))
+        return 0
     res = run_experiment(cfg, out, overwrite=args.overwrite, resume=not args.no_resume, echo=_echo)
-    print(format_table(res))
-    print(f"wrote {out / 'results.json'}")
+    _print_run(res, out)
     return 0
+
+
+def _print_run(res: dict, out: Path) -> None:
+    """The run's table, printed once: by rank 0 when torchrun started several processes."""
+    from .report.tables import format_table
+    from .utils.dist import is_main
+
+    if is_main():
+        print(format_table(res))
+        print(f"wrote {out / 'results.json'}")
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
     from .experiments.config import build_config
     from .experiments.runner import run_experiment
-    from .report.tables import format_table
 
     cfg = build_config({"preset": f"{args.method}-{args.preset}"}, args.overrides)
     if args.no_progress:
         cfg.train.progress = False
     out = Path(args.out or Path("runs") / f"{args.method}-{args.preset}")
     res = run_experiment(cfg, out, overwrite=args.overwrite, echo=_echo)
-    print(format_table(res))
-    print(f"wrote {out / 'results.json'}")
+    _print_run(res, out)
     return 0
 
 
@@ -305,6 +316,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; re-run the same command to resume from the last checkpoint", file=sys.stderr)
         return 130
+    finally:
+        from .utils.dist import destroy
+
+        destroy()  # the torchrun process group, if a run joined one
 
 
 if __name__ == "__main__":

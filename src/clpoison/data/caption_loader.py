@@ -113,12 +113,16 @@ class CaptionBatches:
         augment: Optional[CaptionImageAugment] = None,
         channels_last: bool = False,
         drop_last: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
+        shuffle: bool = True,
     ) -> None:
         self.offsets = caption_offsets(dataset)
         if len(tokens) != int(self.offsets[-1]):
             raise ValueError(f"{len(tokens)} token rows for {int(self.offsets[-1])} captions; tokenize flat_captions(dataset)")
         # the image side is the foundation's resident loader: images on the device, seeded per-epoch order
-        self.source = ResidentBatches(dataset, batch_size, device, seed=seed, drop_last=drop_last)
+        self.source = ResidentBatches(dataset, batch_size, device, seed=seed, drop_last=drop_last, rank=rank,
+                                      world_size=world_size, shuffle=shuffle)  # ``batch_size``: this process's share
         self.n, self.batch_size, self.device, self.seed, self.drop_last = len(dataset), batch_size, device, seed, drop_last
         self.images, self.sizes = self.source.images, self.source.sizes
         self.tokens = tokens.to(device)

@@ -42,6 +42,7 @@ from __future__ import annotations
 import csv
 import glob
 import io
+import json
 import os
 import tarfile
 import warnings
@@ -75,6 +76,9 @@ class CaptionDataConfig:
     test_fraction: float = 0.1
     augment: str = "translate"  # translate | rrc | none (see clpoison.data.caption_loader)
     translate_px: int = 4
+    stream: bool = False  # captions-tar: stream the train shards (decoded in loader workers) instead of loading them
+    workers: int = 2  # streaming: loader worker processes per training process
+    shuffle_buffer: int = 1000  # streaming: samples shuffled in a buffer of this size (0: shard order)
     generator: CaptionGeneratorConfig = field(default_factory=CaptionGeneratorConfig)
 
     def __post_init__(self) -> None:
@@ -86,6 +90,8 @@ class CaptionDataConfig:
             raise ConfigError(f"data.captions.augment='{self.augment}' unknown; choose translate, rrc or none")
         if self.translate_px < 0:
             raise ConfigError(f"data.captions.translate_px={self.translate_px} must be >= 0")
+        if self.workers < 0 or self.shuffle_buffer < 0:
+            raise ConfigError("data.captions.workers and data.captions.shuffle_buffer must be >= 0")
         if self.separator is not None and len(self.separator) != 1:
             raise ConfigError(f"data.captions.separator={self.separator!r} must be one character (e.g. ',' or '\\t')")
 
@@ -217,8 +223,15 @@ def _make_dataset(images: list, captions: list, labels: list, name: str, labelle
 
 
 def shard_paths(spec: Union[str, Path, list]) -> list[Path]:
-    """A shard, a folder of ``*.tar``, a glob, or a list of those → sorted shard paths (error when none)."""
+    """A shard, a brace list (``shard-{000000..000099}.tar``, webdataset's notation), a folder of ``*.tar``, a glob,
+    or a list of those → shard paths (error when none)."""
     specs = spec if isinstance(spec, (list, tuple)) else [spec]
+    if any("{" in str(s) for s in specs):
+        try:
+            from braceexpand import braceexpand
+        except ImportError:
+            raise ConfigError(f"data.path {spec} is a brace list; pip install 'clpoison[stream]' (braceexpand)") from None
+        specs = [x for s in specs for x in braceexpand(str(s))]
     out: list[Path] = []
     for s in specs:
         s = str(Path(str(s)).expanduser())
@@ -235,6 +248,12 @@ def shard_paths(spec: Union[str, Path, list]) -> list[Path]:
     return out
 
 
+def _json_caption(raw: bytes) -> str:
+    """The caption of a webdataset ``KEY.json`` (img2dataset writes ``caption``; ``text`` / ``title`` also read)."""
+    d = json.loads(raw.decode("utf-8"))  # StopIteration when no key holds a caption
+    return next(d[k] for k in ("caption", "text", "title") if isinstance(d, dict) and isinstance(d.get(k), str) and d[k].strip())
+
+
 def iter_shard_samples(paths: list[Path], on_error: str = "fail", errors: Optional[_Errors] = None) -> Iterator[dict]:
     """Stream samples ``{"key", "shard", "image": bytes, "ext", "captions": [str]}`` from webdataset-layout shards,
     reading each archive sequentially (works on pipes / object-store streams as well as files)."""
@@ -248,13 +267,16 @@ def iter_shard_samples(paths: list[Path], on_error: str = "fail", errors: Option
         if img_ext is None:
             errors("missing_image", where, f"sample has no image ({'/'.join(IMAGE_SUFFIXES)}); members: {sorted(parts)}")
             return None
-        if "txt" not in parts:
-            errors("empty_caption", where, "sample has no .txt caption")
+        if "txt" not in parts and "json" not in parts:
+            errors("empty_caption", where, "sample has no .txt or .json caption")
             return None
         try:
-            text = parts["txt"].decode("utf-8")
+            text = parts["txt"].decode("utf-8") if "txt" in parts else _json_caption(parts["json"])
         except UnicodeDecodeError:
             errors("non_utf8", f"{where}.txt", "caption is not valid UTF-8")
+            return None
+        except (ValueError, StopIteration):
+            errors("empty_caption", f"{where}.json", "the .json holds no caption (keys caption, text or title)")
             return None
         caps = [c.strip() for c in text.splitlines() if c.strip()]
         if not caps:

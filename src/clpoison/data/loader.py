@@ -4,6 +4,9 @@ The whole split sits in memory as one uint8 tensor (on the training device when 
 150 MB), so a batch is an index gather plus augmentation on the device — no per-image Python, no worker
 processes. Each epoch's order is a permutation drawn from a generator seeded by (seed, epoch), so a resumed
 run sees exactly the batches an uninterrupted run would.
+
+Several processes (``rank`` / ``world_size``; ``batch_size`` is then this process's share): the global batches are
+those one process would draw, and rank r takes the r-th slice of each — disjoint shards of every epoch's order.
 """
 
 from __future__ import annotations
@@ -36,9 +39,12 @@ class ResidentBatches:
         drop_last: bool = True,
         rank: int = 0,
         world_size: int = 1,
+        shuffle: bool = True,
     ) -> None:
         if batch_size < 1:
             raise ConfigError(f"train.batch_size={batch_size} must be >= 1")
+        if world_size > 1 and not drop_last:
+            raise ConfigError("several processes need equal batches on every rank (drop_last)")
         per_rank = len(dataset) // world_size
         if batch_size > per_rank:
             raise ConfigError(
@@ -50,7 +56,7 @@ class ResidentBatches:
         self.device = device
         self.seed = seed
         self.drop_last = drop_last
-        self.rank, self.world_size = rank, world_size
+        self.rank, self.world_size, self.shuffle = rank, world_size, shuffle
         self.streaming = hasattr(dataset, "load")  # e.g. StreamingImageFolder; resident datasets have .images
         if self.streaming:  # e.g. StreamingImageFolder: decode each batch on the host, then move it
             self.dataset = dataset
@@ -64,9 +70,10 @@ class ResidentBatches:
         return per_rank // self.batch_size if self.drop_last else -(-per_rank // self.batch_size)
 
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]]:
-        perm = epoch_permutation(self.n, self.seed, epoch)
-        per_rank = self.n // self.world_size
-        perm = perm[self.rank * per_rank : (self.rank + 1) * per_rank]
+        perm = epoch_permutation(self.n, self.seed, epoch) if self.shuffle else torch.arange(self.n)
+        if self.world_size > 1:  # global batch s is the one process's batch s; this rank draws its slice of it
+            steps, b = len(self), self.batch_size
+            perm = perm[: steps * b * self.world_size].view(steps, self.world_size, b)[:, self.rank].reshape(-1)
         if not self.streaming:
             perm = perm.to(self.device)
         for s in range(len(self)):

@@ -53,6 +53,7 @@ from ..engine.schedules import TrainingHooks
 from ..errors import ConfigError
 from ..methods.base import Method
 from ..report.plots import similarity_histogram
+from ..utils.dist import is_main
 from ..utils.io import atomic_write_bytes
 from .base import DEFENSES, Defense
 from .safeclip_batches import SafeCLIPBatches
@@ -125,7 +126,7 @@ class SafeCLIP(Defense):
     def save_scores(self, sims: np.ndarray, p_clean: np.ndarray) -> None:
         self.scores = (np.asarray(sims), np.asarray(p_clean))
         path = self.scores_path()
-        if self.params.split_every > 1 and path is not None:
+        if self.params.split_every > 1 and path is not None and is_main():
             buf = io.BytesIO()
             np.savez(buf, sims=self.scores[0], p_clean=self.scores[1])
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -176,7 +177,7 @@ class SafeCLIP(Defense):
                 pr = poison_precision_recall(split.risky, self.poisons)
                 rec.update({f"safeclip_{k2}": v for k2, v in pr.items()})
             last = epoch == trainer.cfg.epochs - 1
-            if p.histograms and self.out_dir is not None and (k % p.histogram_every == 0 or last):
+            if p.histograms and self.out_dir is not None and is_main() and (k % p.histogram_every == 0 or last):
                 t2 = time.perf_counter()
                 cut = float(sims[split.safe].min()) if len(split.safe) else None
                 name = f"safeclip/similarity_epoch{epoch + 1:03d}.png"

@@ -16,6 +16,7 @@ from torch import nn
 from ..data.augment import crop_resize_flip
 from ..data.caption_loader import CaptionBatches, CaptionImageAugment
 from ..data.loader import epoch_permutation
+from ..utils.dist import all_gather_nograd, rank, world_size
 from .safeclip_params import SafeCLIPParams
 
 
@@ -40,7 +41,8 @@ class SafeCLIPBatches:
         a = base.augment  # the same crop/resize/normalise with the whole image as the box and no flip
         self.unaugmented = CaptionImageAugment(a.out_size, "none", flip_p=0.0, mean=a.mean.flatten().tolist(),
                                                std=a.std.flatten().tolist()).to(base.device)
-        self.batch_size = base.batch_size
+        self.rank, self.world = rank(), world_size()
+        self.batch_size = base.batch_size * self.world  # the global batch (``base`` draws this process's share)
         self.plans: dict[int, list[tuple[str, torch.Tensor]]] = {}
 
     def __len__(self) -> int:
@@ -103,6 +105,11 @@ class SafeCLIPBatches:
                 continue
             perm = idx.to(b.device)[epoch_permutation(len(idx), b.seed, epoch * 16 + j).to(b.device)]
             for chunk in torch.tensor_split(perm, steps):
+                if self.world > 1:  # this rank's equal slice of the global batch (a remainder < world is left out)
+                    k = len(chunk) // self.world
+                    chunk = chunk[self.rank * k:(self.rank + 1) * k]
+                    if k == 0:
+                        continue
                 yield self.make_batch(kind, chunk, choice)
 
     @torch.no_grad()
@@ -117,8 +124,9 @@ class SafeCLIPBatches:
         out = []
         bs = self.params.eval_batch_size
         clean = self.params.similarity_view == "clean"
-        for s in range(0, self.n, bs):
-            idx = torch.arange(s, min(s + bs, self.n), device=self.base.device)
+        mine = torch.arange(self.rank, self.n, self.world, device=self.base.device)  # several processes: every world-th
+        for s in range(0, len(mine), bs):
+            idx = mine[s:s + bs]
             rows = choice[idx]
             tok = (self.base.tokens if clean else self.eda1)[rows]
             tok = tok[:, : int((tok != 0).sum(1).max())]
@@ -127,4 +135,18 @@ class SafeCLIPBatches:
             out.append((img.float() * txt.float()).sum(1).cpu())
         torch.random.set_rng_state(g)
         model.train(was)
-        return torch.cat(out).numpy()
+        return self._gather_scores(torch.cat(out)).numpy()
+
+    def _gather_scores(self, local: torch.Tensor) -> torch.Tensor:
+        """Every rank's scores (rank r scored pairs r, r + world, ...) in pair order: the same array on every rank."""
+        if self.world == 1:
+            return local
+        m = -(-self.n // self.world)
+        padded = torch.zeros(m, dtype=local.dtype, device=self.base.device)
+        padded[: len(local)] = local.to(self.base.device)
+        got = all_gather_nograd(padded).cpu()
+        out = torch.empty(self.n, dtype=local.dtype)
+        for q in range(self.world):
+            k = len(range(q, self.n, self.world))
+            out[q::self.world] = got[q * m:q * m + k]
+        return out

@@ -20,6 +20,7 @@ from torch import nn
 from ..methods.base import Method
 from ..methods.clip import clip_loss
 from ..methods.simclr import nt_xent_loss
+from ..utils.dist import all_gather_nograd, all_gather_with_grad, rank
 from .memory_bank import MemoryBank
 from .safeclip_params import SafeCLIPParams
 
@@ -30,15 +31,16 @@ def inmodal_term(z1: torch.Tensor, z2: torch.Tensor, scale: torch.Tensor, bank: 
     anchor = bank.nearest(z1) if bank is not None else z1
     if kind == "nt_xent":
         return nt_xent_loss(anchor, z2, 1.0 / scale)
-    logits = scale * z2.float() @ anchor.float().t()
-    return F.cross_entropy(logits, torch.arange(len(z1), device=z1.device))
+    logits = scale * z2.float() @ all_gather_with_grad(anchor.float()).t()  # several processes: every rank's anchors
+    return F.cross_entropy(logits, torch.arange(len(z1), device=z1.device) + rank() * len(z1))
 
 
 def cross_aug_clip_loss(i1: torch.Tensor, i2: torch.Tensor, t1: torch.Tensor, t2: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """Official ``cross_aug`` CLIP loss: ½[CE(s·I₁T₂ᵀ) + CE(s·T₁I₂ᵀ)]."""
-    labels = torch.arange(len(i1), device=i1.device)
-    return 0.5 * (F.cross_entropy(scale * i1.float() @ t2.float().t(), labels)
-                  + F.cross_entropy(scale * t1.float() @ i2.float().t(), labels))
+    """Official ``cross_aug`` CLIP loss: ½[CE(s·I₁T₂ᵀ) + CE(s·T₁I₂ᵀ)] (several processes: local rows against the
+    columns of every rank, gathered with gradient, as :func:`~clpoison.methods.clip.clip_loss`)."""
+    labels = torch.arange(len(i1), device=i1.device) + rank() * len(i1)
+    return 0.5 * (F.cross_entropy(scale * i1.float() @ all_gather_with_grad(t2.float()).t(), labels)
+                  + F.cross_entropy(scale * t1.float() @ all_gather_with_grad(i2.float()).t(), labels))
 
 
 
@@ -50,6 +52,7 @@ class SafeCLIPMethod(Method):
 
     name = "safeclip"
     modality = "image-text"
+    ddp_find_unused_parameters = True  # the phases use different parts of the model
 
     def __init__(self, clip: Method, params: SafeCLIPParams) -> None:
         super().__init__()
@@ -89,7 +92,8 @@ class SafeCLIPMethod(Method):
         if batch["phase"] == "inmodal":
             kind = self.params.inmodal_loss
             loss = 0.5 * (inmodal_term(i1, i2, scale, self.image_bank, kind) + inmodal_term(t1, t2, scale, self.text_bank, kind))
-            aux = {} if self.image_bank is None else {"image_anchors": i1.detach(), "text_anchors": t1.detach()}
+            aux = {} if self.image_bank is None else {  # every rank pushes every rank's anchors: one bank
+                "image_anchors": all_gather_nograd(i1.detach()), "text_anchors": all_gather_nograd(t1.detach())}
             return loss, {"logit_scale": float(scale.detach()), "safeclip_inmodal": 1.0}, aux
         if two:
             loss = cross_aug_clip_loss(i1, i2, t1, t2, scale)

@@ -13,6 +13,11 @@ progress bar and a JSONL metrics log (records past the checkpoint are dropped on
 with progress off) one line per epoch instead of the bar (:func:`epoch_line`). A non-finite loss stops
 training before the optimiser step with :class:`~clpoison.errors.TrainingDiverged` naming the step. Hooks (``on_epoch_start`` / ``on_epoch_end``) let defenses act between epochs, and a
 ``schedule`` factory (:mod:`clpoison.engine.schedules`) lets them supply the LR schedule.
+
+Several processes (``torchrun``, SLURM; :mod:`clpoison.engine.distributed`): the loss runs behind DDP, each rank
+draws its own shard of every batch (the batch source's job), rank 0 alone writes the log and the checkpoint
+(which holds every rank's RNG state, so all ranks resume from it exactly), rank 0's buffers are copied to every
+rank at the end of each epoch, and a hook marked ``main_only`` (periodic evaluation) runs on rank 0 only.
 """
 
 from __future__ import annotations
@@ -31,8 +36,10 @@ from ..errors import ConfigError, TrainingDiverged
 from ..methods.base import Method
 from ..utils.io import atomic_torch_save, atomic_write_text
 from ..utils.faults import fault_point
+from ..utils.dist import all_gather_object, all_reduce_mean, rank, sync_buffers, world_size
 from ..utils.seed import get_rng_state, set_rng_state
 from .checkpoint import read_checkpoint
+from .distributed import wrap_for_training
 from .optim import build_optimizer
 from .schedules import EpochHook, ScheduleFactory, warmup_cosine_schedule
 
@@ -172,6 +179,8 @@ class Trainer:
         self.notify = notify or (lambda msg: None)
         if cfg.use_channels_last(device, min_conv_channels(self.method)):
             self.method.to(memory_format=torch.channels_last)
+        self.rank, self.world_size = rank(), world_size()
+        self.method, self.loss_fn = wrap_for_training(self.method, device)  # DDP when world size > 1
         self.steps_per_epoch = len(batches)
         if self.steps_per_epoch < 1:
             raise ConfigError("the dataset yields no full batch; lower train.batch_size")
@@ -179,7 +188,7 @@ class Trainer:
         self.base_lr = cfg.effective_lr
         self.optimizer = build_optimizer(
             cfg.optimizer,
-            method.param_groups(cfg.weight_decay, cfg.exclude_norm_bias),
+            self.method.param_groups(cfg.weight_decay, cfg.exclude_norm_bias),
             self.base_lr,
             cfg.momentum,
             cfg.weight_decay,
@@ -215,6 +224,7 @@ class Trainer:
             "epoch": self.epoch,
             "step": self.step,
             "rng": get_rng_state(),
+            **({"world_size": self.world_size, "rng_ranks": all_gather_object(get_rng_state())} if self.world_size > 1 else {}),
             "history": self.history,
             "train_seconds": self.train_seconds,
             "config": self.config_snapshot,
@@ -224,7 +234,9 @@ class Trainer:
 
     def save_checkpoint(self) -> None:
         if self.checkpoint_path is not None:
-            atomic_torch_save(self.state_dict(), self.checkpoint_path)
+            state = self.state_dict()  # on every rank: it gathers their RNG states
+            if self.rank == 0:
+                atomic_torch_save(state, self.checkpoint_path)
 
     def load_checkpoint(self, path: Path) -> None:
         ckpt = read_checkpoint(path, map_location=self.device)
@@ -234,6 +246,10 @@ class Trainer:
         if self.fingerprint is not None and ckpt.get("fingerprint") != self.fingerprint:
             msg = f"the data changed since the interrupted run ({path} was trained on other data); use"
             raise ConfigError(f"{msg} overwrite=True to start again", cli=f"{msg} --overwrite to start again")
+        if int(ckpt.get("world_size", 1)) != self.world_size:
+            msg = (f"checkpoint {path} was written by {ckpt.get('world_size', 1)} processes, this run has "
+                   f"{self.world_size}; resume with the same number (each process's data shard depends on it) or use")
+            raise ConfigError(f"{msg} overwrite=True", cli=f"{msg} --overwrite")
         self.method.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
@@ -246,12 +262,12 @@ class Trainer:
         self.epoch, self.step = int(ckpt["epoch"]), int(ckpt["step"])
         self.history = list(ckpt.get("history", []))
         self.train_seconds = float(ckpt.get("train_seconds", 0.0))
-        set_rng_state(ckpt["rng"])
+        set_rng_state(ckpt["rng_ranks"][self.rank] if self.world_size > 1 else ckpt["rng"])
         self._truncate_log()
 
     def _truncate_log(self) -> None:
         """Drop log records written after the checkpoint (steps the resumed run will log again)."""
-        if self.out_dir is None or not (self.out_dir / self.log_name).exists():
+        if self.out_dir is None or self.rank != 0 or not (self.out_dir / self.log_name).exists():
             return
         keep = []
         for line in (self.out_dir / self.log_name).read_text(encoding="utf-8").splitlines():
@@ -264,7 +280,7 @@ class Trainer:
 
     # -- logging --------------------------------------------------------------------------------------------
     def log(self, record: dict) -> None:
-        if self.out_dir is None:
+        if self.out_dir is None or self.rank != 0:
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
         with open(self.out_dir / self.log_name, "a") as f:
@@ -275,7 +291,7 @@ class Trainer:
     def train_step(self, batch: dict[str, Any]) -> tuple[float, dict]:
         self.method.train()
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
-            loss, logs, aux = self.method.loss(batch)
+            loss, logs, aux = self.loss_fn(batch)
         if not torch.isfinite(loss):  # checked before the step: the weights and the last checkpoint stay good
             kept = (f"the last good checkpoint (epoch {self.epoch}) is kept in {self.out_dir}"
                     if self.checkpoint_path is not None and self.checkpoint_path.exists() else "no checkpoint was written yet")
@@ -308,7 +324,7 @@ class Trainer:
         while self.epoch < self.cfg.epochs and not self.stop_requested:
             e = self.epoch
             extra: dict = {}
-            for hook in self.on_epoch_start:
+            for hook in self._hooks(self.on_epoch_start):
                 extra.update(hook(self, e) or {})
             t0 = time.perf_counter()
             losses = []
@@ -316,7 +332,7 @@ class Trainer:
                 self.batches.epoch(e),
                 total=self.steps_per_epoch,
                 desc=f"{self.method.name} epoch {e + 1}/{self.cfg.epochs}",
-                disable=not bar_on,
+                disable=not bar_on or self.rank != 0,
                 leave=False,
                 dynamic_ncols=True,
             )
@@ -335,13 +351,14 @@ class Trainer:
             rec = {
                 "epoch": self.epoch,
                 "step": self.step,
-                "loss": float(torch.stack(losses).float().mean()) if losses else math.nan,
+                "loss": float(all_reduce_mean(torch.stack(losses).float().mean())) if losses else math.nan,
                 "epoch_seconds": dt,
                 "samples_per_s": self.steps_per_epoch * self.cfg.batch_size / dt if dt > 0 else None,
                 **extra,
             }
             self.last_record = rec
-            for hook in self.on_epoch_end:
+            sync_buffers(self.method)  # one model on every rank for the hooks, the evaluation and the checkpoint
+            for hook in self._hooks(self.on_epoch_end):
                 rec.update(hook(self, self.epoch) or {})
             self.history.append(rec)
             self.log({"event": "epoch", **rec})
@@ -350,3 +367,7 @@ class Trainer:
             if self.cfg.checkpoint_every and (self.epoch % self.cfg.checkpoint_every == 0 or self.epoch == self.cfg.epochs):
                 self.save_checkpoint()
         return self.history
+
+    def _hooks(self, hooks: list[EpochHook]) -> list[EpochHook]:
+        """The hooks this rank runs: all of them, less those marked ``main_only`` on ranks other than 0."""
+        return [h for h in hooks if self.rank == 0 or not getattr(h, "main_only", False)]

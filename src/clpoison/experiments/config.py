@@ -291,5 +291,5 @@ def validate_components(cfg: ExperimentConfig) -> None:
         registry.params(comp.name, comp.params)
     if cfg.data.name in ("npz", "cifar", "imagefolder") and not cfg.data.path:
         raise ConfigError(f"data.name={cfg.data.name} needs data.path; set data.path=/path/to/data")
-    if cfg.data.path and not any(c in cfg.data.path for c in "*?[") and not Path(cfg.data.path).expanduser().exists():
+    if cfg.data.path and not any(c in cfg.data.path for c in "*?[{") and not Path(cfg.data.path).expanduser().exists():
         raise ConfigError(f"data.path '{cfg.data.path}' does not exist; check the path")

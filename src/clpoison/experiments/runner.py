@@ -21,6 +21,14 @@ writes an output at a time: the run holds ``.OUT.lock`` (:class:`~clpoison.utils
 command on the same ``--out`` fails at once with one line naming the first one's pid. A partial run is resumed
 only onto the same config (presentation keys aside) and the same data (``fingerprint.json``, see
 :mod:`clpoison.experiments.fingerprint`); otherwise the command stops with one line (``--overwrite`` starts again).
+
+Several processes (``torchrun --nproc_per_node N -m clpoison run ...`` or ``srun``; :mod:`clpoison.utils.dist`):
+every rank loads the data and builds the same model; rank 0 alone holds the lock, prepares the folder, runs the
+attack (once) and sends the poisoned data to the others, and every rank checks that the fingerprint of its data
+and of the manifest equals rank 0's. ``train.batch_size`` is the *global* batch (each rank draws
+``batch_size / N`` of it from its own shard of the epoch's order), so a config means the same training on any
+number of processes. Each rank's augmentation has its own seed (:func:`~clpoison.utils.dist.rank_seed`). Rank 0
+writes the checkpoint, log, manifest and results and evaluates; the others wait for it and return its results.
 """
 
 from __future__ import annotations
@@ -43,6 +51,8 @@ from ..models.encoder_file import save_encoder
 from ..report.run_report import run_markdown
 from ..report.tables import format_table
 from ..utils.device import resolve_device
+from ..utils.dist import (all_gather_object, alone, barrier, broadcast_object, init_distributed, is_main, rank, rank_seed,
+                          world_size)
 from ..utils.faults import fault_point
 from ..utils.lock import OutputLock
 from ..utils.io import atomic_write_bytes, atomic_write_json, atomic_write_text, check_output_path, dumps_json
@@ -94,15 +104,20 @@ def run_experiment(
 ) -> dict[str, Any]:
     out = Path(out)
     check_output_path(out, "dir")
+    device = init_distributed(resolve_device(cfg.device))  # joins torchrun's / SLURM's process group, if any
+    if not is_main():  # rank 0 holds the lock and prepares the folder
+        return _run_locked(cfg, out, overwrite, resume, lambda s: None, device)
     with OutputLock(out):  # one writer per output folder; a second command fails at once naming this pid
-        return _run_locked(cfg, out, overwrite, resume, echo)
+        return _run_locked(cfg, out, overwrite, resume, echo, device)
 
 
 def _run_locked(cfg: ExperimentConfig, out: Path, overwrite: bool, resume: bool,
-                echo: Callable[[str], None]) -> dict[str, Any]:
-    work = prepare_out_dir(out, overwrite)
-    device = resolve_device(cfg.device)
+                echo: Callable[[str], None], device: torch.device) -> dict[str, Any]:
     snapshot = cfg.to_dict()
+    if not is_main():
+        barrier()  # rank 0 has prepared the folder
+        return _run(cfg, out, out.with_name(out.name + ".partial"), device, snapshot, resume, echo, overwrite)
+    work = prepare_out_dir(out, overwrite)
     if work.exists():
         changed = config_changes(_read_json(work / "config.json"), snapshot) if resume else ["--no-resume"]
         if changed and resume and (work / CHECKPOINT_NAME).exists() and not overwrite:
@@ -112,6 +127,7 @@ def _run_locked(cfg: ExperimentConfig, out: Path, overwrite: bool, resume: bool,
             shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
     atomic_write_json(work / "config.json", snapshot)
+    barrier()
     try:
         return _run(cfg, out, work, device, snapshot, resume, echo, overwrite)
     except ClpoisonError as e:
@@ -183,16 +199,25 @@ def _run(cfg: ExperimentConfig, out: Path, work: Path, device: torch.device, sna
             echo(f"data: verified the export {checked['folder']} against its manifest ({checked['files']} files)")
 
     attack = ATTACKS.build(cfg.attack.name, cfg.attack.params)
+    main, world = is_main(), world_size()
     with timed("attack_s"):
-        poisoned = attack.poison(splits, cfg.seed, {"device": device, "work_dir": work / "attack", "echo": echo,
-                                                     "progress": progress_bar_on(cfg.train.progress)})
+        once = world > 1 and cfg.attack.name != "none"  # several processes: poison once, on rank 0, and send it
+        with alone():  # an attack that trains a surrogate trains it on this process only
+            poisoned = attack.poison(splits, cfg.seed, {"device": device, "work_dir": work / "attack", "echo": echo,
+                                                         "progress": progress_bar_on(cfg.train.progress)}) if main or not once else None
+        if once:
+            poisoned = broadcast_object(poisoned)
     train_splits = poisoned.splits
-    if poisoned.manifest is not None:
-        atomic_write_json(work / "manifest.json", poisoned.manifest)
-    for name, data in poisoned.artifacts.items():
-        atomic_write_bytes(work / name, data)
     fp = run_fingerprint(splits, poisoned.manifest)
-    _check_resume_data(work, fp, resume, overwrite)
+    if world > 1:
+        _check_same_data(fp)
+    if main:
+        if poisoned.manifest is not None:
+            atomic_write_json(work / "manifest.json", poisoned.manifest)
+        for name, data in poisoned.artifacts.items():
+            atomic_write_bytes(work / name, data)
+        _check_resume_data(work, fp, resume, overwrite)
+    barrier()
 
     defense = DEFENSES.build(cfg.defense.name, cfg.defense.params)
     with timed("defense_s"):
@@ -200,10 +225,14 @@ def _run(cfg: ExperimentConfig, out: Path, work: Path, device: torch.device, sna
                                                                     "device": device})
 
     seed_everything(cfg.seed, cfg.deterministic)
+    if not main:
+        barrier()  # rank 0 first: it writes what the others re-use (the CLIP tokenizer)
     method = task.build_method(train_set).to(device)
+    if main:
+        barrier()
     metrics: dict[str, Any] = {}
-    if cfg.eval.random_init_control:
-        with timed("random_init_eval_s"):
+    if cfg.eval.random_init_control and main:
+        with timed("random_init_eval_s"), alone():
             metrics.update(task.random_init_metrics(method, splits))
 
     batches = task.batches(method, train_set, defense)
@@ -214,15 +243,20 @@ def _run(cfg: ExperimentConfig, out: Path, work: Path, device: torch.device, sna
     hooks = defense.training_hooks()
     trainer = Trainer(method, batches, cfg.train, device, work, snapshot, schedule=hooks.schedule,
                       on_epoch_start=hooks.epoch_start, on_epoch_end=hooks.epoch_end, state=hooks.state, fingerprint=fp,
-                      notify=lambda msg: print(msg, file=sys.stderr, flush=True))
+                      notify=lambda msg: print(msg, file=sys.stderr, flush=True) if main else None)
     if cfg.eval.every_epochs:
         trainer.on_epoch_end.append(periodic_eval(task, method, attack, splits, train_splits, cfg.eval.every_epochs,
                                                   cfg.train.epochs))
+    if world > 1:  # each rank's augmentation draws its own stream (a resumed run restores each rank's state)
+        seed_everything(rank_seed(cfg.seed, rank()), cfg.deterministic)
     with timed("pretrain_s"):
         history = trainer.fit(resume=resume)
     timings["pretrain_s_total_including_resumed"] = round(trainer.train_seconds, 3)
+    if not main:
+        barrier()  # rank 0 evaluates and publishes the run
+        return _read_json(out / RESULTS_NAME) or {"metrics": {}, "rank": rank()}
 
-    with timed("eval_s"):
+    with timed("eval_s"), alone():
         fault_point("evaluate")
         try:
             m, extras = task.evaluate(method, splits)
@@ -231,7 +265,7 @@ def _run(cfg: ExperimentConfig, out: Path, work: Path, device: torch.device, sna
             raise
     metrics.update(m)
     context = task.context(method, splits, train_splits, extras)
-    with timed("attack_eval_s"):
+    with timed("attack_eval_s"), alone():
         metrics.update(attack.evaluate(context))
     timings["total_s"] = round(time.perf_counter() - t_all, 3)
     n_samples = cfg.train.epochs * len(batches) * cfg.train.batch_size
@@ -241,7 +275,7 @@ def _run(cfg: ExperimentConfig, out: Path, work: Path, device: torch.device, sna
         "config": snapshot,
         "timings": timings,
         "throughput": task.throughput(n_samples, trainer.train_seconds),
-        "environment": {**environment(), "device": str(device)},
+        "environment": {**environment(), "device": str(device), "world_size": world},
         "data": task.data_info(train_set, splits),
         "attack": {"name": cfg.attack.name, "manifest": "manifest.json" if poisoned.manifest is not None else None},
         "defense": {"name": cfg.defense.name, **defense_info, **defense.training_summary()},
@@ -256,7 +290,16 @@ def _run(cfg: ExperimentConfig, out: Path, work: Path, device: torch.device, sna
         shutil.rmtree(out)
     fault_point("publish-run")
     work.rename(out)
+    barrier()
     return results
+
+
+def _check_same_data(fp: dict) -> None:
+    """Every rank trains on rank 0's data: the fingerprints of the clean data and of the manifest must agree."""
+    for r, other in enumerate(all_gather_object(fp)):
+        if other != fp:
+            raise DataError(f"process {r} sees other data than process {rank()} (data or manifest fingerprint differs); "
+                            "every process must read the same data.path and the same poisoned data")
 
 
 def periodic_eval(task: Any, method: Any, attack: Any, splits: Any, poisoned: Any, every: int, epochs: int):
@@ -273,8 +316,9 @@ def periodic_eval(task: Any, method: Any, attack: Any, splits: Any, poisoned: An
         modes = [(mod, mod.training) for mod in method.modules()]
         t0 = time.perf_counter()
         try:
-            m, extras = task.evaluate(method, splits)
-            m.update(attack.evaluate(task.context(method, splits, poisoned, extras)))
+            with alone():  # rank 0 evaluates by itself
+                m, extras = task.evaluate(method, splits)
+                m.update(attack.evaluate(task.context(method, splits, poisoned, extras)))
         finally:
             torch.random.set_rng_state(state)
             if cuda is not None:
@@ -285,4 +329,5 @@ def periodic_eval(task: Any, method: Any, attack: Any, splits: Any, poisoned: An
         out["eval_seconds"] = round(time.perf_counter() - t0, 3)
         return out
 
+    hook.main_only = True  # type: ignore[attr-defined]  # several processes: rank 0 evaluates, the others go on
     return hook

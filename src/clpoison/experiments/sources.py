@@ -88,7 +88,7 @@ def verify_if_export(path: Optional[str], splits: Any, as_written: bool) -> Opti
     Returns the summary, or ``None`` when the data is not an export."""
     from ..attacks.verify import verify_export
 
-    if not path or any(c in str(path) for c in "*?["):
+    if not path or any(c in str(path) for c in "*?[{"):
         return None
     p = Path(path).expanduser()
     root = p if p.is_dir() else p.parent

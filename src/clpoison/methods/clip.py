@@ -3,7 +3,7 @@
 ``clip_loss`` is the loss of CLIP's pseudo-code (§2.3, Fig. 3): cosine similarities scaled by the learned
 temperature, cross-entropy over captions for each image and over images for each caption, averaged. Under
 ``torchrun`` (``torch.distributed`` initialised, world size > 1) each rank gathers the features of every rank
-*with gradient* (``torch.distributed.nn.functional.all_gather``) and scores its local rows against the global batch
+*with gradient* (:func:`clpoison.utils.dist.all_gather_with_grad`) and scores its local rows against the global batch
 with labels offset by ``rank × local batch`` (open_clip's ``gather_with_grad`` + ``local_loss``); with DDP's gradient
 averaging this gives the gradient of the global-batch loss, so the loss needs no rewriting for multi-GPU runs.
 
@@ -37,27 +37,15 @@ from ..data.tokenizer import CaptionTokenizer
 from ..errors import ConfigError
 from ..models.clip import CLIPModel
 from ..models.text import BagOfWordsText, TextTransformer
+from ..utils.dist import all_gather_with_grad, rank
 from .base import METHODS, Method, MethodParams, check_positive
 
 TEXT_TOWERS = ("transformer", "bow")
 
 
-def _dist_world() -> tuple[int, int]:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     """Concatenate ``x`` from every rank, keeping the autograd graph (identity when not distributed)."""
-    rank, world = _dist_world()
-    if world == 1:
-        return x
-    from torch.distributed.nn.functional import all_gather
-
-    return torch.cat(all_gather(x.contiguous()), 0)
+    return all_gather_with_grad(x)
 
 
 def clip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
@@ -67,12 +55,11 @@ def clip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torc
     """
     if image_emb.shape != text_emb.shape:
         raise ValueError(f"clip_loss: image and text embeddings differ in shape {tuple(image_emb.shape)} vs {tuple(text_emb.shape)}")
-    rank, world = _dist_world()
     image_emb, text_emb = image_emb.float(), text_emb.float()
     all_img, all_txt = gather_with_grad(image_emb), gather_with_grad(text_emb)
     logits_i = logit_scale * image_emb @ all_txt.t()
     logits_t = logit_scale * text_emb @ all_img.t()
-    labels = torch.arange(len(image_emb), device=image_emb.device) + rank * len(image_emb)
+    labels = torch.arange(len(image_emb), device=image_emb.device) + rank() * len(image_emb)
     return 0.5 * (F.cross_entropy(logits_i, labels) + F.cross_entropy(logits_t, labels))
 
 

@@ -9,6 +9,13 @@ the official MoCo CIFAR demo does: the batch is processed as ``bn_splits`` group
 groups in order, the key encoder sees a random permutation of the samples split into the same number of groups —
 so BN statistics are per group, like per-GPU BN, and a query and its key land in different groups.
 ``bn_splits = 1`` turns this off (plain BN over the whole batch).
+
+**Several processes (torchrun).** With world size W > 1 the shuffle is MoCo's real ShuffleBN: the key inputs of
+every rank are gathered, permuted by one permutation drawn on rank 0 and broadcast, each rank encodes its slice of
+the shuffled global batch, and the keys are gathered back and un-shuffled. ``bn_splits`` then counts BN groups
+*per process* (1 = the official per-GPU BN), so W processes with ``bn_splits = b`` compute exactly what one process
+with ``bn_splits = W·b`` computes on the global batch (tested). The queue enqueues the keys of every rank, in rank
+order, so every rank holds the same queue.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..models.heads import mlp_head
+from ..utils.dist import all_gather_nograd, broadcast_tensor, rank, world_size
 from .base import METHODS, Method, MethodParams, check_positive
 
 
@@ -96,8 +104,23 @@ class MoCoV2(Method):
         if grad:
             return _grouped_forward(fn, x, self.params.bn_splits)
         with torch.no_grad():
+            if world_size() > 1:
+                return self._shuffled_keys_distributed(fn, x)
             perm = torch.randperm(x.shape[0], device=x.device)
             return _grouped_forward(fn, x, self.params.bn_splits, perm)
+
+    @torch.no_grad()
+    def _shuffled_keys_distributed(self, fn: Any, x: torch.Tensor) -> torch.Tensor:
+        """ShuffleBN across ranks: this rank's keys, encoded in a slice of the shuffled global batch."""
+        n, r = x.shape[0], rank()
+        x_all = all_gather_nograd(x)
+        perm = torch.randperm(len(x_all), device=x.device) if r == 0 else torch.empty(len(x_all), dtype=torch.long, device=x.device)
+        perm = broadcast_tensor(perm, 0)
+        fmt = torch.channels_last if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(
+            memory_format=torch.channels_last) else torch.contiguous_format
+        k_all = all_gather_nograd(_grouped_forward(fn, x_all[perm[r * n:(r + 1) * n]].contiguous(memory_format=fmt),
+                                                   self.params.bn_splits))
+        return k_all[torch.argsort(perm)[r * n:(r + 1) * n]]
 
     @torch.no_grad()
     def _enqueue(self, k: torch.Tensor) -> None:
@@ -124,6 +147,8 @@ class MoCoV2(Method):
             k1 = self._key(v1, key_grad)
             loss = 0.5 * (loss + moco_infonce_loss(q2, k1, self.queue.clone().detach(), self.params.temperature))
             keys.append(k1)
+        if world_size() > 1:  # every rank enqueues the keys of every rank (in rank order): one queue everywhere
+            keys = [all_gather_nograd(k.detach()) for k in keys]
         return loss, {}, {"keys": keys}
 
     def update_state(self, aux: dict[str, Any]) -> None:

@@ -13,6 +13,7 @@ from ...engine.trainer import min_conv_channels
 from ...eval.encoder_eval import attack_context, evaluate_encoder, feature_classifier, feature_embedder
 from ...methods.base import Method
 from ...methods.build import build_method
+from ...utils.dist import local_batch_size, rank, world_size
 from ..sources import load_image_source
 from .base import TASKS, Task
 
@@ -50,7 +51,8 @@ class ImageTask(Task):
         sampler = defense.view_sampler(cfg.augment) or make_sampler(cfg.augment)
         augment = TwoViewAugment(cfg.augment, sampler)
         return TwoViewBatches(
-            ResidentBatches(train_set, cfg.train.batch_size, self.device, seed=cfg.seed),
+            ResidentBatches(train_set, local_batch_size(cfg.train.batch_size), self.device, seed=cfg.seed,
+                            rank=rank(), world_size=world_size()),
             augment,
             channels_last=cfg.train.use_channels_last(self.device, min_conv_channels(method)),
         )

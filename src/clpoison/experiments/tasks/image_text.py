@@ -27,7 +27,8 @@ from typing import Any, Callable, Mapping, Optional
 import torch
 
 from ...data.caption_loader import CaptionBatches, CaptionImageAugment, flat_captions
-from ...data.caption_readers import load_caption_splits
+from ...data.caption_readers import load_caption_splits, read_caption_shards
+from ...data.shard_stream import StreamingCaptionBatches, StreamingCaptionSet
 from ...data.captions import CaptionDataset, CaptionSplits
 from ...data.datasets import ImageDataset, ImageSplits
 from ...data.tokenizer import CaptionTokenizer
@@ -38,6 +39,7 @@ from ...eval.zeroshot import CIFAR_TEMPLATES, ZeroShotClassifier, encode_texts
 from ...methods import METHODS
 from ...methods.base import Method
 from ...methods.build import build_method
+from ...utils.dist import is_main, local_batch_size, rank, world_size
 from ..config import ExperimentConfig
 from .base import TASKS, Task
 
@@ -68,15 +70,35 @@ class ImageTextTask(Task):
     def load(self) -> CaptionSplits:
         cfg = self.cfg
         size = cfg.data.image_size or cfg.augment.out_size
-        splits = load_caption_splits(cfg.data.name, cfg.data.path, cfg.data.captions, size, cfg.seed)
-        splits.train = limit_pairs(splits.train, cfg.data.train_limit)
+        if cfg.data.captions.stream:
+            splits = self.load_streamed(size)
+        else:
+            splits = load_caption_splits(cfg.data.name, cfg.data.path, cfg.data.captions, size, cfg.seed)
+            splits.train = limit_pairs(splits.train, cfg.data.train_limit)
         splits.test = limit_pairs(splits.test, cfg.data.test_limit)
-        n_caps = sum(len(c) for c in splits.train.captions)
+        n_caps = "streamed" if cfg.data.captions.stream else sum(len(c) for c in splits.train.captions)
         self.echo(f"data: {cfg.data.name} ({len(splits.train)} train pairs / {n_caps} captions, {len(splits.test)} test pairs)")
         skipped = splits.source.get("skipped") or {}
         if any(skipped.values()):
             self.echo(f"warning: skipped bad rows {skipped} (data.captions.on_error=skip)")
         return splits
+
+    def load_streamed(self, size: int) -> CaptionSplits:
+        """Train shards streamed (:mod:`clpoison.data.shard_stream`), the test shards held in memory."""
+        cfg, c = self.cfg, self.cfg.data.captions
+        if cfg.data.name != "captions-tar":
+            raise ConfigError(f"data.captions.stream=true streams tar shards; set data.name=captions-tar (not {cfg.data.name})")
+        if not cfg.data.path or not c.test_path:
+            raise ConfigError("data.captions.stream=true needs data.path (the train shards) and data.captions.test_path "
+                              "(held-out shards, loaded into memory for evaluation)")
+        if cfg.attack.name != "none" or cfg.defense.name != "none":
+            raise ConfigError("attacks and defenses work on data held in memory; with data.captions.stream=true use "
+                              "attack none and defense none (or write the poisoned set with clpoison poison first)")
+        train = StreamingCaptionSet(cfg.data.path, size, c.on_error, "train")
+        test, skipped = read_caption_shards(c.test_path, c.on_error, size, "test")
+        return CaptionSplits(train, limit_pairs(test, cfg.data.test_limit),
+                             {"name": cfg.data.name, "path": str(cfg.data.path), "test_path": c.test_path, "streamed": True,
+                              "train_shards": len(train.shards), "skipped": {"train": {}, "test": skipped}})
 
     # -- model ------------------------------------------------------------------------------------------------
     def make_tokenizer(self, train_set: CaptionDataset) -> CaptionTokenizer:
@@ -88,7 +110,7 @@ class ImageTextTask(Task):
             tok, how = CaptionTokenizer.from_file(saved), "reloaded from the partial run"
         else:
             tok, how = CaptionTokenizer.train(flat_captions(train_set), p.vocab_size), f"trained on {len(train_set)} pairs"
-        if saved is not None:
+        if saved is not None and is_main():  # several processes: rank 0 writes it, the others reload it
             tok.save(saved)
         self.info["tokenizer"] = {"vocab_size": tok.vocab_size, "source": how, "context_length": p.context_length}
         self.echo(f"tokenizer: BPE, {tok.vocab_size} tokens, {how}")
@@ -106,17 +128,22 @@ class ImageTextTask(Task):
         self.tokenizer = method.tokenizer
         return method
 
-    def batches(self, method: Any, train_set: CaptionDataset, defense: Any) -> CaptionBatches:
+    def batches(self, method: Any, train_set: CaptionDataset, defense: Any) -> Any:
         cfg = self.cfg
         if defense.view_sampler(cfg.augment) is not None:
             raise ConfigError(f"defense '{cfg.defense.name}' replaces the image-SSL view sampler, which CLIP does not use")
+        a, c = cfg.augment, cfg.data.captions
+        augment = CaptionImageAugment(a.out_size, c.augment, c.translate_px, a.crop_scale, a.crop_ratio, a.flip_p, a.mean, a.std)
+        if getattr(train_set, "streaming", False):
+            return StreamingCaptionBatches(train_set, self.tokenizer, self.params.context_length,
+                                           local_batch_size(cfg.train.batch_size), self.device, cfg.seed, augment,
+                                           self.channels_last, rank(), world_size(), c.workers, c.shuffle_buffer)
         tokens = self.tokenizer.encode(flat_captions(train_set), self.params.context_length)
         self.info["truncated_train_captions"] = self.tokenizer.last_truncated
         if self.tokenizer.last_truncated:
             self.echo(f"note: {self.tokenizer.last_truncated} training captions truncated to {self.params.context_length} tokens")
-        a, c = cfg.augment, cfg.data.captions
-        augment = CaptionImageAugment(a.out_size, c.augment, c.translate_px, a.crop_scale, a.crop_ratio, a.flip_p, a.mean, a.std)
-        return CaptionBatches(train_set, tokens, cfg.train.batch_size, self.device, cfg.seed, augment, self.channels_last)
+        return CaptionBatches(train_set, tokens, local_batch_size(cfg.train.batch_size), self.device, cfg.seed, augment,
+                              self.channels_last, rank=rank(), world_size=world_size())
 
     # -- evaluation -------------------------------------------------------------------------------------------
     def zeroshot(self, method: Any, class_names: list[str]) -> ZeroShotClassifier:

@@ -1,0 +1,193 @@
+"""Streaming image–caption tar shards (the webdataset layout) that do not fit in memory — CC3M and larger.
+
+``data.name: captions-tar`` with ``data.captions.stream: true``: the train shards are never loaded as a whole.
+Each epoch:
+
+* the shard list (``data.path``: one shard, a brace list ``shard-{000000..000099}.tar``, a folder of ``*.tar``, a
+  glob) is shuffled by (seed, epoch), then split **by shard**: process r of W takes shards ``r, r+W, ...`` and its
+  loader worker j of J takes every J-th of those — no sample is read twice, nothing is shared;
+* workers (``data.captions.workers`` processes of :class:`torch.utils.data.DataLoader`) read their shards
+  sequentially, decode and resize each image (``KEY.jpg|png|webp``; caption in ``KEY.txt`` or ``KEY.json``) to
+  uint8 ``image_size × image_size``, pass the samples through a seeded shuffle buffer
+  (``data.captions.shuffle_buffer``), and hand over uint8 batches;
+* the training process picks one caption per image, tokenizes the batch, moves the uint8 images to the device and
+  augments them there (:class:`~clpoison.data.caption_loader.CaptionImageAugment`, as for resident data).
+
+Every process yields the same number of steps, ``samples // global batch`` (DDP needs equal steps): a process whose
+shards run out first starts its shards again (in the next seeded order). The number of samples is counted once from
+the tar headers (no image is decoded). With ``shuffle_buffer: 0``, one process and one worker, the batches are the
+samples in shard order — what :class:`~clpoison.data.caption_loader.CaptionBatches` gives the same data held in
+memory with ``shuffle=False`` (tested: same batches, same trained weights).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import random
+import tarfile
+from pathlib import Path
+from typing import Any, Iterator, Optional, Sequence
+
+import torch
+
+from ..errors import DataError
+from .caption_loader import CaptionImageAugment
+from .caption_readers import IMAGE_SUFFIXES, _Errors, iter_shard_samples, shard_paths
+from .image_readers import decode_image
+
+
+def epoch_shards(shards: Sequence[Path], seed: int, epoch: int, shuffle: bool = True) -> list[Path]:
+    shards = list(shards)
+    if shuffle:
+        random.Random(int(seed) * 1_000_003 + int(epoch)).shuffle(shards)
+    return shards
+
+
+def split_shards(shards: Sequence[Path], rank: int, world: int, worker: int = 0, workers: int = 1) -> list[Path]:
+    """The shards of process ``rank`` (of ``world``), loader worker ``worker`` (of ``workers``): disjoint, complete."""
+    return list(shards)[rank::world][worker::workers]
+
+
+def count_samples(shards: Sequence[Path]) -> int:
+    """Samples (distinct keys with an image member) in the shards, from the tar headers only."""
+    n = 0
+    for shard in shards:
+        keys: set = set()
+        try:
+            with tarfile.open(shard, mode="r:*") as tf:
+                for m in tf:
+                    base = os.path.basename(m.name)
+                    if m.isfile() and "." in base and base.split(".", 1)[1].lower() in IMAGE_SUFFIXES:
+                        keys.add(os.path.join(os.path.dirname(m.name), base.split(".", 1)[0]))
+        except (tarfile.TarError, OSError, EOFError) as e:
+            raise DataError(f"tar shard '{shard}' cannot be read ({type(e).__name__}); is it a tar file?") from None
+        n += len(keys)
+    return n
+
+
+class StreamingCaptionSet:
+    """A streamed train split: what the runner and the CLIP task need from a dataset (``len``, the captions for the
+    tokenizer, a fingerprint by file) without holding the images."""
+
+    streaming = True
+
+    def __init__(self, spec: Any, image_size: int, on_error: str = "fail", name: str = "shards") -> None:
+        self.shards = shard_paths(spec)
+        self.image_size, self.on_error, self.name = image_size, on_error, name
+        self.n = count_samples(self.shards)
+        if self.n == 0:
+            raise DataError(f"tar shards {spec} hold no image; expected KEY.jpg|png|webp + KEY.txt members")
+        self.items = [(p, -1) for p in self.shards]  # fingerprinted by file (path, size, mtime)
+        self.class_names: list[str] = []
+        self.labels = None
+        self._captions: Optional[list[list[str]]] = None
+
+    def __len__(self) -> int:
+        return self.n
+
+    @property
+    def captions(self) -> list[list[str]]:
+        """Every sample's captions in shard order (one pass over the shards; the images are skipped, not decoded)."""
+        if self._captions is None:
+            self._captions = [s["captions"] for s in iter_shard_samples(self.shards, self.on_error)]
+        return self._captions
+
+
+class ShardSampleStream(torch.utils.data.IterableDataset):
+    """The samples of this process's shards for one pass: ``(uint8 image, captions)``; split further by worker."""
+
+    def __init__(self, shards: Sequence[Path], image_size: int, rank: int, world: int, seed: int, epoch: int,
+                 shuffle_buffer: int = 0, on_error: str = "fail") -> None:
+        self.shards, self.image_size, self.rank, self.world = list(shards), image_size, rank, world
+        self.seed, self.epoch, self.buffer, self.on_error = seed, epoch, shuffle_buffer, on_error
+
+    def worker_shards(self) -> list[Path]:
+        info = torch.utils.data.get_worker_info()
+        wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
+        order = epoch_shards(self.shards, self.seed, self.epoch, shuffle=self.buffer > 0)
+        return split_shards(order, self.rank, self.world, wid, nw)
+
+    def _decoded(self, shards: list[Path]) -> Iterator[tuple[torch.Tensor, list[str]]]:
+        errors = _Errors(self.on_error)
+        for s in iter_shard_samples(shards, errors=errors):
+            try:
+                img = decode_image(io.BytesIO(s["image"]), self.image_size)
+            except DataError:
+                errors("corrupt_image", f"{s['shard']}:{s['key']}.{s['ext']}", "image is unreadable or corrupt")
+                continue
+            yield img, s["captions"]
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, list[str]]]:
+        shards = self.worker_shards()
+        if self.buffer <= 0:
+            yield from self._decoded(shards)
+            return
+        info = torch.utils.data.get_worker_info()
+        rng = random.Random(hash((self.seed, self.epoch, self.rank, 0 if info is None else info.id)))
+        buf: list = []
+        for sample in self._decoded(shards):
+            if len(buf) < self.buffer:
+                buf.append(sample)
+                continue
+            i = rng.randrange(len(buf))
+            buf[i], sample = sample, buf[i]
+            yield sample
+        rng.shuffle(buf)
+        yield from buf
+
+
+def _collate(samples: list) -> tuple[torch.Tensor, list[list[str]]]:
+    return torch.stack([s[0] for s in samples]), [s[1] for s in samples]
+
+
+class StreamingCaptionBatches:
+    """``{"images", "tokens", "caption_index"}`` batches of a :class:`StreamingCaptionSet` for CLIP; ``len`` steps per
+    epoch on every process (``batch_size`` is this process's share of the global batch)."""
+
+    def __init__(self, dataset: StreamingCaptionSet, tokenizer: Any, context_length: int, batch_size: int,
+                 device: torch.device, seed: int = 0, augment: Optional[CaptionImageAugment] = None,
+                 channels_last: bool = False, rank: int = 0, world_size: int = 1, workers: int = 2,
+                 shuffle_buffer: int = 1000) -> None:
+        if len(dataset.shards) < world_size:
+            raise DataError(f"{len(dataset.shards)} shards cannot be split over {world_size} processes; write at least "
+                            f"one shard per process (more shards than processes × data.captions.workers is best)")
+        if batch_size * world_size > len(dataset):
+            raise DataError(f"train.batch_size={batch_size * world_size} is larger than the {len(dataset)} streamed "
+                            "samples; lower train.batch_size")
+        self.dataset, self.tokenizer, self.context_length = dataset, tokenizer, context_length
+        self.batch_size, self.device, self.seed = batch_size, device, seed
+        self.rank, self.world, self.buffer = rank, world_size, shuffle_buffer
+        self.workers = min(workers, -(-len(dataset.shards) // world_size))
+        self.augment = (augment or CaptionImageAugment()).to(device)
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+
+    def __len__(self) -> int:
+        return len(self.dataset) // (self.batch_size * self.world)
+
+    def _loader(self, epoch: int, rep: int) -> torch.utils.data.DataLoader:
+        stream = ShardSampleStream(self.dataset.shards, self.dataset.image_size, self.rank, self.world, self.seed,
+                                   epoch * 1009 + rep, self.buffer, self.dataset.on_error)
+        seeds = torch.Generator().manual_seed(int(self.seed) * 1_000_003 + epoch * 1009 + rep)  # not the global RNG
+        return torch.utils.data.DataLoader(stream, batch_size=self.batch_size, num_workers=self.workers,
+                                           collate_fn=_collate, drop_last=True, pin_memory=self.device.type == "cuda",
+                                           generator=seeds)
+
+    def epoch(self, epoch: int) -> Iterator[dict[str, Any]]:
+        g = torch.Generator().manual_seed(int(self.seed) * 1_000_003 + int(epoch) + 7_777_777)
+        done, rep = 0, 0
+        while done < len(self):
+            got = 0
+            for images, caps in self._loader(epoch, rep):
+                choice = [c[int(torch.randint(len(c), (1,), generator=g))] if len(c) > 1 else c[0] for c in caps]
+                tok = self.tokenizer.encode(choice, self.context_length)
+                tok = tok[:, : int((tok != 0).sum(1).max())].to(self.device, non_blocking=True)
+                images = self.augment(images.to(self.device, non_blocking=True), None)
+                yield {"images": images.contiguous(memory_format=self.memory_format), "tokens": tok}
+                done, got = done + 1, got + 1
+                if done == len(self):
+                    return
+            if got == 0:
+                raise DataError(f"process {self.rank}'s shards yield no full batch of {self.batch_size}; lower "
+                                "train.batch_size or write more, equally sized shards")
+            rep += 1  # this process's shards ran out before the others': read them again, in a new order

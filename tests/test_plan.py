@@ -1,0 +1,26 @@
+"""``clpoison run --dry-run``: the plan of clip-rn50-cc3m (streamed shards, ResNet-50, 224 px) on a small folder of
+shards — data found, steps, memory, a measured time per step — with nothing written."""
+
+import pytest
+
+from clpoison.cli import main
+
+from test_shard_stream import write_shards
+
+pytestmark = pytest.mark.slow
+
+
+def test_dry_run_clip_rn50_cc3m_on_small_shards(tmp_path, capsys):
+    write_shards(tmp_path / "train")
+    write_shards(tmp_path / "val", shards=1, per=8)
+    (tmp_path / "c.yaml").write_text("preset: clip-rn50-cc3m\n")
+    rc = main(["run", str(tmp_path / "c.yaml"), f"data.path={tmp_path}/train/shard-{{000000..000009}}.tar",
+               f"data.captions.test_path={tmp_path / 'val'}", "train.batch_size=4", "data.captions.workers=0",
+               "--out", str(tmp_path / "run"), "--dry-run"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "data: captions-tar: 80 train / 8 test, streamed from 10 shards" in out
+    assert "steps: 20 per epoch × 32 epochs = 640" in out
+    assert "model + optimiser state" in out and "measured:" in out and "time estimate:" in out
+    assert "arch: resnet50" in out and "stream: true" in out  # the resolved config
+    assert not (tmp_path / "run").exists() and not (tmp_path / "run.partial").exists()
