@@ -158,8 +158,10 @@ def test_non_finite_loss_names_the_step_and_keeps_the_last_good_checkpoint(setup
     monkeypatch.setattr(SimCLR, "loss", loss)
     monkeypatch.setattr(trainer_mod.Trainer, "train_step", step)
     assert main(argv + ["--no-progress"]) == 2
-    err = _err(capsys)
-    assert len(err) == 1 and "epoch 2, step 3" in err[0] and "train.lr" in err[0] and "epoch 1" in err[0], err
+    lines = _err(capsys)
+    err = [ln for ln in lines if not ln.startswith("simclr epoch ")]  # the per-epoch log lines (no terminal)
+    assert len(err) == 1 and "epoch 2, step 3" in err[0] and "train.lr" in err[0] and "epoch 1" in err[0], lines
+    assert err[0].startswith("error: ") and len(lines) == 2  # epoch 1's line, then the one error line
     ckpt = read_checkpoint(tmp / "o.partial" / "checkpoint.pt")
     assert ckpt["epoch"] == 1 and all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
     assert issubclass(TrainingDiverged, FloatingPointError)  # callers catching FloatingPointError still do
