@@ -72,6 +72,8 @@ class EvalConfig:
     zeroshot_templates: Optional[list[str]] = None  # CLIP: prompt ensemble; null → the 18 OpenAI CIFAR templates
     retrieval_ks: list[int] = field(default_factory=lambda: [1, 5, 10])  # CLIP: recall@K on the test pairs
     every_epochs: int = 0  # >0: also evaluate (clean metrics + attack metrics) after every k-th epoch → history
+    sets: dict = field(default_factory=dict)  # CLIP: evaluation sets apart from the training data (experiments/eval_sets.py)
+    attack_set: Optional[str] = None  # the key of the labelled set the attacks use (default: the first labelled one)
 
     def __post_init__(self) -> None:
         if self.zeroshot_templates is not None and (not self.zeroshot_templates or any("{c}" not in t for t in self.zeroshot_templates)):
@@ -94,6 +96,10 @@ class EvalConfig:
             raise ConfigError(f"eval.batch_size={self.batch_size} must be >= 1")
         if self.every_epochs < 0:
             raise ConfigError(f"eval.every_epochs={self.every_epochs} must be >= 0 (0 = only after the last epoch)")
+        if self.sets:
+            from .eval_sets import parse_sets
+
+            parse_sets(self.sets)
 
 
 @dataclass
@@ -283,6 +289,9 @@ def validate_components(cfg: ExperimentConfig) -> None:
             raise ConfigError(f"data.captions.test_path '{cfg.data.captions.test_path}' does not exist; check the path")
     else:
         SOURCES.get(cfg.data.name)
+        if cfg.eval.sets:
+            raise ConfigError(f"eval.sets is for CLIP runs (method clip); method {cfg.method.name} evaluates on its "
+                              "dataset's own test split")
     BACKBONES.get(cfg.model.arch)
     if cfg.model.width < 1 or cfg.model.stem_stride not in (1, 2):
         raise ConfigError("model.width must be >= 1 and model.stem_stride 1 or 2")
