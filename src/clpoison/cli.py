@@ -120,14 +120,22 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_datasets(args: argparse.Namespace) -> int:
+    from .data.caption_readers import FILE_SOURCE_INFO, CaptionDataConfig, load_caption_splits
     from .data.image_readers import SOURCES, load_dataset
 
     if args.action == "list" or args.name is None:
         for name in SOURCES.names():
             doc = (SOURCES.get(name).__doc__ or "").strip().splitlines()[0]
             print(f"{name:16s} {doc}")
-        print(f"{'captions-csv':16s} image-caption pairs from a CSV/TSV (columns filepath, title; data.captions.*)")
-        print(f"{'captions-tar':16s} image-caption pairs from webdataset tar shards (KEY.jpg/png + KEY.txt)")
+        for name, info in FILE_SOURCE_INFO.items():
+            print(f"{name:16s} {info['summary']}")
+        return 0
+    if args.name in FILE_SOURCE_INFO:  # a caption source: what it reads, or with --path the data it gives
+        if not args.path:
+            print(json.dumps({"name": args.name, **FILE_SOURCE_INFO[args.name]}, indent=2))
+            return 0
+        splits = load_caption_splits(args.name, args.path, CaptionDataConfig(), None, 0)
+        print(json.dumps(splits.describe(), indent=2))
         return 0
     splits = load_dataset(args.name, args.path)
     print(json.dumps(splits.describe(), indent=2))

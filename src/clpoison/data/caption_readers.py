@@ -365,6 +365,28 @@ def _tar_reader(path, cfg: CaptionDataConfig, size, split):
 CAPTION_SOURCES.add("captions-csv", _file_source(_csv_reader, "captions-csv"))
 CAPTION_SOURCES.add("captions-tar", _file_source(_tar_reader, "captions-tar"))
 FILE_READERS = {"captions-csv": _csv_reader, "captions-tar": _tar_reader}
+FILE_SOURCE_INFO = {  # what `clpoison datasets [describe NAME]` says of the caption file sources
+    "captions-csv": {
+        "summary": "image-caption pairs from a CSV/TSV (open_clip's layout: columns filepath, title)",
+        "path": "data.path = the CSV/TSV; image paths relative to its folder (or absolute)",
+        "options": {"data.captions.image_column": "filepath", "data.captions.caption_column": "title",
+                    "data.captions.label_column": "optional class-name column (zero-shot / attacks on this data; "
+                                                  "the training file may lack it when test_path is given)",
+                    "data.captions.separator": "auto: tab for .tsv or a tab header, else comma",
+                    "data.captions.test_path": "a separate test file (default: a seeded test_fraction hold-out)",
+                    "data.captions.test_fraction": 0.1, "data.captions.on_error": "fail | skip (counted)",
+                    "data.train_subset / data.subset_seed": "a seeded random subset of the training pairs"},
+        "labels": "none needed for training; a labelled evaluation set can come from eval.sets",
+    },
+    "captions-tar": {
+        "summary": "image-caption pairs from webdataset tar shards (KEY.jpg|png + KEY.txt, one caption a line)",
+        "path": "data.path = a shard, a folder of *.tar or a glob",
+        "options": {"data.captions.test_path": "separate test shards (default: a seeded test_fraction hold-out)",
+                    "data.captions.on_error": "fail | skip (counted)",
+                    "data.train_subset / data.subset_seed": "a seeded random subset of the training pairs"},
+        "labels": "none (unlabelled web data); a labelled evaluation set comes from eval.sets",
+    },
+}
 
 
 def read_caption_file(name: str, path: str, cfg: CaptionDataConfig = CaptionDataConfig(),

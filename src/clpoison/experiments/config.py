@@ -35,9 +35,14 @@ class DataConfig:
     max_resident_gb: float = 8.0  # imagefolder splits larger than this (as uint8) stream from disk
     downstream_fraction: float = 0.0  # per class, this share of train is held out as the labelled probe set (NLB: 0.1)
     captions: CaptionDataConfig = field(default_factory=CaptionDataConfig)  # image–caption data (method: clip)
+    train_per_class: Optional[int] = None  # a seeded class-balanced subset: this many training rows of each class
+    train_subset: Optional[int] = None  # a seeded random subset of this many training rows (images or pairs)
+    subset_seed: int = 0  # seeds train_per_class / train_subset (independent of the run seed)
 
     def __post_init__(self) -> None:
-        for f in ("image_size", "train_limit", "test_limit"):
+        if self.train_per_class is not None and self.train_subset is not None:
+            raise ConfigError("give only one of data.train_per_class and data.train_subset")
+        for f in ("image_size", "train_limit", "test_limit", "train_per_class", "train_subset"):
             v = getattr(self, f)
             if v is not None and v < 1:
                 raise ConfigError(f"data.{f}={v} must be a positive integer (or null)")

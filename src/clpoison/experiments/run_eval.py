@@ -2,7 +2,9 @@
 overrides, e.g. other ``eval.sets``), **its attack's metrics** from the run's ``manifest.json`` (the recorded
 trigger, target and victims: :meth:`~clpoison.attacks.base.Attack.restore`), and with ``control="random-init"`` the
 same evaluation of an *untrained* model of the run's architecture (same seed; CLIP keeps the run's tokenizer), so
-every control is one command instead of a training run.
+every control is one command instead of a training run. ``manifest`` names another run's (or export's) manifest:
+its attack is rebuilt from the manifest's own parameters, so a clean model is scored against a poisoned run's
+trigger, target and victims (the clean-model ASR / targeted floor) without training anything.
 
 Targeted victims are rows of the run's test split (its attack set): on another test split (the fingerprint
 recorded in the manifest differs) targeted success is not measured, and that is said (``skipped``).
@@ -46,12 +48,19 @@ def evaluate_run(path: Path, ckpt: dict, overrides: Sequence[str] = (), manifest
     man_path = Path(manifest) if manifest else Path(path).parent / "manifest.json"
     if manifest and not man_path.is_file():
         raise ConfigError(f"manifest '{man_path}' does not exist; check the path")
-    if cfg.attack.name != "none" and man_path.is_file():
+    attack = None
+    if manifest:  # any attack's manifest: e.g. a clean model scored against a poisoned run's trigger / victims
         man = read_manifest(man_path)
-        if man.get("attack", {}).get("name") not in (cfg.attack.name, None):
-            raise ConfigError(f"manifest '{man_path}' is from attack '{man['attack']['name']}', the run's is "
-                              f"'{cfg.attack.name}'; pass the run's own manifest")
+        name = (man.get("attack") or {}).get("name")
+        if name not in ATTACKS:
+            raise ConfigError(f"manifest '{man_path}' names no known attack ({name!r})")
+        attack = ATTACKS.build(name, man.get("params") or {})
+    elif cfg.attack.name != "none":
+        if not man_path.is_file():
+            raise ConfigError(f"the run's attack is '{cfg.attack.name}' but '{man_path}' is missing; pass --manifest")
+        man = read_manifest(man_path)
         attack = ATTACKS.build(cfg.attack.name, cfg.attack.params)
+    if attack is not None:
         attack.restore(man)
         names = list(man.get("source", {}).get("class_names") or [])
         same_test = fingerprint(in_class_order(splits.test, names)) == man.get("source", {}).get("fingerprint", {}).get("test")
@@ -61,8 +70,6 @@ def evaluate_run(path: Path, ckpt: dict, overrides: Sequence[str] = (), manifest
                       "split differs from it (manifest fingerprint)")
         attack_m = attack.evaluate(task.context(method, splits, None, extras))
         metrics.update(attack_m)
-        task.attack_metrics(cfg.attack.name, attack_m)
-    elif cfg.attack.name != "none":
-        raise ConfigError(f"the run's attack is '{cfg.attack.name}' but '{man_path}' is missing; pass --manifest")
+        task.attack_metrics(attack.name, attack_m)
     return {"checkpoint": str(path), "control": control, "metrics": metrics, "config": cfg.to_dict(),
             **task.extra_results()}

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..data.caption_readers import FILE_READERS, CaptionDataConfig, csv_columns, load_caption_splits, read_caption_file
-from ..data.datasets import ImageSplits, hold_out_per_class, limit
+from ..data.datasets import ImageSplits, hold_out_per_class, limit, per_class_subset, random_subset
 from ..data.image_readers import SOURCES, load_dataset
 from ..errors import ConfigError, DataError
 
@@ -48,6 +48,18 @@ def load_image_source(name: str, path: Optional[str], seed: int, image_size: Opt
     if downstream_fraction:
         splits.train, splits.downstream = hold_out_per_class(splits.train, downstream_fraction)
     return splits
+
+
+def subset_train(ds: Any, per_class: Optional[int], count: Optional[int], seed: int) -> Any:
+    """``data.train_per_class`` (class-balanced, labelled data) or ``data.train_subset`` (any data), seeded."""
+    if per_class is not None:
+        if getattr(ds, "labels", None) is None:
+            raise ConfigError("data.train_per_class needs labelled training data; use data.train_subset for captions "
+                              "without labels")
+        return per_class_subset(ds, per_class, seed)
+    if count is not None:
+        return random_subset(ds, count, seed)
+    return ds
 
 
 def load_source(kind: str, data: str, path: Optional[str] = None, image_size: Optional[int] = None, seed: int = 0,

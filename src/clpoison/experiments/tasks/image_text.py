@@ -47,6 +47,7 @@ from ...methods.base import Method
 from ...methods.build import build_method
 from ..config import ExperimentConfig
 from ..eval_sets import EvalSet, load_eval_sets
+from ..sources import subset_train
 from .base import TASKS, Task
 
 TOKENIZER_NAME = "tokenizer.json"
@@ -81,7 +82,8 @@ class ImageTextTask(Task):
         cfg = self.cfg
         size = cfg.data.image_size or cfg.augment.out_size
         splits = load_caption_splits(cfg.data.name, cfg.data.path, cfg.data.captions, size, cfg.seed)
-        splits.train = limit_pairs(splits.train, cfg.data.train_limit)
+        splits.train = subset_train(limit_pairs(splits.train, cfg.data.train_limit), cfg.data.train_per_class,
+                                    cfg.data.train_subset, cfg.data.subset_seed)
         splits.test = limit_pairs(splits.test, cfg.data.test_limit)
         n_caps = sum(len(c) for c in splits.train.captions)
         self.echo(f"data: {cfg.data.name} ({len(splits.train)} train pairs / {n_caps} captions, {len(splits.test)} test pairs)")
