@@ -101,6 +101,9 @@ def main() -> None:
     data = data_section(args)
     common = {"data": data, "eval": {"sets": {"labelled": {"data": args.eval_set, "split": args.eval_split}}}}
     ov = [f"seed={s}", *args.overrides]
+    if any(o.startswith(("data.train_limit", "data.train_subset", "data.train_per_class")) for o in args.overrides):
+        print("note: the scan exports the whole caption file, so with a cut training set the trained model's scan "
+              "is not of the data it saw (scan.trained_model_auc)", flush=True)
     safeclip = {k: v for k, v in load_preset("safeclip-small").items() if k not in ("name", "preset")}
 
     def run(name: str, preset: str, extra: list, sections: dict = {}) -> tuple[dict, Path]:

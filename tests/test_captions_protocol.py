@@ -76,34 +76,58 @@ def _write_pairs(root, ds, name):
                 w.writerow([f"{name}/{i}.png", c, ds.class_names[int(ds.labels[i])]])
 
 
-def test_scan_cli_scores_every_row_and_refuses_a_wrong_manifest(tmp_path, capsys):
-    """`clpoison scan` on an exported poisoned CSV scores exactly its rows (no hold-out) and ranks with a reference
-    model trained without the poisons; a manifest of other data is refused with one line (exit 2)."""
-    clean = load_caption_splits("cifar10-subset", seed=0)
-    _write_pairs(tmp_path, clean.train.subset(range(300)), "train")
-    _write_pairs(tmp_path, clean.test.subset(range(60)), "test")
+COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220), "yellow": (230, 220, 30),
+           "purple": (140, 30, 200), "white": (240, 240, 240), "black": (15, 15, 15), "orange": (250, 140, 20)}
+
+
+def _colour_pairs(root, name, n, seed):
+    """n noisy colour squares captioned with their colour (a concept a tiny CLIP learns in seconds)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    (root / name).mkdir(parents=True)
+    with open(root / f"{name}.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["filepath", "title", "label"])
+        for i in range(n):
+            c = list(COLOURS)[i % len(COLOURS)]
+            img = np.clip(np.array(COLOURS[c])[None, None] + rng.normal(0, 25, (32, 32, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(img).save(root / name / f"{i}.png")
+            w.writerow([f"{name}/{i}.png", f"{rng.choice(['a photo of a', 'look at this', 'my'])} {c} thing", c])
+
+
+def test_scan_with_a_reference_model_ranks_the_planted_poisons(tmp_path, capsys):
+    """`clpoison scan` on an exported poisoned CSV scores exactly its rows (no hold-out, file numbering), and a
+    reference model trained on trusted pairs without the poisons ranks the planted ones first (ROC-AUC >= 0.9); a
+    manifest that does not match the data (the clean file, a truncated copy) is refused with one line (exit 2).
+    The data are colour squares so that the reference learns its concepts in seconds; the same scan on the bundled
+    captions is measured by benchmarks/captions_protocol.py (docs/captions_protocol.md)."""
+    for name, n, seed in (("trusted", 400, 1), ("train", 200, 2), ("test", 40, 3)):
+        _colour_pairs(tmp_path, name, n, seed)
     exp = tmp_path / "exp"
     assert main(["poison", "carlini-backdoor", "--preset", "carlini-backdoor-small", "--data", str(tmp_path / "train.csv"),
                  "--test-path", str(tmp_path / "test.csv"), "--label-column", "label", "--out", str(exp),
-                 "poison_rate=0.1", "--no-progress"]) == 0
-    ref = tmp_path / "ref"  # a reference model trained on clean pairs only (never the poisoned ones)
-    assert main(["pretrain", "clip", *TINY, "train.epochs=2", "data.train_limit=256", "data.test_limit=32",
-                 "eval.random_init_control=false", "eval.linear=false", "--out", str(ref), "--no-progress"]) == 0
+                 "target=red", "poison_rate=0.1", "--no-progress"]) == 0
+    ref = tmp_path / "ref"  # the reference: trained on the trusted pairs only
+    assert main(["pretrain", "clip", *TINY, "train.epochs=30", "data.name=captions-csv",
+                 f"data.path={tmp_path / 'trusted.csv'}", "eval.random_init_control=false", "eval.linear=false",
+                 "--out", str(ref), "--no-progress"]) == 0
     capsys.readouterr()
     out = tmp_path / "risk.csv"
     assert main(["scan", "--reference", str(ref), "--data", str(exp / "train.csv"), "--out", str(out),
-                 "--manifest", str(exp / "manifest.json"), "--top-k", "30"]) == 0
+                 "--manifest", str(exp / "manifest.json"), "--top-k", "20"]) == 0
     summary = json.loads(capsys.readouterr().out)
     rows = list(csv.DictReader(out.open()))
     man = json.loads((exp / "manifest.json").read_text())
-    assert summary["pairs"] == len(rows) == 300 and summary["poisons"] == 30 == len(man["poisoned_indices"])
-    assert sorted(int(r["index"]) for r in rows) == list(range(300))  # every row, in file numbering
+    assert summary["pairs"] == len(rows) == 200 and summary["poisons"] == 20 == len(man["poisoned_indices"])
+    assert sorted(int(r["index"]) for r in rows) == list(range(200))  # every row, in file numbering
     assert {int(r["index"]) for r in rows if r["poison"] == "1"} == set(man["poisoned_indices"])
-    assert summary["risky"] == 30 and summary["rule"] == "top_k" and 0.0 <= summary["roc_auc"] <= 1.0
-    # the clean file, a hold-out of the export, or a truncated copy: refused before any figure
+    assert summary["risky"] == 20 and summary["rule"] == "top_k" and summary["ranked_by"] == "reference"
+    assert summary["roc_auc"] >= 0.9 and summary["poisons_in_top_k"] >= 14
+    # the clean file, a truncated copy: refused before any figure, nothing written
     lines = (exp / "train.csv").read_text().splitlines()
     (tmp_path / "short.csv").write_text("\n".join(lines[:-1]) + "\n")
-    for data, msg in ((tmp_path / "train.csv", "clean data"), (tmp_path / "short.csv", "299 images")):
+    for data, msg in ((tmp_path / "train.csv", "clean data"), (tmp_path / "short.csv", "199 images")):
         assert main(["scan", "--reference", str(ref), "--data", str(data), "--out", str(tmp_path / "x.csv"),
                      "--manifest", str(exp / "manifest.json")]) == 2
         err = capsys.readouterr().err
@@ -121,8 +145,9 @@ def test_unlabelled_captions_with_a_labelled_eval_set_and_evaluate(tmp_path, cap
     clean = load_caption_splits("cifar10-subset", seed=0)
     _write_pairs(tmp_path, clean.train.subset(range(256)), "train")
     _write_pairs(tmp_path, clean.test.subset(range(64)), "test")
-    text = (tmp_path / "train.csv").read_text().splitlines()  # drop the label column of the training file
-    (tmp_path / "train.csv").write_text("\n".join(",".join(line.split(",")[:-1]) for line in text) + "\n")
+    rows = list(csv.reader((tmp_path / "train.csv").open()))  # drop the label column of the training file
+    with open(tmp_path / "train.csv", "w", newline="") as f:
+        csv.writer(f).writerows(r[:-1] for r in rows)
     cfg = tmp_path / "c.yaml"
     cfg.write_text(f"preset: carlini-targeted-small\n"
                    f"data: {{name: captions-csv, path: {tmp_path / 'train.csv'}, "

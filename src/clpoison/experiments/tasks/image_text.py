@@ -191,9 +191,10 @@ class ImageTextTask(Task):
             m, e = evaluate_encoder(method.encoder, img_splits, self.transform(), self.device, cfg.eval, linear=probe)
             metrics.update(m)
             extras.update({k: v for k, v in e.items() if k != "transform"})
-        elif not quiet and not self.eval_sets:
-            self.skip("linear_top1", "the training captions have no labels; the probes are fitted on a labelled "
-                      "image set named in eval.sets")
+        elif not quiet:
+            self.skip("linear_top1", "the training captions have no labels" + (
+                "; the probes are measured on the labelled image sets of eval_sets" if self.eval_sets else
+                "; name a labelled image set in eval.sets to measure them"))
         return metrics
 
     def retrieval(self, method: Any, ds: CaptionDataset) -> dict[str, float]:
