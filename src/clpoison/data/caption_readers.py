@@ -365,28 +365,6 @@ def _tar_reader(path, cfg: CaptionDataConfig, size, split):
 CAPTION_SOURCES.add("captions-csv", _file_source(_csv_reader, "captions-csv"))
 CAPTION_SOURCES.add("captions-tar", _file_source(_tar_reader, "captions-tar"))
 FILE_READERS = {"captions-csv": _csv_reader, "captions-tar": _tar_reader}
-FILE_SOURCE_INFO = {  # what `clpoison datasets [describe NAME]` says of the caption file sources
-    "captions-csv": {
-        "summary": "image-caption pairs from a CSV/TSV (open_clip's layout: columns filepath, title)",
-        "path": "data.path = the CSV/TSV; image paths relative to its folder (or absolute)",
-        "options": {"data.captions.image_column": "filepath", "data.captions.caption_column": "title",
-                    "data.captions.label_column": "optional class-name column (zero-shot / attacks on this data; "
-                                                  "the training file may lack it when test_path is given)",
-                    "data.captions.separator": "auto: tab for .tsv or a tab header, else comma",
-                    "data.captions.test_path": "a separate test file (default: a seeded test_fraction hold-out)",
-                    "data.captions.test_fraction": 0.1, "data.captions.on_error": "fail | skip (counted)",
-                    "data.train_subset / data.subset_seed": "a seeded random subset of the training pairs"},
-        "labels": "none needed for training; a labelled evaluation set can come from eval.sets",
-    },
-    "captions-tar": {
-        "summary": "image-caption pairs from webdataset tar shards (KEY.jpg|png + KEY.txt, one caption a line)",
-        "path": "data.path = a shard, a folder of *.tar or a glob",
-        "options": {"data.captions.test_path": "separate test shards (default: a seeded test_fraction hold-out)",
-                    "data.captions.on_error": "fail | skip (counted)",
-                    "data.train_subset / data.subset_seed": "a seeded random subset of the training pairs"},
-        "labels": "none (unlabelled web data); a labelled evaluation set comes from eval.sets",
-    },
-}
 
 
 def read_caption_file(name: str, path: str, cfg: CaptionDataConfig = CaptionDataConfig(),
@@ -397,16 +375,6 @@ def read_caption_file(name: str, path: str, cfg: CaptionDataConfig = CaptionData
         raise ConfigError(f"'{name}' is not a caption file source; choose one of: {', '.join(FILE_READERS)}")
     return FILE_READERS[name](path, cfg, image_size, split)
 
-
-def csv_columns(path: Union[str, Path], separator: Optional[str] = None) -> list[str]:
-    """The header of a caption CSV/TSV (same separator rule as :func:`read_caption_csv`); [] if unreadable."""
-    try:
-        with open(Path(path).expanduser(), encoding="utf-8-sig", errors="replace") as f:
-            line = f.readline()
-    except OSError:
-        return []
-    sep = separator or ("\t" if str(path).lower().endswith(".tsv") or ("\t" in line and "," not in line) else ",")
-    return [h.strip() for h in next(csv.reader([line], delimiter=sep), [])]
 
 
 def caption_source_names() -> list[str]:

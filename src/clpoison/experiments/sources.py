@@ -11,7 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional
 
-from ..data.caption_readers import FILE_READERS, CaptionDataConfig, csv_columns, load_caption_splits, read_caption_file
+from ..data.caption_readers import FILE_READERS, CaptionDataConfig, load_caption_splits, read_caption_file
+from ..data.caption_source_info import csv_columns
 from ..data.datasets import ImageSplits, hold_out_per_class, limit, per_class_subset, random_subset
 from ..data.image_readers import SOURCES, load_dataset
 from ..errors import ConfigError, DataError
