@@ -159,7 +159,7 @@ def test_unlabelled_captions_with_a_labelled_eval_set_and_evaluate(tmp_path, cap
     err = capsys.readouterr().err
     res = json.loads((run / "results.json").read_text())
     m, sets = res["metrics"], res["eval_sets"]
-    assert res["attack_set"] == "cifar" and res["data"]["train_pairs"] == 256  # the training file has no label column
+    assert res["attack_set"] == "cifar" and res["data"]["train_pairs"] == 256 + 4 * 2  # + the added victim pairs
     assert m["targeted_n"] == 4 and all(v < 120 for v in m["targeted_victims"])  # victims from the labelled set
     for k in ("zeroshot_top1", "recall_at_5_i2t", "zeroshot_top1_random_init", "recall_at_5_i2t_random_init"):
         assert 0.0 <= m[k] <= 1.0, k
