@@ -37,12 +37,17 @@ def test_safeclip_run_and_scan(tmp_path):
     assert (out / "safeclip" / "similarity_epoch003.png").exists()
 
     csv_path = tmp_path / "risk.csv"
-    r = clpoison("scan", str(out), "--data", "cifar10-subset", "--out", str(csv_path), "--manifest", str(out / "manifest.json"))
+    r = clpoison("scan", str(out), "--data", "cifar10-subset", "--out", str(csv_path))
     assert r.returncode == 0, r.stderr[-2000:]
     summary = json.loads(r.stdout[r.stdout.index("{"):])
-    assert 0.0 <= summary["roc_auc"] <= 1.0
+    assert summary["risky"] == -(-summary["pairs"] * 5 // 100)  # the lowest 5 % by default
     rows = list(csv.DictReader(csv_path.open()))
     assert len(rows) >= 256
+    # the run's manifest describes its poisoned data, not the clean source: refused (tests/test_captions_protocol.py
+    # scans an export against its manifest)
+    r = clpoison("scan", str(out), "--data", "cifar10-subset", "--out", str(tmp_path / "y.csv"),
+                 "--manifest", str(out / "manifest.json"))
+    assert r.returncode == 2 and ("images but" in r.stderr or "clean data" in r.stderr)
     r = clpoison("scan", str(tmp_path / "missing"), "--data", "cifar10-subset", "--out", str(tmp_path / "x.csv"))
     assert r.returncode == 2 and "does not exist" in r.stderr and not (tmp_path / "x.csv").exists()
 

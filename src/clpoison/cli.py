@@ -105,14 +105,14 @@ def _is_encoder_file(arg: str) -> bool:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .experiments.config import build_config
-    from .experiments.tasks import task_for
-    from .utils.device import resolve_device
     from .utils.io import atomic_write_json, check_output_path
 
     if args.out:
         check_output_path(args.out)
     if _is_encoder_file(args.checkpoint):
+        if args.control:
+            raise ConfigError("--control random-init is for a run directory / checkpoint.pt (it rebuilds the run's "
+                              "architecture untrained)")
         from .experiments.encoder_eval import evaluate_encoder_file
 
         metrics, cfg, spec = evaluate_encoder_file(args.checkpoint, args.overrides, args.manifest)
@@ -121,29 +121,34 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             atomic_write_json(args.out, {"encoder": str(args.checkpoint), "format": spec.get("format"),
                                          "metrics": metrics, "config": cfg.to_dict()})
         return 0
-    if args.manifest:
-        raise ConfigError("--manifest (backdoor ASR) is for encoder files; a run's results.json already holds its "
-                          "attack metrics — pass OUT/encoder.safetensors to score another manifest")
+    from .experiments.run_eval import evaluate_run
+
     path, ckpt = _read_checkpoint(args.checkpoint)
-    cfg = build_config(dict(ckpt["config"]), args.overrides)
-    task = task_for(cfg, resolve_device(cfg.device))  # stdout is the JSON
-    method = task.method_from_checkpoint(ckpt, f"checkpoint '{path}'")
-    metrics, _ = task.evaluate(method, task.load())
-    print(json.dumps(metrics, indent=2))
+    out = evaluate_run(path, ckpt, args.overrides, args.manifest, args.control)
+    print(json.dumps(out["metrics"], indent=2))
     if args.out:
-        atomic_write_json(args.out, {"checkpoint": str(path), "metrics": metrics, "config": cfg.to_dict()})
+        atomic_write_json(args.out, out)
     return 0
 
 
 def cmd_datasets(args: argparse.Namespace) -> int:
+    from .data.caption_readers import CaptionDataConfig, load_caption_splits
+    from .data.caption_source_info import FILE_SOURCE_INFO
     from .data.image_readers import SOURCES, load_dataset
 
     if args.action == "list" or args.name is None:
         for name in SOURCES.names():
             doc = (SOURCES.get(name).__doc__ or "").strip().splitlines()[0]
             print(f"{name:16s} {doc}")
-        print(f"{'captions-csv':16s} image-caption pairs from a CSV/TSV (columns filepath, title; data.captions.*)")
-        print(f"{'captions-tar':16s} image-caption pairs from webdataset tar shards (KEY.jpg/png + KEY.txt)")
+        for name, info in FILE_SOURCE_INFO.items():
+            print(f"{name:16s} {info['summary']}")
+        return 0
+    if args.name in FILE_SOURCE_INFO:  # a caption source: what it reads, or with --path the data it gives
+        if not args.path:
+            print(json.dumps({"name": args.name, **FILE_SOURCE_INFO[args.name]}, indent=2))
+            return 0
+        splits = load_caption_splits(args.name, args.path, CaptionDataConfig(), None, 0)
+        print(json.dumps(splits.describe(), indent=2))
         return 0
     splits = load_dataset(args.name, args.path)
     print(json.dumps(splits.describe(), indent=2))
@@ -227,13 +232,9 @@ def _separator(name: str) -> str:
 
 
 def cmd_scan(args: argparse.Namespace) -> int:
-    """Score every image–caption pair with a CLIP checkpoint; CSV ranked by risk (clpoison.defenses.safeclip_scan)."""
-    from .attacks.manifest import manifest_poisons, read_manifest
-    from .defenses.safeclip_scan import scan_to_csv, score_pairs
-    from .experiments.config import build_config
-    from .experiments.sources import load_source
-    from .experiments.tasks import task_for
-    from .utils.device import resolve_device
+    """Score exactly the image–caption pairs given with a CLIP model (``--reference``, a model trained without the
+    poisons, and/or the checkpoint); CSV ranked by risk (clpoison.experiments.scan, clpoison.defenses.safeclip_scan)."""
+    from .experiments.scan import scan_data
     from .utils.io import check_output_path
 
     rest = split_data_options(args, list(args.overrides))
@@ -241,28 +242,12 @@ def cmd_scan(args: argparse.Namespace) -> int:
         raise ConfigError(f"`clpoison scan` takes data options (data.name=, data.path=, data.captions.*=, seed=) as "
                           f"key=value, not '{rest[0]}'")
     check_output_path(args.out)
-    path, ckpt = _read_checkpoint(args.checkpoint, "clpoison CLIP")
-    try:
-        cfg = build_config(dict(ckpt["config"]), [])
-    except Exception as e:
-        raise ConfigError(f"checkpoint '{path}' cannot be read ({type(e).__name__}); is it a clpoison CLIP checkpoint?") from None
-    poisons = None
-    if args.manifest:
-        if not Path(args.manifest).exists():
-            raise ConfigError(f"manifest '{args.manifest}' does not exist; check the path")
-        poisons = manifest_poisons(read_manifest(args.manifest))
-    task = task_for(cfg, resolve_device(cfg.device))  # stdout is the JSON
-    if task.modality != "image-text":
-        raise ConfigError(f"checkpoint '{path}' is a '{cfg.method.name}' run; `clpoison scan` needs a CLIP checkpoint")
-    method = task.method_from_checkpoint(ckpt, f"checkpoint '{path}'")
-    splits = load_source("captions", args.data, args.data_path,
-                         args.image_size or cfg.data.image_size or cfg.augment.out_size, args.seed, args.label_column,
-                         args.test_path, _caption_options(args))
-    data = splits.train if args.split == "train" else splits.test
-    sims, owner, texts = score_pairs(method.model, method.tokenizer, data, task.transform(),
-                                     method.params.context_length, task.device, cfg.eval.batch_size)
-    summary = scan_to_csv(args.out, sims, owner, texts, poisons, args.threshold)
-    print(json.dumps({**summary, "checkpoint": str(path), "csv": str(args.out)}, indent=2))
+    summary = scan_data(args.out, args.data, checkpoint=args.checkpoint, reference=args.reference,
+                        manifest=args.manifest, data_path=args.data_path, image_size=args.image_size, seed=args.seed,
+                        label_column=args.label_column, test_path=args.test_path,
+                        caption_options=_caption_options(args), split=args.split, risky_fraction=args.risky_fraction,
+                        top_k=args.top_k, threshold=args.threshold)
+    print(json.dumps(summary, indent=2))
     return 0
 
 

@@ -94,7 +94,8 @@ HELP: dict[str, tuple[str, str, str]] = {  # name -> (description, example, choi
             "clpoison run my.yaml train.epochs=5 --out runs/x", "methods attacks defenses data presets"),
     "pretrain": ("Pretrain one method from its preset.", "clpoison pretrain simclr --preset small train.epochs=5",
                  "data"),
-    "evaluate": ("kNN and linear-probe top-1 of a run's checkpoint, a clpoison encoder.safetensors, or a "
+    "evaluate": ("kNN and linear-probe top-1 (CLIP runs: zero-shot, retrieval, eval.sets) of a run's checkpoint, "
+                 "with its attack's metrics from its manifest.json; a clpoison encoder.safetensors, or a "
                  "torchvision-layout ResNet state dict trained elsewhere (weights_only).",
                  "clpoison evaluate runs/x/encoder.safetensors data.name=npz data.path=d.npz", "data"),
     "datasets": ("List the data sources or describe one.", "clpoison datasets describe npz --path d.npz", "data"),
@@ -104,8 +105,10 @@ HELP: dict[str, tuple[str, str, str]] = {  # name -> (description, example, choi
                "pairs) with manifest.json, trigger.png, a triggered test set and SHA256SUMS.",
                "clpoison poison carlini-backdoor --data pairs.csv --out OUT target=airplane poison_rate=0.01",
                "attacks data"),
-    "scan": ("Score every image-caption pair with a CLIP checkpoint; a CSV ranked by risk (SafeCLIP's GMM split).",
-             "clpoison scan runs/clip --data pairs.csv --out risk.csv --manifest OUT/manifest.json", "data"),
+    "scan": ("Score exactly the image-caption pairs given (every row, nothing held out) with a CLIP model; a CSV "
+             "ranked by risk (lowest similarity first), the lowest 5% flagged unless --top-k / --risky-fraction.",
+             "clpoison scan --reference runs/trusted --data OUT/train.csv --out risk.csv --manifest OUT/manifest.json",
+             "data"),
     "verify": ("Check a `clpoison poison` export against its manifest and SHA256SUMS (every file, indices, trigger); "
                "the decoded training data is also checked against the manifest's fingerprint for npz and csv "
                "exports (imagefolder and wds exports: files only).", "clpoison verify OUT", ""),
@@ -167,8 +170,10 @@ def build_parser() -> argparse.ArgumentParser:
                                        "torchvision-layout ResNet state dict (.pt/.pth, loaded weights_only)")
     sp.add_argument("overrides", nargs="*", help="key=value overrides (e.g. data.name=npz data.path=...)")
     sp.add_argument("--out", help="write the metrics to this JSON file")
-    sp.add_argument("--manifest", help="a backdoor export's manifest.json: also score its trigger's attack success "
-                                       "rate (encoder files)")
+    sp.add_argument("--manifest", help="a poison manifest.json: also score its attack (encoder files: backdoor ASR; "
+                                       "runs: default the run's own manifest.json)")
+    sp.add_argument("--control", choices=["random-init"], default=None,
+                    help="evaluate an untrained model of the run's architecture (same seed) instead: the control")
 
     sp = add_command(sub, "datasets", names)
     sp.add_argument("action", nargs="?", choices=["list", "describe"], default="list")
@@ -198,12 +203,20 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--no-progress", action="store_true", help="no progress bar while crafting")
 
     sp = add_command(sub, "scan", names)
-    sp.add_argument("checkpoint", help="run directory or checkpoint.pt of a CLIP (or SafeCLIP) run")
+    sp.add_argument("checkpoint", nargs="?", help="run directory or checkpoint.pt of a CLIP (or SafeCLIP) run; "
+                                                  "optional with --reference")
     data_options(sp)
     sp.add_argument("--split", default="train", choices=["train", "test"])
     sp.add_argument("--out", required=True, help="CSV to write (atomically)")
-    sp.add_argument("--manifest", help="poison manifest.json: report ROC-AUC, precision and recall")
-    sp.add_argument("--threshold", type=float, default=0.9, help="risky = GMM clean posterior below this")
+    sp.add_argument("--manifest", help="poison manifest.json: check the data against it (row count, fingerprint), "
+                                       "then report ROC-AUC, precision and recall")
+    sp.add_argument("--reference", help="a CLIP run directory / checkpoint trained WITHOUT the poisons (e.g. on a "
+                                        "trusted subset): rank by its similarities (recommended; docs/captions_protocol.md)")
+    sp.add_argument("--risky-fraction", type=float, default=None,
+                    help="risky = this share of the pairs with the lowest similarity (default 0.05)")
+    sp.add_argument("--top-k", type=int, default=None, help="risky = the K pairs with the lowest similarity")
+    sp.add_argument("--threshold", type=float, default=None,
+                    help="risky = GMM clean posterior below this (opt-in; SafeCLIP's first split uses 0.9)")
 
     sp = add_command(sub, "verify", names)
     sp.add_argument("dir", help="folder written by `clpoison poison`")

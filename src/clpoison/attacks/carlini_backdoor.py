@@ -37,7 +37,7 @@ from ..eval.attack_metrics import backdoor_metrics, backdoor_zscore
 from .base import ATTACKS, Attack, AttackParams, PoisonResult
 from .budget import check_count
 from .caption_set import caption_set, matching_rows, require_captions, resolve_label, sample_captions
-from .manifest import build_manifest
+from .manifest import build_manifest, load_trigger
 from .triggers import build_trigger, trigger_spec
 
 SELECTIONS = ("random", "label-consistent")
@@ -144,6 +144,12 @@ class CarliniBackdoor(Attack):
             details={"poison_count": n, "caption_set_size": len(pool), "candidates": len(cand),
                      "captions": new_caps})
         return PoisonResult(poisoned, manifest)
+
+    def restore(self, manifest: dict) -> None:
+        """The exact trigger the manifest recorded (``clpoison evaluate RUN`` scores a trained run's backdoor)."""
+        trigger = load_trigger(manifest)
+        if trigger is not None:
+            self.trigger = trigger
 
     def evaluate(self, context: dict[str, Any]) -> dict[str, Any]:
         p = self.params

@@ -160,6 +160,12 @@ class CarliniTargeted(Attack):
             details={"pairs_per_target": k, "num_targets": len(victims)})
         return PoisonResult(poisoned, manifest)
 
+    def restore(self, manifest: dict) -> None:
+        """The victims (test-split rows) and adversarial labels the manifest recorded."""
+        victims = (manifest.get("targets") or {}).get("victims") or []
+        self.victims = [int(v["test_index"]) for v in victims]
+        self.adversarial = [int(v["adversarial_index"]) for v in victims]
+
     def evaluate(self, context: dict[str, Any]) -> dict[str, Any]:
         if not self.victims:
             return {}

@@ -6,7 +6,9 @@ Sources (config ``data.name`` when ``method.name: clip``):
   caption column, named by ``data.captions.image_column`` / ``caption_column`` (default ``filepath`` / ``title``,
   as open_clip's ``--csv-img-key`` / ``--csv-caption-key``). Paths are relative to the CSV's folder. Rows that
   name the same image give it several captions (one is sampled per epoch). An optional ``label_column`` names a
-  class per row, which enables zero-shot evaluation on the test split.
+  class per row, which enables zero-shot evaluation on the test split; with a separate ``test_path`` the training
+  file may lack that column (training never reads labels; a labelled evaluation set can also come from
+  ``eval.sets``, :mod:`clpoison.experiments.eval_sets`).
 * ``captions-tar`` — tar shards in the webdataset layout: ``KEY.jpg|jpeg|png|webp`` next to ``KEY.txt`` (files of
   one sample adjacent in the archive). ``data.path`` is a shard, a folder of ``*.tar`` or a glob. Shards are
   read as a stream (``tarfile`` mode ``r|*``, never seeking); each non-empty line of ``KEY.txt`` is one caption.
@@ -136,9 +138,11 @@ def read_caption_csv(
     on_error: str = "fail",
     image_size: Optional[int] = 32,
     name: Optional[str] = None,
+    label_optional: bool = False,
 ) -> tuple[CaptionDataset, dict]:
     """Read a CSV/TSV of (image path, caption) rows into a resident :class:`CaptionDataset`; returns it and the
-    skip counts. Row numbers in messages are line numbers of the file (the header is line 1)."""
+    skip counts. Row numbers in messages are line numbers of the file (the header is line 1). ``label_optional``:
+    a file without the ``label_column`` is read unlabelled (training captions need no labels)."""
     p = Path(path).expanduser()
     if not p.is_file():
         raise DataError(f"caption file '{p}' does not exist; check data.path")
@@ -154,6 +158,8 @@ def read_caption_csv(
     except StopIteration:
         raise DataError(f"caption file '{p}' is empty; it needs a header row with '{image_column}' and '{caption_column}'") from None
     header = [h.strip() for h in header]
+    if label_optional and label_column and label_column not in header:
+        label_column = None
     want = [image_column, caption_column] + ([label_column] if label_column else [])
     missing = [c for c in want if c not in header]
     if missing:
@@ -369,7 +375,9 @@ def _file_source(reader: Callable, kind: str):
 
 
 def _csv_reader(path, cfg: CaptionDataConfig, size, split):
-    return read_caption_csv(path, cfg.image_column, cfg.caption_column, cfg.label_column, cfg.separator, cfg.on_error, size, split)
+    # with a separate test file, the training file may lack the label column (only evaluation reads labels)
+    return read_caption_csv(path, cfg.image_column, cfg.caption_column, cfg.label_column, cfg.separator, cfg.on_error,
+                            size, split, label_optional=split == "train" and bool(cfg.test_path))
 
 
 def _tar_reader(path, cfg: CaptionDataConfig, size, split):
@@ -378,6 +386,17 @@ def _tar_reader(path, cfg: CaptionDataConfig, size, split):
 
 CAPTION_SOURCES.add("captions-csv", _file_source(_csv_reader, "captions-csv"))
 CAPTION_SOURCES.add("captions-tar", _file_source(_tar_reader, "captions-tar"))
+FILE_READERS = {"captions-csv": _csv_reader, "captions-tar": _tar_reader}
+
+
+def read_caption_file(name: str, path: str, cfg: CaptionDataConfig = CaptionDataConfig(),
+                      image_size: Optional[int] = None, split: str = "train") -> tuple[CaptionDataset, dict]:
+    """Every usable row of one caption file (``captions-csv``) or set of shards (``captions-tar``), in file order,
+    nothing held out (what ``clpoison scan`` scores: row ``i`` is the manifest's index ``i``); and the skip counts."""
+    if name not in FILE_READERS:
+        raise ConfigError(f"'{name}' is not a caption file source; choose one of: {', '.join(FILE_READERS)}")
+    return FILE_READERS[name](path, cfg, image_size, split)
+
 
 
 def caption_source_names() -> list[str]:

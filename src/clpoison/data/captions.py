@@ -70,3 +70,11 @@ class CaptionSplits:
     @property
     def class_names(self) -> list[str]:
         return self.train.class_names or self.test.class_names
+
+    def describe(self) -> dict:
+        def one(ds: CaptionDataset) -> dict:
+            labelled = ds.labels is not None and bool((ds.labels >= 0).all()) and bool(ds.class_names)
+            return {"pairs": len(ds), "captions": sum(len(c) for c in ds.captions), "labelled": labelled,
+                    "shape": list(ds.images.shape[1:])}
+
+        return {"source": self.source, "classes": self.class_names, "train": one(self.train), "test": one(self.test)}

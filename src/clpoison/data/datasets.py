@@ -150,6 +150,30 @@ def hold_out_per_class(ds: ImageDataset, fraction: float, seed: int = 42) -> tup
     return ds.subset(mask.logical_not().nonzero().view(-1)), ds.subset(mask.nonzero().view(-1), f"{ds.name}-downstream")
 
 
+def per_class_subset(ds: Any, n: int, seed: int = 0) -> Any:
+    """``n`` rows of each class (all of a class with fewer), drawn with ``seed``, kept in dataset order — a
+    class-balanced subset of labelled data (``data.train_per_class``); rows labelled -1 are dropped."""
+    labels = torch.as_tensor(ds.labels)
+    g = torch.Generator().manual_seed(int(seed))
+    keep = []
+    for c in torch.unique(labels).tolist():
+        if c < 0:
+            continue
+        rows = (labels == c).nonzero().view(-1)
+        keep.append(rows[torch.randperm(len(rows), generator=g)[:n]])
+    if not keep:
+        raise DataError(f"{getattr(ds, 'name', 'data')}: no labelled rows for data.train_per_class; it needs class labels")
+    return ds.subset(torch.cat(keep).sort().values)
+
+
+def random_subset(ds: Any, n: int, seed: int = 0) -> Any:
+    """``n`` rows drawn with ``seed`` (all when ``n`` ≥ the size), kept in dataset order (``data.train_subset``)."""
+    if n >= len(ds):
+        return ds
+    g = torch.Generator().manual_seed(int(seed))
+    return ds.subset(torch.randperm(len(ds), generator=g)[:n].sort().values)
+
+
 def limit(ds, n: Optional[int]):
     """The first ``n`` images (stratification is the caller's business); ``None`` keeps all.
 

@@ -1,27 +1,46 @@
-"""``clpoison scan``: audit image–caption data with a trained CLIP (SafeCLIP's similarity split as a tool).
+"""``clpoison scan``: audit image–caption data with a CLIP model (SafeCLIP's similarity score as a tool).
 
-Every (image, caption) pair is scored by the cosine similarity of its CLIP embeddings (clean images through the
-eval transform, the captions as written) and the posterior of the clean component of a 2-component GMM on those
-similarities (:func:`~clpoison.defenses.safeclip_split.gmm_clean_posterior`). The CSV lists the pairs ranked by
-risk (lowest posterior first, then lowest similarity); ``risky`` = posterior < threshold (0.9, SafeCLIP's first
-split). With a manifest, an image listed in ``poisoned_indices``/``added_indices`` makes all its pairs poisons, and
-the summary has ROC-AUC (risk = −similarity), precision and recall of the risky set.
+Every (image, caption) pair of the data given — exactly its rows, in its order, nothing held out — is scored by the
+cosine similarity of its CLIP embeddings (clean images through the eval transform, the captions as written). The
+CSV lists the pairs ranked by risk (lowest similarity first) with the posterior of the clean component of a
+2-component GMM on those similarities (:func:`~clpoison.defenses.safeclip_split.gmm_clean_posterior`) for reference.
+
+Which pairs are flagged ``risky`` is a cut chosen from the score distribution, not a fixed posterior:
+
+* ``top_k=K``: the K lowest-similarity pairs;
+* ``risky_fraction=F`` (default 0.05): the ``ceil(F·N)`` lowest-similarity pairs (a quantile cut);
+* ``threshold=P`` (opt-in, the former rule): GMM clean posterior below P. At P = 0.9 (SafeCLIP's first split) this
+  flagged every pair of a real caption set whose two GMM components overlap, so it is no longer the default.
+
+With a manifest (:func:`check_manifest_matches`), the data is first checked to be the manifest's poisoned training
+split — same row count, same fingerprint — and an image listed in ``poisoned_indices``/``added_indices`` makes all
+its pairs poisons; the summary then has ROC-AUC (risk = −similarity), ``poisons_in_top_k`` (k = number of poison
+pairs: threshold-free), and precision / recall of the risky set.
+
+Which model to scan with: a **reference model trained without the poisons** (e.g. on a trusted subset). A model
+trained on the poisoned data has learned the poisoned pairs (that is what poisoning is), so their similarity is
+not low any more; measured figures in docs/captions_protocol.md.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import math
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Optional
 
 import numpy as np
 import torch
 
 from ..data.caption_loader import flat_captions
+from ..errors import ConfigError, DataError
 from ..eval.zeroshot import encode_images, encode_texts
 from ..utils.io import atomic_write_text
 from .safeclip_split import gmm_clean_posterior
+
+DEFAULT_RISKY_FRACTION = 0.05
 
 
 def score_pairs(model: Any, tokenizer: Any, dataset: Any, transform: Any, context_length: int,
@@ -37,36 +56,103 @@ def score_pairs(model: Any, tokenizer: Any, dataset: Any, transform: Any, contex
     return sims, owner, texts
 
 
+def check_manifest_matches(manifest: dict, data: Any, where: str) -> None:
+    """Raise one :class:`DataError` line unless ``data`` is the manifest's poisoned training split: the row count
+    (``output.train_size``) first, then the fingerprint (``output.fingerprint.train``; class order does not
+    matter). The clean source data (``source.fingerprint.train``) is named as such."""
+    from ..attacks.manifest import fingerprint
+    from ..attacks.verify import in_class_order
+
+    try:
+        n_out = int(manifest["output"]["train_size"])
+        want = manifest["output"]["fingerprint"]["train"]
+    except (KeyError, TypeError, ValueError):
+        raise DataError("the manifest lacks output.train_size / output.fingerprint; re-export the poisoned data") from None
+    if len(data) != n_out:
+        raise DataError(f"{where} has {len(data)} images but the manifest's poisoned training split has {n_out}; "
+                        "scan the train.csv the manifest was exported with (no hold-out, no limit)")
+    got = fingerprint(in_class_order(data, list(manifest.get("source", {}).get("class_names") or [])))
+    if got != want and getattr(data, "labels", None) is not None and not getattr(data, "class_names", None):
+        # an export of unlabelled data writes an empty label column: compare as unlabelled
+        got = fingerprint(SimpleNamespace(images=data.images, captions=data.captions, labels=None, class_names=[],
+                                          sizes=data.sizes))
+    if got != want:
+        clean = got == manifest.get("source", {}).get("fingerprint", {}).get("train")
+        raise DataError(f"{where} is the clean data the manifest's attack started from, not its poisoned output; "
+                        "scan the exported train.csv" if clean else
+                        f"{where} does not match the manifest's poisoned training data (fingerprint); scan the "
+                        "data the manifest was exported with, at its native size (no --image-size)")
+
+
+def risky_mask(sims: np.ndarray, p_clean: np.ndarray, risky_fraction: Optional[float] = None,
+               top_k: Optional[int] = None, threshold: Optional[float] = None) -> tuple[np.ndarray, dict]:
+    """The risky pairs under one cut rule (see the module doc) and the rule's description."""
+    given = [x is not None for x in (risky_fraction, top_k, threshold)]
+    if sum(given) > 1:
+        raise ConfigError("give only one of --risky-fraction, --top-k and --threshold")
+    n = len(sims)
+    order = np.argsort(sims, kind="stable")
+    if threshold is not None:
+        if not 0.0 < threshold <= 1.0:
+            raise ConfigError(f"--threshold {threshold} must lie in (0, 1] (a GMM clean posterior)")
+        return p_clean < threshold, {"rule": "gmm_posterior", "threshold": threshold}
+    if top_k is not None:
+        if top_k < 0:
+            raise ConfigError(f"--top-k {top_k} must be >= 0")
+        k, rule = min(int(top_k), n), {"rule": "top_k", "top_k": int(top_k)}
+    else:
+        f = DEFAULT_RISKY_FRACTION if risky_fraction is None else float(risky_fraction)
+        if not 0.0 <= f <= 1.0:
+            raise ConfigError(f"--risky-fraction {f} must lie in [0, 1]")
+        k, rule = min(n, math.ceil(f * n)), {"rule": "risky_fraction", "risky_fraction": f}
+    mask = np.zeros(n, dtype=bool)
+    mask[order[:k]] = True
+    if k:
+        rule["similarity_cut"] = float(sims[order[k - 1]])
+    return mask, rule
+
+
+def poison_scores(sims: np.ndarray, is_poison: np.ndarray) -> dict[str, Any]:
+    """ROC-AUC (risk = −similarity) and the poisons among the k lowest pairs (k = number of poison pairs)."""
+    from sklearn.metrics import roc_auc_score
+
+    n_p = int(is_poison.sum())
+    order = np.argsort(sims, kind="stable")
+    return {"poisons": n_p,
+            "roc_auc": float(roc_auc_score(is_poison, -sims)) if 0 < n_p < len(sims) else float("nan"),
+            "poisons_in_top_k": int(is_poison[order[:n_p]].sum()) if n_p else 0}
+
+
 def scan_table(sims: np.ndarray, owner: np.ndarray, texts: list[str], poisons: Optional[np.ndarray] = None,
-               threshold: float = 0.9) -> tuple[str, dict[str, Any]]:
-    """(CSV text ranked by risk, summary)."""
+               risky_fraction: Optional[float] = None, top_k: Optional[int] = None,
+               threshold: Optional[float] = None, extra: Optional[dict[str, np.ndarray]] = None,
+               ) -> tuple[str, dict[str, Any]]:
+    """(CSV text ranked by risk, summary). ``extra`` adds named similarity columns (e.g. a second model's)."""
     p = gmm_clean_posterior(sims)
-    order = np.lexsort((sims, p))  # p ascending, then similarity ascending
+    risky, rule = risky_mask(sims, p, risky_fraction, top_k, threshold)
+    order = np.lexsort((p, sims))  # similarity ascending (ties: lower posterior first)
     is_poison = np.isin(owner, poisons) if poisons is not None else None
+    extra = extra or {}
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["rank", "index", "caption_index", "similarity", "p_clean", "risky"]
-               + (["poison"] if is_poison is not None else []) + ["caption"])
+    w.writerow(["rank", "index", "caption_index", "similarity", *[f"similarity_{k}" for k in extra], "p_clean",
+                "risky"] + (["poison"] if is_poison is not None else []) + ["caption"])
     for r, i in enumerate(order):
-        row = [r + 1, int(owner[i]), int(i), f"{sims[i]:.6f}", f"{p[i]:.6f}", int(p[i] < threshold)]
+        row = [r + 1, int(owner[i]), int(i), f"{sims[i]:.6f}", *[f"{v[i]:.6f}" for v in extra.values()],
+               f"{p[i]:.6f}", int(risky[i])]
         if is_poison is not None:
             row.append(int(is_poison[i]))
         w.writerow(row + [texts[i]])
-    risky = p < threshold
-    summary: dict[str, Any] = {"pairs": int(len(sims)), "risky": int(risky.sum()), "threshold": threshold,
+    summary: dict[str, Any] = {"pairs": int(len(sims)), "risky": int(risky.sum()), **rule,
                                "similarity_mean": float(sims.mean()) if len(sims) else float("nan")}
     if is_poison is not None:
-        from sklearn.metrics import roc_auc_score
-
         n_p = int(is_poison.sum())
         hit = int((risky & is_poison).sum())
-        summary.update({
-            "poisons": n_p,
-            "roc_auc": float(roc_auc_score(is_poison, -sims)) if 0 < n_p < len(sims) else float("nan"),
-            "precision": hit / int(risky.sum()) if risky.any() else 0.0,
-            "recall": hit / n_p if n_p else float("nan"),
-            "poisons_in_top_k": int(is_poison[order[:n_p]].sum()) if n_p else 0,
-        })
+        summary.update(poison_scores(sims, is_poison))
+        summary.update({"precision": hit / int(risky.sum()) if risky.any() else 0.0,
+                        "recall": hit / n_p if n_p else float("nan")})
+        for k, v in extra.items():
+            summary[f"roc_auc_{k}"] = poison_scores(v, is_poison)["roc_auc"]
     return buf.getvalue(), summary
 
 

@@ -35,9 +35,14 @@ class DataConfig:
     max_resident_gb: float = 8.0  # imagefolder splits larger than this (as uint8) stream from disk
     downstream_fraction: float = 0.0  # per class, this share of train is held out as the labelled probe set (NLB: 0.1)
     captions: CaptionDataConfig = field(default_factory=CaptionDataConfig)  # image–caption data (method: clip)
+    train_per_class: Optional[int] = None  # a seeded class-balanced subset: this many training rows of each class
+    train_subset: Optional[int] = None  # a seeded random subset of this many training rows (images or pairs)
+    subset_seed: int = 0  # seeds train_per_class / train_subset (independent of the run seed)
 
     def __post_init__(self) -> None:
-        for f in ("image_size", "train_limit", "test_limit"):
+        if self.train_per_class is not None and self.train_subset is not None:
+            raise ConfigError("give only one of data.train_per_class and data.train_subset")
+        for f in ("image_size", "train_limit", "test_limit", "train_per_class", "train_subset"):
             v = getattr(self, f)
             if v is not None and v < 1:
                 raise ConfigError(f"data.{f}={v} must be a positive integer (or null)")
@@ -72,6 +77,8 @@ class EvalConfig:
     zeroshot_templates: Optional[list[str]] = None  # CLIP: prompt ensemble; null → the 18 OpenAI CIFAR templates
     retrieval_ks: list[int] = field(default_factory=lambda: [1, 5, 10])  # CLIP: recall@K on the test pairs
     every_epochs: int = 0  # >0: also evaluate (clean metrics + attack metrics) after every k-th epoch → history
+    sets: dict = field(default_factory=dict)  # CLIP: evaluation sets apart from the training data (experiments/eval_sets.py)
+    attack_set: Optional[str] = None  # the key of the labelled set the attacks use (default: the first labelled one)
 
     def __post_init__(self) -> None:
         if self.zeroshot_templates is not None and (not self.zeroshot_templates or any("{c}" not in t for t in self.zeroshot_templates)):
@@ -94,6 +101,10 @@ class EvalConfig:
             raise ConfigError(f"eval.batch_size={self.batch_size} must be >= 1")
         if self.every_epochs < 0:
             raise ConfigError(f"eval.every_epochs={self.every_epochs} must be >= 0 (0 = only after the last epoch)")
+        if self.sets:
+            from .eval_sets import parse_sets
+
+            parse_sets(self.sets)
 
 
 @dataclass
@@ -283,6 +294,9 @@ def validate_components(cfg: ExperimentConfig) -> None:
             raise ConfigError(f"data.captions.test_path '{cfg.data.captions.test_path}' does not exist; check the path")
     else:
         SOURCES.get(cfg.data.name)
+        if cfg.eval.sets:
+            raise ConfigError(f"eval.sets is for CLIP runs (method clip); method {cfg.method.name} evaluates on its "
+                              "dataset's own test split")
     BACKBONES.get(cfg.model.arch)
     if cfg.model.width < 1 or cfg.model.stem_stride not in (1, 2):
         raise ConfigError("model.width must be >= 1 and model.stem_stride 1 or 2")

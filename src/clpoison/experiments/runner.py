@@ -266,7 +266,9 @@ def _run(cfg: ExperimentConfig, out: Path, work: Path, device: torch.device, sna
     metrics.update(m)
     context = task.context(method, splits, train_splits, extras)
     with timed("attack_eval_s"), alone():
-        metrics.update(attack.evaluate(context))
+        attack_m = attack.evaluate(context)
+    metrics.update(attack_m)
+    task.attack_metrics(cfg.attack.name, attack_m)
     timings["total_s"] = round(time.perf_counter() - t_all, 3)
     n_samples = cfg.train.epochs * len(batches) * cfg.train.batch_size
     results = {
@@ -280,6 +282,7 @@ def _run(cfg: ExperimentConfig, out: Path, work: Path, device: torch.device, sna
         "attack": {"name": cfg.attack.name, "manifest": "manifest.json" if poisoned.manifest is not None else None},
         "defense": {"name": cfg.defense.name, **defense_info, **defense.training_summary()},
         "history": history,
+        **task.extra_results(),
     }
     a = cfg.augment
     save_encoder(work, method.encoder, vars(cfg.model), {"size": a.out_size, "mean": a.mean, "std": a.std},

@@ -11,8 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional
 
-from ..data.caption_readers import CaptionDataConfig, load_caption_splits
-from ..data.datasets import ImageSplits, hold_out_per_class, limit
+from ..data.caption_readers import FILE_READERS, CaptionDataConfig, load_caption_splits, read_caption_file
+from ..data.caption_source_info import csv_columns
+from ..data.datasets import ImageSplits, hold_out_per_class, limit, per_class_subset, random_subset
 from ..data.image_readers import SOURCES, load_dataset
 from ..errors import ConfigError, DataError
 
@@ -50,6 +51,18 @@ def load_image_source(name: str, path: Optional[str], seed: int, image_size: Opt
     return splits
 
 
+def subset_train(ds: Any, per_class: Optional[int], count: Optional[int], seed: int) -> Any:
+    """``data.train_per_class`` (class-balanced, labelled data) or ``data.train_subset`` (any data), seeded."""
+    if per_class is not None:
+        if getattr(ds, "labels", None) is None:
+            raise ConfigError("data.train_per_class needs labelled training data; use data.train_subset for captions "
+                              "without labels")
+        return per_class_subset(ds, per_class, seed)
+    if count is not None:
+        return random_subset(ds, count, seed)
+    return ds
+
+
 def load_source(kind: str, data: str, path: Optional[str] = None, image_size: Optional[int] = None, seed: int = 0,
                 label_column: Optional[str] = None, test_path: Optional[str] = None,
                 caption_options: Optional[dict] = None) -> Any:
@@ -63,6 +76,38 @@ def load_source(kind: str, data: str, path: Optional[str] = None, image_size: Op
     if name not in SOURCES:
         raise ConfigError(f"unknown image dataset '{name}'; choose one of: {', '.join(SOURCES.names())}")
     return load_image_source(name, path, seed, image_size)
+
+
+def load_scan_data(data: str, path: Optional[str] = None, image_size: Optional[int] = None, seed: int = 0,
+                   label_column: Optional[str] = None, test_path: Optional[str] = None,
+                   caption_options: Optional[dict] = None, split: str = "train",
+                   export_labels: bool = False) -> tuple[Any, str]:
+    """``(CaptionDataset, description)`` of exactly the pairs ``clpoison scan`` is pointed at. A caption file
+    (CSV/TSV or tar shards) is read whole, rows in file order, nothing held out (``--split test`` reads
+    ``test_path``); a generated source (``cifar10-subset``, ...) gives its ``split``. ``export_labels``: read a
+    CSV's ``label`` column when no ``label_column`` is given and the file has one (an export's layout, so its
+    fingerprint can be checked against the manifest)."""
+    name, path = resolve_source(data, path)
+    opts = dict(caption_options or {})
+    if name in FILE_READERS:
+        file = path
+        if split == "test":
+            if not test_path:
+                raise ConfigError("--split test on a caption file needs --test-path (or pass the test file as --data)")
+            file = test_path
+        if not file:
+            raise ConfigError(f"data.name={name} needs a path; pass --data FILE")
+        if export_labels and label_column is None and name == "captions-csv" and \
+                "label" in csv_columns(file, opts.get("separator")):
+            label_column = "label"
+        cfg = CaptionDataConfig(label_column=label_column, **opts)
+        ds, skipped = read_caption_file(name, file, cfg, image_size, split)
+        where = f"'{file}'"
+        if any(skipped.values()):
+            where += f" (skipped rows: {dict(skipped)})"
+        return ds, where
+    splits = load_source("captions", data, path, image_size, seed, label_column, test_path, caption_options)
+    return (splits.train if split == "train" else splits.test), f"the {split} split of '{data}'"
 
 
 def load_export(root: str | Path) -> Any:

@@ -12,6 +12,7 @@ The runner calls, in order: ``load`` → (attack, defense filter) → ``build_me
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Mapping, Optional
 
@@ -36,6 +37,13 @@ class Task:
                  echo: Callable[[str], None] = lambda s: None) -> None:
         self.cfg, self.device, self.echo = cfg, device, echo
         self.work = None if work is None else Path(work)
+        self.skipped: dict[str, str] = {}
+
+    def skip(self, metric: str, reason: str) -> None:
+        """Record (once) and say on stderr that ``metric`` is not measured, and why (``results.json["skipped"]``)."""
+        if metric not in self.skipped:
+            self.skipped[metric] = reason
+            print(f"note: {metric} not measured: {reason}", file=sys.stderr, flush=True)
 
     def transform(self) -> EvalTransform:
         """The test-time transform of this config (resize to ``augment.out_size``, normalise), on the device."""
@@ -70,6 +78,14 @@ class Task:
 
     def throughput(self, n_samples: int, seconds: float) -> dict[str, float]:
         raise NotImplementedError
+
+    # optional steps
+    def attack_metrics(self, attack_name: str, metrics: dict[str, Any]) -> None:
+        """Called with the attack's metrics after :meth:`Attack.evaluate` (e.g. to file them per evaluation set)."""
+
+    def extra_results(self) -> dict[str, Any]:
+        """More top-level sections of ``results.json`` (e.g. ``eval_sets``, ``skipped``)."""
+        return {"skipped": dict(self.skipped)} if self.skipped else {}
 
 
 def task_for(cfg: ExperimentConfig, device: torch.device, work: Optional[Path] = None,

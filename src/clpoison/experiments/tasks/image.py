@@ -14,7 +14,7 @@ from ...eval.encoder_eval import attack_context, evaluate_encoder, feature_class
 from ...methods.base import Method
 from ...methods.build import build_method
 from ...utils.dist import local_batch_size, rank, world_size
-from ..sources import load_image_source
+from ..sources import load_image_source, subset_train
 from .base import TASKS, Task
 
 
@@ -26,6 +26,8 @@ class ImageTask(Task):
         d = self.cfg.data
         splits = load_image_source(d.name, d.path, self.cfg.seed, d.image_size, int(d.max_resident_gb * 2**30),
                                    d.train_limit, d.test_limit, d.downstream_fraction)
+        if d.train_per_class is not None or d.train_subset is not None:  # streamed folders subset too
+            splits.train = subset_train(splits.train, d.train_per_class, d.train_subset, d.subset_seed)
         held = f", {len(splits.downstream)} held out as the downstream set" if splits.downstream is not None else ""
         self.echo(f"data: {d.name} ({len(splits.train)} train / {len(splits.test)} test images{held})")
         fit = splits.labelled  # the kNN memory: the downstream split when one is held out

@@ -8,7 +8,14 @@ the engine's :class:`~clpoison.engine.Trainer` → ``evaluate`` → ``context`` 
 
 Metrics: ``zeroshot_top1`` (prompt ensemble over the dataset's class names, on the labelled test split),
 ``recall_at_{K}_i2t`` / ``recall_at_{K}_t2i`` on the test pairs, ``knn_top1`` and ``linear_top1`` (the foundation's
-kNN and linear probe on image-tower features), and ``zeroshot_top1_random_init``.
+kNN and linear probe on image-tower features), and the untrained model's (same architecture) zero-shot, retrieval
+and linear probe as controls (``*_random_init``).
+
+Evaluation sets separate from the training data (``eval.sets``, :mod:`clpoison.experiments.eval_sets`): each is
+evaluated on its own (``results.json["eval_sets"][KEY]``); the *attack set* (the first labelled one, or
+``eval.attack_set``) takes the place of the test split for zero-shot and the attacks (target class, targeted victims,
+ASR), while retrieval stays on the caption test split. Metrics that cannot be measured are said on stderr and
+recorded in ``results.json["skipped"]``.
 
 Example (a 1-epoch run on 256 pairs, well under a minute)::
 
@@ -41,6 +48,8 @@ from ...methods.base import Method
 from ...methods.build import build_method
 from ...utils.dist import is_main, local_batch_size, rank, world_size
 from ..config import ExperimentConfig
+from ..eval_sets import EvalSet, load_eval_sets
+from ..sources import subset_train
 from .base import TASKS, Task
 
 TOKENIZER_NAME = "tokenizer.json"
@@ -65,6 +74,10 @@ class ImageTextTask(Task):
         self.channels_last = cfg.train.use_channels_last(device, cfg.model.width)  # = min_conv_channels of the tower
         self.tokenizer: CaptionTokenizer | None = None
         self.info: dict[str, Any] = {}
+        self.eval_sets: dict[str, EvalSet] = {}
+        self.attack_set: Optional[str] = None
+        self.caption_test: Optional[CaptionDataset] = None  # the caption test split when the attack set replaced it
+        self.set_metrics: dict[str, dict[str, Any]] = {}
 
     # -- data -------------------------------------------------------------------------------------------------
     def load(self) -> CaptionSplits:
@@ -74,13 +87,23 @@ class ImageTextTask(Task):
             splits = self.load_streamed(size)
         else:
             splits = load_caption_splits(cfg.data.name, cfg.data.path, cfg.data.captions, size, cfg.seed)
-            splits.train = limit_pairs(splits.train, cfg.data.train_limit)
+            splits.train = subset_train(limit_pairs(splits.train, cfg.data.train_limit), cfg.data.train_per_class,
+                                        cfg.data.train_subset, cfg.data.subset_seed)
         splits.test = limit_pairs(splits.test, cfg.data.test_limit)
         n_caps = "streamed" if cfg.data.captions.stream else sum(len(c) for c in splits.train.captions)
         self.echo(f"data: {cfg.data.name} ({len(splits.train)} train pairs / {n_caps} captions, {len(splits.test)} test pairs)")
         skipped = splits.source.get("skipped") or {}
         if any(skipped.values()):
             self.echo(f"warning: skipped bad rows {skipped} (data.captions.on_error=skip)")
+        if cfg.eval.sets:
+            self.eval_sets, self.attack_set = load_eval_sets(cfg.eval.sets, cfg.eval.attack_set, size, cfg.seed)
+            for k, es in self.eval_sets.items():
+                self.echo(f"eval set {k}: {len(es.data)} images ({'labelled' if es.labelled else 'unlabelled'}"
+                          f"{', captions' if es.captions else ''})")
+            if self.attack_set is not None:  # zero-shot and the attacks on the labelled set; retrieval stays
+                self.caption_test = splits.test
+                splits = CaptionSplits(splits.train, self.eval_sets[self.attack_set].data,
+                                       {**splits.source, "attack_set": self.attack_set})
         return splits
 
     def load_streamed(self, size: int) -> CaptionSplits:
@@ -154,17 +177,25 @@ class ImageTextTask(Task):
         )
 
     def random_init_metrics(self, method: Any, splits: CaptionSplits) -> dict[str, float]:
-        if not labelled(splits.test):
-            return {}
-        acc = self.zeroshot(method, splits.class_names).top1(splits.test.images, splits.test.labels)
-        self.echo(f"random-init zero-shot top-1: {acc:.4f}")
-        return {"zeroshot_top1_random_init": acc}
+        """The untrained model's zero-shot, retrieval and linear probe (the controls), on the test split and on
+        every evaluation set (``eval_sets[KEY]["*_random_init"]``)."""
+        m = self.clean_metrics(method, splits, probe=self.cfg.eval.linear, quiet=True)
+        for k, es in self.eval_sets.items():
+            r = self.set_eval(method, es, quiet=True)
+            self.set_metrics.setdefault(k, {}).update({f"{n}_random_init": v for n, v in r.items()})
+        out = {f"{k}_random_init": v for k, v in m.items() if k == "zeroshot_top1" or k.startswith("recall_at_")
+               or k == "linear_top1"}
+        if "zeroshot_top1_random_init" in out:
+            self.echo(f"random-init zero-shot top-1: {out['zeroshot_top1_random_init']:.4f}")
+        return out
 
-    def evaluate(self, method: Any, splits: CaptionSplits) -> tuple[dict[str, Any], dict[str, Any]]:
+    def clean_metrics(self, method: Any, splits: CaptionSplits, probe: bool = True, quiet: bool = False,
+                      extras: Optional[dict] = None) -> dict[str, Any]:
+        """Zero-shot on the (labelled) test split, retrieval on the caption test split, kNN + linear probe when
+        both splits are labelled."""
         cfg = self.cfg
         metrics: dict[str, Any] = {}
-        extras: dict[str, Any] = {"tokenizer": self.tokenizer, "model": method.model, "transform": self.transform(),
-                                  "templates": list(cfg.eval.zeroshot_templates or CIFAR_TEMPLATES)}
+        extras = {} if extras is None else extras
         test = splits.test
         zs = None
         if splits.class_names:
@@ -172,22 +203,77 @@ class ImageTextTask(Task):
             extras.update(zeroshot=zs, text_features=zs.text_features)
         if zs is not None and labelled(test):
             metrics["zeroshot_top1"] = zs.top1(test.images, test.labels)
-        # retrieval on the test pairs (every caption of every test image)
-        img = (zs or self.zeroshot_free(method)).embed(test.images)
-        texts = flat_captions(test)
-        owner = torch.repeat_interleave(torch.arange(len(test)), torch.tensor([len(c) for c in test.captions]))
-        txt = encode_texts(method.model, self.tokenizer, texts, self.params.context_length, device=self.device)
-        metrics.update(retrieval_recall(img, txt, owner, cfg.eval.retrieval_ks))
+        elif not quiet:
+            self.skip("zeroshot_top1", "the test split has no labels / class names; name a labelled set in eval.sets "
+                      "(e.g. {cifar10: {data: cifar10-subset}}) or set data.captions.label_column")
+        # retrieval on the caption test pairs (every caption of every test image)
+        captions = self.caption_test if self.caption_test is not None else test
+        metrics.update(self.retrieval(method, captions))
         # the foundation's kNN + linear probe on image-tower features (needs labels on both splits)
         if labelled(splits.train) and labelled(test):
             img_splits = ImageSplits(
                 ImageDataset(splits.train.images, splits.train.labels, splits.class_names, "train", splits.train.sizes),
                 ImageDataset(test.images, test.labels, splits.class_names, "test", test.sizes),
             )
-            m, e = evaluate_encoder(method.encoder, img_splits, self.transform(), self.device, cfg.eval)
+            m, e = evaluate_encoder(method.encoder, img_splits, self.transform(), self.device, cfg.eval, linear=probe)
             metrics.update(m)
             extras.update({k: v for k, v in e.items() if k != "transform"})
+        elif not quiet:
+            self.skip("linear_top1", "the training captions have no labels" + (
+                "; the probes are measured on the labelled image sets of eval_sets" if self.eval_sets else
+                "; name a labelled image set in eval.sets to measure them"))
+        return metrics
+
+    def retrieval(self, method: Any, ds: CaptionDataset) -> dict[str, float]:
+        img = self.zeroshot_free(method).embed(ds.images)
+        texts = flat_captions(ds)
+        owner = torch.repeat_interleave(torch.arange(len(ds)), torch.tensor([len(c) for c in ds.captions]))
+        txt = encode_texts(method.model, self.tokenizer, texts, self.params.context_length, device=self.device)
+        return retrieval_recall(img, txt, owner, self.cfg.eval.retrieval_ks)
+
+    def set_eval(self, method: Any, es: EvalSet, quiet: bool = False) -> dict[str, Any]:
+        """One evaluation set: zero-shot (labelled), retrieval (real captions), kNN + linear probe (image source)."""
+        m: dict[str, Any] = {}
+        d = es.data
+        if es.labelled:
+            m["zeroshot_top1"] = self.zeroshot(method, d.class_names).top1(d.images, d.labels)
+        elif not quiet:
+            self.skip(f"{es.key}.zeroshot_top1", "the set has no labels (give a caption CSV a label_column)")
+        if es.captions:
+            m.update(self.retrieval(method, d))
+        if es.probe_train is not None and es.labelled:
+            img = ImageSplits(es.probe_train, ImageDataset(d.images, d.labels, d.class_names, "test", d.sizes))
+            m.update(evaluate_encoder(method.encoder, img, self.transform(), self.device, self.cfg.eval)[0])
+        return m
+
+    def evaluate(self, method: Any, splits: CaptionSplits) -> tuple[dict[str, Any], dict[str, Any]]:
+        cfg = self.cfg
+        extras: dict[str, Any] = {"tokenizer": self.tokenizer, "model": method.model, "transform": self.transform(),
+                                  "templates": list(cfg.eval.zeroshot_templates or CIFAR_TEMPLATES)}
+        metrics = self.clean_metrics(method, splits, extras=extras)
+        for k, es in self.eval_sets.items():
+            self.set_metrics.setdefault(k, {}).update(self.set_eval(method, es))
         return metrics, extras
+
+    def attack_metrics(self, attack_name: str, metrics: dict[str, Any]) -> None:
+        """File the attack's metrics under the attack set's key; say which attack metrics could not be measured."""
+        if attack_name == "none":
+            return
+        if self.attack_set is not None:
+            self.set_metrics.setdefault(self.attack_set, {}).update(
+                {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        wanted = {"carlini-backdoor": "asr", "carlini-targeted": "targeted_success_rate"}.get(attack_name)
+        if wanted and wanted not in metrics:
+            self.skip(wanted, "no labelled test split with the target class; name a labelled set in eval.sets")
+
+    def extra_results(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.set_metrics:
+            out["eval_sets"] = self.set_metrics
+        if self.attack_set is not None:
+            out["attack_set"] = self.attack_set
+        out["skipped"] = dict(self.skipped)
+        return out
 
     def zeroshot_free(self, method: Any) -> ZeroShotClassifier:
         """An image embedder for data without class names (no text features)."""

@@ -1,0 +1,77 @@
+"""``clpoison scan`` as a library call: load CLIP models (a reference model trained without the poisons and/or the
+trained checkpoint), read exactly the pairs named, check them against a manifest, score, rank and write the CSV
+(:mod:`clpoison.defenses.safeclip_scan`). The CLI and ``benchmarks/captions_protocol.py`` both call
+:func:`scan_data`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+from ..attacks.manifest import manifest_poisons, read_manifest
+from ..defenses.safeclip_scan import check_manifest_matches, scan_to_csv, score_pairs
+from ..errors import ConfigError
+from .config import build_config
+from .sources import load_scan_data
+from .tasks import task_for
+
+
+def load_clip(arg: str | Path) -> tuple[Path, Any, Any, Any]:
+    """``(checkpoint path, config, method, task)`` of a CLIP run directory or checkpoint (loaded weights_only)."""
+    from ..engine.checkpoint import read_checkpoint
+    from ..utils.device import resolve_device
+
+    path = Path(arg)
+    path = path / "checkpoint.pt" if path.is_dir() else path
+    if not path.exists():
+        raise ConfigError(f"checkpoint '{path}' does not exist; pass a run directory or its checkpoint.pt")
+    ckpt = read_checkpoint(path)
+    if not isinstance(ckpt.get("config"), dict) or not isinstance(ckpt.get("model"), dict) or "method" not in ckpt:
+        raise ConfigError(f"checkpoint '{path}' lacks a model/config; is it a clpoison CLIP checkpoint? "
+                          "(an encoder.safetensors has no text tower, so it cannot score captions)")
+    try:
+        cfg = build_config(dict(ckpt["config"]), [])
+    except Exception as e:
+        raise ConfigError(f"checkpoint '{path}' cannot be read ({type(e).__name__}); is it a clpoison CLIP checkpoint?") from None
+    task = task_for(cfg, resolve_device(cfg.device))
+    if task.modality != "image-text":
+        raise ConfigError(f"checkpoint '{path}' is a '{cfg.method.name}' run; `clpoison scan` needs a CLIP checkpoint")
+    return path, cfg, task.method_from_checkpoint(ckpt, f"checkpoint '{path}'"), task
+
+
+def scan_data(out: str | Path, data: str, *, checkpoint: Optional[str] = None, reference: Optional[str] = None,
+              manifest: Optional[str] = None, data_path: Optional[str] = None, image_size: Optional[int] = None,
+              seed: int = 0, label_column: Optional[str] = None, test_path: Optional[str] = None,
+              caption_options: Optional[dict] = None, split: str = "train", risky_fraction: Optional[float] = None,
+              top_k: Optional[int] = None, threshold: Optional[float] = None) -> dict[str, Any]:
+    """Scan the pairs of ``data`` into the CSV ``out``; returns the summary. Ranked by the ``reference`` model when
+    given (the checkpoint's similarities and ROC-AUC are then an extra column / ``roc_auc_checkpoint``)."""
+    if not checkpoint and not reference:
+        raise ConfigError("`clpoison scan` needs a CLIP model: a run directory / checkpoint.pt, or --reference MODEL")
+    man = None
+    if manifest:
+        if not Path(manifest).exists():
+            raise ConfigError(f"manifest '{manifest}' does not exist; check the path")
+        man = read_manifest(manifest)
+    models = {k: load_clip(v) for k, v in (("reference", reference), ("checkpoint", checkpoint)) if v}
+    cfg0 = next(iter(models.values()))[1]
+    size = image_size or cfg0.data.image_size or cfg0.augment.out_size
+    # with a manifest the data is read at its native size (as exported) so that its fingerprint can be checked
+    ds, where = load_scan_data(data, data_path, image_size if man else size, seed, label_column, test_path,
+                               caption_options, split, export_labels=man is not None)
+    poisons = None
+    if man is not None:
+        check_manifest_matches(man, ds, where)
+        poisons = manifest_poisons(man)
+        if ds.sizes is not None:  # images of several sizes on a padded canvas: re-read at the model's size
+            ds, where = load_scan_data(data, data_path, size, seed, label_column, test_path, caption_options, split)
+    sims: dict[str, Any] = {}
+    owner = texts = None
+    for k, (_, cfg, method, task) in models.items():
+        sims[k], owner, texts = score_pairs(method.model, method.tokenizer, ds, task.transform(),
+                                            method.params.context_length, task.device, cfg.eval.batch_size)
+    rank_by = next(iter(models))
+    summary = scan_to_csv(out, sims[rank_by], owner, texts, poisons, risky_fraction, top_k, threshold,
+                          extra={k: v for k, v in sims.items() if k != rank_by})
+    return {**summary, "ranked_by": rank_by, **{k: str(m[0]) for k, m in models.items()}, "csv": str(out)}
