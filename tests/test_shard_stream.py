@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from clpoison.data.caption_loader import CaptionBatches, CaptionImageAugment, flat_captions
-from clpoison.data.caption_readers import read_caption_shards, shard_paths
+from clpoison.data.caption_shards import read_caption_shards, shard_paths
 from clpoison.data.shard_stream import (ShardSampleStream, StreamingCaptionBatches, StreamingCaptionSet,
                                         count_samples, split_shards)
 from clpoison.data.tokenizer import CaptionTokenizer

@@ -33,7 +33,8 @@ import torch
 
 from ..errors import DataError
 from .caption_loader import CaptionImageAugment
-from .caption_readers import IMAGE_SUFFIXES, _Errors, iter_shard_samples, shard_paths
+from .caption_readers import IMAGE_SUFFIXES, _Errors
+from .caption_shards import iter_shard_samples, shard_paths
 from .image_readers import decode_image
 
 

@@ -34,7 +34,8 @@ from typing import Any, Callable, Mapping, Optional
 import torch
 
 from ...data.caption_loader import CaptionBatches, CaptionImageAugment, flat_captions
-from ...data.caption_readers import load_caption_splits, read_caption_shards
+from ...data.caption_readers import load_caption_splits
+from ...data.caption_shards import read_caption_shards
 from ...data.shard_stream import StreamingCaptionBatches, StreamingCaptionSet
 from ...data.captions import CaptionDataset, CaptionSplits
 from ...data.datasets import ImageDataset, ImageSplits

@@ -1,0 +1,131 @@
+"""Image–caption pairs in **webdataset tar shards** (``captions-tar``): shard lists (a shard, a brace list
+``shard-{000000..000099}.tar``, a folder of ``*.tar``, a glob), the samples of a list of shards (an image member
+``.jpg/.jpeg/.png/.webp/.bmp`` and its captions ``.txt`` (one a line) or ``.json``), and a whole set of shards read
+into a :class:`~clpoison.data.captions.CaptionDataset`. Streaming them without a full load:
+:mod:`clpoison.data.shard_stream`. The CSV reader and the source registry: :mod:`clpoison.data.caption_readers`.
+"""
+
+from __future__ import annotations
+
+import glob
+import io
+import json
+import os
+import tarfile
+from pathlib import Path
+from typing import Iterator, Optional, Union
+
+from ..errors import ConfigError, DataError
+from .caption_readers import IMAGE_SUFFIXES, _Errors, _make_dataset
+from .captions import CaptionDataset
+from .image_readers import decode_image
+
+
+def shard_paths(spec: Union[str, Path, list]) -> list[Path]:
+    """A shard, a brace list (``shard-{000000..000099}.tar``, webdataset's notation), a folder of ``*.tar``, a glob,
+    or a list of those → shard paths (error when none)."""
+    specs = spec if isinstance(spec, (list, tuple)) else [spec]
+    if any("{" in str(s) for s in specs):
+        try:
+            from braceexpand import braceexpand
+        except ImportError:
+            raise ConfigError(f"data.path {spec} is a brace list; pip install 'clpoison[stream]' (braceexpand)") from None
+        specs = [x for s in specs for x in braceexpand(str(s))]
+    out: list[Path] = []
+    for s in specs:
+        s = str(Path(str(s)).expanduser())
+        if os.path.isdir(s):
+            out += sorted(Path(s).glob("*.tar"))
+        elif any(ch in s for ch in "*?["):
+            out += sorted(Path(x) for x in glob.glob(s))
+        elif os.path.isfile(s):
+            out.append(Path(s))
+        else:
+            raise DataError(f"tar shard '{s}' does not exist; point data.path at a shard, a folder of .tar or a glob")
+    if not out:
+        raise DataError(f"no tar shards found at {spec}; expected files like shard-000000.tar")
+    return out
+
+
+def _json_caption(raw: bytes) -> str:
+    """The caption of a webdataset ``KEY.json`` (img2dataset writes ``caption``; ``text`` / ``title`` also read)."""
+    d = json.loads(raw.decode("utf-8"))  # StopIteration when no key holds a caption
+    return next(d[k] for k in ("caption", "text", "title") if isinstance(d, dict) and isinstance(d.get(k), str) and d[k].strip())
+
+
+def iter_shard_samples(paths: list[Path], on_error: str = "fail", errors: Optional[_Errors] = None) -> Iterator[dict]:
+    """Stream samples ``{"key", "shard", "image": bytes, "ext", "captions": [str]}`` from webdataset-layout shards,
+    reading each archive sequentially (works on pipes / object-store streams as well as files)."""
+    errors = errors or _Errors(on_error)
+
+    def flush(shard: Path, key: Optional[str], parts: dict) -> Optional[dict]:
+        if key is None:
+            return None
+        where = f"{shard}:{key}"
+        img_ext = next((e for e in IMAGE_SUFFIXES if e in parts), None)
+        if img_ext is None:
+            errors("missing_image", where, f"sample has no image ({'/'.join(IMAGE_SUFFIXES)}); members: {sorted(parts)}")
+            return None
+        if "txt" not in parts and "json" not in parts:
+            errors("empty_caption", where, "sample has no .txt or .json caption")
+            return None
+        try:
+            text = parts["txt"].decode("utf-8") if "txt" in parts else _json_caption(parts["json"])
+        except UnicodeDecodeError:
+            errors("non_utf8", f"{where}.txt", "caption is not valid UTF-8")
+            return None
+        except (ValueError, StopIteration):
+            errors("empty_caption", f"{where}.json", "the .json holds no caption (keys caption, text or title)")
+            return None
+        caps = [c.strip() for c in text.splitlines() if c.strip()]
+        if not caps:
+            errors("empty_caption", f"{where}.txt", "empty caption")
+            return None
+        return {"key": key, "shard": str(shard), "image": parts[img_ext], "ext": img_ext, "captions": caps}
+
+    for shard in paths:
+        try:
+            tf = tarfile.open(shard, mode="r|*")
+        except (tarfile.TarError, OSError) as e:
+            raise DataError(f"tar shard '{shard}' cannot be opened ({type(e).__name__}); is it a tar file?") from None
+        key, parts = None, {}
+        try:
+            for m in tf:
+                if not m.isfile():
+                    continue
+                base = os.path.basename(m.name)
+                if "." not in base:
+                    continue
+                k, ext = os.path.join(os.path.dirname(m.name), base.split(".", 1)[0]), base.split(".", 1)[1].lower()
+                if k != key:
+                    s = flush(shard, key, parts)
+                    if s is not None:
+                        yield s
+                    key, parts = k, {}
+                f = tf.extractfile(m)
+                parts[ext] = f.read() if f is not None else b""
+        except (tarfile.TarError, OSError, EOFError) as e:
+            errors("corrupt_shard", f"{shard}", f"tar shard is truncated or corrupt ({type(e).__name__})")
+        finally:
+            tf.close()
+        s = flush(shard, key, parts)
+        if s is not None:
+            yield s
+
+
+def read_caption_shards(
+    spec: Union[str, Path, list], on_error: str = "fail", image_size: Optional[int] = 32, name: str = "shards"
+) -> tuple[CaptionDataset, dict]:
+    """Decode every sample of the shards into a resident :class:`CaptionDataset`; returns it and the skip counts."""
+    errors = _Errors(on_error)
+    images, captions = [], []
+    for s in iter_shard_samples(shard_paths(spec), errors=errors):
+        try:
+            images.append(decode_image(io.BytesIO(s["image"]), image_size))
+        except DataError:
+            errors("corrupt_image", f"{s['shard']}:{s['key']}.{s['ext']}", "image is unreadable or corrupt")
+            continue
+        captions.append(s["captions"])
+    if not images:
+        raise DataError(f"tar shards {spec} yield no usable image–caption pair (skipped: {dict(errors.counts)})")
+    return _make_dataset(images, captions, [None] * len(images), name, False), errors.report(str(spec))
