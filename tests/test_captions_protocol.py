@@ -124,6 +124,12 @@ def test_scan_with_a_reference_model_ranks_the_planted_poisons(tmp_path, capsys)
     assert {int(r["index"]) for r in rows if r["poison"] == "1"} == set(man["poisoned_indices"])
     assert summary["risky"] == 20 and summary["rule"] == "top_k" and summary["ranked_by"] == "reference"
     assert summary["roc_auc"] >= 0.9 and summary["poisons_in_top_k"] >= 14
+    # the reference's clip.safetensors (both towers, tensors only) scores exactly as its run folder does
+    assert json.loads((ref / "clip.json").read_text())["format"] == "clpoison-clip"
+    assert main(["scan", "--reference", str(ref / "clip.safetensors"), "--data", str(exp / "train.csv"),
+                 "--out", str(tmp_path / "risk2.csv"), "--manifest", str(exp / "manifest.json"), "--top-k", "20"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["roc_auc"] == summary["roc_auc"] and (tmp_path / "risk2.csv").read_text() == out.read_text()
     # the clean file, a truncated copy: refused before any figure, nothing written
     lines = (exp / "train.csv").read_text().splitlines()
     (tmp_path / "short.csv").write_text("\n".join(lines[:-1]) + "\n")

@@ -47,6 +47,7 @@ from ..attacks import ATTACKS
 from ..defenses import DEFENSES
 from ..engine.trainer import CHECKPOINT_NAME, Trainer, progress_bar_on
 from ..errors import ClpoisonError, ConfigError, DataError, TrainingDiverged
+from ..models.clip_file import save_clip_model
 from ..models.encoder_file import save_encoder
 from ..report.run_report import run_markdown
 from ..report.tables import format_table
@@ -287,6 +288,8 @@ def _run(cfg: ExperimentConfig, out: Path, work: Path, device: torch.device, sna
     a = cfg.augment
     save_encoder(work, method.encoder, vars(cfg.model), {"size": a.out_size, "mean": a.mean, "std": a.std},
                  cfg.method.name, snapshot)
+    if task.modality == "image-text":  # both towers + tokenizer: what `clpoison scan` needs
+        save_clip_model(work, method.state_dict(), snapshot)
     atomic_write_text(work / "report.md", run_markdown(json.loads(dumps_json(results))))
     atomic_write_json(work / RESULTS_NAME, results)
     if out.exists():

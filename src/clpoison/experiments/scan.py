@@ -18,18 +18,26 @@ from .tasks import task_for
 
 
 def load_clip(arg: str | Path) -> tuple[Path, Any, Any, Any]:
-    """``(checkpoint path, config, method, task)`` of a CLIP run directory or checkpoint (loaded weights_only)."""
+    """``(path, config, method, task)`` of a CLIP run directory, its checkpoint (loaded weights_only) or its
+    ``clip.safetensors`` (:mod:`clpoison.models.clip_file`)."""
     from ..engine.checkpoint import read_checkpoint
     from ..utils.device import resolve_device
 
+    from ..models.clip_file import is_clip_model, read_clip_model
+
     path = Path(arg)
-    path = path / "checkpoint.pt" if path.is_dir() else path
-    if not path.exists():
-        raise ConfigError(f"checkpoint '{path}' does not exist; pass a run directory or its checkpoint.pt")
-    ckpt = read_checkpoint(path)
+    if is_clip_model(path):  # clip.safetensors + clip.json: both towers, tensors only
+        ckpt = read_clip_model(path)
+    else:
+        path = path / "checkpoint.pt" if path.is_dir() else path
+        if not path.exists():
+            raise ConfigError(f"checkpoint '{path}' does not exist; pass a CLIP run directory, its checkpoint.pt or "
+                              "its clip.safetensors")
+        ckpt = read_checkpoint(path)
     if not isinstance(ckpt.get("config"), dict) or not isinstance(ckpt.get("model"), dict) or "method" not in ckpt:
         raise ConfigError(f"checkpoint '{path}' lacks a model/config; is it a clpoison CLIP checkpoint? "
-                          "(an encoder.safetensors has no text tower, so it cannot score captions)")
+                          "(an encoder.safetensors has no text tower, so it cannot score captions: pass the run's "
+                          "clip.safetensors)")
     try:
         cfg = build_config(dict(ckpt["config"]), [])
     except Exception as e:
