@@ -9,7 +9,7 @@ It provides: SGD/LARS/AdamW, linear warm-up + cosine, AMP (bf16 on CUDA by defau
 request, off on CPU), channels_last, a checkpoint every ``checkpoint_every`` epochs holding model, optimiser,
 scheduler, scaler, RNG states (as tensors: the file loads with ``weights_only=True``), epoch, step and the run's
 data fingerprint (so ``resume`` continues exactly where it stopped, and refuses a checkpoint of other data), a
-progress bar and a JSONL metrics log (records past the checkpoint are dropped on resume); without a terminal (or
+progress bar, a JSONL metrics log (and TensorBoard scalars with ``train.tensorboard``) (records past the checkpoint are dropped on resume); without a terminal (or
 with progress off) one line per epoch instead of the bar (:func:`epoch_line`). A non-finite loss stops
 training before the optimiser step with :class:`~clpoison.errors.TrainingDiverged` naming the step. Hooks (``on_epoch_start`` / ``on_epoch_end``) let defenses act between epochs, and a
 ``schedule`` factory (:mod:`clpoison.engine.schedules`) lets them supply the LR schedule.
@@ -72,6 +72,7 @@ class TrainConfig:
     checkpoint_every: int = 1
     log_every: int = 20
     progress: bool = True
+    tensorboard: bool = False  # epoch scalars under OUT/tensorboard/ (needs the tensorboard package)
 
     def __post_init__(self) -> None:
         if not isinstance(self.epochs, int) or self.epochs < 1:
@@ -180,6 +181,11 @@ class Trainer:
         if cfg.use_channels_last(device, min_conv_channels(self.method)):
             self.method.to(memory_format=torch.channels_last)
         self.rank, self.world_size = rank(), world_size()
+        self.tensorboard = None
+        if cfg.tensorboard and self.rank == 0 and self.out_dir is not None:
+            from .tensorboard import EpochScalars
+
+            self.tensorboard = EpochScalars(self.out_dir / "tensorboard")
         self.method, self.loss_fn = wrap_for_training(self.method, device)  # DDP when world size > 1
         self.steps_per_epoch = len(batches)
         if self.steps_per_epoch < 1:
@@ -364,8 +370,12 @@ class Trainer:
             self.log({"event": "epoch", **rec})
             if not bar_on:  # no bar (not a terminal, or progress off): one line per epoch
                 self.notify(epoch_line(self.method, rec, self.cfg.epochs, self.scheduler.get_last_lr()[0]))
+            if self.tensorboard is not None:
+                self.tensorboard.write(rec, self.scheduler.get_last_lr()[0], self.method.name)
             if self.cfg.checkpoint_every and (self.epoch % self.cfg.checkpoint_every == 0 or self.epoch == self.cfg.epochs):
                 self.save_checkpoint()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
         return self.history
 
     def _hooks(self, hooks: list[EpochHook]) -> list[EpochHook]:
