@@ -35,6 +35,7 @@ from ..data.caption_loader import CaptionBatches, flat_captions
 from ..engine.checkpoint import read_checkpoint
 from ..errors import ConfigError
 from ..methods.base import Method
+from ..methods.clip_wrapper import WrappedCLIP
 from ..methods.cleanclip import cleanclip_loss
 from .base import DEFENSES, Defense, DefenseParams
 from .clip_views import AugmentedCaptionBatches, eda_tokens
@@ -90,33 +91,14 @@ def finetune_rows(n: int, poisons: Optional[np.ndarray], p: CleanCLIPParams, see
     return np.sort(rng.choice(clean, p.finetune_pairs, replace=False))
 
 
-class CleanCLIPMethod(Method):
+class CleanCLIPMethod(WrappedCLIP):
     """Wraps the loaded CLIP; its state dict *is* the CLIP's, so the run's checkpoint loads wherever a CLIP one does."""
 
     name = "cleanclip"
-    modality = "image-text"
 
     def __init__(self, clip: Method, params: CleanCLIPParams) -> None:
-        super().__init__()
-        self.clip, self.params = clip, params
-
-    @property
-    def model(self) -> nn.Module:
-        return self.clip.model
-
-    @property
-    def encoder(self) -> nn.Module:
-        return self.clip.encoder
-
-    @property
-    def tokenizer(self):
-        return self.clip.tokenizer
-
-    def state_dict(self, *args, **kwargs):
-        return self.clip.state_dict(*args, **kwargs)
-
-    def load_state_dict(self, state, strict: bool = True, assign: bool = False):
-        return self.clip.load_state_dict(state, strict=strict, assign=assign)
+        super().__init__(clip)
+        self.params = params
 
     def loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float], dict[str, Any]]:
         m = self.model

@@ -42,6 +42,7 @@ from ..data.caption_loader import CaptionBatches, flat_captions
 from ..engine.schedules import TrainingHooks
 from ..errors import ConfigError
 from ..methods.base import Method
+from ..methods.clip_wrapper import WrappedCLIP
 from ..methods.clip import clip_loss
 from .base import DEFENSES, Defense, DefenseParams
 from .clip_views import AugmentedCaptionBatches, eda_tokens
@@ -98,34 +99,15 @@ def roclip_matched_loss(image: torch.Tensor, pool: TextPool, scale: torch.Tensor
     return clip_loss(image, pool.nearest(image).to(image.dtype), scale)
 
 
-class RoCLIPMethod(Method):
+class RoCLIPMethod(WrappedCLIP):
     """Wraps a CLIP method: CLIP loss, or on matching batches the pool-matched loss; the pool is pushed in
     :meth:`update_state`. Its state dict is the CLIP's."""
 
     name = "roclip"
-    modality = "image-text"
 
     def __init__(self, clip: Method, pool: TextPool) -> None:
-        super().__init__()
-        self.clip, self.pool = clip, pool
-
-    @property
-    def model(self) -> nn.Module:
-        return self.clip.model
-
-    @property
-    def encoder(self) -> nn.Module:
-        return self.clip.encoder
-
-    @property
-    def tokenizer(self):
-        return self.clip.tokenizer
-
-    def state_dict(self, *args, **kwargs):
-        return self.clip.state_dict(*args, **kwargs)
-
-    def load_state_dict(self, state, strict: bool = True, assign: bool = False):
-        return self.clip.load_state_dict(state, strict=strict, assign=assign)
+        super().__init__(clip)
+        self.pool = pool
 
     def loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float], dict[str, Any]]:
         img, txt, scale = self.model(batch.get("images_aug", batch["images"]), batch.get("tokens_aug", batch["tokens"]))

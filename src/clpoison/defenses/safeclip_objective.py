@@ -15,9 +15,9 @@ from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from ..methods.base import Method
+from ..methods.clip_wrapper import WrappedCLIP
 from ..methods.clip import clip_loss
 from ..methods.simclr import nt_xent_loss
 from ..utils.dist import all_gather_nograd, all_gather_with_grad, rank
@@ -44,41 +44,21 @@ def cross_aug_clip_loss(i1: torch.Tensor, i2: torch.Tensor, t1: torch.Tensor, t2
 
 
 
-class SafeCLIPMethod(Method):
+class SafeCLIPMethod(WrappedCLIP):
     """Wraps a trained-from-scratch :class:`~clpoison.methods.clip.CLIP`: dispatches on ``batch["phase"]``.
 
     Its state dict *is* the CLIP's (the memory banks are not saved), so a SafeCLIP checkpoint loads wherever a CLIP
     checkpoint does (``clpoison evaluate``, ``clpoison scan``)."""
 
     name = "safeclip"
-    modality = "image-text"
     ddp_find_unused_parameters = True  # the phases use different parts of the model
 
     def __init__(self, clip: Method, params: SafeCLIPParams) -> None:
-        super().__init__()
-        self.clip = clip
+        super().__init__(clip)
         self.params = params
         dim = clip.params.embed_dim
         self.image_bank = MemoryBank(params.memory_bank_size, dim) if params.memory_bank else None
         self.text_bank = MemoryBank(params.memory_bank_size, dim) if params.memory_bank else None
-
-    @property
-    def model(self) -> nn.Module:
-        return self.clip.model
-
-    @property
-    def encoder(self) -> nn.Module:
-        return self.clip.encoder
-
-    @property
-    def tokenizer(self):
-        return self.clip.tokenizer
-
-    def state_dict(self, *args, **kwargs):
-        return self.clip.state_dict(*args, **kwargs)
-
-    def load_state_dict(self, state, strict: bool = True, assign: bool = False):
-        return self.clip.load_state_dict(state, strict=strict, assign=assign)
 
     def loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float], dict[str, Any]]:
         """The phase's loss (pure); with ``memory_bank`` the unimodal anchors go to ``aux`` and are pushed into the
