@@ -32,10 +32,10 @@ class EpochScalars:
         self._writer: Optional[Any] = None
 
     def write(self, rec: Mapping[str, Any], lr: float, prefix: str = "train") -> None:
-        from torch.utils.tensorboard import SummaryWriter
-
         epoch = int(rec["epoch"])
         if self._writer is None:  # purge anything logged past this point by a run that was interrupted
+            from torch.utils.tensorboard import SummaryWriter
+
             self._writer = SummaryWriter(str(self.log_dir), purge_step=epoch)
         for key, value in {**rec, "lr": lr}.items():
             if key in ("epoch", "step") or isinstance(value, bool) or not isinstance(value, (int, float)):

@@ -9,8 +9,9 @@ It provides: SGD/LARS/AdamW, linear warm-up + cosine, AMP (bf16 on CUDA by defau
 request, off on CPU), channels_last, a checkpoint every ``checkpoint_every`` epochs holding model, optimiser,
 scheduler, scaler, RNG states (as tensors: the file loads with ``weights_only=True``), epoch, step and the run's
 data fingerprint (so ``resume`` continues exactly where it stopped, and refuses a checkpoint of other data), a
-progress bar, a JSONL metrics log (and TensorBoard scalars with ``train.tensorboard``) (records past the checkpoint are dropped on resume); without a terminal (or
-with progress off) one line per epoch instead of the bar (:func:`epoch_line`). A non-finite loss stops
+progress bar and a JSONL metrics log (records past the checkpoint are dropped on resume; optional TensorBoard
+scalars with ``train.tensorboard``); without a terminal (or with progress off) one line per epoch instead of the bar
+(:func:`epoch_line`). A non-finite loss stops
 training before the optimiser step with :class:`~clpoison.errors.TrainingDiverged` naming the step. Hooks (``on_epoch_start`` / ``on_epoch_end``) let defenses act between epochs, and a
 ``schedule`` factory (:mod:`clpoison.engine.schedules`) lets them supply the LR schedule.
 

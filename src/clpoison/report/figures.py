@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .aggregate import Setting, is_clean
-from .plots import pyplot, save_figure
+from .plots import curve_plot, pyplot, save_figure
 
 Figure = tuple[str, Path]
 
@@ -132,19 +132,13 @@ def asr_vs_epoch(sets: Sequence[Setting], folder: Path) -> list[Figure]:
                 if math.isfinite(v):
                     by_epoch.setdefault(int(e), []).append(float(v))
         if len(by_epoch) >= 2:
-            curves[_name(s)] = sorted((e, statistics.fmean(v)) for e, v in by_epoch.items())
+            pts = sorted((e, statistics.fmean(v)) for e, v in by_epoch.items())
+            curves[_name(s)] = ([e for e, _ in pts], [v for _, v in pts])
     if not curves:
         return []
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for label, pts in curves.items():
-        ax.plot([e for e, _ in pts], [v for _, v in pts], "o-", ms=3, label=label)
-    ax.set_xlabel("Epoch")
-    ax.set_ylabel("Attack success rate")
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_title("Attack success rate during training (mean over seeds)", fontsize=9)
-    ax.legend(fontsize=7)
-    return [("Attack success rate against epochs", save_figure(fig, folder / "asr_vs_epoch.png"))]
+    return [("Attack success rate against epochs",
+             curve_plot(folder / "asr_vs_epoch.png", curves, "Epoch", "Attack success rate",
+                        "Attack success rate during training (mean over seeds)", ylim=(-0.02, 1.02)))]
 
 
 def run_plots(sets: Sequence[Setting], limit: int = 6) -> list[Figure]:
