@@ -89,6 +89,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", default=None)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--safeclip", nargs="*", default=[], help="overrides for the SafeCLIP runs only, e.g. "
+                    "defense.params.cap_from_gmm=true defense.params.cap_filter_ratio=0.85 (docs/safeclip.md)")
     ap.add_argument("overrides", nargs="*", help="config overrides for every run, e.g. train.epochs=10")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -114,9 +116,9 @@ def main() -> None:
     backdoor = {r: run(f"backdoor_{r}", "carlini-backdoor-small", [f"attack.params.poison_rate={r}"]) for r in
                 sorted(set(args.rates) | {scan_rate})}
     targeted, targeted_dir = run("targeted", "carlini-targeted-small", [])
-    sc_bd, _ = run(f"backdoor_safeclip_{sc_rate}", "carlini-backdoor-small", [f"attack.params.poison_rate={sc_rate}"],
-                   safeclip)
-    sc_tg, _ = run("targeted_safeclip", "carlini-targeted-small", [], safeclip)
+    sc_bd, _ = run(f"backdoor_safeclip_{sc_rate}", "carlini-backdoor-small",
+                   [f"attack.params.poison_rate={sc_rate}", *args.safeclip], safeclip)
+    sc_tg, _ = run("targeted_safeclip", "carlini-targeted-small", list(args.safeclip), safeclip)
     n_train = clean["data"]["train_pairs"]
     n_ref = args.reference_pairs or n_train // 2
     reference, reference_dir = run("reference", "clip-small", [f"data.train_subset={n_ref}", f"data.subset_seed={s + 1}"])
@@ -154,7 +156,7 @@ def main() -> None:
     details = {
         "captions": args.captions, "eval_set": args.eval_set, "seed": s, "rates": args.rates,
         "safeclip_rate": sc_rate, "scan_rate": scan_rate, "reference_pairs": n_ref, "train_pairs": n_train,
-        "overrides": args.overrides, "wall_s": round(time.time() - t0, 1),
+        "overrides": args.overrides, "safeclip_overrides": args.safeclip, "wall_s": round(time.time() - t0, 1),
         "clean_random_init": {k: v for k, v in clean["metrics"].items() if k.endswith("_random_init")},
         "clean_eval_sets": clean.get("eval_sets"), "skipped": clean.get("skipped"),
         "reference_zeroshot": m(reference, "zeroshot_top1"), "scan": scan,

@@ -69,6 +69,20 @@ def test_backdoor_rate_label_consistent_and_control():
     assert ctrl.manifest["poisoned_indices"] == [] and fingerprint(ctrl.splits.train) == fingerprint(splits.train)
 
 
+def test_backdoor_off_target_selection():
+    """off-target: no poison on a row that already is the target (by label, or by a caption naming it); unlabelled
+    data is filtered by captions alone; asking for more poisons than such rows is one ConfigError."""
+    splits = tiny_caption_splits()
+    idx = backdoor(poison_count=20, selection="off-target").poison(splits, 0).manifest["poisoned_indices"]
+    assert len(idx) == 20 and all(int(splits.train.labels[i]) != 0 for i in idx)
+    unlabelled = tiny_caption_splits()
+    unlabelled.train.labels, unlabelled.train.class_names = None, []
+    idx = backdoor(poison_count=40, selection="off-target").poison(unlabelled, 0).manifest["poisoned_indices"]
+    assert len(idx) == 40 and not set(idx) & set(matching_rows(unlabelled.train.captions, "airplane"))
+    with pytest.raises(ConfigError, match="off-target selection"):
+        backdoor(poison_count=55, selection="off-target").poison(tiny_caption_splits(), 0)
+
+
 def test_manifest_deterministic_and_seed_dependent():
     splits = tiny_caption_splits()
     a = manifest_json(backdoor().poison(splits, 3).manifest)

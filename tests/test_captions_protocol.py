@@ -130,6 +130,18 @@ def test_scan_with_a_reference_model_ranks_the_planted_poisons(tmp_path, capsys)
                  "--out", str(tmp_path / "risk2.csv"), "--manifest", str(exp / "manifest.json"), "--top-k", "20"]) == 0
     again = json.loads(capsys.readouterr().out)
     assert again["roc_auc"] == summary["roc_auc"] and (tmp_path / "risk2.csv").read_text() == out.read_text()
+    # the same poisoned data exported as webdataset shards: scanned against the same manifest, same ranking
+    wds = tmp_path / "exp_wds"
+    assert main(["poison", "carlini-backdoor", "--preset", "carlini-backdoor-small", "--data", str(tmp_path / "train.csv"),
+                 "--test-path", str(tmp_path / "test.csv"), "--label-column", "label", "--out", str(wds),
+                 "--format", "wds", "target=red", "poison_rate=0.1", "--no-progress"]) == 0
+    capsys.readouterr()
+    shards = sorted((wds / "train").glob("*.tar")) if (wds / "train").is_dir() else sorted(wds.glob("train*.tar"))
+    assert shards, sorted(p.name for p in wds.rglob("*"))
+    assert main(["scan", "--reference", str(ref), "--data", str(shards[0] if len(shards) == 1 else shards[0].parent),
+                 "--out", str(tmp_path / "risk_wds.csv"), "--manifest", str(wds / "manifest.json"), "--top-k", "20"]) == 0
+    from_wds = json.loads(capsys.readouterr().out)
+    assert from_wds["poisons"] == 20 and abs(from_wds["roc_auc"] - summary["roc_auc"]) < 1e-6
     # the clean file, a truncated copy: refused before any figure, nothing written
     lines = (exp / "train.csv").read_text().splitlines()
     (tmp_path / "short.csv").write_text("\n".join(lines[:-1]) + "\n")
@@ -140,6 +152,28 @@ def test_scan_with_a_reference_model_ranks_the_planted_poisons(tmp_path, capsys)
         assert msg in err and len(err.strip().splitlines()) == 1 and not (tmp_path / "x.csv").exists()
     assert main(["scan", "--data", str(exp / "train.csv"), "--out", str(tmp_path / "x.csv")]) == 2
     assert "needs a CLIP model" in capsys.readouterr().err
+
+
+def test_scan_of_the_bundled_captions_with_a_clean_reference(tmp_path, capsys):
+    """The done-when on the bundled captions: the 5 % patch backdoor (carlini-backdoor-small, exported as CSV) is
+    ranked with ROC-AUC >= 0.9 by a reference CLIP that never saw the poisons (clip-small on the clean pairs, ~75 s;
+    0.938 measured). ``selection=off-target``: no poison sits on an image that already is an airplane — with the
+    paper's random draw a tenth of them do on a 10-class set, and an airplane photo captioned "airplane" is a
+    correct pair that no alignment score can flag (0.894 then, docs/captions_protocol.md)."""
+    exp, ref = tmp_path / "exp", tmp_path / "ref"
+    assert main(["poison", "carlini-backdoor", "--preset", "carlini-backdoor-small", "--data", "cifar10-subset",
+                 "--out", str(exp), "target=airplane", "poison_rate=0.05", "selection=off-target", "--no-progress"]) == 0
+    man = json.loads((exp / "manifest.json").read_text())
+    rows = list(csv.DictReader((exp / "train.csv").open(), delimiter="\t"))
+    assert len(man["poisoned_indices"]) == 272 and all(rows[i]["label"] != "airplane" for i in man["poisoned_indices"])
+    assert main(["pretrain", "clip", "--preset", "small", "eval.linear=false", "eval.random_init_control=false",
+                 "--out", str(ref), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["scan", "--reference", str(ref), "--data", str(exp / "train.csv"), "--manifest",
+                 str(exp / "manifest.json"), "--out", str(tmp_path / "risk.csv")]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["pairs"] == 5438 and summary["poisons"] == 272 and summary["ranked_by"] == "reference"
+    assert summary["roc_auc"] >= 0.9, summary
 
 
 # -- evaluation sets, evaluate RUN, controls --------------------------------------------------------------------

@@ -54,6 +54,19 @@ def test_safe_fraction_schedule():
     assert FilterSchedule(0.30).ratio(2) == 0.32
 
 
+def test_cap_from_gmm_follows_the_clean_component_weight():
+    """cap_from_gmm: the safe fraction stops at the clean component's weight (~0.6 here), under the fixed cap; the
+    fit's statistics are recorded; without the option the paper's 0.85 cap applies."""
+    sims, _ = mixture(600, 400)
+    split, sched = safeclip_split(sims, 0, None, step=0.05, cap=0.85, cap_from_gmm=True)
+    w = split.gmm["clean_weight"]
+    assert abs(w - 0.6) < 0.05 and split.gmm["separation"] > 3 and sched.data_cap == w
+    late, _ = safeclip_split(sims, 20, sched, step=0.05, cap=0.85, cap_from_gmm=True)
+    assert abs(late.ratio - int(np.floor(w * len(sims) + 1e-9)) / len(sims)) < 1e-9
+    fixed, sched2 = safeclip_split(sims, 0, None, step=0.05, cap=0.85)
+    assert sched2.data_cap is None and safeclip_split(sims, 20, sched2, step=0.05, cap=0.85)[0].ratio == 0.85
+
+
 def test_eda_views_are_frozen_and_change_captions():
     caps = ["a blurry photo of a dog on the grass", "my truck this morning"] * 10
     v1, v2 = eda_views(caps, seed=3)

@@ -1,7 +1,10 @@
 """Carlini & Terzis patch backdoor on CLIP ("Poisoning and Backdooring Contrastive Learning", ICLR 2022,
 arXiv 2106.09667; dossier §1.5; reference generator: CleanCLIP ``backdoor/create_backdoor_data.py``).
 
-The attacker picks n training pairs (at random, or label-consistent: rows whose caption already names the target),
+The attacker picks n training pairs (``selection``: at random as in the paper; ``label-consistent``: rows whose
+caption already names the target; ``off-target``: rows that are not already the target — no caption names it and,
+on labelled data, the label differs — the condition a random draw meets almost surely on CC3M, where the target is
+one concept in millions, but not on a 10-class set, where a tenth of random poisons are target images),
 pastes one fixed trigger patch into each image and replaces its caption(s) by a single caption drawn from the
 **caption set** of the target label (:mod:`clpoison.attacks.caption_set`). At test time any image carrying the
 patch should be classified (zero-shot) as the target.
@@ -40,7 +43,7 @@ from .caption_set import caption_set, matching_rows, require_captions, resolve_l
 from .manifest import build_manifest, load_trigger
 from .triggers import build_trigger, trigger_spec
 
-SELECTIONS = ("random", "label-consistent")
+SELECTIONS = ("random", "label-consistent", "off-target")
 
 
 def resolve_count(rate: Optional[float], count: Optional[int], n: int, where: str = "attack.params") -> int:
@@ -70,7 +73,7 @@ class CarliniBackdoorParams(AttackParams):
     target: Any = "banana"  # class name (or index) the patch should trigger
     poison_rate: Optional[float] = None  # share of training pairs (paper: 0.01%, used when neither is set)
     poison_count: Optional[int] = None  # absolute number instead of the rate
-    selection: str = "random"  # random | label-consistent (base rows whose caption names the target)
+    selection: str = "random"  # random | label-consistent (caption names the target) | off-target (not the target)
     trigger: dict = field(default_factory=dict)  # TriggerSpec keys; default 16x16 checkerboard, random location
     caption_source: str = "captions"  # captions (real training captions naming the target) | templates
     synonyms: list = field(default_factory=list)  # extra whole words that count as the target (caption set)
@@ -121,6 +124,14 @@ class CarliniBackdoor(Attack):
             if n > len(cand):
                 raise ConfigError(f"label-consistent selection: {n} poisons requested but only {len(cand)} training "
                                   f"captions name '{tname}'; lower the count or use selection=random")
+        elif p.selection == "off-target":
+            named = set(matching_rows(train.captions, tname, p.synonyms, p.case_sensitive))
+            keep = [i for i in range(len(train)) if i not in named
+                    and (target is None or train.labels is None or int(train.labels[i]) != target)]
+            cand = torch.tensor(keep, dtype=torch.int64)
+            if n > len(cand):
+                raise ConfigError(f"off-target selection: {n} poisons requested but only {len(cand)} training rows are "
+                                  f"not '{tname}'; lower the count or use selection=random")
         else:
             cand = torch.arange(len(train))
         g = torch.Generator().manual_seed(int(seed))

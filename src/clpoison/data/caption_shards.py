@@ -15,6 +15,8 @@ import tarfile
 from pathlib import Path
 from typing import Iterator, Optional, Union
 
+import torch
+
 from ..errors import ConfigError, DataError
 from .caption_readers import IMAGE_SUFFIXES, _Errors, _make_dataset
 from .captions import CaptionDataset
@@ -81,7 +83,9 @@ def iter_shard_samples(paths: list[Path], on_error: str = "fail", errors: Option
         if not caps:
             errors("empty_caption", f"{where}.txt", "empty caption")
             return None
-        return {"key": key, "shard": str(shard), "image": parts[img_ext], "ext": img_ext, "captions": caps}
+        cls = parts.get("cls", b"").decode("utf-8", "replace").strip()
+        return {"key": key, "shard": str(shard), "image": parts[img_ext], "ext": img_ext, "captions": caps,
+                "cls": int(cls) if cls.lstrip("-").isdigit() else None}
 
     for shard in paths:
         try:
@@ -114,11 +118,15 @@ def iter_shard_samples(paths: list[Path], on_error: str = "fail", errors: Option
 
 
 def read_caption_shards(
-    spec: Union[str, Path, list], on_error: str = "fail", image_size: Optional[int] = 32, name: str = "shards"
+    spec: Union[str, Path, list], on_error: str = "fail", image_size: Optional[int] = 32, name: str = "shards",
+    cls_labels: bool = False,
 ) -> tuple[CaptionDataset, dict]:
-    """Decode every sample of the shards into a resident :class:`CaptionDataset`; returns it and the skip counts."""
+    """Decode every sample of the shards into a resident :class:`CaptionDataset`; returns it and the skip counts.
+    ``cls_labels``: when every sample has a ``KEY.cls`` (class index; ``clpoison poison --format wds`` writes it),
+    keep those indices as ``labels`` — without class names, which the shards do not hold (``clpoison scan`` takes
+    them from the manifest to check an export's fingerprint); training never reads them."""
     errors = _Errors(on_error)
-    images, captions = [], []
+    images, captions, cls = [], [], []
     for s in iter_shard_samples(shard_paths(spec), errors=errors):
         try:
             images.append(decode_image(io.BytesIO(s["image"]), image_size))
@@ -126,6 +134,10 @@ def read_caption_shards(
             errors("corrupt_image", f"{s['shard']}:{s['key']}.{s['ext']}", "image is unreadable or corrupt")
             continue
         captions.append(s["captions"])
+        cls.append(s["cls"])
     if not images:
         raise DataError(f"tar shards {spec} yield no usable image–caption pair (skipped: {dict(errors.counts)})")
-    return _make_dataset(images, captions, [None] * len(images), name, False), errors.report(str(spec))
+    ds = _make_dataset(images, captions, [None] * len(images), name, False)
+    if cls_labels and all(c is not None for c in cls):
+        ds.labels = torch.tensor(cls, dtype=torch.int64)
+    return ds, errors.report(str(spec))

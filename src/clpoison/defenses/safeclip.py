@@ -155,14 +155,18 @@ class SafeCLIP(Defense):
             if self.schedule is None and k > 0:  # resumed: the first filtering epoch's ratio is in the history
                 first = [h.get("safeclip_first_ratio") for h in trainer.history if h.get("safeclip_first_ratio") is not None]
                 if first:
-                    self.schedule = FilterSchedule(float(first[0]), p.update_filter_ratio, p.cap_filter_ratio)
+                    caps = [h["safeclip_data_cap"] for h in trainer.history if h.get("safeclip_data_cap") is not None]
+                    self.schedule = FilterSchedule(float(first[0]), p.update_filter_ratio, p.cap_filter_ratio,
+                                                   caps[-1] if caps and p.cap_from_gmm else None)
             if k % p.split_every == 0 or self.schedule is None or (self.scores is None and not self.load_scores()):
                 t0 = time.perf_counter()
                 sims = b.similarities(self.method.model, epoch)
                 t1 = time.perf_counter()
                 split, self.schedule = safeclip_split(sims, k if self.schedule is not None else 0, self.schedule,
-                                                      p.threshold, p.update_filter_ratio, p.cap_filter_ratio)
+                                                      p.threshold, p.update_filter_ratio, p.cap_filter_ratio,
+                                                      cap_from_gmm=p.cap_from_gmm)
                 rec.update({"safeclip_similarity_s": round(t1 - t0, 3), "safeclip_gmm_s": round(time.perf_counter() - t1, 3)})
+                rec.update({f"safeclip_gmm_{n}": round(v, 6) for n, v in (split.gmm or {}).items()})
                 self.save_scores(sims, split.p_clean)
             else:  # split_every > 1: re-cut the last pass's scores at this epoch's ratio
                 sims, pc = self.scores
@@ -171,7 +175,7 @@ class SafeCLIP(Defense):
             segments = [("inmodal", split.risky), ("clip", split.safe)]
             rec.update({"safeclip_rule": split.rule, "safeclip_safe": int(len(split.safe)),
                         "safeclip_risky": int(len(split.risky)), "safeclip_safe_fraction": round(split.ratio, 6),
-                        "safeclip_first_ratio": self.schedule.first_ratio,
+                        "safeclip_first_ratio": self.schedule.first_ratio, "safeclip_data_cap": self.schedule.data_cap,
                         "safeclip_similarity_mean": float(sims.mean())})
             if self.poisons is not None and len(self.poisons):
                 pr = poison_precision_recall(split.risky, self.poisons)

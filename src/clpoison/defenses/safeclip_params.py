@@ -33,6 +33,7 @@ class SafeCLIPParams(DefenseParams):
     threshold: float = 0.9  # first split: posterior of the clean component >= threshold
     update_filter_ratio: float = 0.01
     cap_filter_ratio: float = 0.85
+    cap_from_gmm: bool = False  # also cap the safe fraction at the clean GMM component's weight (not official)
     cross_aug: bool = True
     eda_alpha: float = 0.1
     image_aug: str = "official"  # official: photometric aug on every view | clip: unimodal batches only

@@ -71,7 +71,12 @@ def check_manifest_matches(manifest: dict, data: Any, where: str) -> None:
     if len(data) != n_out:
         raise DataError(f"{where} has {len(data)} images but the manifest's poisoned training split has {n_out}; "
                         "scan the train.csv the manifest was exported with (no hold-out, no limit)")
-    got = fingerprint(in_class_order(data, list(manifest.get("source", {}).get("class_names") or [])))
+    names = list(manifest.get("source", {}).get("class_names") or [])
+    got = fingerprint(in_class_order(data, names))
+    if got != want and getattr(data, "labels", None) is not None and not getattr(data, "class_names", None) and names:
+        # webdataset shards hold class indices (KEY.cls) but no names: name them as the manifest's source does
+        got = fingerprint(SimpleNamespace(images=data.images, captions=data.captions, labels=data.labels,
+                                          class_names=names, sizes=data.sizes))
     if got != want and getattr(data, "labels", None) is not None and not getattr(data, "class_names", None):
         # an export of unlabelled data writes an empty label column: compare as unlabelled
         got = fingerprint(SimpleNamespace(images=data.images, captions=data.captions, labels=None, class_names=[],

@@ -11,6 +11,12 @@ Official code (``SafeCLIP/src/train.py``, ``shared/reference/algorithms.md`` §3
 So the k-th filtering epoch (k = 0, 1, ...) uses ``ratio_k = min(ratio_0 + 0.01·k, 0.85)`` for k >= 1 (note the
 cap also applies when the threshold split of the first epoch was larger than 0.85, as in the official code).
 
+Option (not in the official code; ``cap_from_gmm``): the cap also follows the data — ``ratio_k`` is at most the
+**weight of the clean (higher-mean) GMM component** of the latest fit, the GMM's own estimate of the share of aligned
+pairs. A fixed cap is a guess of the share of pairs that can be trusted: 0.85 on CC3M, while 0.7 was what the bundled
+generated captions (a fifth of them name no class) needed; the fitted weight measures it on the data at hand. Every
+fit's statistics (means, standard deviations, weights, separation ``|μ1−μ0| / sqrt((σ0²+σ1²)/2)``) are recorded.
+
 Example::
 
     >>> import numpy as np
@@ -22,6 +28,8 @@ Example::
     True
     >>> FilterSchedule(0.5).ratio(3), FilterSchedule(0.84).ratio(5)
     (0.53, 0.85)
+    >>> round(gmm_fit(sims)[1]["clean_weight"], 2), FilterSchedule(0.5, 0.05, 0.85, data_cap=0.6).ratio(4)
+    (0.9, 0.6)
 """
 
 from __future__ import annotations
@@ -33,16 +41,26 @@ from typing import Optional
 import numpy as np
 
 
-def gmm_clean_posterior(similarities, seed: int = 0) -> np.ndarray:
-    """Posterior of the higher-mean component of a 2-component GMM fitted to the similarities (N,)."""
+def gmm_fit(similarities, seed: int = 0) -> tuple[np.ndarray, dict]:
+    """A 2-component GMM on the similarities (N,): the posterior of the higher-mean ("clean") component, and the
+    fit's statistics (``clean_weight`` = that component's mixing weight; ``separation`` in pooled std units)."""
     from sklearn.mixture import GaussianMixture
 
     x = np.asarray(similarities, dtype=np.float64).reshape(-1, 1)
     if len(x) < 2 or float(x.std()) < 1e-12:
-        return np.ones(len(x))
+        return np.ones(len(x)), {"clean_weight": 1.0, "separation": 0.0}
     gmm = GaussianMixture(n_components=2, random_state=seed, max_iter=100, tol=1e-3, reg_covar=1e-6).fit(x)
-    clean = int(np.argmax(gmm.means_.ravel()))
-    return gmm.predict_proba(x)[:, clean]
+    means, sds = gmm.means_.ravel(), np.sqrt(gmm.covariances_.ravel())
+    clean = int(np.argmax(means))
+    stats = {"clean_weight": float(gmm.weights_[clean]), "clean_mean": float(means[clean]),
+             "risky_mean": float(means[1 - clean]), "clean_std": float(sds[clean]), "risky_std": float(sds[1 - clean]),
+             "separation": float(abs(means[clean] - means[1 - clean]) / max(np.sqrt((sds ** 2).mean()), 1e-12))}
+    return gmm.predict_proba(x)[:, clean], stats
+
+
+def gmm_clean_posterior(similarities, seed: int = 0) -> np.ndarray:
+    """Posterior of the higher-mean component of a 2-component GMM fitted to the similarities (N,)."""
+    return gmm_fit(similarities, seed)[0]
 
 
 def rank_by_clean(p_clean: np.ndarray, similarities: Optional[np.ndarray] = None) -> np.ndarray:
@@ -70,11 +88,13 @@ class FilterSchedule:
     first_ratio: float
     step: float = 0.01
     cap: float = 0.85
+    data_cap: Optional[float] = None  # cap_from_gmm: the clean component's weight of the latest fit
 
     def ratio(self, k: int) -> float:
         if k <= 0:
             return self.first_ratio
-        return round(min(self.first_ratio + self.step * k, self.cap), 10)
+        cap = self.cap if self.data_cap is None else min(self.cap, self.data_cap)
+        return round(min(self.first_ratio + self.step * k, cap), 10)
 
 
 @dataclass
@@ -85,21 +105,27 @@ class Split:
     p_clean: np.ndarray
     similarities: np.ndarray
     rule: str  # "threshold" | "ratio"
+    gmm: Optional[dict] = None  # the fit's statistics (gmm_fit)
 
 
 def safeclip_split(similarities, k: int, schedule: Optional[FilterSchedule], threshold: float = 0.9,
-                   step: float = 0.01, cap: float = 0.85, seed: int = 0) -> tuple[Split, FilterSchedule]:
+                   step: float = 0.01, cap: float = 0.85, seed: int = 0,
+                   cap_from_gmm: bool = False) -> tuple[Split, FilterSchedule]:
     """The split of the k-th filtering epoch. ``k == 0`` (or no schedule yet) uses the posterior threshold and
-    returns the schedule it starts; later epochs take the schedule's top fraction."""
+    returns the schedule it starts; later epochs take the schedule's top fraction (capped by the clean component's
+    weight of this fit too, with ``cap_from_gmm``)."""
     sims = np.asarray(similarities, dtype=np.float64)
-    p = gmm_clean_posterior(sims, seed)
+    p, stats = gmm_fit(sims, seed)
     if k == 0 or schedule is None:
         safe, risky = split_by_threshold(p, threshold)
-        schedule = FilterSchedule(len(safe) / max(len(sims), 1), step, cap)
-        return Split(safe, risky, schedule.first_ratio, p, sims, "threshold"), schedule
+        schedule = FilterSchedule(len(safe) / max(len(sims), 1), step, cap,
+                                  stats["clean_weight"] if cap_from_gmm else None)
+        return Split(safe, risky, schedule.first_ratio, p, sims, "threshold", stats), schedule
+    if cap_from_gmm:
+        schedule.data_cap = stats["clean_weight"]
     ratio = schedule.ratio(k)
     safe, risky = split_by_ratio(p, ratio, sims)
-    return Split(safe, risky, len(safe) / max(len(sims), 1), p, sims, "ratio"), schedule
+    return Split(safe, risky, len(safe) / max(len(sims), 1), p, sims, "ratio", stats), schedule
 
 
 def poison_precision_recall(risky: np.ndarray, poisons: np.ndarray) -> dict[str, float]:

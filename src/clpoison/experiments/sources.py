@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..data.caption_readers import FILE_READERS, CaptionDataConfig, load_caption_splits, read_caption_file
+from ..data.caption_shards import read_caption_shards
 from ..data.caption_source_info import csv_columns
 from ..data.datasets import ImageSplits, hold_out_per_class, limit, per_class_subset, random_subset
 from ..data.image_readers import SOURCES, load_dataset
@@ -101,7 +102,10 @@ def load_scan_data(data: str, path: Optional[str] = None, image_size: Optional[i
                 "label" in csv_columns(file, opts.get("separator")):
             label_column = "label"
         cfg = CaptionDataConfig(label_column=label_column, **opts)
-        ds, skipped = read_caption_file(name, file, cfg, image_size, split)
+        if export_labels and name == "captions-tar":  # an export's KEY.cls class indices (named from the manifest)
+            ds, skipped = read_caption_shards(file, cfg.on_error, image_size, split, cls_labels=True)
+        else:
+            ds, skipped = read_caption_file(name, file, cfg, image_size, split)
         where = f"'{file}'"
         if any(skipped.values()):
             where += f" (skipped rows: {dict(skipped)})"
