@@ -161,6 +161,29 @@ def test_poison_shards_are_reused_when_intact_and_rewritten_when_not(data, tmp_p
         atk.poison(splits, 0, {})
 
 
+def test_resumed_run_reuses_its_poison_shards(data, tmp_path, monkeypatch, capfd):
+    """A run stopped after training resumes onto the poison shards it wrote: sha256 checked, nothing redrawn."""
+    import clpoison.experiments.runner as runner
+
+    def stop(name):
+        if name == "evaluate":
+            raise KeyboardInterrupt
+
+    cfg, run = _cfg(data, BACKDOOR), tmp_path / "run"
+    monkeypatch.setattr(runner, "fault_point", stop)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(cfg, run)
+    shard = tmp_path / "run.partial" / "poison_shards" / "poison-000000.tar"
+    written, man = shard.read_bytes(), json.loads((tmp_path / "run.partial" / "manifest.json").read_text())
+    monkeypatch.undo()
+    monkeypatch.setattr(stream_poison, "read_samples", lambda *a, **k: pytest.fail("the poisons were redrawn"))
+    capfd.readouterr()
+    res = run_experiment(cfg, run)
+    assert "resuming from epoch 1/1" in capfd.readouterr().err
+    assert (run / "poison_shards" / shard.name).read_bytes() == written
+    assert json.loads((run / "manifest.json").read_text()) == man and res["data"]["train_pairs"] == N + 4
+
+
 def test_rank_split_covers_clean_and_poison_shards(data, tmp_path):
     d = data
     clean = StreamingCaptionSet(d / "train", SIZE)

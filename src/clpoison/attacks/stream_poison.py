@@ -62,6 +62,10 @@ def poison_folder(context: Optional[dict]) -> Path:
     return Path(run) / POISON_DIR
 
 
+def _echo(context: Optional[dict]) -> Any:
+    return (context or {}).get("echo") or (lambda s: None)
+
+
 def _request(attack: Any, seed: int, splits: Any) -> dict:
     return json.loads(dumps_json({"attack": attack.name, "version": attack.version, "params": attack.params.to_dict(),
                                   "seed": int(seed), "source": fingerprint_splits(splits)}))
@@ -137,7 +141,7 @@ def write_poison_shards(folder: Path, images: torch.Tensor, captions: list[list[
 
 def _finish(attack: Any, splits: Any, seed: int, folder: Path, request: dict, images: list[torch.Tensor] | torch.Tensor,
             captions: list[list[str]], sizes: Optional[torch.Tensor], manifest_args: dict,
-            sources: Optional[list[dict]] = None) -> PoisonResult:
+            sources: Optional[list[dict]] = None, echo: Any = lambda s: None) -> PoisonResult:
     """Write the poison shards, extend the streamed split with them, build and record the manifest."""
     train, n0 = splits.train, len(splits.train)
     shards = write_poison_shards(folder, images if torch.is_tensor(images) else torch.stack(images), captions,
@@ -150,6 +154,8 @@ def _finish(attack: Any, splits: Any, seed: int, folder: Path, request: dict, im
                               stream=stream, **manifest_args)
     atomic_write_json(folder / RECORD, {"request": request, "manifest": manifest})
     result.manifest = manifest
+    echo(f"attack: wrote {len(captions)} poison samples as {len(shards)} extra shard(s) in {folder}; the clean "
+         f"shards are untouched")
     return result
 
 
@@ -166,7 +172,7 @@ def _reused(attack: Any, splits: Any, folder: Path, request: dict, context: Opti
         return None
     attack.restore(man)
     n = len(man.get("added_indices") or [])
-    (context or {}).get("echo", lambda s: None)(f"attack: reusing the {n} poison samples in {folder} (sha256 checked)")
+    _echo(context)(f"attack: reusing the {n} poison samples in {folder} (sha256 checked)")
     result = _result(splits, folder, man["stream"])
     result.manifest = man
     return result
@@ -192,7 +198,7 @@ def poison_backdoor_stream(attack: Any, splits: Any, seed: int, context: Optiona
     return _finish(attack, splits, seed, folder, request, images, [[c] for c in d.captions], None, {
         "trigger": attack.trigger, "targets": {"target": d.tname, "target_index": d.target},
         "details": {"poison_count": d.n, "caption_set_size": len(d.pool), "candidates": d.candidates,
-                    "captions": d.captions, "source_ordinals": rows}}, sources)
+                    "captions": d.captions, "source_ordinals": rows}}, sources, _echo(context))
 
 
 def poison_targeted_stream(attack: Any, splits: Any, seed: int, context: Optional[dict] = None) -> PoisonResult:
@@ -208,4 +214,4 @@ def poison_targeted_stream(attack: Any, splits: Any, seed: int, context: Optiona
     sizes = None if test.sizes is None else test.sizes[victims].repeat_interleave(k, 0)
     return _finish(attack, splits, seed, folder, request, imgs, caps, sizes, {
         "targets": {"victims": targets, "victim_split": "test"},
-        "details": {"pairs_per_target": k, "num_targets": len(victims)}})
+        "details": {"pairs_per_target": k, "num_targets": len(victims)}}, echo=_echo(context))
