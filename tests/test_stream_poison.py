@@ -159,6 +159,9 @@ def test_poison_shards_are_reused_when_intact_and_rewritten_when_not(data, tmp_p
     assert shard.read_bytes() == written
     with pytest.raises(ConfigError, match="inside a run"):
         atk.poison(splits, 0, {})
+    params = {**cfg.attack.params, "poison_count": 0}  # the clean control: no shard, the old one removed
+    control = ATTACKS.build(cfg.attack.name, params).poison(splits, 0, {"run_dir": tmp_path})
+    assert len(control.splits.train) == N and control.manifest["stream"]["poison_shards"] == [] and not shard.exists()
 
 
 def test_resumed_run_reuses_its_poison_shards(data, tmp_path, monkeypatch, capfd):

@@ -144,8 +144,12 @@ def _finish(attack: Any, splits: Any, seed: int, folder: Path, request: dict, im
             sources: Optional[list[dict]] = None, echo: Any = lambda s: None) -> PoisonResult:
     """Write the poison shards, extend the streamed split with them, build and record the manifest."""
     train, n0 = splits.train, len(splits.train)
-    shards = write_poison_shards(folder, images if torch.is_tensor(images) else torch.stack(images), captions,
-                                 sizes) if len(captions) else []
+    if captions:
+        shards = write_poison_shards(folder, images if torch.is_tensor(images) else torch.stack(images), captions, sizes)
+    else:  # the clean control (no poison): no shard, and none left over from an earlier attempt
+        shards = []
+        for old in [folder / RECORD, *folder.glob("poison-*.tar")]:
+            old.unlink(missing_ok=True)
     stream = {"clean_shards": [p.name for p in train.shards], "clean_samples": n0, "folder": POISON_DIR,
               "poison_shards": shards, **({"sources": sources} if sources is not None else {})}
     result = _result(splits, folder, stream, captions)

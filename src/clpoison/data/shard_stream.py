@@ -13,6 +13,10 @@ Each epoch:
 * the training process picks one caption per image, tokenizes the batch, moves the uint8 images to the device and
   augments them there (:class:`~clpoison.data.caption_loader.CaptionImageAugment`, as for resident data).
 
+An attack on streamed data (:mod:`clpoison.attacks.stream_poison`) adds its poison shards to the shard list
+(:meth:`StreamingCaptionSet.with_shards`): counted, shuffled, split and tokenized with the clean ones, and hashed
+by every process (:meth:`StreamingCaptionSet.check_added`).
+
 Every process yields the same number of steps, ``samples // global batch`` (DDP needs equal steps): a process whose
 shards run out first starts its shards again (in the next seeded order). The number of samples is counted once from
 the tar headers (no image is decoded). With ``shuffle_buffer: 0``, one process and one worker, the batches are the
