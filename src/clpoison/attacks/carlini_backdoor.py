@@ -30,7 +30,8 @@ Example::
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Optional
+from types import SimpleNamespace
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -106,21 +107,25 @@ class CarliniBackdoor(Attack):
         super().__init__(params)
         self.trigger = build_trigger(params.trigger_spec)  # the one trigger used at poison and at evaluation time
 
-    def poison(self, splits: Any, seed: int, context: Optional[dict] = None) -> PoisonResult:
+    def draw(self, class_names: list[str], n_train: int, captions: Callable[[], list[list[str]]],
+             seed: int) -> SimpleNamespace:
+        """What poisoning decides before touching an image (shared by the in-memory and the streamed attack):
+        target, count n, caption set, candidates, the n rows (sorted) and their new captions, and the generator
+        (``g``), which goes on to place the trigger. ``captions()`` is called only when the caption set or the
+        label-consistent selection needs the training captions."""
         p = self.params
-        splits = require_captions(splits, self.name)
-        train = splits.train
-        if splits.class_names:
-            target = resolve_label(splits.class_names, p.target, "attack.params.target")
-            tname = splits.class_names[target]
+        if class_names:
+            target = resolve_label(class_names, p.target, "attack.params.target")
+            tname = class_names[target]
         else:  # unlabelled web data (CC3M): the target is just a word; zero-shot classes come from elsewhere
             target, tname = None, str(p.target)
-        self.trigger.check_fits(*train.images.shape[2:])
-        n = resolve_count(p.poison_rate, p.poison_count, len(train))
-        all_caps = [c for caps in train.captions for c in caps]
-        pool = caption_set(all_caps, tname, p.synonyms, p.caption_source, p.templates, p.case_sensitive)
+        n = resolve_count(p.poison_rate, p.poison_count, n_train)
+        need = p.caption_source == "captions" or p.selection == "label-consistent"
+        caps = captions() if need else []
+        pool = caption_set([c for cs in caps for c in cs], tname, p.synonyms, p.caption_source, p.templates,
+                           p.case_sensitive)
         if p.selection == "label-consistent":
-            cand = torch.tensor(matching_rows(train.captions, tname, p.synonyms, p.case_sensitive), dtype=torch.int64)
+            cand = torch.tensor(matching_rows(caps, tname, p.synonyms, p.case_sensitive), dtype=torch.int64)
             if n > len(cand):
                 raise ConfigError(f"label-consistent selection: {n} poisons requested but only {len(cand)} training "
                                   f"captions name '{tname}'; lower the count or use selection=random")
@@ -133,10 +138,24 @@ class CarliniBackdoor(Attack):
                 raise ConfigError(f"off-target selection: {n} poisons requested but only {len(cand)} training rows are "
                                   f"not '{tname}'; lower the count or use selection=random")
         else:
-            cand = torch.arange(len(train))
+            cand = torch.arange(n_train)
         g = torch.Generator().manual_seed(int(seed))
         idx = cand[torch.randperm(len(cand), generator=g)[:n]].sort().values
         new_caps = sample_captions(pool, n, g)
+        return SimpleNamespace(target=target, tname=tname, n=n, pool=pool, candidates=len(cand), idx=idx,
+                               captions=new_caps, g=g)
+
+    def poison(self, splits: Any, seed: int, context: Optional[dict] = None) -> PoisonResult:
+        p = self.params
+        splits = require_captions(splits, self.name)
+        if getattr(splits.train, "streaming", False):  # tar shards: the poisons become extra shards
+            from .stream_poison import poison_backdoor_stream
+
+            return poison_backdoor_stream(self, splits, seed, context)
+        train = splits.train
+        self.trigger.check_fits(*train.images.shape[2:])
+        d = self.draw(splits.class_names, len(train), lambda: train.captions, seed)
+        target, tname, n, pool, idx, new_caps, g = d.target, d.tname, d.n, d.pool, d.idx, d.captions, d.g
         images = train.images.clone()
         if n:
             images[idx] = self.trigger.apply(train.images[idx], g, None if train.sizes is None else train.sizes[idx])
@@ -152,7 +171,7 @@ class CarliniBackdoor(Attack):
             attack=self.name, attack_version=self.version, params=p.to_dict(), seed=seed, source=splits,
             output=poisoned, poisoned_indices=idx.tolist(), trigger=self.trigger,
             targets={"target": tname, "target_index": target},
-            details={"poison_count": n, "caption_set_size": len(pool), "candidates": len(cand),
+            details={"poison_count": n, "caption_set_size": len(pool), "candidates": d.candidates,
                      "captions": new_caps})
         return PoisonResult(poisoned, manifest)
 

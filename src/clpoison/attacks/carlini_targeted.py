@@ -26,7 +26,7 @@ Example::
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -117,18 +117,17 @@ class CarliniTargeted(Attack):
             raise ConfigError(f"test images {clash} already belong to their adversarial label; pick another label")
         return victims, adv
 
-    def poison(self, splits: Any, seed: int, context: Optional[dict] = None) -> PoisonResult:
+    def victim_pairs(self, splits: Any, n0: int, captions: Callable[[], list[list[str]]], seed: int) -> tuple:
+        """``(images, captions, labels, targets, victims)`` of the pairs to add after ``n0`` training rows (shared by
+        the in-memory and the streamed attack); ``captions()`` (the training captions) is called for the caption
+        sets unless they come from templates."""
         p = self.params
-        splits = require_captions(splits, self.name)
-        train, test, names = splits.train, splits.test, splits.class_names
-        if tuple(test.images.shape[1:]) != tuple(train.images.shape[1:]):
-            raise DataError(f"test images {tuple(test.images.shape[1:])} and training images "
-                            f"{tuple(train.images.shape[1:])} differ in shape; targeted poisoning adds test images to training")
+        test, names = splits.test, splits.class_names
         victims, adv = self.choose_targets(test, names, seed)
         self.victims, self.adversarial = victims, adv
-        all_caps = [c for caps in train.captions for c in caps]
+        all_caps = [c for caps in captions() for c in caps] if p.caption_source == "captions" else []
         g = torch.Generator().manual_seed(int(seed) + 1)
-        k, n0 = p.pairs_per_target, len(train)
+        k = p.pairs_per_target
         add_imgs, add_caps, add_labels, targets = [], [], [], []
         for t, (v, a) in enumerate(zip(victims, adv)):
             pool = caption_set(all_caps, names[a], p.synonyms.get(names[a], ()), p.caption_source, p.templates,
@@ -141,6 +140,21 @@ class CarliniTargeted(Attack):
             targets.append({"test_index": v, "true_label": names[int(test.labels[v])], "adversarial_label": names[a],
                             "adversarial_index": a, "added_indices": rows, "captions": caps,
                             "caption_set_size": len(pool)})
+        return add_imgs, add_caps, add_labels, targets, victims
+
+    def poison(self, splits: Any, seed: int, context: Optional[dict] = None) -> PoisonResult:
+        p = self.params
+        splits = require_captions(splits, self.name)
+        if getattr(splits.train, "streaming", False):  # tar shards: the added pairs become extra shards
+            from .stream_poison import poison_targeted_stream
+
+            return poison_targeted_stream(self, splits, seed, context)
+        train, test = splits.train, splits.test
+        if tuple(test.images.shape[1:]) != tuple(train.images.shape[1:]):
+            raise DataError(f"test images {tuple(test.images.shape[1:])} and training images "
+                            f"{tuple(train.images.shape[1:])} differ in shape; targeted poisoning adds test images to training")
+        k, n0 = p.pairs_per_target, len(train)
+        add_imgs, add_caps, add_labels, targets, victims = self.victim_pairs(splits, n0, lambda: train.captions, seed)
         images = torch.cat([train.images, torch.stack(add_imgs)]) if add_imgs else train.images.clone()
         labels = None
         if train.labels is not None:

@@ -8,7 +8,9 @@ A manifest is a JSON object (schema ``clpoison.poison-manifest``, version :data:
 * ``targets`` — target label(s) and, for targeted poisoning, the victims;
 * ``trigger`` — the spec, the exact patch tensor (base64 of its raw uint8 bytes), its sha256 and the sha256 of
   its PNG encoding (exported next to the manifest as ``trigger.png`` by ``clpoison poison``);
-* ``output`` — the fingerprint of the poisoned training split.
+* ``output`` — the fingerprint of the poisoned training split;
+* ``stream`` (streamed tar shards only) — the clean shards, the poison shards written beside them (file, sha256,
+  samples) and, for a backdoor, the (shard, key) of each source sample (:mod:`clpoison.attacks.stream_poison`).
 
 No timestamps or host names: the same attack, parameters, seed and input give a byte-identical file (keys sorted,
 see :func:`manifest_json`). Example::
@@ -39,7 +41,10 @@ SCHEMA_VERSION = 1
 
 
 def fingerprint(ds: Any) -> str:
-    """sha256 of a split: image bytes and shape, labels, captions (if any), class names and valid sizes."""
+    """sha256 of a split: image bytes and shape, labels, captions (if any), class names and valid sizes; a streamed
+    split (tar shards) by its shard list (:meth:`~clpoison.data.shard_stream.StreamingCaptionSet.stream_fingerprint`)."""
+    if getattr(ds, "streaming", False):
+        return ds.stream_fingerprint()
     h = hashlib.sha256()
     images = ds.images.detach().cpu().contiguous()
     h.update(f"images{tuple(images.shape)}{images.dtype}".encode())
@@ -82,8 +87,11 @@ def build_manifest(
     targets: Optional[dict] = None,
     trigger: Optional[Any] = None,
     details: Optional[dict] = None,
+    stream: Optional[dict] = None,
 ) -> dict:
-    """The manifest of one poisoning (``source``/``output`` are the clean and poisoned splits)."""
+    """The manifest of one poisoning (``source``/``output`` are the clean and poisoned splits); ``stream`` (streamed
+    shards only: :mod:`clpoison.attacks.stream_poison`) names the clean and the written poison shards."""
+    extra = {} if stream is None else {"stream": stream}
     return {
         "schema": SCHEMA,
         "schema_version": SCHEMA_VERSION,
@@ -98,6 +106,7 @@ def build_manifest(
         "trigger": None if trigger is None else trigger_entry(trigger),
         "details": details or {},
         "output": {"fingerprint": {"train": fingerprint(output.train)}, "train_size": len(output.train)},
+        **extra,
     }
 
 

@@ -13,6 +13,10 @@ Each epoch:
 * the training process picks one caption per image, tokenizes the batch, moves the uint8 images to the device and
   augments them there (:class:`~clpoison.data.caption_loader.CaptionImageAugment`, as for resident data).
 
+An attack on streamed data (:mod:`clpoison.attacks.stream_poison`) adds its poison shards to the shard list
+(:meth:`StreamingCaptionSet.with_shards`): counted, shuffled, split and tokenized with the clean ones, and hashed
+by every process (:meth:`StreamingCaptionSet.check_added`).
+
 Every process yields the same number of steps, ``samples // global batch`` (DDP needs equal steps): a process whose
 shards run out first starts its shards again (in the next seeded order). The number of samples is counted once from
 the tar headers (no image is decoded). With ``shuffle_buffer: 0``, one process and one worker, the batches are the
@@ -22,6 +26,7 @@ memory with ``shuffle=False`` (tested: same batches, same trained weights).
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import random
@@ -32,6 +37,7 @@ from typing import Any, Iterator, Optional, Sequence
 import torch
 
 from ..errors import DataError
+from ..utils.io import sha256_file
 from .caption_loader import CaptionImageAugment
 from .caption_readers import IMAGE_SUFFIXES, _Errors
 from .caption_shards import iter_shard_samples, shard_paths
@@ -52,7 +58,12 @@ def split_shards(shards: Sequence[Path], rank: int, world: int, worker: int = 0,
 
 def count_samples(shards: Sequence[Path]) -> int:
     """Samples (distinct keys with an image member) in the shards, from the tar headers only."""
-    n = 0
+    return sum(shard_counts(shards))
+
+
+def shard_counts(shards: Sequence[Path]) -> list[int]:
+    """The number of samples of each shard, from the tar headers only."""
+    counts = []
     for shard in shards:
         keys: set = set()
         try:
@@ -63,8 +74,8 @@ def count_samples(shards: Sequence[Path]) -> int:
                         keys.add(os.path.join(os.path.dirname(m.name), base.split(".", 1)[0]))
         except (tarfile.TarError, OSError, EOFError) as e:
             raise DataError(f"tar shard '{shard}' cannot be read ({type(e).__name__}); is it a tar file?") from None
-        n += len(keys)
-    return n
+        counts.append(len(keys))
+    return counts
 
 
 class StreamingCaptionSet:
@@ -83,9 +94,50 @@ class StreamingCaptionSet:
         self.class_names: list[str] = []
         self.labels = None
         self._captions: Optional[list[list[str]]] = None
+        self.added: dict[str, str] = {}  # extra shards (an attack's poison shards): path -> sha256 when written
 
     def __len__(self) -> int:
         return self.n
+
+    def __getstate__(self) -> dict:  # sent to other processes without the caption cache (they reload the tokenizer)
+        return {**self.__dict__, "_captions": None}
+
+    def with_shards(self, extra: Sequence[Path], sha256: Sequence[str], n: int,
+                    captions: Optional[list[list[str]]] = None) -> "StreamingCaptionSet":
+        """A copy that also streams ``extra`` shards (``n`` samples, their captions, each file's sha256), read after
+        this set's shards in row order and split over processes and workers with them."""
+        out = StreamingCaptionSet.__new__(StreamingCaptionSet)
+        out.__dict__.update(self.__dict__)
+        out.shards = self.shards + [Path(p) for p in extra]
+        out.n = self.n + n
+        out.items = self.items  # the clean files (the run's data fingerprint); the extra ones are hashed
+        out.added = {**self.added, **{str(p): h for p, h in zip(extra, sha256)}}
+        out._captions = None if self._captions is None or captions is None else self._captions + captions
+        return out
+
+    def stream_fingerprint(self) -> str:
+        """sha256 of the shard list (file name and size of each shard, sha256 of each extra shard) and the count."""
+        h = hashlib.sha256(f"stream:{self.n}\n".encode())
+        for p in self.shards:
+            added = self.added.get(str(p))
+            h.update(f"{p.name}:{added if added else p.stat().st_size}\n".encode())
+        return h.hexdigest()
+
+    def check_added(self) -> dict[str, str]:
+        """``{file name: sha256}`` of the extra shards as this process reads them; :class:`DataError` when one is
+        missing or differs from what was written (every process must see the run folder)."""
+        out = {}
+        for path, want in self.added.items():
+            try:
+                got = sha256_file(path)
+            except OSError:
+                raise DataError(f"poison shard '{path}' is missing on this process; put the run folder on a file "
+                                "system every process sees") from None
+            if got != want:
+                raise DataError(f"poison shard '{path}' changed since it was written (sha256 differs); re-run with "
+                                "--overwrite to write it again")
+            out[Path(path).name] = got
+        return out
 
     @property
     def captions(self) -> list[list[str]]:

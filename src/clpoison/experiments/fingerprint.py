@@ -3,10 +3,12 @@
 :func:`run_fingerprint` is recorded in ``OUT.partial/fingerprint.json`` and in every checkpoint (``fingerprint``):
 
 * ``data`` — sha256 of the clean train and test splits as loaded (image bytes, labels, captions, class names:
-  :func:`clpoison.attacks.manifest.fingerprint`); a streaming image folder is fingerprinted by its file list
-  (path, size, mtime) instead of its decoded pixels;
+  :func:`clpoison.attacks.manifest.fingerprint`); a streaming image folder or tar-shard set is fingerprinted by
+  its file list (path, size, mtime) instead of its decoded pixels;
 * ``poisoned`` — sha256 of the attack's manifest less its ``details`` (which hold timings; the manifest's
-  ``output`` fingerprint already pins the poisoned data), ``None`` without an attack.
+  ``output`` fingerprint already pins the poisoned data), ``None`` without an attack;
+* ``poison_shards`` — streamed data poisoned as extra shards only (:mod:`clpoison.attacks.stream_poison`): the
+  sha256 of each poison shard as this process reads it.
 
 :func:`config_changes` compares two config snapshots, ignoring the *presentation* keys (:data:`PRESENTATION_KEYS`:
 the progress bar) that do not change what is trained — so toggling ``--no-progress`` resumes instead of
@@ -41,10 +43,15 @@ def _split_fingerprint(ds: Any) -> str:
     return h.hexdigest()
 
 
-def run_fingerprint(splits: Any, manifest: Optional[dict]) -> dict[str, Any]:
-    """``{"data": {"train", "test"}, "poisoned": sha256 of the manifest or None}`` of one run."""
-    return {"data": {"train": _split_fingerprint(splits.train), "test": _split_fingerprint(splits.test)},
-            "poisoned": None if manifest is None else manifest_sha256({k: v for k, v in manifest.items() if k != "details"})}
+def run_fingerprint(splits: Any, manifest: Optional[dict], trained: Any = None) -> dict[str, Any]:
+    """``{"data": {"train", "test"}, "poisoned": sha256 of the manifest or None}`` of one run; with a streamed
+    training split that reads an attack's poison shards (``trained``), also ``"poison_shards": {file: sha256}`` as
+    this process reads them (a missing or changed shard stops with one line)."""
+    fp = {"data": {"train": _split_fingerprint(splits.train), "test": _split_fingerprint(splits.test)},
+          "poisoned": None if manifest is None else manifest_sha256({k: v for k, v in manifest.items() if k != "details"})}
+    if getattr(trained, "added", None):
+        fp["poison_shards"] = trained.check_added()
+    return fp
 
 
 def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:

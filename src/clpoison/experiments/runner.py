@@ -204,12 +204,12 @@ def _run(cfg: ExperimentConfig, out: Path, work: Path, device: torch.device, sna
     with timed("attack_s"):
         once = world > 1 and cfg.attack.name != "none"  # several processes: poison once, on rank 0, and send it
         with alone():  # an attack that trains a surrogate trains it on this process only
-            poisoned = attack.poison(splits, cfg.seed, {"device": device, "work_dir": work / "attack", "echo": echo,
+            poisoned = attack.poison(splits, cfg.seed, {"device": device, "work_dir": work / "attack", "run_dir": work, "echo": echo,
                                                          "progress": progress_bar_on(cfg.train.progress)}) if main or not once else None
         if once:
             poisoned = broadcast_object(poisoned)
     train_splits = poisoned.splits
-    fp = run_fingerprint(splits, poisoned.manifest)
+    fp = run_fingerprint(splits, poisoned.manifest, train_splits.train)  # every rank hashes streamed poison shards
     if world > 1:
         _check_same_data(fp)
     if main:

@@ -33,6 +33,7 @@ from typing import Any, Callable, Mapping, Optional
 
 import torch
 
+from ...attacks.stream_poison import STREAM_ATTACKS
 from ...data.caption_loader import CaptionBatches, CaptionImageAugment, flat_captions
 from ...data.caption_readers import load_caption_splits
 from ...data.caption_shards import read_caption_shards
@@ -115,9 +116,12 @@ class ImageTextTask(Task):
         if not cfg.data.path or not c.test_path:
             raise ConfigError("data.captions.stream=true needs data.path (the train shards) and data.captions.test_path "
                               "(held-out shards, loaded into memory for evaluation)")
-        if cfg.attack.name != "none" or cfg.defense.name != "none":
-            raise ConfigError("attacks and defenses work on data held in memory; with data.captions.stream=true use "
-                              "attack none and defense none (or write the poisoned set with clpoison poison first)")
+        if cfg.defense.name != "none":
+            raise ConfigError(f"defense '{cfg.defense.name}' works on data held in memory; with "
+                              "data.captions.stream=true use defense none (or data.captions.stream=false)")
+        if cfg.attack.name not in ("none", *STREAM_ATTACKS):
+            raise ConfigError(f"attack '{cfg.attack.name}' works on data held in memory; with data.captions.stream=true "
+                              f"use {' or '.join(STREAM_ATTACKS)} (they write their poisons as extra shards) or none")
         train = StreamingCaptionSet(cfg.data.path, size, c.on_error, "train")
         test, skipped = read_caption_shards(c.test_path, c.on_error, size, "test")
         return CaptionSplits(train, limit_pairs(test, cfg.data.test_limit),
