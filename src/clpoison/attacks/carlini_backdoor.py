@@ -108,11 +108,12 @@ class CarliniBackdoor(Attack):
         self.trigger = build_trigger(params.trigger_spec)  # the one trigger used at poison and at evaluation time
 
     def draw(self, class_names: list[str], n_train: int, captions: Callable[[], list[list[str]]],
-             seed: int) -> SimpleNamespace:
+             seed: int, labels: Optional[torch.Tensor] = None) -> SimpleNamespace:
         """What poisoning decides before touching an image (shared by the in-memory and the streamed attack):
         target, count n, caption set, candidates, the n rows (sorted) and their new captions, and the generator
         (``g``), which goes on to place the trigger. ``captions()`` is called only when the caption set or the
-        label-consistent selection needs the training captions."""
+        label-consistent / off-target selection needs the training captions; ``labels`` (when known) also keep
+        target-class rows out of the off-target candidates."""
         p = self.params
         if class_names:
             target = resolve_label(class_names, p.target, "attack.params.target")
@@ -120,7 +121,7 @@ class CarliniBackdoor(Attack):
         else:  # unlabelled web data (CC3M): the target is just a word; zero-shot classes come from elsewhere
             target, tname = None, str(p.target)
         n = resolve_count(p.poison_rate, p.poison_count, n_train)
-        need = p.caption_source == "captions" or p.selection == "label-consistent"
+        need = p.caption_source == "captions" or p.selection in ("label-consistent", "off-target")
         caps = captions() if need else []
         pool = caption_set([c for cs in caps for c in cs], tname, p.synonyms, p.caption_source, p.templates,
                            p.case_sensitive)
@@ -130,9 +131,9 @@ class CarliniBackdoor(Attack):
                 raise ConfigError(f"label-consistent selection: {n} poisons requested but only {len(cand)} training "
                                   f"captions name '{tname}'; lower the count or use selection=random")
         elif p.selection == "off-target":
-            named = set(matching_rows(train.captions, tname, p.synonyms, p.case_sensitive))
-            keep = [i for i in range(len(train)) if i not in named
-                    and (target is None or train.labels is None or int(train.labels[i]) != target)]
+            named = set(matching_rows(caps, tname, p.synonyms, p.case_sensitive))
+            keep = [i for i in range(n_train) if i not in named
+                    and (target is None or labels is None or int(labels[i]) != target)]
             cand = torch.tensor(keep, dtype=torch.int64)
             if n > len(cand):
                 raise ConfigError(f"off-target selection: {n} poisons requested but only {len(cand)} training rows are "
@@ -154,7 +155,7 @@ class CarliniBackdoor(Attack):
             return poison_backdoor_stream(self, splits, seed, context)
         train = splits.train
         self.trigger.check_fits(*train.images.shape[2:])
-        d = self.draw(splits.class_names, len(train), lambda: train.captions, seed)
+        d = self.draw(splits.class_names, len(train), lambda: train.captions, seed, train.labels)
         target, tname, n, pool, idx, new_caps, g = d.target, d.tname, d.n, d.pool, d.idx, d.captions, d.g
         images = train.images.clone()
         if n:
