@@ -111,3 +111,19 @@ def test_torchrun_mocov2_and_byol_train(tmp_path, preset):
     if preset == "mocov2-small":  # both ranks enqueued the keys of both: the queue pointer moved by the global batch
         ckpt = read_checkpoint(tmp_path / "m" / "checkpoint.pt")
         assert int(ckpt["model"]["queue_ptr"]) == (256 // 64 * 64) % 96 == 64
+
+
+def test_torchrun_roclip_matching_epoch_and_results_once(tmp_path):
+    """RoCLIP on 256 bundled caption pairs: epoch 2 matches images to the pooled captions (the text tower idle, so
+    DDP must allow unused parameters), every rank pushes the global batch's captions; results.json is written once."""
+    (tmp_path / "c.yaml").write_text("preset: roclip-small\n")
+    r = _torchrun(["run", "c.yaml", *TINY, "defense.params.pool_size=128", "eval.linear=false", "--out", "ro"], tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("wrote ") == 1, r.stdout
+    res = json.loads((tmp_path / "ro" / "results.json").read_text())
+    assert res["environment"]["world_size"] == 2 and "zeroshot_top1" in res["metrics"]
+    assert [h["roclip_matching"] for h in res["history"]] == [False, True]
+    assert all(h["loss"] == h["loss"] for h in res["history"])  # finite
+    assert sorted(p.name for p in (tmp_path / "ro").iterdir() if p.name == "results.json") == ["results.json"]
+    pool = read_checkpoint(tmp_path / "ro" / "checkpoint.pt")
+    assert pool["world_size"] == 2
