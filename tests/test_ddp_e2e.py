@@ -127,3 +127,24 @@ def test_torchrun_roclip_matching_epoch_and_results_once(tmp_path):
     assert sorted(p.name for p in (tmp_path / "ro").iterdir() if p.name == "results.json") == ["results.json"]
     pool = read_checkpoint(tmp_path / "ro" / "checkpoint.pt")
     assert pool["world_size"] == 2
+
+
+def test_torchrun_cleanclip_finetunes_with_each_process_share(tmp_path):
+    """CleanCLIP re-batches the pairs with the checkpoint's tokenizer: under torchrun each process keeps its share of
+    every global batch (128 pairs / global batch 32 = 4 steps, not 8 per process), and rank 0 writes once."""
+    from clpoison.experiments.config import build_config
+    from clpoison.experiments.runner import run_experiment
+
+    ov = ["train.epochs=1", "data.train_limit=128", "data.test_limit=32", "train.batch_size=32",
+          "eval.random_init_control=false", "eval.linear=false", "train.progress=false"]
+    run_experiment(build_config({"preset": "clip-small"}, ov), tmp_path / "p")
+    (tmp_path / "c.yaml").write_text(f"preset: clip-small\ndefense:\n  name: cleanclip\n  params: "
+                                     f"{{checkpoint: {tmp_path / 'p'}, finetune_pairs: 128}}\n")
+    r = _torchrun(["run", "c.yaml", *ov, "--out", "cc"], tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("wrote ") == 1, r.stdout
+    res = json.loads((tmp_path / "cc" / "results.json").read_text())
+    assert res["environment"]["world_size"] == 2 and res["defense"]["cleanclip_finetune_pairs"] == 128
+    assert [h["step"] for h in res["history"]] == [128 // 32]
+    assert res["history"][0]["loss"] == res["history"][0]["loss"] and 0 <= res["metrics"]["zeroshot_top1"] <= 1
+    assert (tmp_path / "cc" / "tokenizer.json").read_text() == (tmp_path / "p" / "tokenizer.json").read_text()
