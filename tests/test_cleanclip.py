@@ -66,6 +66,23 @@ def test_inmodal_term_direction_and_no_same_view_negatives():
     assert torch.allclose(g2[0], g[0], atol=1e-5)
 
 
+def test_retokenized_batches_keep_this_process_share():
+    """CleanCLIP re-tokenizes the run's batches with the checkpoint's tokenizer: same process share and order (a
+    rank-0 / world-1 rebuild would hand every process the same batches under torchrun)."""
+    from clpoison.data.caption_loader import CaptionBatches
+    from clpoison.data.captions import CaptionDataset
+
+    ds = CaptionDataset(torch.zeros(16, 3, 4, 4, dtype=torch.uint8), [[f"c{i}"] for i in range(16)])
+    tok = torch.arange(1, 17).view(16, 1)
+    run = CaptionBatches(ds, tok, 2, torch.device("cpu"), seed=3, rank=1, world_size=2)
+    again = run.with_tokens(ds, tok + 100)
+    assert (again.source.rank, again.source.world_size, again.batch_size) == (1, 2, 2)
+    got, want = list(again.epoch(1)), list(run.epoch(1))
+    assert len(got) == len(want) == 4
+    for g, w in zip(got, want):
+        assert torch.equal(g["index"], w["index"]) and torch.equal(g["tokens"], w["tokens"] + 100)
+
+
 def test_finetune_split_never_overlaps_poisoned_rows():
     poisons = np.array([3, 10, 11, 40, 99])
     # untouched: a seeded draw among the rows the attack did not touch, even when most rows are poisoned

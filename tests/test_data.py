@@ -113,8 +113,10 @@ def test_resident_batches_cover_epoch_and_are_seeded():
 
 @pytest.mark.slow
 def test_streaming_imagefolder_trains_end_to_end(tmp_path):
-    """A tree over data.max_resident_gb is not held in memory: batches are decoded from disk."""
+    """A tree over data.max_resident_gb is not held in memory: batches are decoded from disk, in 2 loader workers."""
     from clpoison.data.image_readers import StreamingImageFolder
+    from clpoison.data.image_stream import StreamedImageBatches
+    from clpoison.defenses import DEFENSES
     from clpoison.experiments.config import build_config
     from clpoison.experiments.runner import run_experiment
     from clpoison.experiments.tasks import task_for
@@ -127,8 +129,12 @@ def test_streaming_imagefolder_trains_end_to_end(tmp_path):
             Image.fromarray(r.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(d / f"{i}.png")
     over = [f"data.path={tmp_path / 'data'}", "data.name=imagefolder", "data.image_size=16", "data.max_resident_gb=0.0",
             "augment.out_size=16", "model.width=4", "train.epochs=1", "train.batch_size=32", "train.progress=false",
-            "eval.knn_k=5", "method.params.proj_dim=8"]
+            "eval.knn_k=5", "method.params.proj_dim=8", "data.stream_workers=2"]
     cfg = build_config({"preset": "simclr-small"}, over)
-    assert isinstance(task_for(cfg, torch.device("cpu")).load().train, StreamingImageFolder)
+    task = task_for(cfg, torch.device("cpu"))
+    train = task.load().train
+    assert isinstance(train, StreamingImageFolder)
+    source = task.batches(task.build_method(train), train, DEFENSES.build("none", {})).source
+    assert isinstance(source, StreamedImageBatches) and source.workers == 2
     res = run_experiment(cfg, tmp_path / "run")
     assert 0 <= res["metrics"]["knn_top1"] <= 1 and res["data"]["train_images"] == 64

@@ -111,3 +111,40 @@ def test_torchrun_mocov2_and_byol_train(tmp_path, preset):
     if preset == "mocov2-small":  # both ranks enqueued the keys of both: the queue pointer moved by the global batch
         ckpt = read_checkpoint(tmp_path / "m" / "checkpoint.pt")
         assert int(ckpt["model"]["queue_ptr"]) == (256 // 64 * 64) % 96 == 64
+
+
+def test_torchrun_roclip_matching_epoch_and_results_once(tmp_path):
+    """RoCLIP on 256 bundled caption pairs: epoch 2 matches images to the pooled captions (the text tower idle, so
+    DDP must allow unused parameters), every rank pushes the global batch's captions; results.json is written once."""
+    (tmp_path / "c.yaml").write_text("preset: roclip-small\n")
+    r = _torchrun(["run", "c.yaml", *TINY, "defense.params.pool_size=128", "eval.linear=false", "--out", "ro"], tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("wrote ") == 1, r.stdout
+    res = json.loads((tmp_path / "ro" / "results.json").read_text())
+    assert res["environment"]["world_size"] == 2 and "zeroshot_top1" in res["metrics"]
+    assert [h["roclip_matching"] for h in res["history"]] == [False, True]
+    assert all(h["loss"] == h["loss"] for h in res["history"])  # finite
+    assert sorted(p.name for p in (tmp_path / "ro").iterdir() if p.name == "results.json") == ["results.json"]
+    pool = read_checkpoint(tmp_path / "ro" / "checkpoint.pt")
+    assert pool["world_size"] == 2
+
+
+def test_torchrun_cleanclip_finetunes_with_each_process_share(tmp_path):
+    """CleanCLIP re-batches the pairs with the checkpoint's tokenizer: under torchrun each process keeps its share of
+    every global batch (128 pairs / global batch 32 = 4 steps, not 8 per process), and rank 0 writes once."""
+    from clpoison.experiments.config import build_config
+    from clpoison.experiments.runner import run_experiment
+
+    ov = ["train.epochs=1", "data.train_limit=128", "data.test_limit=32", "train.batch_size=32",
+          "eval.random_init_control=false", "eval.linear=false", "train.progress=false"]
+    run_experiment(build_config({"preset": "clip-small"}, ov), tmp_path / "p")
+    (tmp_path / "c.yaml").write_text(f"preset: clip-small\ndefense:\n  name: cleanclip\n  params: "
+                                     f"{{checkpoint: {tmp_path / 'p'}, finetune_pairs: 128}}\n")
+    r = _torchrun(["run", "c.yaml", *ov, "--out", "cc"], tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("wrote ") == 1, r.stdout
+    res = json.loads((tmp_path / "cc" / "results.json").read_text())
+    assert res["environment"]["world_size"] == 2 and res["defense"]["cleanclip_finetune_pairs"] == 128
+    assert [h["step"] for h in res["history"]] == [128 // 32]
+    assert res["history"][0]["loss"] == res["history"][0]["loss"] and 0 <= res["metrics"]["zeroshot_top1"] <= 1
+    assert (tmp_path / "cc" / "tokenizer.json").read_text() == (tmp_path / "p" / "tokenizer.json").read_text()

@@ -40,8 +40,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         cfg.train.progress = False
     if args.dry_run:
         from .experiments.plan import format_plan, plan_experiment
+        from .utils.dist import is_main
 
-        print(format_plan(plan_experiment(cfg, echo=_echo)))
+        plan = plan_experiment(cfg, echo=_echo)  # under torchrun: every process, joined to time the all-reduce
+        if is_main():
+            print(format_plan(plan))
         return 0
     res = run_experiment(cfg, out, overwrite=args.overwrite, resume=not args.no_resume, echo=_echo)
     _print_run(res, out)

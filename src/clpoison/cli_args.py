@@ -157,7 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     common(sp)
     sp.add_argument("--no-resume", action="store_true", help="start over even if a partial run exists")
     sp.add_argument("--dry-run", action="store_true", help="print the resolved config, the data found, steps, memory "
-                    "and a time estimate from a few measured steps; train nothing, write nothing")
+                    "and a time estimate from a few measured steps (under torchrun / srun also the gradient "
+                    "all-reduce); train nothing, write nothing")
 
     sp = add_command(sub, "pretrain", names)
     sp.add_argument("method", choices=["simclr", "mocov2", "byol", "clip"])

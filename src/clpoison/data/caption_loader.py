@@ -134,6 +134,13 @@ class CaptionBatches:
     def __len__(self) -> int:
         return len(self.source)
 
+    def with_tokens(self, dataset: CaptionDataset, tokens: torch.Tensor) -> "CaptionBatches":
+        """The same batch source (batch, device, seed, augmentation, this process's share, order) over ``dataset``
+        tokenized as ``tokens`` (CleanCLIP re-tokenizes with the loaded checkpoint's tokenizer)."""
+        s = self.source
+        return CaptionBatches(dataset, tokens, self.batch_size, self.device, self.seed, self.augment,
+                              self.memory_format == torch.channels_last, self.drop_last, s.rank, s.world_size, s.shuffle)
+
     def caption_choice(self, epoch: int) -> torch.Tensor:
         """Row of ``tokens`` used for each image this epoch (deterministic in (seed, epoch))."""
         g = torch.Generator().manual_seed(int(self.seed) * 1_000_003 + int(epoch) + 7_777_777)

@@ -243,7 +243,8 @@ def decode_image(path: Path, size: Optional[int]) -> torch.Tensor:
 
 
 class StreamingImageFolder:
-    """An ImageFolder split too large for memory: yields uint8 batches decoded on the fly (with worker threads).
+    """An ImageFolder split too large for memory: uint8 batches decoded on the fly (training: in loader worker
+    processes, :class:`~clpoison.data.image_stream.StreamedImageBatches`; evaluation: with threads).
 
     It offers what the training loop needs from a resident dataset (``__len__``, ``class_names``, ``labels``)
     and ``batches(index_batches)`` that decodes only the requested images.
@@ -276,11 +277,16 @@ class StreamingImageFolder:
         """The split itself stands in for its image tensor: consumers call ``len`` and ``load(index)``."""
         return self
 
-    def load(self, index: torch.Tensor) -> torch.Tensor:
+    def load(self, index: torch.Tensor, threads: Optional[int] = None) -> torch.Tensor:
+        """uint8 (len(index),3,size,size) of the images at ``index``, decoded by ``threads`` threads (default: up to 8;
+        1: in this thread — a loader worker process)."""
         from concurrent.futures import ThreadPoolExecutor
 
         paths = [self.items[int(i)][0] for i in index]
-        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as ex:
+        threads = min(8, os.cpu_count() or 1) if threads is None else threads
+        if threads <= 1:
+            return torch.stack([decode_image(p, self.size) for p in paths])
+        with ThreadPoolExecutor(max_workers=threads) as ex:
             imgs = list(ex.map(lambda p: decode_image(p, self.size), paths))
         return torch.stack(imgs)
 

@@ -69,16 +69,27 @@ class ResidentBatches:
         per_rank = self.n // self.world_size
         return per_rank // self.batch_size if self.drop_last else -(-per_rank // self.batch_size)
 
-    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]]:
+    def order(self, epoch: int) -> torch.Tensor:
+        """This process's indices of ``epoch``, in step order (on the host)."""
         perm = epoch_permutation(self.n, self.seed, epoch) if self.shuffle else torch.arange(self.n)
         if self.world_size > 1:  # global batch s is the one process's batch s; this rank draws its slice of it
             steps, b = len(self), self.batch_size
             perm = perm[: steps * b * self.world_size].view(steps, self.world_size, b)[:, self.rank].reshape(-1)
+        return perm
+
+    def index_batches(self, epoch: int) -> Iterator[torch.Tensor]:
+        """This process's index batch of every step of ``epoch`` (on the host)."""
+        perm = self.order(epoch)
+        for s in range(len(self)):
+            yield perm[s * self.batch_size : (s + 1) * self.batch_size]
+
+    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]]:
+        perm = self.order(epoch)
         if not self.streaming:
             perm = perm.to(self.device)
         for s in range(len(self)):
             idx = perm[s * self.batch_size : (s + 1) * self.batch_size]
-            if self.streaming:
+            if self.streaming:  # decoded here, batch by batch (data/image_stream.py decodes ahead in workers)
                 yield idx, self.dataset.load(idx).to(self.device, non_blocking=True), None
             else:
                 yield idx, self.images[idx], None if self.sizes is None else self.sizes[idx]
@@ -87,7 +98,7 @@ class ResidentBatches:
 class TwoViewBatches:
     """Batches for image SSL: ``{"index", "views": (v1, v2)}`` made on the device by :class:`TwoViewAugment`."""
 
-    def __init__(self, source: ResidentBatches, augment: TwoViewAugment, channels_last: bool = False) -> None:
+    def __init__(self, source: Any, augment: TwoViewAugment, channels_last: bool = False) -> None:  # Resident|StreamedImageBatches
         self.source = source
         self.augment = augment.to(source.device)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format

@@ -18,6 +18,10 @@ official recipe is AdamW (0.9, 0.999), lr 1e-5, weight decay 0.1 (not on norms /
 10 epochs, 50 warm-up steps then cosine (``cleanclip-paper``). The optimiser is **fresh**: the official
 ``--complete_finetune`` still loads the poisoned run's optimiser state (AdamW moments of the poisoned training);
 starting from the weights alone is the defender's situation when only a model is at hand (docs/clip_defenses.md).
+
+Under torchrun every process loads the checkpoint, draws the same fine-tuning split and takes its share of each
+global batch (the run's process split); the loss gathers across processes (:mod:`clpoison.methods.cleanclip`) and
+rank 0 alone writes ``tokenizer.json``.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from ..errors import ConfigError
 from ..methods.base import Method
 from ..methods.clip_wrapper import WrappedCLIP
 from ..methods.cleanclip import cleanclip_loss
+from ..utils.dist import is_main
 from .base import DEFENSES, Defense, DefenseParams
 from .clip_views import AugmentedCaptionBatches, eda_tokens
 
@@ -159,13 +164,12 @@ class CleanCLIP(Defense):
             raise ConfigError(f"defense.params.checkpoint '{path}' holds model {old.get('model')}, this run "
                               f"{vars(cfg.model)}; use the poisoned run's preset")
         clip = task.method_from_checkpoint(ckpt, f"defense.params.checkpoint '{path}'")  # also the task's tokenizer
-        if context.get("out_dir") is not None:  # the run folder's tokenizer.json is the model's
+        if context.get("out_dir") is not None and is_main():  # the run folder's tokenizer.json is the model's
             clip.tokenizer.save(Path(context["out_dir"]) / "tokenizer.json")
         train_set = context["train_set"]
         captions = flat_captions(train_set)
         ctx = clip.params.context_length
-        base = CaptionBatches(train_set, clip.tokenizer.encode(captions, ctx), batches.batch_size, batches.device,
-                              batches.seed, batches.augment, batches.memory_format == torch.channels_last, batches.drop_last)
+        base = batches.with_tokens(train_set, clip.tokenizer.encode(captions, ctx))  # this process's share, as the run's
         eda = eda_tokens(captions, clip.tokenizer, ctx, int(context.get("seed", 0)), self.params.eda_alpha)
         self.info.update({"cleanclip_checkpoint": str(path), "cleanclip_checkpoint_epochs": int(ckpt.get("epoch", 0)),
                           "cleanclip_checkpoint_train_s": float(ckpt.get("train_seconds", 0.0)),

@@ -20,6 +20,12 @@ The pool is checkpointed beside the model (:class:`~clpoison.engine.schedules.Tr
 resumed run continues exactly; the model's state dict stays the CLIP's (``clpoison evaluate`` / ``scan`` load it).
 The pool is pushed only on matching epochs (the official memory bank is only called there) [inferred].
 
+Under torchrun each process queries the pool with its own images and the loss gathers the matched captions of every
+rank (:func:`~clpoison.methods.clip.clip_loss`); every process pushes the caption embeddings of **every** rank, in
+rank order — the global batch, as one process would — so the pools stay identical and equal the single-process pool
+(tested, ``tests/test_ddp_losses.py``). On matching epochs the text tower gets no gradient: DDP is told so
+(``ddp_find_unused_parameters``).
+
 Example::
 
     >>> import torch
@@ -44,6 +50,7 @@ from ..errors import ConfigError
 from ..methods.base import Method
 from ..methods.clip_wrapper import WrappedCLIP
 from ..methods.clip import clip_loss
+from ..utils.dist import all_gather_nograd
 from .base import DEFENSES, Defense, DefenseParams
 from .clip_views import AugmentedCaptionBatches, eda_tokens
 
@@ -104,6 +111,7 @@ class RoCLIPMethod(WrappedCLIP):
     :meth:`update_state`. Its state dict is the CLIP's."""
 
     name = "roclip"
+    ddp_find_unused_parameters = True  # matching epochs: the text tower takes no part in the loss
 
     def __init__(self, clip: Method, pool: TextPool) -> None:
         super().__init__(clip)
@@ -113,7 +121,8 @@ class RoCLIPMethod(WrappedCLIP):
         img, txt, scale = self.model(batch.get("images_aug", batch["images"]), batch.get("tokens_aug", batch["tokens"]))
         logs = {"logit_scale": float(scale.detach())}
         if batch.get("roclip_matching"):
-            return roclip_matched_loss(img, self.pool, scale), {**logs, "roclip_matching": 1.0}, {"texts": txt.detach()}
+            return roclip_matched_loss(img, self.pool, scale), {**logs, "roclip_matching": 1.0}, {
+                "texts": all_gather_nograd(txt.detach())}  # every rank pushes the global batch: one pool
         return clip_loss(img, txt, scale), {**logs, "roclip_matching": 0.0}, {}
 
     def update_state(self, aux: dict[str, Any]) -> None:

@@ -33,6 +33,7 @@ class DataConfig:
     train_limit: Optional[int] = None
     test_limit: Optional[int] = None
     max_resident_gb: float = 8.0  # imagefolder splits larger than this (as uint8) stream from disk
+    stream_workers: int = 2  # streamed imagefolder splits: loader worker processes decoding batches (0: in-process)
     downstream_fraction: float = 0.0  # per class, this share of train is held out as the labelled probe set (NLB: 0.1)
     captions: CaptionDataConfig = field(default_factory=CaptionDataConfig)  # image–caption data (method: clip)
     train_per_class: Optional[int] = None  # a seeded class-balanced subset: this many training rows of each class
@@ -46,6 +47,8 @@ class DataConfig:
             v = getattr(self, f)
             if v is not None and v < 1:
                 raise ConfigError(f"data.{f}={v} must be a positive integer (or null)")
+        if self.stream_workers < 0:
+            raise ConfigError(f"data.stream_workers={self.stream_workers} must be >= 0 (0 = decode in the training process)")
         if not 0.0 <= self.downstream_fraction < 1.0:
             raise ConfigError(f"data.downstream_fraction={self.downstream_fraction} must lie in [0, 1) (NLB: 0.1)")
 

@@ -9,6 +9,10 @@ The in-modal terms are **one direction** each (rows: the original views, columns
 no same-view negatives — unlike SimCLR's NT-Xent, which scores each view against the other 2N−2 views. The
 official weights are ``w_clip = w_in = 1`` (``--clip_weight``, ``--inmodal_weight``).
 
+Under torchrun every term gathers its columns from every rank with gradient and offsets the labels by rank, as
+:func:`~clpoison.methods.clip.clip_loss` does: with DDP's gradient averaging the loss and gradients are those of
+one process on the global batch (tested, ``tests/test_ddp_losses.py``).
+
 Example::
 
     >>> import torch
@@ -23,14 +27,16 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..utils.dist import all_gather_with_grad, rank
 from .clip import clip_loss
 
 
 def inmodal_loss(z: torch.Tensor, z_aug: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """``CE(s·z·z_augᵀ, diag)``: each original view classifies its own augmented view among the batch's augmented
-    views (the official direction; one direction only)."""
-    logits = scale * z.float() @ z_aug.float().t()
-    return F.cross_entropy(logits, torch.arange(len(z), device=z.device))
+    views (the official direction; one direction only). Distributed: the local rows against the augmented views of
+    every rank, labels offset by this rank's position."""
+    logits = scale * z.float() @ all_gather_with_grad(z_aug.float()).t()
+    return F.cross_entropy(logits, torch.arange(len(z), device=z.device) + rank() * len(z))
 
 
 def cleanclip_loss(image: torch.Tensor, text: torch.Tensor, image_aug: torch.Tensor, text_aug: torch.Tensor,

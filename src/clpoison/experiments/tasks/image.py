@@ -7,6 +7,7 @@ from typing import Any
 
 from ...data.augment import TwoViewAugment, make_sampler
 from ...data.datasets import ImageSplits
+from ...data.image_stream import StreamedImageBatches
 from ...data.loader import ResidentBatches, TwoViewBatches
 from ...errors import ConfigError
 from ...engine.trainer import min_conv_channels
@@ -52,9 +53,12 @@ class ImageTask(Task):
         cfg = self.cfg
         sampler = defense.view_sampler(cfg.augment) or make_sampler(cfg.augment)
         augment = TwoViewAugment(cfg.augment, sampler)
+        args = (train_set, local_batch_size(cfg.train.batch_size), self.device)
+        kw = {"seed": cfg.seed, "rank": rank(), "world_size": world_size()}
+        source = (StreamedImageBatches(*args, **kw, workers=cfg.data.stream_workers) if hasattr(train_set, "load")
+                  else ResidentBatches(*args, **kw))  # streamed split: decoded ahead in loader workers
         return TwoViewBatches(
-            ResidentBatches(train_set, local_batch_size(cfg.train.batch_size), self.device, seed=cfg.seed,
-                            rank=rank(), world_size=world_size()),
+            source,
             augment,
             channels_last=cfg.train.use_channels_last(self.device, min_conv_channels(method)),
         )
