@@ -154,8 +154,8 @@ class CarliniBackdoor(Attack):
 
             return poison_backdoor_stream(self, splits, seed, context)
         train = splits.train
-        self.trigger.check_fits(*train.images.shape[2:])
         d = self.draw(splits.class_names, len(train), lambda: train.captions, seed, train.labels)
+        self.trigger.check_fits(*train.images.shape[2:])
         target, tname, n, pool, idx, new_caps, g = d.target, d.tname, d.n, d.pool, d.idx, d.captions, d.g
         images = train.images.clone()
         if n:

@@ -190,8 +190,8 @@ def poison_backdoor_stream(attack: Any, splits: Any, seed: int, context: Optiona
     reused = _reused(attack, splits, folder, request, context)
     if reused is not None:
         return reused
-    attack.trigger.check_fits(train.image_size, train.image_size)
     d = attack.draw(splits.class_names, len(train), lambda: train.captions, seed)
+    attack.trigger.check_fits(train.image_size, train.image_size)
     rows = d.idx.tolist()
     picked = read_samples(train, rows)
     images = torch.stack([img for _, _, img in picked]) if picked else torch.empty(0, 3, 1, 1, dtype=torch.uint8)
