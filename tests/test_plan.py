@@ -24,3 +24,13 @@ def test_dry_run_clip_rn50_cc3m_on_small_shards(tmp_path, capsys):
     assert "model + optimiser state" in out and "measured:" in out and "time estimate:" in out
     assert "arch: resnet50" in out and "stream: true" in out  # the resolved config
     assert not (tmp_path / "run").exists() and not (tmp_path / "run.partial").exists()
+
+
+@pytest.mark.parametrize("preset,streams", [("clip-rn50-cc3m", True), ("carlini-backdoor-paper", True),
+                                            ("carlini-targeted-paper", True), ("safeclip-paper", False)])
+def test_paper_presets_stream_where_their_method_can(preset, streams):
+    """The Carlini paper presets poison the stream (extra shards); SafeCLIP's per-pair split needs memory."""
+    from clpoison.experiments.config import build_config
+
+    cfg = build_config({"preset": preset}, [])
+    assert cfg.data.name == "captions-tar" and cfg.data.captions.stream is streams
