@@ -106,6 +106,15 @@ def test_streamed_views_are_deterministic_per_caption(data):
         assert torch.equal(b["tokens_aug"], want[:, : b["tokens_aug"].shape[1]])
     assert eda_caption(caps[0], 3, 0.3) == eda_caption(caps[0], 3, 0.3)  # a pure function of (seed, text)
     assert len({eda_caption(c, s, 0.3) for c in caps[:4] for s in range(8)}) > 4  # ... which changes with both
+    # RoCLIP without cross_aug: the streamed batches as they are, flagged on matching epochs
+    from clpoison.methods.build import build_method
+
+    clip = build_method("clip", {"embed_dim": 16, "text_tower": "bow", "text_width": 16, "context_length": 24},
+                        {"arch": "convnet", "width": 4}, tokenizer=tok)
+    ro = RoCLIP(RoCLIP.Params(pool_size=8, break_epoch=2, cross_aug=False))
+    _, flagged = ro.wrap_training(clip, base, {"seed": 0})
+    assert [b["roclip_matching"] for e in (0, 1) for b in flagged.epoch(e)] == [False] * 6 + [True] * 6
+    assert "images_aug" not in next(iter(flagged.epoch(0)))
 
 
 def test_streamed_cleanclip_finetunes_on_clean_shards(data, tmp_path):
@@ -172,3 +181,28 @@ def test_paper_presets_stream_and_plan(tmp_path, capsys, preset, extra, lines):
     assert f"name: {preset.split('-')[0]}" in out and "measured:" in out
     assert all(line in out for line in lines), out[-1500:]
     assert not (tmp_path / "run").exists() and not (tmp_path / "run.partial").exists()
+
+
+@pytest.mark.ddp
+@pytest.mark.slow
+def test_torchrun_two_processes_streamed_roclip(data, tmp_path):
+    """2 gloo processes split the 6 shards; matching epoch 2 pushes both processes' captions: one pool, one result."""
+    import os
+    import subprocess
+    import sys
+
+    from ddp_helpers import free_port
+
+    (tmp_path / "c.yaml").write_text("preset: clip-small\n")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2", "--master_addr",
+           "127.0.0.1", "--master_port", str(free_port()), "-m", "clpoison", "run", "c.yaml",
+           *_overrides(data, [*ROCLIP, "train.epochs=2"]), "--out", "run", "--no-progress"]
+    r = subprocess.run(cmd, cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("wrote ") == 1, r.stdout
+    res = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert res["environment"]["world_size"] == 2 and [h["roclip_matching"] for h in res["history"]] == [False, True]
+    assert [h["step"] for h in res["history"]] == [3, 6] and all(h["loss"] == h["loss"] for h in res["history"])
+    pool = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["extra_state"]["roclip_pool"]
+    assert int(pool["ptr"]) == N % 32  # 3 steps of the global batch of 16: both processes' captions pushed

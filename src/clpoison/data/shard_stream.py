@@ -15,7 +15,9 @@ Each epoch:
 
 An attack on streamed data (:mod:`clpoison.attacks.stream_poison`) adds its poison shards to the shard list
 (:meth:`StreamingCaptionSet.with_shards`): counted, shuffled, split and tokenized with the clean ones, and hashed
-by every process (:meth:`StreamingCaptionSet.check_added`).
+by every process (:meth:`StreamingCaptionSet.check_added`). :meth:`StreamingCaptionSet.first_samples` streams only the
+first samples of some shards (CleanCLIP's clean fine-tuning split); ``epoch(e, raw=True)`` also hands over the
+decoded uint8 batch and the chosen captions (the CLIP defenses' augmented views, :mod:`clpoison.defenses.stream_views`).
 
 Every process yields the same number of steps, ``samples // global batch`` (DDP needs equal steps): a process whose
 shards run out first starts its shards again (in the next seeded order). The number of samples is counted once from

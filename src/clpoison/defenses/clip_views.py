@@ -10,7 +10,8 @@
   source is built, as the official ``src/data.py``.
 
 :class:`AugmentedCaptionBatches` wraps the run's :class:`~clpoison.data.caption_loader.CaptionBatches` (same
-order, same caption choice per epoch) and adds ``images_aug`` / ``tokens_aug`` to each batch.
+order, same caption choice per epoch) and adds ``images_aug`` / ``tokens_aug`` to each batch. On streamed shards
+:mod:`clpoison.defenses.stream_views` adds the same views per batch (EDA deterministic per caption text).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 :func:`plan_experiment` resolves the config, finds the data (counts the streamed shards' samples, or loads the
 resident splits), builds the method and its batch source exactly as the run would, and reports
 
-* the data found, the processes (``WORLD_SIZE`` of torchrun / SLURM, 1 otherwise: ``RANK=0 WORLD_SIZE=8 clpoison run
+* the data found (and, for CleanCLIP, its fine-tuning split: the steps are counted on it), the processes (``WORLD_SIZE`` of torchrun / SLURM, 1 otherwise: ``RANK=0 WORLD_SIZE=8 clpoison run
   ... --dry-run`` plans for 8 processes from one), the global and per-process batch, steps per epoch and in total;
 * a memory estimate: parameters, gradients and optimiser moments (fp32), the resident data (uint8) — and, on
   CUDA, the peak memory of the measured steps (activations included);
