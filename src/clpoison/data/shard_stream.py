@@ -15,7 +15,9 @@ Each epoch:
 
 An attack on streamed data (:mod:`clpoison.attacks.stream_poison`) adds its poison shards to the shard list
 (:meth:`StreamingCaptionSet.with_shards`): counted, shuffled, split and tokenized with the clean ones, and hashed
-by every process (:meth:`StreamingCaptionSet.check_added`).
+by every process (:meth:`StreamingCaptionSet.check_added`). :meth:`StreamingCaptionSet.first_samples` streams only the
+first samples of some shards (CleanCLIP's clean fine-tuning split); ``epoch(e, raw=True)`` also hands over the
+decoded uint8 batch and the chosen captions (the CLIP defenses' augmented views, :mod:`clpoison.defenses.stream_views`).
 
 Every process yields the same number of steps, ``samples // global batch`` (DDP needs equal steps): a process whose
 shards run out first starts its shards again (in the next seeded order). The number of samples is counted once from
@@ -26,8 +28,10 @@ memory with ``shuffle=False`` (tested: same batches, same trained weights).
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
+import itertools
 import os
 import random
 import tarfile
@@ -95,6 +99,7 @@ class StreamingCaptionSet:
         self.labels = None
         self._captions: Optional[list[list[str]]] = None
         self.added: dict[str, str] = {}  # extra shards (an attack's poison shards): path -> sha256 when written
+        self.limits: dict[str, int] = {}  # shard path -> samples read from its start (CleanCLIP's clean subset)
 
     def __len__(self) -> int:
         return self.n
@@ -113,6 +118,23 @@ class StreamingCaptionSet:
         out.items = self.items  # the clean files (the run's data fingerprint); the extra ones are hashed
         out.added = {**self.added, **{str(p): h for p, h in zip(extra, sha256)}}
         out._captions = None if self._captions is None or captions is None else self._captions + captions
+        return out
+
+    def first_samples(self, shards: Sequence[Path], n: int, name: str,
+                      counts: Optional[Sequence[int]] = None) -> "StreamingCaptionSet":
+        """A copy that streams only the first ``n`` samples of ``shards`` (in that order; ``counts``: their sample
+        counts, else read from the tar headers): a shard is read up to the count (:attr:`limits`)."""
+        out = StreamingCaptionSet.__new__(StreamingCaptionSet)
+        out.__dict__.update(self.__dict__)
+        out.shards, out.n, out.name, out._captions, out.added = [Path(p) for p in shards], int(n), name, None, {}
+        out.items = [(p, -1) for p in out.shards]
+        counts, left, out.limits = list(counts) if counts is not None else shard_counts(out.shards), int(n), {}
+        for p, c in zip(out.shards, counts):
+            if left < c:
+                out.limits[str(p)] = left
+            left = max(left - c, 0)
+        if left:
+            raise DataError(f"the {len(out.shards)} shards hold {sum(counts)} samples, fewer than {n}")
         return out
 
     def stream_fingerprint(self) -> str:
@@ -143,17 +165,29 @@ class StreamingCaptionSet:
     def captions(self) -> list[list[str]]:
         """Every sample's captions in shard order (one pass over the shards; the images are skipped, not decoded)."""
         if self._captions is None:
-            self._captions = [s["captions"] for s in iter_shard_samples(self.shards, self.on_error)]
+            self._captions = [s["captions"] for s in limited_samples(self.shards, self.limits, self.on_error)]
         return self._captions
+
+
+def limited_samples(shards: Sequence[Path], limits: dict[str, int], on_error: str = "fail",
+                    errors: Optional[_Errors] = None) -> Iterator[dict]:
+    """:func:`iter_shard_samples` of ``shards``, reading a shard of ``limits`` only up to its count."""
+    if not limits:
+        yield from iter_shard_samples(list(shards), on_error, errors)
+        return
+    for shard in shards:
+        it = iter_shard_samples([shard], on_error, errors)
+        yield from (it if str(shard) not in limits else itertools.islice(it, limits[str(shard)]))
 
 
 class ShardSampleStream(torch.utils.data.IterableDataset):
     """The samples of this process's shards for one pass: ``(uint8 image, captions)``; split further by worker."""
 
     def __init__(self, shards: Sequence[Path], image_size: int, rank: int, world: int, seed: int, epoch: int,
-                 shuffle_buffer: int = 0, on_error: str = "fail") -> None:
+                 shuffle_buffer: int = 0, on_error: str = "fail", limits: Optional[dict[str, int]] = None) -> None:
         self.shards, self.image_size, self.rank, self.world = list(shards), image_size, rank, world
         self.seed, self.epoch, self.buffer, self.on_error = seed, epoch, shuffle_buffer, on_error
+        self.limits = dict(limits or {})
 
     def worker_shards(self) -> list[Path]:
         info = torch.utils.data.get_worker_info()
@@ -163,7 +197,7 @@ class ShardSampleStream(torch.utils.data.IterableDataset):
 
     def _decoded(self, shards: list[Path]) -> Iterator[tuple[torch.Tensor, list[str]]]:
         errors = _Errors(self.on_error)
-        for s in iter_shard_samples(shards, errors=errors):
+        for s in limited_samples(shards, self.limits, errors=errors):
             try:
                 img = decode_image(io.BytesIO(s["image"]), self.image_size)
             except DataError:
@@ -220,13 +254,21 @@ class StreamingCaptionBatches:
 
     def _loader(self, epoch: int, rep: int) -> torch.utils.data.DataLoader:
         stream = ShardSampleStream(self.dataset.shards, self.dataset.image_size, self.rank, self.world, self.seed,
-                                   epoch * 1009 + rep, self.buffer, self.dataset.on_error)
+                                   epoch * 1009 + rep, self.buffer, self.dataset.on_error, self.dataset.limits)
         seeds = torch.Generator().manual_seed(int(self.seed) * 1_000_003 + epoch * 1009 + rep)  # not the global RNG
         return torch.utils.data.DataLoader(stream, batch_size=self.batch_size, num_workers=self.workers,
                                            collate_fn=_collate, drop_last=True, pin_memory=self.device.type == "cuda",
                                            generator=seeds)
 
-    def epoch(self, epoch: int) -> Iterator[dict[str, Any]]:
+    def with_tokenizer(self, tokenizer: Any, context_length: int) -> "StreamingCaptionBatches":
+        """The same batch source tokenizing with ``tokenizer`` (CleanCLIP: the loaded checkpoint's)."""
+        out = copy.copy(self)
+        out.tokenizer, out.context_length = tokenizer, context_length
+        return out
+
+    def epoch(self, epoch: int, raw: bool = False) -> Iterator[dict[str, Any]]:
+        """The epoch's batches; ``raw``: each also holds ``images_uint8`` (the decoded batch on the device, before
+        the augmentation) and ``texts`` (the caption chosen for each image) — what the CLIP defenses' views need."""
         g = torch.Generator().manual_seed(int(self.seed) * 1_000_003 + int(epoch) + 7_777_777)
         done, rep = 0, 0
         while done < len(self):
@@ -235,8 +277,10 @@ class StreamingCaptionBatches:
                 choice = [c[int(torch.randint(len(c), (1,), generator=g))] if len(c) > 1 else c[0] for c in caps]
                 tok = self.tokenizer.encode(choice, self.context_length)
                 tok = tok[:, : int((tok != 0).sum(1).max())].to(self.device, non_blocking=True)
-                images = self.augment(images.to(self.device, non_blocking=True), None)
-                yield {"images": images.contiguous(memory_format=self.memory_format), "tokens": tok}
+                raw_images = images.to(self.device, non_blocking=True)
+                batch = {"images": self.augment(raw_images, None).contiguous(memory_format=self.memory_format),
+                         "tokens": tok}
+                yield {**batch, "images_uint8": raw_images, "texts": choice} if raw else batch
                 done, got = done + 1, got + 1
                 if done == len(self):
                     return

@@ -49,6 +49,10 @@ class Defense:
         ``device`` (the training device)."""
         return train, {}
 
+    def train_pairs(self, n: int) -> int:
+        """How many of the ``n`` training samples the run trains on (the dry run's plan; CleanCLIP: its split)."""
+        return n
+
     def view_sampler(self, augment_cfg: Any) -> Optional[ViewSampler]:
         return None
 

@@ -19,6 +19,11 @@ official recipe is AdamW (0.9, 0.999), lr 1e-5, weight decay 0.1 (not on norms /
 ``--complete_finetune`` still loads the poisoned run's optimiser state (AdamW moments of the poisoned training);
 starting from the weights alone is the defender's situation when only a model is at hand (docs/clip_defenses.md).
 
+On streamed caption shards (``data.captions.stream: true``) the split is a seeded choice of whole clean shards,
+their first ``finetune_pairs`` samples streamed (:mod:`clpoison.defenses.cleanclip_stream`; ``finetune_split:
+range`` is refused), the batches are tokenized with the checkpoint's tokenizer as they stream and the EDA captions
+computed per batch, deterministic per caption (:mod:`clpoison.defenses.stream_views`).
+
 Under torchrun every process loads the checkpoint, draws the same fine-tuning split and takes its share of each
 global batch (the run's process split); the loss gathers across processes (:mod:`clpoison.methods.cleanclip`) and
 rank 0 alone writes ``tokenizer.json``.
@@ -41,9 +46,12 @@ from ..errors import ConfigError
 from ..methods.base import Method
 from ..methods.clip_wrapper import WrappedCLIP
 from ..methods.cleanclip import cleanclip_loss
-from ..utils.dist import is_main
+from ..data.shard_stream import StreamingCaptionBatches
+from ..utils.dist import is_main, world_size
 from .base import DEFENSES, Defense, DefenseParams
+from .cleanclip_stream import clean_shard_split
 from .clip_views import AugmentedCaptionBatches, eda_tokens
+from .stream_views import AugmentedStreamBatches
 
 SPLITS = ("untouched", "range")
 
@@ -140,10 +148,18 @@ class CleanCLIP(Defense):
         super().__init__(params)
         self.info: dict[str, Any] = {}
 
+    def train_pairs(self, n: int) -> int:
+        p = self.params
+        return p.finetune_range[1] - p.finetune_range[0] if p.finetune_split == "range" else min(n, p.finetune_pairs)
+
     def filter(self, train: Any, context: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
-        checkpoint_file(self.params.checkpoint)  # fail before any work
+        path = checkpoint_file(self.params.checkpoint)  # fail before any work
         if not hasattr(train, "captions"):
             raise ConfigError("defense 'cleanclip' needs image-text data (method.name=clip)")
+        if getattr(train, "streaming", False):  # whole clean shards (defenses/cleanclip_stream.py)
+            subset, self.info = clean_shard_split(train, context.get("manifest"), self.params,
+                                                  int(context.get("seed", 0)), path, world_size())
+            return subset, dict(self.info)
         poisons = manifest_poisons(context.get("manifest"))
         rows = finetune_rows(len(train), poisons, self.params, int(context.get("seed", 0)))
         self.info = {"cleanclip_finetune_pairs": int(len(rows)), "cleanclip_split": self.params.finetune_split,
@@ -152,7 +168,8 @@ class CleanCLIP(Defense):
         return train.subset(torch.as_tensor(rows, dtype=torch.long), f"{getattr(train, 'name', 'train')}/cleanclip"), dict(self.info)
 
     def wrap_training(self, method: Method, batches: Any, context: dict[str, Any]) -> tuple[Method, Any]:
-        if method.modality != "image-text" or not isinstance(batches, CaptionBatches):
+        streamed = isinstance(batches, StreamingCaptionBatches)
+        if method.modality != "image-text" or not (streamed or isinstance(batches, CaptionBatches)):
             raise ConfigError("defense 'cleanclip' needs an image-text method (method.name=clip)")
         path = checkpoint_file(self.params.checkpoint)
         ckpt = read_checkpoint(path, map_location="cpu")
@@ -166,15 +183,18 @@ class CleanCLIP(Defense):
         clip = task.method_from_checkpoint(ckpt, f"defense.params.checkpoint '{path}'")  # also the task's tokenizer
         if context.get("out_dir") is not None and is_main():  # the run folder's tokenizer.json is the model's
             clip.tokenizer.save(Path(context["out_dir"]) / "tokenizer.json")
-        train_set = context["train_set"]
-        captions = flat_captions(train_set)
-        ctx = clip.params.context_length
-        base = batches.with_tokens(train_set, clip.tokenizer.encode(captions, ctx))  # this process's share, as the run's
-        eda = eda_tokens(captions, clip.tokenizer, ctx, int(context.get("seed", 0)), self.params.eda_alpha)
         self.info.update({"cleanclip_checkpoint": str(path), "cleanclip_checkpoint_epochs": int(ckpt.get("epoch", 0)),
                           "cleanclip_checkpoint_train_s": float(ckpt.get("train_seconds", 0.0)),
                           "cleanclip_optimizer": "fresh"})
-        return CleanCLIPMethod(clip, self.params), AugmentedCaptionBatches(base, eda, self.params.clean_images)
+        p, ctx, seed = self.params, clip.params.context_length, int(context.get("seed", 0))
+        if streamed:  # tokenized per batch with the checkpoint's tokenizer; EDA per batch (defenses/stream_views.py)
+            views = AugmentedStreamBatches(batches.with_tokenizer(clip.tokenizer, ctx), seed, p.eda_alpha, p.clean_images)
+            return CleanCLIPMethod(clip, p), views
+        train_set = context["train_set"]
+        captions = flat_captions(train_set)
+        base = batches.with_tokens(train_set, clip.tokenizer.encode(captions, ctx))  # this process's share, as the run's
+        eda = eda_tokens(captions, clip.tokenizer, ctx, seed, p.eda_alpha)
+        return CleanCLIPMethod(clip, p), AugmentedCaptionBatches(base, eda, p.clean_images)
 
     def training_summary(self) -> dict[str, Any]:
         return dict(self.info)

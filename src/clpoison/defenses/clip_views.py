@@ -10,7 +10,8 @@
   source is built, as the official ``src/data.py``.
 
 :class:`AugmentedCaptionBatches` wraps the run's :class:`~clpoison.data.caption_loader.CaptionBatches` (same
-order, same caption choice per epoch) and adds ``images_aug`` / ``tokens_aug`` to each batch.
+order, same caption choice per epoch) and adds ``images_aug`` / ``tokens_aug`` to each batch. On streamed shards
+:mod:`clpoison.defenses.stream_views` adds the same views per batch (EDA deterministic per caption text).
 """
 
 from __future__ import annotations
@@ -32,6 +33,24 @@ def strong_photometric(augment: CaptionImageAugment) -> ViewAugment:
                         blur_p=(0.5, 0.5) if big else (0.0, 0.0), mean=tuple(augment.mean.flatten().tolist()),
                         std=tuple(augment.std.flatten().tolist()))
     return ViewAugment(cfg, 0)
+
+
+def strong_view(augment: CaptionImageAugment, photometric: ViewAugment, images: torch.Tensor,
+                sizes: Optional[torch.Tensor], memory_format: torch.memory_format) -> torch.Tensor:
+    """The strong view of uint8 ``images`` (valid ``sizes`` or the whole image): the run's crop box + flip, then
+    the colour part."""
+    x = images.float().div(255.0)
+    n, _, hc, wc = x.shape
+    hw = sizes if sizes is not None else torch.tensor([[hc, wc]], device=x.device).expand(n, 2)
+    flip = torch.rand(n, device=x.device) < augment.flip_p
+    x = crop_resize_flip(x, augment.boxes(hw), (augment.out_size, augment.out_size), flip)
+    return photometric(x).contiguous(memory_format=memory_format)
+
+
+def stored_view(augment: CaptionImageAugment) -> CaptionImageAugment:
+    """The image as stored (whole image, no flip), normalised with the run's mean / std: CleanCLIP's CLIP view."""
+    return CaptionImageAugment(augment.out_size, "none", flip_p=0.0, mean=augment.mean.flatten().tolist(),
+                               std=augment.std.flatten().tolist())
 
 
 def eda_tokens(captions: list[str], tokenizer: Any, context_length: int, seed: int, alpha: float) -> torch.Tensor:
@@ -60,8 +79,7 @@ class AugmentedCaptionBatches:
             raise ValueError(f"{len(self.eda)} EDA token rows for {len(base.tokens)} captions")
         a = base.augment
         self.photometric = strong_photometric(a).to(base.device)
-        self.clean = CaptionImageAugment(a.out_size, "none", flip_p=0.0, mean=a.mean.flatten().tolist(),
-                                         std=a.std.flatten().tolist()).to(base.device) if clean_images else None
+        self.clean = stored_view(a).to(base.device) if clean_images else None
         self.flag = flag
         self.batch_size = base.batch_size
 
@@ -74,13 +92,8 @@ class AugmentedCaptionBatches:
 
     def strong_view(self, idx: torch.Tensor) -> torch.Tensor:
         b = self.base
-        aug = b.augment
-        x = b.images[idx].float().div(255.0)
-        n, _, hc, wc = x.shape
-        hw = b.sizes[idx] if b.sizes is not None else torch.tensor([[hc, wc]], device=x.device).expand(n, 2)
-        flip = torch.rand(n, device=x.device) < aug.flip_p
-        x = crop_resize_flip(x, aug.boxes(hw), (aug.out_size, aug.out_size), flip)
-        return self.photometric(x).contiguous(memory_format=b.memory_format)
+        return strong_view(b.augment, self.photometric, b.images[idx], None if b.sizes is None else b.sizes[idx],
+                           b.memory_format)
 
     def epoch(self, epoch: int) -> Iterator[dict[str, Any]]:
         b = self.base

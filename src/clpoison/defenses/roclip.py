@@ -16,6 +16,11 @@ A *training-time* defense (``defense: {name: roclip}``) for the CLIP method, fro
 * ``cross_aug`` (official ``--cross_aug``): every epoch trains on a strong image view and an EDA caption (computed
   once) instead of the originals (:mod:`clpoison.defenses.clip_views`).
 
+On streamed caption shards (``data.captions.stream: true``) nothing changes but the views: the pool needs nothing
+per pair, and with ``cross_aug`` each batch's EDA captions are computed per batch with the same function,
+deterministic per caption (seeded by the run's seed and the caption text), the strong view on the device
+(:mod:`clpoison.defenses.stream_views`).
+
 The pool is checkpointed beside the model (:class:`~clpoison.engine.schedules.TrainingHooks` ``state``), so a
 resumed run continues exactly; the model's state dict stays the CLIP's (``clpoison evaluate`` / ``scan`` load it).
 The pool is pushed only on matching epochs (the official memory bank is only called there) [inferred].
@@ -45,6 +50,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.caption_loader import CaptionBatches, flat_captions
+from ..data.shard_stream import StreamingCaptionBatches
 from ..engine.schedules import TrainingHooks
 from ..errors import ConfigError
 from ..methods.base import Method
@@ -53,6 +59,7 @@ from ..methods.clip import clip_loss
 from ..utils.dist import all_gather_nograd
 from .base import DEFENSES, Defense, DefenseParams
 from .clip_views import AugmentedCaptionBatches, eda_tokens
+from .stream_views import AugmentedStreamBatches
 
 
 @dataclass
@@ -158,7 +165,8 @@ class RoCLIP(Defense):
         self.method: RoCLIPMethod | None = None
 
     def wrap_training(self, method: Method, batches: Any, context: dict[str, Any]) -> tuple[Method, Any]:
-        if method.modality != "image-text" or not isinstance(batches, CaptionBatches):
+        streamed = isinstance(batches, StreamingCaptionBatches)
+        if method.modality != "image-text" or not (streamed or isinstance(batches, CaptionBatches)):
             raise ConfigError("defense 'roclip' needs an image-text method (method.name=clip)")
         p = self.params
         seed = int(context.get("seed", 0))
@@ -166,12 +174,15 @@ class RoCLIP(Defense):
         self.method = RoCLIPMethod(method, pool)
         if not p.cross_aug:
             return self.method, _FlaggedBatches(batches, p)
+        flag = lambda e: {"roclip_matching": p.matching(e)}  # noqa: E731
+        if streamed:  # EDA per batch, deterministic per caption (defenses/stream_views.py)
+            return self.method, AugmentedStreamBatches(batches, seed, p.eda_alpha, flag=flag)
         train_set = context.get("train_set")
         if train_set is None or method.tokenizer is None:
             raise ConfigError("defense 'roclip' with cross_aug needs the training captions and the CLIP tokenizer")
         eda = eda_tokens(flat_captions(train_set), method.tokenizer, method.params.context_length, seed, p.eda_alpha)
         # the strong view / EDA caption replace the originals: RoCLIPMethod trains on images_aug / tokens_aug
-        return self.method, AugmentedCaptionBatches(batches, eda, flag=lambda e: {"roclip_matching": p.matching(e)})
+        return self.method, AugmentedCaptionBatches(batches, eda, flag=flag)
 
     def training_hooks(self) -> TrainingHooks:
         return TrainingHooks(epoch_start=[self.on_epoch_start], state={"roclip_pool": self.method.pool})

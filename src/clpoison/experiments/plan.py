@@ -3,7 +3,7 @@
 :func:`plan_experiment` resolves the config, finds the data (counts the streamed shards' samples, or loads the
 resident splits), builds the method and its batch source exactly as the run would, and reports
 
-* the data found, the processes (``WORLD_SIZE`` of torchrun / SLURM, 1 otherwise: ``RANK=0 WORLD_SIZE=8 clpoison run
+* the data found (and, for CleanCLIP, its fine-tuning split: the steps are counted on it), the processes (``WORLD_SIZE`` of torchrun / SLURM, 1 otherwise: ``RANK=0 WORLD_SIZE=8 clpoison run
   ... --dry-run`` plans for 8 processes from one), the global and per-process batch, steps per epoch and in total;
 * a memory estimate: parameters, gradients and optimiser moments (fp32), the resident data (uint8) — and, on
   CUDA, the peak memory of the measured steps (activations included);
@@ -111,13 +111,16 @@ def _plan(cfg: ExperimentConfig, device: torch.device, world: int, measure_steps
     n_train = sum(p.numel() for p in method.parameters() if p.requires_grad)
     n_buffers = sum(b.numel() * b.element_size() for b in method.buffers())
     local = cfg.train.batch_size // world
-    steps = len(train) // cfg.train.batch_size
+    from ..defenses import DEFENSES
+
+    pairs = DEFENSES.build(cfg.defense.name, cfg.defense.params).train_pairs(len(train))  # CleanCLIP: its split
+    steps = pairs // cfg.train.batch_size
     resident = 0 if streamed else sum(getattr(d, "images", torch.empty(0)).numel() for d in (train, splits.test)
                                       if isinstance(getattr(d, "images", None), torch.Tensor))
     state = 4 * (n_params + n_train * (1 + OPTIMIZER_MOMENTS[cfg.train.optimizer])) + n_buffers
     plan: dict[str, Any] = {
         "config": cfg.to_dict(),
-        "data": {"name": cfg.data.name, "train": len(train), "test": len(splits.test), "streamed": streamed,
+        "data": {"name": cfg.data.name, "train": len(train), "trained": pairs, "test": len(splits.test), "streamed": streamed,
                  **({"shards": len(train.shards)} if streamed else {})},
         "processes": world, "device": str(device),
         "batch": {"global": cfg.train.batch_size, "per_process": local},
@@ -170,6 +173,8 @@ def format_plan(plan: dict[str, Any]) -> str:
     lines = ["# resolved config", yaml.safe_dump(plan["config"], sort_keys=False).rstrip(), "", "# plan",
              f"data: {d['name']}: {d['train']} train / {d['test']} test" + (
                  f", streamed from {d['shards']} shards" if d["streamed"] else ", held in memory"),
+             *([f"defense: {plan['config']['defense']['name']} trains on {d['trained']} of the {d['train']} train "
+                "pairs"] if d.get("trained", d["train"]) != d["train"] else []),
              f"processes: {plan['processes']} on {plan['device']}; batch {b['global']} global = {b['per_process']} per process",
              f"steps: {plan['steps_per_epoch']} per epoch × {plan['epochs']} epochs = {plan['total_steps']}",
              f"memory: parameters {m['parameters']} MB, model + optimiser state {m['model_and_optimizer_state']} MB, "

@@ -55,6 +55,7 @@ from ..sources import subset_train
 from .base import TASKS, Task
 
 TOKENIZER_NAME = "tokenizer.json"
+STREAM_DEFENSES = ("roclip", "cleanclip")  # the defenses that run on streamed shards (docs/scale.md)
 
 
 def limit_pairs(ds: CaptionDataset, n: int | None) -> CaptionDataset:
@@ -116,9 +117,9 @@ class ImageTextTask(Task):
         if not cfg.data.path or not c.test_path:
             raise ConfigError("data.captions.stream=true needs data.path (the train shards) and data.captions.test_path "
                               "(held-out shards, loaded into memory for evaluation)")
-        if cfg.defense.name != "none":
-            raise ConfigError(f"defense '{cfg.defense.name}' works on data held in memory; with "
-                              "data.captions.stream=true use defense none (or data.captions.stream=false)")
+        if cfg.defense.name not in ("none", *STREAM_DEFENSES):
+            raise ConfigError(f"defense '{cfg.defense.name}' works on data held in memory; with data.captions.stream=true "
+                              f"use {', '.join(STREAM_DEFENSES)} or none (or data.captions.stream=false)")
         if cfg.attack.name not in ("none", *STREAM_ATTACKS):
             raise ConfigError(f"attack '{cfg.attack.name}' works on data held in memory; with data.captions.stream=true "
                               f"use {' or '.join(STREAM_ATTACKS)} (they write their poisons as extra shards) or none")
