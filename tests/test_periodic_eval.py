@@ -39,3 +39,16 @@ def test_run_or_reuse_reuses_only_the_same_config(tmp_path):
     assert reused and again["metrics"] == first["metrics"]
     other, reused = run_or_reuse(build_config({"preset": "simclr-small"}, [*TINY, "train.epochs=1", "seed=1"]), tmp_path / "r")
     assert not reused and other["config"]["seed"] == 1
+
+
+@pytest.mark.slow
+def test_random_init_control_leaves_training_unchanged(tmp_path):
+    """The random-init control (kNN and a linear probe on the untrained encoder, before training) draws nothing
+    from the RNGs training uses: the run with it has the losses and metrics of the run without it."""
+    base = [o for o in TINY if not o.startswith(("eval.random_init_control", "eval.linear"))] + ["train.epochs=1"]
+    off = run_experiment(build_config({"preset": "simclr-small"}, [*base, "eval.random_init_control=false"]), tmp_path / "a")
+    on = run_experiment(build_config({"preset": "simclr-small"}, [*base, "eval.random_init_control=true",
+                                                                   "eval.random_init_linear=true"]), tmp_path / "b")
+    assert "linear_top1_random_init" in on["metrics"] and "knn_top1_random_init" in on["metrics"]
+    assert [r["loss"] for r in on["history"]] == [r["loss"] for r in off["history"]]
+    assert on["metrics"]["linear_top1"] == off["metrics"]["linear_top1"] and on["metrics"]["asr"] == off["metrics"]["asr"]

@@ -57,7 +57,7 @@ from ..utils.dist import (all_gather_object, alone, barrier, broadcast_object, i
 from ..utils.faults import fault_point
 from ..utils.lock import OutputLock
 from ..utils.io import atomic_write_bytes, atomic_write_json, atomic_write_text, check_output_path, dumps_json
-from ..utils.seed import seed_everything
+from ..utils.seed import rng_preserved, seed_everything
 from .config import ExperimentConfig
 from .fingerprint import config_changes, run_fingerprint
 from .sources import verify_if_export
@@ -232,8 +232,8 @@ def _run(cfg: ExperimentConfig, out: Path, work: Path, device: torch.device, sna
     if main:
         barrier()
     metrics: dict[str, Any] = {}
-    if cfg.eval.random_init_control and main:
-        with timed("random_init_eval_s"), alone():
+    if cfg.eval.random_init_control and main:  # the control draws nothing from the RNGs training will use
+        with timed("random_init_eval_s"), alone(), rng_preserved():
             metrics.update(task.random_init_metrics(method, splits))
 
     batches = task.batches(method, train_set, defense)
@@ -317,18 +317,13 @@ def periodic_eval(task: Any, method: Any, attack: Any, splits: Any, poisoned: An
     def hook(trainer: Any, epoch: int) -> dict[str, Any]:
         if epoch % every or epoch >= epochs:
             return {}
-        state = torch.random.get_rng_state()
-        cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
         modes = [(mod, mod.training) for mod in method.modules()]
         t0 = time.perf_counter()
         try:
-            with alone():  # rank 0 evaluates by itself
+            with alone(), rng_preserved():  # rank 0 evaluates by itself
                 m, extras = task.evaluate(method, splits)
                 m.update(attack.evaluate(task.context(method, splits, poisoned, extras)))
         finally:
-            torch.random.set_rng_state(state)
-            if cuda is not None:
-                torch.cuda.set_rng_state_all(cuda)
             for mod, was in modes:
                 mod.train(was)
         out = {f"eval_{k}": v for k, v in m.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}

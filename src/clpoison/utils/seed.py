@@ -14,7 +14,8 @@ Example::
 from __future__ import annotations
 
 import random
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -55,3 +56,21 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"].cpu())
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+@contextmanager
+def rng_preserved() -> Iterator[None]:
+    """Run the block without moving any RNG (Python, NumPy, torch, CUDA): what an evaluation in the middle of a run
+    draws (a probe's initialisation, a shuffle) must not change the training that follows.
+
+    >>> _ = torch.manual_seed(0); a = torch.rand(1); _ = torch.manual_seed(0)
+    >>> with rng_preserved():
+    ...     _ = torch.rand(5)
+    >>> torch.equal(torch.rand(1), a)
+    True
+    """
+    state = get_rng_state()
+    try:
+        yield
+    finally:
+        set_rng_state(state)
