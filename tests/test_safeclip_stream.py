@@ -6,6 +6,10 @@ exactly; safeclip-paper streams and plans on a folder of shards."""
 
 from __future__ import annotations
 
+import io
+import json
+import tarfile
+
 import numpy as np
 import pytest
 import torch
@@ -68,6 +72,33 @@ def test_samples_carry_their_ordinal_in_memory_order(data):
         assert caps == resident.captions[o] and torch.equal(img, resident.images[o])
 
 
+def test_skipped_samples_keep_the_ordinals_and_are_scored_at_the_mean(tmp_path, tok):
+    """on_error=skip: a corrupt image and a sample without a caption keep their ordinals (the tar headers count
+    them), are never yielded, and the similarity pass scores them at the mean of the others."""
+    from PIL import Image
+
+    with tarfile.open(tmp_path / "shard-000000.tar", "w") as tf:
+        for i in range(6):
+            buf = io.BytesIO()
+            Image.fromarray(np.full((20, 24, 3), 40 * i, dtype=np.uint8)).save(buf, "png")
+            members = [(f"{i:03d}.png", b"not an image" if i == 1 else buf.getvalue())]
+            members += [] if i == 2 else [(f"{i:03d}.txt", f"a cat number {i}".encode())]
+            for name, raw in members:
+                info = tarfile.TarInfo(name)
+                info.size = len(raw)
+                tf.addfile(info, io.BytesIO(raw))
+    train = StreamingCaptionSet(tmp_path, SIZE, on_error="skip")
+    assert len(train) == 6
+    base = StreamingCaptionBatches(train, tok, 24, 2, CPU, 0, CaptionImageAugment(SIZE), workers=0, shuffle_buffer=0)
+    method, b = SafeCLIP(SafeCLIPParams(similarity_view="clean")).wrap_training(_clip(tok), base, {"seed": 0})
+    sims = b.similarities(method.model, 0)
+    assert b.unscored == 2 and np.isfinite(sims).all()
+    assert sims[1] == sims[2] == pytest.approx(float(sims[[0, 3, 4, 5]].mean()))
+    b.set_plan(0, [("clip", np.arange(6))])
+    got = [x["index"].tolist() for x in b.epoch(0)]
+    assert b.plan_steps(0) == [("clip", 3)] and sorted(sum(got, [])) == [0, 0, 3, 3, 4, 5]  # re-read to 3 steps
+
+
 def test_streamed_similarities_equal_in_memory(data, tok):
     params = SafeCLIPParams(similarity_view="clean", eval_batch_size=10)
     method, streamed = _streamed(data, tok, params)
@@ -125,8 +156,11 @@ def test_streamed_backdoor_run_splits_records_and_resumes(data, tmp_path, monkey
     assert straight["data"]["source"]["streamed"] is True and straight["data"]["train_pairs"] == N + 4
     assert [r["safeclip_phase"] for r in h] == ["inmodal", "crossmodal", "filtered", "filtered"]
     assert [r.get("safeclip_rule") for r in h][2:] == ["threshold", "ratio"]
+    man = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    assert man["added_indices"] == list(range(N, N + 4))  # the poison shard's ordinals
     for r in h[2:]:
-        assert r["safeclip_safe"] + r["safeclip_risky"] == N + 4 and "safeclip_poison_recall_risky" in r
+        assert r["safeclip_safe"] + r["safeclip_risky"] == N + 4
+        assert r["safeclip_poison_recall_risky"] == pytest.approx(r["safeclip_poisons_in_risky"] / 4)
     steps = [r["step"] for r in h]
     assert steps[:2] == [3, 6] and all(b > a for a, b in zip(steps, steps[1:]))
     assert all(r["loss"] == r["loss"] for r in h) and "asr" in straight["metrics"]
@@ -174,7 +208,6 @@ def test_safeclip_paper_streams_and_plans(tmp_path, capsys):
 def test_torchrun_two_processes_streamed_safeclip(data, tmp_path):
     """2 gloo processes split the 6 shards: the similarity pass is gathered by ordinal, both processes cut the same
     split and run the same number of steps per segment (else DDP would hang or fail), and the run finishes."""
-    import json
     import os
     import subprocess
     import sys
