@@ -1,5 +1,5 @@
-"""SafeCLIP on streamed caption shards: samples carry their global ordinal (skipped ones keep theirs); the streamed similarity pass equals the
-in-memory one on the same data (by ordinal); each segment pass yields only its samples and exactly plan_steps
+"""SafeCLIP on streamed caption shards: samples carry their global ordinal (skipped ones keep theirs); the streamed
+similarity pass equals the in-memory one on the same data (by ordinal); each segment pass yields only its samples and exactly plan_steps
 batches on every process (also when one process's shards hold none of them); a streamed carlini-backdoor run
 trains through both phases and two filtering epochs, records the split and the poisons' recall, and resumes
 exactly; safeclip-paper streams and plans on a folder of shards."""
