@@ -27,9 +27,9 @@ def test_dry_run_clip_rn50_cc3m_on_small_shards(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("preset,streams", [("clip-rn50-cc3m", True), ("carlini-backdoor-paper", True),
-                                            ("carlini-targeted-paper", True), ("safeclip-paper", False)])
+                                            ("carlini-targeted-paper", True), ("safeclip-paper", True)])
 def test_paper_presets_stream_where_their_method_can(preset, streams):
-    """The Carlini paper presets poison the stream (extra shards); SafeCLIP's per-pair split needs memory."""
+    """The Carlini paper presets poison the stream (extra shards); SafeCLIP splits the stream by sample ordinal."""
     from clpoison.experiments.config import build_config
 
     cfg = build_config({"preset": preset}, [])

@@ -1,7 +1,8 @@
 """RoCLIP and CleanCLIP on streamed caption shards: RoCLIP trains end to end with its pool checkpointed (an
 interrupted run resumes to the uninterrupted one), its streamed views are deterministic per caption; CleanCLIP
 fine-tunes a streamed poisoned run on the first samples of a seeded choice of whole clean shards and refuses a
-data.path that lists a poison shard; other defenses refuse streams; the paper presets plan on a folder of shards."""
+data.path that lists a poison shard; the data-level defenses refuse streams (SafeCLIP streams:
+tests/test_safeclip_stream.py); the paper presets plan on a folder of shards."""
 
 from __future__ import annotations
 
@@ -152,10 +153,10 @@ def test_streamed_cleanclip_finetunes_on_clean_shards(data, tmp_path):
         assert "\n" not in str(e.value)
 
 
-def test_safeclip_refuses_streams_naming_the_supported_defenses(data, tmp_path):
-    with pytest.raises(ConfigError, match="defense 'safeclip' works on data held in memory; with "
-                                          "data.captions.stream=true use roclip, cleanclip or none") as e:
-        run_experiment(_cfg(data, ["defense.name=safeclip"]), tmp_path / "run")
+def test_data_defenses_refuse_streams_naming_the_supported_defenses(data, tmp_path):
+    with pytest.raises(ConfigError, match="defense 'grayscale' works on data held in memory; with "
+                                          "data.captions.stream=true use roclip, cleanclip, safeclip or none") as e:
+        run_experiment(_cfg(data, ["defense.name=grayscale"]), tmp_path / "run")
     assert "\n" not in str(e.value) and not (tmp_path / "run").exists()
 
 

@@ -56,9 +56,12 @@ def _json_caption(raw: bytes) -> str:
 
 
 def iter_shard_samples(paths: list[Path], on_error: str = "fail", errors: Optional[_Errors] = None) -> Iterator[dict]:
-    """Stream samples ``{"key", "shard", "image": bytes, "ext", "captions": [str]}`` from webdataset-layout shards,
-    reading each archive sequentially (works on pipes / object-store streams as well as files)."""
+    """Stream samples ``{"key", "shard", "index", "image": bytes, "ext", "captions": [str]}`` from webdataset-layout
+    shards, reading each archive sequentially (works on pipes / object-store streams as well as files). ``index``:
+    the sample's position in its shard among the keys with an image member (what
+    :func:`~clpoison.data.shard_stream.shard_counts` counts), also for samples skipped before it."""
     errors = errors or _Errors(on_error)
+    seen = [0]  # keys with an image member in the current shard
 
     def flush(shard: Path, key: Optional[str], parts: dict) -> Optional[dict]:
         if key is None:
@@ -68,6 +71,8 @@ def iter_shard_samples(paths: list[Path], on_error: str = "fail", errors: Option
         if img_ext is None:
             errors("missing_image", where, f"sample has no image ({'/'.join(IMAGE_SUFFIXES)}); members: {sorted(parts)}")
             return None
+        index = seen[0]
+        seen[0] += 1
         if "txt" not in parts and "json" not in parts:
             errors("empty_caption", where, "sample has no .txt or .json caption")
             return None
@@ -84,10 +89,11 @@ def iter_shard_samples(paths: list[Path], on_error: str = "fail", errors: Option
             errors("empty_caption", f"{where}.txt", "empty caption")
             return None
         cls = parts.get("cls", b"").decode("utf-8", "replace").strip()
-        return {"key": key, "shard": str(shard), "image": parts[img_ext], "ext": img_ext, "captions": caps,
+        return {"key": key, "shard": str(shard), "index": index, "image": parts[img_ext], "ext": img_ext, "captions": caps,
                 "cls": int(cls) if cls.lstrip("-").isdigit() else None}
 
     for shard in paths:
+        seen[0] = 0
         try:
             tf = tarfile.open(shard, mode="r|*")
         except (tarfile.TarError, OSError) as e:

@@ -91,7 +91,8 @@ class StreamingCaptionSet:
     def __init__(self, spec: Any, image_size: int, on_error: str = "fail", name: str = "shards") -> None:
         self.shards = shard_paths(spec)
         self.image_size, self.on_error, self.name = image_size, on_error, name
-        self.n = count_samples(self.shards)
+        self.counts: Optional[list[int]] = shard_counts(self.shards)  # samples per shard (tar headers)
+        self.n = sum(self.counts)
         if self.n == 0:
             raise DataError(f"tar shards {spec} hold no image; expected KEY.jpg|png|webp + KEY.txt members")
         self.items = [(p, -1) for p in self.shards]  # fingerprinted by file (path, size, mtime)
@@ -115,6 +116,7 @@ class StreamingCaptionSet:
         out.__dict__.update(self.__dict__)
         out.shards = self.shards + [Path(p) for p in extra]
         out.n = self.n + n
+        out.counts = None if self.counts is None else self.counts + shard_counts(extra)
         out.items = self.items  # the clean files (the run's data fingerprint); the extra ones are hashed
         out.added = {**self.added, **{str(p): h for p, h in zip(extra, sha256)}}
         out._captions = None if self._captions is None or captions is None else self._captions + captions
@@ -135,7 +137,16 @@ class StreamingCaptionSet:
             left = max(left - c, 0)
         if left:
             raise DataError(f"the {len(out.shards)} shards hold {sum(counts)} samples, fewer than {n}")
+        out.counts = [min(c, out.limits.get(str(p), c)) for p, c in zip(out.shards, counts)]
         return out
+
+    def shard_starts(self) -> dict[str, int]:
+        """``{shard path: ordinal of its first sample}``: sample ``i`` of a shard has the global ordinal start + i
+        (shard order = :attr:`shards`; the order of the same data held in memory)."""
+        if self.counts is None:
+            self.counts = shard_counts(self.shards)
+        starts = itertools.accumulate([0, *self.counts[:-1]])
+        return {str(p): int(a) for p, a in zip(self.shards, starts)}
 
     def stream_fingerprint(self) -> str:
         """sha256 of the shard list (file name and size of each shard, sha256 of each extra shard) and the count."""
@@ -181,13 +192,19 @@ def limited_samples(shards: Sequence[Path], limits: dict[str, int], on_error: st
 
 
 class ShardSampleStream(torch.utils.data.IterableDataset):
-    """The samples of this process's shards for one pass: ``(uint8 image, captions)``; split further by worker."""
+    """The samples of this process's shards for one pass: ``(uint8 image, captions)``; split further by worker.
+
+    ``starts`` (:meth:`StreamingCaptionSet.shard_starts`): each sample also carries its global ordinal,
+    ``(image, captions, ordinal)``; ``keep`` (a bool array indexed by ordinal): only those samples, the others are
+    skipped before their image is decoded."""
 
     def __init__(self, shards: Sequence[Path], image_size: int, rank: int, world: int, seed: int, epoch: int,
-                 shuffle_buffer: int = 0, on_error: str = "fail", limits: Optional[dict[str, int]] = None) -> None:
+                 shuffle_buffer: int = 0, on_error: str = "fail", limits: Optional[dict[str, int]] = None,
+                 starts: Optional[dict[str, int]] = None, keep: Optional[Any] = None) -> None:
         self.shards, self.image_size, self.rank, self.world = list(shards), image_size, rank, world
         self.seed, self.epoch, self.buffer, self.on_error = seed, epoch, shuffle_buffer, on_error
         self.limits = dict(limits or {})
+        self.starts, self.keep = starts, keep
 
     def worker_shards(self) -> list[Path]:
         info = torch.utils.data.get_worker_info()
@@ -195,17 +212,21 @@ class ShardSampleStream(torch.utils.data.IterableDataset):
         order = epoch_shards(self.shards, self.seed, self.epoch, shuffle=self.buffer > 0)
         return split_shards(order, self.rank, self.world, wid, nw)
 
-    def _decoded(self, shards: list[Path]) -> Iterator[tuple[torch.Tensor, list[str]]]:
+    def _decoded(self, shards: list[Path]) -> Iterator[tuple]:
         errors = _Errors(self.on_error)
         for s in limited_samples(shards, self.limits, errors=errors):
+            if self.starts is not None:
+                o = self.starts[s["shard"]] + s["index"]
+                if self.keep is not None and not self.keep[o]:
+                    continue
             try:
                 img = decode_image(io.BytesIO(s["image"]), self.image_size)
             except DataError:
                 errors("corrupt_image", f"{s['shard']}:{s['key']}.{s['ext']}", "image is unreadable or corrupt")
                 continue
-            yield img, s["captions"]
+            yield (img, s["captions"]) if self.starts is None else (img, s["captions"], o)
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, list[str]]]:
+    def __iter__(self) -> Iterator[tuple]:
         shards = self.worker_shards()
         if self.buffer <= 0:
             yield from self._decoded(shards)

@@ -55,7 +55,7 @@ from ..sources import subset_train
 from .base import TASKS, Task
 
 TOKENIZER_NAME = "tokenizer.json"
-STREAM_DEFENSES = ("roclip", "cleanclip")  # the defenses that run on streamed shards (docs/scale.md)
+STREAM_DEFENSES = ("roclip", "cleanclip", "safeclip")  # the defenses that run on streamed shards (docs/scale.md)
 
 
 def limit_pairs(ds: CaptionDataset, n: int | None) -> CaptionDataset:
