@@ -26,6 +26,17 @@ SHARDS, PER_SHARD, SIZE = 10, 8, 16
 WORDS = ["red", "green", "blue", "cat", "dog", "ship", "car", "bird"]
 
 
+def streamed_clip_overrides(d: Path, extra: list[str]) -> list[str]:
+    """Overrides of a tiny streamed CLIP run on the shards in ``d/train`` (test split ``d/test``), then ``extra``."""
+    return [
+        "data.name=captions-tar", f"data.path={d / 'train'}", f"data.captions.test_path={d / 'test'}",
+        "data.captions.stream=true", "data.captions.workers=0", "data.captions.shuffle_buffer=8", "model.width=4",
+        "method.params.text_width=16", "method.params.text_layers=1", "method.params.text_heads=2",
+        "method.params.embed_dim=16", "method.params.vocab_size=300", "train.epochs=1", "train.batch_size=16",
+        "augment.out_size=16", "eval.knn_k=5", "train.progress=false", "eval.random_init_control=false",
+        *extra]
+
+
 def write_shards(folder: Path, shards: int = SHARDS, per: int = PER_SHARD, json_every: int = 3) -> list[str]:
     """``shard-000000.tar`` ...: PNG/JPEG images with a .txt (or, every ``json_every``-th, a .json) caption."""
     folder.mkdir(parents=True, exist_ok=True)

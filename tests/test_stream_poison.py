@@ -21,7 +21,7 @@ from clpoison.experiments.runner import run_experiment
 from clpoison.experiments.tasks.image_text import ImageTextTask
 from clpoison.utils.io import sha256_file
 
-from test_shard_stream import write_shards
+from test_shard_stream import streamed_clip_overrides, write_shards
 
 SHARDS, PER, SIZE = 6, 8, 16
 N = SHARDS * PER
@@ -40,13 +40,8 @@ def data(tmp_path_factory):
 
 
 def _overrides(d: Path, extra: list[str]) -> list[str]:
-    return [
-        "data.name=captions-tar", f"data.path={d / 'train'}", f"data.captions.test_path={d / 'test'}",
-        "data.captions.stream=true", "data.captions.workers=0", "data.captions.shuffle_buffer=8", "model.width=4",
-        "method.params.text_width=16", "method.params.text_layers=1", "method.params.text_heads=2",
-        "method.params.embed_dim=16", "method.params.vocab_size=300", "train.epochs=1", "train.batch_size=16",
-        "augment.out_size=16", "eval.knn_k=5", "train.progress=false", "eval.random_init_control=false",
-        "eval.sets.cifar.data=cifar10-subset", "eval.sets.cifar.limit=40", "eval.sets.cifar.probe=false", *extra]
+    return streamed_clip_overrides(d, ["eval.sets.cifar.data=cifar10-subset", "eval.sets.cifar.limit=40",
+                                       "eval.sets.cifar.probe=false", *extra])
 
 
 def _cfg(d: Path, extra: list[str]):
