@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from clpoison.defenses.roclip import RoCLIP, RoCLIPMethod, RoCLIPParams, TextPool, roclip_matched_loss
 from clpoison.errors import ConfigError
 from clpoison.methods.clip import clip_loss
+from interrupt import interrupt_and_resume
 
 ENV = {**os.environ, "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "2"}
 
@@ -126,24 +127,8 @@ def test_pool_is_in_the_checkpoint_and_resume_is_exact(tmp_path, monkeypatch):
     assert bank.shape == (96, 128) and int(ckpt["extra_state"]["roclip_pool"]["ptr"]) == (2 * 4 * 64) % 96
     assert not any(k.startswith("pool") for k in ckpt["model"])  # the model state dict stays the CLIP's
 
-    hooks = RoCLIP.training_hooks
-
-    def interrupting(self):
-        h = hooks(self)
-
-        def stop(tr, epoch):
-            if epoch == 4:  # killed at the end of matching epoch 4, before its checkpoint: the last is epoch 3's
-                raise KeyboardInterrupt
-
-        h.epoch_end.append(stop)
-        return h
-
-    monkeypatch.setattr(RoCLIP, "training_hooks", interrupting)
-    with pytest.raises(KeyboardInterrupt):
-        run_experiment(cfg, tmp_path / "b")
-    monkeypatch.setattr(RoCLIP, "training_hooks", hooks)
     # the resumed run must restore the pool: a fresh random pool would change epoch 4's matches
-    resumed = run_experiment(cfg, tmp_path / "b")
+    resumed = interrupt_and_resume(monkeypatch, RoCLIP, cfg, tmp_path / "b", 4)  # after matching epoch 4
     key = ("loss", "roclip_matching")
     assert [[h[k] for k in key] for h in resumed["history"]] == [[h[k] for k in key] for h in straight["history"]]
     assert resumed["metrics"]["asr"] == straight["metrics"]["asr"]

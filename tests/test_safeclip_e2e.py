@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+from interrupt import interrupt_and_resume
 
 ENV = {**os.environ, "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "2"}
 
@@ -69,24 +70,7 @@ def test_safeclip_resume_mid_filtering_is_exact(tmp_path, monkeypatch):
     cfg = build_config({"preset": "carlini-backdoor-small"}, ov)
     straight = run_experiment(cfg, tmp_path / "a")
 
-    training_hooks = SafeCLIP.training_hooks
-
-    def interrupting_hooks(self):
-        hooks = training_hooks(self)
-
-        def hook(tr, epoch):
-            if epoch == 4:  # during epoch 4 (the 2nd filtering epoch): the last checkpoint is epoch 3's
-                raise KeyboardInterrupt
-
-        hooks.epoch_end.append(hook)
-        return hooks
-
-    monkeypatch.setattr(SafeCLIP, "training_hooks", interrupting_hooks)
-    with pytest.raises(KeyboardInterrupt):
-        run_experiment(cfg, tmp_path / "b")
-    assert (tmp_path / "b.partial" / "checkpoint.pt").exists() and not (tmp_path / "b").exists()
-    monkeypatch.setattr(SafeCLIP, "training_hooks", training_hooks)
-    resumed = run_experiment(cfg, tmp_path / "b")
+    resumed = interrupt_and_resume(monkeypatch, SafeCLIP, cfg, tmp_path / "b", 4)  # the 2nd filtering epoch
     key = ("safeclip_phase", "safeclip_rule", "safeclip_safe", "safeclip_safe_fraction", "loss")
     assert [h.get("safeclip_rule") for h in straight["history"]][2:] == ["threshold", "ratio (scores reused)", "ratio"]
     assert [[h.get(k) for k in key] for h in resumed["history"]] == [[h.get(k) for k in key] for h in straight["history"]]

@@ -27,6 +27,7 @@ from clpoison.methods.build import build_method
 
 from test_shard_stream import write_shards
 from test_stream_defenses import BACKDOOR, _cfg
+from interrupt import interrupt_and_resume
 
 SHARDS, PER, SIZE = 6, 8, 16
 N = SHARDS * PER
@@ -165,23 +166,7 @@ def test_streamed_backdoor_run_splits_records_and_resumes(data, tmp_path, monkey
     assert steps[:2] == [3, 6] and all(b > a for a, b in zip(steps, steps[1:]))
     assert all(r["loss"] == r["loss"] for r in h) and "asr" in straight["metrics"]
 
-    hooks = SafeCLIP.training_hooks
-
-    def interrupting(self):
-        out = hooks(self)
-
-        def stop(tr, epoch):
-            if epoch == 3:  # killed in the 2nd filtering epoch, before its checkpoint
-                raise KeyboardInterrupt
-
-        out.epoch_end.append(stop)
-        return out
-
-    monkeypatch.setattr(SafeCLIP, "training_hooks", interrupting)
-    with pytest.raises(KeyboardInterrupt):
-        run_experiment(cfg, tmp_path / "b")
-    monkeypatch.setattr(SafeCLIP, "training_hooks", hooks)
-    resumed = run_experiment(cfg, tmp_path / "b")
+    resumed = interrupt_and_resume(monkeypatch, SafeCLIP, cfg, tmp_path / "b", 3)  # in the 2nd filtering epoch
     key = ("safeclip_phase", "safeclip_rule", "safeclip_safe", "safeclip_safe_fraction", "step", "loss")
     assert [[r.get(k) for k in key] for r in resumed["history"]] == [[r.get(k) for k in key] for r in h]
 

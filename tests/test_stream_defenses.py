@@ -25,6 +25,7 @@ from clpoison.experiments.config import build_config
 from clpoison.experiments.runner import run_experiment
 
 from test_shard_stream import streamed_clip_overrides, write_shards
+from interrupt import interrupt_and_resume
 
 SHARDS, PER, SIZE = 6, 8, 16
 N = SHARDS * PER
@@ -61,23 +62,7 @@ def test_streamed_roclip_trains_and_resumes_exactly(data, tmp_path, monkeypatch)
     pool = ckpt["extra_state"]["roclip_pool"]
     assert int(pool["ptr"]) == N % 32  # pushed with the 48 captions of matching epoch 2 only
 
-    hooks = RoCLIP.training_hooks
-
-    def interrupting(self):
-        h = hooks(self)
-
-        def stop(tr, epoch):
-            if epoch == 3:  # killed after epoch 3, before its checkpoint: the run resumes from epoch 2's
-                raise KeyboardInterrupt
-
-        h.epoch_end.append(stop)
-        return h
-
-    monkeypatch.setattr(RoCLIP, "training_hooks", interrupting)
-    with pytest.raises(KeyboardInterrupt):
-        run_experiment(cfg, tmp_path / "b")
-    monkeypatch.setattr(RoCLIP, "training_hooks", hooks)
-    resumed = run_experiment(cfg, tmp_path / "b")
+    resumed = interrupt_and_resume(monkeypatch, RoCLIP, cfg, tmp_path / "b", 3)  # resumes from epoch 2's checkpoint
     assert [h["loss"] for h in resumed["history"]] == [h["loss"] for h in straight["history"]]
     ck2 = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)
     assert torch.equal(ck2["extra_state"]["roclip_pool"]["bank"], pool["bank"])  # restored, not drawn anew
