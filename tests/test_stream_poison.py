@@ -203,7 +203,7 @@ def test_rank_split_covers_clean_and_poison_shards(data, tmp_path):
 
 
 @pytest.mark.parametrize("extra, msg", [
-    (["attack.name=carlini-control"], "use carlini-backdoor or carlini-targeted"),
+    (["attack.name=carlini-control"], "use carlini-backdoor, carlini-targeted"),
     ([*BACKDOOR, "defense.name=grayscale"], "defense 'grayscale' works on data held in memory"),
 ])
 def test_other_attacks_and_defenses_refuse_streams(data, tmp_path, extra, msg):

@@ -38,6 +38,7 @@ class PoisonResult:
 class Attack:
     name: ClassVar[str] = "attack"
     data_kind: ClassVar[str] = "images"  # what it poisons: images (ImageSplits) | captions (CaptionSplits)
+    streams: ClassVar[bool] = False  # poisons streamed caption shards (writes extra shards: attacks/stream_poison.py)
     Params: ClassVar[type] = AttackParams
 
     def __init__(self, params: AttackParams) -> None:
@@ -62,6 +63,7 @@ class NoAttack(Attack):
     """No poisoning: the clean dataset, no manifest."""
 
     name = "none"
+    streams = True
 
     def poison(self, splits: Any, seed: int, context: Optional[dict] = None) -> PoisonResult:
         return PoisonResult(splits, None)

@@ -99,6 +99,7 @@ class CarliniBackdoor(Attack):
     """Patch backdoor: triggered images captioned with the target's caption set."""
 
     name = "carlini-backdoor"
+    streams = True  # streamed shards: the poisons become extra shards (stream_poison.py)
     data_kind = "captions"  # poisons image-caption data (CLIP)
     version = "1"
     Params = CarliniBackdoorParams

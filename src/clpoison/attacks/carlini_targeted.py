@@ -66,6 +66,7 @@ class CarliniTargeted(Attack):
     """Targeted poisoning: k (victim test image, adversarial caption) pairs added per target."""
 
     name = "carlini-targeted"
+    streams = True  # streamed shards: the poisons become extra shards (stream_poison.py)
     data_kind = "captions"  # poisons image-caption data (CLIP)
     version = "1"
     Params = CarliniTargetedParams

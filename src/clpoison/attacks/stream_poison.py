@@ -51,7 +51,6 @@ from .manifest import build_manifest, fingerprint_splits
 POISON_DIR = "poison_shards"
 RECORD = "poison.json"
 SHARD_SIZE = 10000
-STREAM_ATTACKS = ("carlini-backdoor", "carlini-targeted")
 
 
 def poison_folder(context: Optional[dict]) -> Path:

@@ -47,9 +47,10 @@ class _BatchDecoder(torch.utils.data.IterableDataset):
             yield info.id, idx, self.dataset.load(idx, threads=1)  # the workers are the parallelism
 
 
-class StreamedImageBatches:
-    """``for idx, images, sizes in sb.epoch(e)``: :class:`~clpoison.data.loader.ResidentBatches`'s batches of a
-    streamed split (``dataset.load(index)``), decoded by ``workers`` loader processes (0: in this process)."""
+class StreamedImageBatches(ResidentBatches):
+    """``for idx, images, sizes in sb.epoch(e)``: :class:`~clpoison.data.loader.ResidentBatches`'s batches (its
+    order, length and process share) of a streamed split (``dataset.load(index)``), decoded by ``workers`` loader
+    processes (0: in this process)."""
 
     def __init__(self, dataset: Any, batch_size: int, device: torch.device, seed: int = 0, drop_last: bool = True,
                  rank: int = 0, world_size: int = 1, shuffle: bool = True, workers: int = 2) -> None:
@@ -57,21 +58,12 @@ class StreamedImageBatches:
             raise ConfigError(f"data.stream_workers={workers} must be >= 0 (0 = decode in the training process)")
         if not hasattr(dataset, "load"):
             raise ValueError("StreamedImageBatches reads a streamed split (with load(index)); use ResidentBatches")
-        self.order = ResidentBatches(dataset, batch_size, device, seed, drop_last, rank, world_size, shuffle)
-        self.dataset, self.device, self.workers = dataset, device, workers
-        self.n, self.batch_size, self.seed = len(dataset), batch_size, seed
-        self.rank, self.world_size, self.shuffle, self.drop_last = rank, world_size, shuffle, drop_last
-        self.streaming, self.sizes = True, None
-
-    def __len__(self) -> int:
-        return len(self.order)
-
-    def index_batches(self, epoch: int) -> list[torch.Tensor]:
-        return list(self.order.index_batches(epoch))
+        super().__init__(dataset, batch_size, device, seed, drop_last, rank, world_size, shuffle)
+        self.workers = workers
 
     def decoded(self, epoch: int) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
         """``(worker, index, uint8 images on the host)`` in step order (worker 0 when decoded in this process)."""
-        batches = self.index_batches(epoch)
+        batches = list(self.index_batches(epoch))
         workers = min(self.workers, len(batches))
         if workers == 0:
             yield from _BatchDecoder(self.dataset, batches)

@@ -40,6 +40,7 @@ class DefenseParams(Params):
 class Defense:
     name: ClassVar[str] = "defense"
     Params: ClassVar[type] = DefenseParams
+    streams: ClassVar[bool] = False  # runs on streamed caption shards (data.captions.stream: true)
 
     def __init__(self, params: DefenseParams) -> None:
         self.params = params
@@ -75,3 +76,4 @@ class NoDefense(Defense):
     """No defense."""
 
     name = "none"
+    streams = True

@@ -142,6 +142,7 @@ class CleanCLIP(Defense):
     """Fine-tune a (poisoned) CLIP checkpoint on a clean split with CLIP + in-modal losses."""
 
     name = "cleanclip"
+    streams = True  # also on streamed caption shards
     Params = CleanCLIPParams
 
     def __init__(self, params: CleanCLIPParams) -> None:

@@ -158,6 +158,7 @@ class RoCLIP(Defense):
     """Every ``break_epoch``-th epoch, train each image against its nearest caption in a FIFO pool of past captions."""
 
     name = "roclip"
+    streams = True  # also on streamed caption shards
     Params = RoCLIPParams
 
     def __init__(self, params: RoCLIPParams) -> None:

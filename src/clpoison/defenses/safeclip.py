@@ -74,6 +74,7 @@ class SafeCLIP(Defense):
     """SafeCLIP: unimodal warm-up, low-lr CLIP epoch, then GMM safe/risky split with a growing safe set."""
 
     name = "safeclip"
+    streams = True  # also on streamed caption shards
     Params = SafeCLIPParams
 
     def __init__(self, params: SafeCLIPParams) -> None:

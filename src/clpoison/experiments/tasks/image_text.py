@@ -33,7 +33,8 @@ from typing import Any, Callable, Mapping, Optional
 
 import torch
 
-from ...attacks.stream_poison import STREAM_ATTACKS
+from ...attacks import ATTACKS
+from ...defenses import DEFENSES
 from ...data.caption_loader import CaptionBatches, CaptionImageAugment, flat_captions
 from ...data.caption_readers import load_caption_splits
 from ...data.caption_shards import read_caption_shards
@@ -55,7 +56,6 @@ from ..sources import subset_train
 from .base import TASKS, Task
 
 TOKENIZER_NAME = "tokenizer.json"
-STREAM_DEFENSES = ("roclip", "cleanclip", "safeclip")  # the defenses that run on streamed shards (docs/scale.md)
 
 
 def limit_pairs(ds: CaptionDataset, n: int | None) -> CaptionDataset:
@@ -117,12 +117,12 @@ class ImageTextTask(Task):
         if not cfg.data.path or not c.test_path:
             raise ConfigError("data.captions.stream=true needs data.path (the train shards) and data.captions.test_path "
                               "(held-out shards, loaded into memory for evaluation)")
-        if cfg.defense.name not in ("none", *STREAM_DEFENSES):
-            raise ConfigError(f"defense '{cfg.defense.name}' works on data held in memory; with data.captions.stream=true "
-                              f"use {', '.join(STREAM_DEFENSES)} or none (or data.captions.stream=false)")
-        if cfg.attack.name not in ("none", *STREAM_ATTACKS):
-            raise ConfigError(f"attack '{cfg.attack.name}' works on data held in memory; with data.captions.stream=true "
-                              f"use {' or '.join(STREAM_ATTACKS)} (they write their poisons as extra shards) or none")
+        for kind, reg, name in (("defense", DEFENSES, cfg.defense.name), ("attack", ATTACKS, cfg.attack.name)):
+            if not reg.get(name).streams:  # the methods that run on streamed shards say so (``streams``)
+                ok = [n for n in reg.names() if n != "none" and reg.get(n).streams]
+                extra = " (they write their poisons as extra shards)" if kind == "attack" else ""
+                raise ConfigError(f"{kind} '{name}' works on data held in memory; with data.captions.stream=true use "
+                                  f"{', '.join(ok)}{extra} or none (or data.captions.stream=false)")
         train = StreamingCaptionSet(cfg.data.path, size, c.on_error, "train")
         test, skipped = read_caption_shards(c.test_path, c.on_error, size, "test")
         return CaptionSplits(train, limit_pairs(test, cfg.data.test_limit),
