@@ -58,10 +58,11 @@ def clean_shard_split(train: StreamingCaptionSet, manifest: Optional[dict], para
                           "CleanCLIP fine-tunes on clean shards only: point data.path at the clean shards alone")
     want = int(params.finetune_pairs)
     order = np.random.default_rng(int(seed) * 7_919 + 12_345).permutation(len(clean))
+    known = dict(zip(map(str, train.shards), train.counts or []))  # counted from the tar headers when loaded
     chosen, counts = [], []
     for i in order:
         chosen.append(clean[int(i)])
-        counts += shard_counts(chosen[-1:])
+        counts.append(known[str(chosen[-1])] if str(chosen[-1]) in known else shard_counts(chosen[-1:])[0])
         if sum(counts) >= want:
             break
     if sum(counts) < want:
