@@ -302,7 +302,8 @@ def test_poisoned_simclr_run_through_cli(tmp_path):
     cmd = [sys.executable, "-m", "clpoison", "--threads", "2", "run", str(cfg),
            "train.epochs=1", "data.train_limit=256", "data.test_limit=64", "train.batch_size=64", "model.width=8",
            "eval.random_init_control=false", "attack.params.poison_rate=0.125", "attack.params.trigger.size=6",
-           "--out", str(out), "--no-progress"]
+           "data.exclude_classes=[]", "attack.params.target_in_pretraining=null", "attack.params.object_width=null",
+           "eval.every_epochs=0", "--out", str(out), "--no-progress"]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONHASHSEED": "0"})
     assert p.returncode == 0, p.stderr[-2000:]
     res = json.loads((out / "results.json").read_text())

@@ -37,8 +37,14 @@ Inputs:
   ``object_width`` when given (upscaling, e.g. 64-px composites on 32-px data).
 * **support images** (CorruptEncoder+) — ``reference_dir/support-images/*`` or ``num_support`` (5) other seeded
   target-class training images.
-* **backgrounds** — ``background_dir`` (any image folder, recursive), or by default distinct seeded non-target
-  training images (drawn with replacement when there are fewer than the composites).
+* **backgrounds** — ``background_dir`` (any image folder, recursive; the paper's 650 Places365 scenes), or
+  distinct seeded non-target training images (drawn with replacement when there are fewer than the composites):
+  whole (``background: images``, the default) or, as an object-free stand-in for scene photos on object-centric
+  data like CIFAR, a seeded ``background_crop``-px crop of each (``background: crops``), upscaled to the canvas
+  into a smooth colour field. The manifest records which (``details.background``).
+* **the setting** — the paper keeps the target class out of pretraining: ``data.exclude_classes: [TARGET]``
+  with ``target_in_pretraining: false``; references and support images then come from the class's withheld
+  images, which enter training only inside the poisons. The manifest records ``target_in_pretraining``.
 * **trigger** — one :class:`~clpoison.attacks.triggers.Trigger` (default: a 40×40 ``uniform`` colour-noise patch,
   like the paper's colourful HTBA ``trigger_10``), the same tensor at poison time and at evaluation.
 
@@ -89,6 +95,7 @@ from .ssl_backdoor_base import SSLBackdoorAttack, SSLBackdoorBaseParams
 
 MASKS = ("color-distance", "center", "none")
 LAYOUTS = ("left-right", "top-bottom", "both")
+BACKGROUNDS = ("images", "crops")
 
 
 @dataclass
@@ -98,7 +105,10 @@ class CorruptEncoderParams(SSLBackdoorBaseParams):
     reference_dir: Optional[str] = None  # DIR/<k>/img.png (+ label.png), DIR/support-images/*; None: training images
     reference_mask: str = "color-distance"  # masks without label.png files: color-distance | center | none
     center_fraction: float = 0.75  # side of the centre box for reference_mask=center (and its fallback)
-    background_dir: Optional[str] = None  # image folder; None: non-target training images
+    background_dir: Optional[str] = None  # image folder (the paper: Places365 scenes); None: `background`
+    background: str = "images"  # without background_dir: images (non-target training images) | crops (a
+    # background_crop-px crop of one, upscaled: a smooth, object-free stand-in for the paper's scene photos)
+    background_crop: int = 8
     max_object_width: int = 400  # o_w <= this (official: max_size/2 = 400)
     max_object_height: Optional[int] = None  # optional cap on o_h (not in the official code; memory of the canvas)
     object_width: Optional[int] = None  # resize every object to this width (upscaling allowed); None: native size
@@ -112,6 +122,8 @@ class CorruptEncoderParams(SSLBackdoorBaseParams):
         super().__post_init__()
         if self.reference_mask not in MASKS:
             raise ConfigError(f"attack.params.reference_mask='{self.reference_mask}' is unknown; choose one of: {', '.join(MASKS)}")
+        if self.background not in BACKGROUNDS:
+            raise ConfigError(f"attack.params.background='{self.background}' is unknown; choose one of: {', '.join(BACKGROUNDS)}")
         if self.layout not in LAYOUTS:
             raise ConfigError(f"attack.params.layout='{self.layout}' is unknown; choose one of: {', '.join(LAYOUTS)}")
         if not 0.0 <= float(self.support_ratio) < 1.0:
@@ -120,7 +132,7 @@ class CorruptEncoderParams(SSLBackdoorBaseParams):
             raise ConfigError(f"attack.params.object_marginal={self.object_marginal} must lie in [0, 0.25) (paper: 0.05)")
         if not 0.0 <= float(self.trigger_marginal) < 0.5:
             raise ConfigError(f"attack.params.trigger_marginal={self.trigger_marginal} must lie in [0, 0.5) (paper: 0.25)")
-        for k in ("num_references", "max_object_width", "num_support"):
+        for k in ("num_references", "max_object_width", "num_support", "background_crop"):
             v = getattr(self, k)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ConfigError(f"attack.params.{k}={v!r} must be a positive integer")
@@ -145,7 +157,7 @@ class CorruptEncoder(SSLBackdoorAttack):
 
     # -- inputs ------------------------------------------------------------------------------------------------
 
-    def reference_images(self, train: ImageDataset, target: int, g: torch.Generator) -> tuple[list, list, dict]:
+    def reference_images(self, splits: ImageSplits, target: int, g: torch.Generator) -> tuple[list, list, dict]:
         """(reference (image, mask-or-None, source) list, support images list, provenance)."""
         p = self.params
         if p.reference_dir:
@@ -163,17 +175,17 @@ class CorruptEncoder(SSLBackdoorAttack):
             sup_dir = root / "support-images"
             sups = [(read_image(f), str(f)) for f in list_image_files(sup_dir)] if sup_dir.is_dir() else []
             return refs, sups, {"reference_dir": str(root)}
-        cand = (train.labels == target).nonzero().view(-1)
+        pool, names = self.target_pool(splits, target)
         need = p.num_references + (p.num_support if p.support_ratio > 0 else 0)
-        if len(cand) < need:
-            raise DataError(f"only {len(cand)} training images of the target class; {need} references/support "
+        if len(pool) < need:
+            raise DataError(f"only {len(pool)} images of the target class; {need} references/support "
                             "images are needed (lower num_references/num_support or give reference_dir)")
-        perm = cand[torch.randperm(len(cand), generator=g)]
+        perm = torch.randperm(len(pool), generator=g)
         ref_idx, sup_idx = perm[: p.num_references].tolist(), perm[p.num_references : need].tolist()
-        sz = train.valid_sizes()
-        refs = [(train.images[i, :, : int(sz[i, 0]), : int(sz[i, 1])].clone(), None, f"train[{i}]") for i in ref_idx]
-        sups = [(train.images[i, :, : int(sz[i, 0]), : int(sz[i, 1])].clone(), f"train[{i}]") for i in sup_idx]
-        return refs, sups, {"reference_indices": ref_idx, "support_indices": sup_idx}
+        sz = pool.valid_sizes()
+        refs = [(pool.images[i, :, : int(sz[i, 0]), : int(sz[i, 1])].clone(), None, names[i]) for i in ref_idx]
+        sups = [(pool.images[i, :, : int(sz[i, 0]), : int(sz[i, 1])].clone(), names[i]) for i in sup_idx]
+        return refs, sups, {"reference_images": [names[i] for i in ref_idx], "support_images": [names[i] for i in sup_idx]}
 
     def objects(self, refs: list) -> list[RefObject]:
         p = self.params
@@ -224,14 +236,27 @@ class CorruptEncoder(SSLBackdoorAttack):
                 if i not in cache:
                     cache[i] = read_image(files[i])
                 out.append(cache[i])
-            return out, {"background_dir": str(p.background_dir), "background_files": [str(files[i]) for i in idx]}
+            return out, {"background": "background_dir", "background_dir": str(p.background_dir),
+                         "background_files": [str(files[i]) for i in idx]}
         cand = (train.labels != target).nonzero().view(-1)
         if len(cand) == 0:
             raise DataError("no non-target training images to use as backgrounds; give attack.params.background_dir")
         idx = cand[torch.tensor(self._draw(len(cand), n, g), dtype=torch.int64)].tolist() if n else []
         sz = train.valid_sizes()
-        return ([train.images[i, :, : int(sz[i, 0]), : int(sz[i, 1])] for i in idx],
-                {"background_indices": idx})
+        imgs = [train.images[i, :, : int(sz[i, 0]), : int(sz[i, 1])] for i in idx]
+        if p.background == "crops":  # object-free stand-in: a small crop, upscaled by compose() to a smooth field
+            imgs = [self.crop(im, p.background_crop, g) for im in imgs]
+        return imgs, {"background": p.background, "background_crop": p.background_crop if p.background == "crops"
+                      else None, "background_indices": idx}
+
+    @staticmethod
+    def crop(img: torch.Tensor, c: int, g: torch.Generator) -> torch.Tensor:
+        """A seeded c×c crop (the whole image when smaller)."""
+        h, w = img.shape[1:]
+        c_h, c_w = min(c, h), min(c, w)
+        y = int(torch.randint(0, h - c_h + 1, (1,), generator=g))
+        x = int(torch.randint(0, w - c_w + 1, (1,), generator=g))
+        return img[:, y : y + c_h, x : x + c_w]
 
     @staticmethod
     def _draw(pool: int, n: int, g: torch.Generator) -> list[int]:
@@ -294,7 +319,7 @@ class CorruptEncoder(SSLBackdoorAttack):
         train = splits.train
         n_sup = int(n * float(p.support_ratio))
         n_comp = n - n_sup
-        refs, sups, prov = self.reference_images(train, target, g)
+        refs, sups, prov = self.reference_images(splits, target, g)
         if n_sup and not sups:
             raise DataError("CorruptEncoder+ needs support images: add reference_dir/support-images/ or use the "
                             "training images (no reference_dir)")

@@ -64,10 +64,11 @@ class PoisonedEncoder(SSLBackdoorAttack):
     def craft(self, splits: ImageSplits, target: int, n: int, g: torch.Generator, seed: int, t0: float) -> PoisonResult:
         p = self.params
         train = splits.train
-        cand = (train.labels == target).nonzero().view(-1)
-        if len(cand) < p.num_references:
-            raise DataError(f"only {len(cand)} training images of the target class; lower attack.params.num_references")
-        refs = cand[torch.randperm(len(cand), generator=g)[: p.num_references]].tolist()
+        pool, names = self.target_pool(splits, target)
+        if len(pool) < p.num_references:
+            raise DataError(f"only {len(pool)} images of the target class; lower attack.params.num_references")
+        refs = torch.randperm(len(pool), generator=g)[: p.num_references].tolist()
+        psz = pool.valid_sizes()
         others = (train.labels != target).nonzero().view(-1)
         if len(others) == 0:
             raise DataError("no non-target training images to carry the trigger; use a dataset with other classes")
@@ -78,13 +79,13 @@ class PoisonedEncoder(SSLBackdoorAttack):
         for i in range(n):
             k = int(torch.randint(0, len(refs), (1,), generator=g))
             r = refs[k]
-            ref = train.images[r, :, : int(sz[r, 0]), : int(sz[r, 1])]
+            ref = pool.images[r, :, : int(psz[r, 0]), : int(psz[r, 1])]
             b = bg_idx[i]
             bg = resize_image(train.images[b, :, : int(sz[b, 0]), : int(sz[b, 1])], *ref.shape[1:])
             self.trigger.check_fits(*bg.shape[1:])
             trig = self.trigger.apply(bg.unsqueeze(0), g)[0]
             first = bool(torch.rand(1, generator=g) < 0.5)  # reference on the left?
             extra.append(torch.cat([ref, trig] if first else [trig, ref], dim=2))
-            layout.append({"reference": r, "background": b, "reference_left": first})
-        details = {"reference_indices": refs, "layout": layout}
+            layout.append({"reference": k, "background": b, "reference_left": first})
+        details = {"reference_images": [names[r] for r in refs], "layout": layout}
         return self.finish(splits, extra, target, seed, details, t0)

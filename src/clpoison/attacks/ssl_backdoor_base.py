@@ -34,11 +34,17 @@ class SSLBackdoorBaseParams(AttackParams):
     trigger: dict = field(default_factory=dict)  # TriggerSpec keys over DEFAULT_TRIGGER
     eval_seed: int = 1234  # seeds the trigger positions on the test images (fixed per image, as the paper's files)
     zscore_images: int = 1000  # test images for the label-free backdoor z-score
+    # false: the paper's setting, the target class kept out of pretraining (data.exclude_classes) — checked;
+    # true: the target class must be in the pretraining data; null: whatever the data is (recorded in the manifest)
+    target_in_pretraining: Optional[bool] = None
 
     default_trigger: ClassVar[dict] = DEFAULT_TRIGGER
     patch_only: ClassVar[bool] = False  # attacks that paste the trigger into a composite need a patch
 
     def __post_init__(self) -> None:
+        if self.target_in_pretraining not in (None, True, False):
+            raise ConfigError(f"attack.params.target_in_pretraining={self.target_in_pretraining!r} must be true, false "
+                              "or null")
         self.trigger_spec = trigger_spec(self.trigger, self.default_trigger, "attack.params.trigger")
         if self.patch_only and not isinstance(self.trigger_spec, TriggerSpec):
             raise ConfigError("attack.params.trigger.type=ctrl: this attack pastes a patch trigger into its composites; "
@@ -109,11 +115,41 @@ class SSLBackdoorAttack(Attack):
             splits = require_images(splits, self.name)
             train = splits.train
             target = self.target_index(train)
+            self.check_setting(splits, target)
             n = resolve_budget(self.params.poison_rate, self.params.poison_count, len(train), self.default_rate)
             return self.craft(splits, target, n, torch.Generator().manual_seed(int(seed)), seed, t0)
 
     def craft(self, splits: ImageSplits, target: int, n: int, g: torch.Generator, seed: int, t0: float) -> PoisonResult:
         raise NotImplementedError
+
+    def check_setting(self, splits: ImageSplits, target: int) -> None:
+        """``target_in_pretraining`` against the data: false needs the target class in ``data.exclude_classes``."""
+        want, name = self.params.target_in_pretraining, splits.train.class_names[target]
+        present = bool((splits.train.labels == target).any())
+        if want is False and present:
+            raise ConfigError(f"attack.params.target_in_pretraining=false but the target class '{name}' is in the "
+                              f"pretraining data; add it to data.exclude_classes (e.g. data.exclude_classes=[{name}])")
+        if want is True and not present:
+            raise ConfigError(f"attack.params.target_in_pretraining=true but the target class '{name}' has no "
+                              "pretraining images; remove it from data.exclude_classes")
+
+    @staticmethod
+    def target_pool(splits: ImageSplits, target: int) -> tuple[ImageDataset, list[str]]:
+        """The target-class images the attacker draws references / sources from, and a provenance name per row:
+        the class's training images, or — when the class is kept out of pretraining — its withheld images."""
+        train, held = splits.train, splits.withheld
+        rows = (train.labels == target).nonzero().view(-1)
+        where = "train"
+        if not len(rows) and held is not None:
+            train, where = held, "withheld"
+            rows = (held.labels == target).nonzero().view(-1)
+        return train.subset(rows), [f"{where}[{i}]" for i in rows.tolist()]
+
+    @staticmethod
+    def setting(splits: ImageSplits, target: int) -> dict:
+        """The experimental setting the manifest records: is the target class in the pretraining data?"""
+        return {"target_in_pretraining": bool((splits.train.labels == target).any()),
+                "excluded_classes": list(splits.source.get("excluded_classes", []))}
 
     def evaluate(self, context: dict[str, Any]) -> dict[str, Any]:
         p = self.params
@@ -136,7 +172,7 @@ class SSLBackdoorAttack(Attack):
             new_train = train
         poisoned = ImageSplits(new_train, splits.test, dict(splits.source))
         secs = time.perf_counter() - t0
-        details = {**details, "poison_count": n, "craft_seconds": round(secs, 4),
+        details = {**details, **self.setting(splits, target), "poison_count": n, "craft_seconds": round(secs, 4),
                    "craft_images_per_s": round(n / secs, 2) if secs > 0 and n else None}
         manifest = build_manifest(
             attack=self.name, attack_version=self.version, params=self.params.to_dict(), seed=seed, source=splits,

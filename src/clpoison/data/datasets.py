@@ -105,12 +105,15 @@ class ImageDataset:
 class ImageSplits:
     """A dataset with its train and test split (and where it came from). ``downstream``, when set, is the labelled
     split the evaluation fits its classifiers on (kNN memory, linear probe) instead of ``train`` — a share of the
-    training images held out of pretraining (:func:`hold_out_per_class`; No-Label Backdoors' 90/10 layout)."""
+    training images held out of pretraining (:func:`hold_out_per_class`; No-Label Backdoors' 90/10 layout).
+    ``withheld``, when set, holds the training images of classes kept out of pretraining
+    (:func:`exclude_classes`): never trained on, they are the attacker's pool of target-class images."""
 
     train: ImageDataset
     test: ImageDataset
     source: dict = field(default_factory=dict)
     downstream: Optional[ImageDataset] = None
+    withheld: Optional[ImageDataset] = None
 
     @property
     def class_names(self) -> list[str]:
@@ -148,6 +151,29 @@ def hold_out_per_class(ds: ImageDataset, fraction: float, seed: int = 42) -> tup
     mask = torch.zeros(len(ds), dtype=torch.bool)
     mask[torch.cat(held)] = True
     return ds.subset(mask.logical_not().nonzero().view(-1)), ds.subset(mask.nonzero().view(-1), f"{ds.name}-downstream")
+
+
+def exclude_classes(splits: ImageSplits, classes: Sequence[Any], key: str = "data.exclude_classes") -> ImageSplits:
+    """Keep ``classes`` (names or indices) out of pretraining: their training rows move to ``splits.withheld``;
+    the labelled split the probes are fitted on (``downstream``, else the whole training split) and the test split
+    keep every class. CorruptEncoder's setting: pretraining on ImageNet100-A, the target class from ImageNet100-B.
+    The excluded names are recorded in ``splits.source["excluded_classes"]``."""
+    train = splits.train
+    names = list(train.class_names)
+    idx = []
+    for c in classes:
+        try:
+            idx.append(train.class_index(c))
+        except DataError:
+            raise ConfigError(f"{key}: class '{c}' is not one of the data's classes ({', '.join(names)})") from None
+    idx = sorted(set(idx))
+    if len(idx) >= len(names):
+        raise ConfigError(f"{key} excludes every class of the data; keep at least one class for pretraining")
+    out = torch.isin(train.labels, torch.tensor(idx, dtype=torch.int64))
+    kept = train.subset(out.logical_not().nonzero().view(-1), train.name)
+    withheld = train.subset(out.nonzero().view(-1), f"{train.name}-withheld")
+    source = {**splits.source, "excluded_classes": [names[i] for i in idx]}
+    return ImageSplits(kept, splits.test, source, splits.labelled, withheld)
 
 
 def per_class_subset(ds: Any, n: int, seed: int = 0) -> Any:

@@ -27,7 +27,10 @@ from .runner import run_or_reuse
 CORRUPTENCODER_PRESET = "corruptencoder-small"
 CORRUPTENCODER_ROWS = ("clean", "ssl_backdoor", "poisoned_encoder", "corruptencoder", "corruptencoder_plus",
                        "corruptencoder_localized_cropping")
-_CE_COMMON = ("target", "poison_rate", "poison_count", "trigger", "eval_seed", "zscore_images")
+_CE_COMMON = ("target", "poison_rate", "poison_count", "trigger", "eval_seed", "zscore_images", "target_in_pretraining")
+#: SSL-Backdoor in the paper's setting (target class out of pretraining): added, up-sampled copies of withheld
+#: target-class images — 64 px beside 32-px clean images, the size of CorruptEncoder's objects (object_width 64)
+_SSLB_OUT_OF_PRETRAINING = {"mode": "add", "poison_scale": 2.0}
 
 
 def run_named(name: str, data: dict, overrides: list[str], work: Path,
@@ -103,7 +106,8 @@ def corruptencoder_row_config(row: str, ce: dict) -> dict:
     if row == "clean":  # CorruptEncoder with zero poisons: clean data, same trigger evaluated
         attack: dict[str, Any] = {"name": "corruptencoder", "params": {**ce, "poison_rate": None, "poison_count": 0}}
     elif row == "ssl_backdoor":
-        attack = {"name": "ssl-backdoor", "params": common}
+        out = ce.get("target_in_pretraining") is False
+        attack = {"name": "ssl-backdoor", "params": {**common, **(_SSLB_OUT_OF_PRETRAINING if out else {})}}
     elif row == "poisoned_encoder":
         attack = {"name": "poisoned-encoder", "params": {**common, "num_references": ce.get("num_references", 3)}}
     elif row == "corruptencoder_plus":

@@ -39,6 +39,7 @@ class DataConfig:
     train_per_class: Optional[int] = None  # a seeded class-balanced subset: this many training rows of each class
     train_subset: Optional[int] = None  # a seeded random subset of this many training rows (images or pairs)
     subset_seed: int = 0  # seeds train_per_class / train_subset (independent of the run seed)
+    exclude_classes: list = field(default_factory=list)  # classes kept out of pretraining (probe/test keep them)
 
     def __post_init__(self) -> None:
         if self.train_per_class is not None and self.train_subset is not None:
@@ -51,6 +52,10 @@ class DataConfig:
             raise ConfigError(f"data.stream_workers={self.stream_workers} must be >= 0 (0 = decode in the training process)")
         if not 0.0 <= self.downstream_fraction < 1.0:
             raise ConfigError(f"data.downstream_fraction={self.downstream_fraction} must lie in [0, 1) (NLB: 0.1)")
+        if not isinstance(self.exclude_classes, list) or not all(isinstance(c, (str, int)) and not isinstance(c, bool)
+                                                                  for c in self.exclude_classes):
+            raise ConfigError(f"data.exclude_classes={self.exclude_classes!r} must be a list of class names or "
+                              "indices, e.g. [airplane]")
 
 
 @dataclass

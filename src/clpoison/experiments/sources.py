@@ -9,12 +9,12 @@ folder → ``imagefolder``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from ..data.caption_readers import FILE_READERS, CaptionDataConfig, load_caption_splits, read_caption_file
 from ..data.caption_shards import read_caption_shards
 from ..data.caption_source_info import csv_columns
-from ..data.datasets import ImageSplits, hold_out_per_class, limit, per_class_subset, random_subset
+from ..data.datasets import ImageSplits, exclude_classes, hold_out_per_class, limit, per_class_subset, random_subset
 from ..data.image_readers import SOURCES, load_dataset
 from ..errors import ConfigError, DataError
 
@@ -36,9 +36,11 @@ def resolve_source(data: str, path: Optional[str] = None) -> tuple[str, Optional
 
 def load_image_source(name: str, path: Optional[str], seed: int, image_size: Optional[int] = None,
                       max_resident_bytes: Optional[int] = None, train_limit: Optional[int] = None,
-                      test_limit: Optional[int] = None, downstream_fraction: float = 0.0) -> ImageSplits:
+                      test_limit: Optional[int] = None, downstream_fraction: float = 0.0,
+                      excluded: Sequence[Any] = ()) -> ImageSplits:
     """Labelled image splits of a registered image source, optionally cut to the first ``*_limit`` images, with
-    ``downstream_fraction`` of each class held out of training as the labelled downstream split."""
+    ``downstream_fraction`` of each class held out of training as the labelled downstream split and the
+    ``excluded`` classes kept out of pretraining (:func:`~clpoison.data.datasets.exclude_classes`)."""
     kwargs: dict[str, Any] = {}
     if max_resident_bytes is not None:
         kwargs["max_resident_bytes"] = max_resident_bytes
@@ -49,6 +51,8 @@ def load_image_source(name: str, path: Optional[str], seed: int, image_size: Opt
     splits.test = limit(splits.test, test_limit)
     if downstream_fraction:
         splits.train, splits.downstream = hold_out_per_class(splits.train, downstream_fraction)
+    if excluded:
+        splits = exclude_classes(splits, excluded)
     return splits
 
 

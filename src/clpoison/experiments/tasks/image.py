@@ -26,10 +26,13 @@ class ImageTask(Task):
     def load(self) -> ImageSplits:
         d = self.cfg.data
         splits = load_image_source(d.name, d.path, self.cfg.seed, d.image_size, int(d.max_resident_gb * 2**30),
-                                   d.train_limit, d.test_limit, d.downstream_fraction)
+                                   d.train_limit, d.test_limit, d.downstream_fraction, d.exclude_classes)
         if d.train_per_class is not None or d.train_subset is not None:  # streamed folders subset too
             splits.train = subset_train(splits.train, d.train_per_class, d.train_subset, d.subset_seed)
         held = f", {len(splits.downstream)} held out as the downstream set" if splits.downstream is not None else ""
+        if splits.withheld is not None:
+            held = (f", classes {', '.join(splits.source['excluded_classes'])} kept out of pretraining "
+                    f"({len(splits.withheld)} images; the probe's {len(splits.labelled)} labelled images keep them)")
         self.echo(f"data: {d.name} ({len(splits.train)} train / {len(splits.test)} test images{held})")
         fit = splits.labelled  # the kNN memory: the downstream split when one is held out
         if self.cfg.eval.knn_k > len(fit):  # checked before training, not after it
@@ -79,6 +82,8 @@ class ImageTask(Task):
                 "source": splits.source}
         if splits.downstream is not None:
             info["downstream_images"] = len(splits.downstream)
+        if splits.withheld is not None:
+            info["excluded_classes"] = splits.source["excluded_classes"]
         return info
 
     def throughput(self, n_samples: int, seconds: float) -> dict[str, float]:
