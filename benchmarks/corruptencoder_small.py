@@ -53,10 +53,16 @@ def run_row(name: str, data: dict, overrides: list[str], work: Path) -> tuple[di
     return m, man, wall, trace
 
 
+def trigger_size(man: dict) -> Optional[int]:
+    """The side of the manifest's (square patch) trigger, or None."""
+    shape = man.get("trigger", {}).get("shape")
+    return int(shape[-1]) if shape else None
+
+
 def trigger_area(man: dict) -> Optional[float]:
     """Mean share of a poison's valid area that the trigger covers (composites: the ``layout`` geometry; added
     SSL-Backdoor copies: the poison size), or None without added poisons."""
-    det, t = man.get("details", {}), man.get("trigger", {}).get("size")
+    det, t = man.get("details", {}), trigger_size(man)
     if not t or not det.get("poison_count"):
         return None
     if det.get("layout"):
@@ -94,7 +100,7 @@ def main() -> None:
             det = man.get("details", {})
             setting.setdefault("target_in_pretraining", det.get("target_in_pretraining"))
             setting.setdefault("excluded_classes", det.get("excluded_classes"))
-            setting.setdefault("trigger_size", man.get("trigger", {}).get("size"))
+            setting.setdefault("trigger_size", trigger_size(man))
             per[r]["trace"].append(trace)
             per[r]["area"].append(trigger_area(man))
             per[r]["ca"].append(m.get("ca"))
