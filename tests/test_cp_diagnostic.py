@@ -169,3 +169,31 @@ def test_the_poisoned_probe_is_fitted_on_the_poisoned_images():
     assert m["linear_top1"] < 0.45 and got > 0.9
     assert ATTACKS.build("cp-class", FAST).evaluate(ctx) == {"linear_top1_poisoned_probe": got}
     assert ATTACKS.build("random-noise", {}).evaluate(ctx) == {"linear_top1_poisoned_probe": got}
+
+
+def test_the_report_plots_the_crafting_trace_from_the_manifests(tmp_path, monkeypatch):
+    import json
+
+    import clpoison.report.figures as figures
+    from clpoison.report.aggregate import Setting
+    from clpoison.report.collect import Run
+    from clpoison.report.figures import crafting_trace
+
+    runs = []
+    for seed in (0, 1):
+        d = tmp_path / f"cps_s{seed}"
+        d.mkdir()
+        trace = {"rounds": [1, 2, 3], "loss_gap": [0.0, -0.1 * (seed + 1), float("nan")]}
+        man = {"attack": {"name": "cp-sample"}, "details": {"trace": trace, "init": {"attack": "cp-class", "trace": trace}}}
+        (d / "manifest.json").write_text(json.dumps(man))
+        runs.append(Run(d.name, d, "done", {"config": {"seed": seed}, "metrics": {}}))
+    bare = tmp_path / "clean"
+    bare.mkdir()
+    assert crafting_trace([Setting(("c",), {"Attack": "none"}, [Run("clean", bare, "done", {})])], tmp_path) == []
+    figs = crafting_trace([Setting(("cp",), {"Attack": "cp-sample"}, runs)], tmp_path)
+    assert [t for t, _ in figs] == ["Contrastive Poisoning crafting trace"] and figs[0][1].stat().st_size > 1000
+    seen = {}
+    monkeypatch.setattr(figures, "curve_plot", lambda path, curves, *a, **k: seen.update(curves) or path)
+    crafting_trace([Setting(("cp",), {"Attack": "cp-sample"}, runs)], tmp_path)
+    want = ([1, 2], [0.0, pytest.approx(-0.15)])  # the mean over seeds; a non-finite gap is left out
+    assert seen == {"cp-sample (cp-sample)": want, "cp-sample (cp-class stage)": want}

@@ -18,8 +18,8 @@ The attacker's method (SimCLR, MoCo v2 or BYOL) is ``attacker`` (:class:`~clpois
 trained through the one engine. BYOL attackers use 1 PGD step of 0.02 (the official ``main.py`` override) unless
 ``byol_override: false``. The output is quantised to uint8 (as a released dataset is), so the stored perturbation is
 at most round(255·ε) levels. Artifacts: ``delta.npz`` (δ in [−1, 1] as float32, ``epsilon``, ``classwise``,
-``class_names``) beside ``manifest.json``; ``details`` of the manifest hold the crafting record, with the shortcut diagnostic's trace (``details.trace``:
-loss gap ``L(x+εδ) − L(x)``, sign consistency, mean |ε·δ| per round; :mod:`.craft_diagnostic`) and the gates
+``class_names``) beside ``manifest.json``; ``details`` of the manifest hold the crafting record, with the
+shortcut diagnostic's trace (``details.trace``: loss gap ``L(x+εδ) − L(x)``, sign consistency, mean |ε·δ| per round; :mod:`.craft_diagnostic`) and the gates
 (``gate``) it passed or failed. After pretraining, :meth:`ContrastivePoisoning.evaluate` adds
 ``linear_top1_poisoned_probe``: a linear probe fitted on the *poisoned* training images.
 
@@ -142,6 +142,14 @@ def load_class_delta(path: Union[str, bytes], num_classes: int, shape: tuple[int
     return torch.from_numpy(np.ascontiguousarray(delta)).float().clamp(-1, 1)
 
 
+def without_gates(params: dict) -> dict:
+    """The params that decide δ: all but the gates (also those of a CP-C crafted first)."""
+    out = {k: v for k, v in params.items() if k != "gate"}
+    if isinstance(out.get("init"), dict) and isinstance(out["init"].get("params"), dict):
+        out["init"] = {**out["init"], "params": without_gates(out["init"]["params"])}
+    return out
+
+
 def delta_npz(noise: PoisonNoise, class_names: list[str]) -> bytes:
     buf = io.BytesIO()
     np.savez_compressed(buf, delta=noise.delta.detach().float().cpu().numpy(), epsilon=np.float64(noise.epsilon),
@@ -182,7 +190,7 @@ class ContrastivePoisoning(Attack):
         settings = p.settings()
         tcfg = surrogate.train_config(p.rounds, p.batch_size, progress=bool(ctx.get("progress", False)),
                                       checkpoint_every=p.checkpoint_every)
-        snapshot = {"attack": self.name, "params": {k: v for k, v in p.to_dict().items() if k != "gate"}, "seed": int(seed),
+        snapshot = {"attack": self.name, "params": without_gates(p.to_dict()), "seed": int(seed),
                     "source": {"n": len(train), "shape": list(shape)}}  # a changed gate resumes the same crafting
         work = ctx.get("work_dir")
         work = Path(work) / self.name if work is not None and init_details is not None else work
