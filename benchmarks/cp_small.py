@@ -3,7 +3,10 @@
 For every seed it crafts (once, exported like a released dataset, reused on re-runs) CP-C and CP-S with the
 ``cp-class-small`` / ``cp-sample-small`` presets, trains the ``simclr-small`` victim on: the clean data, random
 ±ε noise (the control), CP-C, CP-S, CP-S purified by matrix completion and by JPEG; and reports kNN and linear
-top-1 on clean labelled data beside the random-init encoder's. The momentum study crafts CP-S with each attacker
+top-1 on clean labelled data beside the random-init encoder's, and the linear probe fitted on the poisoned training
+images (``linear_top1_poisoned_probe``; the clean row's is its clean probe). CP-S starts from the CP-C row's export
+when that row is run (``init``), else from the CP-C its preset crafts first; ``craft.trace`` holds the crafting
+traces (loss gap, sign consistency, mean |eps*delta| per round) from the manifests. The momentum study crafts CP-S with each attacker
 method (SimCLR, MoCo v2, BYOL: method and augmentation of its small preset) and trains each victim's small preset
 on it (``--momentum-seeds``; attacker ``none`` = the victim on clean data, each column's reference). Crafting speed: wall time, noise-phase images/s (images × PGD steps per second) and
 its ratio to the bare forward+backward of the attacker's backbone on the same batch, timed interleaved.
@@ -36,7 +39,7 @@ from clpoison.utils.timing import forever, interleaved
 
 ROWS = ("clean", "random_noise", "cp_class", "cp_sample", "cp_sample_matrix_completion", "cp_sample_jpeg")
 METHODS = ("simclr", "mocov2", "byol")
-METRICS = ("knn_top1", "linear_top1")
+METRICS = ("knn_top1", "linear_top1", "linear_top1_poisoned_probe")
 
 
 def attack_params(preset: str, overrides: list[str], attacker_method: str = "simclr") -> dict:
@@ -46,6 +49,16 @@ def attack_params(preset: str, overrides: list[str], attacker_method: str = "sim
     if attacker_method != "simclr":
         small = load_preset(f"{attacker_method}-small")
         params["attacker"] = {**params["attacker"], "method": small["method"], "augment": small["augment"]}
+    return params
+
+
+def cp_sample_params(overrides: list[str], attacker_method: str, work: Path, seed: int) -> dict:
+    """``cp-sample-small``'s params; a SimCLR CP-S starts from the CP-C row's export when there is one (not from a
+    second crafting of the same CP-C); other attackers craft their own CP-C first (the preset's ``init``)."""
+    params = attack_params("cp-sample-small", overrides, attacker_method)
+    cpc = work / f"cp_class_data_s{seed}"
+    if attacker_method == "simclr" and (cpc / "manifest.json").exists():
+        params["init"] = str(cpc)
     return params
 
 
@@ -119,14 +132,19 @@ def main() -> None:
     per: dict[str, dict[str, list]] = {r: {m: [] for m in METRICS} for r in rows}
     rand: dict[str, list] = {m: [] for m in METRICS}
     craft: dict[str, list] = {"cp_class_s": [], "cp_sample_s": [], "noise_images_per_s": []}
+    traces: dict[str, list] = {"cp_class": [], "cp_sample": []}
     for s in range(args.seeds):
         ov = [f"seed={s}", *run_over]
         data = {}
         for key, name, preset in (("cp_class", "cp-class", "cp-class-small"), ("cp_sample", "cp-sample", "cp-sample-small")):
             if key in rows or (key == "cp_sample" and any(r.startswith("cp_sample") for r in rows)):
                 data[key] = work / f"{key}_data_s{s}"
-                man = crafted(name, attack_params(preset, atk_over), s, data[key])
+                params = attack_params(preset, atk_over)
+                if key == "cp_sample":
+                    params = cp_sample_params(atk_over, "simclr", work, s)
+                man = crafted(name, params, s, data[key])
                 craft[f"{key}_s"].append(man["details"]["craft_seconds"])
+                traces[key].append(man["details"].get("trace"))
                 if key == "cp_sample":
                     craft["noise_images_per_s"].append(man["details"]["noise_images_per_s"])
         runs = {"clean": ("simclr-small", None, None, None),
@@ -139,7 +157,7 @@ def main() -> None:
             preset, d, defense, attack = runs[r]
             m = victim(f"{r}_s{s}", preset, d, ov, work, defense, attack)
             for k in METRICS:
-                per[r][k].append(m.get(k))
+                per[r][k].append(m.get(k) if (r, k) != ("clean", "linear_top1_poisoned_probe") else m.get("linear_top1"))
             if r == "clean":
                 for k in METRICS:
                     rand[k].append(m.get(f"{k}_random_init"))
@@ -150,7 +168,7 @@ def main() -> None:
             momentum["none"][v].append(victim(name, f"{v}-small", None, [f"seed={s}", *run_over], work).get("linear_top1"))
         for a in METHODS:
             d = work / f"cp_sample_{a}_data_s{s}" if a != "simclr" else work / f"cp_sample_data_s{s}"
-            crafted("cp-sample", attack_params("cp-sample-small", atk_over, a), s, d)
+            crafted("cp-sample", cp_sample_params(atk_over, a, work, s), s, d)
             for v in METHODS:
                 name = f"momentum_{a}_to_{v}_s{s}" if (a, v) != ("simclr", "simclr") else f"cp_sample_s{s}"
                 momentum[a][v].append(victim(name, f"{v}-small", d, [f"seed={s}", *run_over], work).get("linear_top1"))
@@ -159,7 +177,7 @@ def main() -> None:
         "rows": {r: {k: stats(v)["mean"] for k, v in per[r].items()} for r in rows},
         "momentum": {a: {v: stats(x)["mean"] for v, x in vs.items()} for a, vs in momentum.items()},
         "craft": {"seconds": stats(craft["cp_sample_s"])["mean"], "cp_class_seconds": stats(craft["cp_class_s"])["mean"],
-                  **craft_speed(attack_params("cp-sample-small", atk_over), 0)},
+                  **craft_speed(attack_params("cp-sample-small", atk_over), 0), "trace": traces},
         "per_seed": {"random_init": rand, "rows": per, "momentum": momentum, "craft": craft},
         "std": {r: {k: stats(v)["std"] for k, v in per[r].items()} for r in rows},
         "_meta": {"seeds": list(range(args.seeds)), "momentum_seeds": list(range(args.momentum_seeds)),

@@ -207,12 +207,14 @@ def test_cp_run_and_export_through_the_cli(tmp_path, capsys):
 
     common = ["data.train_limit=256", "data.test_limit=128", "train.epochs=1", "train.batch_size=64", "model.width=8",
               "attack.params.rounds=2", "attack.params.batch_size=64", "attack.params.pgd_steps=1",
-              "attack.params.attacker.model.width=8", "eval.knn_k=10"]
+              "attack.params.attacker.model.width=8", "eval.knn_k=10", "attack.params.init.params.rounds=1",
+              "attack.params.init.params.model_steps=2", "attack.params.init.params.noise_steps=2"]
     (tmp_path / "cp.yaml").write_text("preset: cp-sample-small\n")
     assert main(["run", str(tmp_path / "cp.yaml"), *common, "--out", str(tmp_path / "run"), "--no-progress"]) == 0
     res = __import__("json").loads((tmp_path / "run" / "results.json").read_text())
-    assert {"knn_top1", "linear_top1", "knn_top1_random_init", "linear_top1_random_init"} <= set(res["metrics"])
-    assert (tmp_path / "run" / "delta.npz").exists() and (tmp_path / "run" / "manifest.json").exists()
+    assert {"knn_top1", "linear_top1", "knn_top1_random_init", "linear_top1_random_init",
+            "linear_top1_poisoned_probe"} <= set(res["metrics"])
+    assert all((tmp_path / "run" / f).exists() for f in ("delta.npz", "init_delta.npz", "manifest.json"))
     out = tmp_path / "exp"
     assert main(["poison", "cp-class", "--data", "cifar10-subset", "--out", str(out), "--preset", "cp-class-small",
                  "rounds=1", "model_steps=2", "noise_steps=2", "attacker.model.width=8", "--no-progress"]) == 0

@@ -7,15 +7,21 @@ victim's encoder learns the noise instead of the images and its linear probe on 
 ResNet-18 SimCLR: ≈ 92 % → 44.9 % under CP-S).
 
 * ``cp-sample`` (CP-S): one δ per image; needs no labels. README recipe: 200 rounds, whole-epoch model and noise
-  phases, 5 PGD steps of 0.1·ε. ``init`` may name a CP-C result (its ``delta.npz``, or the folder holding it): each
-  image starts from its class's δ — the paper's stronger variant.
+  phases, 5 PGD steps of 0.1·ε. ``init`` starts each image from its class's δ of a CP-C result — the paper's
+  stronger variant: a path (a ``delta.npz``, or the export / run folder holding it), or
+  ``{attack: cp-class, params: {...}}`` to craft that CP-C first in the same run (its ``epsilon``, ``batch_size``
+  and ``attacker`` default to the CP-S ones; it checkpoints and resumes on its own, its δ is written as
+  ``init_delta.npz`` and its record is ``details.init`` of the manifest).
 * ``cp-class`` (CP-C): one δ per class. README recipe: 1000 rounds of 20 model steps and 20 noise steps, 1 PGD step.
 
 The attacker's method (SimCLR, MoCo v2 or BYOL) is ``attacker`` (:class:`~clpoison.attacks.surrogate.Surrogate`),
 trained through the one engine. BYOL attackers use 1 PGD step of 0.02 (the official ``main.py`` override) unless
 ``byol_override: false``. The output is quantised to uint8 (as a released dataset is), so the stored perturbation is
 at most round(255·ε) levels. Artifacts: ``delta.npz`` (δ in [−1, 1] as float32, ``epsilon``, ``classwise``,
-``class_names``) beside ``manifest.json``; ``details`` of the manifest hold the crafting record.
+``class_names``) beside ``manifest.json``; ``details`` of the manifest hold the crafting record, with the
+shortcut diagnostic's trace (``details.trace``: loss gap ``L(x+εδ) − L(x)``, sign consistency, mean |ε·δ| per round; :mod:`.craft_diagnostic`) and the gates
+(``gate``) it passed or failed. After pretraining, :meth:`ContrastivePoisoning.evaluate` adds
+``linear_top1_poisoned_probe``: a linear probe fitted on the *poisoned* training images.
 
 Example (CLI)::
 
@@ -30,7 +36,7 @@ import io
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import numpy as np
 import torch
@@ -38,8 +44,10 @@ import torch
 from ..data.augment import TwoViewAugment
 from ..data.datasets import ImageDataset, ImageSplits
 from ..errors import ConfigError, DataError
+from ..eval.encoder_eval import poisoned_probe_metrics
 from ..utils.seed import seed_everything
 from .base import ATTACKS, Attack, AttackParams, PoisonResult
+from .craft_diagnostic import parse_gates, trace_of
 from .manifest import build_manifest
 from .noise_crafting import CraftSettings, PoisonNoise, craft
 from .ssl_backdoor_base import require_images
@@ -58,7 +66,8 @@ class CPSampleParams(AttackParams):
     dual_branch: bool = False  # official --allow_mmt_grad (MoCo v2 only has an effect)
     noise_updates_state: bool = True  # official: noise-phase forwards also move MoCo's queue / BYOL's EMA
     byol_override: bool = True  # official main.py: a BYOL attacker uses pgd_steps 1, step_size 0.02
-    init: Optional[str] = None  # CP-S only: a CP-C delta.npz (or its folder) to start every image from its class's δ
+    init: Union[str, dict, None] = None  # CP-S only: a CP-C delta.npz / folder, or {attack: cp-class, params: {...}}
+    gate: Union[dict, list, None] = None  # {round, max_gap, action: abort|warn} or a list: checks of the loss gap
     checkpoint_every: int = 1  # crafting rounds between checkpoints (work folder of the run / export)
     attacker: dict = field(default_factory=dict)  # Surrogate: method, model, augment, train
 
@@ -72,9 +81,23 @@ class CPSampleParams(AttackParams):
             raise ConfigError(f"attack.params.step_size={self.step_size} must be > 0 (the paper's is 0.1)")
         if self.checkpoint_every < 0:
             raise ConfigError(f"attack.params.checkpoint_every={self.checkpoint_every} must be >= 0")
-        if self.init is not None and not Path(self.init).expanduser().exists():
+        if isinstance(self.init, str) and not Path(self.init).expanduser().exists():
             raise ConfigError(f"attack.params.init='{self.init}' does not exist; give a cp-class export or run folder")
         self.surrogate = Surrogate.from_dict(self.attacker, "attack.params.attacker")
+        self.gates = parse_gates(self.gate)
+        self.init_params = self.crafted_init() if isinstance(self.init, dict) else None
+
+    def crafted_init(self) -> "CPClassParams":
+        """The CP-C to craft first (``init: {attack: cp-class, params}``); epsilon, batch size, attacker inherited."""
+        assert isinstance(self.init, dict)
+        if set(self.init) - {"attack", "params"} or self.init.get("attack") != "cp-class":
+            raise ConfigError("attack.params.init must be a path or {attack: cp-class, params: {...}} (the CP-C to craft "
+                              f"first); got keys {sorted(self.init)} with attack={self.init.get('attack')!r}")
+        params = self.init.get("params") or {}
+        if not isinstance(params, dict):
+            raise ConfigError("attack.params.init.params must be a mapping of cp-class parameters")
+        inherited = {"epsilon": self.epsilon, "batch_size": self.batch_size, "attacker": self.attacker}
+        return CPClassParams.from_dict({**inherited, **params}, "attack.params.init.params")
 
     def settings(self) -> CraftSettings:
         pgd, step = self.pgd_steps, self.step_size
@@ -97,12 +120,17 @@ class CPClassParams(CPSampleParams):
         super().__post_init__()
 
 
-def load_class_delta(path: str, num_classes: int, shape: tuple[int, ...]) -> torch.Tensor:
-    """The class-wise δ (C, 3, H, W) of a CP-C result (``delta.npz`` or a folder holding one); nothing unpickled."""
-    p = Path(path).expanduser()
-    p = p / "delta.npz" if p.is_dir() else p
-    if not p.exists():
-        raise ConfigError(f"attack.params.init='{path}': no delta.npz there; give a cp-class export or run folder")
+def load_class_delta(path: Union[str, bytes], num_classes: int, shape: tuple[int, ...]) -> torch.Tensor:
+    """The class-wise δ (C, 3, H, W) of a CP-C result (``delta.npz``, a folder holding one, or its bytes); nothing
+    unpickled."""
+    if isinstance(path, bytes):
+        p: Any = io.BytesIO(path)
+        path = "(crafted in this run)"
+    else:
+        p = Path(path).expanduser()
+        p = p / "delta.npz" if p.is_dir() else p
+        if not p.exists():
+            raise ConfigError(f"attack.params.init='{path}': no delta.npz there; give a cp-class export or run folder")
     try:
         with np.load(p, allow_pickle=False) as z:
             delta, classwise = z["delta"], bool(z["classwise"])
@@ -112,6 +140,14 @@ def load_class_delta(path: str, num_classes: int, shape: tuple[int, ...]) -> tor
         raise ConfigError(f"attack.params.init='{path}': expected a class-wise δ of shape {(num_classes, *shape)}, "
                           f"got {'class' if classwise else 'sample'}-wise {tuple(delta.shape)}")
     return torch.from_numpy(np.ascontiguousarray(delta)).float().clamp(-1, 1)
+
+
+def without_gates(params: dict) -> dict:
+    """The params that decide δ: all but the gates (also those of a CP-C crafted first)."""
+    out = {k: v for k, v in params.items() if k != "gate"}
+    if isinstance(out.get("init"), dict) and isinstance(out["init"].get("params"), dict):
+        out["init"] = {**out["init"], "params": without_gates(out["init"]["params"])}
+    return out
 
 
 def delta_npz(noise: PoisonNoise, class_names: list[str]) -> bytes:
@@ -138,25 +174,28 @@ class ContrastivePoisoning(Attack):
         labels = train.labels
         if self.classwise and (labels is None or len(labels) == 0 or bool((labels < 0).any()) or not train.class_names):
             raise DataError(f"{self.name} needs a class label for every training image; use cp-sample for unlabelled data")
+        shape = tuple(train.images.shape[1:])
+        init, artifacts, init_details = self.initial_delta(splits, seed, ctx)
         t0 = time.perf_counter()
         seed_everything(seed)
         device = ctx.get("device") or torch.device("cpu")
-        shape = tuple(train.images.shape[1:])
         g = torch.Generator().manual_seed(int(seed))
         noise = PoisonNoise(train.num_classes if self.classwise else len(train), shape, p.epsilon,
                             labels if self.classwise else None, g)
-        if getattr(p, "init", None):
-            noise.delta.copy_(load_class_delta(p.init, train.num_classes, shape)[labels])
+        if init is not None:
+            noise.delta.copy_(init[labels])
         surrogate = p.surrogate
         method = surrogate.build_method()
         augment = TwoViewAugment(surrogate.augment_config())
         settings = p.settings()
         tcfg = surrogate.train_config(p.rounds, p.batch_size, progress=bool(ctx.get("progress", False)),
                                       checkpoint_every=p.checkpoint_every)
-        snapshot = {"attack": self.name, "params": p.to_dict(), "seed": int(seed),
-                    "source": {"n": len(train), "shape": list(shape)}}
-        history = craft(method, noise, train.images, augment, settings, tcfg, torch.device(device), seed,
-                        ctx.get("work_dir"), snapshot, ctx.get("echo") or (lambda s: None), bool(ctx.get("progress")))
+        snapshot = {"attack": self.name, "params": without_gates(p.to_dict()), "seed": int(seed),
+                    "source": {"n": len(train), "shape": list(shape)}}  # a changed gate resumes the same crafting
+        work = ctx.get("work_dir")
+        work = Path(work) / self.name if work is not None and init_details is not None else work
+        history = craft(method, noise, train.images, augment, settings, tcfg, torch.device(device), seed, work,
+                        snapshot, ctx.get("echo") or (lambda s: None), bool(ctx.get("progress")), p.gates, self.name)
         images = noise.quantised(train.images)
         poisoned = ImageSplits(ImageDataset(images, labels.clone(), list(train.class_names), train.name, None), splits.test,
                                dict(splits.source))
@@ -167,6 +206,10 @@ class ContrastivePoisoning(Attack):
             "classwise": self.classwise, "rounds": len(history), "craft_seconds": round(time.perf_counter() - t0, 3),
             "noise_images_per_s": last.get("noise_images_per_s"), "max_abs_levels": levels,
             "model_loss_last": last.get("loss"), "noise_loss_first": last.get("noise_loss_first"),
+            "loss_gap_last": last.get("loss_gap"), "sign_consistency_last": last.get("sign_consistency"),
+            "trace": trace_of(history), "gates": [{**g.to_dict(), "passed": h.get("gate_passed")} for g in p.gates
+                                                  for h in history[g.round - 1:g.round]],
+            "init": init_details,
             "noise_loss_last": last.get("noise_loss_last"), "delta_abs_mean_levels": last.get("delta_abs_mean"),
             "attacker": {"method": surrogate.method, "model": surrogate.model}, "effective_pgd_steps": settings.pgd_steps,
             "effective_step_size": settings.step_size, "delta_sha256": hashlib.sha256(art).hexdigest(),
@@ -174,7 +217,27 @@ class ContrastivePoisoning(Attack):
         }
         manifest = build_manifest(attack=self.name, attack_version=self.version, params=p.to_dict(), seed=seed,
                                   source=splits, output=poisoned, poisoned_indices=range(len(train)), details=details)
-        return PoisonResult(poisoned, manifest, {"delta.npz": art})
+        return PoisonResult(poisoned, manifest, {"delta.npz": art, **artifacts})
+
+    def initial_delta(self, splits: Any, seed: int, ctx: dict) -> tuple[Optional[torch.Tensor], dict, Optional[dict]]:
+        """CP-S's start (``init``): the class-wise δ (C, 3, H, W) of a CP-C result, or None (U[−1, 1]); with
+        ``init: {attack: cp-class, ...}`` that CP-C is crafted here first (in ``work_dir/cp-class``), and its δ
+        (``init_delta.npz``) and record come back too."""
+        p, train = self.params, splits.train
+        shape = tuple(train.images.shape[1:])
+        if not getattr(p, "init", None):
+            return None, {}, None
+        if not isinstance(p.init, dict):
+            return load_class_delta(p.init, train.num_classes, shape), {}, None
+        work = ctx.get("work_dir")
+        res = CPClass(p.init_params).poison(splits, seed, {**ctx, "work_dir": None if work is None else Path(work) / "cp-class"})
+        art = res.artifacts["delta.npz"]
+        details = {"attack": "cp-class", "params": p.init_params.to_dict(), **res.manifest["details"]}
+        return load_class_delta(art, train.num_classes, shape), {"init_delta.npz": art}, details
+
+    def evaluate(self, context: dict[str, Any]) -> dict[str, Any]:
+        """``linear_top1_poisoned_probe``: the probe fitted on the poisoned training images (the released data)."""
+        return poisoned_probe_metrics(context)
 
 
 @ATTACKS.register("cp-sample")

@@ -30,7 +30,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import torch
 from torch import nn
@@ -40,6 +40,8 @@ from ..data.loader import epoch_permutation
 from ..engine.trainer import TrainConfig, Trainer, min_conv_channels
 from ..errors import ConfigError
 from ..methods.base import Method
+from ..utils.seed import get_rng_state
+from .craft_diagnostic import CraftGate, CraftTrace, check_gates, clean_loss
 from .surrogate import resumable_dir
 
 
@@ -130,10 +132,11 @@ class PoisonedViews:
 
 
 def noise_step(method: Method, noise: PoisonNoise, batches: PoisonedViews, idx: torch.Tensor, settings: CraftSettings,
-               amp: Optional[torch.dtype] = None, x: Optional[torch.Tensor] = None) -> tuple[float, dict[str, Any]]:
+               amp: Optional[torch.dtype] = None, x: Optional[torch.Tensor] = None,
+               direction: Optional[torch.Tensor] = None) -> tuple[float, dict[str, Any]]:
     """One sign-PGD descent step of δ on the images ``idx`` (``x``: those images as floats in [0, 1], if the
     caller has them); returns the batch's loss before the step and the method's ``aux`` (what ``update_state``
-    would apply)."""
+    would apply). ``direction`` (δ's shape, integer): the step's signs ``−sign(∇δ)`` are added to its rows."""
     if x is None:
         x = batches.images[idx].float().div(255)
     rows = noise.rows(idx)
@@ -146,15 +149,20 @@ def noise_step(method: Method, noise: PoisonNoise, batches: PoisonedViews, idx: 
         loss, _, aux = method.loss({"index": idx, "views": batches.views(xp), "key_grad": settings.dual_branch})
     (g,) = torch.autograd.grad(loss.float(), [d])
     with torch.no_grad():
-        noise.delta[uniq] = (d - settings.step_size * g.sign()).clamp(-1, 1)
+        step = g.sign()
+        noise.delta[uniq] = (d - settings.step_size * step).clamp(-1, 1)
+        if direction is not None:
+            direction[uniq] -= step.to(direction.dtype)
     return float(loss.detach()), aux
 
 
 def noise_phase(trainer: Trainer, noise: PoisonNoise, batches: PoisonedViews, settings: CraftSettings, rnd: int,
-                progress: bool = False) -> dict[str, Any]:
+                progress: bool = False, trace: Optional[CraftTrace] = None) -> dict[str, Any]:
     """The noise phase of round ``rnd`` (0-based): the record entries ``noise_loss_first`` / ``noise_loss_last``
     (mean batch loss at the first / last PGD step), ``noise_seconds``, ``noise_images_per_s`` (images × PGD steps
-    per second) and ``delta_abs_mean`` (mean |ε·δ| in pixel levels)."""
+    per second), ``delta_abs_mean`` (mean |ε·δ| in pixel levels) and the shortcut diagnostic
+    (:mod:`.craft_diagnostic`): ``loss_gap`` (first batch, first step: one extra forward pass on the clean images
+    with the step's augmentation draws) and, with ``trace``, ``sign_consistency``."""
     from tqdm.auto import tqdm
 
     method = trainer.method
@@ -162,14 +170,18 @@ def noise_phase(trainer: Trainer, noise: PoisonNoise, batches: PoisonedViews, se
     method.eval()
     perm = epoch_permutation(batches.n, batches.seed, 1_000_000 + rnd).to(batches.images.device)  # a fresh pass
     steps = min(settings.noise_steps, batches.per_pass)
-    first, last = [], []
+    acc = trace.accumulator(noise.classwise) if trace is not None else None
+    first, last, gap = [], [], float("nan")
     t0 = time.perf_counter()
     try:
         for b in tqdm(range(steps), desc=f"noise {rnd + 1}", disable=not progress, leave=False, dynamic_ncols=True):
             idx = perm[b * batches.batch_size:(b + 1) * batches.batch_size]
             x = batches.images[idx].float().div(255)  # once per batch, for all its PGD steps
             for s in range(settings.pgd_steps):
-                loss, aux = noise_step(method, noise, batches, idx, settings, trainer.amp_dtype, x)
+                rng = get_rng_state() if b == 0 and s == 0 else None  # where the step's augmentation draws start
+                loss, aux = noise_step(method, noise, batches, idx, settings, trainer.amp_dtype, x, acc)
+                if rng is not None:  # before update_state: the same model for both losses
+                    gap = loss - clean_loss(method, batches.views, x, idx, settings.dual_branch, rng, trainer.amp_dtype)
                 if settings.noise_updates_state:
                     method.update_state(aux)
                     method.after_optimizer_step(min(1.0, trainer.step / trainer.total_steps))
@@ -181,35 +193,42 @@ def noise_phase(trainer: Trainer, noise: PoisonNoise, batches: PoisonedViews, se
         for m, flag in was:
             m.train(flag)
     dt = time.perf_counter() - t0
-    return {"noise_loss_first": sum(first) / len(first), "noise_loss_last": sum(last) / len(last),
-            "noise_seconds": round(dt, 3),
-            "noise_images_per_s": steps * batches.batch_size * settings.pgd_steps / max(dt, 1e-9),
-            "delta_abs_mean": float(noise.delta.abs().mean()) * noise.epsilon * 255}
+    rec = {"noise_loss_first": sum(first) / len(first), "noise_loss_last": sum(last) / len(last),
+           "noise_seconds": round(dt, 3),
+           "noise_images_per_s": steps * batches.batch_size * settings.pgd_steps / max(dt, 1e-9),
+           "delta_abs_mean": float(noise.delta.abs().mean()) * noise.epsilon * 255, "loss_gap": gap}
+    if trace is not None:
+        rec["sign_consistency"] = trace.end_round(acc)
+    return rec
 
 
 def craft(method: Method, noise: PoisonNoise, images: torch.Tensor, augment: TwoViewAugment, settings: CraftSettings,
           train: TrainConfig, device: torch.device, seed: int, work_dir: Optional[Path] = None,
           snapshot: Optional[dict] = None, echo: Callable[[str], None] = lambda s: None,
-          progress: bool = False) -> list[dict]:
+          progress: bool = False, gates: Sequence[CraftGate] = (), name: str = "noise") -> list[dict]:
     """Run the min–min crafting; δ ends in ``noise``. With ``work_dir`` it checkpoints every
     ``train.checkpoint_every`` rounds and resumes a crafting of the same ``snapshot`` (another one is discarded).
-    Returns the per-round records (model-phase ``loss`` and the noise-phase entries)."""
+    ``gates`` check the loss gap at their rounds (:mod:`.craft_diagnostic`). Returns the per-round records
+    (model-phase ``loss``, the noise-phase entries and the diagnostic)."""
     if work_dir is not None:
         work_dir = resumable_dir(work_dir, snapshot or {}, "craft.json")
     method, noise = method.to(device), noise.to(device)
     images = images.to(device)
+    trace = CraftTrace(noise.delta)
     fmt = torch.channels_last if train.use_channels_last(device, min_conv_channels(method)) else torch.contiguous_format
     batches = PoisonedViews(images, noise, augment.to(device), settings.batch_size, settings.model_steps, seed, fmt)
+    shown = {g.round for g in gates}
 
     def hook(trainer: Trainer, done: int) -> dict[str, Any]:
-        rec = noise_phase(trainer, noise, batches, settings, done - 1, progress)
-        if done == 1 or done == train.epochs or done % max(1, train.epochs // 10) == 0:
-            echo(f"crafting round {done}/{train.epochs}: model loss {trainer.last_record['loss']:.4f}, noise loss "
-                 f"{rec['noise_loss_first']:.4f} -> {rec['noise_loss_last']:.4f}, |eps*delta| {rec['delta_abs_mean']:.2f}/255")
+        rec = noise_phase(trainer, noise, batches, settings, done - 1, progress, trace)
+        if done in shown or done == 1 or done == train.epochs or done % max(1, train.epochs // 10) == 0:
+            sc = rec["sign_consistency"]
+            echo(f"crafting round {done}/{train.epochs}: loss gap L(x+eps*delta)-L(x) {rec['loss_gap']:+.4f}, model loss "
+                 f"{trainer.last_record['loss']:.4f}, noise loss {rec['noise_loss_first']:.4f} -> {rec['noise_loss_last']:.4f}, "
+                 f"sign consistency {'-' if sc is None else f'{sc:.3f}'}, |eps*delta| {rec['delta_abs_mean']:.2f}/255")
+        rec.update(check_gates(list(gates), done, rec["loss_gap"], name, echo))
         return rec
 
     trainer = Trainer(method, batches, train, device, work_dir, snapshot, on_epoch_end=[hook], log_name="crafting.jsonl",
-                      state={"noise": noise})
+                      state={"noise": noise, "trace": trace})
     return trainer.fit(resume=True)
-
-

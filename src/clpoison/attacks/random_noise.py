@@ -24,6 +24,7 @@ import torch
 
 from ..data.datasets import ImageDataset, ImageSplits
 from ..errors import ConfigError
+from ..eval.encoder_eval import poisoned_probe_metrics
 from .base import ATTACKS, Attack, AttackParams, PoisonResult
 from .manifest import build_manifest
 from .noise_crafting import PoisonNoise
@@ -61,3 +62,7 @@ class RandomNoise(Attack):
         manifest = build_manifest(attack=self.name, attack_version=self.version, params=p.to_dict(), seed=seed,
                                   source=splits, output=out, poisoned_indices=range(len(train)))
         return PoisonResult(out, manifest)
+
+    def evaluate(self, context: dict[str, Any]) -> dict[str, Any]:
+        """``linear_top1_poisoned_probe``, as for Contrastive Poisoning (the control's row of the same table)."""
+        return poisoned_probe_metrics(context)

@@ -13,7 +13,7 @@ import torch
 
 from .features import extract_features
 from .knn import KNNClassifier
-from .linear import LinearProbe
+from .linear import LinearProbe, linear_top1
 from .metrics import top1_accuracy
 
 
@@ -35,6 +35,25 @@ def evaluate_encoder(encoder: torch.nn.Module, splits: Any, transform: torch.nn.
         metrics[f"{prefix}linear_top1"] = top1_accuracy(probe.predict(fte), splits.test.labels)
         extras["probe"] = probe
     return metrics, extras
+
+
+def poisoned_probe_metrics(context: dict[str, Any]) -> dict[str, float]:
+    """``linear_top1_poisoned_probe``: beside the clean probe (``linear_top1``, fitted on the clean labelled split,
+    as the official availability-attack code does), the same linear probe fitted on the *poisoned* training images
+    with their labels (``context["poisoned"].train``: the released data, before any defense) and tested on the clean
+    test split — the victim who only has the released data. Empty when the probe is off or a label is missing."""
+    settings, extras, fit = context["cfg"].eval, context["extras"], context["poisoned"].train
+    test = context["splits"].test
+    if not settings.linear or fit.labels is None or len(fit.labels) == 0 or bool((fit.labels < 0).any()):
+        return {}
+    ftr = extract_features(context["encoder"], fit.images, transform=extras["transform"],
+                           batch_size=settings.batch_size, device=context["device"])
+    fte = extras.get("test_features")
+    if fte is None:
+        fte = extract_features(context["encoder"], test.images, transform=extras["transform"],
+                               batch_size=settings.batch_size, device=context["device"])
+    return {"linear_top1_poisoned_probe": linear_top1(ftr, fit.labels, fte, test.labels, fit.num_classes,
+                                                      settings.linear_l2)}
 
 
 def feature_embedder(encoder: torch.nn.Module, transform: torch.nn.Module, device: torch.device,

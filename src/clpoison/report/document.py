@@ -23,7 +23,7 @@ from ..errors import ConfigError
 from ..utils.io import atomic_write_text, check_output_path
 from .aggregate import INTERVALS_NOTE, Setting, settings
 from .collect import GRID_NAME, Run, find_runs, write_results_table
-from .figures import asr_vs_epoch, asr_vs_rate, ca_vs_asr, run_plots, targeted_bars
+from .figures import asr_vs_epoch, asr_vs_rate, ca_vs_asr, crafting_trace, run_plots, targeted_bars
 from .tables import markdown_table
 
 __all__ = ["write_report", "summary_table"]
@@ -149,7 +149,7 @@ def write_report(dirs: Sequence[str | Path], out: str | Path, title: Optional[st
     (work / "plots").mkdir(parents=True)
     sets = settings(runs)
     figs = [*asr_vs_rate(sets, work / "plots"), *ca_vs_asr(sets, work / "plots"), *targeted_bars(sets, work / "plots"),
-            *asr_vs_epoch(sets, work / "plots")]
+            *asr_vs_epoch(sets, work / "plots"), *crafting_trace(sets, work / "plots")]
     for i, (t, p) in enumerate(run_plots(sets)):
         dst = work / "plots" / f"run_{i}_{p.name}"
         shutil.copyfile(p, dst)

@@ -1,6 +1,7 @@
 """The report's plots (matplotlib, Agg): attack success rate against poison rate per defense, clean accuracy
 against attack success rate, targeted success per setting, attack success rate against epochs (from
-``eval.every_epochs`` histories), and the plots the runs already made (e.g. SafeCLIP's similarity histograms).
+``eval.every_epochs`` histories), Contrastive Poisoning's crafting trace (the loss gap against rounds, from the
+manifests), and the plots the runs already made (e.g. SafeCLIP's similarity histograms).
 Titles and axis labels are plain words, never config keys.
 
 Each function returns ``[(title, path)]`` of the PNGs it wrote (nothing when the runs hold no such data).
@@ -8,6 +9,7 @@ Each function returns ``[(title, path)]`` of the PNGs it wrote (nothing when the
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 import textwrap
@@ -139,6 +141,44 @@ def asr_vs_epoch(sets: Sequence[Setting], folder: Path) -> list[Figure]:
     return [("Attack success rate against epochs",
              curve_plot(folder / "asr_vs_epoch.png", curves, "Epoch", "Attack success rate",
                         "Attack success rate during training (mean over seeds)", ylim=(-0.02, 1.02)))]
+
+
+def _traces(run_path: Path) -> dict[str, dict]:
+    """The crafting traces in a run's ``manifest.json`` (``details.trace``; a CP-S made from a CP-C crafted in the
+    same run also has ``details.init.trace``), keyed by the attack that made them."""
+    try:
+        man = json.loads((Path(run_path) / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    d = man.get("details") if isinstance(man, dict) else None
+    if not isinstance(d, dict) or not isinstance(d.get("trace"), dict):
+        return {}
+    out = {str(man.get("attack", {}).get("name", "attack")): d["trace"]}
+    init = d.get("init")
+    if isinstance(init, dict) and isinstance(init.get("trace"), dict):
+        out[f"{init.get('attack', 'init')} stage"] = init["trace"]
+    return out
+
+
+def crafting_trace(sets: Sequence[Setting], folder: Path) -> list[Figure]:
+    """Contrastive Poisoning's loss gap ``L(x + εδ) − L(x)`` against crafting rounds (mean over seeds), one line per
+    setting and crafting stage (a CP-S made from a CP-C shows both)."""
+    curves = {}
+    for s in sets:
+        by_stage: dict[str, dict[int, list[float]]] = {}
+        for r in s.runs:
+            for stage, tr in _traces(r.path).items():
+                for rnd, gap in zip(tr.get("rounds") or [], tr.get("loss_gap") or []):
+                    if isinstance(gap, (int, float)) and math.isfinite(gap):
+                        by_stage.setdefault(stage, {}).setdefault(int(rnd), []).append(float(gap))
+        for stage, pts in by_stage.items():
+            xs = sorted(pts)
+            curves[f"{_name(s)} ({stage})"] = (xs, [statistics.fmean(pts[x]) for x in xs])
+    if not curves:
+        return []
+    return [("Contrastive Poisoning crafting trace",
+             curve_plot(folder / "crafting_trace.png", curves, "Crafting round", "Loss gap L(x+εδ) − L(x) (nats)",
+                        "Crafting trace: the poisoned minus the clean loss (mean over seeds)"))]
 
 
 def run_plots(sets: Sequence[Setting], limit: int = 6) -> list[Figure]:
