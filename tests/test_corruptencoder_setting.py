@@ -152,3 +152,4 @@ def test_run_records_the_setting(tmp_path):
     res = json.loads((out / "results.json").read_text())
     assert man["details"]["target_in_pretraining"] is False and man["details"]["excluded_classes"] == ["airplane"]
     assert res["data"]["excluded_classes"] == ["airplane"] and "asr" in res["metrics"]
+    assert "kept out of pretraining (`data.exclude_classes`): airplane" in (out / "report.md").read_text()

@@ -28,7 +28,12 @@ def run_markdown(res: dict[str, Any], max_epochs: int = 30) -> str:
     lines = [f"# Run {res.get('name', '')}", "",
              f"method **{name('method')}**, attack **{name('attack')}**, defense **{name('defense')}**, seed "
              f"{cfg.get('seed')}, data {data.get('name')}{' (' + str(data['path']) + ')' if data.get('path') else ''}, "
-             f"{(cfg.get('train') or {}).get('epochs')} epochs.", "", "## Metrics", ""]
+             f"{(cfg.get('train') or {}).get('epochs')} epochs.", ""]
+    excluded = (res.get("data") or {}).get("excluded_classes")
+    if excluded:
+        lines += [f"Classes kept out of pretraining (`data.exclude_classes`): {', '.join(excluded)}; the probe's "
+                  "labelled split and the test split keep them.", ""]
+    lines += ["## Metrics", ""]
     scalars = [(k, _v(v)) for k, v in sorted((res.get("metrics") or {}).items()) if not isinstance(v, (list, dict))]
     lines += [markdown_table(["metric", "value"], scalars), ""]
     hist = res.get("history") or []
