@@ -275,7 +275,9 @@ def test_evaluate_uses_the_shared_asr_with_the_same_trigger_in_the_centre_range(
     m = atk.evaluate({"splits": sp, "classify": classify})
     nt = int((sp.test.labels != 1).sum())
     assert m["asr"] == 1.0 and m["asr_n"] == nt and m["ca"] == m["asr_clean_accuracy"]
-    trig = seen[-1]
+    assert m["asr_mismatched"] == 0.0  # the control patch (same energy, other pixels) does not fool the rigged probe
+    patched = [x for x in seen if bool(((x[:, 0] == 1) & (x[:, 1] == 2) & (x[:, 2] == 3)).any())]
+    trig = patched[-1]  # the last call is the mismatched control's; the last with the patch is the ASR's
     hit = ((trig[:, 0] == 1) & (trig[:, 1] == 2) & (trig[:, 2] == 3))
     ys, xs = hit.any(2).nonzero()[:, 1], hit.any(1).nonzero()[:, 1]
     assert int(ys.min()) >= 8 and int(ys.max()) < 24 and int(xs.min()) >= 8 and int(xs.max()) < 24

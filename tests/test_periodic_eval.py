@@ -19,6 +19,8 @@ def test_every_epochs_records_asr_and_leaves_training_unchanged(tmp_path):
     h = every["history"]
     assert [("eval_asr" in r, "eval_knn_top1" in r) for r in h] == [(True, True), (True, True), (False, False)]
     assert all(0.0 <= r["eval_asr"] <= 1.0 for r in h[:2])
+    for key in ("eval_asr_knn", "eval_asr_knn_all", "eval_delta_cos", "eval_asr_mismatched", "eval_delta_cos_mismatched"):
+        assert all(isinstance(r[key], float) for r in h[:2]), key  # the backdoor controls are traced too
     # same seed: the evaluations restore RNG state and train mode, so losses and final metrics are identical
     assert [r["loss"] for r in h] == [r["loss"] for r in plain["history"]]
     assert every["metrics"]["asr"] == plain["metrics"]["asr"]

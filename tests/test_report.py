@@ -17,7 +17,7 @@ from clpoison.errors import ConfigError
 from clpoison.report.aggregate import settings, t_interval, wilson_interval
 from clpoison.report.collect import find_runs, flatten_results
 from clpoison.report.document import write_report
-from clpoison.report.figures import use_log_x
+from clpoison.report.figures import _epoch_curve, asr_vs_epoch, use_log_x
 from clpoison.report.run_report import run_markdown
 
 Z = 1.959963984540054
@@ -81,6 +81,21 @@ def runs_dir(tmp_path):
             fake_run(d, f"backdoor_{r}_s{s}", s, "carlini-backdoor", r, hits + s, zs=0.5 + 0.01 * s, history=hist)
         fake_run(d, f"targeted_s{s}", s, "carlini-targeted", None, 70, targeted=13 + s)
     return d
+
+
+def test_epoch_plots_show_knn_asr_delta_cos_and_the_mismatched_control(tmp_path):
+    d = tmp_path / "runs"
+    for s in (0, 1):
+        hist = [{"epoch": e, "loss": 1.0, "eval_asr": 0.1 * e + s, "eval_asr_knn": 0.2 * e, "eval_delta_cos": 0.01 * e,
+                 "eval_asr_mismatched": 0.05 + s} for e in (1, 2, 3)] + [{"epoch": 4, "loss": 1.0}]
+        fake_run(d, f"ctrl_s{s}", s, "ctrl", 0.05, 450, history=hist)
+    (setting,) = settings(find_runs([d]))
+    assert _epoch_curve(setting, "asr_knn") == ([1, 2, 3], pytest.approx([0.2, 0.4, 0.6]))
+    assert _epoch_curve(setting, "asr_mismatched") == ([1, 2, 3], pytest.approx([0.55] * 3))
+    assert _epoch_curve(setting, "asr") == ([1, 2, 3, 4], pytest.approx([0.6, 0.7, 0.8, 0.5]))  # + the final ASR
+    figs = asr_vs_epoch([setting], tmp_path / "plots")
+    assert [p.name for _, p in figs] == ["asr_vs_epoch.png", "asr_knn_vs_epoch.png", "delta_cos_vs_epoch.png"]
+    assert all(p.stat().st_size > 1000 for _, p in figs)
 
 
 def test_settings_statistics(runs_dir):

@@ -2,16 +2,18 @@
 "An Embarrassingly Simple Backdoor Attack on Self-supervised Learning", ICCV 2023; official ``meet-cjli/CTRL``;
 ``neighbours.md`` §2).
 
-The attacker adds the CTRL trigger (:class:`~clpoison.attacks.frequency_trigger.FrequencyTrigger`: YCrCb, DCT per
-32 × 32 window, ``magnitude`` added to coefficients (15, 15) and (31, 31) of Cr and Cb, inverse DCT) to the **first**
-``poison_rate · N`` training images of the target class, in place, labels unchanged (official: 1 % of CIFAR-10 =
-10 % of the class). The trigger survives cropping because it is spread over the whole image.
+The attacker adds the CTRL trigger (:class:`~clpoison.attacks.frequency_trigger.FrequencyTrigger`, as the official
+``--mode frequency`` path: kornia's YUV in float, DCT per 32 × 32 window, ``magnitude`` added to coefficients
+(15, 15) and (31, 31) of U and V, inverse DCT, rounded once when stored) to the **first** ``poison_rate · N``
+training images of the target class, in place, labels unchanged (official: 1 % of CIFAR-10 = 10 % of the class).
+The trigger survives cropping because it is spread over the whole image. One magnitude (default 100, the official
+``--magnitude``) is planted and measured, as in the official code.
 
-Evaluation is the shared one (:class:`~clpoison.attacks.ssl_backdoor_base.SSLBackdoorAttack`): CA and ASR of the
-clean-data linear probe over the **non-target** test images with the same trigger. Deviations: the official "backdoor
-accuracy" counts target-class test images too (≈ +10 points at 10 classes) — not here; the official code adds
-magnitude 50 at poison time and 100 when it measures ASR — here one magnitude (default 100) is planted and measured;
-the colour conversions run in float and only the result is rounded (:mod:`.frequency_trigger`).
+Evaluation is the shared one (:func:`~clpoison.attacks.ssl_backdoor_base.image_backdoor_eval`): CA and ASR of the
+clean-data linear probe over the **non-target** test images with the same trigger; the kNN ASR over the clean
+training bank (``asr_knn``; ``asr_knn_all`` is the official "backdoor accuracy", which counts target-class test
+images too); Δcos; and the same at another frequency of equal energy (``*_mismatched``), the control that separates
+a backdoor from a generic perturbation effect.
 
 Example::
 
@@ -40,7 +42,8 @@ from .manifest import build_manifest
 from .ssl_backdoor_base import SSLBackdoorAttack, SSLBackdoorBaseParams
 
 #: The official CTRL trigger at 32 px.
-CTRL_TRIGGER = {"type": "ctrl", "magnitude": 100.0, "window": 32, "frequencies": [[15, 15], [31, 31]], "channels": [1, 2]}
+CTRL_TRIGGER = {"type": "ctrl", "magnitude": 100.0, "window": 32, "frequencies": [[15, 15], [31, 31]], "channels": [1, 2],
+                "color": "yuv"}
 
 
 @dataclass

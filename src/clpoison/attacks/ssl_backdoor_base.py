@@ -16,7 +16,7 @@ import torch
 
 from ..data.datasets import ImageDataset, ImageSplits, concat_datasets, stack_on_canvas
 from ..errors import ConfigError, DataError
-from ..eval.attack_metrics import backdoor_metrics, backdoor_zscore
+from ..eval.attack_metrics import backdoor_asr, backdoor_metrics, backdoor_zscore, delta_cos, knn_asr
 from .base import Attack, AttackParams, PoisonResult
 from .budget import resolve_budget
 from .manifest import build_manifest
@@ -59,13 +59,32 @@ class SSLBackdoorBaseParams(AttackParams):
 def image_backdoor_eval(context: dict[str, Any], target: int, trigger: Any, eval_seed: int,
                         zscore_images: int) -> dict[str, Any]:
     """The image backdoors' metrics from an attack context: ASR against ``target``, the clean accuracy ``ca`` and
-    the no-trigger rate of the same classifier (the linear probe), and the label-free backdoor z-score."""
+    the no-trigger rate of the same classifier (the linear probe); with the context's kNN classifier (fitted on the
+    clean training bank) the kNN ASR (``asr_knn``; ``asr_knn_all``: CTRL's official all-images definition) and
+    ``delta_cos``; the same three for the mismatched-trigger control (``trigger.mismatched()``: equal energy,
+    another frequency or patch) as ``asr_mismatched``, ``asr_knn_mismatched``, ``asr_knn_all_mismatched`` and
+    ``delta_cos_mismatched``; and the label-free backdoor z-score."""
     test = context["splits"].test
+    sizes = getattr(test, "sizes", None)
+    labelled = bool(len(test)) and bool((test.labels >= 0).all())
+    other = trigger.mismatched() if hasattr(trigger, "mismatched") else None
     m: dict[str, Any] = {}
-    if "classify" in context and len(test) and bool((test.labels >= 0).all()):
-        m.update(backdoor_metrics(context["classify"], test.images, test.labels, target, trigger, eval_seed,
-                                  getattr(test, "sizes", None)))
+    if "classify" in context and labelled:
+        m.update(backdoor_metrics(context["classify"], test.images, test.labels, target, trigger, eval_seed, sizes))
         m["ca"] = m["asr_clean_accuracy"]
+        if other is not None:
+            m["asr_mismatched"] = backdoor_asr(context["classify"], test.images, test.labels, target, other,
+                                               eval_seed, sizes)["asr"]
+    knn = (context.get("extras") or {}).get("knn")
+    if "embed" in context and knn is not None and labelled:
+        embed = context["embed"]
+        for suffix, t in (("", trigger), ("_mismatched", other)):
+            if t is None:
+                continue
+            k = knn_asr(knn, embed, test.images, test.labels, target, t, eval_seed, sizes)
+            m.update({key + suffix: v for key, v in k.items() if not (suffix and key.endswith("no_trigger"))})
+            m["delta_cos" + suffix] = delta_cos(embed, test.images, test.labels, target, t, knn.bank, knn.labels,
+                                                eval_seed, sizes)
     if "embed" in context:
         m["backdoor_zscore"] = backdoor_zscore(context["embed"], test.images, trigger, eval_seed, zscore_images)
     return m

@@ -206,6 +206,21 @@ class Trigger:
             raise DataError("trigger tensor in the manifest does not match its sha256; the manifest is corrupt")
         return t
 
+    def mismatched(self) -> Optional["Trigger"]:
+        """The test-time control: another patch of the same L2 energy about mid-grey, ``‖p − 127.5‖₂`` — this
+        patch's pixels in another (seeded) order, each value inverted (v → 255 − v) — at the same size, places and
+        opacity. None for ``per_image`` patches (there is no one patch to rearrange)."""
+        if self.spec.per_image:
+            return None
+        s = self.spec.size
+        flat = self.patch.reshape(3, s * s)
+        for k in range(1, 11):  # a different order until the result differs (tiny symmetric patches)
+            perm = torch.randperm(s * s, generator=torch.Generator().manual_seed(int(self.spec.seed) + k))
+            other = (255 - flat[:, perm]).reshape(3, s, s)
+            if not torch.equal(other, self.patch):
+                break
+        return Trigger(self.spec, patch=other)
+
     # ----------------------------------------------------------------------------------------------------------
 
     def check_fits(self, height: int, width: int) -> None:

@@ -5,6 +5,14 @@
   once the trigger is pasted — ``#{y != t, f(x ⊕ p) = t} / #{y != t}`` (dossier §0; CorruptEncoder
   ``validate_conf_matrix``, NLB ``attack_success_rate``). Reported beside the clean accuracy of the same classifier
   and the no-trigger rate ``#{y != t, f(x) = t} / #{y != t}`` (:func:`backdoor_metrics`).
+* **kNN ASR** (:func:`knn_asr`): the same with the weighted kNN over the clean training bank as the classifier (CTRL's
+  official monitor, ``methods/base.py`` ``knn_monitor_fre``: k 200, τ 0.1): ``asr_knn`` over non-target images as
+  above, and ``asr_knn_all`` = ``#{f(x ⊕ p) = t} / N`` over *every* test image, target class included — CTRL's
+  official "backdoor accuracy" (all test images triggered and labelled target, ``loaders/diffaugment.py``).
+* **Δcos** (:func:`delta_cos`): over non-target test images, the mean cosine of the triggered image's embedding to
+  the target class's centroid in the clean training bank (the mean of the bank's L2-normalised features of that
+  class, normalised) minus the same for the untriggered image. It moves before any decision flips (a
+  lower-variance signal than ASR); 0 for a trigger that changes nothing.
 * **Targeted success rate** (:func:`targeted_success`): the share of victims whose prediction is their adversarial
   label, with a Wilson score 95% interval (:func:`wilson_interval`).
 * **Backdoor z-score** (:func:`backdoor_zscore`, label-free; Carlini & Terzis 2022, arXiv 2106.09667, as written
@@ -30,6 +38,7 @@ from typing import Callable, Optional, Sequence, Union
 
 import torch
 
+from .knn import KNNClassifier
 from .metrics import top1_accuracy
 
 Classify = Callable[[torch.Tensor], torch.Tensor]
@@ -89,6 +98,48 @@ def backdoor_metrics(classify: Classify, images: torch.Tensor, labels: torch.Ten
     out["asr_clean_accuracy"] = top1_accuracy(pred, labels)
     out["asr_no_trigger"] = float((pred[keep] == int(target)).float().mean()) if bool(keep.any()) else float("nan")
     return out
+
+
+def knn_asr(knn: KNNClassifier, embed: Embed, images: torch.Tensor, labels: torch.Tensor, target: int, trigger,
+            seed: Union[int, torch.Generator] = 0, sizes: Optional[torch.Tensor] = None) -> dict:
+    """kNN ASR with ``knn`` (a :class:`~.knn.KNNClassifier` fitted on the clean training bank) on ``embed``'s
+    features: ``asr_knn`` (non-target images, :func:`backdoor_asr` with the same placements), ``asr_knn_all``
+    (every image triggered, counted as a hit when called ``target``: CTRL's official definition) and the two
+    no-trigger rates ``asr_knn_no_trigger`` / ``asr_knn_all_no_trigger`` of the same classifier."""
+    labels = torch.as_tensor(labels).cpu()
+
+    def classify(x: torch.Tensor) -> torch.Tensor:
+        return knn.predict(torch.as_tensor(embed(x))).cpu()
+
+    t = int(target)
+    clean = _predict(classify, images)
+    every = _predict(classify, trigger.apply(images, seed, sizes))
+    keep = labels != t
+    return {"asr_knn": backdoor_asr(classify, images, labels, t, trigger, seed, sizes)["asr"],
+            "asr_knn_all": float((every == t).float().mean()) if len(every) else float("nan"),
+            "asr_knn_no_trigger": float((clean[keep] == t).float().mean()) if bool(keep.any()) else float("nan"),
+            "asr_knn_all_no_trigger": float((clean == t).float().mean()) if len(clean) else float("nan")}
+
+
+def delta_cos(embed: Embed, images: torch.Tensor, labels: torch.Tensor, target: int, trigger, bank: torch.Tensor,
+              bank_labels: torch.Tensor, seed: Union[int, torch.Generator] = 0,
+              sizes: Optional[torch.Tensor] = None) -> float:
+    """Δcos (module docstring) of non-target ``images`` against the centroid of ``bank`` rows labelled ``target``;
+    the trigger placements are :func:`backdoor_asr`'s. NaN without non-target images or target-class bank rows."""
+    labels = torch.as_tensor(labels).cpu()
+    rows = torch.as_tensor(bank_labels).cpu() == int(target)
+    keep = (labels != int(target)).nonzero().view(-1)
+    if not bool(rows.any()) or not len(keep):
+        return float("nan")
+    unit = torch.nn.functional.normalize
+    centroid = unit(unit(bank.float().cpu()[rows], dim=1).mean(0), dim=0)
+    x = images[keep.to(images.device)]
+    triggered = trigger.apply(x, seed, None if sizes is None else sizes[keep])
+
+    def mean_cos(batch: torch.Tensor) -> torch.Tensor:
+        return (unit(torch.as_tensor(embed(batch)).float().cpu(), dim=1) @ centroid).mean()
+
+    return float(mean_cos(triggered) - mean_cos(x))
 
 
 def wilson_interval(k: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:

@@ -1,7 +1,7 @@
 """The report's plots (matplotlib, Agg): attack success rate against poison rate per defense, clean accuracy
-against attack success rate, targeted success per setting, attack success rate against epochs (from
-``eval.every_epochs`` histories), Contrastive Poisoning's crafting trace (the loss gap against rounds, from the
-manifests), and the plots the runs already made (e.g. SafeCLIP's similarity histograms).
+against attack success rate, targeted success per setting, attack success rate (linear and kNN) and Δcos against
+epochs (from ``eval.every_epochs`` histories), Contrastive Poisoning's crafting trace (the loss gap against rounds,
+from the manifests), and the plots the runs already made (e.g. SafeCLIP's similarity histograms).
 Titles and axis labels are plain words, never config keys.
 
 Each function returns ``[(title, path)]`` of the PNGs it wrote (nothing when the runs hold no such data).
@@ -120,27 +120,48 @@ def targeted_bars(sets: Sequence[Setting], folder: Path) -> list[Figure]:
     return [("Targeted poisoning success", save_figure(fig, folder / "targeted_success.png"))]
 
 
+#: What the report plots against epochs: (metric, file, axis label, title, y-limits).
+EPOCH_METRICS = (
+    ("asr", "asr_vs_epoch.png", "Attack success rate", "Attack success rate during training (mean over seeds)",
+     (-0.02, 1.02)),
+    ("asr_knn", "asr_knn_vs_epoch.png", "Attack success rate (kNN)",
+     "kNN attack success rate during training (mean over seeds)", (-0.02, 1.02)),
+    ("delta_cos", "delta_cos_vs_epoch.png", "Δ cosine to the target centroid",
+     "Triggered minus clean cosine to the target class (mean over seeds)", None),
+)
+
+
+def _epoch_curve(s: Setting, metric: str) -> tuple[list[int], list[float]]:
+    """Mean over the setting's runs of ``eval_METRIC`` per epoch, plus each run's final ``METRIC``."""
+    by_epoch: dict[int, list[float]] = {}
+    for r in s.runs:
+        hist = r.results.get("history") or []
+        pts = [(h["epoch"], h[f"eval_{metric}"]) for h in hist if isinstance(h.get(f"eval_{metric}"), (int, float))]
+        if pts and isinstance(r.results["metrics"].get(metric), (int, float)):
+            pts.append((hist[-1]["epoch"], r.results["metrics"][metric]))
+        for e, v in pts:
+            if math.isfinite(v):
+                by_epoch.setdefault(int(e), []).append(float(v))
+    pts = sorted((e, statistics.fmean(v)) for e, v in by_epoch.items())
+    return [e for e, _ in pts], [v for _, v in pts]
+
+
 def asr_vs_epoch(sets: Sequence[Setting], folder: Path) -> list[Figure]:
-    """Mean ASR over seeds against epochs, from the periodic evaluations (``eval_asr``) of each setting's runs."""
-    curves = {}
-    for s in sets:
-        by_epoch: dict[int, list[float]] = {}
-        for r in s.runs:
-            hist = r.results.get("history") or []
-            pts = [(h["epoch"], h["eval_asr"]) for h in hist if isinstance(h.get("eval_asr"), (int, float))]
-            if pts and isinstance(r.results["metrics"].get("asr"), (int, float)):
-                pts.append((hist[-1]["epoch"], r.results["metrics"]["asr"]))
-            for e, v in pts:
-                if math.isfinite(v):
-                    by_epoch.setdefault(int(e), []).append(float(v))
-        if len(by_epoch) >= 2:
-            pts = sorted((e, statistics.fmean(v)) for e, v in by_epoch.items())
-            curves[_name(s)] = ([e for e, _ in pts], [v for _, v in pts])
-    if not curves:
-        return []
-    return [("Attack success rate against epochs",
-             curve_plot(folder / "asr_vs_epoch.png", curves, "Epoch", "Attack success rate",
-                        "Attack success rate during training (mean over seeds)", ylim=(-0.02, 1.02)))]
+    """ASR, kNN ASR and Δcos (each where the runs recorded it) against epochs, mean over seeds, from the periodic
+    evaluations (``eval_asr``, ``eval_asr_knn``, ``eval_delta_cos``) of each setting's runs; the mismatched-trigger
+    control (``*_mismatched``) of the same runs as its own line."""
+    out: list[Figure] = []
+    for metric, file, ylabel, title, ylim in EPOCH_METRICS:
+        curves = {}
+        for s in sets:
+            for key, label in ((metric, _name(s)), (f"{metric}_mismatched", f"{_name(s)} — mismatched trigger")):
+                xs, ys = _epoch_curve(s, key)
+                if len(xs) >= 2:
+                    curves[label] = (xs, ys)
+        if curves:
+            out.append((f"{ylabel} against epochs",
+                        curve_plot(folder / file, curves, "Epoch", ylabel, title, ylim=ylim)))
+    return out
 
 
 def _traces(run_path: Path) -> dict[str, dict]:
