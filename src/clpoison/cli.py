@@ -111,7 +111,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .utils.io import atomic_write_json, check_output_path
 
     if args.out:
-        check_output_path(args.out)
+        check_output_path(args.out, inputs=[args.manifest, args.overrides], around=[args.checkpoint])
     if _is_encoder_file(args.checkpoint):
         if args.control:
             raise ConfigError("--control random-init is for a run directory / checkpoint.pt (it rebuilds the run's "
@@ -244,7 +244,8 @@ def cmd_scan(args: argparse.Namespace) -> int:
     if rest:
         raise ConfigError(f"`clpoison scan` takes data options (data.name=, data.path=, data.captions.*=, seed=) as "
                           f"key=value, not '{rest[0]}'")
-    check_output_path(args.out)
+    check_output_path(args.out, inputs=[args.data, args.data_path, args.test_path, args.manifest, args.overrides],
+                      around=[args.checkpoint, args.reference])
     summary = scan_data(args.out, args.data, checkpoint=args.checkpoint, reference=args.reference,
                         manifest=args.manifest, data_path=args.data_path, image_size=args.image_size, seed=args.seed,
                         label_column=args.label_column, test_path=args.test_path,

@@ -262,8 +262,20 @@ def build_config(data: Optional[dict] = None, overrides: Optional[list[str]] = N
     data = resolve_presets(data or {})
     data = resolve_presets(apply_overrides(data, overrides or []))
     cfg = from_dict(ExperimentConfig, data)
+    check_label(cfg.name, "name")
     validate_components(cfg)
     return cfg
+
+
+def check_label(value: Any, key: str) -> str:
+    """``value`` if it is a label fit for a folder name (runs/NAME); a path (a separator, ``.`` or ``..``, a leading dot,
+    a control character) is one ConfigError line naming ``key``."""
+    text = str(value)
+    if (not text or "/" in text or text.startswith(".") or ".." in text
+            or any(ord(c) < 32 for c in text) or len(text) > 200):
+        raise ConfigError(f"{key}={text!r} must be a label (letters, digits, - _ and single dots, up to 200 "
+                          "characters), not a path; runs go to runs/NAME unless --out says otherwise")
+    return text
 
 
 def load_config(path: Optional[Union[str, Path]] = None, overrides: Optional[list[str]] = None) -> ExperimentConfig:
