@@ -268,12 +268,12 @@ def build_config(data: Optional[dict] = None, overrides: Optional[list[str]] = N
 
 
 def check_label(value: Any, key: str) -> str:
-    """``value`` if it is a label fit for a folder name (runs/NAME); a path (a separator, ``.`` or ``..``, a leading dot,
-    a control character) is one ConfigError line naming ``key``."""
+    """``value`` if it is a label fit for a folder name (runs/NAME); a path (a separator, ``.``, ``..`` or another
+    leading dot, a control character) is one ConfigError line naming ``key``."""
     text = str(value)
-    if (not text or "/" in text or text.startswith(".") or ".." in text
+    if (not text or "/" in text or "\\" in text or text.startswith(".")
             or any(ord(c) < 32 for c in text) or len(text) > 200):
-        raise ConfigError(f"{key}={text!r} must be a label (letters, digits, - _ and single dots, up to 200 "
+        raise ConfigError(f"{key}={text!r} must be a label (no /, no leading dot, up to 200 "
                           "characters), not a path; runs go to runs/NAME unless --out says otherwise")
     return text
 
