@@ -6,11 +6,13 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
 import torch.multiprocessing as mp
 
+import clpoison
 from clpoison.errors import ConfigError
 from clpoison.utils import dist
 from clpoison.utils.rendezvous import RENDEZVOUS_ENV
@@ -46,7 +48,8 @@ def test_bad_variables_are_one_line(monkeypatch, env, match):
 def test_cli_without_peers_ends_in_one_line_and_writes_nothing(tmp_path):
     """The issue's case: ``WORLD_SIZE=2 RANK=0 clpoison run`` used to wait two hours; now one line, exit 2."""
     (tmp_path / "c.yaml").write_text("preset: simclr-small\n")
-    env = {**os.environ, "WORLD_SIZE": "2", "RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()),
+    src = str(Path(clpoison.__file__).parents[1])  # this checkout's package, also in the child process
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]), "WORLD_SIZE": "2", "RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()),
            RENDEZVOUS_ENV: "2", "OMP_NUM_THREADS": "1"}
     t0 = time.monotonic()
     r = subprocess.run([sys.executable, "-m", "clpoison", "run", "c.yaml", "--out", "o"], cwd=tmp_path, env=env,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -21,9 +22,12 @@ def _echo(msg: str) -> None:
     print(msg, flush=True)
 
 
+MAX_THREADS = 1024  # beyond this torch's thread pools fail in native code
+
+
 def _threads(n: Optional[int]) -> None:
-    if n is not None and n < 1:
-        raise ConfigError(f"--threads {n} must be a positive integer")
+    if n is not None and not 1 <= n <= MAX_THREADS:
+        raise ConfigError(f"--threads {n} must be an integer in 1..{MAX_THREADS}")
     if n:
         import torch
 
@@ -302,6 +306,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     except ClpoisonError as e:
         print(f"error: {e.cli_message or e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `clpoison presets X --resolved | head`: the reader stopped; nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print("interrupted; re-run the same command to resume from the last checkpoint", file=sys.stderr)
         return 130

@@ -110,6 +110,11 @@ def load_npz(path: Optional[str | os.PathLike] = None, name: str = "npz", **_: o
                 f"npz dataset '{p}': x_{split} has {len(x)} images but y_{split} has {len(y)} labels; "
                 "they must match"
             )
+        if len(x) == 0:
+            raise DataError(f"npz dataset '{p}': x_{split} holds no images; both splits need at least one")
+        if y.dtype.kind not in "iu" or int(y.min()) < 0 or int(y.max()) >= len(classes):
+            raise DataError(f"npz dataset '{p}': y_{split} must hold integer labels in 0..{len(classes) - 1} "
+                            f"({len(classes)} classes)")
     with np.load(p, allow_pickle=False) as z:  # optional valid (h, w) per image of a padded canvas (exports)
         try:
             sizes = {k: torch.from_numpy(z[f"{k}_sizes"].astype(np.int64)) if f"{k}_sizes" in z.files else None

@@ -22,7 +22,7 @@ from ..data.augment import AugmentConfig
 from ..data.caption_readers import CaptionDataConfig
 from ..engine.trainer import TrainConfig
 from ..errors import ConfigError
-from ..utils.schema import from_dict
+from ..utils.schema import from_dict, non_finite_key
 
 
 @dataclass
@@ -261,6 +261,9 @@ def build_config(data: Optional[dict] = None, overrides: Optional[list[str]] = N
     """Presets → file keys → overrides, validated into an :class:`ExperimentConfig`."""
     data = resolve_presets(data or {})
     data = resolve_presets(apply_overrides(data, overrides or []))
+    bad = non_finite_key(data)  # the key that holds it, before any component reads it
+    if bad:
+        raise ConfigError(f"{bad} is not a finite number (NaN or infinite); give a finite value")
     cfg = from_dict(ExperimentConfig, data)
     check_label(cfg.name, "name")
     validate_components(cfg)

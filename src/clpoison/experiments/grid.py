@@ -99,6 +99,11 @@ def normalize_grid(spec: dict, path: Union[str, Path] = "<grid>") -> dict:
     if not isinstance(base, dict):
         raise ConfigError(f"grid file '{path}': base must be a preset name or a config mapping")
     axes = spec.get("axes") or {}
+    for k in [*(axes if isinstance(axes, dict) else []),
+              *(k for c in spec.get("cells") or [] if isinstance(c, dict) for k in [*c, *(c.get("axes") or {})])]:
+        if not isinstance(k, str):
+            raise ConfigError(f"grid file '{path}': key {k!r} is not a config key; write it as a dotted name "
+                              "such as train.lr (quote it in YAML)")
     if not isinstance(axes, dict) or any(not isinstance(v, list) or not v for v in axes.values()):
         raise ConfigError(f"grid file '{path}': axes must map config keys to non-empty lists, e.g. "
                           "'axes: {seed: [0, 1, 2]}'")
