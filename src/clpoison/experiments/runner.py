@@ -203,7 +203,11 @@ def _run(cfg: ExperimentConfig, out: Path, work: Path, device: torch.device, sna
         d = cfg.data
         checked = verify_if_export(d.path, splits, not (d.train_limit or d.test_limit or d.image_size))
         if checked is not None:
-            echo(f"data: verified the export {checked['folder']} against its manifest ({checked['files']} files)")
+            limited = [k for k in ("train_limit", "test_limit", "image_size") if getattr(d, k)]
+            echo(f"data: verified the export {checked['folder']} against its manifest ({checked['files']} files; "
+                 + (f"splits {', '.join(checked['splits_checked'])} by fingerprint)" if checked["splits_checked"] else
+                    f"the data fingerprint check was skipped: data.{', data.'.join(limited) or 'path'} changes what is "
+                    "read — the file hashes cover it)"))
 
     attack = ATTACKS.build(cfg.attack.name, cfg.attack.params)
     main, world = is_main(), world_size()

@@ -165,17 +165,17 @@ def check_output_path(path: str | os.PathLike, kind: str = "file", flag: str = "
     if any(real == v or v in real.parents for v in VIRTUAL_FS):
         fail(f"lies in {next(v for v in VIRTUAL_FS if v == real or v in real.parents)}, which holds no files; "
              "choose a folder on a disk")
-    existing = next(p for p in [real, *real.parents] if p.exists())
-    if not os.access(existing, os.W_OK | os.X_OK) or (existing == real and kind == "file"
-                                                       and not os.access(real.parent, os.W_OK | os.X_OK)):
-        fail(f"cannot be written ('{existing}' is not writable); choose another output path",
-             f"cannot be written ('{existing}' is not writable); choose another {flag}")
     for inp, inside_ok in [*((p, False) for p in input_paths(inputs)), *((p, True) for p in input_paths(around))]:
         how = ("is" if inp == real else "contains" if real in inp.parents else
                "lies inside" if inp in real.parents and (not inside_ok or kind == "file" and real.exists()) else None)
         if how:
             fail(f"{how} the input '{inp}'; an output never replaces its inputs — choose another output path",
                  f"{how} the input '{inp}'; an output never replaces its inputs — choose another {flag}")
+    existing = next(p for p in [real, *real.parents] if p.exists())
+    folder = existing if existing.is_dir() else existing.parent
+    if not os.access(folder, os.W_OK | os.X_OK) or (existing.is_file() and not os.access(existing, os.W_OK)):
+        fail(f"cannot be written ('{existing}' is not writable); choose another output path",
+             f"cannot be written ('{existing}' is not writable); choose another {flag}")
     return path
 
 
