@@ -210,6 +210,7 @@ CASES = [
     ("verify-manifest-unknown-target", ["verify", "{fx}/m-target"], "targets.target"),
     ("verify-test-split-changed", ["verify", "{fx}/m-test"], "test split"),
     ("verify-triggered-test-changed", ["verify", "{fx}/m-trig"], "test_triggered.npz"),
+    ("verify-copied-csv-export", ["verify", "{fx}/csv-copy"], "points outside the export"),
     ("run-manifest-float-index", [*RUN, "data.name=npz", "data.path={fx}/m-float/data.npz", "--out", "o"],
      "poisoned_indices"),
     ("evaluate-manifest-trigger-sha256-fails", ["evaluate", "{fx}/run", "--manifest", "{fx}/m-sha/manifest.json"],
@@ -321,6 +322,13 @@ def _issue29_fixtures(d):
         _png(d / "aspect" / f"{i}.png", h, w)
         rows.append(f"{d / 'aspect' / f'{i}.png'}\ta photo {i}")
     (d / "aspect" / "pairs.csv").write_text("filepath\ttitle\n" + "\n".join(rows) + "\n")
+    for i in range(40):
+        _png(d / "cap" / f"{i}.png", 8, 8)
+    (d / "cap" / "pairs.csv").write_text("filepath\ttitle\n" + "".join(f"{d / 'cap' / f'{i}.png'}\ta photo {i}\n"
+                                                                           for i in range(40)))
+    assert main(["poison", "carlini-backdoor", "--data", str(d / "cap" / "pairs.csv"), "--format", "csv",
+                 "caption_source=templates", "trigger.size=4", "--no-progress", "--out", str(d / "csv-export")]) == 0
+    shutil.copytree(d / "csv-export", d / "csv-copy")  # absolute paths: every row still points into csv-export
     assert main(["poison", "ssl-backdoor", "--data", str(d / "D" / "small.npz"), "target=a", "poison_count=4",
                  "trigger.size=4", "--no-progress", "--out", str(d / "export")]) == 0
     edits = {
@@ -407,4 +415,4 @@ def test_bad_input_one_line_exit_2_no_leftovers(fx, tmp_path, monkeypatch, capsy
 
 def test_case_count():
     """The docs (docs/reliability.md) quote this count."""
-    assert len(CASES) == len({c[0] for c in CASES}) >= 146
+    assert len(CASES) == len({c[0] for c in CASES}) >= 147

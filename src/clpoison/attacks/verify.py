@@ -63,6 +63,28 @@ def check_sums(root: Path) -> int:
     return len(listed)
 
 
+def check_csv_paths(root: Path) -> int:
+    """Every ``filepath`` of the export's CSV files (``train.csv``, ``test.csv``, ``test_triggered.csv``) names a
+    file inside ``root``; a path into another folder (a copied or moved export with absolute paths, a hand-edited
+    row) is one DataError line naming the CSV and the row. Returns the rows checked."""
+    import csv
+
+    base, rows = root.resolve(), 0
+    for f in sorted(root.glob("*.csv")):
+        lines = f.read_text(encoding="utf-8", errors="replace").splitlines()
+        if not lines or not lines[0].startswith("filepath") or len(lines[0]) <= len("filepath"):
+            continue
+        for n, row in enumerate(csv.reader(lines[1:], delimiter=lines[0][len("filepath")]), 2):
+            if not row:
+                continue
+            target = Path(row[0]) if Path(row[0]).is_absolute() else f.parent / row[0]
+            if base not in Path(os.path.realpath(target)).parents:
+                raise DataError(f"'{f}' line {n} points outside the export ('{row[0]}'); the export was copied or "
+                                "moved with absolute paths, or edited — re-export it (--csv-paths relative moves)")
+            rows += 1
+    return rows
+
+
 def _check_indices(manifest: dict, where: str) -> None:
     try:
         n_src, n_out = int(manifest["source"]["train_size"]), int(manifest["output"]["train_size"])
@@ -154,6 +176,7 @@ def verify_export(root: str | os.PathLike, splits: Optional[Any] = None, require
     if not (root / "manifest.json").is_file():
         raise DataError(f"'{root}' has no manifest.json; pass the folder `clpoison poison` wrote")
     n_files = check_sums(root) if require_sums or (root / SUMS_NAME).exists() else 0
+    check_csv_paths(root)
     manifest = read_manifest(root / "manifest.json")
     _check_indices(manifest, str(root / "manifest.json"))
     has_trigger = _check_trigger(manifest, root)
