@@ -4,7 +4,7 @@ the (long) timeout of the collectives that follow.
 Without a launcher's own store (``torchrun`` hosts one; manual ``WORLD_SIZE`` / ``RANK``, ``srun`` and the tests
 do not), :func:`rendezvous_store` opens the run's ``TCPStore`` itself: rank 0 listens at ``MASTER_ADDR:MASTER_PORT``,
 the others connect, and every process counts itself in. A process that does not see all ``WORLD_SIZE`` processes
-within :data:`RENDEZVOUS_ENV` seconds (default 45) stops with one :class:`~clpoison.errors.ConfigError` line naming
+within :data:`RENDEZVOUS_ENV` seconds (default 30) stops with one :class:`~clpoison.errors.ConfigError` line naming
 what is missing — ``waiting for 1 of 2 processes at 127.0.0.1:29500; start all ranks with torchrun or unset
 WORLD_SIZE/RANK`` — instead of waiting for the process group's two-hour timeout. An address that does not resolve,
 a port already taken and a port outside 1..65535 are one line too. Reaching rank 0 is probed with a plain socket, so
@@ -25,7 +25,7 @@ import torch.distributed as dist
 from ..errors import ConfigError
 
 RENDEZVOUS_ENV = "CLPOISON_RENDEZVOUS_TIMEOUT_S"  # seconds the processes of a run wait for each other at start-up
-DEFAULT_RENDEZVOUS_S = 45.0
+DEFAULT_RENDEZVOUS_S = 30.0
 _JOINED = "clpoison/rendezvous/joined"
 
 
