@@ -52,7 +52,8 @@ def test_kill_9_during_a_run_then_rerun_is_identical(tmp_path):
     straight = read_checkpoint(tmp_path / "straight" / "checkpoint.pt")
     metrics = json.loads((tmp_path / "straight" / "results.json").read_text())["metrics"]
     points = _points(tmp_path / "points.log")
-    kills = _pick(points, ("publish-run", "evaluate", "before-replace checkpoint"), RUN_KILLS, seed=0)
+    kills = _pick(points, ("publish-run", "evaluate", "before-replace checkpoint", "writing checkpoint"), RUN_KILLS,
+                  seed=0)  # "writing": a kill while the temporary checkpoint is still empty (issue 29)
     for k in kills:
         out = tmp_path / f"k{k}"
         r = _clpoison(args + [out.name], tmp_path, fault_at=k)
@@ -66,7 +67,8 @@ def test_kill_9_during_a_run_then_rerun_is_identical(tmp_path):
         steps = [json.loads(ln)["step"] for ln in (out / "metrics.jsonl").read_text().splitlines() if '"event"' not in ln]
         assert steps == sorted(set(steps)), f"duplicate or missing step records after a kill at {k}"
         assert not (tmp_path / f"{out.name}.partial").exists()
-    assert len(kills) == RUN_KILLS + 3
+        assert not list(out.rglob("*.tmp")), f"a killed writer's temporary file was published (kill at {k})"
+    assert len(kills) == RUN_KILLS + 4
 
 
 def _content(export):

@@ -11,12 +11,14 @@ import json
 import os
 import pickle
 import re
+import shutil
 
 import numpy as np
 import pytest
 import torch
 
 from clpoison.cli import main
+from ddp_helpers import free_port
 
 TINY = ["data.train_limit=64", "data.test_limit=32", "model.width=4", "train.epochs=1", "train.batch_size=32",
         "method.params.proj_dim=16", "eval.knn_k=5", "--no-progress"]
@@ -152,6 +154,74 @@ CASES = [
     ("presets-unknown", ["presets", "nosuch"], "nosuch"),
     ("unknown-command", ["frobnicate"], "frobnicate"),
     ("no-command", [], "command"),
+    # -- issue 29: the output guard (an output never is, contains or lies inside an input; '.', '/', links)
+    ("poison-out-contains-its-data", ["poison", "ssl-backdoor", "--data", "{fx}/D/small.npz", "target=a",
+                                      "--overwrite", "--out", "{fx}/D"], "contains the input"),
+    ("poison-out-is-its-imagefolder", ["poison", "ssl-backdoor", "--data", "imagefolder", "--data-path", "{fx}/imgs",
+                                       "target=a", "--format", "imagefolder", "--overwrite", "--out", "{fx}/imgs"],
+     "is the input"),
+    ("run-out-contains-its-data", [*RUN, "data.name=npz", "data.path={fx}/D/small.npz", "--overwrite",
+                                   "--out", "{fx}/D"], "contains the input"),
+    ("run-out-inside-its-export", [*RUN, "data.name=npz", "data.path={fx}/export/data.npz", "--out", "{fx}/export/r"],
+     "lies inside the input"),
+    ("report-out-is-its-run", ["report", "{fx}/run", "--overwrite", "--out", "{fx}/run"], "is the input"),
+    ("evaluate-out-is-its-checkpoint", ["evaluate", "{fx}/run", "--out", "{fx}/run/checkpoint.pt"], "the input"),
+    ("run-out-dot", [*RUN, "--overwrite", "--out", "."], "working folder"),
+    ("run-out-root", [*RUN, "--overwrite", "--out", "/"], "working folder"),
+    ("run-out-proc", [*RUN, "--out", "/proc/clpoison-fuzz/o"], "/proc"),
+    ("run-out-symlink", [*RUN, "--out", "{fx}/link"], "symbolic link"),
+    ("run-overwrite-not-a-run-folder", [*RUN, "--overwrite", "--out", "{fx}/notrun"], "not a run folder"),
+    ("poison-overwrite-not-an-export", [*CE, "--overwrite", "--out", "{fx}/notrun"], "not a poisoned-dataset export"),
+    # -- names are labels
+    ("run-name-absolute", [*RUN, "name=/abs/x"], "name="),
+    ("run-name-dotdot", [*RUN, "name=../../x"], "name="),
+    ("grid-name-dotdot", ["grid", "{fx}/g-dotdot.yaml"], "name="),
+    ("grid-integer-axis-key", ["grid", "{fx}/g-intkey.yaml"], "key 1"),
+    # -- distributed start-up without peers: one line within the rendezvous timeout (1 s here)
+    ("run-dist-rank0-without-peers", [*RUN, "--out", "o"], "waiting for 1 of 2 processes",
+     {"WORLD_SIZE": "2", "RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "{port}"}),
+    ("run-dist-rank1-without-rank0", [*RUN, "--out", "o"], "waiting for rank 0",
+     {"WORLD_SIZE": "2", "RANK": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "{port}"}),
+    ("run-dist-slurm-without-srun", [*RUN, "--out", "o"], "waiting for 1 of 2",
+     {"SLURM_PROCID": "0", "SLURM_NTASKS": "2", "MASTER_PORT": "{port}"}),
+    ("run-dist-port-out-of-range", [*RUN, "--out", "o"], "MASTER_PORT=99999",
+     {"WORLD_SIZE": "2", "RANK": "0", "MASTER_PORT": "99999"}),
+    ("run-dist-addr-unresolvable", [*RUN, "--out", "o"], "MASTER_ADDR='no-such-host.invalid'",
+     {"WORLD_SIZE": "2", "RANK": "1", "MASTER_ADDR": "no-such-host.invalid", "MASTER_PORT": "{port}"}),
+    # -- hostile media
+    ("datasets-imagefolder-decompression-bomb", ["datasets", "describe", "imagefolder", "--path", "{fx}/bombs"],
+     "bomb.png"),
+    ("run-imagefolder-decompression-bomb", [*RUN, "data.name=imagefolder", "data.path={fx}/bombs", "--out", "o"],
+     "bomb.png"),
+    ("poison-trigger-png-bomb", [*CE, "trigger.pattern=png", "trigger.path={fx}/bombs/a/bomb.png", "--out", "p"],
+     "bomb.png"),
+    ("datasets-truncated-tar-shard", ["datasets", "describe", "captions-tar", "--path", "{fx}/cut.tar"], "truncated"),
+    ("datasets-extreme-aspect-canvas", ["datasets", "describe", "captions-csv", "--path", "{fx}/aspect/pairs.csv"],
+     "canvas"),
+    # -- manifests validated whole; every split of an export verified
+    ("verify-manifest-bad-base64", ["verify", "{fx}/m-base64"], "trigger cannot be rebuilt"),
+    ("verify-manifest-wrong-shape", ["verify", "{fx}/m-shape"], "trigger cannot be rebuilt"),
+    ("verify-manifest-missing-key", ["verify", "{fx}/m-nosource"], "source is missing"),
+    ("verify-manifest-trigger-not-object", ["verify", "{fx}/m-evil"], "trigger is not an object"),
+    ("verify-manifest-infinity", ["verify", "{fx}/m-inf"], "Infinity"),
+    ("verify-manifest-duplicate-index", ["verify", "{fx}/m-dup"], "duplicates"),
+    ("verify-manifest-float-index", ["verify", "{fx}/m-float"], "poisoned_indices"),
+    ("verify-manifest-duplicate-key", ["verify", "{fx}/m-dupkey"], "duplicate key"),
+    ("verify-manifest-unknown-target", ["verify", "{fx}/m-target"], "targets.target"),
+    ("verify-test-split-changed", ["verify", "{fx}/m-test"], "test split"),
+    ("verify-triggered-test-changed", ["verify", "{fx}/m-trig"], "test_triggered.npz"),
+    ("verify-copied-csv-export", ["verify", "{fx}/csv-copy"], "points outside the export"),
+    ("run-manifest-float-index", [*RUN, "data.name=npz", "data.path={fx}/m-float/data.npz", "--out", "o"],
+     "poisoned_indices"),
+    ("evaluate-manifest-trigger-sha256-fails", ["evaluate", "{fx}/run", "--manifest", "{fx}/m-sha/manifest.json"],
+     "sha256"),
+    # -- every value checked before work, the right key blamed
+    ("run-momentum-negative", [*RUN, "train.momentum=-1", "--out", "o"], "train.momentum"),
+    ("run-max-resident-nan", [*RUN, "data.max_resident_gb=.nan", "--out", "o"], "data.max_resident_gb"),
+    ("run-linear-l2-nan", [*RUN, "eval.linear_l2=.nan", "--out", "o"], "eval.linear_l2"),
+    ("run-augment-mean-nan", [*RUN, "augment.mean=[.nan, 0.5, 0.5]", "--out", "o"], "augment.mean"),
+    ("run-threads-huge", ["--threads", "100000", *RUN, "--out", "o"], "--threads"),
+    ("run-npz-empty-test-split", [*RUN, "data.name=npz", "data.path={fx}/emptytest.npz", "--out", "o"], "x_test"),
 ]
 
 
@@ -195,12 +265,119 @@ def fx(tmp_path_factory):
     (d / "garbage.safetensors").write_bytes(b"not safetensors")
     torch.save({"foo.weight": torch.zeros(2)}, d / "wrong.pth")
     torch.save({"conv1.weight": _Evil(d / "PWNED")}, d / "evil-sd.pth")
+    _issue29_fixtures(d)
     for name, spec in (("badenc", "{nope"), ("archenc", json.dumps({"format": "clpoison-encoder", "arch": "vit",
                                                                      "width": 4}))):
         (d / name).mkdir()
         (d / name / "encoder.safetensors").write_bytes((d / "run" / "encoder.safetensors").read_bytes())
         (d / name / "encoder.json").write_text(spec)
     return d
+
+
+def _png(path, h, w, mode="RGB"):
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new(mode, (w, h)).save(path)
+
+
+def _issue29_fixtures(d):
+    """Inputs an output must not replace, hostile media and hand-edited exports (issue 29)."""
+    import io
+    import tarfile
+
+    from clpoison.attacks.verify import write_sums
+
+    r = np.random.default_rng(1)
+    (d / "D").mkdir()
+    np.savez(d / "D" / "small.npz", x_train=r.integers(0, 256, (40, 32, 32, 3), dtype=np.uint8),
+             y_train=np.arange(40) % 2, x_test=r.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8),
+             y_test=np.arange(8) % 2, class_names=np.array(["a", "b"]))
+    np.savez(d / "emptytest.npz", x_train=r.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8), y_train=np.zeros(8, int),
+             x_test=np.zeros((0, 32, 32, 3), np.uint8), y_test=np.zeros(0, int))
+    for c in ("a", "b"):
+        for i in range(3):
+            _png(d / "imgs" / c / f"{i}.png", 8, 8)
+    _png(d / "bombs" / "a" / "ok.png", 8, 8)
+    _png(d / "bombs" / "a" / "bomb.png", 20000, 20000, "1")  # ~50 KB on disk, 400 Mpx decoded
+    _png(d / "bombs" / "b" / "ok.png", 8, 8)
+    (d / "link").symlink_to(d / "adir")
+    (d / "notrun").mkdir()
+    (d / "notrun" / "precious.txt").write_text("keep me\n")
+    (d / "g-dotdot.yaml").write_text("name: ../escape\nbase: simclr-small\naxes: {seed: [0]}\n")
+    (d / "g-intkey.yaml").write_text("base: simclr-small\naxes: {1: [0, 1]}\n")
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        for i in range(6):
+            for ext, data in (("png", _png_bytes(8, 8)), ("txt", b"a photo")):
+                info = tarfile.TarInfo(f"{i:04d}.{ext}")
+                info.size = len(data)
+                tf.addfile(info, io.BytesIO(data))
+    with tarfile.open(fileobj=io.BytesIO(buf.getvalue())) as tf:
+        cut = tf.getmembers()[6].offset  # the header of sample 3: a cut at a member boundary reads "cleanly"
+    (d / "cut.tar").write_bytes(buf.getvalue()[:cut])
+    rows = []
+    for i in range(60):
+        h, w = (1, 1500) if i == 0 else (1500, 1) if i == 1 else (32, 32)
+        _png(d / "aspect" / f"{i}.png", h, w)
+        rows.append(f"{d / 'aspect' / f'{i}.png'}\ta photo {i}")
+    (d / "aspect" / "pairs.csv").write_text("filepath\ttitle\n" + "\n".join(rows) + "\n")
+    for i in range(40):
+        _png(d / "cap" / f"{i}.png", 8, 8)
+    (d / "cap" / "pairs.csv").write_text("filepath\ttitle\n" + "".join(f"{d / 'cap' / f'{i}.png'}\ta photo {i}\n"
+                                                                           for i in range(40)))
+    assert main(["poison", "carlini-backdoor", "--data", str(d / "cap" / "pairs.csv"), "--format", "csv",
+                 "caption_source=templates", "trigger.size=4", "--no-progress", "--out", str(d / "csv-export")]) == 0
+    shutil.copytree(d / "csv-export", d / "csv-copy")  # absolute paths: every row still points into csv-export
+    assert main(["poison", "ssl-backdoor", "--data", str(d / "D" / "small.npz"), "target=a", "poison_count=4",
+                 "trigger.size=4", "--no-progress", "--out", str(d / "export")]) == 0
+    edits = {
+        "m-base64": lambda m: m["trigger"].update(raw_base64="!!!notbase64"),
+        "m-shape": lambda m: m["trigger"].update(shape=[3, 5, 5]),
+        "m-nosource": lambda m: m.pop("source"),
+        "m-evil": lambda m: m.update(trigger="evil"),
+        "m-dup": lambda m: m.update(poisoned_indices=[m["poisoned_indices"][0]] * 2),
+        "m-float": lambda m: m.update(poisoned_indices=[float(i) for i in m["poisoned_indices"]]),
+        "m-target": lambda m: m["targets"].update(target="zebra"),
+        "m-sha": lambda m: m["trigger"].update(raw_base64=_flip_base64(m["trigger"]["raw_base64"])),
+    }
+    for name, edit in [*edits.items(), ("m-inf", None), ("m-dupkey", None), ("m-test", None), ("m-trig", None)]:
+        e = d / name
+        shutil.copytree(d / "export", e)
+        text = (e / "manifest.json").read_text()
+        if edit is not None:
+            m = json.loads(text)
+            edit(m)
+            text = json.dumps(m)
+        elif name == "m-inf":
+            text = text.replace('"poisoned_indices": [', '"poisoned_indices": [Infinity, ', 1)
+        elif name == "m-dupkey":
+            text = text.replace('"seed": 0', '"seed": 0, "seed": 1', 1)
+        (e / "manifest.json").write_text(text)
+        if name in ("m-test", "m-trig"):  # one pixel of a test split changed
+            f = e / ("data.npz" if name == "m-test" else "test_triggered.npz")
+            z = dict(np.load(f))
+            z["x_test"][0, 0, 0, 0] ^= 1
+            np.savez(f, **z)
+        write_sums(e)  # SHA256SUMS rewritten: only the validation / fingerprints can catch it
+
+
+def _png_bytes(h, w):
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (w, h)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _flip_base64(b64):
+    import base64
+
+    raw = bytearray(base64.b64decode(b64))
+    raw[0] ^= 1
+    return base64.b64encode(bytes(raw)).decode("ascii")
 
 
 EPOCH_LINE = re.compile(r"^[\w-]+ epoch \d+/\d+: loss ")
@@ -210,10 +387,17 @@ def _tree(root):
     return {str(p.relative_to(root)): (p.stat().st_size if p.is_file() else None) for p in root.rglob("*")}
 
 
-@pytest.mark.parametrize("argv, needle", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_bad_input_one_line_exit_2_no_leftovers(fx, tmp_path, monkeypatch, capsys, argv, needle):
+@pytest.mark.parametrize("argv, needle, env", [(*c[1:3], c[3] if len(c) > 3 else {}) for c in CASES],
+                         ids=[c[0] for c in CASES])
+def test_bad_input_one_line_exit_2_no_leftovers(fx, tmp_path, monkeypatch, capsys, argv, needle, env):
     monkeypatch.chdir(tmp_path)
     argv = [a.replace("{fx}", str(fx)) for a in argv]
+    port = str(free_port())
+    for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "SLURM_PROCID", "SLURM_NTASKS", "TORCHELASTIC_RUN_ID"):
+        monkeypatch.delenv(k, raising=False)
+    for k, v in env.items():  # launcher variables of a distributed row; the rendezvous gives up after 1 s
+        monkeypatch.setenv(k, v.replace("{port}", port))
+    monkeypatch.setenv("CLPOISON_RENDEZVOUS_TIMEOUT_S", "1")
     before = _tree(fx)
     try:
         rc = main(argv)
@@ -231,4 +415,4 @@ def test_bad_input_one_line_exit_2_no_leftovers(fx, tmp_path, monkeypatch, capsy
 
 def test_case_count():
     """The docs (docs/reliability.md) quote this count."""
-    assert len(CASES) == len({c[0] for c in CASES}) >= 90
+    assert len(CASES) == len({c[0] for c in CASES}) >= 147

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -21,9 +22,12 @@ def _echo(msg: str) -> None:
     print(msg, flush=True)
 
 
+MAX_THREADS = 1024  # beyond this torch's thread pools fail in native code
+
+
 def _threads(n: Optional[int]) -> None:
-    if n is not None and n < 1:
-        raise ConfigError(f"--threads {n} must be a positive integer")
+    if n is not None and not 1 <= n <= MAX_THREADS:
+        raise ConfigError(f"--threads {n} must be an integer in 1..{MAX_THREADS}")
     if n:
         import torch
 
@@ -111,7 +115,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .utils.io import atomic_write_json, check_output_path
 
     if args.out:
-        check_output_path(args.out)
+        check_output_path(args.out, inputs=[args.manifest, args.overrides], around=[args.checkpoint])
     if _is_encoder_file(args.checkpoint):
         if args.control:
             raise ConfigError("--control random-init is for a run directory / checkpoint.pt (it rebuilds the run's "
@@ -244,7 +248,8 @@ def cmd_scan(args: argparse.Namespace) -> int:
     if rest:
         raise ConfigError(f"`clpoison scan` takes data options (data.name=, data.path=, data.captions.*=, seed=) as "
                           f"key=value, not '{rest[0]}'")
-    check_output_path(args.out)
+    check_output_path(args.out, inputs=[args.data, args.data_path, args.test_path, args.manifest, args.overrides],
+                      around=[args.checkpoint, args.reference])
     summary = scan_data(args.out, args.data, checkpoint=args.checkpoint, reference=args.reference,
                         manifest=args.manifest, data_path=args.data_path, image_size=args.image_size, seed=args.seed,
                         label_column=args.label_column, test_path=args.test_path,
@@ -301,6 +306,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     except ClpoisonError as e:
         print(f"error: {e.cli_message or e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `clpoison presets X --resolved | head`: the reader stopped; nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print("interrupted; re-run the same command to resume from the last checkpoint", file=sys.stderr)
         return 130

@@ -37,7 +37,7 @@ from typing import Any, Optional
 from ..data.captions import CaptionSplits
 from ..errors import ConfigError
 from ..utils.faults import fault_point
-from ..utils.io import check_output_path
+from ..utils.io import check_output_path, check_replaceable
 from ..utils.lock import OutputLock, stale_partials
 from .export_formats import CAPTION_FORMATS, IMAGE_FORMATS, triggered_test, write_split
 from .manifest import load_trigger, write_manifest
@@ -87,6 +87,7 @@ def _export_locked(splits: Any, manifest: Optional[dict], out: Path, overwrite: 
         msg = f"output directory '{out}' already exists; pass"
         raise ConfigError(f"{msg} overwrite=True or choose another output directory",
                           cli=f"{msg} --overwrite or choose another --out")
+    check_replaceable(out, ("manifest.json", "SHA256SUMS"), "poisoned-dataset export")
     for stale in stale_partials(out):  # we hold the lock: their writer is dead
         shutil.rmtree(stale, ignore_errors=True)
     tmp = out.with_name(f".{out.name}.partial")

@@ -123,24 +123,101 @@ def write_manifest(path: str | Path, manifest: dict) -> None:
     atomic_write_text(path, manifest_json(manifest))
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _unique_keys(pairs: list) -> dict:
+    keys = [k for k, _ in pairs]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"duplicate key '{next(k for k in keys if keys.count(k) > 1)}'")
+    return dict(pairs)
+
+
 def read_manifest(path: str | Path) -> dict:
+    """The manifest at ``path``, validated whole (:func:`check_manifest`); one DataError line naming the file and
+    what is wrong with it (not JSON, ``Infinity``, a duplicate key, a missing or mistyped entry, a bad trigger)."""
     p = Path(path)
     try:
-        m = json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DataError(f"manifest '{p}' cannot be read ({type(e).__name__}); re-export the poisoned dataset") from None
+        m = json.loads(p.read_text(encoding="utf-8"), parse_constant=_no_constant, object_pairs_hook=_unique_keys)
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        detail = type(e).__name__ if isinstance(e, (OSError, UnicodeDecodeError, json.JSONDecodeError)) else str(e)
+        raise DataError(f"manifest '{p}' cannot be read ({detail}); re-export the poisoned dataset") from None
     if not isinstance(m, dict) or m.get("schema") != SCHEMA:
         raise DataError(f"'{p}' is not a clpoison poison manifest (schema '{SCHEMA}' expected)")
     if m.get("schema_version") != SCHEMA_VERSION:
         raise DataError(f"manifest '{p}' has schema version {m.get('schema_version')}; this clpoison reads "
                         f"version {SCHEMA_VERSION}; re-export it with this version")
+    check_manifest(m, str(p))
     return m
 
 
-def load_trigger(manifest: dict) -> Optional[Any]:
-    """The exact trigger recorded in a manifest (verified against its sha256), or None."""
+def _ints(v: Any) -> bool:
+    return isinstance(v, list) and all(isinstance(i, int) and not isinstance(i, bool) for i in v)
+
+
+def check_manifest(m: dict, where: str) -> None:
+    """Every entry a reader relies on, checked before use: one DataError line naming the key in manifest ``where``."""
+    def bad(key: str, what: str) -> None:
+        raise DataError(f"manifest '{where}': {key} {what}; re-export the poisoned dataset")
+
+    for key, kind in (("attack", dict), ("source", dict), ("output", dict), ("params", dict)):
+        if not isinstance(m.get(key), kind):
+            bad(key, "is missing or not an object")
+    src, out = m["source"], m["output"]
+    for key, d in (("source.train_size", src.get("train_size")), ("source.test_size", src.get("test_size")),
+                   ("output.train_size", out.get("train_size"))):
+        if not isinstance(d, int) or isinstance(d, bool) or d < 0:
+            bad(key, "is missing or not a non-negative integer")
+    names = src.get("class_names", [])
+    if not isinstance(names, list) or not all(isinstance(c, str) for c in names):
+        bad("source.class_names", "is not a list of names")
+    fps = (src.get("fingerprint"), out.get("fingerprint"))
+    if not all(isinstance(f, dict) and all(isinstance(v, str) for v in f.values()) for f in fps) \
+            or "train" not in fps[1]:
+        bad("source/output.fingerprint", "is missing or not a mapping of split to sha256")
+    for key in ("poisoned_indices", "added_indices"):
+        v = m.get(key, [])
+        if not _ints(v):
+            bad(key, "is not a list of integers (no floats, booleans or Infinity)")
+        if len(set(v)) != len(v):
+            bad(key, "holds duplicates")
+    n_src, n_out = src["train_size"], out["train_size"]
+    poisoned, added = m.get("poisoned_indices", []), m.get("added_indices", [])
+    if any(not 0 <= i < n_src for i in poisoned):
+        bad("poisoned_indices", f"reach outside the {n_src} clean training rows")
+    if any(not n_src <= i < n_out for i in added) or n_out != n_src + len(added):
+        bad("added_indices", f"and the sizes are inconsistent ({n_src} clean + {len(added)} added != {n_out})")
+    targets = m.get("targets", {})
+    if not isinstance(targets, dict):
+        bad("targets", "is not an object")
+    if names and "target" in targets and targets["target"] is not None and targets["target"] not in names:
+        bad("targets.target", f"'{targets['target']}' is not one of the source classes")
+    ti = targets.get("target_index")
+    if names and ti is not None and (not isinstance(ti, int) or isinstance(ti, bool) or not 0 <= ti < len(names)
+                                     or "target" in targets and names[ti] != targets["target"]):
+        bad("targets.target_index", f"{ti!r} does not name the target among the {len(names)} classes")
+    if m.get("trigger") is not None:
+        load_trigger(m, where)
+
+
+def load_trigger(manifest: dict, where: str = "manifest") -> Optional[Any]:
+    """The exact trigger recorded in a manifest (verified against its sha256), or None; one DataError line for a
+    trigger entry that is not an object, lacks a key, has bad base64 or a patch of the wrong shape."""
     t = manifest.get("trigger")
-    return None if t is None else trigger_from_dict(t)
+    if t is None:
+        return None
+    if not isinstance(t, dict):
+        raise DataError(f"manifest '{where}': trigger is not an object ({type(t).__name__}); re-export the dataset")
+    try:
+        trigger = trigger_from_dict(t)
+        patch = getattr(trigger, "patch", None)
+        if patch is not None and (patch.dim() != 3 or patch.shape[0] != 3):
+            raise ValueError(f"the patch has shape {list(patch.shape)}, not (3, h, w)")
+    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as e:  # DataError (sha256) included
+        detail = f"missing key {e}" if isinstance(e, KeyError) else str(e).splitlines()[0][:160]
+        raise DataError(f"manifest '{where}': its trigger cannot be rebuilt ({detail}); re-export the dataset") from None
+    return trigger
 
 
 def verify(manifest: dict, source: Any = None, output: Any = None) -> None:

@@ -98,11 +98,8 @@ def read_image(path: Path) -> torch.Tensor:
 
 
 def read_mask(path: Path) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
+    from ..data.image_readers import open_image
 
-    try:
-        with Image.open(path) as im:
-            arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        raise DataError(f"mask '{path}' is unreadable ({type(e).__name__}); give a PNG with object = non-zero") from None
+    with open_image(path, "mask", "give a PNG with object = non-zero") as im:
+        arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
     return arr.any(axis=2)

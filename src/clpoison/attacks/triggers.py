@@ -114,16 +114,15 @@ class TriggerSpec:
 
 def read_png(path: Union[str, os.PathLike], size: Optional[int] = None) -> torch.Tensor:
     """A PNG (or any PIL-readable image) as uint8 (3,h,w), resized to size x size when given."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
-    try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            if size is not None and im.size != (size, size):
-                im = im.resize((size, size), Image.NEAREST)
-            arr = np.asarray(im, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        raise DataError(f"trigger image '{path}' is unreadable ({type(e).__name__}); give a valid PNG file") from None
+    from ..data.image_readers import open_image
+
+    with open_image(path, "trigger image", "give a valid PNG file") as im:
+        im = im.convert("RGB")
+        if size is not None and im.size != (size, size):
+            im = im.resize((size, size), Image.NEAREST)
+        arr = np.asarray(im, dtype=np.uint8)
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
 
 

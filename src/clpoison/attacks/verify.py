@@ -63,6 +63,28 @@ def check_sums(root: Path) -> int:
     return len(listed)
 
 
+def check_csv_paths(root: Path) -> int:
+    """Every ``filepath`` of the export's CSV files (``train.csv``, ``test.csv``, ``test_triggered.csv``) names a
+    file inside ``root``; a path into another folder (a copied or moved export with absolute paths, a hand-edited
+    row) is one DataError line naming the CSV and the row. Returns the rows checked."""
+    import csv
+
+    base, rows = root.resolve(), 0
+    for f in sorted(root.glob("*.csv")):
+        lines = f.read_text(encoding="utf-8", errors="replace").splitlines()
+        if not lines or not lines[0].startswith("filepath") or len(lines[0]) <= len("filepath"):
+            continue
+        for n, row in enumerate(csv.reader(lines[1:], delimiter=lines[0][len("filepath")]), 2):
+            if not row:
+                continue
+            target = Path(row[0]) if Path(row[0]).is_absolute() else f.parent / row[0]
+            if base not in Path(os.path.realpath(target)).parents:
+                raise DataError(f"'{f}' line {n} points outside the export ('{row[0]}'); the export was copied or "
+                                "moved with absolute paths, or edited — re-export it (--csv-paths relative moves)")
+            rows += 1
+    return rows
+
+
 def _check_indices(manifest: dict, where: str) -> None:
     try:
         n_src, n_out = int(manifest["source"]["train_size"]), int(manifest["output"]["train_size"])
@@ -111,6 +133,40 @@ def verify_output(manifest: dict, train: Any, where: str) -> None:
                         "it was modified after export")
 
 
+def verify_test_splits(manifest: dict, splits: Any, root: Path) -> list[str]:
+    """The test splits of an NPZ export checked too: ``x_test`` against the clean test split's fingerprint (an
+    attack never changes it) and ``test_triggered.npz`` against the manifest's trigger applied to that test split.
+    Returns the splits checked; one DataError line naming the file on a mismatch."""
+    from ..data.datasets import ImageDataset
+    from .export_formats import triggered_test
+
+    names = list(manifest["source"].get("class_names") or [])
+    test = getattr(splits, "test", None)
+    want = manifest["source"]["fingerprint"].get("test")
+    if test is None or want is None or not isinstance(test, ImageDataset):
+        return []
+    if fingerprint(in_class_order(test, names)) != want:
+        raise DataError(f"the test split in '{root / 'data.npz'}' does not match its manifest's source fingerprint; "
+                        "it was modified after export")
+    checked = ["test"]
+    path = root / "test_triggered.npz"
+    expected = triggered_test(splits, manifest)
+    if path.is_file() or expected is not None:
+        import numpy as np
+
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                got = torch.from_numpy(z["x_test"]).permute(0, 3, 1, 2) if z["x_test"].shape[-1] == 3 else \
+                    torch.from_numpy(z["x_test"])
+        except (OSError, KeyError, ValueError) as e:
+            raise DataError(f"'{path}' cannot be read ({type(e).__name__}); re-export the dataset") from None
+        if expected is None or not torch.equal(got, expected.images):
+            raise DataError(f"'{path}' is not the manifest's trigger applied to the test split; it was modified "
+                            "after export")
+        checked.append("test_triggered")
+    return checked
+
+
 def verify_export(root: str | os.PathLike, splits: Optional[Any] = None, require_sums: bool = True) -> dict[str, Any]:
     """Check an export folder (see the module doc); returns a summary dict, or raises one :class:`DataError` line.
     ``require_sums=False`` accepts an export made before ``SHA256SUMS`` existed (its file check is skipped)."""
@@ -120,11 +176,14 @@ def verify_export(root: str | os.PathLike, splits: Optional[Any] = None, require
     if not (root / "manifest.json").is_file():
         raise DataError(f"'{root}' has no manifest.json; pass the folder `clpoison poison` wrote")
     n_files = check_sums(root) if require_sums or (root / SUMS_NAME).exists() else 0
+    check_csv_paths(root)
     manifest = read_manifest(root / "manifest.json")
     _check_indices(manifest, str(root / "manifest.json"))
     has_trigger = _check_trigger(manifest, root)
+    checked: list[str] = []
     if splits is not None:
         verify_output(manifest, splits.train, str(root))
+        checked = ["train", *verify_test_splits(manifest, splits, root)]
     return {"folder": str(root), "files": n_files, "attack": manifest.get("attack", {}).get("name"),
             "poisoned": len(manifest.get("poisoned_indices") or []), "added": len(manifest.get("added_indices") or []),
-            "trigger": has_trigger, "data": splits is not None}
+            "trigger": has_trigger, "data": splits is not None, "splits_checked": checked}

@@ -55,6 +55,24 @@ def _json_caption(raw: bytes) -> str:
     return next(d[k] for k in ("caption", "text", "title") if isinstance(d, dict) and isinstance(d.get(k), str) and d[k].strip())
 
 
+COMPRESSED_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ")  # gzip, bzip2, xz: their own streams detect a cut
+
+
+def tar_end_present(shard: Union[str, Path], offset: int) -> bool:
+    """Whether an uncompressed tar file read up to ``offset`` (where the reader stopped) holds the zero block that
+    ends an archive there; a file cut at a member boundary has none (tarfile then stops silently). A compressed or
+    unreadable file counts as present (its decompressor reports a cut itself)."""
+    try:
+        with open(shard, "rb") as f:
+            if f.read(6).startswith(COMPRESSED_MAGIC):
+                return True
+            f.seek(offset)
+            block = f.read(512)
+    except OSError:
+        return True
+    return len(block) == 512 and not any(block)
+
+
 def iter_shard_samples(paths: list[Path], on_error: str = "fail", errors: Optional[_Errors] = None) -> Iterator[dict]:
     """Stream samples ``{"key", "shard", "index", "image": bytes, "ext", "captions": [str]}`` from webdataset-layout
     shards, reading each archive sequentially (works on pipes / object-store streams as well as files). ``index``:
@@ -114,6 +132,9 @@ def iter_shard_samples(paths: list[Path], on_error: str = "fail", errors: Option
                     key, parts = k, {}
                 f = tf.extractfile(m)
                 parts[ext] = f.read() if f is not None else b""
+            if not tar_end_present(shard, tf.offset):
+                errors("corrupt_shard", f"{shard}", "tar shard is truncated (it ends without the end-of-archive blocks "
+                       f"after {tf.offset} bytes)")
         except (tarfile.TarError, OSError, EOFError) as e:
             errors("corrupt_shard", f"{shard}", f"tar shard is truncated or corrupt ({type(e).__name__})")
         finally:

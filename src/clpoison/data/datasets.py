@@ -215,6 +215,21 @@ def limit(ds, n: Optional[int]):
 # images of different sizes on one canvas
 
 
+CANVAS_SLACK_BYTES = 64 << 20
+
+
+def check_canvas(n: int, hc: int, wc: int, sizes: torch.Tensor) -> None:
+    """One DataError line when a shared (n,3,hc,wc) canvas would mostly be padding (more than 4x the images' own
+    bytes plus 64 MiB): images of extreme sizes or aspect ratios read at native size (1 x 1500 beside 1500 x 1)."""
+    need = n * 3 * hc * wc
+    own = int((sizes[:, 0] * sizes[:, 1]).sum()) * 3 if len(sizes) else 0
+    if need > 4 * own + CANVAS_SLACK_BYTES:
+        tall, wide = int(sizes[:, 0].argmax()), int(sizes[:, 1].argmax())
+        raise DataError(f"{n} images of very different sizes (#{tall} is {int(sizes[tall, 0])} px tall, #{wide} "
+                        f"{int(sizes[wide, 1])} px wide) would share a {hc} x {wc} canvas of {need / 2**30:.1f} GiB, "
+                        "mostly padding; set an image size (data.image_size) to resize them")
+
+
 def stack_on_canvas(images: Sequence[torch.Tensor], canvas: Optional[tuple[int, int]] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Stack uint8 (3,h_i,w_i) images into one zero-padded (N,3,H,W) canvas, each at the top-left corner.
 
@@ -229,6 +244,7 @@ def stack_on_canvas(images: Sequence[torch.Tensor], canvas: Optional[tuple[int, 
         if canvas[0] < hc or canvas[1] < wc:
             raise DataError(f"canvas {canvas} is smaller than the largest image ({hc}, {wc}); enlarge the canvas")
         hc, wc = int(canvas[0]), int(canvas[1])
+    check_canvas(len(images), hc, wc, sizes)
     out = torch.zeros(len(images), 3, hc, wc, dtype=torch.uint8)
     for i, im in enumerate(images):
         out[i, :, : im.shape[1], : im.shape[2]] = im
@@ -257,10 +273,11 @@ def concat_datasets(parts: Sequence[ImageDataset], name: Optional[str] = None) -
         return ImageDataset(torch.cat([p.images for p in parts]), labels, list(names), name)
     hc = max(p.images.shape[2] for p in parts)
     wc = max(p.images.shape[3] for p in parts)
+    sizes = torch.cat([p.valid_sizes() for p in parts])
+    check_canvas(len(labels), hc, wc, sizes)
     out = torch.zeros(len(labels), 3, hc, wc, dtype=torch.uint8)
     i = 0
     for p in parts:
         out[i : i + len(p), :, : p.images.shape[2], : p.images.shape[3]] = p.images
         i += len(p)
-    sizes = torch.cat([p.valid_sizes() for p in parts])
     return ImageDataset(out, labels, list(names), name, sizes)

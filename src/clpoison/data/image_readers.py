@@ -17,11 +17,12 @@ Sources (selected in config by ``data.name``):
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 from importlib import resources
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -109,6 +110,11 @@ def load_npz(path: Optional[str | os.PathLike] = None, name: str = "npz", **_: o
                 f"npz dataset '{p}': x_{split} has {len(x)} images but y_{split} has {len(y)} labels; "
                 "they must match"
             )
+        if len(x) == 0:
+            raise DataError(f"npz dataset '{p}': x_{split} holds no images; both splits need at least one")
+        if y.dtype.kind not in "iu" or int(y.min()) < 0 or int(y.max()) >= len(classes):
+            raise DataError(f"npz dataset '{p}': y_{split} must hold integer labels in 0..{len(classes) - 1} "
+                            f"({len(classes)} classes)")
     with np.load(p, allow_pickle=False) as z:  # optional valid (h, w) per image of a padded canvas (exports)
         try:
             sizes = {k: torch.from_numpy(z[f"{k}_sizes"].astype(np.int64)) if f"{k}_sizes" in z.files else None
@@ -222,23 +228,51 @@ def _list_image_tree(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
     return classes, items
 
 
-def decode_image(path: Path, size: Optional[int]) -> torch.Tensor:
-    """Decode one image file to uint8 (3,H,W), resized (shorter side, then centre crop) to ``size``."""
+MAX_PIXELS_ENV = "CLPOISON_MAX_IMAGE_PIXELS"
+MAX_IMAGE_PIXELS = 64_000_000  # 8000 x 8000: larger images (and decompression bombs) are refused before decoding
+
+
+def max_image_pixels() -> int:
+    raw = os.environ.get(MAX_PIXELS_ENV, "")
+    return int(raw) if raw.isdigit() and int(raw) > 0 else MAX_IMAGE_PIXELS
+
+
+@contextlib.contextmanager
+def open_image(path: Any, what: str = "image", fix: str = "remove or replace it") -> Iterator[Any]:
+    """A PIL image, opened lazily; one DataError line naming ``path`` when it is unreadable, a decompression bomb
+    or larger than :func:`max_image_pixels` (checked from its header, before any pixel is decoded)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as im:
-            im = im.convert("RGB")
-            if size is not None:
-                w, h = im.size
-                s = size / min(w, h)
-                nw, nh = max(size, round(w * s)), max(size, round(h * s))
-                im = im.resize((nw, nh), Image.BICUBIC)
-                left, top = (nw - size) // 2, (nh - size) // 2
-                im = im.crop((left, top, left + size, top + size))
-            arr = np.asarray(im, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        raise DataError(f"image '{path}' is unreadable or corrupt ({type(e).__name__}); remove or replace it") from None
+            w, h = im.size
+            if w < 1 or h < 1 or w * h > max_image_pixels():
+                raise DataError(f"{what} '{path}' is {w} x {h} pixels, beyond the bound of {max_image_pixels():,} "
+                                f"({MAX_PIXELS_ENV}); {fix}")
+            yield im
+    except DataError:
+        raise
+    except Image.DecompressionBombError:
+        raise DataError(f"{what} '{path}' is a decompression bomb (its header declares more pixels than PIL decodes); "
+                        f"{fix}") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as e:
+        raise DataError(f"{what} '{path}' is unreadable or corrupt ({type(e).__name__}); {fix}") from None
+
+
+def decode_image(path: Path, size: Optional[int]) -> torch.Tensor:
+    """Decode one image file to uint8 (3,H,W), resized (shorter side, then centre crop) to ``size``."""
+    from PIL import Image
+
+    with open_image(path) as im:
+        im = im.convert("RGB")
+        if size is not None:
+            w, h = im.size
+            s = size / min(w, h)
+            nw, nh = max(size, round(w * s)), max(size, round(h * s))
+            im = im.resize((nw, nh), Image.BICUBIC)
+            left, top = (nw - size) // 2, (nh - size) // 2
+            im = im.crop((left, top, left + size, top + size))
+        arr = np.asarray(im, dtype=np.uint8)
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
 
 

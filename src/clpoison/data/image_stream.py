@@ -22,7 +22,7 @@ from typing import Any, Iterator, Optional
 import torch
 
 from ..errors import ConfigError
-from .loader import ResidentBatches
+from .loader import ResidentBatches, from_workers
 
 
 def worker_steps(steps: int, worker: int, workers: int) -> range:
@@ -69,9 +69,9 @@ class StreamedImageBatches(ResidentBatches):
             yield from _BatchDecoder(self.dataset, batches)
             return
         seeds = torch.Generator().manual_seed(int(self.seed) * 1_000_003 + int(epoch))  # not the global RNG
-        yield from torch.utils.data.DataLoader(_BatchDecoder(self.dataset, batches), batch_size=None,
-                                               num_workers=workers, pin_memory=self.device.type == "cuda",
-                                               prefetch_factor=2, generator=seeds)
+        yield from from_workers(torch.utils.data.DataLoader(
+            _BatchDecoder(self.dataset, batches), batch_size=None, num_workers=workers,
+            pin_memory=self.device.type == "cuda", prefetch_factor=2, generator=seeds))  # a bad image: one line
 
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]]:
         for _, idx, images in self.decoded(epoch):

@@ -15,8 +15,21 @@ from typing import Any, Iterator, Optional
 
 import torch
 
-from ..errors import ConfigError
+from ..errors import ClpoisonError, ConfigError
 from .augment import TwoViewAugment
+
+
+def from_workers(batches: Iterator[Any]) -> Iterator[Any]:
+    """``batches`` (a loader over worker processes) with a user error raised in a worker given back as its own one
+    line: torch re-raises it in this process with the worker's traceback folded into the message."""
+    try:
+        yield from batches
+    except ClpoisonError as e:
+        lines = [ln for ln in str(e).splitlines() if ln.strip()]
+        if len(lines) > 1 and lines[0].startswith("Caught "):
+            last = lines[-1]
+            raise type(e)(last.split(": ", 1)[1] if last.startswith("clpoison.errors.") else last) from None
+        raise
 
 
 def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:

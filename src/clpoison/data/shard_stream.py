@@ -44,8 +44,9 @@ from ..errors import DataError
 from ..utils.io import sha256_file
 from .caption_loader import CaptionImageAugment
 from .caption_readers import IMAGE_SUFFIXES, _Errors
-from .caption_shards import iter_shard_samples, shard_paths
+from .caption_shards import iter_shard_samples, shard_paths, tar_end_present
 from .image_readers import decode_image
+from .loader import from_workers
 
 
 def epoch_shards(shards: Sequence[Path], seed: int, epoch: int, shuffle: bool = True) -> list[Path]:
@@ -65,8 +66,9 @@ def count_samples(shards: Sequence[Path]) -> int:
     return sum(shard_counts(shards))
 
 
-def shard_counts(shards: Sequence[Path]) -> list[int]:
-    """The number of samples of each shard, from the tar headers only."""
+def shard_counts(shards: Sequence[Path], on_error: str = "fail") -> list[int]:
+    """The number of samples of each shard, from the tar headers only; a truncated shard is one DataError line
+    (``on_error: skip``: counted as read; the reader then counts it as ``corrupt_shard``)."""
     counts = []
     for shard in shards:
         keys: set = set()
@@ -76,6 +78,9 @@ def shard_counts(shards: Sequence[Path]) -> list[int]:
                     base = os.path.basename(m.name)
                     if m.isfile() and "." in base and base.split(".", 1)[1].lower() in IMAGE_SUFFIXES:
                         keys.add(os.path.join(os.path.dirname(m.name), base.split(".", 1)[0]))
+                if on_error == "fail" and not tar_end_present(shard, tf.offset):
+                    raise DataError(f"tar shard '{shard}' is truncated (no end-of-archive blocks after {tf.offset} "
+                                    "bytes); re-create it, or set data.captions.on_error=skip to skip and count it")
         except (tarfile.TarError, OSError, EOFError) as e:
             raise DataError(f"tar shard '{shard}' cannot be read ({type(e).__name__}); is it a tar file?") from None
         counts.append(len(keys))
@@ -91,7 +96,7 @@ class StreamingCaptionSet:
     def __init__(self, spec: Any, image_size: int, on_error: str = "fail", name: str = "shards") -> None:
         self.shards = shard_paths(spec)
         self.image_size, self.on_error, self.name = image_size, on_error, name
-        self.counts: Optional[list[int]] = shard_counts(self.shards)  # samples per shard (tar headers)
+        self.counts: Optional[list[int]] = shard_counts(self.shards, on_error)  # samples per shard (tar headers)
         self.n = sum(self.counts)
         if self.n == 0:
             raise DataError(f"tar shards {spec} hold no image; expected KEY.jpg|png|webp + KEY.txt members")
@@ -294,7 +299,7 @@ class StreamingCaptionBatches:
         done, rep = 0, 0
         while done < len(self):
             got = 0
-            for images, caps in self._loader(epoch, rep):
+            for images, caps in from_workers(self._loader(epoch, rep)):
                 choice = [c[int(torch.randint(len(c), (1,), generator=g))] if len(c) > 1 else c[0] for c in caps]
                 tok = self.tokenizer.encode(choice, self.context_length)
                 tok = tok[:, : int((tok != 0).sum(1).max())].to(self.device, non_blocking=True)

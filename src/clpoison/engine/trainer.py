@@ -85,8 +85,9 @@ class TrainConfig:
                 raise ConfigError(f"train.{key}={getattr(self, key)} must be a finite number")
         if not self.lr > 0:
             raise ConfigError(f"train.lr={self.lr} must be > 0")
-        if self.weight_decay < 0:
-            raise ConfigError(f"train.weight_decay={self.weight_decay} must be >= 0")
+        if self.weight_decay < 0 or self.momentum < 0:
+            key = "weight_decay" if self.weight_decay < 0 else "momentum"
+            raise ConfigError(f"train.{key}={getattr(self, key)} must be >= 0")
         if self.warmup_epochs < 0:
             raise ConfigError(f"train.warmup_epochs={self.warmup_epochs} must be >= 0")
         if self.optimizer not in ("sgd", "lars", "adamw"):

@@ -22,7 +22,7 @@ from ..data.augment import AugmentConfig
 from ..data.caption_readers import CaptionDataConfig
 from ..engine.trainer import TrainConfig
 from ..errors import ConfigError
-from ..utils.schema import from_dict
+from ..utils.schema import from_dict, non_finite_key
 
 
 @dataclass
@@ -266,9 +266,24 @@ def build_config(data: Optional[dict] = None, overrides: Optional[list[str]] = N
     """Presets → file keys → overrides, validated into an :class:`ExperimentConfig`."""
     data = resolve_presets(data or {})
     data = resolve_presets(apply_overrides(data, overrides or []))
+    bad = non_finite_key(data)  # the key that holds it, before any component reads it
+    if bad:
+        raise ConfigError(f"{bad} is not a finite number (NaN or infinite); give a finite value")
     cfg = from_dict(ExperimentConfig, data)
+    check_label(cfg.name, "name")
     validate_components(cfg)
     return cfg
+
+
+def check_label(value: Any, key: str) -> str:
+    """``value`` if it is a label fit for a folder name (runs/NAME); a path (a separator, ``.``, ``..`` or another
+    leading dot, a control character) is one ConfigError line naming ``key``."""
+    text = str(value)
+    if (not text or "/" in text or "\\" in text or text.startswith(".")
+            or any(ord(c) < 32 for c in text) or len(text) > 200):
+        raise ConfigError(f"{key}={text!r} must be a label (no /, no leading dot, up to 200 "
+                          "characters), not a path; runs go to runs/NAME unless --out says otherwise")
+    return text
 
 
 def load_config(path: Optional[Union[str, Path]] = None, overrides: Optional[list[str]] = None) -> ExperimentConfig:

@@ -45,9 +45,9 @@ from typing import Any, Callable, Optional, Union
 
 from ..errors import ClpoisonError, ConfigError
 from ..report.collect import GRID_NAME, write_results_table
-from ..utils.io import atomic_write_json, check_output_path, dumps_json
+from ..utils.io import atomic_write_json, check_output_path, dumps_json, remove_stale_temps
 from ..utils.lock import OutputLock
-from .config import ExperimentConfig, build_config, list_presets, read_yaml
+from .config import ExperimentConfig, build_config, check_label, list_presets, read_yaml
 from .runner import RESULTS_NAME, run_or_reuse
 
 __all__ = ["Cell", "read_grid", "normalize_grid", "expand_grid", "run_grid", "GRID_KEYS"]
@@ -99,6 +99,11 @@ def normalize_grid(spec: dict, path: Union[str, Path] = "<grid>") -> dict:
     if not isinstance(base, dict):
         raise ConfigError(f"grid file '{path}': base must be a preset name or a config mapping")
     axes = spec.get("axes") or {}
+    for k in [*(axes if isinstance(axes, dict) else []),
+              *(k for c in spec.get("cells") or [] if isinstance(c, dict) for k in [*c, *(c.get("axes") or {})])]:
+        if not isinstance(k, str):
+            raise ConfigError(f"grid file '{path}': key {k!r} is not a config key; write it as a dotted name "
+                              "such as train.lr (quote it in YAML)")
     if not isinstance(axes, dict) or any(not isinstance(v, list) or not v for v in axes.values()):
         raise ConfigError(f"grid file '{path}': axes must map config keys to non-empty lists, e.g. "
                           "'axes: {seed: [0, 1, 2]}'")
@@ -111,7 +116,7 @@ def normalize_grid(spec: dict, path: Union[str, Path] = "<grid>") -> dict:
             raise ConfigError(f"grid file '{path}': a cell's axes must map config keys to non-empty lists")
     if not axes and not cells:
         raise ConfigError(f"grid file '{path}' has neither axes nor cells; add e.g. 'axes: {{seed: [0, 1]}}'")
-    return {"name": str(spec.get("name") or Path(path).stem), "description": spec.get("description") or "",
+    return {"name": check_label(spec.get("name") or Path(path).stem, f"grid file '{path}': name"), "description": spec.get("description") or "",
             "base": base, "axes": axes, "cells": cells or [{}]}
 
 
@@ -191,7 +196,7 @@ def expand_grid(spec: dict, overrides: Optional[list[str]] = None) -> list[Cell]
             data, ov = copy.deepcopy(spec["base"]), []
             for key, value in varied.items():
                 _put(data, ov, key, value)
-            name = _cell_name(template, varied, len(cells))
+            name = check_label(_cell_name(template, varied, len(cells)), f"grid cell name (template {template!r})")
             if name in seen:
                 raise ConfigError(f"two cells of the grid are both named '{name}' ({seen[name]} and {varied}); give the "
                                   "cells distinct names (a `name:` template such as 'bd_{seed}')")
@@ -255,12 +260,13 @@ def run_grid(grid: Union[str, Path, dict], out: Union[str, Path], overrides: Opt
     cells = expand_grid(spec, overrides)  # every cell validated before anything is written
     if jobs < 1:
         raise ConfigError(f"--jobs {jobs} must be a positive integer")
-    out = check_output_path(out, "dir")
+    out = check_output_path(out, "dir", inputs=[spec, overrides, *([] if isinstance(grid, dict) else [grid])])
     if out.exists() and any(out.iterdir()) and not (out / GRID_NAME).exists():
         raise ConfigError(f"'{out}' exists and is not a grid folder (no {GRID_NAME}); choose another --out")
     with OutputLock(out):
         if overwrite and out.exists():
             shutil.rmtree(out)
+        remove_stale_temps(out)  # left by a killed grid; we hold the lock
         out.mkdir(parents=True, exist_ok=True)
         source = spec["name"] if isinstance(grid, dict) else str(grid)
         return _run_locked(spec, cells, out, source, overrides, jobs, max_cells, echo)

@@ -5,6 +5,7 @@ source name or path, the attack run in memory, then the poisoned dataset written
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -42,7 +43,7 @@ def poison_to_disk(attack: str, data: str, out: str | Path, overrides: list[str]
                    caption_options: Optional[dict] = None) -> tuple[Path, dict]:
     """Everything ``clpoison poison`` does: validate, load, poison in memory, then export (nothing written on error)."""
     ATTACKS.get(attack)  # an unknown name fails first
-    out = check_output_path(out, "dir")
+    out = check_output_path(out, "dir", inputs=[data, data_path, test_path, list(overrides)])
     if out.exists() and not overwrite:
         raise ConfigError(f"output directory '{out}' already exists; pass --overwrite or choose another --out")
     atk = ATTACKS.build(attack, attack_params_from(preset, attack, overrides))
@@ -58,7 +59,7 @@ def export_attack(atk: Attack, data: str, out: Path, seed: int = 0, data_path: O
     """Load the clean data, run the (built) attack ``atk`` in memory, export the result to ``out``; ``export``
     holds :func:`~clpoison.attacks.export.export_poisoned`'s format options (``fmt``, ``csv_separator``,
     ``csv_paths``) and ``caption_options`` the caption reader's (``data.captions.*``)."""
-    out = check_output_path(out, "dir")
+    out = check_output_path(out, "dir", inputs=[data, data_path, test_path, _params_of(atk)])
     with OutputLock(out):  # one writer per export folder, crafting included
         if out.exists() and not overwrite:
             raise ConfigError(f"output directory '{out}' already exists; pass --overwrite or choose another --out")
@@ -74,6 +75,12 @@ def export_attack(atk: Attack, data: str, out: Path, seed: int = 0, data_path: O
                                   copies=copies, **(export or {}))
         shutil.rmtree(craft, ignore_errors=True)
     return written, result.manifest or {}
+
+
+def _params_of(atk: Attack) -> object:
+    """The attack's parameters as plain values (paths among them are inputs the export must not replace)."""
+    params = getattr(atk, "params", None)
+    return dataclasses.asdict(params) if dataclasses.is_dataclass(params) else {}
 
 
 def poison_or_reuse(attack: str, params: dict, data: str, out: str | Path, seed: int = 0, device: str = "auto",

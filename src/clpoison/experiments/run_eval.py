@@ -43,6 +43,8 @@ def evaluate_run(path: Path, ckpt: dict, overrides: Sequence[str] = (), manifest
                                                               "stem_stride": c.model.stem_stride},
                               **({"tokenizer": method.tokenizer} if getattr(method, "tokenizer", None) else {}))
         method = method.to(task.device)
+    if manifest and Path(manifest).is_file():
+        read_manifest(manifest)  # validated whole before any evaluation
     splits = task.load()
     metrics, extras = task.evaluate(method, splits)
     man_path = Path(manifest) if manifest else Path(path).parent / "manifest.json"

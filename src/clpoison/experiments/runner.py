@@ -56,7 +56,8 @@ from ..utils.dist import (all_gather_object, alone, barrier, broadcast_object, i
                           world_size)
 from ..utils.faults import fault_point
 from ..utils.lock import OutputLock
-from ..utils.io import atomic_write_bytes, atomic_write_json, atomic_write_text, check_output_path, dumps_json
+from ..utils.io import (atomic_write_bytes, atomic_write_json, atomic_write_text, check_output_path, check_replaceable,
+                        dumps_json, remove_stale_temps)
 from ..utils.seed import rng_preserved, seed_everything
 from .config import ExperimentConfig
 from .fingerprint import config_changes, run_fingerprint
@@ -88,12 +89,16 @@ def environment() -> dict[str, Any]:
     return env
 
 
-def prepare_out_dir(out: Path, overwrite: bool) -> Path:
-    out = check_output_path(out, "dir")
+def prepare_out_dir(out: Path, overwrite: bool, inputs: Any = ()) -> Path:
+    out = check_output_path(out, "dir", inputs=inputs)
     check_output_path(out.with_name(out.name + ".partial"), "dir")
     if out.exists() and not overwrite:
         raise ConfigError(f"output directory '{out}' already exists; pass --overwrite or choose another --out")
+    check_replaceable(out, RUN_MARKERS, "run folder")
     return out.with_name(out.name + ".partial")
+
+
+RUN_MARKERS = ("results.json", "config.json", "checkpoint.pt")  # what makes a folder a run --overwrite may replace
 
 
 def run_experiment(
@@ -104,7 +109,7 @@ def run_experiment(
     echo: Callable[[str], None] = lambda s: None,
 ) -> dict[str, Any]:
     out = Path(out)
-    check_output_path(out, "dir")
+    check_output_path(out, "dir", inputs=cfg.to_dict())  # never the data, a manifest or a checkpoint it reads
     device = init_distributed(resolve_device(cfg.device))  # joins torchrun's / SLURM's process group, if any
     if not is_main():  # rank 0 holds the lock and prepares the folder
         return _run_locked(cfg, out, overwrite, resume, lambda s: None, device)
@@ -118,7 +123,8 @@ def _run_locked(cfg: ExperimentConfig, out: Path, overwrite: bool, resume: bool,
     if not is_main():
         barrier()  # rank 0 has prepared the folder
         return _run(cfg, out, out.with_name(out.name + ".partial"), device, snapshot, resume, echo, overwrite)
-    work = prepare_out_dir(out, overwrite)
+    work = prepare_out_dir(out, overwrite, cfg.to_dict())
+    remove_stale_temps(work)  # a writer killed mid-file left them; we hold the lock, so it is dead
     if work.exists():
         changed = config_changes(_read_json(work / "config.json"), snapshot) if resume else ["--no-resume"]
         if changed and resume and (work / CHECKPOINT_NAME).exists() and not overwrite:
@@ -197,7 +203,11 @@ def _run(cfg: ExperimentConfig, out: Path, work: Path, device: torch.device, sna
         d = cfg.data
         checked = verify_if_export(d.path, splits, not (d.train_limit or d.test_limit or d.image_size))
         if checked is not None:
-            echo(f"data: verified the export {checked['folder']} against its manifest ({checked['files']} files)")
+            limited = [k for k in ("train_limit", "test_limit", "image_size") if getattr(d, k)]
+            echo(f"data: verified the export {checked['folder']} against its manifest ({checked['files']} files; "
+                 + (f"splits {', '.join(checked['splits_checked'])} by fingerprint)" if checked["splits_checked"] else
+                    f"the data fingerprint check was skipped: data.{', data.'.join(limited) or 'path'} changes what is "
+                    "read — the file hashes cover it)"))
 
     attack = ATTACKS.build(cfg.attack.name, cfg.attack.params)
     main, world = is_main(), world_size()

@@ -20,7 +20,7 @@ from typing import Any, Optional, Sequence
 import yaml
 
 from ..errors import ConfigError
-from ..utils.io import atomic_write_text, check_output_path
+from ..utils.io import atomic_write_text, check_output_path, check_replaceable
 from .aggregate import INTERVALS_NOTE, Setting, settings
 from .collect import GRID_NAME, Run, find_runs, write_results_table
 from .figures import asr_vs_epoch, asr_vs_rate, ca_vs_asr, crafting_trace, run_plots, targeted_bars
@@ -135,10 +135,11 @@ def write_report(dirs: Sequence[str | Path], out: str | Path, title: Optional[st
                  overwrite: bool = False) -> Path:
     """Write ``out/report.html``, ``out/report.md``, ``out/plots/*.png`` and ``out/results.csv``; returns the
     HTML's path. ``out`` must not exist unless ``overwrite``."""
-    out = check_output_path(out, "dir")
+    out = check_output_path(out, "dir", around=list(dirs))  # inside a grid folder, but never the grid itself
     if out.exists() and not overwrite:
         raise ConfigError(f"report folder '{out}' already exists; pass overwrite=True or choose another output",
                           cli=f"report folder '{out}' already exists; pass --overwrite or choose another --out")
+    check_replaceable(out, ("report.html", "report.md"), "report folder")
     runs = find_runs(dirs)
     if not any(r.results for r in runs):
         raise ConfigError(f"no finished run in {', '.join(map(str, dirs))}; run the grid (or the runs) first")

@@ -39,6 +39,7 @@ import torch
 import torch.distributed as dist
 
 from ..errors import ConfigError
+from .rendezvous import rendezvous_store
 
 DEFAULT_PORT = 29500
 TIMEOUT_ENV = "CLPOISON_DIST_TIMEOUT_MIN"  # minutes a rank waits for the others (rank 0's final evaluation)
@@ -72,7 +73,11 @@ def env_from_environ(environ: Optional[Mapping[str, str]] = None) -> Optional[Di
         local = _int(environ, "SLURM_LOCALID") if "SLURM_LOCALID" in environ else rank
     else:
         return None
-    if world <= 1:
+    if world < 1 or local < 0:
+        key = "WORLD_SIZE" if world < 1 else "LOCAL_RANK"
+        raise ConfigError(f"{key if launcher == 'torchrun' else 'SLURM_' + key.replace('WORLD_SIZE', 'NTASKS')}="
+                          f"{world if world < 1 else local} is out of range; fix the launcher's settings")
+    if world == 1:
         return None
     if not 0 <= rank < world:
         raise ConfigError(f"rank {rank} is outside a world of {world} processes; fix the launcher's RANK / WORLD_SIZE")
@@ -84,6 +89,8 @@ def env_from_environ(environ: Optional[Mapping[str, str]] = None) -> Optional[Di
                               "hostnames $SLURM_JOB_NODELIST | head -n1) before srun")
         addr = "127.0.0.1"
     port = _int(environ, "MASTER_PORT") if "MASTER_PORT" in environ else DEFAULT_PORT
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"environment variable MASTER_PORT={port} is not a port (1..65535); choose a free port")
     return DistEnv(rank, world, local, addr, port, launcher)
 
 
@@ -136,16 +143,18 @@ def init_distributed(device: torch.device, environ: Optional[Mapping[str, str]] 
         torch.cuda.set_device(device)
     if is_initialized():
         return device
-    minutes = float(os.environ.get(TIMEOUT_ENV, "120"))
-    if environ is None:  # env:// (torchrun's own store when it runs the rendezvous); SLURM's values exported first
+    timeout = datetime.timedelta(minutes=float(os.environ.get(TIMEOUT_ENV, "120")))
+    if environ is None and "TORCHELASTIC_RUN_ID" in os.environ:  # torchrun started every rank and hosts the store
+        dist.init_process_group(backend_for(device), init_method="env://", rank=env.rank, world_size=env.world_size,
+                                timeout=timeout)
+        return device
+    if environ is None:  # what the processes we start (loader workers) and libraries read; SLURM's values too
         for key, value in (("MASTER_ADDR", env.master_addr), ("MASTER_PORT", env.master_port), ("RANK", env.rank),
                            ("WORLD_SIZE", env.world_size), ("LOCAL_RANK", env.local_rank)):
             os.environ.setdefault(key, str(value))
-        init = "env://"
-    else:
-        init = f"tcp://{env.master_addr}:{env.master_port}"
-    dist.init_process_group(backend_for(device), init_method=init, rank=env.rank, world_size=env.world_size,
-                            timeout=datetime.timedelta(minutes=minutes))
+    store = rendezvous_store(env, timeout)  # manual variables, srun: meet within a minute or one line says who is missing
+    dist.init_process_group(backend_for(device), store=store, rank=env.rank, world_size=env.world_size,
+                            timeout=timeout)
     return device
 
 

@@ -8,7 +8,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Optional
 
 import torch
 
@@ -99,6 +99,7 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     fd, tmp = _tmp_beside(path)
     os.close(fd)
     try:
+        fault_point(f"writing {path.name}")  # a kill here leaves a 0-byte temporary file (remove_stale_temps)
         torch.save(obj, tmp)
         with open(tmp, "rb") as f:  # on disk before it replaces the previous checkpoint (disk full: old one intact)
             os.fsync(f.fileno())
@@ -129,25 +130,110 @@ def sha256_tensor(t: torch.Tensor) -> str:
     return h.hexdigest()
 
 
-def check_output_path(path: str | os.PathLike, kind: str = "file", flag: str = "--out") -> Path:
+def check_output_path(path: str | os.PathLike, kind: str = "file", flag: str = "--out",
+                      inputs: Iterable[Any] = (), around: Iterable[Any] = ()) -> Path:
     """``path`` as a Path if it can be written as a ``kind`` ("file" or "dir"); else one :class:`ConfigError` line
-    (a parent that is a file, a file where a directory goes or the reverse) — checked before any work is done. The
-    message names ``path``; its ``cli_message`` names ``flag`` (the command-line option that gave it)."""
+    — checked before any work is done. The one output guard of every command that writes: it refuses a parent that
+    is a file, a file where a directory goes or the reverse, the working folder or one above it (``.``, ``/``), a
+    symbolic link, a place that cannot be written (``/proc``, a read-only folder), and an output that is, contains
+    or lies inside one of ``inputs`` (paths among any values: :func:`input_paths`) whatever ``overwrite`` says;
+    ``around`` are inputs the output may lie inside (a report inside its grid folder) but neither be nor contain.
+    The message names ``path``; its ``cli_message`` names ``flag`` (the command-line option that gave it)."""
     from ..errors import ConfigError
 
     path = Path(path)
 
-    def fail(lib: str, cli: str) -> None:  # the library names the output, the CLI its flag
-        raise ConfigError(lib, cli=cli)
+    def fail(lib: str, cli: Optional[str] = None) -> None:  # the library names the output, the CLI its flag
+        raise ConfigError(f"output '{path}' {lib}", cli=f"{flag} '{path}' {cli or lib}")
 
+    real, cwd = _real(path), Path.cwd().resolve()
+    if real == cwd or real in cwd.parents:
+        fail(f"is the working folder or one above it ('{real}'); name a new folder, e.g. runs/NAME",
+             f"is the working folder or one above it ('{real}'); name a new folder, e.g. {flag} runs/NAME")
     for parent in path.absolute().parents:
         if parent.exists() and not parent.is_dir():
-            fail(f"output '{path}': '{parent}' is a file, not a directory; choose another output path",
-                 f"{flag} '{path}': '{parent}' is a file, not a directory; choose another {flag}")
-    if kind == "file" and path.is_dir():
-        fail(f"output '{path}' is a directory; name a file to write",
-             f"{flag} '{path}' is a directory; name a file to write")
+            fail(f"lies under '{parent}', a file, not a directory; choose another output path",
+                 f"lies under '{parent}', a file, not a directory; choose another {flag}")
+    if kind == "file" and path.is_dir() and not path.is_symlink():
+        fail("is a directory; name a file to write")
     if kind == "dir" and path.exists() and not path.is_dir():
-        fail(f"output '{path}' is an existing file, not an output directory; choose another output path",
-             f"{flag} '{path}' is an existing file, not an output directory; choose another {flag}")
+        fail("is an existing file, not an output directory; choose another output path",
+             f"is an existing file, not an output directory; choose another {flag}")
+    for p in (path, path.with_name(path.name + ".partial")) if kind == "dir" else (path,):
+        if p.is_symlink():
+            fail(f"is or has a symbolic link ('{p}'); name a real folder (the link's target: '{os.path.realpath(p)}')")
+    if any(real == v or v in real.parents for v in VIRTUAL_FS):
+        fail(f"lies in {next(v for v in VIRTUAL_FS if v == real or v in real.parents)}, which holds no files; "
+             "choose a folder on a disk")
+    for inp, inside_ok in [*((p, False) for p in input_paths(inputs)), *((p, True) for p in input_paths(around))]:
+        how = ("is" if inp == real else "contains" if real in inp.parents else
+               "lies inside" if inp in real.parents and (not inside_ok or kind == "file" and real.exists()) else None)
+        if how:
+            fail(f"{how} the input '{inp}'; an output never replaces its inputs — choose another output path",
+                 f"{how} the input '{inp}'; an output never replaces its inputs — choose another {flag}")
+    existing = next(p for p in [real, *real.parents] if p.exists())
+    folder = existing if existing.is_dir() else existing.parent
+    if not os.access(folder, os.W_OK | os.X_OK) or (existing.is_file() and not os.access(existing, os.W_OK)):
+        fail(f"cannot be written ('{existing}' is not writable); choose another output path",
+             f"cannot be written ('{existing}' is not writable); choose another {flag}")
     return path
+
+
+VIRTUAL_FS = (Path("/proc"), Path("/sys"), Path("/dev"))
+
+
+def _real(path: Path) -> Path:
+    """``path`` made absolute with every symbolic link and ``..`` resolved (it need not exist)."""
+    return Path(os.path.realpath(path))
+
+
+def input_paths(values: Any) -> list[Path]:
+    """The existing files and folders named among ``values`` (strings, paths, ``key=value`` items, nested dicts and
+    lists, e.g. a config): the inputs an output must not touch. A file inside a ``clpoison poison`` export stands
+    for its export folder; the working folder and those above it are never inputs (a value of ``.`` names none)."""
+    found: list[Path] = []
+    cwd = Path.cwd().resolve()
+
+    def visit(v: Any) -> None:
+        if isinstance(v, dict):
+            for x in v.values():
+                visit(x)
+        elif isinstance(v, (list, tuple, set)):
+            for x in v:
+                visit(x)
+        elif isinstance(v, (str, os.PathLike)) and str(v):
+            for cand in {str(v), str(v).split("=", 1)[-1]}:
+                try:
+                    if not cand or len(cand) > 4096 or not os.path.lexists(cand):
+                        continue
+                except (OSError, ValueError):
+                    continue
+                real = _real(Path(cand))
+                if real.is_file() and any((real.parent / m).exists() for m in ("manifest.json", "SHA256SUMS")):
+                    real = real.parent  # a file of an export: the export folder is the input
+                if real != cwd and real not in cwd.parents and real not in found:
+                    found.append(real)
+
+    visit(values)
+    return found
+
+
+def check_replaceable(path: str | os.PathLike, markers: Iterable[str], what: str, flag: str = "--out") -> None:
+    """With ``overwrite``, ``path`` is replaced only if it is empty or an earlier output of the same kind (holds one
+    of ``markers``); anything else (a data folder, a home folder) is refused with one line."""
+    from ..errors import ConfigError
+
+    path = Path(path)
+    if path.is_dir() and any(path.iterdir()) and not any((path / m).exists() for m in markers):
+        msg = f"'{path}' is not a {what} (no {' / '.join(markers)}); overwrite replaces only an earlier {what}"
+        raise ConfigError(f"{msg}; choose another output path", cli=f"{msg}; choose another {flag}")
+
+
+def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files (``.NAME.*.tmp``) that a killed writer left in ``folder`` and below, so a resumed
+    output never publishes them; only call while holding the output's lock. Returns what was removed."""
+    root = Path(folder)
+    stale = [p for p in root.rglob(".*.tmp") if p.is_file() and not p.is_symlink()] if root.is_dir() else []
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale

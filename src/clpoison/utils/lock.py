@@ -45,9 +45,14 @@ class OutputLock:
 
     def acquire(self) -> "OutputLock":
         self.created = [p for p in [self.path.parent, *self.path.parent.parents] if not p.exists()]
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as e:  # read-only or virtual file system, no permission: one line, before any work
+                self._remove_created()
+                msg = f"'{self.out}' cannot be written ({e.strerror}: '{e.filename}'); choose another"
+                raise ConfigError(f"{msg} output", cli=f"{msg} {self.flag}") from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -77,6 +82,9 @@ class OutputLock:
             pass
         os.close(self.fd)  # closing drops the flock
         self.fd = None
+        self._remove_created()
+
+    def _remove_created(self) -> None:
         for d in self.created:  # innermost first; a failed command leaves no empty folders behind
             try:
                 d.rmdir()

@@ -15,6 +15,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from typing import Any, Optional, Union
 
@@ -105,3 +106,18 @@ def from_dict(cls: type, data: Optional[dict], prefix: str = "") -> Any:
         raise
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{prefix.rstrip('.') or 'config'}: {e}") from None
+
+
+def non_finite_key(values: Any, where: str = "") -> Optional[str]:
+    """The dotted key of the first NaN or infinite float among nested ``values`` (a config as a dict), or None."""
+    if isinstance(values, dict):
+        items = [(f"{where}{k}", v) for k, v in values.items()]
+    elif isinstance(values, (list, tuple)):
+        items = [(f"{where.rstrip('.')}[{i}]", v) for i, v in enumerate(values)]
+    else:
+        return where.rstrip(".") if isinstance(values, float) and not math.isfinite(values) else None
+    for key, v in items:
+        found = non_finite_key(v, f"{key}.")
+        if found:
+            return found
+    return None
