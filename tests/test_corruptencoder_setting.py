@@ -153,3 +153,14 @@ def test_run_records_the_setting(tmp_path):
     assert man["details"]["target_in_pretraining"] is False and man["details"]["excluded_classes"] == ["airplane"]
     assert res["data"]["excluded_classes"] == ["airplane"] and "asr" in res["metrics"]
     assert "kept out of pretraining (`data.exclude_classes`): airplane" in (out / "report.md").read_text()
+
+
+def test_a_trigger_larger_than_the_test_images_is_refused_before_training(tmp_path, capsys, monkeypatch):
+    """CorruptEncoder's composites make room for any trigger, but the evaluation pastes it into the 32-px test
+    images: the 40-px default must fail at poisoning time, not after training (issue 29)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "c.yaml").write_text("preset: corruptencoder-small\n")
+    assert main(["run", "c.yaml", *TINY, "attack.params.trigger.size=40", "--out", "o"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "attack.params.trigger does not fit the 32x32 test images" in err[0], err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml"]

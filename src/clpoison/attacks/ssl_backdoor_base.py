@@ -135,6 +135,7 @@ class SSLBackdoorAttack(Attack):
             train = splits.train
             target = self.target_index(train)
             self.check_setting(splits, target)
+            self.check_test_fit(splits.test)
             n = resolve_budget(self.params.poison_rate, self.params.poison_count, len(train), self.default_rate)
             return self.craft(splits, target, n, torch.Generator().manual_seed(int(seed)), seed, t0)
 
@@ -151,6 +152,16 @@ class SSLBackdoorAttack(Attack):
         if want is True and not present:
             raise ConfigError(f"attack.params.target_in_pretraining=true but the target class '{name}' has no "
                               "pretraining images; remove it from data.exclude_classes")
+
+    def check_test_fit(self, test: Any) -> None:
+        """The evaluation pastes the trigger into the test images: check it fits them before any training."""
+        if len(test) and hasattr(self.trigger, "check_fits"):
+            h, w = (int(v) for v in test.valid_sizes().min(0).values)
+            try:
+                self.trigger.check_fits(h, w)
+            except ConfigError as e:
+                raise ConfigError(f"attack.params.trigger does not fit the {h}x{w} test images the attack is "
+                                  f"evaluated on: {e}") from None
 
     @staticmethod
     def target_pool(splits: ImageSplits, target: int) -> tuple[ImageDataset, list[str]]:
