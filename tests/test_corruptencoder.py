@@ -85,6 +85,7 @@ def test_layout_rejects_objects_too_small_for_the_trigger():
 @pytest.mark.parametrize("layout", ["left-right", "top-bottom", "both"])
 def test_tiny_objects_are_upscaled_and_composites_keep_the_trigger_in_the_other_half(layout):
     sp = toy_splits(size=8)  # 8x8 images: objects smaller than the 6-px trigger needs
+    sp.test = toy_splits(size=32).test  # the evaluation's test images must hold the trigger (checked at poisoning)
     atk = CorruptEncoder(CorruptEncoder.Params(target="c0", poison_count=12, trigger={"size": 6}, layout=layout,
                                                reference_mask="center", center_fraction=0.5))
     res = atk.poison(sp, seed=3)
