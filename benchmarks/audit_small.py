@@ -31,7 +31,8 @@ import torch
 from clpoison.attacks import ATTACKS
 from clpoison.experiments.bench import run_named, work_dir
 from clpoison.experiments.poison import export_attack
-from clpoison.utils.io import dumps_json
+from clpoison.experiments.scan import scan_data
+from clpoison.utils.io import atomic_write_json, dumps_json
 
 ECHO = partial(print, flush=True)
 SCORES = ("similarity", "kdist", "dao", "slof", "lid")
@@ -55,14 +56,57 @@ def train_and_export(args: argparse.Namespace, work: Path) -> tuple[Path, dict[s
     run_named(f"clean_s{s}", {"preset": "clip-small"}, ov, work, ECHO)
     out = {}
     for r in args.rates:
-        name = f"backdoor_{r}_s{s}"
-        res, _ = run_named(name, {"preset": "carlini-backdoor-small"}, [f"attack.params.poison_rate={r}", *ov], work,
-                           ECHO)
+        ep = [f"train.epochs={args.poisoned_epochs}"] if args.poisoned_epochs else []
+        name = f"backdoor_{r}" + (f"_e{args.poisoned_epochs}" if ep else "") + f"_s{s}"
+        res, _ = run_named(name, {"preset": "carlini-backdoor-small"}, [f"attack.params.poison_rate={r}", *ov, *ep],
+                           work, ECHO)
         size = res["config"]["data"]["image_size"] or res["config"]["augment"]["out_size"]
         exp = work / f"export_{r}_s{s}"
         export(res["config"]["attack"]["params"], exp, s, size)
         out[str(r)] = (work / name, exp)
     return work / f"clean_s{s}", out
+
+
+def scores_of(summary: dict, names: list[str]) -> dict:
+    per = summary.get("scores") or {names[0]: summary}
+    return {n: {"roc_auc": per[n]["roc_auc"], "poisons_in_top_k": per[n]["poisons_in_top_k"],
+                "precision": per[n]["precision"], "recall": per[n]["recall"]} for n in names}
+
+
+def hf_local(work: Path, export_dir: Path, poisoned: Path) -> dict:
+    """A tiny Hugging Face CLIP created here, scanned as the model and as --reference; its embeddings of the first
+    64 exported pairs against transformers' own."""
+    try:
+        from clpoison.models.hf_clip import preprocessing, transformers_embeddings, write_tiny_hf_clip
+    except ImportError as e:  # pragma: no cover
+        return {"scan_ok": False, "note": str(e)}
+    from clpoison.data.augment import EvalTransform
+    from clpoison.errors import ConfigError
+    from clpoison.experiments.scan import load_clip
+    from clpoison.experiments.sources import load_scan_data
+
+    try:
+        d = write_tiny_hf_clip(work / "hf_local", image_size=32, patch=8,
+                               words=["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
+                                      "truck", "photo"])
+    except ConfigError as e:
+        return {"scan_ok": False, "note": str(e)}
+    man = str(export_dir / "manifest.json")
+    data = str(export_dir / "train.csv")
+    a = scan_data(work / "scan_hf_local.csv", data, checkpoint=str(d), manifest=man, scores=["similarity", "kdist"])
+    b = scan_data(work / "scan_hf_local_ref.csv", data, checkpoint=str(poisoned), reference=str(d), manifest=man)
+    ds, _ = load_scan_data(data, None, None, 0)
+    caps = [c[0] for c in ds.captions[:64]]
+    _, _, method, task = load_clip(d)
+    pre = preprocessing(d)
+    with torch.no_grad():
+        img = method.model.encode_image(EvalTransform(pre["size"], pre["mean"], pre["std"])(ds.images[:64]))
+        txt = method.model.encode_text(method.tokenizer.encode(caps, method.params.context_length))
+    ri, rt = transformers_embeddings(d, ds.images[:64], caps)
+    diff = max(float((img - ri).abs().max()), float((txt - rt).abs().max()))
+    return {"scan_ok": a["pairs"] == b["pairs"] == len(ds.captions) and b["ranked_by"] == "reference",
+            "max_abs_diff_vs_transformers": diff, "image_size": pre["size"], "pairs_compared": len(caps),
+            "roc_auc_as_model": a["roc_auc"], "roc_auc_as_reference": b["roc_auc"]}
 
 
 def parse() -> argparse.Namespace:
@@ -71,6 +115,10 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--work", default=None, help="run folders (default: OUT without suffix + '_runs')")
     ap.add_argument("--rates", type=float, nargs="+", default=[0.01, 0.05])
     ap.add_argument("--scores", nargs="+", default=list(SCORES))
+    ap.add_argument("--poisoned-epochs", type=int, default=None,
+                    help="train the poisoned models this many epochs (default: the preset's 40)")
+    ap.add_argument("--k", type=int, default=32)
+    ap.add_argument("--neighbour-batch", type=int, default=None, help="also score with in-batch neighbours of this size")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--train-only", action="store_true", help="train and export, then stop")
@@ -86,7 +134,36 @@ def main() -> None:
     clean, runs = train_and_export(args, work)
     if args.train_only:
         return
-    raise SystemExit("TODO")
+    names = list(args.scores)
+    result: dict = {"rates": {}, "seed": args.seed, "k": args.k, "neighbours": "whole set"}
+    batch: dict = {}
+    for r, (run, exp) in runs.items():
+        man, data = str(exp / "manifest.json"), str(exp / "train.csv")
+        row = {}
+        for who, kw in (("poisoned_model", {"checkpoint": str(run)}), ("clean_reference", {"reference": str(clean)})):
+            summ = scan_data(work / f"scan_{r}_{who}.csv", data, manifest=man, scores=names, k=args.k, **kw)
+            row[who] = scores_of(summ, names)
+            ECHO(f"{r} {who}: " + json.dumps({n: round(v["roc_auc"], 3) for n, v in row[who].items()}))
+            if args.neighbour_batch:  # the official in-batch neighbours, beside
+                summ = scan_data(work / f"scan_{r}_{who}_batch.csv", data, manifest=man, scores=names, k=args.k,
+                                 neighbour_batch=args.neighbour_batch, **kw)
+                batch.setdefault(r, {})[who] = scores_of(summ, names)
+        result["rates"][r] = row
+        result["poisons"] = {**result.get("poisons", {}), r: summ["poisons"]}
+        result["pairs"] = summ["pairs"]
+    if batch:
+        result[f"rates_neighbour_batch_{args.neighbour_batch}"] = batch
+    r5, (run5, exp5) = max(runs.items(), key=lambda kv: float(kv[0]))
+    result["seconds_per_1000_pairs"] = {}
+    for n in names:  # each score alone, loading + embedding included, with the poisoned model
+        t = time.perf_counter()
+        summ = scan_data(work / f"time_{n}.csv", str(exp5 / "train.csv"), checkpoint=str(run5), scores=[n], k=args.k)
+        result["seconds_per_1000_pairs"][n] = (time.perf_counter() - t) / summ["pairs"] * 1000
+    result["timing_note"] = f"scan of the {r5} export with one score, loading and embedding included, {args.threads} threads"
+    result["hf_local"] = hf_local(work, exp5, run5)
+    result["wall_s"] = round(time.time() - t0, 1)
+    atomic_write_json(out, result)
+    print(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

@@ -80,7 +80,10 @@ def load_hf_clip(path: str | Path) -> nn.Module:
 
     model = tf.CLIPModel(tf.CLIPConfig.from_json_file(str(path / "config.json")))
     state = load_file(str(weights))
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shape mismatch
+        raise ConfigError(f"'{weights}' does not fit its config.json ({str(e).splitlines()[1].strip()[:160]})") from None
     missing = [k for k in missing if not k.endswith("position_ids")]
     if missing or unexpected:
         raise ConfigError(f"'{weights}' does not fit its config.json ({len(missing)} missing, {len(unexpected)} "
@@ -199,3 +202,23 @@ def _bytes_to_unicode() -> list[str]:
             cs.append(256 + n)
             n += 1
     return [chr(c) for c in cs]
+
+
+@torch.no_grad()
+def transformers_embeddings(path: str | Path, images: torch.Tensor, captions: Sequence[str]
+                            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """L2-normalised (image, caption) embeddings as transformers itself computes them for uint8 images (N, 3, H, W):
+    ``CLIPModel.from_pretrained``, its PIL image processor and tokenizer (the check of the loading path)."""
+    tf = _transformers()
+    from PIL import Image
+
+    model = tf.CLIPModel.from_pretrained(str(path), local_files_only=True, use_safetensors=True).eval()
+    proc_cls = getattr(tf, "CLIPImageProcessorPil", None) or tf.CLIPImageProcessor
+    proc = proc_cls.from_pretrained(str(path), local_files_only=True)
+    tok = tf.AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    pix = proc(images=[Image.fromarray(im.permute(1, 2, 0).cpu().numpy()) for im in images], return_tensors="pt")
+    enc = tok(list(captions), padding=True, truncation=True, return_tensors="pt")
+    img = model.get_image_features(pixel_values=pix["pixel_values"])
+    txt = model.get_text_features(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
+    img, txt = getattr(img, "pooler_output", img), getattr(txt, "pooler_output", txt)
+    return F.normalize(img, dim=-1), F.normalize(txt, dim=-1)
