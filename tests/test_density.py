@@ -87,3 +87,26 @@ def test_bad_settings_are_one_line_errors():
         density_scores(torch.randn(100, 3), k=8, batch=5)
     with pytest.raises(ConfigError, match="unknown density score"):
         density_scores(torch.randn(100, 3), names=("nope",), k=8)
+
+
+def test_scan_table_with_several_scores():
+    """The first score ranks (a density score: highest first), each score gets its own ROC-AUC / top-k / precision /
+    recall, and the GMM threshold applies to the similarity only."""
+    import numpy as np
+
+    from clpoison.defenses.safeclip_scan import scan_table
+
+    rng = np.random.default_rng(0)
+    n = 50
+    kd = rng.random(n)
+    kd[[3, 9]] = 5.0  # poisons: highest k-distance
+    sim = rng.random(n)  # uninformative similarity
+    owner, texts = np.arange(n), [f"c{i}" for i in range(n)]
+    text, s = scan_table({"kdist": kd, "similarity": sim}, owner, texts, np.array([3, 9]), top_k=2)
+    rows = [r.split(",") for r in text.splitlines()]
+    assert rows[0][:5] == ["rank", "index", "caption_index", "kdist", "similarity"] and "p_clean" in rows[0]
+    assert {int(rows[1][1]), int(rows[2][1])} == {3, 9}
+    assert s["scores"]["kdist"]["roc_auc"] == 1.0 and s["scores"]["kdist"]["precision"] == 1.0
+    assert s["roc_auc"] == 1.0 and s["kdist_cut"] == 5.0 and 0.0 <= s["scores"]["similarity"]["roc_auc"] <= 1.0
+    with pytest.raises(ConfigError, match="threshold"):
+        scan_table({"kdist": kd}, owner, texts, threshold=0.5)
