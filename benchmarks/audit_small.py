@@ -49,22 +49,27 @@ def export(params: dict, out: Path, seed: int, size: int) -> dict:
     return export_attack(atk, "cifar10-subset", out, seed, image_size=size, overwrite=True, progress=False)[1]
 
 
-def train_and_export(args: argparse.Namespace, work: Path) -> tuple[Path, dict[str, tuple[Path, Path]]]:
-    """(clean reference run dir, {rate: (poisoned run dir, export dir)})."""
+def train_clean(args: argparse.Namespace, work: Path) -> Path:
+    """The clean reference: clip-small on the clean pairs (never a poison)."""
+    run_named(f"clean_s{args.seed}", {"preset": "clip-small"}, common(args), work, ECHO)
+    return work / f"clean_s{args.seed}"
+
+
+def common(args: argparse.Namespace) -> list[str]:
+    return [f"seed={args.seed}", "eval.linear=false", "eval.random_init_control=false", *args.overrides]
+
+
+def train_and_export(args: argparse.Namespace, work: Path, r: float) -> tuple[Path, Path]:
+    """(poisoned run dir, export dir) of the backdoor at rate ``r``."""
     s = args.seed
-    ov = [f"seed={s}", "eval.linear=false", "eval.random_init_control=false", *args.overrides]
-    run_named(f"clean_s{s}", {"preset": "clip-small"}, ov, work, ECHO)
-    out = {}
-    for r in args.rates:
-        ep = [f"train.epochs={args.poisoned_epochs}"] if args.poisoned_epochs else []
-        name = f"backdoor_{r}" + (f"_e{args.poisoned_epochs}" if ep else "") + f"_s{s}"
-        res, _ = run_named(name, {"preset": "carlini-backdoor-small"}, [f"attack.params.poison_rate={r}", *ov, *ep],
-                           work, ECHO)
-        size = res["config"]["data"]["image_size"] or res["config"]["augment"]["out_size"]
-        exp = work / f"export_{r}_s{s}"
-        export(res["config"]["attack"]["params"], exp, s, size)
-        out[str(r)] = (work / name, exp)
-    return work / f"clean_s{s}", out
+    ep = [f"train.epochs={args.poisoned_epochs}"] if args.poisoned_epochs else []
+    name = f"backdoor_{r}" + (f"_e{args.poisoned_epochs}" if ep else "") + f"_s{s}"
+    res, _ = run_named(name, {"preset": "carlini-backdoor-small"}, [f"attack.params.poison_rate={r}", *common(args),
+                                                                    *ep], work, ECHO)
+    size = res["config"]["data"]["image_size"] or res["config"]["augment"]["out_size"]
+    exp = work / f"export_{r}_s{s}"
+    export(res["config"]["attack"]["params"], exp, s, size)
+    return work / name, exp
 
 
 def scores_of(summary: dict, names: list[str]) -> dict:
@@ -113,7 +118,7 @@ def parse() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True)
     ap.add_argument("--work", default=None, help="run folders (default: OUT without suffix + '_runs')")
-    ap.add_argument("--rates", type=float, nargs="+", default=[0.01, 0.05])
+    ap.add_argument("--rates", type=float, nargs="+", default=[0.05, 0.01])
     ap.add_argument("--scores", nargs="+", default=list(SCORES))
     ap.add_argument("--poisoned-epochs", type=int, default=None,
                     help="train the poisoned models this many epochs (default: the preset's 40)")
@@ -131,13 +136,17 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     out, t0 = Path(args.out), time.time()
     work = work_dir(out, args.work)
-    clean, runs = train_and_export(args, work)
+    clean = train_clean(args, work)
     if args.train_only:
+        for r in args.rates:
+            train_and_export(args, work, r)
         return
     names = list(args.scores)
-    result: dict = {"rates": {}, "seed": args.seed, "k": args.k, "neighbours": "whole set"}
+    result: dict = {"rates": {}, "seed": args.seed, "k": args.k, "neighbours": "whole set", "poisons": {},
+                    "poisoned_epochs": args.poisoned_epochs or 40}
     batch: dict = {}
-    for r, (run, exp) in runs.items():
+    for i, r in enumerate(args.rates):  # the first rate also gives the timings and the hf_local check
+        run, exp = train_and_export(args, work, r)
         man, data = str(exp / "manifest.json"), str(exp / "train.csv")
         row = {}
         for who, kw in (("poisoned_model", {"checkpoint": str(run)}), ("clean_reference", {"reference": str(clean)})):
@@ -147,22 +156,23 @@ def main() -> None:
             if args.neighbour_batch:  # the official in-batch neighbours, beside
                 summ = scan_data(work / f"scan_{r}_{who}_batch.csv", data, manifest=man, scores=names, k=args.k,
                                  neighbour_batch=args.neighbour_batch, **kw)
-                batch.setdefault(r, {})[who] = scores_of(summ, names)
-        result["rates"][r] = row
-        result["poisons"] = {**result.get("poisons", {}), r: summ["poisons"]}
+                batch.setdefault(str(r), {})[who] = scores_of(summ, names)
+        result["rates"][str(r)] = row
+        result["poisons"][str(r)] = summ["poisons"]
         result["pairs"] = summ["pairs"]
-    if batch:
-        result[f"rates_neighbour_batch_{args.neighbour_batch}"] = batch
-    r5, (run5, exp5) = max(runs.items(), key=lambda kv: float(kv[0]))
-    result["seconds_per_1000_pairs"] = {}
-    for n in names:  # each score alone, loading + embedding included, with the poisoned model
-        t = time.perf_counter()
-        summ = scan_data(work / f"time_{n}.csv", str(exp5 / "train.csv"), checkpoint=str(run5), scores=[n], k=args.k)
-        result["seconds_per_1000_pairs"][n] = (time.perf_counter() - t) / summ["pairs"] * 1000
-    result["timing_note"] = f"scan of the {r5} export with one score, loading and embedding included, {args.threads} threads"
-    result["hf_local"] = hf_local(work, exp5, run5)
-    result["wall_s"] = round(time.time() - t0, 1)
-    atomic_write_json(out, result)
+        if batch:
+            result[f"rates_neighbour_batch_{args.neighbour_batch}"] = batch
+        if i == 0:
+            result["seconds_per_1000_pairs"] = {}
+            for n in names:  # each score alone, loading + embedding included, with the poisoned model
+                t = time.perf_counter()
+                summ = scan_data(work / f"time_{n}.csv", data, checkpoint=str(run), scores=[n], k=args.k)
+                result["seconds_per_1000_pairs"][n] = (time.perf_counter() - t) / summ["pairs"] * 1000
+            result["timing_note"] = (f"scan of the {r} export ({summ['pairs']} pairs) with one score, loading and "
+                                     f"embedding included, {args.threads} threads, CPU")
+            result["hf_local"] = hf_local(work, exp, run)
+        result["wall_s"] = round(time.time() - t0, 1)
+        atomic_write_json(out, result)  # after every rate: a partial result survives an interruption
     print(json.dumps(result, indent=2))
 
 
