@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..models.hf_clip import HFCLIPModel, HFTokenizer, is_hf_clip, load_hf_clip
+from ..models.hf_clip import HFCLIPModel, HFTokenizer, load_hf_clip
 from .base import METHODS, Method, MethodParams
 from .clip import clip_loss
 
@@ -30,11 +30,6 @@ class HFCLIPParams(MethodParams):
     max_logit_scale: float = 100.0
 
     def __post_init__(self) -> None:
-        if not self.path:
-            raise ConfigError("method.params.path is required for hf-clip: a Hugging Face CLIP directory")
-        if not is_hf_clip(self.path):
-            raise ConfigError(f"method.params.path '{self.path}' is not a Hugging Face CLIP directory (config.json "
-                              "with model_type 'clip', model.safetensors, tokenizer files)")
         if self.context_length < 3:
             raise ConfigError(f"method.params.context_length={self.context_length} must be >= 3")
 
@@ -52,8 +47,8 @@ class HFCLIP(Method):
         if params is None:
             raise ConfigError("hf-clip needs its params (method.params.path)")
         self.params = params
+        hf = load_hf_clip(params.path)  # checks the directory first (method.params.path is set per run)
         self.tokenizer = HFTokenizer(params.path)
-        hf = load_hf_clip(params.path)
         limit = int(hf.config.text_config.max_position_embeddings)
         if params.context_length > limit:
             raise ConfigError(f"method.params.context_length={params.context_length} exceeds the model's {limit}")

@@ -51,10 +51,17 @@ def is_hf_clip(path: str | Path) -> bool:
         return False
 
 
+def _check_dir(path: Path) -> None:
+    if not is_hf_clip(path):
+        raise ConfigError(f"'{path}' is not a Hugging Face CLIP directory (config.json with model_type 'clip'); set "
+                          "method.params.path / pass the directory written by save_pretrained")
+
+
 def preprocessing(path: str | Path) -> dict[str, Any]:
     """``{"size", "mean", "std"}`` of the model: ``preprocessor_config.json``'s crop size and mean/std (else the
     vision config's image size and OpenAI CLIP's mean/std)."""
     path = Path(path)
+    _check_dir(path)
     p = path / "preprocessor_config.json"
     pre = json.loads(p.read_text()) if p.is_file() else {}
     crop = pre.get("crop_size")
@@ -68,8 +75,7 @@ def preprocessing(path: str | Path) -> dict[str, Any]:
 def load_hf_clip(path: str | Path) -> nn.Module:
     """The ``transformers.CLIPModel`` of a directory: architecture from config.json, weights from safetensors."""
     path = Path(path)
-    if not is_hf_clip(path):
-        raise ConfigError(f"'{path}' is not a Hugging Face CLIP directory (config.json with model_type 'clip')")
+    _check_dir(path)
     weights = path / WEIGHTS
     if not weights.is_file():
         pickled = [n for n in ("pytorch_model.bin", "model.bin", "pytorch_model.pt") if (path / n).exists()]
