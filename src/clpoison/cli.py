@@ -129,8 +129,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                                          "metrics": metrics, "config": cfg.to_dict()})
         return 0
     from .experiments.run_eval import evaluate_run
+    from .models.hf_clip import is_hf_clip
 
-    path, ckpt = _read_checkpoint(args.checkpoint)
+    if is_hf_clip(args.checkpoint):  # a pretrained Hugging Face CLIP directory (docs/audit.md)
+        from .experiments.scan import pretrained_checkpoint
+
+        path, ckpt = Path(args.checkpoint), pretrained_checkpoint(args.checkpoint)
+    else:
+        path, ckpt = _read_checkpoint(args.checkpoint)
     out = evaluate_run(path, ckpt, args.overrides, args.manifest, args.control)
     print(json.dumps(out["metrics"], indent=2))
     if args.out:
@@ -254,7 +260,8 @@ def cmd_scan(args: argparse.Namespace) -> int:
                         manifest=args.manifest, data_path=args.data_path, image_size=args.image_size, seed=args.seed,
                         label_column=args.label_column, test_path=args.test_path,
                         caption_options=_caption_options(args), split=args.split, risky_fraction=args.risky_fraction,
-                        top_k=args.top_k, threshold=args.threshold)
+                        top_k=args.top_k, threshold=args.threshold, scores=args.score, k=args.k,
+                        neighbour_batch=args.neighbour_batch)
     print(json.dumps(summary, indent=2))
     return 0
 

@@ -218,6 +218,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--top-k", type=int, default=None, help="risky = the K pairs with the lowest similarity")
     sp.add_argument("--threshold", type=float, default=None,
                     help="risky = GMM clean posterior below this (opt-in; SafeCLIP's first split uses 0.9)")
+    sp.add_argument("--score", nargs="+", default=["similarity"], metavar="SCORE",
+                    help="similarity | kdist | dao | slof | lid, several allowed (one column each; the first ranks): "
+                         "local-density scores of the image embeddings, higher = riskier (docs/audit.md)")
+    sp.add_argument("--k", type=int, default=32, help="neighbours of the density scores (default 32, official)")
+    sp.add_argument("--neighbour-batch", type=int, default=None, metavar="B",
+                    help="take density neighbours from seeded batches of B images (the official code's in-batch "
+                         "setting) instead of the whole set (default)")
 
     sp = add_command(sub, "verify", names)
     sp.add_argument("dir", help="folder written by `clpoison poison`")

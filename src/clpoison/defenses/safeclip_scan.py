@@ -1,4 +1,5 @@
-"""``clpoison scan``: audit image–caption data with a CLIP model (SafeCLIP's similarity score as a tool).
+"""``clpoison scan``: audit image–caption data with a CLIP model (SafeCLIP's similarity score as a tool, and the
+local-density scores of Detect-CLIP-Backdoor-Samples on the image embeddings: :mod:`clpoison.eval.density`).
 
 Every (image, caption) pair of the data given — exactly its rows, in its order, nothing held out — is scored by the
 cosine similarity of its CLIP embeddings (clean images through the eval transform, the captions as written). The
@@ -17,6 +18,10 @@ split — same row count, same fingerprint — and an image listed in ``poisoned
 its pairs poisons; the summary then has ROC-AUC (risk = −similarity), ``poisons_in_top_k`` (k = number of poison
 pairs: threshold-free), and precision / recall of the risky set.
 
+Several scores (``--score similarity kdist dao slof lid``) give one column each; the first ranks the CSV and
+sets the risky cut, and with a manifest every score gets its own ROC-AUC / poisons in top k / precision / recall.
+Density scores are higher = riskier (as the official code); a pair takes its image's score.
+
 Which model to scan with: a **reference model trained without the poisons** (e.g. on a trusted subset). A model
 trained on the poisoned data has learned the poisoned pairs (that is what poisoning is), so their similarity is
 not low any more; measured figures in docs/captions_protocol.md.
@@ -29,31 +34,59 @@ import io
 import math
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
 
 from ..data.caption_loader import flat_captions
 from ..errors import ConfigError, DataError
+from ..eval.density import DEFAULT_K, DENSITY_SCORES, density_scores
 from ..eval.zeroshot import encode_images, encode_texts
 from ..utils.io import atomic_write_text
 from .safeclip_split import gmm_clean_posterior
 
 DEFAULT_RISKY_FRACTION = 0.05
+SCORES: tuple[str, ...] = ("similarity", *DENSITY_SCORES)
 
 
 def score_pairs(model: Any, tokenizer: Any, dataset: Any, transform: Any, context_length: int,
                 device: torch.device, batch_size: int = 512) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """(similarity per pair, owning image index per pair, captions)."""
+    values, owner, texts = pair_scores(model, tokenizer, dataset, transform, context_length, device, batch_size)
+    return values["similarity"], owner, texts
+
+
+def pair_scores(model: Any, tokenizer: Any, dataset: Any, transform: Any, context_length: int,
+                device: torch.device, batch_size: int = 512, scores: Sequence[str] = ("similarity",),
+                k: int = DEFAULT_K, neighbour_batch: Optional[int] = None, seed: int = 0,
+                ) -> tuple[dict[str, np.ndarray], np.ndarray, list[str]]:
+    """({score: value per pair}, owning image index per pair, captions). ``similarity``: cosine of the pair's
+    embeddings (low = risky); the density scores (:mod:`clpoison.eval.density`, high = risky) are of the image
+    embeddings (L2-normalised), one value per image given to each of its captions."""
+    bad = [s for s in scores if s not in SCORES]
+    if bad or not scores:
+        raise ConfigError(f"unknown --score {bad[0] if bad else '(none)'}; choose from {', '.join(SCORES)}")
     texts = flat_captions(dataset)
     owner = np.repeat(np.arange(len(dataset)), [len(c) for c in dataset.captions])
-    img = encode_images(model, dataset.images, transform, batch_size=batch_size, device=device)
-    txt = encode_texts(model, tokenizer, texts, context_length, device=device)
-    img = torch.nn.functional.normalize(img.float(), dim=1)
-    txt = torch.nn.functional.normalize(txt.float(), dim=1)
-    sims = (img[torch.as_tensor(owner)] * txt).sum(1).cpu().numpy()
-    return sims, owner, texts
+    img = torch.nn.functional.normalize(
+        encode_images(model, dataset.images, transform, batch_size=batch_size, device=device).float(), dim=1)
+    out: dict[str, np.ndarray] = {}
+    names = [s for s in scores if s != "similarity"]
+    dens = density_scores(img.to(device), names, k, neighbour_batch, seed) if names else {}
+    for name in scores:
+        if name == "similarity":
+            txt = encode_texts(model, tokenizer, texts, context_length, device=device)
+            txt = torch.nn.functional.normalize(txt.float(), dim=1)
+            out[name] = (img[torch.as_tensor(owner)] * txt).sum(1).cpu().numpy()
+        else:
+            out[name] = dens[name].cpu().numpy()[owner]
+    return out, owner, texts
+
+
+def low_is_risky(name: str, values: np.ndarray) -> np.ndarray:
+    """The score turned so that a lower value is riskier (similarity as is, a density score negated)."""
+    return values if name == "similarity" else -values
 
 
 def check_manifest_matches(manifest: dict, data: Any, where: str) -> None:
@@ -128,37 +161,59 @@ def poison_scores(sims: np.ndarray, is_poison: np.ndarray) -> dict[str, Any]:
             "poisons_in_top_k": int(is_poison[order[:n_p]].sum()) if n_p else 0}
 
 
-def scan_table(sims: np.ndarray, owner: np.ndarray, texts: list[str], poisons: Optional[np.ndarray] = None,
-               risky_fraction: Optional[float] = None, top_k: Optional[int] = None,
-               threshold: Optional[float] = None, extra: Optional[dict[str, np.ndarray]] = None,
-               ) -> tuple[str, dict[str, Any]]:
-    """(CSV text ranked by risk, summary). ``extra`` adds named similarity columns (e.g. a second model's)."""
-    p = gmm_clean_posterior(sims)
-    risky, rule = risky_mask(sims, p, risky_fraction, top_k, threshold)
-    order = np.lexsort((p, sims))  # similarity ascending (ties: lower posterior first)
+def scan_table(sims: np.ndarray | dict[str, np.ndarray], owner: np.ndarray, texts: list[str],
+               poisons: Optional[np.ndarray] = None, risky_fraction: Optional[float] = None,
+               top_k: Optional[int] = None, threshold: Optional[float] = None,
+               extra: Optional[dict[str, np.ndarray]] = None) -> tuple[str, dict[str, Any]]:
+    """(CSV text ranked by risk, summary). ``sims``: the similarities, or ``{score: values}`` whose first score
+    ranks (one column each; with a manifest each gets ``summary["scores"][name]``: ROC-AUC, poisons in top k,
+    precision and recall under the same cut rule). ``extra`` adds named similarity columns (e.g. a second model's)."""
+    values = dict(sims) if isinstance(sims, dict) else {"similarity": sims}
+    first = next(iter(values))
+    low = {name: low_is_risky(name, v) for name, v in values.items()}
+    sim = values.get("similarity")
+    p = gmm_clean_posterior(sim) if sim is not None else None
+    if threshold is not None and first != "similarity":
+        raise ConfigError("--threshold is a GMM posterior of the similarity; rank by similarity or use --top-k / "
+                          "--risky-fraction")
+    masks = {}
+    for name, v in low.items():
+        if name == first or threshold is None:
+            masks[name] = risky_mask(v, p if name == "similarity" else v, risky_fraction, top_k, threshold)
+    risky, rule = masks[first]
+    if "similarity_cut" in rule and first != "similarity":
+        rule[f"{first}_cut"] = -rule.pop("similarity_cut")
+    order = np.lexsort((p, low[first])) if first == "similarity" else np.argsort(low[first], kind="stable")
     is_poison = np.isin(owner, poisons) if poisons is not None else None
     extra = extra or {}
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["rank", "index", "caption_index", "similarity", *[f"similarity_{k}" for k in extra], "p_clean",
-                "risky"] + (["poison"] if is_poison is not None else []) + ["caption"])
+    w.writerow(["rank", "index", "caption_index", *values, *[f"similarity_{k}" for k in extra]]
+               + (["p_clean"] if p is not None else []) + ["risky"] + (["poison"] if is_poison is not None else [])
+               + ["caption"])
     for r, i in enumerate(order):
-        row = [r + 1, int(owner[i]), int(i), f"{sims[i]:.6f}", *[f"{v[i]:.6f}" for v in extra.values()],
-               f"{p[i]:.6f}", int(risky[i])]
+        row = [r + 1, int(owner[i]), int(i), *[f"{v[i]:.6f}" for v in values.values()],
+               *[f"{v[i]:.6f}" for v in extra.values()]] + ([f"{p[i]:.6f}"] if p is not None else []) + [int(risky[i])]
         if is_poison is not None:
             row.append(int(is_poison[i]))
         w.writerow(row + [texts[i]])
-    summary: dict[str, Any] = {"pairs": int(len(sims)), "risky": int(risky.sum()), **rule,
-                               "similarity_mean": float(sims.mean()) if len(sims) else float("nan")}
+    summary: dict[str, Any] = {"pairs": int(len(owner)), "risky": int(risky.sum()), **rule}
+    if sim is not None:
+        summary["similarity_mean"] = float(sim.mean()) if len(sim) else float("nan")
     if is_poison is not None:
-        n_p = int(is_poison.sum())
-        hit = int((risky & is_poison).sum())
-        summary.update(poison_scores(sims, is_poison))
-        summary.update({"precision": hit / int(risky.sum()) if risky.any() else 0.0,
-                        "recall": hit / n_p if n_p else float("nan")})
+        per = {name: {**poison_scores(low[name], is_poison), **_precision_recall(masks[name][0], is_poison)}
+               for name in masks}
+        summary.update(per[first])
+        if len(values) > 1:
+            summary["scores"] = per
         for k, v in extra.items():
             summary[f"roc_auc_{k}"] = poison_scores(v, is_poison)["roc_auc"]
     return buf.getvalue(), summary
+
+
+def _precision_recall(risky: np.ndarray, is_poison: np.ndarray) -> dict[str, float]:
+    hit, n_p = int((risky & is_poison).sum()), int(is_poison.sum())
+    return {"precision": hit / int(risky.sum()) if risky.any() else 0.0, "recall": hit / n_p if n_p else float("nan")}
 
 
 def scan_to_csv(out: str | Path, *args, **kwargs) -> dict[str, Any]:

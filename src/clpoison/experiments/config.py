@@ -310,7 +310,7 @@ def validate_components(cfg: ExperimentConfig) -> None:
             )
         # captions-csv / captions-tar without data.path fail when the data is loaded (the first step), so that
         # the paper preset validates before a path is given
-        tok = METHODS.params(cfg.method.name, cfg.method.params)[1].tokenizer
+        tok = getattr(METHODS.params(cfg.method.name, cfg.method.params)[1], "tokenizer", None)
         if tok and not Path(tok).expanduser().is_file():
             raise ConfigError(f"method.params.tokenizer '{tok}' does not exist; give a tokenizer.json or null to train one")
         if cfg.data.captions.test_path and not Path(cfg.data.captions.test_path).expanduser().exists():

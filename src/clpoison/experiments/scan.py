@@ -7,14 +7,22 @@ trained checkpoint), read exactly the pairs named, check them against a manifest
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from ..attacks.manifest import manifest_poisons, read_manifest
-from ..defenses.safeclip_scan import check_manifest_matches, scan_to_csv, score_pairs
+from ..defenses.safeclip_scan import check_manifest_matches, pair_scores, scan_to_csv
+from ..eval.density import DEFAULT_K
 from ..errors import ConfigError
 from .config import build_config
 from .sources import load_scan_data
 from .tasks import task_for
+
+
+def pretrained_checkpoint(path: str | Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """A checkpoint-like dict of a pretrained Hugging Face CLIP directory (preset ``hf-clip-finetune``, no trained
+    weights: ``model`` is None, so the task builds the model from the directory)."""
+    cfg = build_config({"preset": "hf-clip-finetune"}, [f"method.params.path={Path(path).resolve()}", *overrides])
+    return {"config": cfg.to_dict(), "model": None, "method": "hf-clip"}
 
 
 def load_clip(arg: str | Path) -> tuple[Path, Any, Any, Any]:
@@ -24,9 +32,12 @@ def load_clip(arg: str | Path) -> tuple[Path, Any, Any, Any]:
     from ..utils.device import resolve_device
 
     from ..models.clip_file import is_clip_model, read_clip_model
+    from ..models.hf_clip import is_hf_clip
 
     path = Path(arg)
-    if is_clip_model(path):  # clip.safetensors + clip.json: both towers, tensors only
+    if is_hf_clip(path):  # a pretrained Hugging Face CLIP directory: no fine-tuned weights
+        ckpt = pretrained_checkpoint(path)
+    elif is_clip_model(path):  # clip.safetensors + clip.json: both towers, tensors only
         ckpt = read_clip_model(path)
     else:
         path = path / "checkpoint.pt" if path.is_dir() else path
@@ -34,7 +45,8 @@ def load_clip(arg: str | Path) -> tuple[Path, Any, Any, Any]:
             raise ConfigError(f"checkpoint '{path}' does not exist; pass a CLIP run directory, its checkpoint.pt or "
                               "its clip.safetensors")
         ckpt = read_checkpoint(path)
-    if not isinstance(ckpt.get("config"), dict) or not isinstance(ckpt.get("model"), dict) or "method" not in ckpt:
+    if not isinstance(ckpt.get("config"), dict) or not isinstance(ckpt.get("model"), (dict, type(None))) or \
+            "method" not in ckpt:
         raise ConfigError(f"checkpoint '{path}' lacks a model/config; is it a clpoison CLIP checkpoint? "
                           "(an encoder.safetensors has no text tower, so it cannot score captions: pass the run's "
                           "clip.safetensors)")
@@ -52,9 +64,13 @@ def scan_data(out: str | Path, data: str, *, checkpoint: Optional[str] = None, r
               manifest: Optional[str] = None, data_path: Optional[str] = None, image_size: Optional[int] = None,
               seed: int = 0, label_column: Optional[str] = None, test_path: Optional[str] = None,
               caption_options: Optional[dict] = None, split: str = "train", risky_fraction: Optional[float] = None,
-              top_k: Optional[int] = None, threshold: Optional[float] = None) -> dict[str, Any]:
-    """Scan the pairs of ``data`` into the CSV ``out``; returns the summary. Ranked by the ``reference`` model when
-    given (the checkpoint's similarities and ROC-AUC are then an extra column / ``roc_auc_checkpoint``)."""
+              top_k: Optional[int] = None, threshold: Optional[float] = None,
+              scores: Sequence[str] = ("similarity",), k: int = DEFAULT_K,
+              neighbour_batch: Optional[int] = None) -> dict[str, Any]:
+    """Scan the pairs of ``data`` into the CSV ``out``; returns the summary. ``scores`` (the first ranks) are of the
+    ``reference`` model when given (the checkpoint's similarities and ROC-AUC are then an extra column /
+    ``roc_auc_checkpoint``); density scores use ``k`` neighbours from the whole set, or from seeded batches of
+    ``neighbour_batch`` (the official setting; :mod:`clpoison.eval.density`)."""
     if not checkpoint and not reference:
         raise ConfigError("`clpoison scan` needs a CLIP model: a run directory / checkpoint.pt, or --reference MODEL")
     man = None
@@ -74,12 +90,16 @@ def scan_data(out: str | Path, data: str, *, checkpoint: Optional[str] = None, r
         poisons = manifest_poisons(man)
         if ds.sizes is not None:  # images of several sizes on a padded canvas: re-read at the model's size
             ds, where = load_scan_data(data, data_path, size, seed, label_column, test_path, caption_options, split)
-    sims: dict[str, Any] = {}
-    owner = texts = None
-    for k, (_, cfg, method, task) in models.items():
-        sims[k], owner, texts = score_pairs(method.model, method.tokenizer, ds, task.transform(),
-                                            method.params.context_length, task.device, cfg.eval.batch_size)
     rank_by = next(iter(models))
-    summary = scan_to_csv(out, sims[rank_by], owner, texts, poisons, risky_fraction, top_k, threshold,
-                          extra={k: v for k, v in sims.items() if k != rank_by})
+    values: dict[str, Any] = {}
+    owner = texts = None
+    for name, (_, cfg, method, task) in models.items():
+        values[name], owner, texts = pair_scores(method.model, method.tokenizer, ds, task.transform(),
+                                                 method.params.context_length, task.device, cfg.eval.batch_size,
+                                                 scores if name == rank_by else ("similarity",), k, neighbour_batch,
+                                                 seed)
+    summary = scan_to_csv(out, values[rank_by], owner, texts, poisons, risky_fraction, top_k, threshold,
+                          extra={n: v["similarity"] for n, v in values.items() if n != rank_by})
+    if any(x != "similarity" for x in scores):
+        summary["neighbours"] = {"k": k, "pool": f"batches of {neighbour_batch}" if neighbour_batch else "whole set"}
     return {**summary, "ranked_by": rank_by, **{k: str(m[0]) for k, m in models.items()}, "csv": str(out)}

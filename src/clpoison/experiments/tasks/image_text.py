@@ -73,7 +73,14 @@ class ImageTextTask(Task):
     def __init__(self, cfg: ExperimentConfig, device: torch.device, work: Optional[Path] = None,
                  echo: Callable[[str], None] = lambda s: None) -> None:
         super().__init__(cfg, device, work, echo)
-        _, self.params = METHODS.params(cfg.method.name, cfg.method.params, "method.params")
+        cls, self.params = METHODS.params(cfg.method.name, cfg.method.params, "method.params")
+        self.own_tokenizer = getattr(cls, "own_tokenizer", False)
+        if self.own_tokenizer:  # a pretrained CLIP (hf-clip): image size and mean/std follow the model
+            from ...models.hf_clip import preprocessing
+
+            pre = preprocessing(self.params.path)
+            a = cfg.augment
+            a.out_size, a.mean, a.std = pre["size"], tuple(pre["mean"]), tuple(pre["std"])
         self.channels_last = cfg.train.use_channels_last(device, cfg.model.width)  # = min_conv_channels of the tower
         self.tokenizer: CaptionTokenizer | None = None
         self.info: dict[str, Any] = {}
@@ -146,14 +153,22 @@ class ImageTextTask(Task):
         return tok
 
     def build_method(self, train_set: CaptionDataset):
-        self.tokenizer = self.make_tokenizer(train_set)
+        self.tokenizer = None if self.own_tokenizer else self.make_tokenizer(train_set)
         c = self.cfg
-        return build_method(c.method.name, c.method.params, {"arch": c.model.arch, "width": c.model.width,
-                                                            "stem_stride": c.model.stem_stride}, tokenizer=self.tokenizer)
+        method = build_method(c.method.name, c.method.params, {"arch": c.model.arch, "width": c.model.width,
+                                                              "stem_stride": c.model.stem_stride}, tokenizer=self.tokenizer)
+        self.tokenizer = method.tokenizer
+        return method
 
     def method_from_checkpoint(self, ckpt: Mapping[str, Any], what: str = "checkpoint") -> Method:
-        """The trained CLIP of a checkpoint; its tokenizer (from the checkpoint) becomes the task's."""
-        method = super().method_from_checkpoint(ckpt, what)
+        """The trained CLIP of a checkpoint; its tokenizer (from the checkpoint) becomes the task's. A pretrained
+        model's checkpoint-like dict (``model`` None, e.g. a Hugging Face CLIP directory) is built from its params."""
+        if self.own_tokenizer and ckpt.get("model") is None:
+            c = self.cfg
+            method = build_method(c.method.name, c.method.params, {"arch": c.model.arch, "width": c.model.width}
+                                  ).to(self.device)
+        else:
+            method = super().method_from_checkpoint(ckpt, what)
         self.tokenizer = method.tokenizer
         return method
 

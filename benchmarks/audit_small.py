@@ -1,0 +1,180 @@
+"""The audit benchmark: every ``clpoison scan`` score (CLIP similarity and the local-density detectors of
+Detect-CLIP-Backdoor-Samples) on the Carlini patch backdoor of the bundled captions, with the model trained on the
+poisoned data and with a clean reference model, plus a locally created Hugging Face CLIP run end to end.
+
+* runs (one seed, ``--seed``): ``clean_s{S}`` (clip-small on the clean pairs: it never saw a poison, the clean
+  reference) and ``backdoor_{RATE}_s{S}`` (carlini-backdoor-small at each ``--rates``: the poisoned models);
+* each backdoor is exported (``clpoison poison``: same parameters and seed as its run, at the run's image size, so
+  the export is exactly what that model trained on) and scanned (:func:`clpoison.experiments.scan.scan_data`) with
+  every score of ``--scores``, once with the poisoned model and once with the clean reference;
+* ``seconds_per_1000_pairs``: the time of each score alone on the 5 % export (embedding included), per 1,000 pairs;
+* ``hf_local``: a small CLIP built with ``transformers.CLIPConfig`` and saved with ``save_pretrained`` (safetensors),
+  scanned and compared with transformers' own embeddings (loading path only, not accuracy; skipped with a note
+  when ``transformers`` is not installed).
+
+Writes ``{"rates": {RATE: {"poisoned_model" | "clean_reference": {SCORE: {"roc_auc", "poisons_in_top_k"}}}},
+"seconds_per_1000_pairs": {SCORE: s}, "hf_local": {"scan_ok", "max_abs_diff_vs_transformers"}, ...}``:
+
+    python benchmarks/audit_small.py --out benchmarks/results/audit_small.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from functools import partial
+from pathlib import Path
+
+import torch
+
+from clpoison.attacks import ATTACKS
+from clpoison.experiments.bench import run_named, work_dir
+from clpoison.experiments.poison import export_attack
+from clpoison.experiments.scan import scan_data
+from clpoison.utils.io import atomic_write_json, dumps_json
+
+ECHO = partial(print, flush=True)
+SCORES = ("similarity", "kdist", "dao", "slof", "lid")
+
+
+def export(params: dict, out: Path, seed: int, size: int) -> dict:
+    """The backdoor export of exactly these params and seed (reused when its manifest says so)."""
+    atk = ATTACKS.build("carlini-backdoor", params)
+    man = out / "manifest.json"
+    if man.exists():
+        m = json.loads(man.read_text())
+        if m.get("params") == json.loads(dumps_json(atk.params.to_dict())) and m.get("seed") == seed:
+            return m
+    return export_attack(atk, "cifar10-subset", out, seed, image_size=size, overwrite=True, progress=False)[1]
+
+
+def train_clean(args: argparse.Namespace, work: Path) -> Path:
+    """The clean reference: clip-small on the clean pairs (never a poison)."""
+    run_named(f"clean_s{args.seed}", {"preset": "clip-small"}, common(args), work, ECHO)
+    return work / f"clean_s{args.seed}"
+
+
+def common(args: argparse.Namespace) -> list[str]:
+    return [f"seed={args.seed}", "eval.linear=false", "eval.random_init_control=false", *args.overrides]
+
+
+def train_and_export(args: argparse.Namespace, work: Path, r: float) -> tuple[Path, Path]:
+    """(poisoned run dir, export dir) of the backdoor at rate ``r``."""
+    s = args.seed
+    ep = [f"train.epochs={args.poisoned_epochs}"] if args.poisoned_epochs else []
+    name = f"backdoor_{r}" + (f"_e{args.poisoned_epochs}" if ep else "") + f"_s{s}"
+    res, _ = run_named(name, {"preset": "carlini-backdoor-small"}, [f"attack.params.poison_rate={r}", *common(args),
+                                                                    *ep], work, ECHO)
+    size = res["config"]["data"]["image_size"] or res["config"]["augment"]["out_size"]
+    exp = work / f"export_{r}_s{s}"
+    export(res["config"]["attack"]["params"], exp, s, size)
+    return work / name, exp
+
+
+def scores_of(summary: dict, names: list[str]) -> dict:
+    per = summary.get("scores") or {names[0]: summary}
+    return {n: {"roc_auc": per[n]["roc_auc"], "poisons_in_top_k": per[n]["poisons_in_top_k"],
+                "precision": per[n]["precision"], "recall": per[n]["recall"]} for n in names}
+
+
+def hf_local(work: Path, export_dir: Path, poisoned: Path) -> dict:
+    """A tiny Hugging Face CLIP created here, scanned as the model and as --reference; its embeddings of the first
+    64 exported pairs against transformers' own."""
+    try:
+        from clpoison.models.hf_clip import preprocessing, transformers_embeddings, write_tiny_hf_clip
+    except ImportError as e:  # pragma: no cover
+        return {"scan_ok": False, "note": str(e)}
+    from clpoison.data.augment import EvalTransform
+    from clpoison.errors import ConfigError
+    from clpoison.experiments.scan import load_clip
+    from clpoison.experiments.sources import load_scan_data
+
+    try:
+        d = write_tiny_hf_clip(work / "hf_local", image_size=32, patch=8,
+                               words=["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
+                                      "truck", "photo"])
+    except ConfigError as e:
+        return {"scan_ok": False, "note": str(e)}
+    man = str(export_dir / "manifest.json")
+    data = str(export_dir / "train.csv")
+    a = scan_data(work / "scan_hf_local.csv", data, checkpoint=str(d), manifest=man, scores=["similarity", "kdist"])
+    b = scan_data(work / "scan_hf_local_ref.csv", data, checkpoint=str(poisoned), reference=str(d), manifest=man)
+    ds, _ = load_scan_data(data, None, None, 0)
+    caps = [c[0] for c in ds.captions[:64]]
+    _, _, method, task = load_clip(d)
+    pre = preprocessing(d)
+    with torch.no_grad():
+        img = method.model.encode_image(EvalTransform(pre["size"], pre["mean"], pre["std"])(ds.images[:64]))
+        txt = method.model.encode_text(method.tokenizer.encode(caps, method.params.context_length))
+    ri, rt = transformers_embeddings(d, ds.images[:64], caps)
+    diff = max(float((img - ri).abs().max()), float((txt - rt).abs().max()))
+    return {"scan_ok": a["pairs"] == b["pairs"] == len(ds.captions) and b["ranked_by"] == "reference",
+            "max_abs_diff_vs_transformers": diff, "image_size": pre["size"], "pairs_compared": len(caps),
+            "roc_auc_as_model": a["roc_auc"], "roc_auc_as_reference": b["roc_auc"]}
+
+
+def parse() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--work", default=None, help="run folders (default: OUT without suffix + '_runs')")
+    ap.add_argument("--rates", type=float, nargs="+", default=[0.05, 0.01])
+    ap.add_argument("--scores", nargs="+", default=list(SCORES))
+    ap.add_argument("--poisoned-epochs", type=int, default=None,
+                    help="train the poisoned models this many epochs (default: the preset's 40)")
+    ap.add_argument("--k", type=int, default=32)
+    ap.add_argument("--neighbour-batch", type=int, default=None, help="also score with in-batch neighbours of this size")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--train-only", action="store_true", help="train and export, then stop")
+    ap.add_argument("overrides", nargs="*", help="config overrides for every run")
+    return ap.parse_args()
+
+
+def main() -> None:
+    args = parse()
+    torch.set_num_threads(args.threads)
+    out, t0 = Path(args.out), time.time()
+    work = work_dir(out, args.work)
+    clean = train_clean(args, work)
+    if args.train_only:
+        for r in args.rates:
+            train_and_export(args, work, r)
+        return
+    names = list(args.scores)
+    result: dict = {"rates": {}, "seed": args.seed, "k": args.k, "neighbours": "whole set", "poisons": {},
+                    "poisoned_epochs": args.poisoned_epochs or 40}
+    batch: dict = {}
+    for i, r in enumerate(args.rates):  # the first rate also gives the timings and the hf_local check
+        run, exp = train_and_export(args, work, r)
+        man, data = str(exp / "manifest.json"), str(exp / "train.csv")
+        row = {}
+        for who, kw in (("poisoned_model", {"checkpoint": str(run)}), ("clean_reference", {"reference": str(clean)})):
+            summ = scan_data(work / f"scan_{r}_{who}.csv", data, manifest=man, scores=names, k=args.k, **kw)
+            row[who] = scores_of(summ, names)
+            ECHO(f"{r} {who}: " + json.dumps({n: round(v["roc_auc"], 3) for n, v in row[who].items()}))
+            if args.neighbour_batch:  # the official in-batch neighbours, beside
+                summ = scan_data(work / f"scan_{r}_{who}_batch.csv", data, manifest=man, scores=names, k=args.k,
+                                 neighbour_batch=args.neighbour_batch, **kw)
+                batch.setdefault(str(r), {})[who] = scores_of(summ, names)
+        result["rates"][str(r)] = row
+        result["poisons"][str(r)] = summ["poisons"]
+        result["pairs"] = summ["pairs"]
+        if batch:
+            result[f"rates_neighbour_batch_{args.neighbour_batch}"] = batch
+        if i == 0:
+            result["seconds_per_1000_pairs"] = {}
+            for n in names:  # each score alone, loading + embedding included, with the poisoned model
+                t = time.perf_counter()
+                summ = scan_data(work / f"time_{n}.csv", data, checkpoint=str(run), scores=[n], k=args.k)
+                result["seconds_per_1000_pairs"][n] = (time.perf_counter() - t) / summ["pairs"] * 1000
+            result["timing_note"] = (f"scan of the {r} export ({summ['pairs']} pairs) with one score, loading and "
+                                     f"embedding included, {args.threads} threads, CPU")
+            result["hf_local"] = hf_local(work, exp, run)
+        result["wall_s"] = round(time.time() - t0, 1)
+        atomic_write_json(out, result)  # after every rate: a partial result survives an interruption
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
