@@ -139,6 +139,11 @@ def test_inspect_writes_json_and_pictures(encoder_dir, tmp_path, capsys):
     assert "decree epoch 1" in capsys.readouterr().out
     assert not list(tmp_path.glob(".*partial"))
     assert main(["inspect", str(encoder_dir), "--data", "cifar10-subset", "--out", str(out)]) == 2  # exists
+    assert main(["report", str(out), "--out", str(tmp_path / "rep")]) == 0  # report shows the inspection
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "Backdoor inspection (DECREE)" in md and f"{res['pl1_norm']:.4f}" in md
+    assert (tmp_path / "rep" / "plots" / "inspect_0_preview.png").read_bytes() == (out / "preview.png").read_bytes()
+    assert "data:image/png;base64" in (tmp_path / "rep" / "report.html").read_text()
 
 
 def _one_line_exit_2(args, capsys):
