@@ -180,3 +180,29 @@ def test_pickle_that_would_run_code_is_refused(tmp_path, capsys):
     cap = capsys.readouterr()
     assert "PICKLE RAN CODE" not in cap.out + cap.err
     assert cap.err.startswith("error:") and "refused" in cap.err and len(cap.err.strip().splitlines()) == 1
+
+
+def test_inspect_of_a_backdoored_clip_run_names_a_class_and_the_trigger_overlap(tmp_path, capsys):
+    """A tiny Carlini-backdoored CLIP run: inspected through its clip.safetensors (image tower + projection), with
+    zero-shot of triggered images and the manifest's trigger region."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("preset: carlini-backdoor-small\n")
+    run = tmp_path / "run"
+    tiny = ["train.epochs=1", "train.batch_size=64", "train.warmup_epochs=0", "model.width=4", "data.train_subset=300",
+            "method.params.text_width=16", "method.params.text_layers=1", "method.params.text_heads=2",
+            "method.params.embed_dim=16", "method.params.vocab_size=300", "eval.knn_k=10",
+            "eval.random_init_control=false", "eval.linear=false"]
+    assert main(["run", str(cfg), *tiny, "--out", str(run), "--no-progress"]) == 0
+    capsys.readouterr()
+    out = tmp_path / "insp"
+    assert main(["inspect", str(run), "--data", "cifar10-subset", "--shadow-size", "32", "--manifest",
+                 str(run / "manifest.json"), "--out", str(out), "max_epochs=1", "batch_size=16"]) == 0
+    res = json.loads((out / "inspect.json").read_text())
+    assert res["kind"] == "clip" and res["format"] == "clpoison-clip"
+    zs = res["zeroshot"]
+    assert zs["suspected_target"] in zs["triggered_shares"] and zs["images"] == 1017 - 32  # the test images not in the shadow set
+    assert abs(sum(zs["triggered_shares"].values()) - 1) < 1e-3
+    m = res["manifest"]
+    assert m["target"] == "airplane" and m["trigger_location"] == "random" and m["region_share_of_image"] == 1.0
+    assert m["mass_in_trigger_region"] == pytest.approx(1.0)
+    assert m["suspected_target_is_target"] == (zs["suspected_target"] == "airplane")
