@@ -161,10 +161,11 @@ def inspect_encoder(encoder: str | Path, data: str, out: Optional[str | Path] = 
         labelled = rest[:1000] if len(rest) else shadow_idx
         summary["zeroshot"] = suspected_target(suspect, ds.images[labelled], ds.class_names, res.mask, res.pattern)
     if manifest is not None:
-        region = trigger.mask(torch.zeros(256, 3, h, h, dtype=torch.uint8), seed=0).any(0)
         target = (man.get("targets") or {}).get("target")
-        summary["manifest"] = {"path": str(manifest), "target": target, "trigger_location": trigger.to_dict()
-                               .get("spec", {}).get("location"), **mask_overlap(res.mask, region)}
+        spec = trigger.to_dict().get("spec", {})
+        summary["manifest"] = {"path": str(manifest), "target": target, "trigger_location": spec.get("location")}
+        if hasattr(trigger, "positions"):  # a patch trigger (the CTRL trigger covers the whole image)
+            summary["manifest"].update(mask_overlap(res.mask, _trigger_region(trigger, h)))
         if "zeroshot" in summary:
             summary["manifest"]["suspected_target_is_target"] = summary["zeroshot"]["suspected_target"] == target
     if echo:
@@ -175,6 +176,17 @@ def inspect_encoder(encoder: str | Path, data: str, out: Optional[str | Path] = 
     if out is not None:
         _write(Path(out), summary, trigger_pngs(res.mask, res.pattern, shadow[:6]))
     return summary
+
+
+def _trigger_region(trigger: Any, size: int, draws: int = 8192) -> torch.Tensor:
+    """Bool (size, size): every pixel some placement of ``trigger`` covers (its placements drawn ``draws`` times, so
+    a random location covers the whole image)."""
+    pos = trigger.positions(draws, size, size, torch.Generator().manual_seed(0)).reshape(-1, 2).unique(dim=0)
+    s = trigger.spec.size
+    region = torch.zeros(size, size, dtype=torch.bool)
+    for y, x in pos.tolist():
+        region[y:y + s, x:x + s] = True
+    return region
 
 
 def _write(out: Path, summary: dict[str, Any], pngs: dict[str, bytes]) -> None:
