@@ -24,7 +24,7 @@ import argparse
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from clpoison.experiments.bench import (CORRUPTENCODER_PRESET, carlini_clean_control, corruptencoder_row_config,
                                         run_named, script_main, split_overrides, start)
@@ -63,12 +63,12 @@ def train(cell: dict[str, Any], work: Path) -> Path:
     return Path(work) / cell["name"]
 
 
-def roc_auc(scores: list[float], positive: list[bool]) -> float:
-    """ROC-AUC of flagging ``positive`` by a *low* score (ties count one half)."""
+def roc_auc(scores: list[float], positive: list[bool]) -> Optional[float]:
+    """ROC-AUC of flagging ``positive`` by a *low* score (ties count one half); ``None`` without both classes."""
     pos = [s for s, p in zip(scores, positive) if p]
     neg = [s for s, p in zip(scores, positive) if not p]
     if not pos or not neg:
-        return float("nan")
+        return None
     return sum(1.0 if a < b else 0.5 if a == b else 0.0 for a in pos for b in neg) / (len(pos) * len(neg))
 
 
