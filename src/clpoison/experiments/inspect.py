@@ -140,6 +140,7 @@ def inspect_encoder(encoder: str | Path, data: str, out: Optional[str | Path] = 
         trigger = load_trigger(man)
         if trigger is None:
             raise ConfigError(f"manifest '{manifest}' records no trigger; pass a backdoor attack's manifest.json")
+    params = {"seed": seed, **(params or {})}  # --seed draws the shadow set and DECREE's initial trigger
     decree_params = None if profile is None else DecreeParams.for_profile(profile, params)  # bad params: fail early
     suspect = load_suspect(encoder, model)
     ds = getattr(load_source("images", data, data_path, image_size, seed), split)
