@@ -206,3 +206,18 @@ def test_inspect_of_a_backdoored_clip_run_names_a_class_and_the_trigger_overlap(
     assert m["target"] == "airplane" and m["trigger_location"] == "random" and m["region_share_of_image"] == 1.0
     assert m["mass_in_trigger_region"] == pytest.approx(1.0)
     assert m["suspected_target_is_target"] == (zs["suspected_target"] == "airplane")
+
+
+def test_inspect_of_a_torchvision_state_dict(tmp_path, capsys):
+    """Foreign weights without encoder.json: CIFAR normalisation at the shadow images' size."""
+    from test_encoder_files import to_torchvision
+
+    from clpoison.models import build_backbone
+
+    pt = tmp_path / "tv.pt"
+    torch.save(to_torchvision(build_backbone("resnet10", 4, 2).state_dict()), pt)
+    assert main(["inspect", str(pt), "--data", "cifar10-subset", "--shadow-size", "16", "--out", str(tmp_path / "o"),
+                 "max_epochs=1", "batch_size=8"]) == 0
+    res = json.loads((tmp_path / "o" / "inspect.json").read_text())
+    assert res["kind"] == "ssl" and res["format"] == "torchvision-resnet" and "zeroshot" not in res
+    assert "CIFAR normalisation" in res["encoder_info"]["preprocessing"]["note"]
