@@ -133,7 +133,7 @@ def test_inspect_writes_json_and_pictures(encoder_dir, tmp_path, capsys):
     assert rc == 0
     res = json.loads((out / "inspect.json").read_text())
     assert res["kind"] == "ssl" and res["data"]["shadow_images"] == 40 and len(res["trace"]) == 2
-    assert 0 <= res["pl1_norm"] <= 1 and res["params"]["max_epochs"] == 2
+    assert 0 <= res["pl1_norm"] <= 1 and res["params"]["max_epochs"] == 2 and -1 <= res["clean_shadow_cosine"] <= 1
     for name in ("mask.png", "pattern.png", "trigger.png", "triggered.png", "preview.png"):
         assert (out / name).read_bytes()[:4] == b"\x89PNG"
     assert "decree epoch 1" in capsys.readouterr().out

@@ -23,7 +23,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from ..attacks.manifest import load_trigger, read_manifest
-from ..audit.decree import DecreeParams, invert_trigger
+from ..audit.decree import DecreeParams, invert_trigger, mean_pairwise_cosine
 from ..audit.pictures import trigger_pngs
 from ..audit.suspect import Suspect, mask_overlap, suspected_target
 from ..data.augment import CIFAR_MEAN, CIFAR_STD, EvalTransform
@@ -153,11 +153,13 @@ def inspect_encoder(encoder: str | Path, data: str, out: Optional[str | Path] = 
         echo(f"inspect {suspect.kind} encoder '{encoder}': DECREE ({profile} profile) on {len(shadow_idx)} shadow "
              f"images of {data} ({split}), {h}x{h}, on {suspect.device}")
     shadow = ds.images[shadow_idx]
+    clean_cos = _clean_cosine(suspect, shadow, decree_params.batch_size)
     res = invert_trigger(suspect.embed, shadow, decree_params, suspect.device, echo)
     summary: dict[str, Any] = {
         "encoder": str(encoder), "kind": suspect.kind, "format": suspect.info.get("format"),
         "data": {"source": data, "split": split, "shadow_images": len(shadow_idx), "image_size": h, "seed": seed},
-        "profile": profile, "params": decree_params.to_dict(), **res.summary(), "encoder_info": suspect.info}
+        "profile": profile, "params": decree_params.to_dict(), "clean_shadow_cosine": clean_cos, **res.summary(),
+        "encoder_info": suspect.info}
     if suspect.class_features is not None:
         labelled = rest[:1000] if len(rest) else shadow_idx
         summary["zeroshot"] = suspected_target(suspect, ds.images[labelled], ds.class_names, res.mask, res.pattern)
@@ -177,6 +179,15 @@ def inspect_encoder(encoder: str | Path, data: str, out: Optional[str | Path] = 
     if out is not None:
         _write(Path(out), summary, trigger_pngs(res.mask, res.pattern, shadow[:6]))
     return summary
+
+
+@torch.no_grad()
+def _clean_cosine(suspect: Suspect, shadow: torch.Tensor, batch_size: int) -> float:
+    """Mean pairwise cosine of the shadow embeddings *without* a trigger, per batch as DECREE sees them (how far
+    from collapsed the encoder already is: DECREE's success threshold is 0.99)."""
+    vals = [float(mean_pairwise_cosine(suspect.embed(shadow[s:s + batch_size].to(suspect.device).float() / 255)))
+            for s in range(0, len(shadow) - 1, batch_size) if len(shadow[s:s + batch_size]) > 1]
+    return round(sum(vals) / len(vals), 6)
 
 
 def _trigger_region(trigger: Any, size: int, draws: int = 8192) -> torch.Tensor:
