@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "clpoison"
-LOWER = ("data", "models", "methods", "engine", "eval", "attacks", "defenses", "report", "utils")
+LOWER = ("data", "models", "methods", "engine", "eval", "attacks", "defenses", "audit", "report", "utils")
 UPPER = ("clpoison.experiments", "clpoison.cli")
 
 

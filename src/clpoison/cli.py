@@ -1,5 +1,5 @@
 """Command-line interface: ``clpoison run | pretrain | evaluate | datasets | presets | poison | scan | verify | demo |
-grid | report``.
+grid | report | inspect``.
 
 Every user error prints one line ``error: ...`` naming the thing and the fix, and exits with status 2. The parser
 (descriptions, examples, ``key=value`` items, ``--threads`` anywhere) is :mod:`clpoison.cli_args`.
@@ -300,9 +300,26 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_inspect(args: argparse.Namespace) -> int:
+    """DECREE trigger inversion of an encoder: is it backdoored? (clpoison.experiments.inspect)"""
+    from .experiments.config import apply_overrides
+    from .experiments.inspect import inspect_encoder
+
+    if not args.data:
+        raise ConfigError("no shadow data given; pass --data SOURCE (e.g. --data cifar10-subset) or --data PATH")
+    params = apply_overrides({}, [o.removeprefix("decree.") for o in args.overrides])  # DECREE parameters
+    summary = inspect_encoder(args.encoder, args.data, args.out, data_path=args.data_path, image_size=args.image_size,
+                              split=args.split, shadow_size=args.shadow_size, seed=args.seed, manifest=args.manifest,
+                              profile=args.profile, params=params, overwrite=args.overwrite, echo=_echo)
+    print(json.dumps({k: v for k, v in summary.items() if k not in ("trace", "params", "encoder_info")}, indent=2))
+    if args.out:
+        print(f"wrote {Path(args.out) / 'inspect.json'}")
+    return 0
+
+
 COMMANDS = {"run": cmd_run, "pretrain": cmd_pretrain, "evaluate": cmd_evaluate, "datasets": cmd_datasets,
             "presets": cmd_presets, "poison": cmd_poison, "scan": cmd_scan, "verify": cmd_verify, "demo": cmd_demo,
-            "grid": cmd_grid, "report": cmd_report}
+            "grid": cmd_grid, "report": cmd_report, "inspect": cmd_inspect}
 
 
 def main(argv: Optional[list[str]] = None) -> int:

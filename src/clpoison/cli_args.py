@@ -119,6 +119,11 @@ HELP: dict[str, tuple[str, str, str]] = {  # name -> (description, example, choi
              "existing grid folder is resumed: finished cells of the same config are reused, changed ones re-run, "
              "failed ones recorded and retried.",
              "clpoison grid benchmarks/grids/carlini_small.yaml --out runs/grid_carlini", "attacks defenses presets"),
+    "inspect": ("Is this encoder backdoored? DECREE trigger inversion on unlabelled shadow images: the smallest "
+                "trigger that collapses every embedding, its PL1-norm (flagged below the threshold), mask / pattern "
+                "PNGs, and for a CLIP the class zero-shot gives triggered images; key=value set DECREE parameters "
+                "(lr, batch_size, max_epochs, threshold, seed, ...).",
+                "clpoison inspect runs/x --data cifar10-subset --out runs/x_inspect", "data"),
     "report": ("Write report.html (self-contained) and report.md from a grid folder or run folders: the attack x "
                "defense table (mean +- std over seeds, confidence intervals) and plots.",
                "clpoison report runs/grid_carlini --out runs/grid_carlini/report", ""),
@@ -245,6 +250,20 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", required=True, help="report folder (refused if it exists, unless --overwrite)")
     sp.add_argument("--overwrite", action="store_true", help="replace an existing report folder")
     sp.add_argument("--title", default=None, help="report title (default: the grid's name)")
+
+    sp = add_command(sub, "inspect", names)
+    sp.add_argument("encoder", help="run folder, clip.safetensors, encoder.safetensors, or a torchvision-layout ResNet "
+                                    "/ open_clip state dict (.pt/.pth, loaded weights_only)")
+    sp.add_argument("overrides", nargs="*", help="DECREE parameters as key=value, e.g. max_epochs=200 threshold=0.1")
+    data_options(sp)
+    sp.add_argument("--split", default="test", choices=["train", "test"], help="split the shadow images come from")
+    sp.add_argument("--shadow-size", type=int, default=1000, help="shadow images (seeded draw; default 1000)")
+    sp.add_argument("--profile", choices=["cifar", "clip"], default=None,
+                    help="official DECREE setting (default: clip for inputs of 224 px and more, else cifar)")
+    sp.add_argument("--manifest", help="a backdoor's manifest.json: report the inverted mask's overlap with the "
+                                       "real trigger's region and whether the suspected target is its target")
+    sp.add_argument("--out", help="folder for inspect.json and the PNGs (refused if it exists, unless --overwrite)")
+    sp.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
 
     sp = add_command(sub, "demo", names)
     sp.add_argument("overrides", nargs="*", help="optional demo name (simclr | clip) then key=value overrides")

@@ -24,6 +24,7 @@ from ..utils.io import atomic_write_text, check_output_path, check_replaceable
 from .aggregate import INTERVALS_NOTE, Setting, settings
 from .collect import GRID_NAME, Run, find_runs, write_results_table
 from .figures import asr_vs_epoch, asr_vs_rate, ca_vs_asr, crafting_trace, run_plots, targeted_bars
+from .inspect_section import inspect_section, is_inspect_dir
 from .tables import markdown_table
 
 __all__ = ["write_report", "summary_table"]
@@ -140,14 +141,18 @@ def write_report(dirs: Sequence[str | Path], out: str | Path, title: Optional[st
         raise ConfigError(f"report folder '{out}' already exists; pass overwrite=True or choose another output",
                           cli=f"report folder '{out}' already exists; pass --overwrite or choose another --out")
     check_replaceable(out, ("report.html", "report.md"), "report folder")
-    runs = find_runs(dirs)
-    if not any(r.results for r in runs):
+    inspected = [d for d in dirs if is_inspect_dir(d)]  # `clpoison inspect` folders: their own section
+    runs = find_runs([d for d in dirs if d not in inspected])
+    if not any(r.results for r in runs) and not inspected:
         raise ConfigError(f"no finished run in {', '.join(map(str, dirs))}; run the grid (or the runs) first")
     grids = [json.loads((Path(d) / GRID_NAME).read_text()) for d in dirs if (Path(d) / GRID_NAME).exists()]
     title = title or (grids[0]["grid"] if len(grids) == 1 else "clpoison report")
     work = out.with_name(out.name + ".partial")
     shutil.rmtree(work, ignore_errors=True)
     (work / "plots").mkdir(parents=True)
+    insp_md, insp_html, _ = inspect_section(inspected, work / "plots")
+    if not any(r.results for r in runs):
+        return _publish(work, out, title, insp_md, insp_html)
     sets = settings(runs)
     figs = [*asr_vs_rate(sets, work / "plots"), *ca_vs_asr(sets, work / "plots"), *targeted_bars(sets, work / "plots"),
             *asr_vs_epoch(sets, work / "plots"), *crafting_trace(sets, work / "plots")]
@@ -168,7 +173,7 @@ def write_report(dirs: Sequence[str | Path], out: str | Path, title: Optional[st
           f"made {made}.", "", "## Results", "", markdown_table(header, rows), "", *[f"* {n}" for n in notes], ""]
     if matrix:
         md += ["### Attack × defense (attack success rate / clean accuracy, means)", "", markdown_table(*matrix), ""]
-    md += ["## Plots", ""] + [f"![{t}](plots/{p.name})\n" for t, p in figs]
+    md += ["## Plots", ""] + [f"![{t}](plots/{p.name})\n" for t, p in figs] + insp_md
     md += ["## Cells", "", markdown_table(*cells), "", "## Config and environment of every run", ""]
     for r in finished:
         md += [f"<details><summary>{r.name} — {_env(r.results)}</summary>", "", "```yaml",
@@ -188,12 +193,23 @@ def write_report(dirs: Sequence[str | Path], out: str | Path, title: Optional[st
         b64 = base64.b64encode(p.read_bytes()).decode("ascii")
         parts.append(f"<figure><img src='data:image/png;base64,{b64}' alt='{html.escape(t)}' "
                      f"data-file='plots/{html.escape(p.name)}'><figcaption>{html.escape(t)}</figcaption></figure>")
-    parts += ["<h2>Cells</h2>", _html_table(*cells), "<h2>Config and environment of every run</h2>"]
+    parts += [*insp_html, "<h2>Cells</h2>", _html_table(*cells), "<h2>Config and environment of every run</h2>"]
     for r in finished:
         parts.append(f"<details><summary>{html.escape(r.name)} — {html.escape(_env(r.results))}</summary><pre>"
                      f"{html.escape(yaml.safe_dump(r.results.get('config'), sort_keys=False))}</pre></details>")
     parts.append("</body></html>")
     atomic_write_text(work / "report.html", "\n".join(parts))
+    return _publish(work, out)
+
+
+def _publish(work: Path, out: Path, title: str = "", md: Sequence[str] = (), parts: Sequence[str] = ()) -> Path:
+    """Rename ``work`` to ``out``; with ``md`` / ``parts`` first write them as the whole report (inspect folders
+    only)."""
+    if md:
+        atomic_write_text(work / "report.md", "\n".join([f"# {title}", "", *md]))
+        atomic_write_text(work / "report.html", "\n".join([
+            f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{CSS}</style>"
+            f"</head><body><h1>{html.escape(title)}</h1>", *parts, "</body></html>"]))
     if out.exists():
         shutil.rmtree(out)
     work.rename(out)
