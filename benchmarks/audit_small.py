@@ -28,11 +28,9 @@ from pathlib import Path
 
 import torch
 
-from clpoison.attacks import ATTACKS
-from clpoison.experiments.bench import run_named, work_dir
-from clpoison.experiments.poison import export_attack
+from clpoison.experiments.bench import reuse_or_export, run_named, work_dir
 from clpoison.experiments.scan import scan_data
-from clpoison.utils.io import atomic_write_json, dumps_json
+from clpoison.utils.io import atomic_write_json
 
 ECHO = partial(print, flush=True)
 SCORES = ("similarity", "kdist", "dao", "slof", "lid")
@@ -40,13 +38,7 @@ SCORES = ("similarity", "kdist", "dao", "slof", "lid")
 
 def export(params: dict, out: Path, seed: int, size: int) -> dict:
     """The backdoor export of exactly these params and seed (reused when its manifest says so)."""
-    atk = ATTACKS.build("carlini-backdoor", params)
-    man = out / "manifest.json"
-    if man.exists():
-        m = json.loads(man.read_text())
-        if m.get("params") == json.loads(dumps_json(atk.params.to_dict())) and m.get("seed") == seed:
-            return m
-    return export_attack(atk, "cifar10-subset", out, seed, image_size=size, overwrite=True, progress=False)[1]
+    return reuse_or_export("carlini-backdoor", params, "cifar10-subset", out, seed, size)
 
 
 def train_clean(args: argparse.Namespace, work: Path) -> Path:

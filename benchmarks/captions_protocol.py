@@ -37,14 +37,12 @@ from pathlib import Path
 
 import torch
 
-from clpoison.attacks import ATTACKS
 from clpoison.engine.checkpoint import read_checkpoint
-from clpoison.experiments.bench import run_named, work_dir
+from clpoison.experiments.bench import reuse_or_export, run_named, work_dir
 from clpoison.experiments.config import load_preset
-from clpoison.experiments.poison import export_attack
 from clpoison.experiments.run_eval import evaluate_run
 from clpoison.experiments.scan import scan_data
-from clpoison.utils.io import atomic_write_json, dumps_json
+from clpoison.utils.io import atomic_write_json
 
 ECHO = partial(print, flush=True)
 
@@ -62,16 +60,9 @@ def data_section(args: argparse.Namespace) -> dict:
 
 def export(params: dict, args: argparse.Namespace, data: dict, out: Path, seed: int, size: int) -> dict:
     """The backdoor export of exactly these params and seed (reused when its manifest says so)."""
-    atk = ATTACKS.build("carlini-backdoor", params)
-    man = out / "manifest.json"
-    if man.exists():
-        m = json.loads(man.read_text())
-        if m.get("params") == json.loads(dumps_json(atk.params.to_dict())) and m.get("seed") == seed:
-            return m
     caps = data.get("captions", {})
-    return export_attack(atk, data.get("path") or data["name"], out, seed, image_size=size,
-                         label_column=caps.get("label_column"), test_path=caps.get("test_path"), overwrite=True,
-                         progress=False)[1]
+    return reuse_or_export("carlini-backdoor", params, data.get("path") or data["name"], out, seed, size,
+                           label_column=caps.get("label_column"), test_path=caps.get("test_path"))
 
 
 def main() -> None:

@@ -20,8 +20,11 @@ from typing import Any, Callable, Optional
 
 import yaml
 
+from ..attacks import ATTACKS
 from ..errors import ConfigError
+from ..utils.io import dumps_json
 from .config import build_config, load_preset
+from .poison import export_attack
 from .runner import run_or_reuse
 
 CORRUPTENCODER_PRESET = "corruptencoder-small"
@@ -44,6 +47,20 @@ def run_named(name: str, data: dict, overrides: list[str], work: Path,
         echo(f"{name}: {time.time() - t0:.0f}s " + json.dumps(
             {k: v for k, v in res["metrics"].items() if isinstance(v, float)}, sort_keys=True))
     return res, reused
+
+
+def reuse_or_export(attack: str, params: dict, data: str, out: Path, seed: int, size: Optional[int],
+                    **kw: Any) -> dict:
+    """The manifest of the poisoned export of ``attack`` with exactly these params and seed in ``out``: reused when
+    its manifest says so, else written afresh (``kw``: more :func:`~clpoison.experiments.poison.export_attack`
+    arguments, e.g. ``label_column``, ``test_path``)."""
+    atk = ATTACKS.build(attack, params)
+    man = Path(out) / "manifest.json"
+    if man.exists():
+        m = json.loads(man.read_text())
+        if m.get("params") == json.loads(dumps_json(atk.params.to_dict())) and m.get("seed") == seed:
+            return m
+    return export_attack(atk, data, Path(out), seed, image_size=size, overwrite=True, progress=False, **kw)[1]
 
 
 def mean(xs: list) -> float:

@@ -91,8 +91,23 @@ class CLIPParams(MethodParams):
             raise ConfigError("method.params.max_logit_scale must be >= init_logit_scale")
 
 
+class CLIPObjective(Method):
+    """What every CLIP method shares: ``self.model`` maps (images, tokens) to (image features, text features, logit
+    scale); the encoder is its image tower and the loss is :func:`clip_loss` (clpoison's CLIP, a Hugging Face CLIP)."""
+
+    model: nn.Module
+
+    @property
+    def encoder(self) -> nn.Module:
+        return self.model.visual
+
+    def loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float], dict[str, Any]]:
+        img, txt, scale = self.model(batch["images"], batch["tokens"])
+        return clip_loss(img, txt, scale), {"logit_scale": float(scale.detach())}, {}
+
+
 @METHODS.register("clip")
-class CLIP(Method):
+class CLIP(CLIPObjective):
     name = "clip"
     modality = "image-text"
     Params = CLIPParams
@@ -109,14 +124,6 @@ class CLIP(Method):
             text = TextTransformer(vocab, params.context_length, params.text_width, params.text_layers,
                                    params.text_heads, params.embed_dim, eot, params.text_mlp_ratio)
         self.model = CLIPModel(backbone, text, params.embed_dim, params.init_logit_scale, params.max_logit_scale)
-
-    @property
-    def encoder(self) -> nn.Module:
-        return self.model.visual
-
-    def loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float], dict[str, Any]]:
-        img, txt, scale = self.model(batch["images"], batch["tokens"])
-        return clip_loss(img, txt, scale), {"logit_scale": float(scale.detach())}, {}
 
     @classmethod
     def from_state_dict(cls, backbone: nn.Module, params: CLIPParams, state: dict) -> "CLIP":  # type: ignore[override]

@@ -14,13 +14,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional
 
-import torch
 from torch import nn
 
 from ..errors import ConfigError
 from ..models.hf_clip import HFCLIPModel, HFTokenizer, load_hf_clip
-from .base import METHODS, Method, MethodParams
-from .clip import clip_loss
+from .base import METHODS, MethodParams
+from .clip import CLIPObjective
 
 
 @dataclass
@@ -35,7 +34,7 @@ class HFCLIPParams(MethodParams):
 
 
 @METHODS.register("hf-clip")
-class HFCLIP(Method):
+class HFCLIP(CLIPObjective):
     name = "hf-clip"
     modality = "image-text"
     Params = HFCLIPParams
@@ -53,11 +52,3 @@ class HFCLIP(Method):
         if params.context_length > limit:
             raise ConfigError(f"method.params.context_length={params.context_length} exceeds the model's {limit}")
         self.model = HFCLIPModel(hf, self.tokenizer.pad_id, params.max_logit_scale)
-
-    @property
-    def encoder(self) -> nn.Module:
-        return self.model.visual
-
-    def loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float], dict[str, Any]]:
-        img, txt, scale = self.model(batch["images"], batch["tokens"])
-        return clip_loss(img, txt, scale), {"logit_scale": float(scale.detach())}, {}
