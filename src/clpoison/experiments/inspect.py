@@ -183,8 +183,8 @@ def inspect_encoder(encoder: str | Path, data: str, out: Optional[str | Path] = 
 
 @torch.no_grad()
 def _clean_cosine(suspect: Suspect, shadow: torch.Tensor, batch_size: int) -> float:
-    """Mean pairwise cosine of the shadow embeddings *without* a trigger, per batch as DECREE sees them (how far
-    from collapsed the encoder already is: DECREE's success threshold is 0.99)."""
+    """Mean pairwise cosine of the shadow embeddings *without* a trigger, per batch as DECREE sees them (how close
+    to collapse the encoder already is: DECREE's success threshold is 0.99)."""
     vals = [float(mean_pairwise_cosine(suspect.embed(shadow[s:s + batch_size].to(suspect.device).float() / 255)))
             for s in range(0, len(shadow) - 1, batch_size) if len(shadow[s:s + batch_size]) > 1]
     return round(sum(vals) / len(vals), 6)

@@ -148,13 +148,14 @@ def init_distributed(device: torch.device, environ: Optional[Mapping[str, str]] 
         dist.init_process_group(backend_for(device), init_method="env://", rank=env.rank, world_size=env.world_size,
                                 timeout=timeout)
         return device
-    if environ is None:  # what the processes we start (loader workers) and libraries read; SLURM's values too
-        for key, value in (("MASTER_ADDR", env.master_addr), ("MASTER_PORT", env.master_port), ("RANK", env.rank),
-                           ("WORLD_SIZE", env.world_size), ("LOCAL_RANK", env.local_rank)):
-            os.environ.setdefault(key, str(value))
     store = rendezvous_store(env, timeout)  # manual variables, srun: meet within a minute or one line says who is missing
     dist.init_process_group(backend_for(device), store=store, rank=env.rank, world_size=env.world_size,
                             timeout=timeout)
+    if environ is None:  # what the processes we start (loader workers) and libraries read; SLURM's values too —
+        # written once the group exists, so a failed start leaves the environment as it was
+        for key, value in (("MASTER_ADDR", env.master_addr), ("MASTER_PORT", env.master_port), ("RANK", env.rank),
+                           ("WORLD_SIZE", env.world_size), ("LOCAL_RANK", env.local_rank)):
+            os.environ.setdefault(key, str(value))
     return device
 
 

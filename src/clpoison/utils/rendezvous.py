@@ -67,6 +67,7 @@ def rendezvous_store(env: Any, collective_timeout: datetime.timedelta) -> dist.T
         store.add(_JOINED, 1)
         while (joined := store.add(_JOINED, 0)) < world:
             if time.monotonic() > deadline:
+                del store  # rank 0's listener closes now, not when the traceback is collected
                 raise ConfigError(f"waiting for {world - joined} of {world} processes at {where}; {_fix()} "
                                   f"(waited {seconds:g} s; {RENDEZVOUS_ENV} sets the wait)")
             time.sleep(0.05)
