@@ -77,5 +77,5 @@ class CTRL(SSLBackdoorAttack):
             attack=self.name, attack_version=self.version, params=self.params.to_dict(), seed=seed, source=splits,
             output=poisoned, poisoned_indices=idx.tolist(), trigger=self.trigger,
             targets={"target": train.class_names[target], "target_index": target},
-            details={"poison_count": n, "craft_seconds": round(secs, 4)})
+            details={**self.setting(splits, target), "poison_count": n, "craft_seconds": round(secs, 4)})
         return PoisonResult(poisoned, manifest)
