@@ -21,23 +21,25 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import replace
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from clpoison.attacks import ATTACKS
+from clpoison.attacks.craft_diagnostic import CraftingNotBootstrapping, trace_from_log
 from clpoison.attacks.noise_crafting import PoisonedViews, PoisonNoise, noise_step
-from clpoison.experiments.bench import script_main, run_named, split_overrides, stats, work_dir
+from clpoison.attacks.random_noise import RandomNoiseParams
+from clpoison.experiments.bench import run_named, script_main, split_overrides, stats, work_dir
 from clpoison.experiments.config import load_preset
 from clpoison.experiments.poison import poison_or_reuse
 from clpoison.experiments.sources import load_source
 from clpoison.utils.io import atomic_write_json
 from clpoison.utils.timing import forever, interleaved
 
-ROWS = ("clean", "random_noise", "cp_class", "cp_sample", "cp_sample_matrix_completion", "cp_sample_jpeg")
+ROWS = ("clean", "random_noise", "random_noise_class", "cp_class", "cp_sample", "cp_sample_matrix_completion", "cp_sample_jpeg")
 METHODS = ("simclr", "mocov2", "byol")
 METRICS = ("knn_top1", "linear_top1", "linear_top1_poisoned_probe")
 
@@ -63,9 +65,17 @@ def cp_sample_params(overrides: list[str], attacker_method: str, work: Path, see
 
 
 def crafted(name: str, params: dict, seed: int, out: Path) -> dict:
-    """The manifest of the poison exported to ``out`` (made once, reused on re-runs, resumed if interrupted)."""
+    """The manifest of the poison exported to ``out`` (made once, reused on re-runs, resumed if interrupted); when a
+    gate (``action: abort``) stops the crafting, ``{"gate_abort": {round, loss_gap}, "details": {"trace": ...}}``
+    with the trace read back from the crafting's log (its victims are then skipped)."""
     t0 = time.time()
-    man = poison_or_reuse(name, params, "cifar10-subset", out, seed, "cpu", lambda s: print(s, flush=True))
+    try:
+        man = poison_or_reuse(name, params, "cifar10-subset", out, seed, "cpu", lambda s: print(s, flush=True))
+    except CraftingNotBootstrapping as e:
+        print(f"{out.name}: {e}", flush=True)
+        log = out.with_name(f".{out.name}.craft") / "crafting.jsonl"
+        return {"gate_abort": {"round": e.round, "loss_gap": e.gap},
+                "details": {"trace": trace_from_log(log), "craft_seconds": round(time.time() - t0, 1)}}
     if time.time() - t0 > 5:
         print(f"crafted {out.name}: {time.time() - t0:.0f}s", flush=True)
     return man
@@ -114,7 +124,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, help="JSON result file")
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--momentum-seeds", type=int, default=1, help="seeds of the attacker x victim table (0: skip)")
+    ap.add_argument("--momentum-seeds", type=int, default=0,
+                    help="seeds of the attacker x victim table (default 0: at the small budget BYOL's clean probe "
+                         "equals random init's, so the table cannot be read; docs/contrastive_poisoning.md)")
+    ap.add_argument("--craft-seed", type=int, default=None,
+                    help="craft the poisons once with this seed and train every victim seed on them (one released "
+                         "dataset, victims over seeds); default: each seed crafts its own")
     ap.add_argument("--work", default=None, help="run folders (default: OUT without suffix + '_runs')")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rows", default=",".join(ROWS))
@@ -133,27 +148,42 @@ def main() -> None:
     rand: dict[str, list] = {m: [] for m in METRICS}
     craft: dict[str, list] = {"cp_class_s": [], "cp_sample_s": [], "noise_images_per_s": []}
     traces: dict[str, list] = {"cp_class": [], "cp_sample": []}
+    gate_aborts: dict[str, list] = {"cp_class": [], "cp_sample": []}
     for s in range(args.seeds):
         ov = [f"seed={s}", *run_over]
         data = {}
+        cs = s if args.craft_seed is None else args.craft_seed
+        aborted: dict[str, dict] = {}
         for key, name, preset in (("cp_class", "cp-class", "cp-class-small"), ("cp_sample", "cp-sample", "cp-sample-small")):
             if key in rows or (key == "cp_sample" and any(r.startswith("cp_sample") for r in rows)):
-                data[key] = work / f"{key}_data_s{s}"
+                data[key] = work / f"{key}_data_s{cs}"
                 params = attack_params(preset, atk_over)
                 if key == "cp_sample":
-                    params = cp_sample_params(atk_over, "simclr", work, s)
-                man = crafted(name, params, s, data[key])
+                    params = cp_sample_params(atk_over, "simclr", work, cs)
+                if key == "cp_sample" and "cp_class" in aborted:
+                    continue  # CP-S would start from a CP-C that did not bootstrap
+                man = crafted(name, params, cs, data[key])
                 craft[f"{key}_s"].append(man["details"]["craft_seconds"])
                 traces[key].append(man["details"].get("trace"))
-                if key == "cp_sample":
+                if "gate_abort" in man:
+                    aborted[key] = man["gate_abort"]
+                    gate_aborts[key].append({"seed": cs, **man["gate_abort"]})
+                elif key == "cp_sample":
                     craft["noise_images_per_s"].append(man["details"]["noise_images_per_s"])
+        eps = attack_params("cp-class-small", atk_over)["epsilon"]  # the controls take the poisons' budget
+        noise = {} if eps == RandomNoiseParams.epsilon else {"epsilon": eps}  # (the default: same run folders as before)
         runs = {"clean": ("simclr-small", None, None, None),
-                "random_noise": ("simclr-small", None, None, {"name": "random-noise", "params": {}}),
+                "random_noise": ("simclr-small", None, None, {"name": "random-noise", "params": noise}),
+                "random_noise_class": ("simclr-small", None, None,
+                                       {"name": "random-noise", "params": {**noise, "classwise": True}}),
                 "cp_class": ("simclr-small", data.get("cp_class"), None, None),
                 "cp_sample": ("simclr-small", data.get("cp_sample"), None, None),
                 "cp_sample_matrix_completion": ("simclr-small", data.get("cp_sample"), {"name": "matrix-completion"}, None),
                 "cp_sample_jpeg": ("simclr-small", data.get("cp_sample"), {"name": "jpeg"}, None)}
-        for r in rows:
+        live = [r for r in rows if not any(r.startswith(k) for k in aborted) and not (aborted and r.startswith("cp_"))]
+        if aborted and not any(r.startswith("cp_") for r in live):
+            live = []  # no poison to read the controls against: the trace is the result
+        for r in live:
             preset, d, defense, attack = runs[r]
             m = victim(f"{r}_s{s}", preset, d, ov, work, defense, attack)
             for k in METRICS:
@@ -173,15 +203,17 @@ def main() -> None:
                 name = f"momentum_{a}_to_{v}_s{s}" if (a, v) != ("simclr", "simclr") else f"cp_sample_s{s}"
                 momentum[a][v].append(victim(name, f"{v}-small", d, [f"seed={s}", *run_over], work).get("linear_top1"))
     result: dict[str, Any] = {
-        "random_init": {k: stats(v)["mean"] for k, v in rand.items()},
-        "rows": {r: {k: stats(v)["mean"] for k, v in per[r].items()} for r in rows},
+        "random_init": {k: stats(v)["mean"] for k, v in rand.items() if v},
+        "rows": {r: {k: stats(v)["mean"] for k, v in per[r].items()} for r in rows if any(per[r].values())},
         "momentum": {a: {v: stats(x)["mean"] for v, x in vs.items()} for a, vs in momentum.items()},
-        "craft": {"seconds": stats(craft["cp_sample_s"])["mean"], "cp_class_seconds": stats(craft["cp_class_s"])["mean"],
-                  **craft_speed(attack_params("cp-sample-small", atk_over), 0), "trace": traces},
+        "craft": {"seconds": stats(craft["cp_sample_s"])["mean"] if craft["cp_sample_s"] else None,
+                  "cp_class_seconds": stats(craft["cp_class_s"])["mean"] if craft["cp_class_s"] else None,
+                  **craft_speed(attack_params("cp-sample-small", atk_over), 0), "trace": traces,
+                  "gate_aborts": gate_aborts},
         "per_seed": {"random_init": rand, "rows": per, "momentum": momentum, "craft": craft},
-        "std": {r: {k: stats(v)["std"] for k, v in per[r].items()} for r in rows},
+        "std": {r: {k: stats(v)["std"] for k, v in per[r].items()} for r in rows if any(per[r].values())},
         "_meta": {"seeds": list(range(args.seeds)), "momentum_seeds": list(range(args.momentum_seeds)),
-                  "overrides": args.overrides, "wall_s": round(time.time() - t0, 1), "threads": args.threads},
+                  "overrides": args.overrides, "craft_seed": args.craft_seed, "wall_s": round(time.time() - t0, 1), "threads": args.threads},
     }
     atomic_write_json(out, result)
     print(json.dumps({"random_init": result["random_init"], "rows": result["rows"], "momentum": result["momentum"],

@@ -23,7 +23,9 @@ not bootstrapping. A gate past the last round never fires.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Optional
 
 import torch
@@ -56,6 +58,14 @@ def parse_gates(value: Any) -> list[CraftGate]:
     return [CraftGate.from_dict(g, "attack.params.gate") for g in items]
 
 
+class CraftingNotBootstrapping(ClpoisonError):
+    """A gate with ``action: abort`` stopped the crafting (``round``, ``gap``: what it saw)."""
+
+    def __init__(self, message: str, round: int, gap: float) -> None:
+        super().__init__(message)
+        self.round, self.gap = round, gap
+
+
 def check_gates(gates: list[CraftGate], done: int, gap: float, name: str, echo: Callable[[str], None]) -> dict:
     """The gates of round ``done``: abort (ClpoisonError) or warn when the gap is above ``max_gap``; returns
     ``{"gate_passed": 0/1}`` for the round's record when a gate was checked."""
@@ -70,7 +80,8 @@ def check_gates(gates: list[CraftGate], done: int, gap: float, name: str, echo: 
         msg = (f"{name} crafting is not bootstrapping: the loss gap L(x+eps*delta) - L(x) is {gap:+.4f} nats at round "
                f"{done}, above the gate's max_gap {g.max_gap:+.4f}")
         if g.action == "abort":
-            raise ClpoisonError(f"{msg}; more rounds, a larger step_size, or remove attack.params.gate to go on")
+            raise CraftingNotBootstrapping(f"{msg}; more rounds, a larger step_size, or remove attack.params.gate to "
+                                           "go on", done, gap)
         echo(f"warning: {msg} (gate action warn: crafting goes on)")
     return out
 
@@ -111,6 +122,17 @@ def clean_loss(method: Any, views: Callable[[torch.Tensor], tuple], x: torch.Ten
     finally:
         set_rng_state(after)
     return float(loss.float())
+
+
+def trace_from_log(path: Path) -> dict[str, list]:
+    """The crafting trace read back from a crafting's ``crafting.jsonl`` (e.g. after a gate stopped it): the last
+    record of every round, as :func:`trace_of` gives it."""
+    rounds: dict[int, dict] = {}
+    for line in Path(path).read_text().splitlines():
+        rec = json.loads(line) if line.strip() else {}
+        if rec.get("event") == "epoch" and "loss_gap" in rec:
+            rounds[int(rec["epoch"])] = rec
+    return trace_of([rounds[r] for r in sorted(rounds)])
 
 
 def trace_of(history: list[dict]) -> dict[str, list]:
