@@ -1,16 +1,27 @@
-"""CTRL small benchmark: the frequency trigger's ASR against the clean model's, across magnitudes and poison ratios,
-and ASR against epochs (``eval.every_epochs``).
+"""CTRL small benchmark: the poisoned and the clean victim of ``ctrl-small``, with ASR, kNN ASR and Δcos as a trace
+against epochs and the mismatched-frequency control.
 
-On seed 0 it sweeps the magnitude at ``--ratio`` and the poison ratio at ``--magnitude`` (``ctrl-small``, victim
-``simclr-small``, target airplane); every run records ASR over training. The best setting (largest ASR minus the
-clean model's) is then run on ``--seeds`` seeds. The clean model's ASR with the same trigger comes from the clean
-victim ``clean_s{seed}`` (shared with ``nlb_small.py`` when ``--work`` is the same folder).
+``ctrl-small`` (issue 27's recorded setting): ResNet-10 w16 SimCLR τ 0.2 on the bundled CIFAR-10 subset, 250 epochs,
+the official CTRL trigger (kornia YUV in float, magnitude 100 on (15, 15) and (31, 31) of U and V, rounded once; the
+same magnitude at test time) on the first 5 % of the training set (272 airplanes), every 25 epochs the linear-probe
+ASR, the kNN ASR over the clean training bank (k 200, t 0.1; ``asr_knn_all`` is the official "backdoor accuracy":
+every test image triggered), Δcos, the no-trigger rates, and the same three at the mismatched frequencies
+((15, 31), (31, 15): equal energy). Per seed s two runs:
 
-    python benchmarks/ctrl_small.py --out benchmarks/results/ctrl_small.json --seeds 3 --work benchmarks/results/nlb_small_runs
-    python benchmarks/ctrl_small.py --out /tmp/c.json --seeds 1 --magnitudes 100 --ratios 0.01 train.epochs=2  # smoke
+* ``ctrl_s{s}`` — the poisoned victim;
+* ``clean_s{s}`` — the same config with zero poisons (clean data; the same trigger and controls evaluated on the
+  clean encoder every 25 epochs), so every point of the trace has its clean twin.
 
-JSON: ``{"sweep": {NAME: {"magnitude", "ratio", "asr", "ca", "clean_asr", "asr_by_epoch"}}, "best": {"name",
-"asr", "ca", "clean_asr", "per_seed", "std"}, "_meta"}``.
+JSON: ``runs.{poisoned,clean}`` → per seed the final metrics and the trace (``{"epochs", METRIC: [...]}``, the
+periodic evaluations plus the last epoch); ``final`` → mean ± std over seeds of each final metric for both runs and of
+poisoned − clean; ``trigger``; ``_meta`` (poison count from the manifest, threads, overrides, wall time). Finished
+runs under ``--work`` are reused (the same config only), an interrupted run resumes from its checkpoint, and the
+JSON is rewritten after every run. Extra ``attack.params.*`` overrides change the attack (both runs), the rest both
+victims.
+
+    python benchmarks/ctrl_small.py --out benchmarks/results/ctrl_small.json --work runs/ctrl_small
+    python benchmarks/ctrl_small.py --out /tmp/c.json train.epochs=2 eval.every_epochs=1 data.train_limit=300 \\
+        data.test_limit=100 model.width=4 eval.knn_k=20  # smoke
 """
 
 from __future__ import annotations
@@ -18,78 +29,84 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from clpoison.attacks import ATTACKS
-from clpoison.experiments.bench import script_main, clean_asr_by_target, run_named, split_overrides, stats, work_dir
+from clpoison.errors import ConfigError
+from clpoison.experiments.bench import run_named, script_main, split_overrides, stats, work_dir
 from clpoison.experiments.config import load_preset
+from clpoison.report.tables import history_curve
 from clpoison.utils.io import atomic_write_json
 
+PRESET = "ctrl-small"
+#: Traced every ``eval.every_epochs`` and reported at the end (``asr`` first: it marks the evaluated epochs).
+METRICS = ("asr", "asr_knn", "asr_knn_all", "delta_cos", "asr_mismatched", "asr_knn_mismatched",
+           "asr_knn_all_mismatched", "delta_cos_mismatched", "asr_no_trigger", "asr_knn_no_trigger",
+           "asr_knn_all_no_trigger", "ca", "knn_top1", "backdoor_zscore")
 
-def setting(params: dict, magnitude: float, ratio: float) -> tuple[str, dict]:
-    p = json.loads(json.dumps(params))
-    p["trigger"] = {**p["trigger"], "magnitude": magnitude}
-    p["poison_rate"] = ratio
-    return f"ctrl_m{magnitude:g}_r{ratio:g}", p
+
+def run_config(params: dict, poisoned: bool) -> dict:
+    """``ctrl-small`` with ``params``; the clean twin has zero poisons (the same trigger evaluated)."""
+    p = params if poisoned else {**params, "poison_rate": None, "poison_count": 0}
+    return {"preset": PRESET, "attack": {"name": "ctrl", "params": p}}
+
+
+def record(res: dict, run: Path) -> dict:
+    man = json.loads((run / "manifest.json").read_text())
+    return {"final": {k: res["metrics"].get(k) for k in METRICS}, "trace": history_curve(res, *METRICS),
+            "poison_count": man["details"]["poison_count"], "target": man["targets"]["target"]}
+
+
+def final_stats(recs: list[dict]) -> dict:
+    return {k: stats([r["final"][k] for r in recs]) for k in METRICS}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--magnitudes", default="50,100,200")
-    ap.add_argument("--ratios", default="0.01,0.05,0.09")
-    ap.add_argument("--magnitude", type=float, default=100.0, help="the magnitude of the ratio sweep")
-    ap.add_argument("--ratio", type=float, default=0.05, help="the ratio of the magnitude sweep")
-    ap.add_argument("--every", type=int, default=5, help="eval.every_epochs of the sweep runs")
-    ap.add_argument("--work", default=None)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("overrides", nargs="*", help="attack.params.* for the attack; the rest for every victim")
+    ap.add_argument("--out", required=True, help="JSON result file")
+    ap.add_argument("--seeds", type=int, default=1, help="seeds (a poisoned and a clean run each)")
+    ap.add_argument("--work", default=None, help="run folders (default: OUT without suffix + '_runs')")
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (recorded in _meta)")
+    ap.add_argument("overrides", nargs="*", help="attack.params.* for the attack; the rest for both victims")
     args = ap.parse_args()
+    if args.seeds < 1 or args.threads < 1:
+        raise ConfigError("--seeds and --threads must be >= 1")
     torch.set_num_threads(args.threads)
-    work = work_dir(args.out, args.work)
-    base, victim_ov = split_overrides(args.overrides, load_preset("ctrl-small")["attack"]["params"])
-    grid = [(float(m), args.ratio) for m in args.magnitudes.split(",") if m]
-    grid += [(args.magnitude, float(r)) for r in args.ratios.split(",") if r and (args.magnitude, float(r)) not in grid]
+    out, work = Path(args.out), work_dir(args.out, args.work)
+    params, victim_ov = split_overrides(args.overrides, load_preset(PRESET)["attack"]["params"])
+    atk = ATTACKS.build("ctrl", params)  # validates the overrides before any training
     t0 = time.time()
+    runs: dict[str, list[dict]] = {"poisoned": [], "clean": []}
+    result: dict[str, Any] = {}
 
-    def clean(seed: int, params: dict) -> tuple[float, float]:
-        run_named(f"clean_s{seed}", {"preset": "simclr-small"}, [f"seed={seed}", *victim_ov], work)
-        atk = ATTACKS.build("ctrl", params)
-        by_class, ca = clean_asr_by_target(work / f"clean_s{seed}", atk.trigger, atk.params.eval_seed)
-        names = json.loads((work / f"clean_s{seed}" / "results.json").read_text())["data"]["classes"]
-        return by_class[names.index(params["target"])], ca
+    def write() -> None:
+        final: dict[str, Any] = {k: final_stats(v) for k, v in runs.items() if v}
+        pairs = list(zip(runs["poisoned"], runs["clean"]))
+        if pairs:
+            final["poisoned_minus_clean"] = {k: stats([None if p["final"][k] is None or c["final"][k] is None
+                                                       else p["final"][k] - c["final"][k] for p, c in pairs])
+                                             for k in METRICS}
+        result.update({"runs": runs, "final": final, "trigger": atk.trigger.spec.to_dict(), "_meta": {
+            "preset": PRESET, "seeds": list(range(args.seeds)), "overrides": args.overrides, "attack_params": params,
+            "poison_count": runs["poisoned"][0]["poison_count"] if runs["poisoned"] else None,
+            "threads": args.threads, "work": str(work), "wall_s": round(time.time() - t0, 1)}})
+        atomic_write_json(out, result)
 
-    sweep: dict[str, Any] = {}
-    for mag, ratio in grid:
-        name, p = setting(base, mag, ratio)
-        res, _ = run_named(f"{name}_s0", {"preset": "ctrl-small", "attack": {"name": "ctrl", "params": p},
-                                          "eval": {"every_epochs": args.every}}, ["seed=0", *victim_ov], work)
-        m = res["metrics"]
-        casr, _ = clean(0, p)
-        trace = [(h["epoch"], h["eval_asr"]) for h in res["history"] if "eval_asr" in h] + [(res["config"]["train"]["epochs"], m["asr"])]
-        sweep[name] = {"magnitude": mag, "ratio": ratio, "asr": m["asr"], "ca": m["ca"], "clean_asr": casr,
-                       "asr_by_epoch": trace}
-        print(f"{name}: ASR {m['asr']:.4f} (clean model {casr:.4f}), CA {m['ca']:.4f}", flush=True)
-    best = max(sweep, key=lambda k: sweep[k]["asr"] - sweep[k]["clean_asr"])
-    mag, ratio = sweep[best]["magnitude"], sweep[best]["ratio"]
-    _, p = setting(base, mag, ratio)
-    per: dict[str, list] = {"asr": [], "ca": [], "clean_asr": []}
     for s in range(args.seeds):
-        res, _ = run_named(f"{best}_s{s}", {"preset": "ctrl-small", "attack": {"name": "ctrl", "params": p},
-                                            "eval": {"every_epochs": args.every}}, [f"seed={s}", *victim_ov], work)
-        per["asr"].append(res["metrics"]["asr"])
-        per["ca"].append(res["metrics"]["ca"])
-        per["clean_asr"].append(clean(s, p)[0])
-    result = {"sweep": sweep,
-              "best": {"name": best, "magnitude": mag, "ratio": ratio, **{k: stats(v)["mean"] for k, v in per.items()},
-                       "per_seed": per, "std": {k: stats(v)["std"] for k, v in per.items()}},
-              "_meta": {"seeds": list(range(args.seeds)), "overrides": args.overrides, "target": base["target"],
-                        "wall_s": round(time.time() - t0, 1), "threads": args.threads}}
-    atomic_write_json(args.out, result)
-    print(json.dumps(result["best"], indent=2))
+        for kind, name in (("poisoned", f"ctrl_s{s}"), ("clean", f"clean_s{s}")):
+            res, _ = run_named(name, run_config(params, kind == "poisoned"), [f"seed={s}", *victim_ov], work)
+            rec = record(res, work / name)
+            runs[kind].append(rec)
+            write()
+            tr = rec["trace"]
+            print(f"seed {s} {kind}: " + "; ".join(f"{k} " + " ".join("-" if v is None else f"{v:.3f}" for v in tr[k])
+                                                   for k in ("asr", "asr_knn_all", "delta_cos", "asr_mismatched"))
+                  + f" at epochs {tr['epochs']}", flush=True)
+    print(json.dumps({k: {m: v[m]["mean"] for m in ("asr", "asr_knn", "asr_knn_all", "delta_cos")}
+                      for k, v in result["final"].items()}, indent=2))
 
 
 if __name__ == "__main__":

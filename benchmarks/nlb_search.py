@@ -22,7 +22,7 @@ from typing import Any
 
 from clpoison.attacks import ATTACKS
 from clpoison.errors import ConfigError
-from clpoison.experiments.bench import (NLB_PRESET, NLB_ROWS, add_run_args, clean_asr_by_target, nlb_attacker_run,
+from clpoison.experiments.bench import (NLB_PRESET, NLB_ROWS, add_run_args, clean_by_target, nlb_attacker_run,
                                         nlb_clean_run, script_main,
                                         nlb_row, split_overrides, start)
 from clpoison.experiments.config import load_preset
@@ -50,7 +50,8 @@ def main() -> None:
         clean_tag = "clean_s%d%s" % (args.seed, "_" + "_".join(o.replace("=", "") for o in victim_ov) if victim_ov else "")
         nlb_clean_run(args.seed, victim_ov, work, clean_tag)
         trig = ATTACKS.build("nlb", params).trigger  # the attack's own trigger (its defaults filled in)
-        clean_by_class, clean_ca = clean_asr_by_target(work / clean_tag, trig, params.get("eval_seed", 1234))
+        base = clean_by_target(work / clean_tag, trig, params.get("eval_seed", 1234))
+        clean_by_class, clean_ca = base["asr"], base["ca"]
         rec: dict[str, Any] = {"overrides": shlex.split(ov), "seed": args.seed, "trigger": trig.spec.to_dict(),
                                "clean_ca": clean_ca, "clean_asr_by_class": clean_by_class, "rows": {}}
         for r in rows:

@@ -1,20 +1,33 @@
-"""No-Label Backdoors small benchmark: does choosing the poisons from unlabelled features beat random choice?
+"""No-Label Backdoors small benchmark: at a dose where a patch backdoor exists, does choosing the poisons from
+unlabelled features beat random choice?
 
-For every seed: the attacker's clean encoder (one run of ``nlb-small``'s attacker spec, seed 1000 + s) and the
-TPR of every rule's selection from it (``--tpr-seeds``, no victim needed: the same features and selection the
-attack makes); then, for ``--seeds`` seeds, the clean victim (``nlb-small`` without the attack; its linear probe gives the clean model's ASR with the same trigger for every possible
-anchor), and one victim per selection rule (``--rows``: random, kmeans, con, conp, conn, target) trained on the
-data poisoned by ``nlb-small``. Per row: TPR (share of the poisons with the anchor label), ASR against the anchor
-label, CA (linear probe, clean test images), the clean model's ASR for that anchor, selection seconds.
+``nlb-small`` (issue 27's recorded setting: 9 % budget, 12-px centre patch, ResNet-10 w16 SimCLR τ 0.2, 60 epochs,
+attacker encoder = the victim's recipe for 60 epochs, ASR / kNN ASR / Δcos every 10 epochs). For every seed s:
 
-    python benchmarks/nlb_small.py --out benchmarks/results/nlb_small.json --seeds 3
-    python benchmarks/nlb_small.py --out /tmp/nlb.json --seeds 1 --rows random,con train.epochs=1 attack.params.attacker_epochs=1  # smoke
+* the attacker's encoder, **one run per seed** (``attacker_s{s}``, seed 1000 + s), passed to every selection row
+  as ``attack.params.encoder`` (no row retrains it);
+* the clean victim (``clean_s{s}``: ``nlb-small`` without the attack); its linear probe, kNN and bank give the clean
+  model's ASR, kNN ASR and Δcos with the same trigger for **every** class, so each row is compared with the clean
+  model at that row's own anchor;
+* one victim per selection row (``{row}_s{s}``; ``--rows``, default ``clean,target,kmeans,con,random``; ``conp`` and
+  ``conn`` on request).
 
-JSON: ``{"clean_asr", "clean_ca", "rows": {ROW: {"tpr", "asr", "ca", "clean_asr", "select_seconds"}}, "tpr": {ROW:
-{"mean", "std", "per_seed"}}, "trigger", "per_seed", "std", "_meta"}`` (means over seeds; ``rows.*.tpr`` over the
-``--tpr-seeds`` encoders, the rest over the victim seeds; ``clean_asr`` is the clean model's ASR for the ``target``
-class).
-Extra ``attack.params.*`` overrides change the attack, the rest every victim (the clean one included).
+Per row, per seed and as mean ± std over seeds: ``asr``, ``asr_minus_clean`` (ASR − the clean model's ASR for
+the same anchor), ``asr_knn`` and ``asr_knn_minus_clean``, ``delta_cos`` and ``delta_cos_minus_clean``, ``tpr``
+(the share of the poisons with the anchor label) and ``purity`` (the same number under the name the issue uses),
+``ca``, the mismatched-patch control (``asr_mismatched``, ``delta_cos_mismatched``), ``anchor``; and each seed's
+trace against epochs (``trace``: ``{"epochs", "asr", "asr_knn", "delta_cos", ...}``). ``summary`` holds the issue's
+checks: the ``target`` row's ASR gain, and ``kmeans`` / ``con`` minus ``random`` in ASR and Δcos, per seed.
+
+Finished runs are kept under ``--work`` and reused (``run_or_reuse``: the same config only); an interrupted run
+resumes from its checkpoint; the JSON is rewritten after every row, so an interrupted benchmark keeps what it has.
+Extra ``attack.params.*`` overrides change the attack, the rest every victim (the clean one included; ``data.*``
+ones the attacker's encoder too).
+
+    python benchmarks/nlb_small.py --out benchmarks/results/nlb_small.json --work runs/nlb_small --seeds 2
+    python benchmarks/nlb_small.py --out /tmp/nlb.json --seeds 1 train.epochs=1 data.train_limit=300 \\
+        data.test_limit=100 model.width=4 eval.knn_k=20 attack.params.attacker_epochs=1 \\
+        attack.params.attacker.model.width=4 attack.params.poison_rate=null attack.params.poison_count=20  # smoke
 """
 
 from __future__ import annotations
@@ -22,91 +35,131 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from clpoison.attacks import ATTACKS
-from clpoison.attacks.attacker_features import attacker_features
-from clpoison.attacks.poison_selection import nlb_budget, purity, select
-from clpoison.data import load_dataset
 from clpoison.errors import ConfigError
-from clpoison.experiments.bench import (NLB_PRESET, NLB_ROWS, clean_asr_by_target, nlb_attacker_run, nlb_clean_run,
-                                        nlb_row, script_main, split_overrides, stats, work_dir)
+from clpoison.experiments.bench import (NLB_PRESET, NLB_ROWS, clean_by_target, nlb_attacker_run,
+                                        nlb_clean_run, nlb_row, script_main, split_overrides, stats, work_dir)
 from clpoison.experiments.config import load_preset
+from clpoison.report.tables import history_curve
 from clpoison.utils.io import atomic_write_json
 
-KEYS = ("asr", "ca", "clean_asr", "select_seconds")  # TPR: from the attacker seeds (`tpr`), one source
+ROWS = ("clean", *NLB_ROWS)
+DEFAULT_ROWS = "clean,target,kmeans,con,random"
+#: Per-seed values of a selection row (``anchor`` is a class index; the rest are floats).
+KEYS = ("asr", "asr_minus_clean", "asr_knn", "asr_knn_minus_clean", "delta_cos", "delta_cos_minus_clean", "tpr",
+        "purity", "ca", "clean_asr", "clean_asr_knn", "clean_delta_cos", "asr_mismatched", "delta_cos_mismatched",
+        "asr_no_trigger", "knn_top1", "backdoor_zscore", "select_seconds")
 
 
-def selection_tpr(p: Any, rows: list[str], encoder: Any, train: Any, seed: int) -> dict[str, float]:
-    """TPR of each rule's poison set chosen from the ``encoder`` run's features (what the attack would select)."""
-    feats, _ = attacker_features(train.images, encoder=str(encoder))
-    m = nlb_budget(p.poison_rate, p.poison_count, len(train), p.clusters)
-    target = train.class_index(p.target) if p.target is not None else None
-    return {r: purity(select(r, feats, m, seed=seed, n_clusters=p.clusters, labels=train.labels, target=target).indices,
-                      train.labels)[1] for r in rows}
+def minus(a: Any, b: Any) -> Any:
+    return None if a is None or b is None else a - b
+
+
+def row_record(row: dict, base: dict) -> dict:
+    """A selection row's per-seed values, with the clean model's at the row's anchor and the differences."""
+    a = row["anchor"]
+    clean = {k: (base.get(k) or [None] * (a + 1))[a] for k in ("asr", "asr_knn", "delta_cos")}
+    return {**row, "purity": row["tpr"], "clean_asr": clean["asr"], "clean_asr_knn": clean["asr_knn"],
+            "clean_delta_cos": clean["delta_cos"], "asr_minus_clean": minus(row["asr"], clean["asr"]),
+            "asr_knn_minus_clean": minus(row["asr_knn"], clean["asr_knn"]),
+            "delta_cos_minus_clean": minus(row["delta_cos"], clean["delta_cos"])}
+
+
+def clean_record(run: Path, base: dict, target: int) -> dict:
+    """The clean row: CA, and ASR / kNN ASR / Δcos at the preset's ``target`` class (each row carries its own
+    anchor's), the per-class baselines and the clean run's kNN / linear trace."""
+    res = json.loads((run / "results.json").read_text())
+    return {"ca": base["ca"], "knn_top1": res["metrics"].get("knn_top1"), "target": target,
+            **{k: (base.get(k) or [None] * (target + 1))[target] for k in ("asr", "asr_knn", "delta_cos")},
+            "by_class": {k: base.get(k) for k in ("asr", "asr_knn", "delta_cos")},
+            "trace": history_curve(res, "knn_top1", "linear_top1")}
+
+
+def summary(per_seed: dict[str, dict[str, list]]) -> dict:
+    """The issue's checks: the ``target`` row's ASR − clean (a backdoor exists at +0.10), and each label-free rule
+    minus ``random`` in ASR − clean and in Δcos − clean (each at its own anchor), per seed."""
+    out: dict[str, Any] = {}
+    if "target" in per_seed:
+        out["target_asr_minus_clean"] = per_seed["target"]["asr_minus_clean"]
+    for r in ("kmeans", "con", "conp", "conn"):
+        if r in per_seed and "random" in per_seed:
+            for k in ("asr_minus_clean", "delta_cos_minus_clean"):
+                out[f"{r}_minus_random_{k}"] = [minus(a, b) for a, b in zip(per_seed[r][k], per_seed["random"][k])]
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, help="JSON result file")
-    ap.add_argument("--seeds", type=int, default=3, help="seeds of the victim runs")
-    ap.add_argument("--tpr-seeds", type=int, default=3, help="seeds of the attacker encoders whose selections give TPR")
-    ap.add_argument("--rows", default=",".join(NLB_ROWS))
+    ap.add_argument("--seeds", type=int, default=2, help="seeds (attacker encoder, clean victim and every row)")
+    ap.add_argument("--rows", default=DEFAULT_ROWS, help=f"comma-separated, from {', '.join(ROWS)}")
     ap.add_argument("--work", default=None, help="run folders (default: OUT without suffix + '_runs')")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (recorded in _meta)")
     ap.add_argument("overrides", nargs="*", help="attack.params.* for the attack; the rest for every victim")
     args = ap.parse_args()
     rows = [r for r in args.rows.split(",") if r]
-    if set(rows) - set(NLB_ROWS):
-        raise ConfigError(f"unknown rows {sorted(set(rows) - set(NLB_ROWS))}; choose from {', '.join(NLB_ROWS)}")
+    if set(rows) - set(ROWS) or not rows:
+        raise ConfigError(f"--rows: unknown rows {sorted(set(rows) - set(ROWS))}; choose from {', '.join(ROWS)}")
+    if args.seeds < 1 or args.threads < 1:
+        raise ConfigError("--seeds and --threads must be >= 1")
     torch.set_num_threads(args.threads)
-    out = args.out
-    work = work_dir(out, args.work)
+    out, work = Path(args.out), work_dir(args.out, args.work)
     params, victim_ov = split_overrides(args.overrides, load_preset(NLB_PRESET)["attack"]["params"])
-    atk = ATTACKS.build("nlb", params)
-    target = None
+    atk = ATTACKS.build("nlb", params)  # its trigger (defaults filled in) and eval seed: the rows' own
+    selection = [r for r in rows if r != "clean"]
     t0 = time.time()
-    per: dict[str, dict[str, list]] = {r: {k: [] for k in KEYS} for r in rows}
-    clean: dict[str, list] = {"asr": [], "ca": []}
-    tpr: dict[str, list] = {r: [] for r in rows}
-    splits = load_dataset("cifar10-subset")
-    for s in range(max(args.seeds, args.tpr_seeds)):
-        encoder = nlb_attacker_run(params, s, work)
-        if s < args.tpr_seeds:
-            for r, v in selection_tpr(atk.params, rows, encoder, splits.train, s).items():
-                tpr[r].append(v)
+    per: dict[str, dict[str, list]] = {r: {k: [] for k in (*KEYS, "anchor")} for r in selection}
+    clean: dict[str, list] = {}
+    traces: dict[str, list] = {r: [] for r in rows}
+    result: dict[str, Any] = {}
+
+    def write(done: int) -> None:
+        rows_out: dict[str, Any] = {r: {k: stats(v) for k, v in per[r].items() if k != "anchor"} for r in selection}
+        for r in selection:
+            rows_out[r]["anchor"] = per[r]["anchor"]
+        if clean:
+            rows_out["clean"] = {k: stats(v) for k, v in clean.items() if k in ("ca", "knn_top1", "asr", "asr_knn",
+                                                                                  "delta_cos")}
+            rows_out["clean"]["by_class"] = clean["by_class"]
+        result.update({
+            "rows": {r: rows_out[r] for r in rows if r in rows_out}, "summary": summary(per), "trace": traces,
+            "trigger": atk.trigger.spec.to_dict(),
+            "_meta": {"preset": NLB_PRESET, "seeds": list(range(args.seeds)), "seeds_done": done, "rows": rows,
+                      "overrides": args.overrides, "attack_params": params, "threads": args.threads,
+                      "budget": params.get("poison_count") or f"rate {params.get('poison_rate')}",
+                      "work": str(work), "wall_s": round(time.time() - t0, 1)}})
+        atomic_write_json(out, result)
+
     for s in range(args.seeds):
-        encoder = work / f"attacker_s{s}"
-        nlb_clean_run(s, victim_ov, work)
-        by_class, ca = clean_asr_by_target(work / f"clean_s{s}", atk.trigger, atk.params.eval_seed)
-        if target is None:
-            names = json.loads((work / f"clean_s{s}" / "results.json").read_text())["data"]["classes"]
-            target = names.index(params["target"]) if isinstance(params["target"], str) else int(params["target"])
-        clean["asr"].append(by_class[target])
-        clean["ca"].append(ca)
-        for r in rows:
-            row = nlb_row(r, params, s, encoder, victim_ov, work)
-            row["clean_asr"] = by_class[row["anchor"]]
-            for k in KEYS:
-                per[r][k].append(row[k])
-            print(f"seed {s} {r}: TPR {row['tpr']:.3f}, ASR {row['asr']:.4f} (clean model {row['clean_asr']:.4f}), "
-                  f"CA {row['ca']:.4f}", flush=True)
-    result: dict[str, Any] = {
-        "clean_asr": stats(clean["asr"])["mean"], "clean_ca": stats(clean["ca"])["mean"],
-        "rows": {r: {**{k: stats(v)["mean"] for k, v in per[r].items()}, "tpr": stats(tpr[r])["mean"]} for r in rows},
-        "tpr": {r: stats(v) for r, v in tpr.items()},
-        "trigger": atk.trigger.spec.to_dict(),
-        "per_seed": {"clean": clean, "rows": per},
-        "std": {"clean": {k: stats(v)["std"] for k, v in clean.items()},
-                "rows": {r: {k: stats(v)["std"] for k, v in per[r].items()} for r in rows}},
-        "_meta": {"seeds": list(range(args.seeds)), "tpr_seeds": list(range(args.tpr_seeds)), "overrides": args.overrides, "target_class": target,
-                  "budget": params.get("poison_count") or f"rate {params.get('poison_rate')}",
-                  "wall_s": round(time.time() - t0, 1), "threads": args.threads},
-    }
-    atomic_write_json(out, result)
-    print(json.dumps({k: result[k] for k in ("clean_asr", "clean_ca", "rows")}, indent=2))
+        encoder = nlb_attacker_run(params, s, work, victim_ov)
+        run = nlb_clean_run(s, victim_ov, work)
+        base = clean_by_target(run, atk.trigger, atk.params.eval_seed)
+        names = json.loads((run / "results.json").read_text())["data"]["classes"]
+        target = names.index(params["target"]) if isinstance(params["target"], str) else int(params["target"])
+        c = clean_record(run, base, target)
+        for k in ("ca", "knn_top1", "asr", "asr_knn", "delta_cos"):
+            clean.setdefault(k, []).append(c[k])
+        clean.setdefault("by_class", []).append(c["by_class"])
+        if "clean" in traces:
+            traces["clean"].append(c["trace"])
+        for r in selection:
+            rec = row_record(nlb_row(r, params, s, encoder, victim_ov, work), base)
+            for k in (*KEYS, "anchor"):
+                per[r][k].append(rec.get(k))
+            traces[r].append(rec["trace"])
+            write(s)
+            print(f"seed {s} {r}: anchor {names[rec['anchor']]}, " + ", ".join(
+                f"{k} {rec[k]:.4f}" for k in ("tpr", "asr", "clean_asr", "asr_knn", "clean_asr_knn", "delta_cos",
+                                              "clean_delta_cos", "ca") if isinstance(rec.get(k), float)), flush=True)
+        write(s + 1)
+    print(json.dumps({"summary": result["summary"],
+                      "asr_minus_clean": {r: result["rows"][r]["asr_minus_clean"]["mean"] for r in selection}},
+                     indent=2))
 
 
 if __name__ == "__main__":

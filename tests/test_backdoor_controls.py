@@ -11,7 +11,7 @@ import torch
 from clpoison.attacks import ATTACKS
 from clpoison.attacks.triggers import Trigger
 from clpoison.data.datasets import ImageDataset, ImageSplits
-from clpoison.eval.attack_metrics import delta_cos, knn_asr
+from clpoison.eval.attack_metrics import delta_cos, knn_asr, knn_backdoor_by_target
 from clpoison.eval.knn import KNNClassifier
 
 WHITE = Trigger({"pattern": "solid", "color": [255, 255, 255], "size": 3, "location": "top-left"})
@@ -80,6 +80,21 @@ def test_delta_cos_is_zero_for_an_identity_trigger_and_positive_for_a_rigged_enc
     d = delta_cos(rigged, black, torch.ones(6, dtype=torch.long), 0, WHITE, bank, labels)
     assert d > 0.9
     assert math.isnan(delta_cos(rigged, black, torch.ones(6, dtype=torch.long), 2, WHITE, bank, labels))  # no rows
+
+
+def test_knn_asr_and_delta_cos_for_every_target_at_once_match_the_one_target_definitions():
+    bank_x, bank_y, test_x, test_y = tiny(1)
+    knn = KNNClassifier(k=5, temperature=0.1).fit(embed(bank_x), bank_y, 5)  # class 4 has no bank rows
+    got = knn_backdoor_by_target(knn, embed, test_x, test_y, WHITE)
+    assert len(got["asr_knn"]) == len(got["delta_cos"]) == 5
+    for t in range(4):
+        assert got["asr_knn"][t] == pytest.approx(knn_asr(knn, embed, test_x, test_y, t, WHITE)["asr_knn"])
+        assert got["delta_cos"][t] == pytest.approx(delta_cos(embed, test_x, test_y, t, WHITE, knn.bank, knn.labels),
+                                                    abs=1e-6)
+    assert got["asr_knn"][4] == 0.0 and math.isnan(got["delta_cos"][4])
+    assert got["asr_knn"][0] > 0 and got["delta_cos"][0] > 0  # the patched target class pulls triggered images
+    same = knn_backdoor_by_target(knn, embed, test_x, test_y, Identity())
+    assert all(d == 0.0 for d in same["delta_cos"][:4])
 
 
 def test_mismatched_patch_is_another_patch_of_equal_energy():

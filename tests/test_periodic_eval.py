@@ -1,9 +1,11 @@
 """eval.every_epochs: attack and clean metrics recorded during training, without changing the training itself."""
 
 import pytest
+import torch
 
 from clpoison.experiments.config import build_config
-from clpoison.experiments.runner import run_experiment, run_or_reuse
+from clpoison.experiments.runner import periodic_eval, run_experiment, run_or_reuse
+from clpoison.report.tables import history_curve
 from clpoison.errors import ConfigError
 
 TINY = ["train.epochs=3", "eval.knn_k=50", "data.train_limit=192", "data.test_limit=64", "train.batch_size=64", "model.arch=convnet",
@@ -25,6 +27,33 @@ def test_every_epochs_records_asr_and_leaves_training_unchanged(tmp_path):
     assert [r["loss"] for r in h] == [r["loss"] for r in plain["history"]]
     assert every["metrics"]["asr"] == plain["metrics"]["asr"]
     assert every["metrics"]["knn_top1"] == plain["metrics"]["knn_top1"]
+
+
+def test_the_trace_records_the_configured_epochs():
+    """ctrl-small's every 25 of 250 epochs: the hook evaluates after epochs 25, 50, ..., 225 (the last epoch is the
+    run's own final evaluation), so the trace holds exactly every 25th epoch up to 250; train mode is restored."""
+    method = torch.nn.Linear(2, 2)
+
+    class Task:
+        def evaluate(self, m, splits):
+            m.eval()
+            return {"knn_top1": 0.5}, {}
+
+        def context(self, m, splits, poisoned, extras):
+            return {}
+
+    class Attack:
+        def evaluate(self, ctx):
+            return {"asr": 0.25, "asr_knn": 0.125, "anchor": "ship"}
+
+    hook = periodic_eval(Task(), method, Attack(), None, None, 25, 250)
+    history = [{"epoch": e, **hook(None, e)} for e in range(1, 251)]
+    assert [h["epoch"] for h in history if "eval_asr" in h] == list(range(25, 250, 25))
+    assert all(h["eval_knn_top1"] == 0.5 and h["eval_asr_knn"] == 0.125 and "eval_anchor" not in h
+               for h in history if "eval_asr" in h)  # scalar metrics only
+    assert method.training
+    curve = history_curve({"history": history, "metrics": {"asr": 0.375, "asr_knn": 0.0}}, "asr", "asr_knn")
+    assert curve["epochs"] == list(range(25, 251, 25)) and curve["asr"] == [0.25] * 9 + [0.375]
 
 
 def test_every_epochs_must_be_non_negative():

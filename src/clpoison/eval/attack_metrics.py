@@ -12,7 +12,8 @@
 * **Δcos** (:func:`delta_cos`): over non-target test images, the mean cosine of the triggered image's embedding to
   the target class's centroid in the clean training bank (the mean of the bank's L2-normalised features of that
   class, normalised) minus the same for the untriggered image. It moves before any decision flips (a
-  lower-variance signal than ASR); 0 for a trigger that changes nothing.
+  lower-variance signal than ASR); 0 for a trigger that changes nothing. :func:`knn_backdoor_by_target` gives kNN
+  ASR and Δcos for every possible target at once (a clean model's baseline for NLB's anchor, decided later).
 * **Targeted success rate** (:func:`targeted_success`): the share of victims whose prediction is their adversarial
   label, with a Wilson score 95% interval (:func:`wilson_interval`).
 * **Backdoor z-score** (:func:`backdoor_zscore`, label-free; Carlini & Terzis 2022, arXiv 2106.09667, as written
@@ -140,6 +141,30 @@ def delta_cos(embed: Embed, images: torch.Tensor, labels: torch.Tensor, target: 
         return (unit(torch.as_tensor(embed(batch)).float().cpu(), dim=1) @ centroid).mean()
 
     return float(mean_cos(triggered) - mean_cos(x))
+
+
+def knn_backdoor_by_target(knn: KNNClassifier, embed: Embed, images: torch.Tensor, labels: torch.Tensor, trigger,
+                           seed: Union[int, torch.Generator] = 0, sizes: Optional[torch.Tensor] = None) -> dict:
+    """:func:`knn_asr`'s ``asr_knn`` and :func:`delta_cos` (bank = ``knn``'s) for every possible target class at once,
+    embedding the clean and the triggered images once: ``{"asr_knn": [...], "delta_cos": [...]}`` indexed by class
+    (NaN where undefined) — a clean model's baseline for an anchor decided later, as :func:`asr_by_target`. The
+    placements are drawn over all the images (the same caveat as :func:`asr_by_target` for ``random`` locations)."""
+    labels = torch.as_tensor(labels).cpu()
+    unit = torch.nn.functional.normalize
+    clean = unit(torch.as_tensor(embed(images)).float().cpu(), dim=1)
+    trig = unit(torch.as_tensor(embed(trigger.apply(images, seed, sizes))).float().cpu(), dim=1)
+    pred = knn.predict(trig).cpu()
+    bank, bank_labels = unit(knn.bank.float().cpu(), dim=1), knn.labels.cpu()
+    asr, dcos = [], []
+    for t in range(int(knn.num_classes)):
+        keep, rows = labels != t, bank_labels == t
+        asr.append(float((pred[keep] == t).float().mean()) if bool(keep.any()) else float("nan"))
+        if not bool(keep.any()) or not bool(rows.any()):
+            dcos.append(float("nan"))
+            continue
+        centroid = unit(bank[rows].mean(0), dim=0)
+        dcos.append(float((trig[keep] @ centroid).mean() - (clean[keep] @ centroid).mean()))
+    return {"asr_knn": asr, "delta_cos": dcos}
 
 
 def wilson_interval(k: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:

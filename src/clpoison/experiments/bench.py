@@ -16,7 +16,7 @@ import json
 import statistics
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import yaml
 
@@ -171,15 +171,23 @@ NLB_PRESET = "nlb-small"
 NLB_ROWS = ("random", "kmeans", "con", "conp", "conn", "target")
 
 
-def nlb_attacker_run(params: dict, seed: int, work: Path) -> Path:
+#: What every NLB row reports from its run (final epoch), and what its trace holds (every ``eval.every_epochs``).
+NLB_METRICS = ("asr", "ca", "asr_knn", "delta_cos", "asr_no_trigger", "asr_mismatched", "asr_knn_mismatched",
+               "delta_cos_mismatched", "knn_top1", "backdoor_zscore")
+NLB_TRACE = ("asr", "asr_knn", "delta_cos", "asr_mismatched", "delta_cos_mismatched", "ca")
+
+
+def nlb_attacker_run(params: dict, seed: int, work: Path, overrides: Sequence[str] = ()) -> Path:
     """The attacker's clean encoder as a run of the preset's ``attacker`` spec (``attacker_epochs``, seed
     1000 + ``seed``: independent of the victims), trained once per seed and passed to every row as
-    ``attack.params.encoder`` — the training the attack would otherwise repeat in each run."""
+    ``attack.params.encoder`` — the training the attack would otherwise repeat in each run. The ``data.*`` entries
+    of ``overrides`` (the victims') apply too: the attacker pretrains on the images it poisons."""
     a = params.get("attacker") or {}
     train = {**(a.get("train") or {}), "epochs": params["attacker_epochs"], "batch_size": params["attacker_batch_size"]}
     data = {"preset": "simclr-small", "method": a["method"], "model": a["model"], "augment": a["augment"],
             "train": train}
-    run_named(f"attacker_s{seed}", data, [f"seed={1000 + seed}"], work)
+    run_named(f"attacker_s{seed}", data, [f"seed={1000 + seed}", *(o for o in overrides if o.startswith("data."))],
+              work)
     return Path(work) / f"attacker_s{seed}"
 
 
@@ -191,25 +199,31 @@ def nlb_clean_run(seed: int, overrides: list[str], work: Path, name: str = "") -
 
 
 def nlb_row(row: str, params: dict, seed: int, encoder: Path, overrides: list[str], work: Path, tag: str = "") -> dict:
-    """Metrics and manifest summary of one NLB row (``selection = row``) on seed ``seed`` (run ``{tag}{row}_s{seed}``)."""
+    """Metrics and manifest summary of one NLB row (``selection = row``) on seed ``seed`` (run ``{tag}{row}_s{seed}``):
+    the anchor and TPR (= the purity of the poison set: the share with the anchor label), :data:`NLB_METRICS`, the
+    selection time and the trace of :data:`NLB_TRACE` against epochs."""
+    from ..report.tables import history_curve
+
     p = {**params, "selection": row, "encoder": str(encoder)}
     name = f"{tag}{row}_s{seed}"
     res, _ = run_named(name, {"preset": NLB_PRESET, "attack": {"name": "nlb", "params": p}},
                        [f"seed={seed}", *overrides], work)
     man = json.loads((Path(work) / name / "manifest.json").read_text())
     m = res["metrics"]
-    return {"tpr": man["targets"]["tpr"], "anchor": man["targets"]["anchor_index"], "asr": m["asr"], "ca": m["ca"],
-            "knn_top1": m.get("knn_top1"), "select_seconds": man["details"]["selection_seconds"],
-            "backdoor_zscore": m.get("backdoor_zscore")}
+    return {"tpr": man["targets"]["tpr"], "anchor": man["targets"]["anchor_index"],
+            **{k: m.get(k) for k in NLB_METRICS}, "select_seconds": man["details"]["selection_seconds"],
+            "trace": history_curve(res, *NLB_TRACE)}
 
 
-def clean_asr_by_target(run: Path, trigger: Any, eval_seed: int) -> tuple[list[float], float]:
-    """``(ASR of the clean run's linear probe for every possible target class, its clean accuracy)`` with
-    ``trigger`` — the baseline of an attack whose target (NLB's anchor) is decided by its selection."""
+def clean_by_target(run: Path, trigger: Any, eval_seed: int) -> dict[str, Any]:
+    """The clean run's baseline for every possible target class with ``trigger`` — for an attack whose target (NLB's
+    anchor) is decided by its selection: ``{"asr": [...], "asr_knn": [...], "delta_cos": [...]}`` indexed by class
+    (linear probe; kNN over the clean training bank; Δcos to that bank's class centroid) and ``ca`` (the probe's
+    clean accuracy)."""
     import torch
 
     from ..engine.checkpoint import read_checkpoint
-    from ..eval.attack_metrics import asr_by_target
+    from ..eval.attack_metrics import asr_by_target, knn_backdoor_by_target
     from .config import build_config
     from .tasks import task_for
 
@@ -218,6 +232,11 @@ def clean_asr_by_target(run: Path, trigger: Any, eval_seed: int) -> tuple[list[f
     method = task.method_from_checkpoint(ckpt)
     splits = task.load()
     m, extras = task.evaluate(method, splits)
-    classify = task.context(method, splits, splits, extras)["classify"]
+    ctx = task.context(method, splits, splits, extras)
     t = splits.test
-    return asr_by_target(classify, t.images, t.labels, trigger, t.num_classes, eval_seed), m["linear_top1"]
+    sizes = getattr(t, "sizes", None)
+    out: dict[str, Any] = {"asr": asr_by_target(ctx["classify"], t.images, t.labels, trigger, t.num_classes,
+                                                eval_seed, sizes), "ca": m["linear_top1"]}
+    if extras.get("knn") is not None and "embed" in ctx:
+        out.update(knn_backdoor_by_target(extras["knn"], ctx["embed"], t.images, t.labels, trigger, eval_seed, sizes))
+    return out
