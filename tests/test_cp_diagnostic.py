@@ -14,7 +14,7 @@ import torch
 import clpoison.attacks.contrastive_poisoning as cp
 import clpoison.attacks.noise_crafting as nc
 from clpoison.attacks import ATTACKS
-from clpoison.attacks.craft_diagnostic import CraftTrace, clean_loss
+from clpoison.attacks.craft_diagnostic import CraftingNotBootstrapping, CraftTrace, clean_loss, trace_from_log
 from clpoison.attacks.noise_crafting import CraftSettings, noise_phase
 from clpoison.data.augment import EvalTransform
 from clpoison.data.datasets import ImageDataset, ImageSplits
@@ -71,14 +71,16 @@ def test_sign_consistency_counts_entries_stepped_the_same_way_in_two_rounds():
 
 
 @pytest.mark.parametrize("action", ["abort", "warn"])
-def test_a_gate_aborts_with_one_line_or_warns(action):
+def test_a_gate_aborts_with_one_line_or_warns(action, tmp_path):
     gate = {"round": 1, "max_gap": -100.0, "action": action}  # no gap is that low: the gate fails
     attack = ATTACKS.build("cp-class", {**FAST, "gate": gate})
     lines: list[str] = []
     if action == "abort":
         with pytest.raises(ClpoisonError, match=r"loss gap .* at round 1, above the gate's max_gap -100") as e:
-            attack.poison(tiny_splits(), seed=0, context={"echo": lines.append})
-        assert "\n" not in str(e.value)
+            attack.poison(tiny_splits(), seed=0, context={"echo": lines.append, "work_dir": tmp_path})
+        assert "\n" not in str(e.value) and isinstance(e.value, CraftingNotBootstrapping)
+        trace = trace_from_log(tmp_path / "crafting.jsonl")  # what a benchmark records: the stopping round included
+        assert trace["rounds"] == [1] and trace["loss_gap"] == [pytest.approx(e.value.gap)] and e.value.round == 1
         return
     res = attack.poison(tiny_splits(), seed=0, context={"echo": lines.append})
     assert any(s.startswith("warning: cp-class crafting is not bootstrapping") for s in lines)

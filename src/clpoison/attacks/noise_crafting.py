@@ -41,7 +41,7 @@ from ..engine.trainer import TrainConfig, Trainer, min_conv_channels
 from ..errors import ConfigError
 from ..methods.base import Method
 from ..utils.seed import get_rng_state
-from .craft_diagnostic import CraftGate, CraftTrace, check_gates, clean_loss
+from .craft_diagnostic import CraftGate, CraftingNotBootstrapping, CraftTrace, check_gates, clean_loss
 from .surrogate import resumable_dir
 
 
@@ -226,7 +226,11 @@ def craft(method: Method, noise: PoisonNoise, images: torch.Tensor, augment: Two
             echo(f"crafting round {done}/{train.epochs}: loss gap L(x+eps*delta)-L(x) {rec['loss_gap']:+.4f}, model loss "
                  f"{trainer.last_record['loss']:.4f}, noise loss {rec['noise_loss_first']:.4f} -> {rec['noise_loss_last']:.4f}, "
                  f"sign consistency {'-' if sc is None else f'{sc:.3f}'}, |eps*delta| {rec['delta_abs_mean']:.2f}/255")
-        rec.update(check_gates(list(gates), done, rec["loss_gap"], name, echo))
+        try:
+            rec.update(check_gates(list(gates), done, rec["loss_gap"], name, echo))
+        except CraftingNotBootstrapping:  # the stopping round stays in the log (its trace ends where the gate read it)
+            trainer.log({"event": "epoch", **trainer.last_record, **rec, "gate_passed": 0})
+            raise
         return rec
 
     trainer = Trainer(method, batches, train, device, work_dir, snapshot, on_epoch_end=[hook], log_name="crafting.jsonl",
