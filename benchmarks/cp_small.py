@@ -1,20 +1,32 @@
 """Contrastive Poisoning small benchmark: does CP make the SimCLR victim's linear probe fall back toward random init?
 
-For every seed it crafts (once, exported like a released dataset, reused on re-runs) CP-C and CP-S with the
-``cp-class-small`` / ``cp-sample-small`` presets, trains the ``simclr-small`` victim on: the clean data, random
-±ε noise (the control), CP-C, CP-S, CP-S purified by matrix completion and by JPEG; and reports kNN and linear
-top-1 on clean labelled data beside the random-init encoder's, and the linear probe fitted on the poisoned training
-images (``linear_top1_poisoned_probe``; the clean row's is its clean probe). CP-S starts from the CP-C row's export
-when that row is run (``init``), else from the CP-C its preset crafts first; ``craft.trace`` holds the crafting
-traces (loss gap, sign consistency, mean |eps*delta| per round) from the manifests. The momentum study crafts CP-S with each attacker
-method (SimCLR, MoCo v2, BYOL: method and augmentation of its small preset) and trains each victim's small preset
-on it (``--momentum-seeds``; attacker ``none`` = the victim on clean data, each column's reference). Crafting speed: wall time, noise-phase images/s (images × PGD steps per second) and
-its ratio to the bare forward+backward of the attacker's backbone on the same batch, timed interleaved.
+For every seed it crafts (once, exported like a released dataset, reused on re-runs, resumed if interrupted) CP-C
+and CP-S with the ``cp-class-small`` / ``cp-sample-small`` presets, trains the ``simclr-small`` victim on: the clean
+data, uniform ±ε noise and class-wise uniform noise of the poisons' ε (the controls), CP-C, CP-S, CP-S purified by
+matrix completion and by JPEG; and reports kNN and linear top-1 on clean labelled data beside the random-init
+encoder's, and the linear probe fitted on the poisoned training images (``linear_top1_poisoned_probe``; the clean
+row's is its clean probe). CP-S starts from the CP-C row's export when that row is run (``init``), else from the
+CP-C its preset crafts first. ``craft.trace`` holds the crafting traces (loss gap, sign consistency, mean |ε·δ|
+per round). A crafting stopped by a gate (``attack.params.gate`` with ``action: abort``) is recorded in
+``craft.gate_aborts`` with its trace read back from the crafting log, and its victims are skipped (nothing to read
+the controls against). Crafting speed: noise-phase images/s and its ratio to the bare forward+backward of the
+attacker's backbone on the same batch, timed interleaved. The momentum study (``--momentum-seeds``, default 0: at
+the small budget BYOL's clean probe equals random init's, so the table cannot be read) crafts CP-S with each
+attacker method and trains each victim's small preset on it.
 
-    python benchmarks/cp_small.py --out benchmarks/results/cp_small.json --seeds 3 --momentum-seeds 1
-    python benchmarks/cp_small.py --out /tmp/cp.json --seeds 1 --momentum-seeds 0 attack.params.rounds=2 train.epochs=1  # smoke
+    python benchmarks/cp_small.py --out benchmarks/results/cp_small.json --seeds 1 \
+        'attack.params.gate=[{round: 30, max_gap: -0.1, action: abort}]'                # the recorded CPU run
+    python benchmarks/cp_small.py --out /tmp/cp.json --seeds 1 attack.params.rounds=2 train.epochs=1  # smoke
+    # GPU design (issue 26): paper attacker and victims, CP-C 100 rounds, CP-S 8 rounds from it, 80-epoch victims
+    python benchmarks/cp_small.py --out $OUT/cp_gpu.json --seeds 1 --device cuda \
+        --rows clean,random_noise,random_noise_class,cp_class,cp_sample --cp-class rounds=100 --cp-sample rounds=8 \
+        attack.params.batch_size=512 attack.params.attacker.model.width=64 attack.params.attacker.model.stem_stride=1 \
+        attack.params.attacker.train.lr=0.5 attack.params.attacker.train.weight_decay=1e-4 \
+        'attack.params.gate=[{round: 40, max_gap: -0.1, action: abort}]' \
+        model.width=64 model.stem_stride=1 train.epochs=80 train.batch_size=512
 
-Extra ``attack.params.*`` overrides apply to both CP presets, the rest to every victim run.
+Positional ``attack.params.*`` overrides apply to both CP presets (``--cp-class`` / ``--cp-sample``: one of them),
+the rest to every victim run; ``--craft-seed`` trains every victim seed on one crafted poison.
 """
 
 from __future__ import annotations
@@ -32,10 +44,12 @@ from clpoison.attacks import ATTACKS
 from clpoison.attacks.craft_diagnostic import CraftingNotBootstrapping, trace_from_log
 from clpoison.attacks.noise_crafting import PoisonedViews, PoisonNoise, noise_step
 from clpoison.attacks.random_noise import RandomNoiseParams
+from clpoison.data.augment import TwoViewAugment
 from clpoison.experiments.bench import run_named, script_main, split_overrides, stats, work_dir
 from clpoison.experiments.config import load_preset
 from clpoison.experiments.poison import poison_or_reuse
 from clpoison.experiments.sources import load_source
+from clpoison.utils.device import resolve_device
 from clpoison.utils.io import atomic_write_json
 from clpoison.utils.timing import forever, interleaved
 
@@ -64,13 +78,13 @@ def cp_sample_params(overrides: list[str], attacker_method: str, work: Path, see
     return params
 
 
-def crafted(name: str, params: dict, seed: int, out: Path) -> dict:
+def crafted(name: str, params: dict, seed: int, out: Path, device: str = "auto") -> dict:
     """The manifest of the poison exported to ``out`` (made once, reused on re-runs, resumed if interrupted); when a
     gate (``action: abort``) stops the crafting, ``{"gate_abort": {round, loss_gap}, "details": {"trace": ...}}``
     with the trace read back from the crafting's log (its victims are then skipped)."""
     t0 = time.time()
     try:
-        man = poison_or_reuse(name, params, "cifar10-subset", out, seed, "cpu", lambda s: print(s, flush=True))
+        man = poison_or_reuse(name, params, "cifar10-subset", out, seed, device, lambda s: print(s, flush=True))
     except CraftingNotBootstrapping as e:
         print(f"{out.name}: {e}", flush=True)
         log = out.with_name(f".{out.name}.craft") / "crafting.jsonl"
@@ -93,21 +107,20 @@ def victim(name: str, preset: str, data: Path | None, overrides: list[str], work
     return run_named(name, cfg, overrides, work, lambda s: print(s, flush=True))[0]["metrics"]
 
 
-def craft_speed(params: dict, seed: int) -> dict:
+def craft_speed(params: dict, seed: int, device: torch.device) -> dict:
     """Noise-phase step vs the bare forward+backward of the attacker's backbone on the same views (interleaved)."""
     torch.manual_seed(seed)
     attack = ATTACKS.build("cp-sample", params)
     sur, s = attack.params.surrogate, attack.params.settings()
     splits = load_source("images", "cifar10-subset", seed=seed)
-    method = sur.build_method().eval()
+    method = sur.build_method().eval().to(device)
     noise = PoisonNoise(len(splits.train), tuple(splits.train.images.shape[1:]), s.epsilon, None,
-                        torch.Generator().manual_seed(seed))
-    from clpoison.data.augment import TwoViewAugment
-
-    batches = PoisonedViews(splits.train.images, noise, TwoViewAugment(sur.augment_config()), s.batch_size, 1, seed)
+                        torch.Generator().manual_seed(seed)).to(device)
+    augment = TwoViewAugment(sur.augment_config()).to(device)
+    batches = PoisonedViews(splits.train.images.to(device), noise, augment, s.batch_size, 1, seed)
     one = replace(s, pgd_steps=1)
-    idx = torch.arange(s.batch_size)
-    x = torch.randn(2 * s.batch_size, 3, 32, 32)
+    idx = torch.arange(s.batch_size, device=device)
+    x = torch.randn(2 * s.batch_size, 3, 32, 32, device=device)
     bb = method.backbone.train()
 
     def bare(_):
@@ -115,9 +128,9 @@ def craft_speed(params: dict, seed: int) -> dict:
         bb.zero_grad(set_to_none=True)
 
     sec = interleaved({"noise": (lambda _: noise_step(method, noise, batches, idx, one), forever()),
-                       "bare": (bare, forever())}, rounds=5, steps=3, device=None)
+                       "bare": (bare, forever())}, rounds=5, steps=3, device=device if device.type == "cuda" else None)
     return {"noise_images_per_s": s.batch_size / sec["noise"], "bare_images_per_s": s.batch_size / sec["bare"],
-            "ratio_to_bare": sec["bare"] / sec["noise"]}
+            "ratio_to_bare": sec["bare"] / sec["noise"], "device": str(device)}
 
 
 def main() -> None:
@@ -132,7 +145,13 @@ def main() -> None:
                          "dataset, victims over seeds); default: each seed crafts its own")
     ap.add_argument("--work", default=None, help="run folders (default: OUT without suffix + '_runs')")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="auto", help="crafting, victims and the speed check (auto: cuda if present)")
     ap.add_argument("--rows", default=",".join(ROWS))
+    ap.add_argument("--cp-class", action="append", default=[], metavar="KEY=VALUE",
+                    help="one attack.params override of CP-C only, e.g. rounds=100 (repeatable; the positional "
+                         "attack.params.* apply to both)")
+    ap.add_argument("--cp-sample", action="append", default=[], metavar="KEY=VALUE",
+                    help="one attack.params override of CP-S only (repeatable)")
     ap.add_argument("overrides", nargs="*", help="attack.params.* for the CP presets; the rest for every victim")
     args = ap.parse_args()
     rows = [r for r in args.rows.split(",") if r]
@@ -142,7 +161,8 @@ def main() -> None:
     out = Path(args.out)
     work = work_dir(out, args.work)
     atk_over = [o for o in args.overrides if o.startswith("attack.params.")]
-    run_over = [o for o in args.overrides if not o.startswith("attack.params.")]
+    only = {"cp_class": [f"attack.params.{o}" for o in args.cp_class], "cp_sample": [f"attack.params.{o}" for o in args.cp_sample]}
+    run_over = [f"device={args.device}", *(o for o in args.overrides if not o.startswith("attack.params."))]
     t0 = time.time()
     per: dict[str, dict[str, list]] = {r: {m: [] for m in METRICS} for r in rows}
     rand: dict[str, list] = {m: [] for m in METRICS}
@@ -157,12 +177,12 @@ def main() -> None:
         for key, name, preset in (("cp_class", "cp-class", "cp-class-small"), ("cp_sample", "cp-sample", "cp-sample-small")):
             if key in rows or (key == "cp_sample" and any(r.startswith("cp_sample") for r in rows)):
                 data[key] = work / f"{key}_data_s{cs}"
-                params = attack_params(preset, atk_over)
+                params = attack_params(preset, atk_over + only[key])
                 if key == "cp_sample":
-                    params = cp_sample_params(atk_over, "simclr", work, cs)
+                    params = cp_sample_params(atk_over + only[key], "simclr", work, cs)
                 if key == "cp_sample" and "cp_class" in aborted:
                     continue  # CP-S would start from a CP-C that did not bootstrap
-                man = crafted(name, params, cs, data[key])
+                man = crafted(name, params, cs, data[key], args.device)
                 craft[f"{key}_s"].append(man["details"]["craft_seconds"])
                 traces[key].append(man["details"].get("trace"))
                 if "gate_abort" in man:
@@ -198,7 +218,7 @@ def main() -> None:
             momentum["none"][v].append(victim(name, f"{v}-small", None, [f"seed={s}", *run_over], work).get("linear_top1"))
         for a in METHODS:
             d = work / f"cp_sample_{a}_data_s{s}" if a != "simclr" else work / f"cp_sample_data_s{s}"
-            crafted("cp-sample", cp_sample_params(atk_over, a, work, s), s, d)
+            crafted("cp-sample", cp_sample_params(atk_over + only["cp_sample"], a, work, s), s, d, args.device)
             for v in METHODS:
                 name = f"momentum_{a}_to_{v}_s{s}" if (a, v) != ("simclr", "simclr") else f"cp_sample_s{s}"
                 momentum[a][v].append(victim(name, f"{v}-small", d, [f"seed={s}", *run_over], work).get("linear_top1"))
@@ -208,12 +228,13 @@ def main() -> None:
         "momentum": {a: {v: stats(x)["mean"] for v, x in vs.items()} for a, vs in momentum.items()},
         "craft": {"seconds": stats(craft["cp_sample_s"])["mean"] if craft["cp_sample_s"] else None,
                   "cp_class_seconds": stats(craft["cp_class_s"])["mean"] if craft["cp_class_s"] else None,
-                  **craft_speed(attack_params("cp-sample-small", atk_over), 0), "trace": traces,
+                  **craft_speed(attack_params("cp-sample-small", atk_over + only["cp_sample"]), 0, resolve_device(args.device)), "trace": traces,
                   "gate_aborts": gate_aborts},
         "per_seed": {"random_init": rand, "rows": per, "momentum": momentum, "craft": craft},
         "std": {r: {k: stats(v)["std"] for k, v in per[r].items()} for r in rows if any(per[r].values())},
         "_meta": {"seeds": list(range(args.seeds)), "momentum_seeds": list(range(args.momentum_seeds)),
-                  "overrides": args.overrides, "craft_seed": args.craft_seed, "wall_s": round(time.time() - t0, 1), "threads": args.threads},
+                  "overrides": args.overrides, "cp_class": args.cp_class, "cp_sample": args.cp_sample,
+                  "device": args.device, "craft_seed": args.craft_seed, "wall_s": round(time.time() - t0, 1), "threads": args.threads},
     }
     atomic_write_json(out, result)
     print(json.dumps({"random_init": result["random_init"], "rows": result["rows"], "momentum": result["momentum"],
