@@ -41,13 +41,11 @@ import itertools
 import json
 import time
 from functools import partial
-from pathlib import Path
 
-import torch
 
-from clpoison.experiments.bench import carlini_clean_control, mean, run_named, script_main, work_dir
-from clpoison.experiments.clip_bench import (add_caption_args, backdoor_dose, caption_details, caption_sections,
-                                             caption_set_name, pooled_rate)
+from clpoison.experiments.bench import carlini_clean_control, mean, run_named, script_main
+from clpoison.experiments.clip_bench import (add_bench_args, backdoor_dose, caption_details, caption_set_name,
+                                             pooled_rate, start)
 from clpoison.experiments.config import load_preset
 from clpoison.utils.io import atomic_write_json
 
@@ -93,12 +91,9 @@ def choose_cleanclip(search: dict, clean_asr: float, clip_zs: float) -> tuple[st
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True)
-    ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--rate", type=float, default=0.01, help="backdoor poison rate")
     ap.add_argument("--count", type=int, default=None, help="backdoor poison count (instead of --rate)")
-    ap.add_argument("--work", default=None, help="run folders (default: OUT without suffix + '_runs')")
-    ap.add_argument("--threads", type=int, default=2)
-    add_caption_args(ap)
+    add_bench_args(ap, seeds=3)
     ap.add_argument("--roclip", nargs="*", default=[], help="overrides for the RoCLIP runs only")
     ap.add_argument("--cleanclip", nargs="*", default=[], help="overrides for the CleanCLIP runs only")
     ap.add_argument("--cleanclip-epochs", type=int, nargs="+", default=None,
@@ -107,10 +102,7 @@ def main() -> None:
                     help="CleanCLIP clean fine-tuning pairs to try (default: the preset's 1,000)")
     ap.add_argument("overrides", nargs="*", help="config overrides for every run, e.g. train.epochs=10")
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    out = Path(args.out)
-    work = work_dir(out, args.work).resolve()
-    caps = caption_sections(args)
+    out, work, caps = start(args)
     row_cfg = {"clip": {}, "safeclip": sections("safeclip-small", ("train", "defense")),
                "roclip": sections("roclip-small", ("train", "defense")),
                "cleanclip": sections("cleanclip-small", ("train", "defense"))}

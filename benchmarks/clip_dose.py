@@ -38,11 +38,10 @@ import time
 from functools import partial
 from pathlib import Path
 
-import torch
 
-from clpoison.experiments.bench import carlini_clean_control, mean, run_named, script_main, stats, work_dir
-from clpoison.experiments.clip_bench import (add_caption_args, backdoor_dose, caption_details, caption_sections,
-                                             caption_set_name, pooled_rate)
+from clpoison.experiments.bench import carlini_clean_control, mean, run_named, script_main, stats
+from clpoison.experiments.clip_bench import (add_bench_args, backdoor_dose, caption_details, caption_set_name,
+                                             pooled_rate, start)
 from clpoison.experiments.config import load_preset
 from clpoison.report.plots import curve_plot
 from clpoison.utils.io import atomic_write_json
@@ -63,18 +62,12 @@ def targeted_tag(k: int) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, help="JSON result file (the plot goes next to it as .png)")
-    ap.add_argument("--seeds", type=int, default=2)
     ap.add_argument("--counts", type=int_list, default=[10, 25, 50, 100, 200], help="backdoor poison counts")
     ap.add_argument("--pairs", type=int_list, default=[1, 2, 5, 10], help="targeted pairs per target (0: none)")
-    ap.add_argument("--work", default=None, help="run folders (default: OUT without suffix + '_runs')")
-    ap.add_argument("--threads", type=int, default=2)
-    add_caption_args(ap)
+    add_bench_args(ap, seeds=2)
     ap.add_argument("overrides", nargs="*", help="config overrides for every run, e.g. train.epochs=10")
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    out = Path(args.out)
-    work = work_dir(out, args.work).resolve()
-    caps = caption_sections(args)
+    out, work, caps = start(args)
     pairs = [k for k in args.pairs if k > 0]
     clean: list[dict] = []
     bd: dict[int, list[dict]] = {n: [] for n in args.counts}

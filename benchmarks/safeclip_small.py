@@ -41,13 +41,11 @@ import argparse
 import json
 import time
 from functools import partial
-from pathlib import Path
 
-import torch
 
-from clpoison.experiments.bench import carlini_clean_control, mean, run_named, script_main, work_dir
-from clpoison.experiments.clip_bench import (add_caption_args, backdoor_dose, caption_details, caption_sections,
-                                             caption_set_name)
+from clpoison.experiments.bench import carlini_clean_control, mean, run_named, script_main
+from clpoison.experiments.clip_bench import (add_bench_args, backdoor_dose, caption_details, caption_set_name,
+                                             start)
 from clpoison.experiments.config import load_preset
 from clpoison.utils.io import atomic_write_json
 
@@ -57,23 +55,17 @@ ECHO = partial(print, flush=True)  # a fresh run's line shows at once in a log f
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True)
-    ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--rate", type=float, default=0.01, help="backdoor poison rate")
     ap.add_argument("--count", type=int, default=None, help="backdoor poison count (instead of --rate)")
-    ap.add_argument("--work", default=None, help="run folders (default: OUT without suffix + '_runs')")
-    ap.add_argument("--threads", type=int, default=2)
-    add_caption_args(ap)
+    add_bench_args(ap, seeds=3)
     ap.add_argument("--no-control", action="store_true", help="skip the two controls (plain CLIP at SafeCLIP's "
                     "epoch count, and on clean data)")
     ap.add_argument("--safeclip", nargs="*", default=[], help="overrides for the SafeCLIP runs only (defense.params.*)")
     ap.add_argument("overrides", nargs="*", help="config overrides for every run, e.g. train.epochs=10")
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    out = Path(args.out)
-    work = work_dir(out, args.work)
+    out, work, caps = start(args)
     # every section of the SafeCLIP preset except its own name and base preset (defense, train.epochs)
     sections = {k: v for k, v in load_preset("safeclip-small").items() if k not in ("name", "preset")}
-    caps = caption_sections(args)
     bd_ov, bd_tag = backdoor_dose(None if args.count is not None else args.rate, args.count)
     epochs = sections.get("train", {}).get("epochs")
     control = not args.no_control and epochs is not None

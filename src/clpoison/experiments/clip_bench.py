@@ -26,7 +26,7 @@ from typing import Any, Optional
 
 from ..errors import ConfigError
 from ..eval.attack_metrics import wilson_interval
-from .bench import stats
+from .bench import stats, work_dir
 
 BUNDLED = "cifar10-subset"  # the zero-setup default: the bundled CIFAR-10 subset with generated stand-in captions
 _FILE_KINDS = {".csv": "captions-csv", ".tsv": "captions-csv", ".tar": "captions-tar"}
@@ -44,6 +44,24 @@ def add_caption_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--eval-split", default="test")
     ap.add_argument("--caption-set", default=None, help="the name written as \"caption_set\" in the JSON (default: "
                     "the shards' folder name, e.g. webcaps, or the source name)")
+
+
+def add_bench_args(ap: argparse.ArgumentParser, seeds: int) -> None:
+    """``--seeds``, ``--work``, ``--threads`` and the caption-set arguments (:func:`add_caption_args`) of a CLIP
+    benchmark script."""
+    ap.add_argument("--seeds", type=int, default=seeds)
+    ap.add_argument("--work", default=None, help="run folders (default: OUT without suffix + '_runs')")
+    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    add_caption_args(ap)
+
+
+def start(args: Any) -> tuple[Path, Path, dict]:
+    """Apply ``--threads``; ``(out, absolute work folder, caption config sections)`` of the parsed arguments."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    return out, work_dir(out, args.work).resolve(), caption_sections(args)
 
 
 def caption_file(captions: str) -> Optional[str]:
