@@ -130,12 +130,13 @@ def main() -> None:
                 row = "cleanclip" if key.startswith("cleanclip") else key
                 name = plain_name if row == "clip" else f"{attack}_{key}{tag}_s{s}"
                 data = {"preset": preset, **caps, **row_cfg[row]}
-                row_ov = {"roclip": args.roclip, "cleanclip": [*cleanclip_overrides(variants[key[9:]]), *args.cleanclip]}
+                row_ov = (args.roclip if row == "roclip" else [] if row != "cleanclip" else
+                          [*cleanclip_overrides(variants[key[len(row):]]), *args.cleanclip])
                 if row == "cleanclip":
                     d = dict(data["defense"])
                     d["params"] = {**d.get("params", {}), "checkpoint": str(work / plain_name)}
                     data["defense"] = d
-                res, _ = run_named(name, data, [*extra, *ov, *row_ov.get(row, [])], work, ECHO)
+                res, _ = run_named(name, data, [*extra, *ov, *row_ov], work, ECHO)
                 m = res["metrics"]
                 t = res["timings"]["pretrain_s"]
                 if row == "cleanclip":  # the poisoned pretraining it starts from
@@ -171,7 +172,7 @@ def main() -> None:
     result = {
         "caption_set": caption_set_name(args), "rows": rows, "clean_model": clean_model,
         "ci95": {**{r: ci(r) for r in ROWS[:-1]}, "cleanclip": ci(f"cleanclip{chosen}"), "clean_model": ci("clean_model")},
-        "cleanclip_search": search, "cleanclip_choice": {"setting": chosen.lstrip("_") or "preset", "rule": why},
+        "cleanclip_search": {t.lstrip("_"): r for t, r in search.items()}, "cleanclip_choice": {"setting": chosen.lstrip("_") or "preset", "rule": why},
         **caption_details(args, caps), "per_seed": per, "rate": None if args.count is not None else args.rate,
         "count": args.count, "seeds": args.seeds, "overrides": args.overrides, "roclip_overrides": args.roclip,
         "cleanclip_overrides": args.cleanclip, "wall_s": round(time.time() - t0, 1),
