@@ -37,7 +37,6 @@ pooled over seeds) under ``ci95``, and the per-seed lists under ``per_seed``:
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import time
 from functools import partial
@@ -45,7 +44,8 @@ from functools import partial
 
 from clpoison.experiments.bench import carlini_clean_control, mean, run_named, script_main
 from clpoison.experiments.clip_bench import (add_bench_args, backdoor_dose, caption_details, caption_set_name,
-                                             pooled_rate, start)
+                                             choose_cleanclip, cleanclip_overrides, cleanclip_variants, pooled_rate,
+                                             start)
 from clpoison.experiments.config import load_preset
 from clpoison.utils.io import atomic_write_json
 
@@ -58,34 +58,6 @@ METRICS = ("asr", "targeted", "targeted_successes", "zeroshot", "recall_at_5_i2t
 def sections(preset: str, keys: tuple[str, ...]) -> dict:
     p = load_preset(preset)
     return {k: p[k] for k in keys if k in p}
-
-
-def cleanclip_variants(args: argparse.Namespace) -> dict[str, tuple]:
-    """``{run-name tag: (epochs, pairs)}`` of the CleanCLIP fine-tuning settings: the preset's alone (tag ``""``,
-    ``()``) unless ``--cleanclip-epochs`` / ``--cleanclip-pairs`` ask for a search."""
-    if not args.cleanclip_epochs and not args.cleanclip_pairs:
-        return {"": ()}
-    pre = load_preset("cleanclip-small")
-    epochs = args.cleanclip_epochs or [pre["train"]["epochs"]]
-    pairs = args.cleanclip_pairs or [pre["defense"]["params"]["finetune_pairs"]]
-    return {f"_e{e}_p{p}": (e, p) for e, p in itertools.product(epochs, pairs)}
-
-
-def cleanclip_overrides(setting: tuple) -> list[str]:
-    return [f"train.epochs={setting[0]}", f"defense.params.finetune_pairs={setting[1]}"] if setting else []
-
-
-def choose_cleanclip(search: dict, clean_asr: float, clip_zs: float) -> tuple[str, str]:
-    """The search entry for the ``cleanclip`` row and the reason (module docstring)."""
-    def cost(tag: str) -> int:
-        return search[tag]["epochs"] * search[tag]["pairs"]
-
-    ok = [t for t, r in search.items() if r["asr"] <= clean_asr + 0.10 and r["zeroshot"] >= clip_zs - 0.05]
-    if ok:
-        t = min(ok, key=cost)
-        return t, "the cheapest setting with ASR within 0.10 of the clean model's and zero-shot within 0.05 of CLIP's"
-    t = min(search, key=lambda k: search[k]["asr"])
-    return t, "no setting met ASR within 0.10 of the clean model's and zero-shot within 0.05 of CLIP's: the lowest ASR"
 
 
 def main() -> None:
@@ -106,7 +78,7 @@ def main() -> None:
     row_cfg = {"clip": {}, "safeclip": sections("safeclip-small", ("train", "defense")),
                "roclip": sections("roclip-small", ("train", "defense")),
                "cleanclip": sections("cleanclip-small", ("train", "defense"))}
-    variants = cleanclip_variants(args)
+    variants = cleanclip_variants(args.cleanclip_epochs, args.cleanclip_pairs)
     bd_ov, bd_tag = backdoor_dose(None if args.count is not None else args.rate, args.count)
     keys = [*ROWS[:-1], *(f"cleanclip{t}" for t in variants)]
     per: dict[str, dict[str, list]] = {r: {k: [] for k in METRICS} for r in keys}

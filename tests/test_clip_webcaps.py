@@ -102,6 +102,24 @@ def test_pooled_rate_is_the_wilson_interval_of_the_pooled_hits():
     assert pooled_rate([{"targeted_success_rate": 0.5}], "targeted_success_rate")["ci95"] is None
 
 
+def test_cleanclip_search_settings_and_choice():
+    from clpoison.experiments.clip_bench import choose_cleanclip, cleanclip_overrides, cleanclip_variants
+
+    assert cleanclip_variants(None, None) == {"": ()} and cleanclip_overrides(()) == []
+    v = cleanclip_variants([10, 40], [2000])
+    assert v == {"_e10_p2000": (10, 2000), "_e40_p2000": (40, 2000)}
+    assert cleanclip_variants(None, [500]) == {"_e10_p500": (10, 500)}  # the preset's 10 epochs
+    assert cleanclip_overrides(v["_e40_p2000"]) == ["train.epochs=40", "defense.params.finetune_pairs=2000"]
+    search = {"_e10_p1000": {"asr": 0.9, "zeroshot": 0.30, "epochs": 10, "pairs": 1000},
+              "_e40_p1000": {"asr": 0.15, "zeroshot": 0.29, "epochs": 40, "pairs": 1000},
+              "_e20_p4000": {"asr": 0.12, "zeroshot": 0.30, "epochs": 20, "pairs": 4000},
+              "_e40_p4000": {"asr": 0.05, "zeroshot": 0.20, "epochs": 40, "pairs": 4000}}  # cleans, costs zero-shot
+    tag, why = choose_cleanclip(search, clean_asr=0.08, clip_zs=0.31)
+    assert tag == "_e40_p1000" and why.startswith("the cheapest")  # 40k pair-epochs < 80k
+    tag, why = choose_cleanclip(search, clean_asr=0.0, clip_zs=0.31)
+    assert tag == "_e40_p4000" and why.startswith("no setting")
+
+
 # -- counts and rates --------------------------------------------------------------------------------------------
 
 def test_counts_and_rates_give_the_same_poisons_where_they_coincide():

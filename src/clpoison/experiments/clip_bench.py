@@ -1,7 +1,7 @@
 """What the CLIP benchmark scripts share: the caption set they train on (``--captions``: the bundled stand-in
 captions, a caption CSV/TSV, or webdataset tar shards such as ``shared/data/webcaps``) turned into config sections,
-the backdoor's dose as a rate or a count (run names that several scripts share), and rates with their pooled 95 %
-intervals over seeds.
+the backdoor's dose as a rate or a count (run names that several scripts share), rates with their pooled 95 %
+intervals over seeds, and the CleanCLIP settings a benchmark searches (fine-tuning epochs × clean pairs).
 
 Example::
 
@@ -21,12 +21,14 @@ Example::
 from __future__ import annotations
 
 import argparse
+import itertools
 from pathlib import Path
 from typing import Any, Optional
 
 from ..errors import ConfigError
 from ..eval.attack_metrics import wilson_interval
 from .bench import stats, work_dir
+from .config import load_preset
 
 BUNDLED = "cifar10-subset"  # the zero-setup default: the bundled CIFAR-10 subset with generated stand-in captions
 _FILE_KINDS = {".csv": "captions-csv", ".tsv": "captions-csv", ".tar": "captions-tar"}
@@ -130,3 +132,37 @@ def pooled_rate(metrics: list[dict], key: str) -> dict:
     else:
         out.update(ci95=None, hits=None, trials=None)
     return out
+
+
+# CleanCLIP: the fine-tuning length and clean-set size searched by clip_defenses_small.py
+
+def cleanclip_variants(epochs: Optional[list], pairs: Optional[list]) -> dict[str, tuple]:
+    """``{run-name tag: (epochs, pairs)}`` of the CleanCLIP fine-tuning settings to train: the preset's alone (tag
+    ``""``, ``()``) unless fine-tuning epochs or clean-set sizes are asked for (every combination, the preset's value
+    for the one not given)."""
+    if not epochs and not pairs:
+        return {"": ()}
+    pre = load_preset("cleanclip-small")
+    epochs = epochs or [pre["train"]["epochs"]]
+    pairs = pairs or [pre["defense"]["params"]["finetune_pairs"]]
+    return {f"_e{e}_p{p}": (e, p) for e, p in itertools.product(epochs, pairs)}
+
+
+def cleanclip_overrides(setting: tuple) -> list[str]:
+    """The config overrides of a :func:`cleanclip_variants` setting."""
+    return [f"train.epochs={setting[0]}", f"defense.params.finetune_pairs={setting[1]}"] if setting else []
+
+
+def choose_cleanclip(search: dict, clean_asr: float, clip_zs: float) -> tuple[str, str]:
+    """The CleanCLIP setting reported as *the* CleanCLIP row, and why: the cheapest (fewest epochs × pairs) whose
+    mean ASR is within 0.10 of the clean model's and whose zero-shot is within 0.05 of plain CLIP's, else the one
+    with the lowest ASR. ``search``: ``{tag: {"asr", "zeroshot", "epochs", "pairs", ...}}``."""
+    def cost(tag: str) -> int:
+        return search[tag]["epochs"] * search[tag]["pairs"]
+
+    ok = [t for t, r in search.items() if r["asr"] <= clean_asr + 0.10 and r["zeroshot"] >= clip_zs - 0.05]
+    if ok:
+        t = min(ok, key=cost)
+        return t, "the cheapest setting with ASR within 0.10 of the clean model's and zero-shot within 0.05 of CLIP's"
+    t = min(search, key=lambda k: search[k]["asr"])
+    return t, "no setting met ASR within 0.10 of the clean model's and zero-shot within 0.05 of CLIP's: the lowest ASR"
