@@ -261,6 +261,13 @@ def test_report_dose_plot_takes_counts_on_its_axis(tmp_path):
     assert [p.name for _, p in asr_vs_rate(sets, tmp_path / "count", axis="count")] == ["asr_vs_poison_count.png"]
     with pytest.raises(ConfigError, match="dose axis"):
         asr_vs_rate(sets, tmp_path / "x", axis="dose")
+    from clpoison.report.document import write_report
+
+    html = write_report([d], tmp_path / "report", dose_axis="count")  # `clpoison report --dose-axis count`
+    assert (html.parent / "plots" / "asr_vs_poison_count.png").is_file()
+    assert "asr_vs_poison_count.png" in (html.parent / "report.md").read_text()
+    with pytest.raises(ConfigError, match="dose axis"):
+        write_report([d], tmp_path / "report2", dose_axis="dose")
     # a rate run's count comes from its manifest
     r = next(r for s in sets for r in s.runs if r.path.name == "backdoor_n10_s0")
     assert poison_count(r) == 10
