@@ -143,8 +143,10 @@ def main() -> None:
     rows["cleanclip"] = row(f"cleanclip{chosen}")
     result = {
         "caption_set": caption_set_name(args), "rows": rows, "clean_model": clean_model,
-        "ci95": {**{r: ci(r) for r in ROWS[:-1]}, "cleanclip": ci(f"cleanclip{chosen}"), "clean_model": ci("clean_model")},
-        "cleanclip_search": {t.lstrip("_"): r for t, r in search.items()}, "cleanclip_choice": {"setting": chosen.lstrip("_") or "preset", "rule": why},
+        "ci95": {**{r: ci(r) for r in ROWS[:-1]}, "cleanclip": ci(f"cleanclip{chosen}"),
+                 "clean_model": ci("clean_model")},
+        "cleanclip_search": {t.lstrip("_"): r for t, r in search.items()},
+        "cleanclip_choice": {"setting": chosen.lstrip("_") or "preset", "rule": why},
         **caption_details(args, caps), "per_seed": per, "rate": None if args.count is not None else args.rate,
         "count": args.count, "seeds": args.seeds, "overrides": args.overrides, "roclip_overrides": args.roclip,
         "cleanclip_overrides": args.cleanclip, "wall_s": round(time.time() - t0, 1),
