@@ -9,8 +9,9 @@ trained on it and once with a reference model trained on a trusted subset of cle
     python benchmarks/captions_protocol.py --captions '../shared/data/webcaps/train-{000000..000003}.tar' \\
         --test-captions ../shared/data/webcaps/test-000000.tar --out webcaps_protocol.json           # webcaps
 
-``--captions`` is a caption CSV/TSV, tar shards (or any caption source name; default ``cifar10-subset``: the bundled CIFAR-10
-subset with *generated* stand-in captions); training never reads labels. ``--eval-set`` is the labelled image set
+``--captions`` is a caption CSV/TSV, tar shards (or any caption source name; default ``cifar10-subset``: the
+bundled CIFAR-10 subset with *generated* stand-in captions); training never reads labels (the arguments are those of
+every CLIP benchmark: :mod:`clpoison.experiments.clip_bench`, docs/webcaps.md). ``--eval-set`` is the labelled image set
 (default ``cifar10-subset``: the bundled test split, 1,017 images). Runs (one seed, ``--seed``):
 
 * ``clean`` (clip-small), ``backdoor_{RATE}`` (carlini-backdoor-small at each ``--rates``), ``targeted``
