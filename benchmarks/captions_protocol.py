@@ -6,9 +6,12 @@ trained on it and once with a reference model trained on a trusted subset of cle
     python benchmarks/captions_protocol.py --out benchmarks/results/captions_protocol.json            # bundled
     python benchmarks/captions_protocol.py --captions pairs.csv --test-captions test.csv \\
         --eval-set cifar10-subset --out my_protocol.json                                              # your data
+    python benchmarks/captions_protocol.py --captions '../shared/data/webcaps/train-{000000..000003}.tar' \\
+        --test-captions ../shared/data/webcaps/test-000000.tar --out webcaps_protocol.json           # webcaps
 
-``--captions`` is a caption CSV/TSV (or any caption source name; default ``cifar10-subset``: the bundled CIFAR-10
-subset with *generated* stand-in captions); training never reads labels. ``--eval-set`` is the labelled image set
+``--captions`` is a caption CSV/TSV, tar shards (or any caption source name; default ``cifar10-subset``: the
+bundled CIFAR-10 subset with *generated* stand-in captions); training never reads labels (the arguments are those of
+every CLIP benchmark: :mod:`clpoison.experiments.clip_bench`, docs/webcaps.md). ``--eval-set`` is the labelled image set
 (default ``cifar10-subset``: the bundled test split, 1,017 images). Runs (one seed, ``--seed``):
 
 * ``clean`` (clip-small), ``backdoor_{RATE}`` (carlini-backdoor-small at each ``--rates``), ``targeted``
@@ -21,7 +24,7 @@ subset with *generated* stand-in captions); training never reads labels. ``--eva
   at the run's image size, so the export is exactly what that model trained on) and scanned with the reference
   model (ranking) and with the trained model (:func:`clpoison.experiments.scan.scan_data`).
 
-Writes OUT with exactly ``{"clean": {"zeroshot", "asr", "recall_at_5_i2t"}, "backdoor": {RATE: {"asr",
+Writes OUT with exactly ``{"caption_set", "clean": {"zeroshot", "asr", "recall_at_5_i2t"}, "backdoor": {RATE: {"asr",
 "zeroshot"}}, "targeted": {"success", "success_clean"}, "safeclip": {"asr", "targeted"}, "scan":
 {"trained_model_auc", "reference_model_auc"}}`` and the details (random-init controls, scan summaries, times,
 settings) to OUT with ``.details.json``. Finished runs under ``--work`` are reused when their config is unchanged.
@@ -39,23 +42,13 @@ import torch
 
 from clpoison.engine.checkpoint import read_checkpoint
 from clpoison.experiments.bench import reuse_or_export, run_named, work_dir
+from clpoison.experiments.clip_bench import add_caption_args, caption_details, caption_sections, caption_set_name
 from clpoison.experiments.config import load_preset
 from clpoison.experiments.run_eval import evaluate_run
 from clpoison.experiments.scan import scan_data
 from clpoison.utils.io import atomic_write_json
 
 ECHO = partial(print, flush=True)
-
-
-def data_section(args: argparse.Namespace) -> dict:
-    p = Path(args.captions)
-    if p.suffix.lower() in (".csv", ".tsv", ".tar"):
-        data: dict = {"name": "captions-tar" if p.suffix.lower() == ".tar" else "captions-csv", "path": str(p)}
-        caps = {k: v for k, v in (("test_path", args.test_captions), ("label_column", args.label_column)) if v}
-        if caps:
-            data["captions"] = caps
-        return data
-    return {"name": args.captions}
 
 
 def export(params: dict, args: argparse.Namespace, data: dict, out: Path, seed: int, size: int) -> dict:
@@ -68,11 +61,7 @@ def export(params: dict, args: argparse.Namespace, data: dict, out: Path, seed: 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True)
-    ap.add_argument("--captions", default="cifar10-subset", help="caption CSV/TSV/tar or a caption source name")
-    ap.add_argument("--test-captions", help="a separate caption test file (retrieval); default a 10%% hold-out")
-    ap.add_argument("--label-column", help="label column of the caption files, if any (never used for training)")
-    ap.add_argument("--eval-set", default="cifar10-subset", help="labelled image set: source name or path")
-    ap.add_argument("--eval-split", default="test")
+    add_caption_args(ap)
     ap.add_argument("--rates", type=float, nargs="+", default=[0.01, 0.05])
     ap.add_argument("--safeclip-rate", type=float, default=None, help="default: the largest --rates")
     ap.add_argument("--scan-rate", type=float, default=None, help="default: the largest --rates")
@@ -91,8 +80,8 @@ def main() -> None:
     s = args.seed
     sc_rate = args.safeclip_rate or max(args.rates)
     scan_rate = args.scan_rate or max(args.rates)
-    data = data_section(args)
-    common = {"data": data, "eval": {"sets": {"labelled": {"data": args.eval_set, "split": args.eval_split}}}}
+    common = caption_sections(args, always=True)
+    data = common["data"]
     ov = [f"seed={s}", *args.overrides]
     if any(o.startswith(("data.train_limit", "data.train_subset", "data.train_per_class")) for o in args.overrides):
         print("note: the scan exports the whole caption file, so with a cut training set the trained model's scan "
@@ -135,6 +124,7 @@ def main() -> None:
         return res["metrics"].get(key)
 
     result = {
+        "caption_set": caption_set_name(args),
         "clean": {"zeroshot": m(clean, "zeroshot_top1"), "asr": clean_bd.get("asr"),
                   "recall_at_5_i2t": m(clean, "recall_at_5_i2t")},
         "backdoor": {str(r): {"asr": m(backdoor[r][0], "asr"), "zeroshot": m(backdoor[r][0], "zeroshot_top1")}
@@ -145,7 +135,7 @@ def main() -> None:
         "scan": {"trained_model_auc": scan.get("roc_auc_checkpoint"), "reference_model_auc": scan.get("roc_auc")},
     }
     details = {
-        "captions": args.captions, "eval_set": args.eval_set, "seed": s, "rates": args.rates,
+        **caption_details(args, common), "seed": s, "rates": args.rates,
         "safeclip_rate": sc_rate, "scan_rate": scan_rate, "reference_pairs": n_ref, "train_pairs": n_train,
         "overrides": args.overrides, "safeclip_overrides": args.safeclip, "wall_s": round(time.time() - t0, 1),
         "clean_random_init": {k: v for k, v in clean["metrics"].items() if k.endswith("_random_init")},

@@ -295,7 +295,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     if args.overrides:
         raise ConfigError(f"`clpoison report` takes folders, not key=value items ('{args.overrides[0]}')")
-    html = write_report(args.dirs, args.out, title=args.title, overwrite=args.overwrite)
+    html = write_report(args.dirs, args.out, title=args.title, overwrite=args.overwrite, dose_axis=args.dose_axis)
     print(f"wrote {html} and {html.with_name('report.md')}")
     return 0
 

@@ -250,6 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", required=True, help="report folder (refused if it exists, unless --overwrite)")
     sp.add_argument("--overwrite", action="store_true", help="replace an existing report folder")
     sp.add_argument("--title", default=None, help="report title (default: the grid's name)")
+    sp.add_argument("--dose-axis", choices=("auto", "rate", "count"), default="auto",
+                    help="x axis of the ASR plot: poison rate, poison count, or auto (counts when every run gives one)")
 
     sp = add_command(sub, "inspect", names)
     sp.add_argument("encoder", help="run folder, clip.safetensors, encoder.safetensors, or a torchvision-layout ResNet "

@@ -26,8 +26,9 @@ EDA captions are computed once when the batch source is built (as the official `
 by their global ordinal, each segment a pass over the shards that yields only its samples (docs/safeclip.md).
 
 **Diagnostics** (each epoch record in ``metrics.jsonl`` / ``results.json`` history): phase, safe-set size and
-fraction, the split rule, and with a manifest, precision/recall of the poisons in the risky set; a histogram of
-the similarities with poisons marked, ``safeclip/similarity_epochNNN.png`` in the run folder.
+fraction, the split rule, and with a manifest, precision/recall of the poisons in the risky set and each poison's
+similarity rank (``safeclip/poison_trace.jsonl``, one printed line per epoch: :mod:`clpoison.defenses.safeclip_trace`);
+a histogram of the similarities with poisons marked, ``safeclip/similarity_epochNNN.png`` in the run folder.
 
 **Deviations** (docs/safeclip.md): warm-up steps can be given as a fraction of an epoch (``warmup_epochs``; the
 paper's 10,000 steps never end on 5k pairs); in Phase C the cosine runs from the first filtering epoch to the end
@@ -64,7 +65,9 @@ from .safeclip_objective import SafeCLIPMethod
 from .safeclip_params import SafeCLIPParams
 from .safeclip_schedule import PhaseLR
 from .safeclip_stream import StreamingSafeCLIPBatches
-from .safeclip_split import FilterSchedule, Split, poison_precision_recall, safeclip_split, split_by_ratio
+from .safeclip_split import (FilterSchedule, Split, gmm_clean_posterior, poison_precision_recall, safeclip_split,
+                             split_by_ratio, split_by_threshold)
+from .safeclip_trace import TRACE_FILE, PoisonTrace
 
 __all__ = ["SafeCLIP", "SafeCLIPParams", "SafeCLIPMethod", "SafeCLIPBatches", "PhaseLR"]
 
@@ -89,6 +92,7 @@ class SafeCLIP(Defense):
         self.histograms: list[str] = []
         self.scores: Optional[tuple[np.ndarray, np.ndarray]] = None  # (similarities, p_clean) of the last pass
         self.lr: Optional[PhaseLR] = None
+        self.trace: Optional[PoisonTrace] = None
 
     # -- the training-time hooks ---------------------------------------------------------------------------------
     def wrap_training(self, method: Method, batches: Any, context: dict[str, Any]) -> tuple[Method, Any]:
@@ -99,6 +103,8 @@ class SafeCLIP(Defense):
         self.seed = int(context.get("seed", 0))
         self.out_dir = None if context.get("out_dir") is None else Path(context["out_dir"])
         self.poisons = manifest_poisons(context.get("manifest"))
+        if self.poisons is not None and len(self.poisons):
+            self.trace = PoisonTrace(self.poisons, None if self.out_dir is None else self.out_dir / TRACE_FILE)
         aug = batches.augment
         big = aug.out_size >= 96
         cfg = AugmentConfig(out_size=aug.out_size, jitter=(0.5, 0.5, 0.5, 0.1), jitter_p=0.8, gray_p=0.2,
@@ -127,7 +133,20 @@ class SafeCLIP(Defense):
         return self.lr
 
     def training_summary(self) -> dict[str, Any]:
-        return {"last_split": self.last, "histograms": self.histograms}
+        out: dict[str, Any] = {"last_split": self.last, "histograms": self.histograms}
+        if self.trace is not None and self.trace.entries:
+            out["poison_trace"] = TRACE_FILE if self.trace.path is not None else None
+            out["poison_recall_by_epoch"] = {str(e["epoch"]): round(e["recall"], 6) for e in self.trace.entries}
+        return out
+
+    def trace_epoch(self, trainer: Any, epoch: int, phase: str, sims: np.ndarray, risky: np.ndarray,
+                    safe_fraction: float) -> dict[str, Any]:
+        """The poisons' trace entry of this epoch (safeclip_trace.py): written, printed in one line, summarised."""
+        entry = self.trace.record(epoch, phase, sims, risky, safe_fraction)
+        if is_main():
+            self.trace.write()
+            trainer.notify(self.trace.line(entry))
+        return self.trace.summary(entry)
 
     # -- the last pass's scores, kept in the run folder so that a resumed run re-cuts exactly the same ones ------
     def scores_path(self) -> Optional[Path]:
@@ -156,10 +175,12 @@ class SafeCLIP(Defense):
         phase = p.phase(epoch)
         everyone = np.arange(b.n)
         rec: dict[str, Any] = {"safeclip_phase": phase}
-        if phase == "inmodal":
-            segments = [("inmodal", everyone)]
-        elif phase == "crossmodal":
-            segments = [("clip", everyone)]
+        if phase in ("inmodal", "crossmodal"):
+            segments = [("inmodal" if phase == "inmodal" else "clip", everyone)]
+            if p.trace_warmup and self.trace is not None and epoch > 0:  # the split a filtering epoch would make now
+                sims = b.similarities(self.method.model, epoch)
+                safe, risky = split_by_threshold(gmm_clean_posterior(sims), p.threshold)
+                rec.update(self.trace_epoch(trainer, epoch, phase, sims, risky, len(safe) / max(len(sims), 1)))
         else:
             k = epoch - p.inmodal_epochs - p.crossmodal_epochs
             if self.schedule is None and k > 0:  # resumed: the first filtering epoch's ratio is in the history
@@ -192,6 +213,7 @@ class SafeCLIP(Defense):
             if self.poisons is not None and len(self.poisons):
                 pr = poison_precision_recall(split.risky, self.poisons)
                 rec.update({f"safeclip_{k2}": v for k2, v in pr.items()})
+                rec.update(self.trace_epoch(trainer, epoch, phase, sims, split.risky, split.ratio))
             last = epoch == trainer.cfg.epochs - 1
             if p.histograms and self.out_dir is not None and is_main() and (k % p.histogram_every == 0 or last):
                 t2 = time.perf_counter()

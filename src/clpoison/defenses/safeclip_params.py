@@ -43,6 +43,8 @@ class SafeCLIPParams(DefenseParams):
     histogram_every: int = 1  # draw the histogram every k-th filtering epoch (the first and the last always)
     split_every: int = 1  # recompute similarities + GMM every k-th filtering epoch (official: 1); in between the
     # last scores are re-cut at the epoch's safe ratio (the growth schedule is unchanged)
+    trace_warmup: bool = False  # with a manifest: also score the pairs in every warm-up epoch after the first (one
+    # similarity pass each) to trace the poisons' ranks before filtering starts (safeclip_trace.py)
     similarity_view: str = "official"  # official: augmented image view + EDA caption 1 | clean: the image as stored
     # and the caption as written (what `clpoison scan` scores)
 

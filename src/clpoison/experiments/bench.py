@@ -21,7 +21,7 @@ from typing import Any, Callable, Optional, Sequence
 import yaml
 
 from ..attacks import ATTACKS
-from ..errors import ConfigError
+from ..errors import ClpoisonError, ConfigError
 from ..utils.io import dumps_json
 from .config import build_config, load_preset
 from .poison import export_attack
@@ -138,12 +138,12 @@ def corruptencoder_row_config(row: str, ce: dict) -> dict:
 
 
 def script_main(main: Callable[[], None]) -> None:
-    """Run a benchmark script's ``main``: a ConfigError ends in one line on stderr and exit status 2."""
+    """Run a benchmark script's ``main``: a ConfigError / DataError ends in one line on stderr and exit status 2."""
     import sys
 
     try:
         main()
-    except ConfigError as e:
+    except ClpoisonError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
 

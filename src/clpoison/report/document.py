@@ -23,7 +23,7 @@ from ..errors import ConfigError
 from ..utils.io import atomic_write_text, check_output_path, check_replaceable
 from .aggregate import INTERVALS_NOTE, Setting, settings
 from .collect import GRID_NAME, Run, find_runs, write_results_table
-from .figures import asr_vs_epoch, asr_vs_rate, ca_vs_asr, crafting_trace, run_plots, targeted_bars
+from .figures import DOSE_AXES, asr_vs_epoch, asr_vs_rate, ca_vs_asr, crafting_trace, run_plots, targeted_bars
 from .inspect_section import inspect_section, is_inspect_dir
 from .tables import markdown_table
 
@@ -133,9 +133,12 @@ def _rel(p: Path, root: Path) -> str:
 
 
 def write_report(dirs: Sequence[str | Path], out: str | Path, title: Optional[str] = None,
-                 overwrite: bool = False) -> Path:
+                 overwrite: bool = False, dose_axis: str = "auto") -> Path:
     """Write ``out/report.html``, ``out/report.md``, ``out/plots/*.png`` and ``out/results.csv``; returns the
-    HTML's path. ``out`` must not exist unless ``overwrite``."""
+    HTML's path. ``out`` must not exist unless ``overwrite``. ``dose_axis``: the ASR plot against the poison
+    ``rate``, the ``count``, or ``auto`` (:func:`~clpoison.report.figures.asr_vs_rate`)."""
+    if dose_axis not in DOSE_AXES:
+        raise ConfigError(f"dose axis '{dose_axis}' unknown; choose {', '.join(DOSE_AXES)}")
     out = check_output_path(out, "dir", around=list(dirs))  # inside a grid folder, but never the grid itself
     if out.exists() and not overwrite:
         raise ConfigError(f"report folder '{out}' already exists; pass overwrite=True or choose another output",
@@ -154,7 +157,7 @@ def write_report(dirs: Sequence[str | Path], out: str | Path, title: Optional[st
     if not any(r.results for r in runs):
         return _publish(work, out, title, insp_md, insp_html)
     sets = settings(runs)
-    figs = [*asr_vs_rate(sets, work / "plots"), *ca_vs_asr(sets, work / "plots"), *targeted_bars(sets, work / "plots"),
+    figs = [*asr_vs_rate(sets, work / "plots", dose_axis), *ca_vs_asr(sets, work / "plots"), *targeted_bars(sets, work / "plots"),
             *asr_vs_epoch(sets, work / "plots"), *crafting_trace(sets, work / "plots")]
     for i, (t, p) in enumerate(run_plots(sets)):
         dst = work / "plots" / f"run_{i}_{p.name}"

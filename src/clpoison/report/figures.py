@@ -1,4 +1,4 @@
-"""The report's plots (matplotlib, Agg): attack success rate against poison rate per defense, clean accuracy
+"""The report's plots (matplotlib, Agg): attack success rate against poison rate (or count) per defense, clean accuracy
 against attack success rate, targeted success per setting, attack success rate (linear and kNN) and Δcos against
 epochs (from ``eval.every_epochs`` histories), Contrastive Poisoning's crafting trace (the loss gap against rounds,
 from the manifests), and the plots the runs already made (e.g. SafeCLIP's similarity histograms).
@@ -14,8 +14,9 @@ import math
 import statistics
 import textwrap
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
+from ..errors import ConfigError
 from .aggregate import Setting, is_clean
 from .plots import curve_plot, pyplot, save_figure
 
@@ -45,18 +46,54 @@ def use_log_x(values: Sequence[float]) -> bool:
     return len(pos) >= 2 and max(pos) / min(pos) >= 10
 
 
-def asr_vs_rate(sets: Sequence[Setting], folder: Path) -> list[Figure]:
-    """One line per attack and defense: mean ASR over seeds against the poison rate (%), each seed a grey point;
-    the clean model's ASR as a dashed line. Log x axis when the rates span a decade or more."""
-    lines: dict[str, list[tuple[float, Setting]]] = {}
+DOSE_AXES = ("auto", "rate", "count")
+
+
+def poison_count(run) -> Optional[int]:
+    """A run's number of poisons: ``attack.params.poison_count``, else its manifest's (``details.poison_count``, or
+    the poisoned and added rows)."""
+    c = ((run.results.get("config") or {}).get("attack") or {}).get("params", {}).get("poison_count")
+    if isinstance(c, int) and not isinstance(c, bool):
+        return c
+    try:
+        man = json.loads((Path(run.path) / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    n = (man.get("details") or {}).get("poison_count")
+    if isinstance(n, int):
+        return n
+    rows = list(man.get("poisoned_indices") or []) + list(man.get("added_indices") or [])
+    return len(rows) or None
+
+
+def _dose(s: Setting, axis: str) -> Optional[float]:
+    if axis == "count":
+        n = poison_count(s.runs[0])
+        return None if n is None else float(n)
+    rate = s.runs[0].results["config"].get("attack", {}).get("params", {}).get("poison_rate")
+    return 100 * float(rate) if isinstance(rate, (int, float)) and not isinstance(rate, bool) else None
+
+
+def asr_vs_rate(sets: Sequence[Setting], folder: Path, axis: str = "auto") -> list[Figure]:
+    """One line per attack and defense: mean ASR over seeds against the poison rate (%) — or, with ``axis="count"``,
+    against the number of poisons — each seed a grey point; the clean model's ASR as a dashed line. ``auto``: counts
+    when every poisoned setting gives ``poison_count`` and none a rate. Log x axis when the doses span a decade."""
+    if axis not in DOSE_AXES:
+        raise ConfigError(f"dose axis '{axis}' unknown; choose {', '.join(DOSE_AXES)}")
     clean = [s for s in sets if all(is_clean(r) for r in s.runs) and s.values("asr")]
-    for s in sets:
-        rate = s.runs[0].results["config"].get("attack", {}).get("params", {}).get("poison_rate")
-        if s in clean or not isinstance(rate, (int, float)) or not s.values("asr"):
-            continue
-        lines.setdefault(_series_key(s), []).append((100 * float(rate), s))
-    rates = sorted({x for pts in lines.values() for x, _ in pts})
-    if len(rates) < 2:
+    poisoned = [s for s in sets if s not in clean and s.values("asr")]
+    if axis == "auto":
+        params = [s.runs[0].results["config"].get("attack", {}).get("params", {}) for s in poisoned]
+        by_count = bool(params) and all(isinstance(p.get("poison_count"), int) and p.get("poison_rate") is None
+                                        for p in params)
+        axis = "count" if by_count else "rate"
+    lines: dict[str, list[tuple[float, Setting]]] = {}
+    for s in poisoned:
+        x = _dose(s, axis)
+        if x is not None:
+            lines.setdefault(_series_key(s), []).append((x, s))
+    doses = sorted({x for pts in lines.values() for x, _ in pts})
+    if len(doses) < 2:
         return []
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
@@ -68,16 +105,17 @@ def asr_vs_rate(sets: Sequence[Setting], folder: Path) -> list[Figure]:
     for s in clean:
         ax.axhline(statistics.fmean(s.values("asr")), ls="--", lw=1, color="k",
                    label=f"clean model ({_word('Defense', s.label.get('Defense'))})" if len(clean) > 1 else "clean model")
-    if use_log_x(rates):
+    if use_log_x(doses):
         ax.set_xscale("log")
-        ax.set_xticks(rates, [f"{r:g}" for r in rates])
+        ax.set_xticks(doses, [f"{r:g}" for r in doses])
         ax.minorticks_off()
-    ax.set_xlabel("Poisoned share of the training data (%)")
+    what = "count" if axis == "count" else "rate"
+    ax.set_xlabel("Poisoned pairs or images (count)" if axis == "count" else "Poisoned share of the training data (%)")
     ax.set_ylabel("Attack success rate")
     ax.set_ylim(-0.02, 1.02)
-    ax.set_title("Attack success rate against poison rate (mean over seeds; grey: each seed)", fontsize=9)
+    ax.set_title(f"Attack success rate against poison {what} (mean over seeds; grey: each seed)", fontsize=9)
     ax.legend(fontsize=7)
-    return [("Attack success rate against poison rate", save_figure(fig, folder / "asr_vs_poison_rate.png"))]
+    return [(f"Attack success rate against poison {what}", save_figure(fig, folder / f"asr_vs_poison_{what}.png"))]
 
 
 def ca_vs_asr(sets: Sequence[Setting], folder: Path) -> list[Figure]:
