@@ -12,10 +12,18 @@ poisoned data and with a clean reference model, plus a locally created Hugging F
   scanned and compared with transformers' own embeddings (loading path only, not accuracy; skipped with a note
   when ``transformers`` is not installed).
 
-Writes ``{"rates": {RATE: {"poisoned_model" | "clean_reference": {SCORE: {"roc_auc", "poisons_in_top_k"}}}},
-"seconds_per_1000_pairs": {SCORE: s}, "hf_local": {"scan_ok", "max_abs_diff_vs_transformers"}, ...}``:
+Writes exactly ``{"rates": {RATE: {"poisoned_model" | "clean_reference": {SCORE: {"roc_auc", "poisons_in_top_k"}}}},
+"seconds_per_1000_pairs": {SCORE: s}, "hf_local": {"scan_ok", "max_abs_diff_vs_transformers"}}`` to ``--out``
+and the rest (precision / recall, the in-batch neighbour rows of ``--neighbour-batch``, poison counts, notes) to
+``OUT.details.json`` beside it, after every rate. Finished runs and exports are reused (same config / params and
+seed), so a re-run only scans::
 
-    python benchmarks/audit_small.py --out benchmarks/results/audit_small.json
+    python benchmarks/audit_small.py --out benchmarks/results/audit_small.json --neighbour-batch 1024
+
+Smoke check of the whole path (1 epoch, 512 training pairs; about a minute on 2 cores)::
+
+    python benchmarks/audit_small.py --out /tmp/audit_smoke.json --poisoned-epochs 1 train.epochs=1 \
+        data.train_limit=512
 """
 
 from __future__ import annotations
@@ -123,6 +131,11 @@ def parse() -> argparse.Namespace:
     return ap.parse_args()
 
 
+def details_path(out: Path) -> Path:
+    """Where everything beyond the issue's keys goes: ``OUT`` with ``.details.json``."""
+    return out.with_name(out.stem + ".details.json")
+
+
 def main() -> None:
     args = parse()
     torch.set_num_threads(args.threads)
@@ -134,37 +147,42 @@ def main() -> None:
             train_and_export(args, work, r)
         return
     names = list(args.scores)
-    result: dict = {"rates": {}, "seed": args.seed, "k": args.k, "neighbours": "whole set", "poisons": {},
-                    "poisoned_epochs": args.poisoned_epochs or 40}
-    batch: dict = {}
+    # OUT holds exactly the issue's keys; precision / recall, in-batch neighbours, counts and notes go beside it
+    result: dict = {"rates": {}, "seconds_per_1000_pairs": {}, "hf_local": {}}
+    details: dict = {"seed": args.seed, "k": args.k, "neighbours": "whole set", "poisons": {}, "rates": {},
+                     "poisoned_epochs": args.poisoned_epochs or 40, "overrides": list(args.overrides)}
     for i, r in enumerate(args.rates):  # the first rate also gives the timings and the hf_local check
         run, exp = train_and_export(args, work, r)
         man, data = str(exp / "manifest.json"), str(exp / "train.csv")
-        row = {}
+        rate = str(r)
+        result["rates"][rate], details["rates"][rate] = {}, {}
         for who, kw in (("poisoned_model", {"checkpoint": str(run)}), ("clean_reference", {"reference": str(clean)})):
             summ = scan_data(work / f"scan_{r}_{who}.csv", data, manifest=man, scores=names, k=args.k, **kw)
-            row[who] = scores_of(summ, names)
-            ECHO(f"{r} {who}: " + json.dumps({n: round(v["roc_auc"], 3) for n, v in row[who].items()}))
+            per = scores_of(summ, names)
+            result["rates"][rate][who] = {n: {"roc_auc": v["roc_auc"], "poisons_in_top_k": v["poisons_in_top_k"]}
+                                          for n, v in per.items()}
+            details["rates"][rate][who] = per
+            ECHO(f"{r} {who}: " + json.dumps({n: round(v["roc_auc"], 3) for n, v in per.items()}))
             if args.neighbour_batch:  # the official in-batch neighbours, beside
-                summ = scan_data(work / f"scan_{r}_{who}_batch.csv", data, manifest=man, scores=names, k=args.k,
-                                 neighbour_batch=args.neighbour_batch, **kw)
-                batch.setdefault(str(r), {})[who] = scores_of(summ, names)
-        result["rates"][str(r)] = row
-        result["poisons"][str(r)] = summ["poisons"]
-        result["pairs"] = summ["pairs"]
-        if batch:
-            result[f"rates_neighbour_batch_{args.neighbour_batch}"] = batch
+                b = scan_data(work / f"scan_{r}_{who}_batch.csv", data, manifest=man, scores=names, k=args.k,
+                              neighbour_batch=args.neighbour_batch, **kw)
+                details.setdefault(f"rates_neighbour_batch_{args.neighbour_batch}", {}).setdefault(rate, {})[who] = \
+                    scores_of(b, names)
+        details["poisons"][rate], details["pairs"] = summ["poisons"], summ["pairs"]
         if i == 0:
-            result["seconds_per_1000_pairs"] = {}
             for n in names:  # each score alone, loading + embedding included, with the poisoned model
                 t = time.perf_counter()
                 summ = scan_data(work / f"time_{n}.csv", data, checkpoint=str(run), scores=[n], k=args.k)
                 result["seconds_per_1000_pairs"][n] = (time.perf_counter() - t) / summ["pairs"] * 1000
-            result["timing_note"] = (f"scan of the {r} export ({summ['pairs']} pairs) with one score, loading and "
-                                     f"embedding included, {args.threads} threads, CPU")
-            result["hf_local"] = hf_local(work, exp, run)
-        result["wall_s"] = round(time.time() - t0, 1)
+            details["timing_note"] = (f"`clpoison scan` of the {r} export ({summ['pairs']} pairs) with one score, "
+                                      f"loading and embedding included, {args.threads} threads, CPU")
+            hf = hf_local(work, exp, run)
+            result["hf_local"] = {"scan_ok": bool(hf["scan_ok"]),
+                                  "max_abs_diff_vs_transformers": hf.get("max_abs_diff_vs_transformers")}
+            details["hf_local"] = hf
+        details["wall_s"] = round(time.time() - t0, 1)
         atomic_write_json(out, result)  # after every rate: a partial result survives an interruption
+        atomic_write_json(details_path(out), details)
     print(json.dumps(result, indent=2))
 
 

@@ -12,7 +12,6 @@ import gzip
 import json
 
 import pytest
-import regex
 import torch
 import torch.nn.functional as F
 
@@ -21,6 +20,7 @@ from clpoison.models.clip_bpe import load_clip_bpe, openclip_vocab
 from clpoison.models.pretrained import is_openclip_clip, is_pretrained_clip, load_pretrained_clip
 
 transformers = pytest.importorskip("transformers")
+regex = pytest.importorskip("regex")  # the reference tokenizer's word pattern (a dependency of transformers)
 
 WORDS = ["photo", "airplane", "cat", "of", "a"]
 CAPTIONS = ["a photo of a cat.", "A PHOTO  of an airplane!!", "cat 42, photo's", "a blurry photo of a ship " * 6]

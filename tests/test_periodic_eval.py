@@ -54,3 +54,15 @@ def test_random_init_control_leaves_training_unchanged(tmp_path):
     assert "linear_top1_random_init" in on["metrics"] and "knn_top1_random_init" in on["metrics"]
     assert [r["loss"] for r in on["history"]] == [r["loss"] for r in off["history"]]
     assert on["metrics"]["linear_top1"] == off["metrics"]["linear_top1"] and on["metrics"]["asr"] == off["metrics"]["asr"]
+
+
+def test_a_key_added_to_the_schema_later_at_null_is_no_change():
+    """Runs written before `model.init` existed are reused / resumed: the key absent from the old snapshot and null
+    in the new one is no change; set, or any other difference, still is."""
+    from clpoison.experiments.fingerprint import config_changes
+
+    new = build_config({"preset": "clip-small"}, []).to_dict()
+    old = {**new, "model": {k: v for k, v in new["model"].items() if k != "init"}}
+    assert config_changes(old, new) == []
+    assert config_changes(old, {**new, "model": {**new["model"], "init": "/m"}}) == ["model.init"]
+    assert config_changes(old, {**new, "seed": 1}) == ["seed"]
