@@ -16,7 +16,8 @@ Writes exactly ``{"rates": {RATE: {"poisoned_model" | "clean_reference": {SCORE:
 "seconds_per_1000_pairs": {SCORE: s}, "hf_local": {"scan_ok", "max_abs_diff_vs_transformers"}}`` to ``--out``
 and the rest (precision / recall, the in-batch neighbour rows of ``--neighbour-batch``, poison counts, notes) to
 ``OUT.details.json`` beside it, after every rate. Finished runs and exports are reused (same config / params and
-seed), so a re-run only scans::
+seed), and so are finished scans and the ``hf_local`` check (timings are always measured afresh) (``WORK/*.json``, keyed by the digests of the
+models' ``results.json`` and the export's manifest, and by the options), so a re-run computes only what changed::
 
     python benchmarks/audit_small.py --out benchmarks/results/audit_small.json --neighbour-batch 1024
 
@@ -29,6 +30,7 @@ Smoke check of the whole path (1 epoch, 512 training pairs; about a minute on 2 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import time
 from functools import partial
@@ -72,10 +74,68 @@ def train_and_export(args: argparse.Namespace, work: Path, r: float) -> tuple[Pa
     return work / name, exp
 
 
+def digest(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16] if Path(path).is_file() else ""
+
+
+def cached(where: Path, key: dict, compute):
+    """``compute()``'s JSON result, reused from ``where`` when it was stored under the same ``key`` (the models'
+    results and the export's manifest by digest, the scores and options), so a re-run only computes what changed."""
+    if where.is_file():
+        old = json.loads(where.read_text())
+        if old.get("key") == key:
+            return old["value"]
+    value = compute()
+    atomic_write_json(where, {"key": key, "value": value})
+    return value
+
+
+def scan_cached(work: Path, name: str, data: str, man: str, **kw) -> dict:
+    """:func:`scan_data` of ``data`` against the manifest ``man`` (``kw``: checkpoint / reference / scores / k /
+    neighbour_batch), cached in ``work/name.json`` beside its CSV."""
+    models = {w: [kw[w], digest(Path(kw[w]) / "results.json")] for w in ("checkpoint", "reference") if kw.get(w)}
+    key = {**{k: v for k, v in kw.items() if k not in models}, **models, "manifest": digest(Path(man))}
+    return cached(work / f"{name}.json", key, lambda: scan_data(work / f"{name}.csv", data, manifest=man, **kw))
+
+
 def scores_of(summary: dict, names: list[str]) -> dict:
     per = summary.get("scores") or {names[0]: summary}
     return {n: {"roc_auc": per[n]["roc_auc"], "poisons_in_top_k": per[n]["poisons_in_top_k"],
                 "precision": per[n]["precision"], "recall": per[n]["recall"]} for n in names}
+
+
+def time_scores(run: Path, data: str, names: list[str], k: int) -> tuple[dict, dict]:
+    """Seconds per 1,000 pairs of each score as `clpoison scan` computes it: the image embeddings (and, for
+    similarity, the caption embeddings) once, then each score alone; loading the model and data excluded."""
+    from clpoison.data.caption_loader import flat_captions
+    from clpoison.eval.density import density_scores
+    from clpoison.eval.zeroshot import encode_images, encode_texts
+    from clpoison.experiments.scan import load_clip
+    from clpoison.experiments.sources import load_scan_data
+
+    _, cfg, method, task = load_clip(run)
+    ds, _ = load_scan_data(data, None, cfg.data.image_size or cfg.augment.out_size, 0)
+    texts = flat_captions(ds)
+    owner = torch.repeat_interleave(torch.arange(len(ds)), torch.tensor([len(c) for c in ds.captions]))
+    t = time.perf_counter()
+    img = torch.nn.functional.normalize(encode_images(method.model, ds.images, task.transform(),
+                                                      batch_size=cfg.eval.batch_size, device=task.device).float(), dim=1)
+    t_img = time.perf_counter() - t
+    t = time.perf_counter()
+    txt = torch.nn.functional.normalize(encode_texts(method.model, method.tokenizer, texts, method.params.context_length,
+                                                     device=task.device).float(), dim=1)
+    t_txt = time.perf_counter() - t
+    per: dict = {}
+    for n in names:
+        t = time.perf_counter()
+        if n == "similarity":
+            (img[owner] * txt).sum(1)
+            per[n] = t_img + t_txt + time.perf_counter() - t
+        else:
+            density_scores(img, [n], k)
+            per[n] = t_img + time.perf_counter() - t
+    return ({n: s / len(texts) * 1000 for n, s in per.items()},
+            {"pairs": len(texts), "embed_images_s": t_img, "embed_captions_s": t_txt})
 
 
 def hf_local(work: Path, export_dir: Path, poisoned: Path) -> dict:
@@ -157,26 +217,24 @@ def main() -> None:
         rate = str(r)
         result["rates"][rate], details["rates"][rate] = {}, {}
         for who, kw in (("poisoned_model", {"checkpoint": str(run)}), ("clean_reference", {"reference": str(clean)})):
-            summ = scan_data(work / f"scan_{r}_{who}.csv", data, manifest=man, scores=names, k=args.k, **kw)
+            summ = scan_cached(work, f"scan_{r}_{who}", data, man, scores=names, k=args.k, **kw)
             per = scores_of(summ, names)
             result["rates"][rate][who] = {n: {"roc_auc": v["roc_auc"], "poisons_in_top_k": v["poisons_in_top_k"]}
                                           for n, v in per.items()}
             details["rates"][rate][who] = per
             ECHO(f"{r} {who}: " + json.dumps({n: round(v["roc_auc"], 3) for n, v in per.items()}))
             if args.neighbour_batch:  # the official in-batch neighbours, beside
-                b = scan_data(work / f"scan_{r}_{who}_batch.csv", data, manifest=man, scores=names, k=args.k,
-                              neighbour_batch=args.neighbour_batch, **kw)
+                b = scan_cached(work, f"scan_{r}_{who}_batch", data, man, scores=names, k=args.k,
+                                neighbour_batch=args.neighbour_batch, **kw)
                 details.setdefault(f"rates_neighbour_batch_{args.neighbour_batch}", {}).setdefault(rate, {})[who] = \
                     scores_of(b, names)
         details["poisons"][rate], details["pairs"] = summ["poisons"], summ["pairs"]
         if i == 0:
-            for n in names:  # each score alone, loading + embedding included, with the poisoned model
-                t = time.perf_counter()
-                summ = scan_data(work / f"time_{n}.csv", data, checkpoint=str(run), scores=[n], k=args.k)
-                result["seconds_per_1000_pairs"][n] = (time.perf_counter() - t) / summ["pairs"] * 1000
-            details["timing_note"] = (f"`clpoison scan` of the {r} export ({summ['pairs']} pairs) with one score, "
-                                      f"loading and embedding included, {args.threads} threads, CPU")
-            hf = hf_local(work, exp, run)
+            result["seconds_per_1000_pairs"], details["timing"] = time_scores(run, data, names, args.k)  # never reused
+            details["timing"]["note"] = (f"the {r} export, poisoned model, {args.threads} threads, CPU: embedding (images; "
+                                         "captions too for similarity) + the score, data loading excluded")
+            hf = cached(work / "hf_local.json", {"run": digest(run / "results.json"), "manifest": digest(exp / "manifest.json")},
+                        lambda: hf_local(work, exp, run))
             result["hf_local"] = {"scan_ok": bool(hf["scan_ok"]),
                                   "max_abs_diff_vs_transformers": hf.get("max_abs_diff_vs_transformers")}
             details["hf_local"] = hf
