@@ -178,3 +178,20 @@ def test_pickle_that_would_run_code_is_refused(exported, tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "refused" in err[0], err
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("defense", ["roclip-small", "safeclip-small"])
+def test_training_time_defenses_wrap_a_pretrained_clip(hf_dir, exported, tmp_path, capsys, defense):
+    """RoCLIP / SafeCLIP fine-tuning of a pretrained CLIP (model.init): the defense wraps its method, the weights
+    move and the run's model is the pretrained architecture."""
+    cfg = tmp_path / "d.yaml"
+    cfg.write_text(f"preset: {defense}\n")
+    run = tmp_path / "run"
+    cli(["run", cfg, f"model.init={hf_dir}", "data.name=captions-csv", f"data.path={exported['train']}",
+         f"data.captions.test_path={exported['test']}", "data.captions.label_column=label", "train.epochs=1",
+         "train.batch_size=16", "train.lr=1e-3", "eval.linear=false", "--out", run, "--no-progress"], capsys)
+    res = json.loads((run / "results.json").read_text())
+    assert res["defense"]["name"] == defense.split("-")[0]
+    before = HFCLIP(None, HFCLIPParams(path=str(hf_dir))).state_dict()
+    after = torch.load(run / "checkpoint.pt", weights_only=True)["model"]
+    assert set(before) == set(after) and any(not torch.equal(before[k], after[k]) for k in before)

@@ -37,6 +37,7 @@ class PretrainedCLIPParams(MethodParams):
     max_logit_scale: float = 100.0
     heads: Optional[int] = None  # open_clip: attention heads (default: open_clip_config.json, else width / 64)
     activation: Optional[str] = None  # open_clip: gelu | quick_gelu (default: open_clip_config.json, else gelu)
+    embed_dim: Optional[int] = None  # the model's embedding size, filled in when it is read (the defenses read it)
 
     def __post_init__(self) -> None:
         if self.context_length is not None and self.context_length < 3:
@@ -64,8 +65,12 @@ class PretrainedCLIPMethod(CLIPObjective):
         if params.context_length is not None and params.context_length > loaded.context_length:
             raise ConfigError(f"method.params.context_length={params.context_length} exceeds the model's "
                               f"{loaded.context_length}")
+        if params.embed_dim is not None and params.embed_dim != loaded.embed_dim:
+            raise ConfigError(f"method.params.embed_dim={params.embed_dim} is not the model's {loaded.embed_dim}; "
+                              "leave it unset")
         self.params = params
         params.context_length = params.context_length or loaded.context_length
+        params.embed_dim = loaded.embed_dim
         self.tokenizer, self.model, self.preprocessing = loaded.tokenizer, loaded.model, loaded.preprocessing
         self.format = loaded.format
 

@@ -135,7 +135,8 @@ def load_hf_pretrained(path: str | Path, max_logit_scale: float = 100.0) -> Pret
     hf = load_hf_clip(path)  # checks the directory and the extra first
     tok = HFTokenizer(path)
     return PretrainedCLIP(hf_clip_model(hf, tok.pad_id, max_logit_scale), tok, preprocessing(path),
-                          int(hf.config.text_config.max_position_embeddings), "huggingface", str(path))
+                          int(hf.config.text_config.max_position_embeddings), int(hf.config.projection_dim),
+                          "huggingface", str(path))
 
 
 class HFTokenizer:

@@ -7,7 +7,7 @@ run) take any of them:
 * ``tokenizer.encode(texts, context_length)`` → ``(N, L)`` int64 with 0 as padding (``vocab_size``,
   ``last_truncated``);
 * ``preprocessing``: ``{"size", "mean", "std"}`` (the run's / scan's image size and normalisation follow it);
-* ``context_length``: the most tokens the text tower takes.
+* ``context_length``: the most tokens the text tower takes; ``embed_dim``: the embedding size.
 
 clpoison's own CLIP (:class:`clpoison.methods.clip.CLIP`: ``model``, ``tokenizer``, ``params.context_length``, the
 run's ``augment``) already has it. The foreign formats (:func:`load_pretrained_clip`), read without executing code:
@@ -58,9 +58,11 @@ class TowersCLIP(nn.Module):
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.text(tokens), dim=-1)
 
+    def scale(self) -> torch.Tensor:
+        return self.logit_scale.exp().clamp(max=self.max_logit_scale)
+
     def forward(self, images: torch.Tensor, tokens: torch.Tensor):
-        scale = self.logit_scale.exp().clamp(max=self.max_logit_scale)
-        return self.encode_image(images), self.encode_text(tokens), scale
+        return self.encode_image(images), self.encode_text(tokens), self.scale()
 
 
 @dataclass
@@ -71,6 +73,7 @@ class PretrainedCLIP:
     tokenizer: Any
     preprocessing: dict[str, Any]
     context_length: int
+    embed_dim: int
     format: str
     path: str
 
@@ -190,7 +193,7 @@ def load_openclip(path: str | Path, tokenizer: Optional[str] = None, heads: Opti
                      "std": list(pre.get("std", OPENAI_STD))}
     scale = state.get("logit_scale", torch.tensor(math.log(1 / 0.07)))
     model = TowersCLIP(visual, text, scale.float().reshape(()), max_logit_scale).eval()
-    return PretrainedCLIP(model, tok, preprocessing, tspec["context_length"], "open_clip", str(path))
+    return PretrainedCLIP(model, tok, preprocessing, tspec["context_length"], tspec["embed_dim"], "open_clip", str(path))
 
 
 def load_pretrained_clip(path: str | Path, tokenizer: Optional[str] = None, heads: Optional[int] = None,
