@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Optional
 
@@ -106,7 +107,15 @@ def read_openclip_state(path: Path) -> dict[str, torch.Tensor]:
     return {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
 
 
-def _keys(path: Path) -> set[str]:
+def _keys(path: Path) -> frozenset[str]:
+    """The state dict keys of a weights file (read once per file version: `evaluate` / `scan` ask several times)."""
+    st = path.stat()
+    return _keys_of(str(path), st.st_mtime_ns, st.st_size)
+
+
+@lru_cache(maxsize=8)
+def _keys_of(name: str, mtime_ns: int, size: int) -> frozenset[str]:
+    path = Path(name)
     if path.suffix == ".safetensors":
         from safetensors import safe_open
 
@@ -114,12 +123,12 @@ def _keys(path: Path) -> set[str]:
             with safe_open(str(path), "pt") as f:
                 keys = set(f.keys())
         except Exception:  # not safetensors: the loader that reads it reports it
-            return set()
-        return {k.split(".", 1)[1] if k.startswith(("module.",)) else k for k in keys}
+            return frozenset()
+        return frozenset(k.split(".", 1)[1] if k.startswith("module.") else k for k in keys)
     try:
-        return set(read_openclip_state(path))
+        return frozenset(read_openclip_state(path))
     except DataError:
-        return set()
+        return frozenset()
 
 
 def is_openclip_clip(path: str | Path) -> bool:
