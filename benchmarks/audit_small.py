@@ -12,15 +12,25 @@ poisoned data and with a clean reference model, plus a locally created Hugging F
   scanned and compared with transformers' own embeddings (loading path only, not accuracy; skipped with a note
   when ``transformers`` is not installed).
 
-Writes ``{"rates": {RATE: {"poisoned_model" | "clean_reference": {SCORE: {"roc_auc", "poisons_in_top_k"}}}},
-"seconds_per_1000_pairs": {SCORE: s}, "hf_local": {"scan_ok", "max_abs_diff_vs_transformers"}, ...}``:
+Writes exactly ``{"rates": {RATE: {"poisoned_model" | "clean_reference": {SCORE: {"roc_auc", "poisons_in_top_k"}}}},
+"seconds_per_1000_pairs": {SCORE: s}, "hf_local": {"scan_ok", "max_abs_diff_vs_transformers"}}`` to ``--out``
+and the rest (precision / recall, the in-batch neighbour rows of ``--neighbour-batch``, poison counts, notes) to
+``OUT.details.json`` beside it, after every rate. Finished runs and exports are reused (same config / params and
+seed), and so are finished scans and the ``hf_local`` check (timings are always measured afresh) (``WORK/*.json``, keyed by the digests of the
+models' ``results.json`` and the export's manifest, and by the options), so a re-run computes only what changed::
 
-    python benchmarks/audit_small.py --out benchmarks/results/audit_small.json
+    python benchmarks/audit_small.py --out benchmarks/results/audit_small.json --neighbour-batch 1024
+
+Smoke check of the whole path (1 epoch, 512 training pairs; about a minute on 2 cores)::
+
+    python benchmarks/audit_small.py --out /tmp/audit_smoke.json --poisoned-epochs 1 train.epochs=1 \
+        data.train_limit=512
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import time
 from functools import partial
@@ -64,10 +74,68 @@ def train_and_export(args: argparse.Namespace, work: Path, r: float) -> tuple[Pa
     return work / name, exp
 
 
+def digest(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16] if Path(path).is_file() else ""
+
+
+def cached(where: Path, key: dict, compute):
+    """``compute()``'s JSON result, reused from ``where`` when it was stored under the same ``key`` (the models'
+    results and the export's manifest by digest, the scores and options), so a re-run only computes what changed."""
+    if where.is_file():
+        old = json.loads(where.read_text())
+        if old.get("key") == key:
+            return old["value"]
+    value = compute()
+    atomic_write_json(where, {"key": key, "value": value})
+    return value
+
+
+def scan_cached(work: Path, name: str, data: str, man: str, **kw) -> dict:
+    """:func:`scan_data` of ``data`` against the manifest ``man`` (``kw``: checkpoint / reference / scores / k /
+    neighbour_batch), cached in ``work/name.json`` beside its CSV."""
+    models = {w: [kw[w], digest(Path(kw[w]) / "results.json")] for w in ("checkpoint", "reference") if kw.get(w)}
+    key = {**{k: v for k, v in kw.items() if k not in models}, **models, "manifest": digest(Path(man))}
+    return cached(work / f"{name}.json", key, lambda: scan_data(work / f"{name}.csv", data, manifest=man, **kw))
+
+
 def scores_of(summary: dict, names: list[str]) -> dict:
     per = summary.get("scores") or {names[0]: summary}
     return {n: {"roc_auc": per[n]["roc_auc"], "poisons_in_top_k": per[n]["poisons_in_top_k"],
                 "precision": per[n]["precision"], "recall": per[n]["recall"]} for n in names}
+
+
+def time_scores(run: Path, data: str, names: list[str], k: int) -> tuple[dict, dict]:
+    """Seconds per 1,000 pairs of each score as `clpoison scan` computes it: the image embeddings (and, for
+    similarity, the caption embeddings) once, then each score alone; loading the model and data excluded."""
+    from clpoison.data.caption_loader import flat_captions
+    from clpoison.eval.density import density_scores
+    from clpoison.eval.zeroshot import encode_images, encode_texts
+    from clpoison.experiments.scan import load_clip
+    from clpoison.experiments.sources import load_scan_data
+
+    _, cfg, method, task = load_clip(run)
+    ds, _ = load_scan_data(data, None, cfg.data.image_size or cfg.augment.out_size, 0)
+    texts = flat_captions(ds)
+    owner = torch.repeat_interleave(torch.arange(len(ds)), torch.tensor([len(c) for c in ds.captions]))
+    t = time.perf_counter()
+    img = torch.nn.functional.normalize(encode_images(method.model, ds.images, task.transform(),
+                                                      batch_size=cfg.eval.batch_size, device=task.device).float(), dim=1)
+    t_img = time.perf_counter() - t
+    t = time.perf_counter()
+    txt = torch.nn.functional.normalize(encode_texts(method.model, method.tokenizer, texts, method.params.context_length,
+                                                     device=task.device).float(), dim=1)
+    t_txt = time.perf_counter() - t
+    per: dict = {}
+    for n in names:
+        t = time.perf_counter()
+        if n == "similarity":
+            (img[owner] * txt).sum(1)
+            per[n] = t_img + t_txt + time.perf_counter() - t
+        else:
+            density_scores(img, [n], k)
+            per[n] = t_img + time.perf_counter() - t
+    return ({n: s / len(texts) * 1000 for n, s in per.items()},
+            {"pairs": len(texts), "embed_images_s": t_img, "embed_captions_s": t_txt})
 
 
 def hf_local(work: Path, export_dir: Path, poisoned: Path) -> dict:
@@ -123,6 +191,11 @@ def parse() -> argparse.Namespace:
     return ap.parse_args()
 
 
+def details_path(out: Path) -> Path:
+    """Where everything beyond the issue's keys goes: ``OUT`` with ``.details.json``."""
+    return out.with_name(out.stem + ".details.json")
+
+
 def main() -> None:
     args = parse()
     torch.set_num_threads(args.threads)
@@ -134,37 +207,40 @@ def main() -> None:
             train_and_export(args, work, r)
         return
     names = list(args.scores)
-    result: dict = {"rates": {}, "seed": args.seed, "k": args.k, "neighbours": "whole set", "poisons": {},
-                    "poisoned_epochs": args.poisoned_epochs or 40}
-    batch: dict = {}
+    # OUT holds exactly the issue's keys; precision / recall, in-batch neighbours, counts and notes go beside it
+    result: dict = {"rates": {}, "seconds_per_1000_pairs": {}, "hf_local": {}}
+    details: dict = {"seed": args.seed, "k": args.k, "neighbours": "whole set", "poisons": {}, "rates": {},
+                     "poisoned_epochs": args.poisoned_epochs or 40, "overrides": list(args.overrides)}
     for i, r in enumerate(args.rates):  # the first rate also gives the timings and the hf_local check
         run, exp = train_and_export(args, work, r)
         man, data = str(exp / "manifest.json"), str(exp / "train.csv")
-        row = {}
+        rate = str(r)
+        result["rates"][rate], details["rates"][rate] = {}, {}
         for who, kw in (("poisoned_model", {"checkpoint": str(run)}), ("clean_reference", {"reference": str(clean)})):
-            summ = scan_data(work / f"scan_{r}_{who}.csv", data, manifest=man, scores=names, k=args.k, **kw)
-            row[who] = scores_of(summ, names)
-            ECHO(f"{r} {who}: " + json.dumps({n: round(v["roc_auc"], 3) for n, v in row[who].items()}))
+            summ = scan_cached(work, f"scan_{r}_{who}", data, man, scores=names, k=args.k, **kw)
+            per = scores_of(summ, names)
+            result["rates"][rate][who] = {n: {"roc_auc": v["roc_auc"], "poisons_in_top_k": v["poisons_in_top_k"]}
+                                          for n, v in per.items()}
+            details["rates"][rate][who] = per
+            ECHO(f"{r} {who}: " + json.dumps({n: round(v["roc_auc"], 3) for n, v in per.items()}))
             if args.neighbour_batch:  # the official in-batch neighbours, beside
-                summ = scan_data(work / f"scan_{r}_{who}_batch.csv", data, manifest=man, scores=names, k=args.k,
-                                 neighbour_batch=args.neighbour_batch, **kw)
-                batch.setdefault(str(r), {})[who] = scores_of(summ, names)
-        result["rates"][str(r)] = row
-        result["poisons"][str(r)] = summ["poisons"]
-        result["pairs"] = summ["pairs"]
-        if batch:
-            result[f"rates_neighbour_batch_{args.neighbour_batch}"] = batch
+                b = scan_cached(work, f"scan_{r}_{who}_batch", data, man, scores=names, k=args.k,
+                                neighbour_batch=args.neighbour_batch, **kw)
+                details.setdefault(f"rates_neighbour_batch_{args.neighbour_batch}", {}).setdefault(rate, {})[who] = \
+                    scores_of(b, names)
+        details["poisons"][rate], details["pairs"] = summ["poisons"], summ["pairs"]
         if i == 0:
-            result["seconds_per_1000_pairs"] = {}
-            for n in names:  # each score alone, loading + embedding included, with the poisoned model
-                t = time.perf_counter()
-                summ = scan_data(work / f"time_{n}.csv", data, checkpoint=str(run), scores=[n], k=args.k)
-                result["seconds_per_1000_pairs"][n] = (time.perf_counter() - t) / summ["pairs"] * 1000
-            result["timing_note"] = (f"scan of the {r} export ({summ['pairs']} pairs) with one score, loading and "
-                                     f"embedding included, {args.threads} threads, CPU")
-            result["hf_local"] = hf_local(work, exp, run)
-        result["wall_s"] = round(time.time() - t0, 1)
+            result["seconds_per_1000_pairs"], details["timing"] = time_scores(run, data, names, args.k)  # never reused
+            details["timing"]["note"] = (f"the {r} export, poisoned model, {args.threads} threads, CPU: embedding (images; "
+                                         "captions too for similarity) + the score, data loading excluded")
+            hf = cached(work / "hf_local.json", {"run": digest(run / "results.json"), "manifest": digest(exp / "manifest.json")},
+                        lambda: hf_local(work, exp, run))
+            result["hf_local"] = {"scan_ok": bool(hf["scan_ok"]),
+                                  "max_abs_diff_vs_transformers": hf.get("max_abs_diff_vs_transformers")}
+            details["hf_local"] = hf
+        details["wall_s"] = round(time.time() - t0, 1)
         atomic_write_json(out, result)  # after every rate: a partial result survives an interruption
+        atomic_write_json(details_path(out), details)
     print(json.dumps(result, indent=2))
 
 

@@ -14,7 +14,7 @@ from clpoison.errors import ConfigError
 transformers = pytest.importorskip("transformers")
 
 from clpoison.data.augment import EvalTransform  # noqa: E402
-from clpoison.methods.hf_clip import HFCLIP, HFCLIPParams  # noqa: E402
+from clpoison.methods.pretrained_clip import HFCLIP, HFCLIPParams  # noqa: E402
 from clpoison.models.hf_clip import (  # noqa: E402
     load_hf_clip, preprocessing, transformers_embeddings, write_tiny_hf_clip)
 
@@ -85,40 +85,113 @@ def test_weights_that_do_not_fit_the_config_are_one_line(hf_dir, tmp_path):
         load_hf_clip(d)
 
 
-@pytest.mark.slow
-def test_hf_clip_through_the_cli(hf_dir, tmp_path, capsys):
-    """scan (as the model, as --reference, with density scores), evaluate with a manifest's trigger, and a short
-    fine-tuning run (hf-clip-finetune) whose checkpoint scans again."""
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """Tiny caption data as CSV (60 train / 30 test pairs, 16 px) and its Carlini backdoor export (6 poisons)."""
     from attack_fixtures import tiny_caption_splits
     from test_attacks_cli import write_csv_dataset
 
     from clpoison.cli import main
 
-    train, test = write_csv_dataset(tmp_path / "src", tiny_caption_splits(n_train=60, n_test=30, size=16))
-    exp = tmp_path / "exp"
+    root = tmp_path_factory.mktemp("data")
+    train, test = write_csv_dataset(root / "src", tiny_caption_splits(n_train=60, n_test=30, size=16))
+    exp = root / "exp"
     assert main(["poison", "carlini-backdoor", "--data", str(train), "--test-path", str(test), "--label-column",
                  "label", "--out", str(exp), "target=airplane", "poison_count=6", "trigger.size=4"]) == 0
+    return {"train": train, "test": test, "data": exp / "train.csv", "manifest": exp / "manifest.json"}
+
+
+def cli(args, capsys):
+    from clpoison.cli import main
+
     capsys.readouterr()
-    assert main(["scan", str(hf_dir), "--data", str(exp / "train.csv"), "--manifest", str(exp / "manifest.json"),
-                 "--out", str(tmp_path / "a.csv"), "--score", "kdist", "similarity", "--k", "8"]) == 0
-    s = json.loads(capsys.readouterr().out)
-    assert s["ranked_by"] == "checkpoint" and set(s["scores"]) == {"kdist", "similarity"} and s["pairs"] == 60 and s["poisons"] == 6
-    header = (tmp_path / "a.csv").read_text().splitlines()[0].split(",")
-    assert header[3:5] == ["kdist", "similarity"]
-    assert main(["scan", "--reference", str(hf_dir), "--data", str(exp / "train.csv"), "--out", str(tmp_path / "b.csv")]) == 0
-    assert json.loads(capsys.readouterr().out)["ranked_by"] == "reference"
-    assert main(["evaluate", str(hf_dir), "--manifest", str(exp / "manifest.json"), "data.name=captions-csv",
-                 f"data.path={train}", f"data.captions.test_path={test}", "data.captions.label_column=label"]) == 0
-    m = json.loads(capsys.readouterr().out)
-    assert 0.0 <= m["asr"] <= 1.0 and "zeroshot_top1" in m
+    code = main([str(a) for a in args])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    return json.loads(out.out) if out.out.lstrip().startswith("{") else out.out
+
+
+def test_cli_scan_with_the_model(hf_dir, exported, tmp_path, capsys):
+    """`clpoison scan HF_DIR`: every pair scored, one column per score, ROC-AUC per score against the manifest."""
+    s = cli(["scan", hf_dir, "--data", exported["data"], "--manifest", exported["manifest"], "--out", tmp_path / "a.csv",
+             "--score", "kdist", "similarity", "--k", "8"], capsys)
+    assert s["ranked_by"] == "checkpoint" and set(s["scores"]) == {"kdist", "similarity"}
+    assert s["pairs"] == 60 and s["poisons"] == 6 and all(0 <= v["roc_auc"] <= 1 for v in s["scores"].values())
+    assert (tmp_path / "a.csv").read_text().splitlines()[0].split(",")[3:5] == ["kdist", "similarity"]
+
+
+def test_cli_scan_with_it_as_reference(hf_dir, exported, tmp_path, capsys):
+    s = cli(["scan", "--reference", hf_dir, "--data", exported["data"], "--out", tmp_path / "b.csv"], capsys)
+    assert s["ranked_by"] == "reference" and s["reference"] == str(hf_dir) and s["pairs"] == 60
+
+
+def test_cli_evaluate_zero_shot_and_asr(hf_dir, exported, capsys):
+    m = cli(["evaluate", hf_dir, "--manifest", exported["manifest"], "data.name=captions-csv",
+             f"data.path={exported['train']}", f"data.captions.test_path={exported['test']}",
+             "data.captions.label_column=label"], capsys)
+    assert 0.0 <= m["asr"] <= 1.0 and 0.0 <= m["zeroshot_top1"] <= 1.0 and "recall_at_1_i2t" in m
+
+
+def test_cli_finetune_from_model_init(hf_dir, exported, tmp_path, capsys):
+    """`clpoison run` of a CLIP config with model.init=HF_DIR fine-tunes the pretrained model (its weights move);
+    the run's checkpoint and clip.safetensors scan again."""
     cfg = tmp_path / "ft.yaml"
-    cfg.write_text("preset: hf-clip-finetune\n")
+    cfg.write_text("preset: clip-small\n")
     run = tmp_path / "run"
-    assert main(["run", str(cfg), f"method.params.path={hf_dir}", "data.name=captions-csv", f"data.path={train}",
-                 f"data.captions.test_path={test}", "data.captions.label_column=label", "train.epochs=1",
-                 "train.batch_size=16", "--out", str(run), "--no-progress"]) == 0
-    capsys.readouterr()
+    cli(["run", cfg, f"model.init={hf_dir}", "data.name=captions-csv", f"data.path={exported['train']}",
+         f"data.captions.test_path={exported['test']}", "data.captions.label_column=label", "train.epochs=1",
+         "train.batch_size=16", "train.lr=1e-3", "eval.linear=false", "--out", run, "--no-progress"], capsys)
+    res = json.loads((run / "results.json").read_text())
+    assert res["config"]["model"]["init"] == str(hf_dir) and "zeroshot_top1" in res["metrics"]
     before = HFCLIP(None, HFCLIPParams(path=str(hf_dir))).state_dict()
     after = torch.load(run / "checkpoint.pt", weights_only=True)["model"]
-    assert any(not torch.equal(before[k], after[k]) for k in before)  # the weights moved
-    assert main(["scan", str(run), "--data", str(exp / "train.csv"), "--out", str(tmp_path / "c.csv")]) == 0
+    assert set(before) == set(after) and any(not torch.equal(before[k], after[k]) for k in before)
+    for model in (run, run / "clip.safetensors"):
+        s = cli(["scan", model, "--data", exported["data"], "--out", tmp_path / "c.csv"], capsys)
+        assert s["pairs"] == 60
+
+
+def test_model_init_is_for_clip_runs():
+    from clpoison.experiments.config import build_config
+
+    with pytest.raises(ConfigError, match="model.init"):
+        build_config({"preset": "simclr-small"}, ["model.init=/x"])
+
+
+def test_pickle_that_would_run_code_is_refused(exported, tmp_path, capsys):
+    """A .pt whose unpickling would call a function: refused in one line, and the function never runs."""
+    from clpoison.cli import main
+
+    marker = tmp_path / "ran"
+
+    class Evil:
+        def __reduce__(self):
+            return (marker.touch, ())
+
+    torch.save({"visual.conv1.weight": Evil()}, tmp_path / "evil.pt")
+    (tmp_path / "c.yaml").write_text("preset: clip-small\n")
+    for args in (["scan", tmp_path / "evil.pt", "--data", exported["data"], "--out", tmp_path / "x.csv"],
+                 ["evaluate", tmp_path / "evil.pt"],
+                 ["run", tmp_path / "c.yaml", f"model.init={tmp_path / 'evil.pt'}", "--out", tmp_path / "r"]):
+        capsys.readouterr()
+        assert main([str(a) for a in args]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "refused" in err[0], err
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("defense", ["roclip-small", "safeclip-small"])
+def test_training_time_defenses_wrap_a_pretrained_clip(hf_dir, exported, tmp_path, capsys, defense):
+    """RoCLIP / SafeCLIP fine-tuning of a pretrained CLIP (model.init): the defense wraps its method, the weights
+    move and the run's model is the pretrained architecture."""
+    cfg = tmp_path / "d.yaml"
+    cfg.write_text(f"preset: {defense}\n")
+    run = tmp_path / "run"
+    cli(["run", cfg, f"model.init={hf_dir}", "data.name=captions-csv", f"data.path={exported['train']}",
+         f"data.captions.test_path={exported['test']}", "data.captions.label_column=label", "train.epochs=1",
+         "train.batch_size=16", "train.lr=1e-3", "eval.linear=false", "--out", run, "--no-progress"], capsys)
+    res = json.loads((run / "results.json").read_text())
+    assert res["defense"]["name"] == defense.split("-")[0]
+    before = HFCLIP(None, HFCLIPParams(path=str(hf_dir))).state_dict()
+    after = torch.load(run / "checkpoint.pt", weights_only=True)["model"]
+    assert set(before) == set(after) and any(not torch.equal(before[k], after[k]) for k in before)

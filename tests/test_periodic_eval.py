@@ -83,3 +83,18 @@ def test_random_init_control_leaves_training_unchanged(tmp_path):
     assert "linear_top1_random_init" in on["metrics"] and "knn_top1_random_init" in on["metrics"]
     assert [r["loss"] for r in on["history"]] == [r["loss"] for r in off["history"]]
     assert on["metrics"]["linear_top1"] == off["metrics"]["linear_top1"] and on["metrics"]["asr"] == off["metrics"]["asr"]
+
+
+def test_a_key_added_to_the_schema_later_at_null_is_no_change():
+    """Runs written before `model.init` (or `data.exclude_classes`) existed are reused / resumed: a key absent from
+    the old snapshot and null / empty in the new one is no change; set, or any other difference, still is."""
+    from clpoison.experiments.fingerprint import config_changes
+
+    new = build_config({"preset": "clip-small"}, []).to_dict()
+    old = {**new, "model": {k: v for k, v in new["model"].items() if k != "init"}}
+    assert config_changes(old, new) == []
+    older = {**old, "data": {k: v for k, v in new["data"].items() if k != "exclude_classes"}}  # empty list: same
+    assert config_changes(older, new) == []
+    assert config_changes(older, {**new, "data": {**new["data"], "exclude_classes": ["cat"]}}) == ["data.exclude_classes"]
+    assert config_changes(old, {**new, "model": {**new["model"], "init": "/m"}}) == ["model.init"]
+    assert config_changes(old, {**new, "seed": 1}) == ["seed"]

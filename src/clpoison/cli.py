@@ -111,12 +111,31 @@ def _is_encoder_file(arg: str) -> bool:
     return False
 
 
+def _pretrained_clip(arg: str, overrides: list[str]) -> bool:
+    """Whether ``evaluate`` scores ``arg`` as a pretrained CLIP (zero-shot, ASR): a Hugging Face CLIP directory, or an
+    open_clip state dict with both towers and its tokenizer (beside it or ``method.params.tokenizer=``); without a
+    tokenizer an open_clip file is evaluated as an image encoder, and that is said."""
+    from .models.hf_clip import is_hf_clip
+    from .models.pretrained import is_openclip_clip, openclip_tokenizer
+
+    if is_hf_clip(arg):
+        return True
+    if not is_openclip_clip(arg):
+        return False
+    if any(o.startswith("method.params.tokenizer=") for o in overrides) or openclip_tokenizer(arg) is not None:
+        return True
+    print(f"note: no tokenizer beside '{arg}', so its text tower is not used: evaluating the image tower (give open_clip's "
+          "bpe_simple_vocab_16e6.txt.gz, or vocab.json + merges.txt, beside it for zero-shot)", file=sys.stderr)
+    return False
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .utils.io import atomic_write_json, check_output_path
 
     if args.out:
         check_output_path(args.out, inputs=[args.manifest, args.overrides], around=[args.checkpoint])
-    if _is_encoder_file(args.checkpoint):
+    pretrained = _pretrained_clip(args.checkpoint, args.overrides)
+    if not pretrained and _is_encoder_file(args.checkpoint):
         if args.control:
             raise ConfigError("--control random-init is for a run directory / checkpoint.pt (it rebuilds the run's "
                               "architecture untrained)")
@@ -129,9 +148,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                                          "metrics": metrics, "config": cfg.to_dict()})
         return 0
     from .experiments.run_eval import evaluate_run
-    from .models.hf_clip import is_hf_clip
 
-    if is_hf_clip(args.checkpoint):  # a pretrained Hugging Face CLIP directory (docs/audit.md)
+    if pretrained:  # a Hugging Face CLIP directory or an open_clip model with both towers (docs/audit.md)
         from .experiments.scan import pretrained_checkpoint
 
         path, ckpt = Path(args.checkpoint), pretrained_checkpoint(args.checkpoint)

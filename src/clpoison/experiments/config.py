@@ -63,6 +63,15 @@ class ModelConfig:
     arch: str = "resnet18"
     width: int = 64
     stem_stride: int = 1
+    # CLIP: start from a pretrained CLIP (a Hugging Face CLIP directory or an open_clip state dict with both towers;
+    # docs/audit.md); its architecture, tokenizer, image size and mean/std replace arch/width and method.params
+    init: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        if self.init is not None:
+            if not str(self.init).strip():
+                raise ConfigError("model.init is empty; give a pretrained CLIP's path or null")
+            self.init = str(Path(self.init).expanduser().resolve())
 
 
 @dataclass
@@ -115,6 +124,9 @@ class EvalConfig:
             parse_sets(self.sets)
 
 
+PRETRAINED_METHODS = ("clip", "pretrained-clip", "hf-clip")  # the methods model.init may start
+
+
 @dataclass
 class ExperimentConfig:
     name: str = "experiment"
@@ -133,6 +145,9 @@ class ExperimentConfig:
     def __post_init__(self) -> None:
         if isinstance(self.seed, bool) or not 0 <= self.seed < 2**63:
             raise ConfigError(f"seed={self.seed} must be an integer in [0, 2**63)")
+        if self.model.init and self.method.name not in PRETRAINED_METHODS:
+            raise ConfigError(f"model.init (a pretrained CLIP) is for CLIP runs; set method.name=clip (not "
+                              f"'{self.method.name}') or drop model.init")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

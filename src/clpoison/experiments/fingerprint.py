@@ -12,7 +12,8 @@
 
 :func:`config_changes` compares two config snapshots, ignoring the *presentation* keys (:data:`PRESENTATION_KEYS`:
 the progress bar) that do not change what is trained — so toggling ``--no-progress`` resumes instead of
-retraining, and any other change stops with one line.
+retraining, and any other change stops with one line. A key that the schema gained after the old snapshot was
+written (``model.init``, ``data.exclude_classes``) is no change while it is null or empty.
 """
 
 from __future__ import annotations
@@ -69,4 +70,6 @@ def config_changes(old: Optional[dict], new: dict) -> list[str]:
     if not isinstance(old, dict):
         return ["<unreadable>"]
     a, b = _flatten(json.loads(dumps_json(old))), _flatten(json.loads(dumps_json(new)))
-    return sorted(k for k in set(a) | set(b) if k not in PRESENTATION_KEYS and a.get(k, "<unset>") != b.get(k, "<unset>"))
+    added_later = {k for k in set(b) - set(a) if b[k] is None or b[k] == []}  # gained since, left null / empty
+    return sorted(k for k in set(a) | set(b) if k not in PRESENTATION_KEYS and k not in added_later
+                  and a.get(k, "<unset>") != b.get(k, "<unset>"))

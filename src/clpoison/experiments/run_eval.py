@@ -36,6 +36,9 @@ def evaluate_run(path: Path, ckpt: dict, overrides: Sequence[str] = (), manifest
     cfg = build_config(dict(ckpt["config"]), list(overrides))
     task = task_for(cfg, resolve_device(cfg.device))  # stdout is the JSON
     method = task.method_from_checkpoint(ckpt, f"checkpoint '{path}'")
+    if control == "random-init" and getattr(method, "own_tokenizer", False):
+        raise ConfigError("--control random-init rebuilds clpoison's own architectures untrained; a pretrained CLIP "
+                          "(model.init) has no untrained state: evaluate the bare model instead")
     if control == "random-init":
         seed_everything(cfg.seed, cfg.deterministic)
         c = cfg

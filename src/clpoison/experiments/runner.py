@@ -147,14 +147,15 @@ def _run_locked(cfg: ExperimentConfig, out: Path, overwrite: bool, resume: bool,
 
 
 def run_or_reuse(cfg: ExperimentConfig, out: Path, echo: Callable[[str], None] = lambda s: None) -> tuple[dict[str, Any], bool]:
-    """``(results, reused)``: the finished run at ``out`` when its ``results.json`` was written for exactly this
-    config (benchmarks re-use runs across scripts and re-runs), else a fresh :func:`run_experiment` (which resumes
+    """``(results, reused)``: the finished run at ``out`` when its ``results.json`` was written for this config
+    (:func:`~clpoison.experiments.fingerprint.config_changes` finds no change; benchmarks re-use runs across scripts
+    and re-runs), else a fresh :func:`run_experiment` (which resumes
     a matching ``out.partial``). A finished run of a different config is replaced."""
     path = Path(out) / RESULTS_NAME
     if path.exists():
         try:
             old = json.loads(path.read_text())
-            if old.get("config") == json.loads(dumps_json(cfg.to_dict())):
+            if isinstance(old.get("config"), dict) and not config_changes(old["config"], cfg.to_dict()):
                 return old, True
         except (OSError, ValueError):
             pass

@@ -19,23 +19,24 @@ from .tasks import task_for
 
 
 def pretrained_checkpoint(path: str | Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
-    """A checkpoint-like dict of a pretrained Hugging Face CLIP directory (preset ``hf-clip-finetune``, no trained
-    weights: ``model`` is None, so the task builds the model from the directory)."""
-    cfg = build_config({"preset": "hf-clip-finetune"}, [f"method.params.path={Path(path).resolve()}", *overrides])
-    return {"config": cfg.to_dict(), "model": None, "method": "hf-clip"}
+    """A checkpoint-like dict of a pretrained CLIP — a Hugging Face CLIP directory or an open_clip state dict
+    (preset ``clip-finetune`` with ``model.init``, no trained weights: ``model`` is None, so the task builds the
+    model from ``path``)."""
+    cfg = build_config({"preset": "clip-finetune"}, [f"model.init={Path(path).resolve()}", *overrides])
+    return {"config": cfg.to_dict(), "model": None, "method": cfg.method.name}
 
 
 def load_clip(arg: str | Path) -> tuple[Path, Any, Any, Any]:
-    """``(path, config, method, task)`` of a CLIP run directory, its checkpoint (loaded weights_only) or its
-    ``clip.safetensors`` (:mod:`clpoison.models.clip_file`)."""
+    """``(path, config, method, task)`` of a CLIP run directory, its checkpoint (loaded weights_only), its
+    ``clip.safetensors`` (:mod:`clpoison.models.clip_file`) or a pretrained CLIP (:mod:`clpoison.models.pretrained`)."""
     from ..engine.checkpoint import read_checkpoint
     from ..utils.device import resolve_device
 
     from ..models.clip_file import is_clip_model, read_clip_model
-    from ..models.hf_clip import is_hf_clip
+    from ..models.pretrained import is_pretrained_clip
 
     path = Path(arg)
-    if is_hf_clip(path):  # a pretrained Hugging Face CLIP directory: no fine-tuned weights
+    if is_pretrained_clip(path):  # a Hugging Face CLIP directory or an open_clip state dict: no fine-tuned weights
         ckpt = pretrained_checkpoint(path)
     elif is_clip_model(path):  # clip.safetensors + clip.json: both towers, tensors only
         ckpt = read_clip_model(path)

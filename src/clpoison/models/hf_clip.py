@@ -1,7 +1,7 @@
 """A Hugging Face CLIP directory (``config.json``, ``model.safetensors``, tokenizer files, ``preprocessor_config.json``)
-as a clpoison CLIP: the same ``encode_image`` / ``encode_text`` / ``forward`` as :class:`clpoison.models.clip.CLIPModel`,
-a tokenizer with clpoison's ``encode(texts, context_length)`` and the model's own preprocessing (image size,
-mean, std).
+behind clpoison's CLIP interface (:mod:`clpoison.models.pretrained`): the same ``encode_image`` / ``encode_text`` /
+``forward`` as :class:`clpoison.models.clip.CLIPModel`, a tokenizer with clpoison's ``encode(texts, context_length)``
+and the model's own preprocessing (image size, mean, std).
 
 Loaded without executing code: the architecture from ``config.json`` (``transformers.CLIPConfig``), the weights from
 ``model.safetensors`` only (a ``pytorch_model.bin`` is a pickle and is refused), the tokenizer from its files, no
@@ -13,7 +13,7 @@ anti-aliasing) and normalises with the model's mean/std; for square images this 
 resize-shortest-side + centre crop up to the resampling kernel (exact when the images already have the model's size).
 
 Tokens: clpoison pads token rows with 0 and trims on it, while 0 is a real CLIP token; the tokenizer therefore writes
-``id + 1`` (0 = padding) and :meth:`HFCLIPModel.encode_text` undoes it and passes the attention mask.
+``id + 1`` (0 = padding) and the text tower undoes it and passes the attention mask.
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
+from .clip_bpe import bytes_to_unicode
+from .pretrained import PretrainedCLIP, TowersCLIP
 
 HF_EXTRA = "Hugging Face CLIP needs the optional extra `hf`: pip install 'clpoison[hf]' (transformers 5, Python >= 3.11)"
 WEIGHTS = "model.safetensors"
@@ -97,29 +99,11 @@ def load_hf_clip(path: str | Path) -> nn.Module:
     return model.eval()
 
 
-class HFCLIPModel(nn.Module):
-    """clpoison's CLIP interface over the towers of a ``transformers.CLIPModel`` (embeddings L2-normalised, as
-    clpoison's CLIPModel; the projections are transformers' own ``get_image_features`` / ``get_text_features``)."""
-
-    def __init__(self, hf: nn.Module, pad_id: int, max_logit_scale: float = 100.0) -> None:
-        super().__init__()
-        self.visual = _Vision(hf.vision_model, hf.visual_projection)
-        self.text = _Text(hf.text_model, hf.text_projection)
-        self.logit_scale = hf.logit_scale
-        self.pad_id = int(pad_id)
-        self.max_logit_scale = max_logit_scale
-
-    def encode_image(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.visual(x), dim=-1)
-
-    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
-        mask = tokens != 0
-        ids = torch.where(mask, tokens - 1, torch.full_like(tokens, self.pad_id))
-        return F.normalize(self.text(ids, mask.long()), dim=-1)
-
-    def forward(self, images: torch.Tensor, tokens: torch.Tensor):
-        scale = self.logit_scale.exp().clamp(max=self.max_logit_scale)
-        return self.encode_image(images), self.encode_text(tokens), scale
+def hf_clip_model(hf: nn.Module, pad_id: int, max_logit_scale: float = 100.0) -> TowersCLIP:
+    """clpoison's CLIP interface over the towers of a ``transformers.CLIPModel`` (the projections are transformers'
+    own ``get_image_features`` / ``get_text_features``; parameters ``visual.body.*``, ``text.body.*``, ...)."""
+    return TowersCLIP(_Vision(hf.vision_model, hf.visual_projection), _Text(hf.text_model, hf.text_projection, pad_id),
+                      hf.logit_scale, max_logit_scale)
 
 
 class _Vision(nn.Module):
@@ -133,9 +117,26 @@ class _Vision(nn.Module):
         return self.proj(self.body(pixel_values=x).pooler_output)
 
 
-class _Text(_Vision):
-    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        return self.proj(self.body(input_ids=ids, attention_mask=mask).pooler_output)
+class _Text(nn.Module):
+    """The text tower: clpoison's tokens (id + 1, 0 pads) back to the model's ids and attention mask."""
+
+    def __init__(self, body: nn.Module, proj: nn.Module, pad_id: int) -> None:
+        super().__init__()
+        self.body, self.proj, self.pad_id = body, proj, int(pad_id)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        mask = tokens != 0
+        ids = torch.where(mask, tokens - 1, torch.full_like(tokens, self.pad_id))
+        return self.proj(self.body(input_ids=ids, attention_mask=mask.long()).pooler_output)
+
+
+def load_hf_pretrained(path: str | Path, max_logit_scale: float = 100.0) -> PretrainedCLIP:
+    """A Hugging Face CLIP directory behind clpoison's model interface (:mod:`clpoison.models.pretrained`)."""
+    hf = load_hf_clip(path)  # checks the directory and the extra first
+    tok = HFTokenizer(path)
+    return PretrainedCLIP(hf_clip_model(hf, tok.pad_id, max_logit_scale), tok, preprocessing(path),
+                          int(hf.config.text_config.max_position_embeddings), int(hf.config.projection_dim),
+                          "huggingface", str(path))
 
 
 class HFTokenizer:
@@ -170,7 +171,7 @@ def write_tiny_hf_clip(out: str | Path, image_size: int = 32, patch: int = 8, wi
     tf = _transformers()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    byte_chars = _bytes_to_unicode()
+    byte_chars = bytes_to_unicode()
     vocab = [*byte_chars, *[c + "</w>" for c in byte_chars], "<|startoftext|>", "<|endoftext|>"]
     merges = []
     for w in dict.fromkeys(words):  # merge left to right so that each word becomes one token
@@ -196,18 +197,6 @@ def write_tiny_hf_clip(out: str | Path, image_size: int = 32, patch: int = 8, wi
         "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": [0.48145466, 0.4578275, 0.40821073],
         "image_std": [0.26862954, 0.26130258, 0.27577711], "resample": 3, "do_convert_rgb": True}))
     return out
-
-
-def _bytes_to_unicode() -> list[str]:
-    """GPT-2 / CLIP's printable stand-ins of the 256 bytes."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs, n = bs[:], 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return [chr(c) for c in cs]
 
 
 @torch.no_grad()

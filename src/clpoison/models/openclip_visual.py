@@ -19,8 +19,8 @@ OpenAI's original weights and the ``-quickgelu`` configs). The image size follow
 preprocessing is open_clip's (OpenAI mean / std, resize to that size; open_clip resizes the short side and
 centre-crops, clpoison resizes the whole image — the same on square images).
 
-Not adapted: the text tower (zero-shot needs open_clip's BPE tokenizer and vocabulary), timm / Hugging Face image
-towers (``visual.trunk.*``), attentional-pooling ViTs (CoCa) — each refused with one line naming it.
+The text tower is :mod:`clpoison.models.openclip_text` (both towers with a tokenizer: :mod:`clpoison.models.pretrained`).
+Not adapted: timm / Hugging Face image towers (``visual.trunk.*``), attentional-pooling ViTs (CoCa) — each refused with one line naming it.
 """
 
 from __future__ import annotations
@@ -133,9 +133,9 @@ class _Block(nn.Module):
         self.ls_1 = _LayerScale(dim) if layer_scale else nn.Identity()
         self.ls_2 = _LayerScale(dim) if layer_scale else nn.Identity()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         y = self.ln_1(x)
-        x = x + self.ls_1(self.attn(y, y, y, need_weights=False)[0])
+        x = x + self.ls_1(self.attn(y, y, y, need_weights=False, attn_mask=attn_mask)[0])
         return x + self.ls_2(self.mlp(self.ln_2(x)))
 
 

@@ -62,6 +62,21 @@ def limit_pairs(ds: CaptionDataset, n: int | None) -> CaptionDataset:
     return ds if n is None or n >= len(ds) else ds.subset(torch.arange(n))
 
 
+def resolve_method(cfg: ExperimentConfig) -> tuple[str, dict[str, Any]]:
+    """``(method name, params)`` of a run: with ``model.init`` a CLIP run starts from that pretrained CLIP (method
+    ``pretrained-clip``, path = ``model.init``, an open_clip model's tokenizer files from ``method.params.tokenizer``;
+    the other CLIP params describe an architecture and are ignored)."""
+    name, params, init = cfg.method.name, dict(cfg.method.params or {}), cfg.model.init
+    if not init:
+        return name, params
+    if name == "clip":
+        return "pretrained-clip", {"path": init, **({"tokenizer": params["tokenizer"]} if params.get("tokenizer") else {})}
+    if params.get("path") and Path(params["path"]).expanduser().resolve() != Path(init):
+        raise ConfigError(f"model.init='{init}' and method.params.path='{params['path']}' differ; give the "
+                          "pretrained CLIP once")
+    return name, {**params, "path": init}
+
+
 def labelled(ds: CaptionDataset) -> bool:
     return bool(ds.class_names) and ds.labels is not None and bool((ds.labels >= 0).all()) and len(ds) > 0
 
@@ -73,13 +88,14 @@ class ImageTextTask(Task):
     def __init__(self, cfg: ExperimentConfig, device: torch.device, work: Optional[Path] = None,
                  echo: Callable[[str], None] = lambda s: None) -> None:
         super().__init__(cfg, device, work, echo)
-        cls, self.params = METHODS.params(cfg.method.name, cfg.method.params, "method.params")
+        self.method_name, self.method_params = resolve_method(cfg)
+        cls, self.params = METHODS.params(self.method_name, self.method_params, "method.params")
         self.own_tokenizer = getattr(cls, "own_tokenizer", False)
-        if self.own_tokenizer:  # a pretrained CLIP (hf-clip): image size and mean/std follow the model
-            from ...models.hf_clip import preprocessing
-
-            pre = preprocessing(self.params.path)
-            a = cfg.augment
+        self.pretrained: Optional[Method] = None
+        if self.own_tokenizer:  # a pretrained CLIP: image size and mean/std follow the model
+            self.pretrained = self.fresh_method()
+            self.params = self.pretrained.params
+            pre, a = self.pretrained.preprocessing, cfg.augment
             a.out_size, a.mean, a.std = pre["size"], tuple(pre["mean"]), tuple(pre["std"])
         self.channels_last = cfg.train.use_channels_last(device, cfg.model.width)  # = min_conv_channels of the tower
         self.tokenizer: CaptionTokenizer | None = None
@@ -152,21 +168,35 @@ class ImageTextTask(Task):
         self.echo(f"tokenizer: BPE, {tok.vocab_size} tokens, {how}")
         return tok
 
+    def fresh_method(self, tokenizer: Optional[CaptionTokenizer] = None) -> Method:
+        """A new method of this run (a pretrained CLIP: freshly read; the one read by the task is handed out once)."""
+        if self.pretrained is not None:
+            method, self.pretrained = self.pretrained, None
+            return method
+        c = self.cfg
+        return build_method(self.method_name, self.method_params, {"arch": c.model.arch, "width": c.model.width,
+                                                                   "stem_stride": c.model.stem_stride},
+                            **({} if self.own_tokenizer else {"tokenizer": tokenizer}))
+
     def build_method(self, train_set: CaptionDataset):
         self.tokenizer = None if self.own_tokenizer else self.make_tokenizer(train_set)
-        c = self.cfg
-        method = build_method(c.method.name, c.method.params, {"arch": c.model.arch, "width": c.model.width,
-                                                              "stem_stride": c.model.stem_stride}, tokenizer=self.tokenizer)
+        method = self.fresh_method(self.tokenizer)
         self.tokenizer = method.tokenizer
         return method
 
     def method_from_checkpoint(self, ckpt: Mapping[str, Any], what: str = "checkpoint") -> Method:
         """The trained CLIP of a checkpoint; its tokenizer (from the checkpoint) becomes the task's. A pretrained
-        model's checkpoint-like dict (``model`` None, e.g. a Hugging Face CLIP directory) is built from its params."""
-        if self.own_tokenizer and ckpt.get("model") is None:
-            c = self.cfg
-            method = build_method(c.method.name, c.method.params, {"arch": c.model.arch, "width": c.model.width}
-                                  ).to(self.device)
+        CLIP (``model.init`` / ``pretrained-clip``) is read from its path, then given the checkpoint's weights (none
+        in the checkpoint-like dict of a bare pretrained model)."""
+        if self.own_tokenizer:
+            method = self.fresh_method()
+            if ckpt.get("model") is not None:
+                try:
+                    method.load_state_dict(ckpt["model"])
+                except RuntimeError as e:
+                    raise ConfigError(f"{what}: the weights do not fit the pretrained CLIP '{self.params.path}' "
+                                      f"({str(e).splitlines()[0][:160]})") from None
+            method = method.to(self.device)
         else:
             method = super().method_from_checkpoint(ckpt, what)
         self.tokenizer = method.tokenizer
@@ -200,6 +230,10 @@ class ImageTextTask(Task):
     def random_init_metrics(self, method: Any, splits: CaptionSplits) -> dict[str, float]:
         """The untrained model's zero-shot, retrieval and linear probe (the controls), on the test split and on
         every evaluation set (``eval_sets[KEY]["*_random_init"]``)."""
+        if self.own_tokenizer:  # a pretrained CLIP has no untrained state of its own
+            self.skip("zeroshot_top1_random_init", "the run starts from a pretrained CLIP (model.init); evaluate the "
+                      "bare model (`clpoison evaluate MODEL`) for its metrics before fine-tuning")
+            return {}
         m = self.clean_metrics(method, splits, probe=self.cfg.eval.linear, quiet=True)
         for k, es in self.eval_sets.items():
             r = self.set_eval(method, es, quiet=True)
