@@ -47,7 +47,7 @@ from clpoison.attacks.random_noise import RandomNoiseParams
 from clpoison.data.augment import TwoViewAugment
 from clpoison.experiments.bench import run_named, script_main, split_overrides, stats, work_dir
 from clpoison.experiments.config import load_preset
-from clpoison.experiments.poison import poison_or_reuse
+from clpoison.experiments.poison import craft_dir, poison_or_reuse
 from clpoison.experiments.sources import load_source
 from clpoison.utils.device import resolve_device
 from clpoison.utils.io import atomic_write_json
@@ -87,7 +87,7 @@ def crafted(name: str, params: dict, seed: int, out: Path, device: str = "auto")
         man = poison_or_reuse(name, params, "cifar10-subset", out, seed, device, lambda s: print(s, flush=True))
     except CraftingNotBootstrapping as e:
         print(f"{out.name}: {e}", flush=True)
-        log = out.with_name(f".{out.name}.craft") / "crafting.jsonl"
+        log = craft_dir(out) / "crafting.jsonl"
         return {"gate_abort": {"round": e.round, "loss_gap": e.gap},
                 "details": {"trace": trace_from_log(log), "craft_seconds": round(time.time() - t0, 1)}}
     if time.time() - t0 > 5:
@@ -181,7 +181,8 @@ def main() -> None:
                 if key == "cp_sample":
                     params = cp_sample_params(atk_over + only[key], "simclr", work, cs)
                 if key == "cp_sample" and "cp_class" in aborted:
-                    continue  # CP-S would start from a CP-C that did not bootstrap
+                    aborted[key] = {"after": "cp_class"}  # CP-S would start from a CP-C that did not bootstrap
+                    continue
                 man = crafted(name, params, cs, data[key], args.device)
                 craft[f"{key}_s"].append(man["details"]["craft_seconds"])
                 traces[key].append(man["details"].get("trace"))
@@ -200,9 +201,9 @@ def main() -> None:
                 "cp_sample": ("simclr-small", data.get("cp_sample"), None, None),
                 "cp_sample_matrix_completion": ("simclr-small", data.get("cp_sample"), {"name": "matrix-completion"}, None),
                 "cp_sample_jpeg": ("simclr-small", data.get("cp_sample"), {"name": "jpeg"}, None)}
-        live = [r for r in rows if not any(r.startswith(k) for k in aborted) and not (aborted and r.startswith("cp_"))]
+        live = [r for r in rows if not any(r.startswith(k) for k in aborted)]  # no victims of a stopped poison
         if aborted and not any(r.startswith("cp_") for r in live):
-            live = []  # no poison to read the controls against: the trace is the result
+            live = []  # no poison left to read the controls against: the trace is the result
         for r in live:
             preset, d, defense, attack = runs[r]
             m = victim(f"{r}_s{s}", preset, d, ov, work, defense, attack)

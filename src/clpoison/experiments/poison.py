@@ -67,7 +67,7 @@ def export_attack(atk: Attack, data: str, out: Path, seed: int = 0, data_path: O
         splits = load_source(atk.data_kind, data, data_path, image_size, seed, label_column, test_path,
                              caption_options)
         # a long crafting (Contrastive Poisoning) checkpoints next to OUT and resumes when the command is re-run
-        craft = out.with_name(f".{out.name}.craft")
+        craft = craft_dir(out)
         result = atk.poison(splits, seed, {"device": resolve_device(device), "work_dir": craft, "echo": echo,
                                            "progress": progress})
         copies = untouched_files(splits, result.splits, result.manifest)  # copied byte for byte
@@ -75,6 +75,11 @@ def export_attack(atk: Attack, data: str, out: Path, seed: int = 0, data_path: O
                                   copies=copies, **(export or {}))
         shutil.rmtree(craft, ignore_errors=True)
     return written, result.manifest or {}
+
+
+def craft_dir(out: Path) -> Path:
+    """Where a long crafting for the export ``out`` checkpoints (and logs ``crafting.jsonl``) until it is written."""
+    return out.with_name(f".{out.name}.craft")
 
 
 def _params_of(atk: Attack) -> object:
