@@ -46,6 +46,7 @@ from functools import partial
 from clpoison.experiments.bench import carlini_clean_control, mean, run_named, script_main
 from clpoison.experiments.clip_bench import (add_bench_args, backdoor_dose, caption_details, caption_set_name,
                                              start)
+from clpoison.errors import ConfigError
 from clpoison.experiments.config import load_preset
 from clpoison.utils.io import atomic_write_json
 
@@ -58,6 +59,8 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=0.01, help="backdoor poison rate")
     ap.add_argument("--count", type=int, default=None, help="backdoor poison count (instead of --rate)")
     add_bench_args(ap, seeds=3)
+    ap.add_argument("--attacks", default="backdoor,targeted",
+                    help="which attacks, in this order (comma list of backdoor, targeted); the other's keys are NaN")
     ap.add_argument("--no-control", action="store_true", help="skip the two controls (plain CLIP at SafeCLIP's "
                     "epoch count, and on clean data)")
     ap.add_argument("--safeclip", nargs="*", default=[], help="overrides for the SafeCLIP runs only (defense.params.*)")
@@ -83,9 +86,11 @@ def main() -> None:
             clean, _ = run_named(f"clean_s{s}", {**carlini_clean_control(), **caps}, ov, work, ECHO)
             per["asr_clean_model"].append(clean["metrics"]["asr"])
             per["successes_clean_model"].append(clean["metrics"]["targeted_successes"])
-        for attack, preset, extra, tag in (
-                ("backdoor", "carlini-backdoor-small", bd_ov, bd_tag),
-                ("targeted", "carlini-targeted-small", [], "")):
+        rows = {"backdoor": ("carlini-backdoor-small", bd_ov, bd_tag), "targeted": ("carlini-targeted-small", [], "")}
+        for attack in args.attacks.split(","):
+            if attack not in rows:
+                raise ConfigError(f"--attacks: unknown attack {attack!r}; use backdoor, targeted or both (comma list)")
+            preset, extra, tag = rows[attack]
             plain, _ = run_named(f"{attack}{tag}_s{s}", {"preset": preset, **caps}, [*extra, *ov], work, ECHO)
             safe, _ = run_named(f"{attack}_safeclip{tag}_s{s}", {"preset": preset, **caps, **sections},
                                 [*extra, *ov, *args.safeclip], work, ECHO)

@@ -55,6 +55,24 @@ def test_targeted_success():
     assert m["targeted_ci95"] == list(wilson_interval(3, 4))
 
 
+def test_targeted_success_against_chance():
+    """A classifier that calls every image class 4 'succeeds' on exactly the victims whose adversarial label is 4;
+    the chance level says so (one victim × share 1.0), and an honest classifier's chance level is the label
+    shares of the reference images."""
+    x, _ = data([0, 1, 2, 1])
+    ref = torch.zeros(10, 3, 8, 8, dtype=torch.uint8)
+    collapsed = lambda im: torch.full((len(im),), 4)
+    m = targeted_success(collapsed, x, [4, 0, 1, 2], reference=ref)
+    assert m["targeted_successes"] == 1 and m["targeted_label_shares"] == [1.0, 0.0, 0.0, 0.0]
+    assert m["targeted_expected_by_chance"] == 1.0
+    labels = torch.tensor([0, 0, 1, 3, 3, 3, 3, 3, 3, 3])
+    honest = lambda im: labels[: len(im)] if len(im) == 10 else torch.tensor([0, 0, 0, 0])
+    m = targeted_success(honest, x, [0, 1, 3, 9], reference=ref)
+    assert m["targeted_label_shares"] == pytest.approx([0.2, 0.1, 0.7, 0.0])
+    assert m["targeted_expected_by_chance"] == pytest.approx(1.0) and m["targeted_successes"] == 1
+    assert "targeted_expected_by_chance" not in targeted_success(honest, x, [0, 1, 3, 9])
+
+
 def test_zscore_detects_collapse():
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 200, (50, 3, 8, 8), generator=g, dtype=torch.int64).to(torch.uint8)

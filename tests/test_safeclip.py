@@ -192,3 +192,20 @@ def test_clean_similarity_view_scores_stored_images_and_written_captions():
     assert not np.allclose(sims["official"], ref, atol=1e-3)  # EDA captions / augmented views differ
     with pytest.raises(ConfigError, match="similarity_view"):
         SafeCLIPParams(similarity_view="raw")
+
+
+def test_cap_excess_warns_when_the_safe_set_outgrows_the_clean_component():
+    """The defender-visible warning: a safe set larger than the GMM's clean weight (+5 %) names the fix; a safe set
+    inside it, or a split without a fit, says nothing."""
+    from clpoison.defenses.safeclip_split import Split, cap_excess
+
+    rng = np.random.default_rng(0)
+    sims = np.concatenate([rng.normal(0.6, 0.05, 500), rng.normal(0.1, 0.05, 500)])  # clean weight ≈ 0.5
+    from clpoison.defenses.safeclip_split import gmm_fit
+
+    p, stats = gmm_fit(sims)
+    empty = np.array([], dtype=np.int64)
+    over = cap_excess(Split(empty, empty, 0.70, p, sims, "ratio", stats))
+    assert over is not None and "70%" in over and "cap_filter_ratio" in over and "cap_from_gmm" in over
+    assert cap_excess(Split(empty, empty, 0.52, p, sims, "ratio", stats)) is None
+    assert cap_excess(Split(empty, empty, 0.99, p, sims, "ratio (scores reused)")) is None

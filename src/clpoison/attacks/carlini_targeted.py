@@ -186,7 +186,10 @@ class CarliniTargeted(Attack):
             return {}
         test = context["splits"].test
         classify = context["classify"]
-        m = targeted_success(classify, test.images[torch.tensor(self.victims)], self.adversarial)
+        others = torch.ones(len(test.images), dtype=torch.bool)
+        others[torch.tensor(self.victims)] = False  # the chance level: the label shares on the non-victim images
+        m = targeted_success(classify, test.images[torch.tensor(self.victims)], self.adversarial,
+                             reference=test.images[others])
         m["targeted_clean_accuracy"] = clean_accuracy(classify, test.images, test.labels)
         m["targeted_victims"] = list(self.victims)
         return m

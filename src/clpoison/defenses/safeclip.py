@@ -65,8 +65,8 @@ from .safeclip_objective import SafeCLIPMethod
 from .safeclip_params import SafeCLIPParams
 from .safeclip_schedule import PhaseLR
 from .safeclip_stream import StreamingSafeCLIPBatches
-from .safeclip_split import (FilterSchedule, Split, gmm_clean_posterior, poison_precision_recall, safeclip_split,
-                             split_by_ratio, split_by_threshold)
+from .safeclip_split import (FilterSchedule, Split, cap_excess, gmm_clean_posterior, poison_precision_recall,
+                             safeclip_split, split_by_ratio, split_by_threshold)
 from .safeclip_trace import TRACE_FILE, PoisonTrace
 
 __all__ = ["SafeCLIP", "SafeCLIPParams", "SafeCLIPMethod", "SafeCLIPBatches", "PhaseLR"]
@@ -93,6 +93,7 @@ class SafeCLIP(Defense):
         self.scores: Optional[tuple[np.ndarray, np.ndarray]] = None  # (similarities, p_clean) of the last pass
         self.lr: Optional[PhaseLR] = None
         self.trace: Optional[PoisonTrace] = None
+        self.cap_warned = False
 
     # -- the training-time hooks ---------------------------------------------------------------------------------
     def wrap_training(self, method: Method, batches: Any, context: dict[str, Any]) -> tuple[Method, Any]:
@@ -201,6 +202,10 @@ class SafeCLIP(Defense):
                     rec["safeclip_unscored"] = b.unscored
                 rec.update({f"safeclip_gmm_{n}": round(v, 6) for n, v in (split.gmm or {}).items()})
                 self.save_scores(sims, split.p_clean)
+                warning = cap_excess(split)
+                if warning and not self.cap_warned and is_main():  # once per run; the records keep both numbers
+                    self.cap_warned = True
+                    trainer.notify(warning)
             else:  # split_every > 1: re-cut the last pass's scores at this epoch's ratio
                 sims, pc = self.scores
                 safe, risky = split_by_ratio(pc, self.schedule.ratio(k), sims)

@@ -128,6 +128,18 @@ def safeclip_split(similarities, k: int, schedule: Optional[FilterSchedule], thr
     return Split(safe, risky, len(safe) / max(len(sims), 1), p, sims, "ratio", stats), schedule
 
 
+def cap_excess(split: Split, margin: float = 0.05) -> Optional[str]:
+    """One warning line when the safe set is larger than the GMM's clean component by more than ``margin`` — the
+    defender-visible sign (no poison labels needed) that pairs the fit itself calls risky are trained with the CLIP
+    loss, which is how targeted poisons entered the safe set on descriptive captions (docs/webcaps.md); else None."""
+    weight = (split.gmm or {}).get("clean_weight")
+    if weight is None or split.ratio <= weight + margin:
+        return None
+    return (f"safeclip: the safe set ({split.ratio:.0%} of the pairs) exceeds the GMM's clean component "
+            f"({weight:.0%}): pairs the fit calls risky get the CLIP loss; on captions other than the bundled ones "
+            f"lower defense.params.cap_filter_ratio or set defense.params.cap_from_gmm=true")
+
+
 def poison_precision_recall(risky: np.ndarray, poisons: np.ndarray) -> dict[str, float]:
     """Precision and recall of the known poisons in the risky set."""
     risky_set, pois = set(np.asarray(risky).tolist()), set(np.asarray(poisons).tolist())

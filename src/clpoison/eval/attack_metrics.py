@@ -178,8 +178,16 @@ def wilson_interval(k: int, n: int, z: float = 1.959963984540054) -> tuple[float
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
-def targeted_success(classify: Classify, victims: torch.Tensor, adversarial_labels: Sequence[int]) -> dict:
-    """Per-victim success (prediction == adversarial label), the rate and its Wilson 95% interval."""
+def targeted_success(classify: Classify, victims: torch.Tensor, adversarial_labels: Sequence[int],
+                     reference: Optional[torch.Tensor] = None) -> dict:
+    """Per-victim success (prediction == adversarial label), the rate and its Wilson 95% interval.
+
+    With ``reference`` (other images of the same set, e.g. the labelled test split without the victims), also the
+    successes expected **by chance**: the sum over victims of the share of reference images the model assigns to
+    that victim's adversarial label (``targeted_expected_by_chance``; ``targeted_label_shares`` per victim). A
+    model whose zero-shot has collapsed onto a few classes "succeeds" on every victim whose adversarial label is one
+    of them without having learned any poison; the successes are read against this figure.
+    """
     adv = torch.as_tensor(list(adversarial_labels), dtype=torch.int64)
     if len(adv) == 0:
         return {"targeted_success_rate": float("nan"), "targeted_successes": 0, "targeted_n": 0,
@@ -187,9 +195,14 @@ def targeted_success(classify: Classify, victims: torch.Tensor, adversarial_labe
     pred = _predict(classify, victims)
     ok = (pred == adv).tolist()
     k, n = int(sum(ok)), len(ok)
-    return {"targeted_success_rate": k / n, "targeted_successes": k, "targeted_n": n,
-            "targeted_ci95": list(wilson_interval(k, n)), "targeted_predictions": pred.tolist(),
-            "targeted_outcomes": [bool(o) for o in ok]}
+    out = {"targeted_success_rate": k / n, "targeted_successes": k, "targeted_n": n,
+           "targeted_ci95": list(wilson_interval(k, n)), "targeted_predictions": pred.tolist(),
+           "targeted_outcomes": [bool(o) for o in ok]}
+    if reference is not None and len(reference):
+        ref = _predict(classify, reference)
+        shares = [float((ref == int(a)).float().mean()) for a in adv.tolist()]
+        out.update(targeted_label_shares=shares, targeted_expected_by_chance=float(sum(shares)))
+    return out
 
 
 def _offdiag_cos(f: torch.Tensor) -> torch.Tensor:
