@@ -27,7 +27,9 @@ both scripts at one ``--work`` folder trains each plain model once:
 :mod:`clpoison.experiments.clip_bench`), ``--count`` gives the backdoor as a poison count (runs
 ``backdoor_n{N}_s*``, shared with ``clip_dose.py`` and ``clip_defenses_small.py``); the JSON names the captions
 (``"caption_set"``) and also gives ``targeted.poison_recall_risky_targeted`` (the targeted poisons' recall in the
-last risky set). Every SafeCLIP run also writes its poisons' trace (``safeclip/poison_trace.jsonl``,
+last risky set) and ``targeted.chance_clip`` / ``chance_safeclip`` / ``chance_clean_model`` (the successes each model
+would score by chance: ``targeted_expected_by_chance``, docs/webcaps.md). ``--attacks targeted,backdoor`` picks the
+attacks and their order. Every SafeCLIP run also writes its poisons' trace (``safeclip/poison_trace.jsonl``,
 docs/safeclip.md):
 
     python benchmarks/safeclip_small.py --captions '../shared/data/webcaps/train-{000000..000003}.tar' \\
@@ -78,7 +80,8 @@ def main() -> None:
                                             "successes_clip", "successes_safeclip", "time_clip", "time_safeclip",
                                             "asr_clip_same_epochs", "zeroshot_clip_same_epochs",
                                             "success_clip_same_epochs", "successes_clip_same_epochs",
-                                            "asr_clean_model", "successes_clean_model")}
+                                            "asr_clean_model", "successes_clean_model", "chance_clip",
+                                            "chance_safeclip", "chance_clean_model")}
     t0 = time.time()
     for s in range(args.seeds):
         ov = [f"seed={s}", *args.overrides]
@@ -86,6 +89,7 @@ def main() -> None:
             clean, _ = run_named(f"clean_s{s}", {**carlini_clean_control(), **caps}, ov, work, ECHO)
             per["asr_clean_model"].append(clean["metrics"]["asr"])
             per["successes_clean_model"].append(clean["metrics"]["targeted_successes"])
+            per["chance_clean_model"].append(clean["metrics"].get("targeted_expected_by_chance"))
         rows = {"backdoor": ("carlini-backdoor-small", bd_ov, bd_tag), "targeted": ("carlini-targeted-small", [], "")}
         for attack in args.attacks.split(","):
             if attack not in rows:
@@ -115,6 +119,7 @@ def main() -> None:
                 for kind, res in (("clip", plain), ("safeclip", safe)):
                     per[f"success_{kind}"].append(res["metrics"]["targeted_success_rate"])
                     per[f"successes_{kind}"].append(res["metrics"]["targeted_successes"])
+                    per[f"chance_{kind}"].append(res["metrics"].get("targeted_expected_by_chance"))
                 if short is not None:
                     per["success_clip_same_epochs"].append(short["metrics"]["targeted_success_rate"])
                     per["successes_clip_same_epochs"].append(short["metrics"]["targeted_successes"])
@@ -124,7 +129,8 @@ def main() -> None:
                                                "poison_recall_risky", "asr_clip_same_epochs",
                                                "zeroshot_clip_same_epochs", "asr_clean_model")},
         "targeted": {k: mean(per[k]) for k in ("success_clip", "success_safeclip", "success_clip_same_epochs",
-                                               "successes_clean_model", "poison_recall_risky_targeted")},
+                                               "successes_clean_model", "poison_recall_risky_targeted",
+                                               "chance_clip", "chance_safeclip", "chance_clean_model")},
         "safeclip_epochs": n_ep if args.seeds else epochs,
         "time_ratio_safeclip_over_clip": sum(per["time_safeclip"]) / max(1e-9, sum(per["time_clip"])),
         **caption_details(args, caps), "per_seed": per, "rate": None if args.count is not None else args.rate,
