@@ -178,6 +178,10 @@ def test_cli_finetune_from_model_init(hf_dir, exported, tmp_path, capsys):
     for model in (run, run / "clip.safetensors"):
         s = cli(["scan", model, "--data", exported["data"], "--out", tmp_path / "c.csv"], capsys)
         assert s["pairs"] == 60
+    from pretrained_fixtures import check_encoder_file
+
+    check_encoder_file(run, "huggingface", hf_dir, {"arch": "hf-clip-vit", "width": 32, "layers": 2, "patch": 8,
+                                                    "image_size": 32}, 32, tmp_path)
 
 
 def test_model_init_is_for_clip_runs():

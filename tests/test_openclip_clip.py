@@ -247,3 +247,7 @@ def test_open_clip_scan_evaluate_and_finetune_from_the_cli(oc, data, tmp_path, c
     after = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["model"]
     before = load_pretrained_clip(oc["dir"]).model.state_dict()
     assert any(not torch.equal(before[k.split(".", 1)[1]], v) for k, v in after.items() if k.startswith("model."))
+    from pretrained_fixtures import check_encoder_file
+
+    check_encoder_file(tmp_path / "run", "open_clip", oc["dir"], {"arch": "openclip-vit", "width": 32, "layers": 2,
+                                                                 "heads": 2, "patch": 8}, 16, tmp_path)
