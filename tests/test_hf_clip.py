@@ -11,7 +11,7 @@ import torch
 
 from clpoison.errors import ConfigError
 
-transformers = pytest.importorskip("transformers")
+transformers = pytest.importorskip("transformers", reason="transformers is not installed: the optional extra hf (pip install 'clpoison[hf]')")
 
 from clpoison.data.augment import EvalTransform  # noqa: E402
 from clpoison.methods.pretrained_clip import HFCLIP, HFCLIPParams  # noqa: E402

@@ -19,7 +19,7 @@ from clpoison.errors import ClpoisonError, ConfigError
 from clpoison.models.clip_bpe import load_clip_bpe, openclip_vocab
 from clpoison.models.pretrained import is_openclip_clip, is_pretrained_clip, load_pretrained_clip
 
-transformers = pytest.importorskip("transformers")
+transformers = pytest.importorskip("transformers", reason="transformers is not installed: the optional extra hf (pip install 'clpoison[hf]')")
 regex = pytest.importorskip("regex")  # the reference tokenizer's word pattern (a dependency of transformers)
 
 WORDS = ["photo", "airplane", "cat", "of", "a"]
