@@ -7,6 +7,9 @@ poisoned data and with a clean reference model, plus a locally created Hugging F
 * each backdoor is exported (``clpoison poison``: same parameters and seed as its run, at the run's image size, so
   the export is exactly what that model trained on) and scanned (:func:`clpoison.experiments.scan.scan_data`) with
   every score of ``--scores``, once with the poisoned model and once with the clean reference;
+* every density score also in its two-sided version (``SCORE_two_sided``, e.g. ``kdist_two_sided``: distance from the
+  median in either direction, a stated deviation from the official detector; :mod:`clpoison.eval.density`), from a
+  second scan of the same models (``--directions high`` leaves it out);
 * ``seconds_per_1000_pairs``: the time of each score alone on the 5 % export (embedding included), per 1,000 pairs;
 * ``hf_local``: a small CLIP built with ``transformers.CLIPConfig`` and saved with ``save_pretrained`` (safetensors),
   scanned and compared with transformers' own embeddings (loading path only, not accuracy; skipped with a note
@@ -14,12 +17,17 @@ poisoned data and with a clean reference model, plus a locally created Hugging F
 
 Writes exactly ``{"rates": {RATE: {"poisoned_model" | "clean_reference": {SCORE: {"roc_auc", "poisons_in_top_k"}}}},
 "seconds_per_1000_pairs": {SCORE: s}, "hf_local": {"scan_ok", "max_abs_diff_vs_transformers"}}`` to ``--out``
+(SCORE: each of ``--scores``, then ``SCORE_two_sided`` of each density score)
 and the rest (precision / recall, the in-batch neighbour rows of ``--neighbour-batch``, poison counts, notes) to
 ``OUT.details.json`` beside it, after every rate. Finished runs and exports are reused (same config / params and
-seed), and so are finished scans and the ``hf_local`` check (timings are always measured afresh) (``WORK/*.json``, keyed by the digests of the
-models' ``results.json`` and the export's manifest, and by the options), so a re-run computes only what changed::
+seed), and so are finished scans and the ``hf_local`` check (``WORK/*.json``, keyed by the digests of the models'
+``results.json`` and the export's manifest, and by the options), so a re-run computes only what changed. Timings
+are measured afresh unless ``--keep-timings`` (then the existing OUT's are kept). ``--scores-only`` never trains or
+exports: a run or export missing from ``--work`` (or of another config) stops it with one line. Adding the
+two-sided columns to an earlier measurement, scores only::
 
-    python benchmarks/audit_small.py --out benchmarks/results/audit_small.json --neighbour-batch 1024
+    python benchmarks/audit_small.py --out benchmarks/results/audit_small.json --neighbour-batch 1024 \
+        --work WORK --scores-only --keep-timings
 
 Smoke check of the whole path (1 epoch, 512 training pairs; about a minute on 2 cores)::
 
@@ -38,6 +46,7 @@ from pathlib import Path
 
 import torch
 
+from clpoison.eval.density import DENSITY_SCORES
 from clpoison.experiments.bench import reuse_or_export, run_named, work_dir
 from clpoison.experiments.scan import scan_data
 from clpoison.utils.io import atomic_write_json
@@ -46,14 +55,14 @@ ECHO = partial(print, flush=True)
 SCORES = ("similarity", "kdist", "dao", "slof", "lid")
 
 
-def export(params: dict, out: Path, seed: int, size: int) -> dict:
+def export(params: dict, out: Path, seed: int, size: int, reuse_only: bool = False) -> dict:
     """The backdoor export of exactly these params and seed (reused when its manifest says so)."""
-    return reuse_or_export("carlini-backdoor", params, "cifar10-subset", out, seed, size)
+    return reuse_or_export("carlini-backdoor", params, "cifar10-subset", out, seed, size, reuse_only)
 
 
 def train_clean(args: argparse.Namespace, work: Path) -> Path:
     """The clean reference: clip-small on the clean pairs (never a poison)."""
-    run_named(f"clean_s{args.seed}", {"preset": "clip-small"}, common(args), work, ECHO)
+    run_named(f"clean_s{args.seed}", {"preset": "clip-small"}, common(args), work, ECHO, args.scores_only)
     return work / f"clean_s{args.seed}"
 
 
@@ -67,10 +76,10 @@ def train_and_export(args: argparse.Namespace, work: Path, r: float) -> tuple[Pa
     ep = [f"train.epochs={args.poisoned_epochs}"] if args.poisoned_epochs else []
     name = f"backdoor_{r}" + (f"_e{args.poisoned_epochs}" if ep else "") + f"_s{s}"
     res, _ = run_named(name, {"preset": "carlini-backdoor-small"}, [f"attack.params.poison_rate={r}", *common(args),
-                                                                    *ep], work, ECHO)
+                                                                    *ep], work, ECHO, args.scores_only)
     size = res["config"]["data"]["image_size"] or res["config"]["augment"]["out_size"]
     exp = work / f"export_{r}_s{s}"
-    export(res["config"]["attack"]["params"], exp, s, size)
+    export(res["config"]["attack"]["params"], exp, s, size, args.scores_only)
     return work / name, exp
 
 
@@ -99,9 +108,33 @@ def scan_cached(work: Path, name: str, data: str, man: str, **kw) -> dict:
 
 
 def scores_of(summary: dict, names: list[str]) -> dict:
+    """``{score: roc_auc, poisons_in_top_k, precision, recall}`` of a scan summary (keys as its CSV columns)."""
     per = summary.get("scores") or {names[0]: summary}
     return {n: {"roc_auc": per[n]["roc_auc"], "poisons_in_top_k": per[n]["poisons_in_top_k"],
                 "precision": per[n]["precision"], "recall": per[n]["recall"]} for n in names}
+
+
+def scan_both(work: Path, name: str, data: str, man: str, names: list[str], dens: list[str], **kw) -> dict:
+    """:func:`scores_of` the scan of ``names`` (official directions; cached under ``name``, as before the two-sided
+    columns) and, when ``dens`` is not empty, of the scan of ``dens`` with ``direction="two-sided"`` (keys
+    ``SCORE_two_sided``, cached under ``name_two_sided``); ``poisons`` and ``pairs`` of the first."""
+    summ = scan_cached(work, name, data, man, scores=names, **kw)
+    per = scores_of(summ, names)
+    if dens:
+        two = scan_cached(work, f"{name}_two_sided", data, man, scores=dens, direction="two-sided", **kw)
+        per.update(scores_of(two, [f"{d}_two_sided" for d in dens]))
+    return {"scores": per, "poisons": summ["poisons"], "pairs": summ["pairs"]}
+
+
+def kept_timings(out: Path):
+    """``(seconds_per_1000_pairs, timing details)`` of the existing OUT and its details, or None."""
+    try:
+        old, det = json.loads(out.read_text()), json.loads(details_path(out).read_text())
+    except (OSError, ValueError):
+        return None
+    if not old.get("seconds_per_1000_pairs"):
+        return None
+    return old["seconds_per_1000_pairs"], {**det.get("timing", {}), "kept_from_earlier_run": True}
 
 
 def time_scores(run: Path, data: str, names: list[str], k: int) -> tuple[dict, dict]:
@@ -186,7 +219,14 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--neighbour-batch", type=int, default=None, help="also score with in-batch neighbours of this size")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--directions", nargs="+", default=["high", "two-sided"], choices=["high", "two-sided"],
+                    help="density score directions to report (high: the official scores, always computed; two-sided: "
+                         "also the SCORE_two_sided columns)")
     ap.add_argument("--train-only", action="store_true", help="train and export, then stop")
+    ap.add_argument("--scores-only", action="store_true",
+                    help="never train or export: reuse --work's runs and exports (one line if one is missing)")
+    ap.add_argument("--keep-timings", action="store_true",
+                    help="keep seconds_per_1000_pairs of the existing OUT instead of timing again (a busy machine)")
     ap.add_argument("overrides", nargs="*", help="config overrides for every run")
     return ap.parse_args()
 
@@ -207,6 +247,7 @@ def main() -> None:
             train_and_export(args, work, r)
         return
     names = list(args.scores)
+    dens = [n for n in names if n in DENSITY_SCORES] if "two-sided" in args.directions else []
     # OUT holds exactly the issue's keys; precision / recall, in-batch neighbours, counts and notes go beside it
     result: dict = {"rates": {}, "seconds_per_1000_pairs": {}, "hf_local": {}}
     details: dict = {"seed": args.seed, "k": args.k, "neighbours": "whole set", "poisons": {}, "rates": {},
@@ -217,22 +258,25 @@ def main() -> None:
         rate = str(r)
         result["rates"][rate], details["rates"][rate] = {}, {}
         for who, kw in (("poisoned_model", {"checkpoint": str(run)}), ("clean_reference", {"reference": str(clean)})):
-            summ = scan_cached(work, f"scan_{r}_{who}", data, man, scores=names, k=args.k, **kw)
-            per = scores_of(summ, names)
+            got = scan_both(work, f"scan_{r}_{who}", data, man, names, dens, k=args.k, **kw)
+            per = got["scores"]
             result["rates"][rate][who] = {n: {"roc_auc": v["roc_auc"], "poisons_in_top_k": v["poisons_in_top_k"]}
                                           for n, v in per.items()}
             details["rates"][rate][who] = per
             ECHO(f"{r} {who}: " + json.dumps({n: round(v["roc_auc"], 3) for n, v in per.items()}))
             if args.neighbour_batch:  # the official in-batch neighbours, beside
-                b = scan_cached(work, f"scan_{r}_{who}_batch", data, man, scores=names, k=args.k,
-                                neighbour_batch=args.neighbour_batch, **kw)
                 details.setdefault(f"rates_neighbour_batch_{args.neighbour_batch}", {}).setdefault(rate, {})[who] = \
-                    scores_of(b, names)
-        details["poisons"][rate], details["pairs"] = summ["poisons"], summ["pairs"]
+                    scan_both(work, f"scan_{r}_{who}_batch", data, man, names, dens, k=args.k,
+                              neighbour_batch=args.neighbour_batch, **kw)["scores"]
+        details["poisons"][rate], details["pairs"] = got["poisons"], got["pairs"]
         if i == 0:
-            result["seconds_per_1000_pairs"], details["timing"] = time_scores(run, data, names, args.k)  # never reused
-            details["timing"]["note"] = (f"the {r} export, poisoned model, {args.threads} threads, CPU: embedding (images; "
-                                         "captions too for similarity) + the score, data loading excluded")
+            kept = kept_timings(out) if args.keep_timings else None
+            if kept:
+                result["seconds_per_1000_pairs"], details["timing"] = kept
+            else:
+                result["seconds_per_1000_pairs"], details["timing"] = time_scores(run, data, names, args.k)
+                details["timing"]["note"] = (f"the {r} export, poisoned model, {args.threads} threads, CPU: embedding "
+                                             "(images; captions too for similarity) + the score, data loading excluded")
             hf = cached(work / "hf_local.json", {"run": digest(run / "results.json"), "manifest": digest(exp / "manifest.json")},
                         lambda: hf_local(work, exp, run))
             result["hf_local"] = {"scan_ok": bool(hf["scan_ok"]),

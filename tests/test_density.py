@@ -1,5 +1,6 @@
-"""Local-density scores (clpoison.eval.density): equal to a naive reference, chunked == dense, batch neighbours, and a
-planted tight cluster ranks first."""
+"""Local-density scores (clpoison.eval.density): equal to a naive reference, chunked == dense, batch neighbours, a
+planted tight cluster ranks first; the two-sided direction equals its naive reference, ranks a planted dense cluster
+and planted sparse outliers first, and the default direction is unchanged."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 import torch
 
 from clpoison.errors import ConfigError
-from clpoison.eval.density import DENSITY_SCORES, density_scores, knn
+from clpoison.eval.density import DENSITY_SCORES, density_scores, knn, scores_from_knn
 
 
 def naive(x: torch.Tensor, k: int) -> dict[str, torch.Tensor]:
@@ -28,6 +29,17 @@ def naive(x: torch.Tensor, k: int) -> dict[str, torch.Tensor]:
     dao = [sum(lid[j] * math.log(kd[i] / kd[j]) for j in nbrs[i]) / k for i in range(n)]
     return {n_: torch.tensor(v, dtype=torch.float64) for n_, v in
             (("kdist", kd), ("lid", lid), ("slof", slof), ("dao", dao))}
+
+
+def naive_two_sided(name: str, values: list[float]) -> list[float]:
+    """|v - median v| / (1.4826 MAD), v = log s for kdist / slof / lid, s for dao (statistics.median, floats)."""
+    import statistics
+
+    v = [math.log(s) for s in values] if name != "dao" else list(values)
+    med = statistics.median(v)
+    dev = [abs(a - med) for a in v]
+    mad = 1.4826 * statistics.median(dev)
+    return [d / mad for d in dev]
 
 
 def test_scores_equal_naive_reference():
@@ -110,3 +122,66 @@ def test_scan_table_with_several_scores():
     assert s["roc_auc"] == 1.0 and s["kdist_cut"] == 5.0 and 0.0 <= s["scores"]["similarity"]["roc_auc"] <= 1.0
     with pytest.raises(ConfigError, match="threshold"):
         scan_table({"kdist": kd}, owner, texts, threshold=0.5)
+
+
+def test_two_sided_equals_naive_reference():
+    x = torch.randn(61, 5, generator=torch.Generator().manual_seed(6))  # odd and even counts: both medians
+    for n in (61, 60):
+        ref = naive(x[:n], 7)
+        got = density_scores(x[:n], k=7, direction="two-sided")
+        for name in DENSITY_SCORES:
+            want = torch.tensor(naive_two_sided(name, ref[name].tolist()), dtype=torch.float64)
+            torch.testing.assert_close(got[name], want, rtol=1e-6, atol=1e-9)
+
+
+def test_default_direction_is_unchanged():
+    """The default is the official score, bit for bit: the same tensors as the primitives (and as direction="high"),
+    whole set and batches."""
+    x = torch.randn(120, 6, generator=torch.Generator().manual_seed(7))
+    before = scores_from_knn(*knn(x, 9), 9, DENSITY_SCORES)
+    for got in (density_scores(x, k=9), density_scores(x, k=9, direction="high")):
+        assert set(got) == set(before) and all(torch.equal(got[n], before[n]) for n in before)
+    assert all(torch.equal(a, b) for a, b in zip(density_scores(x, k=9, batch=50, seed=1).values(),
+                                                  density_scores(x, k=9, batch=50, seed=1, direction="high").values()))
+    with pytest.raises(ConfigError, match="direction"):
+        density_scores(x, k=9, direction="low")
+
+
+def planted(g: torch.Generator, cluster: int, outliers: int) -> torch.Tensor:
+    """A spread-out bulk of 300 points in 8-D, then ``cluster`` near-identical points inside it (more than k: each
+    one's neighbours are the others, k-distance far BELOW the bulk's), then ``outliers`` isolated points far from the
+    bulk and from each other (k-distance far ABOVE)."""
+    bulk = torch.randn(300, 8, generator=g)
+    tight = 0.3 + 1e-3 * torch.randn(cluster, 8, generator=g)
+    far = 12.0 * torch.nn.functional.normalize(torch.randn(outliers, 8, generator=g), dim=1)
+    return torch.cat([bulk, tight, far])
+
+
+def top(v: torch.Tensor, n: int) -> set[int]:
+    return set(v.argsort(descending=True, stable=True)[:n].tolist())
+
+
+def test_two_sided_ranks_a_tight_cluster_and_sparse_outliers_first():
+    g = torch.Generator().manual_seed(8)
+    k = 16
+    x = planted(g, 40, 0)  # the 5 % case: a collapsed group larger than k
+    cluster = set(range(300, 340))
+    high = density_scores(x, ("kdist",), k)["kdist"]
+    assert top(-high, 40) == cluster  # the official direction ranks the cluster LAST
+    # k-distance sees the collapse; SLOF / DAO / LID compare a point with its neighbours, which are the cluster itself
+    assert top(density_scores(x, ("kdist",), k, direction="two-sided")["kdist"], 40) == cluster
+    x = planted(g, 0, 10)  # the low-rate case: sparse local outliers
+    for name, v in density_scores(x, ("kdist", "slof", "dao"), k, direction="two-sided").items():
+        assert top(v, 10) == set(range(300, 310)), name
+    x = planted(g, 40, 10)  # both at once
+    assert top(density_scores(x, ("kdist",), k, direction="two-sided")["kdist"], 50) == set(range(300, 350))
+
+
+def test_two_sided_of_degenerate_scores_is_finite():
+    """k-distance 0 (more than k duplicates) and a MAD of 0 still give finite values, the duplicates ranked first."""
+    from clpoison.eval.density import two_sided
+
+    s = torch.tensor([0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 2.0])
+    v = two_sided("kdist", s)
+    assert torch.isfinite(v).all() and top(v, 2) == {0, 1}
+    assert torch.equal(two_sided("dao", torch.zeros(4)), torch.zeros(4, dtype=torch.float64))

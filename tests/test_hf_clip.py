@@ -11,7 +11,7 @@ import torch
 
 from clpoison.errors import ConfigError
 
-transformers = pytest.importorskip("transformers")
+transformers = pytest.importorskip("transformers", reason="transformers is not installed: the optional extra hf (pip install 'clpoison[hf]')")
 
 from clpoison.data.augment import EvalTransform  # noqa: E402
 from clpoison.methods.pretrained_clip import HFCLIP, HFCLIPParams  # noqa: E402
@@ -120,6 +120,35 @@ def test_cli_scan_with_the_model(hf_dir, exported, tmp_path, capsys):
     assert (tmp_path / "a.csv").read_text().splitlines()[0].split(",")[3:5] == ["kdist", "similarity"]
 
 
+def test_cli_scan_direction_two_sided(hf_dir, exported, tmp_path, capsys):
+    """`--direction two-sided`: each density score becomes its two-sided version (column SCORE_two_sided, its own
+    ROC-AUC), the similarity stays; the default writes exactly the CSV of `--direction high`."""
+    from clpoison.eval.density import two_sided
+
+    base = ["scan", hf_dir, "--data", exported["data"], "--manifest", exported["manifest"], "--k", "8"]
+    s = cli([*base, "--out", tmp_path / "t.csv", "--score", "kdist", "similarity", "--direction", "two-sided"], capsys)
+    assert set(s["scores"]) == {"kdist_two_sided", "similarity"} and s["neighbours"]["direction"] == "two-sided"
+    rows = (tmp_path / "t.csv").read_text().splitlines()
+    assert rows[0].split(",")[3:5] == ["kdist_two_sided", "similarity"]
+    cli([*base, "--out", tmp_path / "h.csv", "--score", "kdist"], capsys)
+    cli([*base, "--out", tmp_path / "h2.csv", "--score", "kdist", "--direction", "high"], capsys)
+    assert (tmp_path / "h.csv").read_bytes() == (tmp_path / "h2.csv").read_bytes()
+    by_pair = {}
+    for path, col in (("h.csv", "kdist"), ("t.csv", "kdist_two_sided")):
+        lines = (tmp_path / path).read_text().splitlines()
+        head = lines[0].split(",")
+        by_pair[col] = {int(r.split(",")[2]): float(r.split(",")[head.index(col)]) for r in lines[1:]}
+    kd = torch.tensor([by_pair["kdist"][i] for i in range(60)], dtype=torch.float64)
+    want = two_sided("kdist", kd)  # one caption per image here, so pairs = images
+    got = torch.tensor([by_pair["kdist_two_sided"][i] for i in range(60)], dtype=torch.float64)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-4)  # the CSV's 6 decimals
+    from clpoison.cli import main
+
+    capsys.readouterr()
+    assert main([str(a) for a in [*base, "--out", tmp_path / "x.csv", "--direction", "two-sided"]]) == 2
+    assert "density" in capsys.readouterr().err
+
+
 def test_cli_scan_with_it_as_reference(hf_dir, exported, tmp_path, capsys):
     s = cli(["scan", "--reference", hf_dir, "--data", exported["data"], "--out", tmp_path / "b.csv"], capsys)
     assert s["ranked_by"] == "reference" and s["reference"] == str(hf_dir) and s["pairs"] == 60
@@ -149,6 +178,10 @@ def test_cli_finetune_from_model_init(hf_dir, exported, tmp_path, capsys):
     for model in (run, run / "clip.safetensors"):
         s = cli(["scan", model, "--data", exported["data"], "--out", tmp_path / "c.csv"], capsys)
         assert s["pairs"] == 60
+    from pretrained_fixtures import check_encoder_file
+
+    check_encoder_file(run, "huggingface", hf_dir, {"arch": "hf-clip-vit", "width": 32, "layers": 2, "patch": 8,
+                                                    "image_size": 32}, 32, tmp_path)
 
 
 def test_model_init_is_for_clip_runs():

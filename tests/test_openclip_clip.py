@@ -19,7 +19,7 @@ from clpoison.errors import ClpoisonError, ConfigError
 from clpoison.models.clip_bpe import load_clip_bpe, openclip_vocab
 from clpoison.models.pretrained import is_openclip_clip, is_pretrained_clip, load_pretrained_clip
 
-transformers = pytest.importorskip("transformers")
+transformers = pytest.importorskip("transformers", reason="transformers is not installed: the optional extra hf (pip install 'clpoison[hf]')")
 regex = pytest.importorskip("regex")  # the reference tokenizer's word pattern (a dependency of transformers)
 
 WORDS = ["photo", "airplane", "cat", "of", "a"]
@@ -247,3 +247,7 @@ def test_open_clip_scan_evaluate_and_finetune_from_the_cli(oc, data, tmp_path, c
     after = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["model"]
     before = load_pretrained_clip(oc["dir"]).model.state_dict()
     assert any(not torch.equal(before[k.split(".", 1)[1]], v) for k, v in after.items() if k.startswith("model."))
+    from pretrained_fixtures import check_encoder_file
+
+    check_encoder_file(tmp_path / "run", "open_clip", oc["dir"], {"arch": "openclip-vit", "width": 32, "layers": 2,
+                                                                 "heads": 2, "patch": 8}, 16, tmp_path)

@@ -279,7 +279,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
                         label_column=args.label_column, test_path=args.test_path,
                         caption_options=_caption_options(args), split=args.split, risky_fraction=args.risky_fraction,
                         top_k=args.top_k, threshold=args.threshold, scores=args.score, k=args.k,
-                        neighbour_batch=args.neighbour_batch)
+                        neighbour_batch=args.neighbour_batch, direction=args.direction)
     print(json.dumps(summary, indent=2))
     return 0
 

@@ -230,6 +230,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--neighbour-batch", type=int, default=None, metavar="B",
                     help="take density neighbours from seeded batches of B images (the official code's in-batch "
                          "setting) instead of the whole set (default)")
+    sp.add_argument("--direction", default="high", choices=["high", "two-sided"],
+                    help="density scores: high = riskier (default, official) | two-sided: distance from the median "
+                         "in either direction (robust z of log kdist/slof/lid, of dao), so a tight dense cluster "
+                         "ranks first too; columns SCORE_two_sided (docs/audit.md)")
 
     sp = add_command(sub, "verify", names)
     sp.add_argument("dir", help="folder written by `clpoison poison`")

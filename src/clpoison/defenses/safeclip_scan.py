@@ -20,7 +20,10 @@ pairs: threshold-free), and precision / recall of the risky set.
 
 Several scores (``--score similarity kdist dao slof lid``) give one column each; the first ranks the CSV and
 sets the risky cut, and with a manifest every score gets its own ROC-AUC / poisons in top k / precision / recall.
-Density scores are higher = riskier (as the official code); a pair takes its image's score.
+Density scores are higher = riskier (as the official code); a pair takes its image's score. With
+``direction="two-sided"`` (``--direction two-sided``, a stated deviation) each density score is replaced by its
+distance from the bulk in either direction (:func:`clpoison.eval.density.two_sided`) in a column named
+``SCORE_two_sided`` (e.g. ``kdist_two_sided``), still higher = riskier.
 
 Which model to scan with: a **reference model trained without the poisons** (e.g. on a trusted subset). A model
 trained on the poisoned data has learned the poisoned pairs (that is what poisoning is), so their similarity is
@@ -41,7 +44,7 @@ import torch
 
 from ..data.caption_loader import flat_captions
 from ..errors import ConfigError, DataError
-from ..eval.density import DEFAULT_K, DENSITY_SCORES, density_scores
+from ..eval.density import DEFAULT_K, DENSITY_SCORES, check_direction, density_scores
 from ..eval.zeroshot import encode_images, encode_texts
 from ..utils.io import atomic_write_text
 from .safeclip_split import gmm_clean_posterior
@@ -59,29 +62,36 @@ def score_pairs(model: Any, tokenizer: Any, dataset: Any, transform: Any, contex
 
 def pair_scores(model: Any, tokenizer: Any, dataset: Any, transform: Any, context_length: int,
                 device: torch.device, batch_size: int = 512, scores: Sequence[str] = ("similarity",),
-                k: int = DEFAULT_K, neighbour_batch: Optional[int] = None, seed: int = 0,
+                k: int = DEFAULT_K, neighbour_batch: Optional[int] = None, seed: int = 0, direction: str = "high",
                 ) -> tuple[dict[str, np.ndarray], np.ndarray, list[str]]:
     """({score: value per pair}, owning image index per pair, captions). ``similarity``: cosine of the pair's
     embeddings (low = risky); the density scores (:mod:`clpoison.eval.density`, high = risky) are of the image
-    embeddings (L2-normalised), one value per image given to each of its captions."""
+    embeddings (L2-normalised), one value per image given to each of its captions; with ``direction="two-sided"``
+    their two-sided versions, keyed ``SCORE_two_sided``."""
     bad = [s for s in scores if s not in SCORES]
     if bad or not scores:
         raise ConfigError(f"unknown --score {bad[0] if bad else '(none)'}; choose from {', '.join(SCORES)}")
+    check_direction(direction)
     texts = flat_captions(dataset)
     owner = np.repeat(np.arange(len(dataset)), [len(c) for c in dataset.captions])
     img = torch.nn.functional.normalize(
         encode_images(model, dataset.images, transform, batch_size=batch_size, device=device).float(), dim=1)
     out: dict[str, np.ndarray] = {}
     names = [s for s in scores if s != "similarity"]
-    dens = density_scores(img.to(device), names, k, neighbour_batch, seed) if names else {}
+    dens = density_scores(img.to(device), names, k, neighbour_batch, seed, direction=direction) if names else {}
     for name in scores:
         if name == "similarity":
             txt = encode_texts(model, tokenizer, texts, context_length, device=device)
             txt = torch.nn.functional.normalize(txt.float(), dim=1)
             out[name] = (img[torch.as_tensor(owner)] * txt).sum(1).cpu().numpy()
         else:
-            out[name] = dens[name].cpu().numpy()[owner]
+            out[score_column(name, direction)] = dens[name].cpu().numpy()[owner]
     return out, owner, texts
+
+
+def score_column(name: str, direction: str = "high") -> str:
+    """The CSV column / summary key of a score: the name, ``NAME_two_sided`` for a two-sided density score."""
+    return name if name == "similarity" or direction == "high" else f"{name}_two_sided"
 
 
 def low_is_risky(name: str, values: np.ndarray) -> np.ndarray:

@@ -14,6 +14,22 @@ neighbours:
 Higher = more anomalous for all four, as the official code (its README: "a higher score indicates more likely to be
 backdoor samples"); NaN/inf are mapped as the official ``nan_to_num(nan=1000, posinf=1000, neginf=0)``.
 
+**Direction** (``direction``). ``"high"`` (the default, the official detector): the score as above, higher = riskier.
+``"two-sided"`` (a stated deviation, opt-in): how far the score lies from the bulk of its distribution *in either
+direction*, so that a tight dense cluster (k-distance far below the rest: more than k poisons that collapsed to one
+point) and sparse outliers (far above) both rank first. It is the robust z-score of the score's magnitude,
+
+``two_sided(x) = |v(x) - median(v)| / (1.4826 · MAD(v))``, ``MAD(v) = median |v - median(v)|``,
+
+with ``v = log s`` for the positive scores ``kdist``, ``slof`` and ``lid`` (their deviations are ratios: half and
+twice the typical k-distance are equally far) and ``v = s`` for ``dao``, which is already a signed log-ratio (SLOF's
+log weighted by LID; it can be negative, so it has no log). The median is the mean of the two middle values for an
+even count; 1.4826 makes the MAD the standard deviation of a normal bulk (the ranking does not depend on it). A
+score <= 0 (a k-distance of 0: more than k duplicates of an image; a degenerate LID) is floored at the smallest
+positive float64 before the log, so it ranks as the most extreme dense point. When more than half the values are
+equal (MAD 0) the mean absolute deviation scales instead, and 1 when that is 0 too. Median and MAD are taken over
+the whole set, also with batch neighbours (the scores of all batches are one distribution).
+
 **Neighbour pool.** ``batch=None``: the whole set (deterministic, order-free). ``batch=B``: the official setting,
 where neighbours come from the evaluation batch only — a seeded permutation cut into ``ceil(N / B)`` nearly equal
 batches, each scored on its own (neighbours, their ``kd`` and ``lid`` all within the batch).
@@ -40,6 +56,8 @@ import torch
 from ..errors import ConfigError
 
 DENSITY_SCORES: tuple[str, ...] = ("kdist", "dao", "slof", "lid")
+DIRECTIONS: tuple[str, ...] = ("high", "two-sided")
+LOG_SCORES: tuple[str, ...] = ("kdist", "slof", "lid")  # positive: two-sided deviations are taken in log space
 DEFAULT_K = 32
 _BUDGET = 2**27  # floats of one chunk's distance block
 
@@ -96,9 +114,41 @@ def scores_from_knn(dist: torch.Tensor, idx: torch.Tensor, k: int, names=DENSITY
     return out
 
 
+def _median(v: torch.Tensor) -> torch.Tensor:
+    s = v.sort().values
+    return (s[(len(s) - 1) // 2] + s[len(s) // 2]) / 2
+
+
+def two_sided(name: str, s: torch.Tensor) -> torch.Tensor:
+    """The two-sided version of the density score ``name`` with values ``s`` (module doc: robust z-score of
+    ``|log s - median(log s)|``, of ``|s - median(s)|`` for ``dao``); higher = farther from the bulk."""
+    s = s.double()
+    v = torch.log(s.clamp(min=torch.finfo(torch.float64).tiny)) if name in LOG_SCORES else s
+    if not len(v):
+        return v
+    dev = (v - _median(v)).abs()
+    scale = 1.4826 * _median(dev)
+    if not scale > 0:
+        scale = dev.mean()
+    return dev / scale if scale > 0 else dev
+
+
+def check_direction(direction: str) -> None:
+    if direction not in DIRECTIONS:
+        raise ConfigError(f"--direction '{direction}' is unknown; choose from {', '.join(DIRECTIONS)}")
+
+
 def density_scores(x: torch.Tensor, names=DENSITY_SCORES, k: int = DEFAULT_K, batch: Optional[int] = None,
-                   seed: int = 0, chunk: Optional[int] = None) -> dict[str, torch.Tensor]:
-    """Each named score (float64, on ``x``'s device) of every row of ``x``; see the module doc for ``batch``."""
+                   seed: int = 0, chunk: Optional[int] = None, direction: str = "high") -> dict[str, torch.Tensor]:
+    """Each named score (float64, on ``x``'s device) of every row of ``x``; see the module doc for ``batch`` and
+    ``direction`` (``"high"``: the official scores; ``"two-sided"``: :func:`two_sided` of each, over the whole set)."""
+    check_direction(direction)
+    out = _density_scores(x, names, k, batch, seed, chunk)
+    return out if direction == "high" else {n: two_sided(n, v) for n, v in out.items()}
+
+
+def _density_scores(x: torch.Tensor, names, k: int, batch: Optional[int], seed: int, chunk: Optional[int]
+                    ) -> dict[str, torch.Tensor]:
     if k < 1:
         raise ConfigError(f"--k {k} must be >= 1")
     if batch is None or batch >= len(x):

@@ -37,12 +37,12 @@ _SSLB_OUT_OF_PRETRAINING = {"mode": "add", "poison_scale": 2.0}
 
 
 def run_named(name: str, data: dict, overrides: list[str], work: Path,
-              echo: Optional[Callable[[str], None]] = print) -> tuple[dict, bool]:
+              echo: Optional[Callable[[str], None]] = print, reuse_only: bool = False) -> tuple[dict, bool]:
     """``(results, reused)`` of the config ``data`` + ``overrides`` (progress bar off) in ``work/name``; a fresh
-    run prints its time and float metrics."""
+    run prints its time and float metrics. ``reuse_only``: never train (one ConfigError line if not finished)."""
     cfg = build_config({**data, "name": name}, ["train.progress=false", *overrides])
     t0 = time.time()
-    res, reused = run_or_reuse(cfg, Path(work) / name)
+    res, reused = run_or_reuse(cfg, Path(work) / name, reuse_only=reuse_only)
     if not reused and echo is not None:
         echo(f"{name}: {time.time() - t0:.0f}s " + json.dumps(
             {k: v for k, v in res["metrics"].items() if isinstance(v, float)}, sort_keys=True))
@@ -50,16 +50,19 @@ def run_named(name: str, data: dict, overrides: list[str], work: Path,
 
 
 def reuse_or_export(attack: str, params: dict, data: str, out: Path, seed: int, size: Optional[int],
-                    **kw: Any) -> dict:
+                    reuse_only: bool = False, **kw: Any) -> dict:
     """The manifest of the poisoned export of ``attack`` with exactly these params and seed in ``out``: reused when
     its manifest says so, else written afresh (``kw``: more :func:`~clpoison.experiments.poison.export_attack`
-    arguments, e.g. ``label_column``, ``test_path``)."""
+    arguments, e.g. ``label_column``, ``test_path``); ``reuse_only``: never export (one ConfigError line)."""
     atk = ATTACKS.build(attack, params)
     man = Path(out) / "manifest.json"
     if man.exists():
         m = json.loads(man.read_text())
         if m.get("params") == json.loads(dumps_json(atk.params.to_dict())) and m.get("seed") == seed:
             return m
+    if reuse_only:
+        raise ConfigError(f"'{out}' holds no {attack} export of these params and seed (reuse only: nothing is "
+                          "exported); give the work folder of the run that wrote it")
     return export_attack(atk, data, Path(out), seed, image_size=size, overwrite=True, progress=False, **kw)[1]
 
 

@@ -146,11 +146,13 @@ def _run_locked(cfg: ExperimentConfig, out: Path, overwrite: bool, resume: bool,
         raise
 
 
-def run_or_reuse(cfg: ExperimentConfig, out: Path, echo: Callable[[str], None] = lambda s: None) -> tuple[dict[str, Any], bool]:
+def run_or_reuse(cfg: ExperimentConfig, out: Path, echo: Callable[[str], None] = lambda s: None,
+                 reuse_only: bool = False) -> tuple[dict[str, Any], bool]:
     """``(results, reused)``: the finished run at ``out`` when its ``results.json`` was written for this config
     (:func:`~clpoison.experiments.fingerprint.config_changes` finds no change; benchmarks re-use runs across scripts
     and re-runs), else a fresh :func:`run_experiment` (which resumes
-    a matching ``out.partial``). A finished run of a different config is replaced."""
+    a matching ``out.partial``). A finished run of a different config is replaced. ``reuse_only``: never train;
+    one ConfigError line when there is no finished run of this config."""
     path = Path(out) / RESULTS_NAME
     if path.exists():
         try:
@@ -159,6 +161,9 @@ def run_or_reuse(cfg: ExperimentConfig, out: Path, echo: Callable[[str], None] =
                 return old, True
         except (OSError, ValueError):
             pass
+    if reuse_only:
+        raise ConfigError(f"'{out}' holds no finished run of this config (reuse only: nothing is trained); give the "
+                          "work folder and options of the run that trained it")
     return run_experiment(cfg, Path(out), overwrite=True, echo=echo), False
 
 

@@ -11,7 +11,7 @@ from typing import Any, Optional, Sequence
 
 from ..attacks.manifest import manifest_poisons, read_manifest
 from ..defenses.safeclip_scan import check_manifest_matches, pair_scores, scan_to_csv
-from ..eval.density import DEFAULT_K
+from ..eval.density import DEFAULT_K, check_direction
 from ..errors import ConfigError
 from .config import build_config
 from .sources import load_scan_data
@@ -67,13 +67,16 @@ def scan_data(out: str | Path, data: str, *, checkpoint: Optional[str] = None, r
               caption_options: Optional[dict] = None, split: str = "train", risky_fraction: Optional[float] = None,
               top_k: Optional[int] = None, threshold: Optional[float] = None,
               scores: Sequence[str] = ("similarity",), k: int = DEFAULT_K,
-              neighbour_batch: Optional[int] = None) -> dict[str, Any]:
+              neighbour_batch: Optional[int] = None, direction: str = "high") -> dict[str, Any]:
     """Scan the pairs of ``data`` into the CSV ``out``; returns the summary. ``scores`` (the first ranks) are of the
     ``reference`` model when given (the checkpoint's similarities and ROC-AUC are then an extra column /
     ``roc_auc_checkpoint``); density scores use ``k`` neighbours from the whole set, or from seeded batches of
     ``neighbour_batch`` (the official setting; :mod:`clpoison.eval.density`)."""
     if not checkpoint and not reference:
         raise ConfigError("`clpoison scan` needs a CLIP model: a run directory / checkpoint.pt, or --reference MODEL")
+    check_direction(direction)
+    if direction != "high" and all(x == "similarity" for x in scores):
+        raise ConfigError(f"--direction {direction} turns density scores; add one (--score kdist dao slof lid)")
     man = None
     if manifest:
         if not Path(manifest).exists():
@@ -98,9 +101,10 @@ def scan_data(out: str | Path, data: str, *, checkpoint: Optional[str] = None, r
         values[name], owner, texts = pair_scores(method.model, method.tokenizer, ds, task.transform(),
                                                  method.params.context_length, task.device, cfg.eval.batch_size,
                                                  scores if name == rank_by else ("similarity",), k, neighbour_batch,
-                                                 seed)
+                                                 seed, direction)
     summary = scan_to_csv(out, values[rank_by], owner, texts, poisons, risky_fraction, top_k, threshold,
                           extra={n: v["similarity"] for n, v in values.items() if n != rank_by})
     if any(x != "similarity" for x in scores):
-        summary["neighbours"] = {"k": k, "pool": f"batches of {neighbour_batch}" if neighbour_batch else "whole set"}
+        summary["neighbours"] = {"k": k, "pool": f"batches of {neighbour_batch}" if neighbour_batch else "whole set",
+                                 **({"direction": direction} if direction != "high" else {})}
     return {**summary, "ranked_by": rank_by, **{k: str(m[0]) for k, m in models.items()}, "csv": str(out)}

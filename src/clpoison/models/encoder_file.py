@@ -7,6 +7,11 @@
 ``size`` × ``size``, ``(x - mean) / std``), ``method`` and, for a run, ``config`` (the run's config snapshot, so
 the data it was trained on can be rebuilt). safetensors stores tensors only, so reading a file never runs code.
 
+The image tower of a **pretrained CLIP** (a run with ``model.init``) has no ``width`` / ``stem_stride`` / ``stem``:
+its ``arch`` is ``"pretrained-clip"`` and ``pretrained`` names the model it started from (``format``:
+``huggingface`` | ``open_clip``, ``path``, ``image_tower``: its architecture); :func:`load_encoder` reads that
+architecture from the path again (:func:`clpoison.models.pretrained.pretrained_visual`) and loads the file's weights.
+
 :func:`load_encoder` also reads foreign weights through :mod:`clpoison.models.foreign` (a torchvision-layout
 ResNet state dict in a ``.pt``/``.pth``/``.safetensors`` file, loaded with ``weights_only=True``).
 
@@ -46,14 +51,17 @@ def save_encoder(folder: str | Path, encoder: nn.Module, model: Mapping[str, Any
     """Write ``folder/encoder.safetensors`` and ``folder/encoder.json`` atomically; returns the spec written.
 
     ``model`` is the backbone config (``arch``, ``width``, ``stem_stride``); ``preprocessing`` has ``size``,
-    ``mean`` and ``std``."""
+    ``mean`` and ``std``. An encoder that carries ``pretrained_source`` (the image tower of a pretrained CLIP) is
+    recorded by it instead of ``model``."""
     from safetensors.torch import save
 
     folder = Path(folder)
     state = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
-    spec = {"format": FORMAT, "format_version": 1, "arch": str(model.get("arch", "resnet18")),
-            "width": int(model.get("width", 64)), "stem_stride": int(model.get("stem_stride", 1)),
-            "stem": str(model.get("stem", "cifar")), "feature_dim": int(getattr(encoder, "feature_dim", 0)),
+    source = getattr(encoder, "pretrained_source", None)
+    arch = dict(source) if source else {
+        "arch": str(model.get("arch", "resnet18")), "width": int(model.get("width", 64)),
+        "stem_stride": int(model.get("stem_stride", 1)), "stem": str(model.get("stem", "cifar"))}
+    spec = {"format": FORMAT, "format_version": 1, **arch, "feature_dim": int(getattr(encoder, "feature_dim", 0)),
             "preprocessing": {"size": int(preprocessing["size"]), "mean": [float(x) for x in preprocessing["mean"]],
                               "std": [float(x) for x in preprocessing["std"]]},
             "method": method, "weights": WEIGHTS_NAME}
@@ -66,6 +74,16 @@ def save_encoder(folder: str | Path, encoder: nn.Module, model: Mapping[str, Any
 
 def encoder_from_spec(spec: Mapping[str, Any], state: Mapping[str, torch.Tensor], what: str) -> nn.Module:
     """The backbone ``spec`` describes with ``state`` loaded (strict); one :class:`DataError` line if they differ."""
+    from .pretrained import PRETRAINED_ARCH, pretrained_visual
+
+    if spec.get("arch") == PRETRAINED_ARCH:
+        net = pretrained_visual(spec.get("pretrained") or {}, what)
+        try:
+            net.load_state_dict(dict(state), strict=True)
+        except RuntimeError as e:
+            raise DataError(f"{what}: the weights do not fit the pretrained CLIP's image tower "
+                            f"({str(e).splitlines()[0][:160]})") from None
+        return net.eval()
     try:
         arch, width, stride = str(spec["arch"]), int(spec["width"]), int(spec.get("stem_stride", 1))
         check_backbone(arch, width, stride, "encoder.json")

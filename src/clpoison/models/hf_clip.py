@@ -112,9 +112,24 @@ class _Vision(nn.Module):
     def __init__(self, body: nn.Module, proj: nn.Module) -> None:
         super().__init__()
         self.body, self.proj = body, proj
+        self.feature_dim = int(proj.out_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(self.body(pixel_values=x).pooler_output)
+
+
+def hf_visual(path: str | Path) -> nn.Module:
+    """The image tower (with its projection) of a Hugging Face CLIP directory, as :func:`hf_clip_model` builds it."""
+    hf = load_hf_clip(path)
+    return _Vision(hf.vision_model, hf.visual_projection).eval()
+
+
+def hf_tower(hf: nn.Module) -> dict[str, Any]:
+    """What the image tower of a ``transformers.CLIPModel`` is (its vision config): recorded in ``encoder.json``."""
+    v = hf.config.vision_config
+    return {"arch": "hf-clip-vit", "width": int(v.hidden_size), "layers": int(v.num_hidden_layers),
+            "heads": int(v.num_attention_heads), "patch": int(v.patch_size), "image_size": int(v.image_size),
+            "activation": str(v.hidden_act), "embed_dim": int(hf.config.projection_dim)}
 
 
 class _Text(nn.Module):
@@ -136,7 +151,7 @@ def load_hf_pretrained(path: str | Path, max_logit_scale: float = 100.0) -> Pret
     tok = HFTokenizer(path)
     return PretrainedCLIP(hf_clip_model(hf, tok.pad_id, max_logit_scale), tok, preprocessing(path),
                           int(hf.config.text_config.max_position_embeddings), int(hf.config.projection_dim),
-                          "huggingface", str(path))
+                          "huggingface", str(path), hf_tower(hf))
 
 
 class HFTokenizer:

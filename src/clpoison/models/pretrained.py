@@ -20,16 +20,21 @@ run's ``augment``) already has it. The foreign formats (:func:`load_pretrained_c
   models). The tokenizer comes from files the user provides (:mod:`clpoison.models.clip_bpe`: ``tokenizer=`` or
   beside the weights). An ``open_clip_config.json`` beside the weights gives the heads, ``quick_gelu`` and mean /
   std; otherwise heads are width / 64, the activation ``gelu`` unless given, mean / std OpenAI's.
+
+The image tower of a loaded model carries ``pretrained_source`` (:func:`pretrained_source`: the format, the path and
+what the tower is), so the ``encoder.json`` of a run that fine-tuned it names the pretrained architecture and where
+it came from (``arch: pretrained-clip``) instead of the run's nominal ``model.arch``, and
+:func:`clpoison.models.encoder_file.load_encoder` rebuilds the tower from that path (:func:`pretrained_visual`).
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +45,7 @@ from ..errors import ConfigError, DataError
 OPENCLIP_NAMES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
 FORMATS = "a Hugging Face CLIP directory (config.json + model.safetensors) or an open_clip state dict with both towers"
+PRETRAINED_ARCH = "pretrained-clip"  # encoder.json's arch of a pretrained CLIP's image tower
 
 
 class TowersCLIP(nn.Module):
@@ -77,6 +83,7 @@ class PretrainedCLIP:
     embed_dim: int
     format: str
     path: str
+    tower: dict[str, Any] = field(default_factory=dict)  # what the image tower is (arch, width, layers, ...)
 
 
 def openclip_weights(path: str | Path) -> Optional[Path]:
@@ -202,7 +209,39 @@ def load_openclip(path: str | Path, tokenizer: Optional[str] = None, heads: Opti
                      "std": list(pre.get("std", OPENAI_STD))}
     scale = state.get("logit_scale", torch.tensor(math.log(1 / 0.07)))
     model = TowersCLIP(visual, text, scale.float().reshape(()), max_logit_scale).eval()
-    return PretrainedCLIP(model, tok, preprocessing, tspec["context_length"], tspec["embed_dim"], "open_clip", str(path))
+    tower = {k: vspec[k] for k in ("arch", "layers", "width", "heads", "patch", "activation", "image_size") if k in vspec}
+    return PretrainedCLIP(model, tok, preprocessing, tspec["context_length"], tspec["embed_dim"], "open_clip", str(path),
+                          {**tower, "activation": act, "embed_dim": tspec["embed_dim"]})
+
+
+def pretrained_source(loaded: PretrainedCLIP) -> dict[str, Any]:
+    """``encoder.json``'s description of a pretrained CLIP's image tower: ``{"arch": "pretrained-clip",
+    "pretrained": {"format", "path" (absolute), "image_tower": {arch, width, layers, heads, ...}}}``."""
+    return {"arch": PRETRAINED_ARCH, "pretrained": {"format": loaded.format, "path": str(Path(loaded.path).resolve()),
+                                                    "image_tower": dict(loaded.tower)}}
+
+
+def pretrained_visual(info: Mapping[str, Any], what: str) -> nn.Module:
+    """The image tower that ``encoder.json``'s ``pretrained`` entry names, read again from its path (the weights
+    are then the encoder file's); one DataError line when the model is not there any more."""
+    path, fmt = str(info.get("path") or ""), info.get("format")
+    if not path or not Path(path).exists():
+        raise DataError(f"{what}: the encoder is the image tower of the pretrained CLIP '{path}' ({fmt}), which is "
+                        "not there any more; put it back (encoder.json names it)")
+    if fmt == "huggingface":
+        from .hf_clip import hf_visual
+
+        return hf_visual(path)
+    if fmt != "open_clip" or openclip_weights(path) is None:
+        raise DataError(f"{what}: encoder.json names a pretrained CLIP '{path}' of format '{fmt}' that is not {FORMATS}")
+    from .openclip_visual import from_openclip
+
+    tower = info.get("image_tower") or {}
+    opts = {k: tower[k] for k in ("heads", "activation") if tower.get(k)}
+    try:
+        return from_openclip(read_openclip_state(openclip_weights(path)), opts)[0]
+    except ValueError as e:
+        raise DataError(f"{what}: the pretrained CLIP '{path}': {e}") from None
 
 
 def load_pretrained_clip(path: str | Path, tokenizer: Optional[str] = None, heads: Optional[int] = None,
@@ -212,10 +251,11 @@ def load_pretrained_clip(path: str | Path, tokenizer: Optional[str] = None, head
 
     if not str(path):
         raise ConfigError(f"no pretrained CLIP given; set model.init=PATH ({FORMATS})")
-    if is_hf_clip(path):
-        return load_hf_pretrained(path, max_logit_scale)
-    if is_openclip_clip(path):
-        return load_openclip(path, tokenizer, heads, activation, max_logit_scale)
+    if is_hf_clip(path) or is_openclip_clip(path):
+        loaded = (load_hf_pretrained(path, max_logit_scale) if is_hf_clip(path) else
+                  load_openclip(path, tokenizer, heads, activation, max_logit_scale))
+        loaded.model.visual.pretrained_source = pretrained_source(loaded)  # what encoder.json records
+        return loaded
     w = openclip_weights(path)
     if w is not None and any(k.startswith("visual.") for k in read_openclip_state(w)):  # (a pickle is refused here)
         raise ConfigError(f"'{path}' holds an open_clip image tower but no whole text tower (token_embedding, "
