@@ -17,7 +17,8 @@ from clpoison.attacks.manifest import manifest_sha256
 from clpoison.data.caption_loader import CaptionBatches, CaptionImageAugment, flat_captions
 from clpoison.data.caption_shards import read_caption_shards
 from clpoison.data.captions import CaptionDataset, CaptionSplits
-from clpoison.data.shard_stream import StreamingCaptionBatches, StreamingCaptionSet
+from clpoison.data.shard_batches import StreamingCaptionBatches
+from clpoison.data.shard_set import StreamingCaptionSet
 from clpoison.data.tokenizer import CaptionTokenizer
 from clpoison.defenses import DEFENSES
 from clpoison.methods.build import build_method

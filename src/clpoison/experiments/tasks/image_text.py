@@ -38,7 +38,8 @@ from ...defenses import DEFENSES
 from ...data.caption_loader import CaptionBatches, CaptionImageAugment, flat_captions
 from ...data.caption_readers import load_caption_splits
 from ...data.caption_shards import read_caption_shards
-from ...data.shard_stream import StreamingCaptionBatches, StreamingCaptionSet
+from ...data.shard_batches import StreamingCaptionBatches
+from ...data.shard_set import StreamingCaptionSet
 from ...data.captions import CaptionDataset, CaptionSplits
 from ...data.datasets import ImageDataset, ImageSplits
 from ...data.tokenizer import CaptionTokenizer
