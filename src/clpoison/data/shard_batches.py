@@ -36,9 +36,10 @@ import torch
 
 from ..errors import DataError
 from ..utils.dist import all_gather_object
-from .caption_loader import CaptionImageAugment
+from .caption_loader import CaptionBatches, CaptionImageAugment, flat_captions
 from .eda import eda_caption
 from .loader import from_workers
+from .shard_set import StreamingCaptionSet
 from .shard_stream import ShardSampleStream, _collate, epoch_shards, split_shards
 
 
@@ -219,3 +220,18 @@ class StreamingCaptionBatches:
         if self.unscored:  # skipped (corrupt) samples: never yielded; scored at the mean so the GMM is not pulled
             out[missing] = float(out[~missing].mean()) if (~missing).any() else 0.0
         return out
+
+
+def clip_batches(train: Any, tokenizer: Any, context_length: int, batch_size: int, device: torch.device, seed: int,
+                 augment: CaptionImageAugment, channels_last: bool, rank: int, world_size: int, workers: int,
+                 shuffle_buffer: int) -> tuple[Any, dict[str, Any]]:
+    """The CLIP batch source of a training split — the one place that picks the implementation of
+    :class:`~clpoison.data.pair_source.PairBatches` — and what it records (in memory: the captions truncated to
+    ``context_length``, all tokenized up front; streamed: nothing, the captions are tokenized per batch)."""
+    if isinstance(train, StreamingCaptionSet):
+        return StreamingCaptionBatches(train, tokenizer, context_length, batch_size, device, seed, augment,
+                                       channels_last, rank, world_size, workers, shuffle_buffer), {}
+    tokens = tokenizer.encode(flat_captions(train), context_length)
+    info = {"truncated_train_captions": tokenizer.last_truncated}
+    return CaptionBatches(train, tokens, batch_size, device, seed, augment, channels_last, rank=rank,
+                          world_size=world_size), info
