@@ -176,3 +176,20 @@ def test_safeclip_batches_and_scores_are_todays(data, view):
         steps = b.plan_steps(6)
         got.append(digest(np.round(sims, 5), steps) + first + _epochs(b, (6,)))
     assert tuple(got) == SAFECLIP_PINS[view]
+
+
+def test_both_implementations_follow_the_protocol(data):
+    """The resident split and the shard stream both implement PairSource / PairBatches (what the CLIP attacks and
+    defenses are written against); anything else is refused by the defenses' one guard."""
+    from clpoison.data.pair_source import is_pair_batches, is_pair_source
+    from clpoison.defenses.clip_views import require_pair_batches
+    from clpoison.errors import ConfigError
+
+    streamed = _streamed(data)
+    assert is_pair_source(data.resident) and is_pair_source(streamed) and not is_pair_source(data.test.images)
+    assert streamed._captions is None  # checking the protocol reads nothing from the shards
+    assert all(is_pair_batches(b) for b in _sources(data))
+    assert data.resident.canvas == streamed.canvas == (SIZE, SIZE)
+    clip = _clip(data.tok)
+    with pytest.raises(ConfigError, match="defense 'roclip' needs an image-text method"):
+        require_pair_batches("roclip", clip, object())
