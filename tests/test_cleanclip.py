@@ -14,7 +14,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clpoison.defenses.cleanclip import CleanCLIPParams, finetune_rows
+from clpoison.data.captions import range_rows, untouched_rows
+from clpoison.defenses.cleanclip import CleanCLIPParams
 from clpoison.errors import ConfigError
 from clpoison.methods.cleanclip import cleanclip_loss, inmodal_loss
 from clpoison.methods.simclr import nt_xent_loss
@@ -87,18 +88,18 @@ def test_finetune_split_never_overlaps_poisoned_rows():
     poisons = np.array([3, 10, 11, 40, 99])
     # untouched: a seeded draw among the rows the attack did not touch, even when most rows are poisoned
     for seed in range(5):
-        rows = finetune_rows(100, poisons, CleanCLIPParams(finetune_pairs=60), seed)
+        rows = untouched_rows(100, poisons, 60, seed, "defense.params.finetune_pairs")
         assert len(rows) == 60 and not np.isin(rows, poisons).any() and len(set(rows.tolist())) == 60
     heavy = np.arange(0, 100, 1)[np.arange(100) % 10 != 0]  # 90 of 100 rows poisoned
-    rows = finetune_rows(100, heavy, CleanCLIPParams(finetune_pairs=10), 0)
+    rows = untouched_rows(100, heavy, 10, 0)
     assert sorted(rows.tolist()) == list(range(0, 100, 10))
     with pytest.raises(ConfigError, match="finetune_pairs=11 exceeds the 10"):
-        finetune_rows(100, heavy, CleanCLIPParams(finetune_pairs=11), 0)
+        untouched_rows(100, heavy, 11, 0, "defense.params.finetune_pairs")
     # range: a clean range is taken as given; a rigged range holding a poisoned row is refused with one line
-    ok = finetune_rows(100, poisons, CleanCLIPParams(finetune_split="range", finetune_range=[12, 40]), 0)
+    ok = range_rows(100, poisons, 12, 40)
     assert ok.tolist() == list(range(12, 40))
     with pytest.raises(ConfigError, match=r"holds 2 poisoned training row\(s\) \(first: 10\)") as e:
-        finetune_rows(100, poisons, CleanCLIPParams(finetune_split="range", finetune_range=[5, 12]), 0)
+        range_rows(100, poisons, 5, 12, "defense.params.finetune_range")
     assert "\n" not in str(e.value)
     with pytest.raises(ConfigError, match="needs defense.params.finetune_range"):
         CleanCLIPParams(finetune_split="range")

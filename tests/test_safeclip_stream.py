@@ -16,12 +16,14 @@ import torch
 
 from clpoison.data.caption_loader import CaptionBatches, CaptionImageAugment, flat_captions
 from clpoison.data.caption_shards import iter_shard_samples, read_caption_shards, shard_paths
-from clpoison.data.shard_stream import ShardSampleStream, StreamingCaptionBatches, StreamingCaptionSet
+from clpoison.data.shard_batches import StreamingCaptionBatches
+from clpoison.data.shard_set import StreamingCaptionSet
+from clpoison.data.shard_stream import ShardSampleStream
 from clpoison.data.tokenizer import CaptionTokenizer
 from clpoison.defenses import DEFENSES
 from clpoison.defenses.safeclip import SafeCLIP, SafeCLIPParams
-from clpoison.defenses.safeclip_stream import StreamingSafeCLIPBatches
-from clpoison.defenses.stream_views import eda_caption
+from clpoison.data.eda import eda_caption
+from clpoison.defenses.safeclip_batches import SafeCLIPBatches
 from clpoison.experiments.runner import run_experiment
 from clpoison.methods.build import build_method
 
@@ -103,7 +105,7 @@ def test_skipped_samples_keep_the_ordinals_and_are_scored_at_the_mean(tmp_path, 
 def test_streamed_similarities_equal_in_memory(data, tok):
     params = SafeCLIPParams(similarity_view="clean", eval_batch_size=10)
     method, streamed = _streamed(data, tok, params)
-    assert isinstance(streamed, StreamingSafeCLIPBatches) and streamed.n == N
+    assert isinstance(streamed, SafeCLIPBatches) and isinstance(streamed.base, StreamingCaptionBatches) and streamed.n == N
     resident, _ = read_caption_shards(data / "train", image_size=SIZE)
     cb = CaptionBatches(resident, tok.encode(flat_captions(resident), 24), 8, CPU, 0, CaptionImageAugment(SIZE))
     _, mem = DEFENSES.get("safeclip")(params).wrap_training(_clip(tok), cb, {"train_set": resident, "seed": 0})

@@ -15,11 +15,14 @@ import torch
 
 from clpoison.data.caption_shards import iter_shard_samples, shard_paths
 from clpoison.data.caption_loader import CaptionImageAugment
-from clpoison.data.shard_stream import ShardSampleStream, StreamingCaptionBatches, StreamingCaptionSet
+from clpoison.data.shard_batches import StreamingCaptionBatches
+from clpoison.data.shard_set import StreamingCaptionSet
+from clpoison.data.shard_stream import ShardSampleStream
 from clpoison.data.tokenizer import CaptionTokenizer
 from clpoison.defenses.cleanclip import CleanCLIP, CleanCLIPParams
 from clpoison.defenses.roclip import RoCLIP
-from clpoison.defenses.stream_views import AugmentedStreamBatches, eda_caption
+from clpoison.data.eda import eda_caption
+from clpoison.defenses.clip_views import AugmentedBatches
 from clpoison.errors import ConfigError
 from clpoison.experiments.config import build_config
 from clpoison.experiments.runner import run_experiment
@@ -75,7 +78,7 @@ def test_streamed_views_are_deterministic_per_caption(data):
     tok = CaptionTokenizer.train(caps, 300)
     base = StreamingCaptionBatches(StreamingCaptionSet(data / "train", SIZE), tok, 24, 8, torch.device("cpu"), 0,
                                    CaptionImageAugment(SIZE), workers=0, shuffle_buffer=4)
-    views = AugmentedStreamBatches(base, seed=3, alpha=0.3, clean_images=True)
+    views = AugmentedBatches(base, base.eda_views(tok, 24, 3, 0.3), clean_images=True)
     texts = [t for b in base.epoch(1, raw=True) for t in b["texts"]]
     got = list(views.epoch(1))
     assert len(got) == len(base) == N // 8 and sorted(texts) == sorted(caps)
@@ -126,7 +129,7 @@ def test_streamed_cleanclip_finetunes_on_clean_shards(data, tmp_path):
     man["stream"]["poison_shards"] = [{"file": clean[2], "sha256": "x", "samples": PER}]
     (poisoned / "manifest.json").write_text(json.dumps(man))
     for params, msg in (({}, "a poison shard of the poisoned run"), ({"finetune_split": "range", "finetune_range": [0, 8]},
-                                                                   "finetune_split=range names rows")):
+                                                                   "names rows of data held in memory")):
         with pytest.raises(ConfigError, match=msg) as e:
             CleanCLIP(CleanCLIPParams(checkpoint=str(poisoned), finetune_pairs=20, **params)).filter(train, {"seed": 0})
         assert "\n" not in str(e.value)

@@ -38,7 +38,7 @@ class PoisonResult:
 class Attack:
     name: ClassVar[str] = "attack"
     data_kind: ClassVar[str] = "images"  # what it poisons: images (ImageSplits) | captions (CaptionSplits)
-    streams: ClassVar[bool] = False  # poisons streamed caption shards (writes extra shards: attacks/stream_poison.py)
+    streams: ClassVar[bool] = False  # poisons streamed caption shards (through the pair-source protocol, data/pair_source.py)
     Params: ClassVar[type] = AttackParams
 
     def __init__(self, params: AttackParams) -> None:

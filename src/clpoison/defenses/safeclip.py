@@ -20,10 +20,11 @@ runs everything. Parameters: :mod:`~clpoison.defenses.safeclip_params`; the spli
   ≥ 0.9, then the top fraction growing by 0.01 per epoch up to 0.85) → one pass of unimodal CL on the risky pairs
   (``in_lr`` schedule), then one pass of the CLIP loss on the safe pairs (``cross_lr`` schedule).
 
-EDA captions are computed once when the batch source is built (as the official ``src/data.py``), see
-:mod:`clpoison.data.eda`. On streamed shards (``data.captions.stream: true``) the batch source is
-:class:`~clpoison.defenses.safeclip_stream.StreamingSafeCLIPBatches`: same phases, plan and split, the samples named
-by their global ordinal, each segment a pass over the shards that yields only its samples (docs/safeclip.md).
+Written once for data in memory and streamed shards (``data.captions.stream: true``): the batch source
+:class:`~clpoison.defenses.safeclip_batches.SafeCLIPBatches` draws from the run's
+:class:`~clpoison.data.pair_source.PairBatches` — same phases, plan and split, the samples named by ordinal; EDA
+captions computed once in memory (as the official ``src/data.py``, :mod:`clpoison.data.eda`), per caption text on a
+stream, where each segment is a pass over the shards that yields only its samples (docs/safeclip.md).
 
 **Diagnostics** (each epoch record in ``metrics.jsonl`` / ``results.json`` history): phase, safe-set size and
 fraction, the split rule, and with a manifest, precision/recall of the poisons in the risky set and each poison's
@@ -50,9 +51,6 @@ import torch
 
 from ..attacks.manifest import manifest_poisons
 from ..data.augment import AugmentConfig, ViewAugment
-from ..data.caption_loader import CaptionBatches, flat_captions
-from ..data.eda import eda_views
-from ..data.shard_stream import StreamingCaptionBatches
 from ..engine.schedules import TrainingHooks
 from ..errors import ConfigError
 from ..methods.base import Method
@@ -60,11 +58,11 @@ from ..report.plots import similarity_histogram
 from ..utils.dist import is_main
 from ..utils.io import atomic_write_bytes
 from .base import DEFENSES, Defense
+from .clip_views import require_pair_batches
 from .safeclip_batches import SafeCLIPBatches
 from .safeclip_objective import SafeCLIPMethod
 from .safeclip_params import SafeCLIPParams
 from .safeclip_schedule import PhaseLR
-from .safeclip_stream import StreamingSafeCLIPBatches
 from .safeclip_split import (FilterSchedule, Split, cap_excess, gmm_clean_posterior, poison_precision_recall,
                              safeclip_split, split_by_ratio, split_by_threshold)
 from .safeclip_trace import TRACE_FILE, PoisonTrace
@@ -97,9 +95,9 @@ class SafeCLIP(Defense):
 
     # -- the training-time hooks ---------------------------------------------------------------------------------
     def wrap_training(self, method: Method, batches: Any, context: dict[str, Any]) -> tuple[Method, Any]:
-        streamed = isinstance(batches, StreamingCaptionBatches)
-        if method.modality != "image-text" or not (streamed or isinstance(batches, CaptionBatches)):
-            raise ConfigError("defense 'safeclip' needs an image-text method (method.name=clip)")
+        require_pair_batches(self.name, method, batches)
+        if method.tokenizer is None:
+            raise ConfigError("defense 'safeclip' needs the CLIP tokenizer")
         p = self.params
         self.seed = int(context.get("seed", 0))
         self.out_dir = None if context.get("out_dir") is None else Path(context["out_dir"])
@@ -111,18 +109,8 @@ class SafeCLIP(Defense):
         cfg = AugmentConfig(out_size=aug.out_size, jitter=(0.5, 0.5, 0.5, 0.1), jitter_p=0.8, gray_p=0.2,
                             blur_p=(1.0, 1.0) if big else (0.0, 0.0), mean=tuple(aug.mean.flatten().tolist()),
                             std=tuple(aug.std.flatten().tolist()))
-        if streamed:  # per-sample ordinals, EDA per caption text, segments as filtered passes (safeclip_stream.py)
-            self.batches = StreamingSafeCLIPBatches(batches, p, ViewAugment(cfg, 0), self.seed)
-            self.method = SafeCLIPMethod(method, p)
-            return self.method, self.batches
-        train_set = context.get("train_set")
-        captions = flat_captions(train_set) if train_set is not None else None
-        if captions is None or method.tokenizer is None:
-            raise ConfigError("defense 'safeclip' needs the training captions and the CLIP tokenizer")
-        v1, v2 = eda_views(captions, self.seed, p.eda_alpha)
-        ctx = method.params.context_length
-        eda_tokens = (method.tokenizer.encode(v1, ctx), method.tokenizer.encode(v2, ctx))
-        self.batches = SafeCLIPBatches(batches, eda_tokens, p, ViewAugment(cfg, 0))
+        self.batches = SafeCLIPBatches(batches, method.tokenizer, method.params.context_length, p, ViewAugment(cfg, 0),
+                                       self.seed)
         self.method = SafeCLIPMethod(method, p)
         return self.method, self.batches
 
@@ -198,7 +186,7 @@ class SafeCLIP(Defense):
                                                       p.threshold, p.update_filter_ratio, p.cap_filter_ratio,
                                                       cap_from_gmm=p.cap_from_gmm)
                 rec.update({"safeclip_similarity_s": round(t1 - t0, 3), "safeclip_gmm_s": round(time.perf_counter() - t1, 3)})
-                if getattr(b, "unscored", 0):  # streamed: samples skipped as corrupt, scored at the mean
+                if b.unscored:  # streamed: samples skipped as corrupt, scored at the mean
                     rec["safeclip_unscored"] = b.unscored
                 rec.update({f"safeclip_gmm_{n}": round(v, 6) for n, v in (split.gmm or {}).items()})
                 self.save_scores(sims, split.p_clean)

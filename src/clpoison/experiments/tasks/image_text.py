@@ -35,10 +35,11 @@ import torch
 
 from ...attacks import ATTACKS
 from ...defenses import DEFENSES
-from ...data.caption_loader import CaptionBatches, CaptionImageAugment, flat_captions
+from ...data.caption_loader import CaptionImageAugment, flat_captions
 from ...data.caption_readers import load_caption_splits
 from ...data.caption_shards import read_caption_shards
-from ...data.shard_stream import StreamingCaptionBatches, StreamingCaptionSet
+from ...data.shard_batches import clip_batches
+from ...data.shard_set import StreamingCaptionSet
 from ...data.captions import CaptionDataset, CaptionSplits
 from ...data.datasets import ImageDataset, ImageSplits
 from ...data.tokenizer import CaptionTokenizer
@@ -208,16 +209,14 @@ class ImageTextTask(Task):
             raise ConfigError(f"defense '{cfg.defense.name}' replaces the image-SSL view sampler, which CLIP does not use")
         a, c = cfg.augment, cfg.data.captions
         augment = CaptionImageAugment(a.out_size, c.augment, c.translate_px, a.crop_scale, a.crop_ratio, a.flip_p, a.mean, a.std)
-        if getattr(train_set, "streaming", False):
-            return StreamingCaptionBatches(train_set, self.tokenizer, self.params.context_length,
-                                           local_batch_size(cfg.train.batch_size), self.device, cfg.seed, augment,
-                                           self.channels_last, rank(), world_size(), c.workers, c.shuffle_buffer)
-        tokens = self.tokenizer.encode(flat_captions(train_set), self.params.context_length)
-        self.info["truncated_train_captions"] = self.tokenizer.last_truncated
-        if self.tokenizer.last_truncated:
-            self.echo(f"note: {self.tokenizer.last_truncated} training captions truncated to {self.params.context_length} tokens")
-        return CaptionBatches(train_set, tokens, local_batch_size(cfg.train.batch_size), self.device, cfg.seed, augment,
-                              self.channels_last, rank=rank(), world_size=world_size())
+        batches, info = clip_batches(train_set, self.tokenizer, self.params.context_length,
+                                     local_batch_size(cfg.train.batch_size), self.device, cfg.seed, augment,
+                                     self.channels_last, rank(), world_size(), c.workers, c.shuffle_buffer)
+        self.info.update(info)
+        if info.get("truncated_train_captions"):
+            self.echo(f"note: {info['truncated_train_captions']} training captions truncated to "
+                      f"{self.params.context_length} tokens")
+        return batches
 
     # -- evaluation -------------------------------------------------------------------------------------------
     def zeroshot(self, method: Any, class_names: list[str]) -> ZeroShotClassifier:
