@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from clpoison.contexts import FilterContext, TrainingContext
 from clpoison.data.caption_shards import iter_shard_samples, shard_paths
 from clpoison.data.caption_loader import CaptionImageAugment
 from clpoison.data.shard_stream import ShardSampleStream, StreamingCaptionBatches, StreamingCaptionSet
@@ -92,7 +93,7 @@ def test_streamed_views_are_deterministic_per_caption(data):
     clip = build_method("clip", {"embed_dim": 16, "text_tower": "bow", "text_width": 16, "context_length": 24},
                         {"arch": "convnet", "width": 4}, tokenizer=tok)
     ro = RoCLIP(RoCLIP.Params(pool_size=8, break_epoch=2, cross_aug=False))
-    _, flagged = ro.wrap_training(clip, base, {"seed": 0})
+    _, flagged = ro.wrap_training(clip, base, TrainingContext(seed=0))
     assert [b["roclip_matching"] for e in (0, 1) for b in flagged.epoch(e)] == [False] * 6 + [True] * 6
     assert "images_aug" not in next(iter(flagged.epoch(0)))
 
@@ -116,7 +117,7 @@ def test_streamed_cleanclip_finetunes_on_clean_shards(data, tmp_path):
 
     # the split streams exactly the first 20 samples of those shards, in that order
     train = StreamingCaptionSet(data / "train", SIZE)
-    sub, _ = CleanCLIP(CleanCLIPParams(checkpoint=str(poisoned), finetune_pairs=20)).filter(train, {"seed": 0})
+    sub, _ = CleanCLIP(CleanCLIPParams(checkpoint=str(poisoned), finetune_pairs=20)).filter(train, FilterContext(seed=0))
     got = [c[0] for _, c in ShardSampleStream(sub.shards, SIZE, 0, 1, 0, 0, 0, limits=sub.limits)]
     first = [c for s in iter_shard_samples([data / "train" / w for w in want]) for c in s["captions"]][:20]
     assert got == first == [c for cs in sub.captions for c in cs] and len(sub) == 20
@@ -128,7 +129,7 @@ def test_streamed_cleanclip_finetunes_on_clean_shards(data, tmp_path):
     for params, msg in (({}, "a poison shard of the poisoned run"), ({"finetune_split": "range", "finetune_range": [0, 8]},
                                                                    "finetune_split=range names rows")):
         with pytest.raises(ConfigError, match=msg) as e:
-            CleanCLIP(CleanCLIPParams(checkpoint=str(poisoned), finetune_pairs=20, **params)).filter(train, {"seed": 0})
+            CleanCLIP(CleanCLIPParams(checkpoint=str(poisoned), finetune_pairs=20, **params)).filter(train, FilterContext(seed=0))
         assert "\n" not in str(e.value)
 
 

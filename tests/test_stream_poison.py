@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from clpoison.contexts import PoisonContext
 from clpoison.attacks import ATTACKS
 from clpoison.attacks import stream_poison
 from clpoison.data.caption_shards import read_caption_shards, shard_paths
@@ -133,7 +134,7 @@ def test_poison_shards_are_reused_when_intact_and_rewritten_when_not(data, tmp_p
     cfg = _cfg(d, BACKDOOR)
     splits = ImageTextTask(cfg, torch.device("cpu")).load()
     atk = ATTACKS.build(cfg.attack.name, cfg.attack.params)
-    first = atk.poison(splits, 0, {"run_dir": tmp_path})
+    first = atk.poison(splits, 0, PoisonContext(run_dir=tmp_path))
     shard = tmp_path / "poison_shards" / "poison-000000.tar"
     written = shard.read_bytes()
 
@@ -141,21 +142,21 @@ def test_poison_shards_are_reused_when_intact_and_rewritten_when_not(data, tmp_p
         raise AssertionError("the stream was read again")
 
     monkeypatch.setattr(stream_poison, "read_samples", no_read)
-    again = ATTACKS.build(cfg.attack.name, cfg.attack.params).poison(splits, 0, {"run_dir": tmp_path})
+    again = ATTACKS.build(cfg.attack.name, cfg.attack.params).poison(splits, 0, PoisonContext(run_dir=tmp_path))
     assert again.manifest == first.manifest and len(again.splits.train) == N + 4
     assert again.splits.train.check_added() == {shard.name: sha256_file(shard)}
     shard.write_bytes(written[:-1024])  # damaged: not reused, written again (the same bytes: the draw is seeded)
     with pytest.raises(DataError, match="changed since it was written"):
         again.splits.train.check_added()
     with pytest.raises(AssertionError, match="read again"):
-        ATTACKS.build(cfg.attack.name, cfg.attack.params).poison(splits, 0, {"run_dir": tmp_path})
+        ATTACKS.build(cfg.attack.name, cfg.attack.params).poison(splits, 0, PoisonContext(run_dir=tmp_path))
     monkeypatch.undo()
-    ATTACKS.build(cfg.attack.name, cfg.attack.params).poison(splits, 0, {"run_dir": tmp_path})
+    ATTACKS.build(cfg.attack.name, cfg.attack.params).poison(splits, 0, PoisonContext(run_dir=tmp_path))
     assert shard.read_bytes() == written
     with pytest.raises(ConfigError, match="inside a run"):
-        atk.poison(splits, 0, {})
+        atk.poison(splits, 0, PoisonContext())
     params = {**cfg.attack.params, "poison_count": 0}  # the clean control: no shard, the old one removed
-    control = ATTACKS.build(cfg.attack.name, params).poison(splits, 0, {"run_dir": tmp_path})
+    control = ATTACKS.build(cfg.attack.name, params).poison(splits, 0, PoisonContext(run_dir=tmp_path))
     assert len(control.splits.train) == N and control.manifest["stream"]["poison_shards"] == [] and not shard.exists()
 
 

@@ -38,6 +38,7 @@ from typing import Any, Optional
 
 import torch
 
+from ..contexts import PoisonContext
 from ..data.caption_shards import iter_shard_samples
 from ..data.captions import CaptionDataset, CaptionSplits
 from ..data.image_readers import decode_image
@@ -53,16 +54,16 @@ RECORD = "poison.json"
 SHARD_SIZE = 10000
 
 
-def poison_folder(context: Optional[dict]) -> Path:
-    run = (context or {}).get("run_dir")
+def poison_folder(context: Optional[PoisonContext]) -> Path:
+    run = None if context is None else context.run_dir
     if run is None:
         raise ConfigError("streamed shards are poisoned inside a run (clpoison run writes RUN/poison_shards); to "
                           "export a poisoned set instead, read the pairs into memory (data.captions.stream=false)")
     return Path(run) / POISON_DIR
 
 
-def _echo(context: Optional[dict]) -> Any:
-    return (context or {}).get("echo") or (lambda s: None)
+def _echo(context: Optional[PoisonContext]) -> Any:
+    return (context or PoisonContext()).echo
 
 
 def _request(attack: Any, seed: int, splits: Any) -> dict:
@@ -169,7 +170,7 @@ def _result(splits: Any, folder: Path, stream: dict, captions: Optional[list[lis
     return PoisonResult(CaptionSplits(train, splits.test, {**splits.source, "poison_shards": [s["file"] for s in shards]}))
 
 
-def _reused(attack: Any, splits: Any, folder: Path, request: dict, context: Optional[dict]) -> Optional[PoisonResult]:
+def _reused(attack: Any, splits: Any, folder: Path, request: dict, context: Optional[PoisonContext]) -> Optional[PoisonResult]:
     man = reusable(folder, request)
     if man is None:
         return None
@@ -181,7 +182,7 @@ def _reused(attack: Any, splits: Any, folder: Path, request: dict, context: Opti
     return result
 
 
-def poison_backdoor_stream(attack: Any, splits: Any, seed: int, context: Optional[dict] = None) -> PoisonResult:
+def poison_backdoor_stream(attack: Any, splits: Any, seed: int, context: Optional[PoisonContext] = None) -> PoisonResult:
     """The Carlini backdoor on a streamed split: n triggered copies of seeded source samples, captioned from the
     target's caption set, written as poison shards."""
     folder, train = poison_folder(context), splits.train
@@ -204,7 +205,7 @@ def poison_backdoor_stream(attack: Any, splits: Any, seed: int, context: Optiona
                     "captions": d.captions, "source_ordinals": rows}}, sources, _echo(context))
 
 
-def poison_targeted_stream(attack: Any, splits: Any, seed: int, context: Optional[dict] = None) -> PoisonResult:
+def poison_targeted_stream(attack: Any, splits: Any, seed: int, context: Optional[PoisonContext] = None) -> PoisonResult:
     """Carlini targeted poisoning on a streamed split: k (victim test image, adversarial caption) pairs per target,
     the victims from the labelled test / attack set in memory, written as poison shards."""
     folder, train, test = poison_folder(context), splits.train, splits.test

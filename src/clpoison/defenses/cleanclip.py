@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..contexts import FilterContext, TrainingContext
 from ..attacks.manifest import manifest_poisons
 from ..data.caption_loader import CaptionBatches, flat_captions
 from ..engine.checkpoint import read_checkpoint
@@ -46,6 +47,7 @@ from ..errors import ConfigError
 from ..methods.base import Method
 from ..methods.clip_wrapper import WrappedCLIP
 from ..methods.cleanclip import cleanclip_loss
+from ..run_folder import checkpoint_file as run_checkpoint
 from ..data.shard_stream import StreamingCaptionBatches
 from ..utils.dist import is_main, world_size
 from .base import DEFENSES, Defense, DefenseParams
@@ -130,11 +132,7 @@ def checkpoint_file(path: Optional[str]) -> Path:
     if not path:
         raise ConfigError("defense cleanclip needs defense.params.checkpoint: the poisoned CLIP run folder (or its "
                           "checkpoint.pt) to fine-tune")
-    p = Path(path).expanduser()
-    p = p / "checkpoint.pt" if p.is_dir() else p
-    if not p.is_file():
-        raise ConfigError(f"defense.params.checkpoint '{path}' does not exist; pass a finished CLIP run folder or its checkpoint.pt")
-    return p
+    return run_checkpoint(path, "defense.params.checkpoint", "pass a finished CLIP run folder or its checkpoint.pt")
 
 
 @DEFENSES.register("cleanclip")
@@ -142,6 +140,7 @@ class CleanCLIP(Defense):
     """Fine-tune a (poisoned) CLIP checkpoint on a clean split with CLIP + in-modal losses."""
 
     name = "cleanclip"
+    modality = "image-text"
     streams = True  # also on streamed caption shards
     Params = CleanCLIPParams
 
@@ -153,45 +152,44 @@ class CleanCLIP(Defense):
         p = self.params
         return p.finetune_range[1] - p.finetune_range[0] if p.finetune_split == "range" else min(n, p.finetune_pairs)
 
-    def filter(self, train: Any, context: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    def filter(self, train: Any, context: FilterContext) -> tuple[Any, dict[str, Any]]:
         path = checkpoint_file(self.params.checkpoint)  # fail before any work
         if not hasattr(train, "captions"):
             raise ConfigError("defense 'cleanclip' needs image-text data (method.name=clip)")
         if getattr(train, "streaming", False):  # whole clean shards (defenses/cleanclip_stream.py)
-            subset, self.info = clean_shard_split(train, context.get("manifest"), self.params,
-                                                  int(context.get("seed", 0)), path, world_size())
+            subset, self.info = clean_shard_split(train, context.manifest, self.params,
+                                                  int(context.seed), path, world_size())
             return subset, dict(self.info)
-        poisons = manifest_poisons(context.get("manifest"))
-        rows = finetune_rows(len(train), poisons, self.params, int(context.get("seed", 0)))
+        poisons = manifest_poisons(context.manifest)
+        rows = finetune_rows(len(train), poisons, self.params, int(context.seed))
         self.info = {"cleanclip_finetune_pairs": int(len(rows)), "cleanclip_split": self.params.finetune_split,
                      "cleanclip_poisoned_rows": 0 if poisons is None else int(len(poisons)),
                      "cleanclip_poisons_in_split": 0 if poisons is None else int(np.isin(rows, poisons).sum())}
         return train.subset(torch.as_tensor(rows, dtype=torch.long), f"{getattr(train, 'name', 'train')}/cleanclip"), dict(self.info)
 
-    def wrap_training(self, method: Method, batches: Any, context: dict[str, Any]) -> tuple[Method, Any]:
+    def wrap_training(self, method: Method, batches: Any, context: TrainingContext) -> tuple[Method, Any]:
         streamed = isinstance(batches, StreamingCaptionBatches)
         if method.modality != "image-text" or not (streamed or isinstance(batches, CaptionBatches)):
             raise ConfigError("defense 'cleanclip' needs an image-text method (method.name=clip)")
         path = checkpoint_file(self.params.checkpoint)
         ckpt = read_checkpoint(path, map_location="cpu")
-        cfg, task = context["cfg"], context["task"]
         old = ckpt.get("config") or {}
         if (old.get("method") or {}).get("name") != "clip":
             raise ConfigError(f"defense.params.checkpoint '{path}' is not a CLIP checkpoint; pass a run of method clip")
-        if old.get("model") != vars(cfg.model):
+        if old.get("model") != dict(context.model):
             raise ConfigError(f"defense.params.checkpoint '{path}' holds model {old.get('model')}, this run "
-                              f"{vars(cfg.model)}; use the poisoned run's preset")
-        clip = task.method_from_checkpoint(ckpt, f"defense.params.checkpoint '{path}'")  # also the task's tokenizer
-        if context.get("out_dir") is not None and is_main():  # the run folder's tokenizer.json is the model's
-            clip.tokenizer.save(Path(context["out_dir"]) / "tokenizer.json")
+                              f"{dict(context.model)}; use the poisoned run's preset")
+        clip = context.load_method(ckpt, f"defense.params.checkpoint '{path}'")  # the run evaluates its tokenizer
+        if context.out_dir is not None and is_main():  # the run folder's tokenizer.json is the model's
+            clip.tokenizer.save(Path(context.out_dir) / "tokenizer.json")
         self.info.update({"cleanclip_checkpoint": str(path), "cleanclip_checkpoint_epochs": int(ckpt.get("epoch", 0)),
                           "cleanclip_checkpoint_train_s": float(ckpt.get("train_seconds", 0.0)),
                           "cleanclip_optimizer": "fresh"})
-        p, ctx, seed = self.params, clip.params.context_length, int(context.get("seed", 0))
+        p, ctx, seed = self.params, clip.params.context_length, int(context.seed)
         if streamed:  # tokenized per batch with the checkpoint's tokenizer; EDA per batch (defenses/stream_views.py)
             views = AugmentedStreamBatches(batches.with_tokenizer(clip.tokenizer, ctx), seed, p.eda_alpha, p.clean_images)
             return CleanCLIPMethod(clip, p), views
-        train_set = context["train_set"]
+        train_set = context.train_set
         captions = flat_captions(train_set)
         base = batches.with_tokens(train_set, clip.tokenizer.encode(captions, ctx))  # this process's share, as the run's
         eda = eda_tokens(captions, clip.tokenizer, ctx, seed, p.eda_alpha)

@@ -49,6 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..contexts import TrainingContext, EpochView
 from ..data.caption_loader import CaptionBatches, flat_captions
 from ..data.shard_stream import StreamingCaptionBatches
 from ..engine.schedules import TrainingHooks
@@ -158,6 +159,7 @@ class RoCLIP(Defense):
     """Every ``break_epoch``-th epoch, train each image against its nearest caption in a FIFO pool of past captions."""
 
     name = "roclip"
+    modality = "image-text"
     streams = True  # also on streamed caption shards
     Params = RoCLIPParams
 
@@ -165,12 +167,12 @@ class RoCLIP(Defense):
         super().__init__(params)
         self.method: RoCLIPMethod | None = None
 
-    def wrap_training(self, method: Method, batches: Any, context: dict[str, Any]) -> tuple[Method, Any]:
+    def wrap_training(self, method: Method, batches: Any, context: TrainingContext) -> tuple[Method, Any]:
         streamed = isinstance(batches, StreamingCaptionBatches)
         if method.modality != "image-text" or not (streamed or isinstance(batches, CaptionBatches)):
             raise ConfigError("defense 'roclip' needs an image-text method (method.name=clip)")
         p = self.params
-        seed = int(context.get("seed", 0))
+        seed = int(context.seed)
         pool = TextPool(p.pool_size, method.params.embed_dim, seed).to(batches.device)
         self.method = RoCLIPMethod(method, pool)
         if not p.cross_aug:
@@ -178,7 +180,7 @@ class RoCLIP(Defense):
         flag = lambda e: {"roclip_matching": p.matching(e)}  # noqa: E731
         if streamed:  # EDA per batch, deterministic per caption (defenses/stream_views.py)
             return self.method, AugmentedStreamBatches(batches, seed, p.eda_alpha, flag=flag)
-        train_set = context.get("train_set")
+        train_set = context.train_set
         if train_set is None or method.tokenizer is None:
             raise ConfigError("defense 'roclip' with cross_aug needs the training captions and the CLIP tokenizer")
         eda = eda_tokens(flat_captions(train_set), method.tokenizer, method.params.context_length, seed, p.eda_alpha)
@@ -188,7 +190,7 @@ class RoCLIP(Defense):
     def training_hooks(self) -> TrainingHooks:
         return TrainingHooks(epoch_start=[self.on_epoch_start], state={"roclip_pool": self.method.pool})
 
-    def on_epoch_start(self, trainer: Any, epoch: int) -> dict[str, Any]:
+    def on_epoch_start(self, view: EpochView, epoch: int) -> dict[str, Any]:
         return {"roclip_matching": self.params.matching(epoch)}
 
     def training_summary(self) -> dict[str, Any]:

@@ -48,6 +48,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from ..contexts import TrainingContext, EpochView
 from ..attacks.manifest import manifest_poisons
 from ..data.augment import AugmentConfig, ViewAugment
 from ..data.caption_loader import CaptionBatches, flat_captions
@@ -77,6 +78,7 @@ class SafeCLIP(Defense):
     """SafeCLIP: unimodal warm-up, low-lr CLIP epoch, then GMM safe/risky split with a growing safe set."""
 
     name = "safeclip"
+    modality = "image-text"
     streams = True  # also on streamed caption shards
     Params = SafeCLIPParams
 
@@ -95,14 +97,14 @@ class SafeCLIP(Defense):
         self.trace: Optional[PoisonTrace] = None
 
     # -- the training-time hooks ---------------------------------------------------------------------------------
-    def wrap_training(self, method: Method, batches: Any, context: dict[str, Any]) -> tuple[Method, Any]:
+    def wrap_training(self, method: Method, batches: Any, context: TrainingContext) -> tuple[Method, Any]:
         streamed = isinstance(batches, StreamingCaptionBatches)
         if method.modality != "image-text" or not (streamed or isinstance(batches, CaptionBatches)):
             raise ConfigError("defense 'safeclip' needs an image-text method (method.name=clip)")
         p = self.params
-        self.seed = int(context.get("seed", 0))
-        self.out_dir = None if context.get("out_dir") is None else Path(context["out_dir"])
-        self.poisons = manifest_poisons(context.get("manifest"))
+        self.seed = int(context.seed)
+        self.out_dir = None if context.out_dir is None else Path(context.out_dir)
+        self.poisons = manifest_poisons(context.manifest)
         if self.poisons is not None and len(self.poisons):
             self.trace = PoisonTrace(self.poisons, None if self.out_dir is None else self.out_dir / TRACE_FILE)
         aug = batches.augment
@@ -114,7 +116,7 @@ class SafeCLIP(Defense):
             self.batches = StreamingSafeCLIPBatches(batches, p, ViewAugment(cfg, 0), self.seed)
             self.method = SafeCLIPMethod(method, p)
             return self.method, self.batches
-        train_set = context.get("train_set")
+        train_set = context.train_set
         captions = flat_captions(train_set) if train_set is not None else None
         if captions is None or method.tokenizer is None:
             raise ConfigError("defense 'safeclip' needs the training captions and the CLIP tokenizer")
@@ -139,13 +141,13 @@ class SafeCLIP(Defense):
             out["poison_recall_by_epoch"] = {str(e["epoch"]): round(e["recall"], 6) for e in self.trace.entries}
         return out
 
-    def trace_epoch(self, trainer: Any, epoch: int, phase: str, sims: np.ndarray, risky: np.ndarray,
+    def trace_epoch(self, view: EpochView, epoch: int, phase: str, sims: np.ndarray, risky: np.ndarray,
                     safe_fraction: float) -> dict[str, Any]:
         """The poisons' trace entry of this epoch (safeclip_trace.py): written, printed in one line, summarised."""
         entry = self.trace.record(epoch, phase, sims, risky, safe_fraction)
         if is_main():
             self.trace.write()
-            trainer.notify(self.trace.line(entry))
+            view.notify(self.trace.line(entry))
         return self.trace.summary(entry)
 
     # -- the last pass's scores, kept in the run folder so that a resumed run re-cuts exactly the same ones ------
@@ -170,7 +172,7 @@ class SafeCLIP(Defense):
         return True
 
     # -- per epoch -----------------------------------------------------------------------------------------------
-    def on_epoch_start(self, trainer: Any, epoch: int) -> dict[str, Any]:
+    def on_epoch_start(self, view: EpochView, epoch: int) -> dict[str, Any]:
         p, b = self.params, self.batches
         phase = p.phase(epoch)
         everyone = np.arange(b.n)
@@ -180,13 +182,13 @@ class SafeCLIP(Defense):
             if p.trace_warmup and self.trace is not None and epoch > 0:  # the split a filtering epoch would make now
                 sims = b.similarities(self.method.model, epoch)
                 safe, risky = split_by_threshold(gmm_clean_posterior(sims), p.threshold)
-                rec.update(self.trace_epoch(trainer, epoch, phase, sims, risky, len(safe) / max(len(sims), 1)))
+                rec.update(self.trace_epoch(view, epoch, phase, sims, risky, len(safe) / max(len(sims), 1)))
         else:
             k = epoch - p.inmodal_epochs - p.crossmodal_epochs
             if self.schedule is None and k > 0:  # resumed: the first filtering epoch's ratio is in the history
-                first = [h.get("safeclip_first_ratio") for h in trainer.history if h.get("safeclip_first_ratio") is not None]
+                first = [h.get("safeclip_first_ratio") for h in view.history if h.get("safeclip_first_ratio") is not None]
                 if first:
-                    caps = [h["safeclip_data_cap"] for h in trainer.history if h.get("safeclip_data_cap") is not None]
+                    caps = [h["safeclip_data_cap"] for h in view.history if h.get("safeclip_data_cap") is not None]
                     self.schedule = FilterSchedule(float(first[0]), p.update_filter_ratio, p.cap_filter_ratio,
                                                    caps[-1] if caps and p.cap_from_gmm else None)
             if k % p.split_every == 0 or self.schedule is None or (self.scores is None and not self.load_scores()):
@@ -213,8 +215,8 @@ class SafeCLIP(Defense):
             if self.poisons is not None and len(self.poisons):
                 pr = poison_precision_recall(split.risky, self.poisons)
                 rec.update({f"safeclip_{k2}": v for k2, v in pr.items()})
-                rec.update(self.trace_epoch(trainer, epoch, phase, sims, split.risky, split.ratio))
-            last = epoch == trainer.cfg.epochs - 1
+                rec.update(self.trace_epoch(view, epoch, phase, sims, split.risky, split.ratio))
+            last = epoch == view.epochs - 1
             if p.histograms and self.out_dir is not None and is_main() and (k % p.histogram_every == 0 or last):
                 t2 = time.perf_counter()
                 cut = float(sims[split.safe].min()) if len(split.safe) else None
@@ -226,5 +228,5 @@ class SafeCLIP(Defense):
                 rec["safeclip_histogram_s"] = round(time.perf_counter() - t2, 3)
             self.last = {k2: v for k2, v in rec.items() if k2 != "safeclip_phase"}
         b.set_plan(epoch, segments)
-        self.lr.set_epoch(epoch, trainer.step, b.plan_steps(epoch))
+        self.lr.set_epoch(epoch, view.step, b.plan_steps(epoch))
         return rec

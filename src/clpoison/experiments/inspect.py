@@ -143,7 +143,7 @@ def inspect_encoder(encoder: str | Path, data: str, out: Optional[str | Path] = 
     params = {"seed": seed, **(params or {})}  # --seed draws the shadow set and DECREE's initial trigger
     decree_params = None if profile is None else DecreeParams.for_profile(profile, params)  # bad params: fail early
     suspect = load_suspect(encoder, model)
-    ds = getattr(load_source("images", data, data_path, image_size, seed), split)
+    ds = getattr(load_source("image", data, data_path, image_size, seed), split)
     shadow_idx, rest = _shadow(ds, suspect, shadow_size, seed, f"--data '{data}' ({split} split)")
     h = int(ds.images.shape[-1])
     if decree_params is None:
