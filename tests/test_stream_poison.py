@@ -162,14 +162,14 @@ def test_poison_shards_are_reused_when_intact_and_rewritten_when_not(data, tmp_p
 
 def test_resumed_run_reuses_its_poison_shards(data, tmp_path, monkeypatch, capfd):
     """A run stopped after training resumes onto the poison shards it wrote: sha256 checked, nothing redrawn."""
-    import clpoison.experiments.runner as runner
+    import clpoison.experiments.stages as stages
 
     def stop(name):
         if name == "evaluate":
             raise KeyboardInterrupt
 
     cfg, run = _cfg(data, BACKDOOR), tmp_path / "run"
-    monkeypatch.setattr(runner, "fault_point", stop)
+    monkeypatch.setattr(stages, "fault_point", stop)
     with pytest.raises(KeyboardInterrupt):
         run_experiment(cfg, run)
     shard = tmp_path / "run.partial" / "poison_shards" / "poison-000000.tar"
