@@ -69,7 +69,7 @@ def prepare_out_dir(out: Path, overwrite: bool, inputs: Any = ()) -> Path:
     return out.with_name(out.name + ".partial")
 
 
-RUN_MARKERS = ("results.json", "config.json", "checkpoint.pt")  # what makes a folder a run --overwrite may replace
+RUN_MARKERS = (RESULTS, "config.json", CHECKPOINT_NAME)  # what makes a folder a run --overwrite may replace
 
 
 def run_experiment(
