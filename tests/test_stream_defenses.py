@@ -134,8 +134,10 @@ def test_streamed_cleanclip_finetunes_on_clean_shards(data, tmp_path):
 
 
 def test_data_defenses_refuse_streams_naming_the_supported_defenses(data, tmp_path):
-    with pytest.raises(ConfigError, match="defense 'grayscale' works on data held in memory; with "
-                                          "data.captions.stream=true use cleanclip, roclip, safeclip or none") as e:
+    # an image defense is refused by its modality before the data (and whether it streams) is looked at
+    with pytest.raises(ConfigError, match=r"defense.name=grayscale works on image data but method.name=clip trains "
+                                          r"on image-text data; use a defense for image-text data \(cleanclip, none, "
+                                          r"roclip, safeclip\)") as e:
         run_experiment(_cfg(data, ["defense.name=grayscale"]), tmp_path / "run")
     assert "\n" not in str(e.value) and not (tmp_path / "run").exists()
 

@@ -205,7 +205,7 @@ def test_rank_split_covers_clean_and_poison_shards(data, tmp_path):
 
 @pytest.mark.parametrize("extra, msg", [
     (["attack.name=carlini-control"], "use carlini-backdoor, carlini-targeted"),
-    ([*BACKDOOR, "defense.name=grayscale"], "defense 'grayscale' works on data held in memory"),
+    ([*BACKDOOR, "defense.name=grayscale"], "defense.name=grayscale works on image data but method.name=clip"),
 ])
 def test_other_attacks_and_defenses_refuse_streams(data, tmp_path, extra, msg):
     with pytest.raises(ConfigError, match=msg) as e:
