@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from clpoison.contexts import FilterContext, TrainingContext
 from clpoison.data.captions import range_rows, untouched_rows
 from clpoison.defenses.cleanclip import CleanCLIPParams
 from clpoison.errors import ConfigError
@@ -161,10 +162,11 @@ def test_cleanclip_loads_the_checkpoint_weights_with_a_fresh_optimiser(tmp_path)
     task = task_for(cfg, torch.device("cpu"))
     splits = task.load()
     d = CleanCLIP(CleanCLIP.Params(**cfg.defense.params))
-    train, info = d.filter(splits.train, {"manifest": None, "seed": 0})
+    train, info = d.filter(splits.train, FilterContext(manifest=None, seed=0))
     assert len(train) == 64 and info["cleanclip_poisons_in_split"] == 0
     method = task.build_method(train)
-    m, b = d.wrap_training(method, task.batches(method, train, d), {"cfg": cfg, "task": task, "train_set": train, "seed": 0})
+    m, b = d.wrap_training(method, task.batches(method, train, d), TrainingContext(
+        train_set=train, seed=0, model=dict(vars(cfg.model)), load_method=task.method_from_checkpoint))
     for k, v in ckpt["model"].items():
         if isinstance(v, torch.Tensor):
             assert torch.equal(m.state_dict()[k], v), k

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from clpoison.contexts import EvalContext
 from clpoison.attacks import ATTACKS
 from clpoison.attacks.corruptencoder import CorruptEncoder, CorruptEncoderPlus
 from clpoison.attacks.corruptencoder_layout import corrupt_layout, min_object_size
@@ -273,7 +274,7 @@ def test_evaluate_uses_the_shared_asr_with_the_same_trigger_in_the_centre_range(
         hit = ((x[:, 0] == 1) & (x[:, 1] == 2) & (x[:, 2] == 3)).flatten(1).any(1)
         return torch.where(hit, torch.ones_like(hit, dtype=torch.long), torch.zeros_like(hit, dtype=torch.long))
 
-    m = atk.evaluate({"splits": sp, "classify": classify})
+    m = atk.evaluate(EvalContext(splits=sp, classify=classify))
     nt = int((sp.test.labels != 1).sum())
     assert m["asr"] == 1.0 and m["asr_n"] == nt and m["ca"] == m["asr_clean_accuracy"]
     assert m["asr_mismatched"] == 0.0  # the control patch (same energy, other pixels) does not fool the rigged probe

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from clpoison.contexts import EvalContext, PoisonContext
 from clpoison.attacks import ATTACKS
 from clpoison.attacks.frequency_trigger import ctrl_float, ctrl_remove
 from clpoison.attacks.manifest import load_trigger
@@ -126,9 +127,9 @@ def test_nlb_evaluation_asr_is_against_the_anchor_label_and_restores_from_the_ma
         return torch.tensor([anchor if h else key.get(img.numpy().tobytes(), 0) for img, h in zip(x, hit)])
 
     fresh = NLB(NLB.Params(**{k: v for k, v in man["params"].items() if k != "trigger"}, trigger=man["params"]["trigger"]))
-    assert fresh.evaluate({"splits": s, "classify": classify}) == {}  # no anchor yet
+    assert fresh.evaluate(EvalContext(splits=s, classify=classify)) == {}  # no anchor yet
     fresh.restore(man)
-    m = fresh.evaluate({"splits": s, "classify": classify})
+    m = fresh.evaluate(EvalContext(splits=s, classify=classify))
     assert m["nlb_anchor_label"] == anchor and m["nlb_tpr"] == man["targets"]["tpr"]
     assert m["asr"] == 1.0 and m["ca"] == 1.0 and m["asr_no_trigger"] == 0.0
     assert m["asr_n"] == int((s.test.labels != anchor).sum())
@@ -171,12 +172,12 @@ def test_nlb_pretrains_its_own_encoder_and_resumes_it(tmp_path):
     params = {"selection": "kmeans", "poison_count": 4, "clusters": 2, "attacker_epochs": 2, "attacker_batch_size": 32,
               "trigger": {"size": 2},
               "attacker": {"model": {"arch": "convnet", "width": 8}, "augment": {"out_size": 16}}}
-    a = ATTACKS.build("nlb", params).poison(s, 0, {"work_dir": tmp_path / "w"})
+    a = ATTACKS.build("nlb", params).poison(s, 0, PoisonContext(work_dir=tmp_path / "w"))
     info = a.manifest["details"]["features"]
     assert info["source"] == "pretrained by the attacker" and info["epochs"] == 2
     assert (tmp_path / "w" / "attacker" / "checkpoint.pt").exists()
     # the same pretraining again resumes the finished checkpoint: the same selection
-    b = ATTACKS.build("nlb", params).poison(s, 0, {"work_dir": tmp_path / "w"})
+    b = ATTACKS.build("nlb", params).poison(s, 0, PoisonContext(work_dir=tmp_path / "w"))
     assert a.manifest["poisoned_indices"] == b.manifest["poisoned_indices"]
     # ... and a run folder's checkpoint serves as the encoder
     c = ATTACKS.build("nlb", {**params, "attacker_epochs": 500, "encoder": str(tmp_path / "w" / "attacker")}).poison(s, 0)

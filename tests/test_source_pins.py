@@ -14,6 +14,7 @@ import torch
 
 from clpoison.attacks import ATTACKS
 from clpoison.attacks.manifest import manifest_sha256
+from clpoison.contexts import FilterContext, PoisonContext, TrainingContext
 from clpoison.data.caption_loader import CaptionBatches, CaptionImageAugment, flat_captions
 from clpoison.data.caption_shards import read_caption_shards
 from clpoison.data.captions import CaptionDataset, CaptionSplits
@@ -89,7 +90,7 @@ def test_poisons_are_todays(data, tmp_path, name, params, mem_pin, stream_pin):
     rows = m["poisoned_indices"] + m["added_indices"]
     got_mem = (digest(rows, mem.splits.train.images[rows], [mem.splits.train.captions[i] for i in rows]),
                manifest_sha256(m)[:16])
-    streamed = ATTACKS.build(name, params).poison(CaptionSplits(_streamed(data), data.test), 3, {"run_dir": tmp_path})
+    streamed = ATTACKS.build(name, params).poison(CaptionSplits(_streamed(data), data.test), 3, PoisonContext(run_dir=tmp_path))
     s = streamed.manifest
     images, captions = _poison_shard(tmp_path)
     got_stream = (digest(s["added_indices"], s["details"], images, captions), manifest_sha256(s)[:16])
@@ -123,7 +124,7 @@ def test_roclip_batches_are_todays(data):
     for base in _sources(data):
         clip = _clip(data.tok)
         _, views = DEFENSES.build("roclip", {"pool_size": 8, "eda_alpha": 0.3}).wrap_training(
-            clip, base, {"seed": 2, "train_set": data.resident})
+            clip, base, TrainingContext(seed=2, train_set=data.resident))
         got.append(_epochs(views))
     assert tuple(got) == ROCLIP_PINS
 
@@ -132,22 +133,22 @@ CLEANCLIP_PINS = ("5a93d37dd358e5ace3868b13f9310921", "9558f984de4a37f070b9e6e81
 
 
 def test_cleanclip_split_and_batches_are_todays(data, tmp_path):
-    cfg = SimpleNamespace(model=SimpleNamespace(arch="convnet"))
-    torch.save({"config": {"method": {"name": "clip"}, "model": vars(cfg.model)}, "epoch": 1}, tmp_path / "ck.pt")
+    model = {"arch": "convnet"}
+    torch.save({"config": {"method": {"name": "clip"}, "model": model}, "epoch": 1}, tmp_path / "ck.pt")
     p = {"checkpoint": str(tmp_path / "ck.pt"), "finetune_pairs": 20, "eda_alpha": 0.3}
     manifest = {"poisoned_indices": [3, 7, 30], "added_indices": []}
     got = []
     for train, base in zip((data.resident, _streamed(data)), _sources(data)):
         cc = DEFENSES.build("cleanclip", p)
-        sub, info = cc.filter(train, {"seed": 4, "manifest": manifest})
+        sub, info = cc.filter(train, FilterContext(seed=4, manifest=manifest))
         clip = _clip(data.tok)
-        task = SimpleNamespace(method_from_checkpoint=lambda ckpt, what: clip)
         if isinstance(base, CaptionBatches):
             base = CaptionBatches(sub, data.tok.encode(flat_captions(sub), 24), 4, CPU, 1, CaptionImageAugment(SIZE, "rrc"))
         else:
             base = StreamingCaptionBatches(sub, data.tok, 24, 4, CPU, 1, CaptionImageAugment(SIZE, "rrc"), workers=0,
                                            shuffle_buffer=4)
-        _, views = cc.wrap_training(clip, base, {"seed": 4, "cfg": cfg, "task": task, "train_set": sub})
+        _, views = cc.wrap_training(clip, base, TrainingContext(seed=4, model=model, train_set=sub,
+                                                               load_method=lambda ckpt, what: clip))
         got.append(digest(info, sorted(flat_captions(sub)) if hasattr(sub, "images") else sub.captions) + _epochs(views))
     assert tuple(got) == CLEANCLIP_PINS
 
@@ -168,7 +169,7 @@ def test_safeclip_batches_and_scores_are_todays(data, view):
     got = []
     for base in _sources(data):
         clip = _clip(data.tok)
-        method, b = DEFENSES.build("safeclip", params).wrap_training(clip, base, {"seed": 1, "train_set": data.resident})
+        method, b = DEFENSES.build("safeclip", params).wrap_training(clip, base, TrainingContext(seed=1, train_set=data.resident))
         sims = b.similarities(method.model, 6)
         b.set_plan(0, [("inmodal", np.arange(N))])
         first = _epochs(b, (0,))

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from clpoison.contexts import FilterContext, TrainingContext
 from clpoison.data.caption_shards import iter_shard_samples, shard_paths
 from clpoison.data.caption_loader import CaptionImageAugment
 from clpoison.data.shard_batches import StreamingCaptionBatches
@@ -95,7 +96,7 @@ def test_streamed_views_are_deterministic_per_caption(data):
     clip = build_method("clip", {"embed_dim": 16, "text_tower": "bow", "text_width": 16, "context_length": 24},
                         {"arch": "convnet", "width": 4}, tokenizer=tok)
     ro = RoCLIP(RoCLIP.Params(pool_size=8, break_epoch=2, cross_aug=False))
-    _, flagged = ro.wrap_training(clip, base, {"seed": 0})
+    _, flagged = ro.wrap_training(clip, base, TrainingContext(seed=0))
     assert [b["roclip_matching"] for e in (0, 1) for b in flagged.epoch(e)] == [False] * 6 + [True] * 6
     assert "images_aug" not in next(iter(flagged.epoch(0)))
 
@@ -119,7 +120,7 @@ def test_streamed_cleanclip_finetunes_on_clean_shards(data, tmp_path):
 
     # the split streams exactly the first 20 samples of those shards, in that order
     train = StreamingCaptionSet(data / "train", SIZE)
-    sub, _ = CleanCLIP(CleanCLIPParams(checkpoint=str(poisoned), finetune_pairs=20)).filter(train, {"seed": 0})
+    sub, _ = CleanCLIP(CleanCLIPParams(checkpoint=str(poisoned), finetune_pairs=20)).filter(train, FilterContext(seed=0))
     got = [c[0] for _, c in ShardSampleStream(sub.shards, SIZE, 0, 1, 0, 0, 0, limits=sub.limits)]
     first = [c for s in iter_shard_samples([data / "train" / w for w in want]) for c in s["captions"]][:20]
     assert got == first == [c for cs in sub.captions for c in cs] and len(sub) == 20
@@ -131,13 +132,15 @@ def test_streamed_cleanclip_finetunes_on_clean_shards(data, tmp_path):
     for params, msg in (({}, "a poison shard of the poisoned run"), ({"finetune_split": "range", "finetune_range": [0, 8]},
                                                                    "names rows of data held in memory")):
         with pytest.raises(ConfigError, match=msg) as e:
-            CleanCLIP(CleanCLIPParams(checkpoint=str(poisoned), finetune_pairs=20, **params)).filter(train, {"seed": 0})
+            CleanCLIP(CleanCLIPParams(checkpoint=str(poisoned), finetune_pairs=20, **params)).filter(train, FilterContext(seed=0))
         assert "\n" not in str(e.value)
 
 
 def test_data_defenses_refuse_streams_naming_the_supported_defenses(data, tmp_path):
-    with pytest.raises(ConfigError, match="defense 'grayscale' works on data held in memory; with "
-                                          "data.captions.stream=true use cleanclip, roclip, safeclip or none") as e:
+    # an image defense is refused by its modality before the data (and whether it streams) is looked at
+    with pytest.raises(ConfigError, match=r"defense.name=grayscale works on image data but method.name=clip trains "
+                                          r"on image-text data; use a defense for image-text data \(cleanclip, none, "
+                                          r"roclip, safeclip\)") as e:
         run_experiment(_cfg(data, ["defense.name=grayscale"]), tmp_path / "run")
     assert "\n" not in str(e.value) and not (tmp_path / "run").exists()
 

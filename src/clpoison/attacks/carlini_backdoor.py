@@ -35,6 +35,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from ..contexts import EvalContext, PoisonContext
 from ..errors import ConfigError
 from ..eval.attack_metrics import backdoor_metrics, backdoor_zscore
 from .base import ATTACKS, Attack, AttackParams, PoisonResult
@@ -100,7 +101,7 @@ class CarliniBackdoor(Attack):
 
     name = "carlini-backdoor"
     streams = True  # written against the pair-source protocol: on a stream the poisons become extra shards
-    data_kind = "captions"  # poisons image-caption data (CLIP)
+    modality = "image-text"  # poisons image-caption data (CLIP)
     version = "1"
     Params = CarliniBackdoorParams
 
@@ -147,7 +148,7 @@ class CarliniBackdoor(Attack):
         return SimpleNamespace(target=target, tname=tname, n=n, pool=pool, candidates=len(cand), idx=idx,
                                captions=new_caps, g=g)
 
-    def poison(self, splits: Any, seed: int, context: Optional[dict] = None) -> PoisonResult:
+    def poison(self, splits: Any, seed: int, context: Optional[PoisonContext] = None) -> PoisonResult:
         """In memory the n source rows are replaced; on a stream their triggered copies are added as extra shards
         (:mod:`clpoison.attacks.pair_poison`)."""
         splits = require_captions(splits, self.name)
@@ -171,20 +172,20 @@ class CarliniBackdoor(Attack):
         if trigger is not None:
             self.trigger = trigger
 
-    def evaluate(self, context: dict[str, Any]) -> dict[str, Any]:
+    def evaluate(self, context: EvalContext) -> dict[str, Any]:
         p = self.params
-        splits = context["splits"]
+        splits = context.splits
         test = splits.test
         m: dict[str, Any] = {}
         labelled = test.labels is not None and len(test) > 0 and bool((test.labels >= 0).all())
         names = list(splits.class_names)
         known = str(p.target) in names + [str(i) for i in range(len(names))]
-        if labelled and known and "classify" in context:
+        if labelled and known and context.classify is not None:
             target = resolve_label(splits.class_names, p.target, "attack.params.target")
-            m.update(backdoor_metrics(context["classify"], test.images, test.labels, target, self.trigger,
+            m.update(backdoor_metrics(context.classify, test.images, test.labels, target, self.trigger,
                                       p.eval_seed, getattr(test, "sizes", None)))
         # else: unlabelled test data (CC3M) or a target outside the class list: only the label-free z-score
-        if "embed" in context:
-            m["backdoor_zscore"] = backdoor_zscore(context["embed"], test.images, self.trigger, p.eval_seed,
+        if context.embed is not None:
+            m["backdoor_zscore"] = backdoor_zscore(context.embed, test.images, self.trigger, p.eval_seed,
                                                    p.zscore_images)
         return m

@@ -30,6 +30,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from ..contexts import EvalContext, PoisonContext
 from ..data.captions import CaptionDataset
 from ..errors import ConfigError, DataError
 from ..eval.attack_metrics import clean_accuracy, targeted_success
@@ -67,7 +68,7 @@ class CarliniTargeted(Attack):
 
     name = "carlini-targeted"
     streams = True  # written against the pair-source protocol: on a stream the poisons become extra shards
-    data_kind = "captions"  # poisons image-caption data (CLIP)
+    modality = "image-text"  # poisons image-caption data (CLIP)
     version = "1"
     Params = CarliniTargetedParams
 
@@ -143,7 +144,7 @@ class CarliniTargeted(Attack):
                             "caption_set_size": len(pool)})
         return add_imgs, add_caps, add_labels, targets, victims
 
-    def poison(self, splits: Any, seed: int, context: Optional[dict] = None) -> PoisonResult:
+    def poison(self, splits: Any, seed: int, context: Optional[PoisonContext] = None) -> PoisonResult:
         """The victim pairs appended to the split (in memory: rows; streamed: extra shards, each victim at its own
         size — :mod:`clpoison.attacks.pair_poison`)."""
         p = self.params
@@ -167,11 +168,11 @@ class CarliniTargeted(Attack):
         self.victims = [int(v["test_index"]) for v in victims]
         self.adversarial = [int(v["adversarial_index"]) for v in victims]
 
-    def evaluate(self, context: dict[str, Any]) -> dict[str, Any]:
+    def evaluate(self, context: EvalContext) -> dict[str, Any]:
         if not self.victims:
             return {}
-        test = context["splits"].test
-        classify = context["classify"]
+        test = context.splits.test
+        classify = context.classify
         others = torch.ones(len(test.images), dtype=torch.bool)
         others[torch.tensor(self.victims)] = False  # the chance level: the label shares on the non-victim images
         m = targeted_success(classify, test.images[torch.tensor(self.victims)], self.adversarial,

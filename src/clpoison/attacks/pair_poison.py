@@ -4,7 +4,7 @@ draws its poisons, hands them to the split's editor (:meth:`PairSource.editor`: 
 extra shards in the run folder on a stream — :mod:`clpoison.data.shard_edits`) and records the manifest here. A new
 CLIP attack written this way runs on both.
 
-Example (in memory; a stream only needs ``{"run_dir": RUN}`` in ``context``)::
+Example (in memory; a stream only needs ``PoisonContext(run_dir=RUN)`` as ``context``)::
 
     >>> import torch
     >>> from clpoison.data.captions import CaptionDataset, CaptionSplits
@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 from typing import Any, Optional
 
+from ..contexts import PoisonContext
 from ..data.captions import CaptionSplits
 from ..data.pair_source import PairEdit, PoisonRecord
 from ..utils.io import dumps_json
@@ -28,11 +29,11 @@ from .base import PoisonResult
 from .manifest import build_manifest, fingerprint_splits
 
 
-def pair_editor(train: Any, context: Optional[dict]) -> PairEdit:
-    """The split's editor: a stream writes its poison shards under ``context["run_dir"]``, progress to
-    ``context["echo"]``."""
-    ctx = context or {}
-    return train.editor(ctx.get("run_dir"), ctx.get("echo") or (lambda s: None))
+def pair_editor(train: Any, context: Optional[PoisonContext]) -> PairEdit:
+    """The split's editor: a stream writes its poison shards under ``context.run_dir``, progress to
+    ``context.echo``."""
+    ctx = context or PoisonContext()
+    return train.editor(ctx.run_dir, ctx.echo)
 
 
 def poison_request(attack: Any, seed: int, splits: Any) -> dict:

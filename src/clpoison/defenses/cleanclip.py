@@ -41,6 +41,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from ..contexts import FilterContext, TrainingContext
 from ..attacks.manifest import manifest_poisons
 from ..data.pair_source import is_pair_source
 from ..engine.checkpoint import read_checkpoint
@@ -48,6 +49,7 @@ from ..errors import ConfigError, DataError
 from ..methods.base import Method
 from ..methods.clip_wrapper import WrappedCLIP
 from ..methods.cleanclip import cleanclip_loss
+from ..run_folder import checkpoint_file as run_checkpoint
 from ..utils.dist import is_main, world_size
 from .base import DEFENSES, Defense, DefenseParams
 from .clip_views import AugmentedBatches, require_pair_batches
@@ -119,11 +121,7 @@ def checkpoint_file(path: Optional[str]) -> Path:
     if not path:
         raise ConfigError("defense cleanclip needs defense.params.checkpoint: the poisoned CLIP run folder (or its "
                           "checkpoint.pt) to fine-tune")
-    p = Path(path).expanduser()
-    p = p / "checkpoint.pt" if p.is_dir() else p
-    if not p.is_file():
-        raise ConfigError(f"defense.params.checkpoint '{path}' does not exist; pass a finished CLIP run folder or its checkpoint.pt")
-    return p
+    return run_checkpoint(path, "defense.params.checkpoint", "pass a finished CLIP run folder or its checkpoint.pt")
 
 
 @DEFENSES.register("cleanclip")
@@ -131,6 +129,7 @@ class CleanCLIP(Defense):
     """Fine-tune a (poisoned) CLIP checkpoint on a clean split with CLIP + in-modal losses."""
 
     name = "cleanclip"
+    modality = "image-text"
     streams = True  # also on streamed caption shards
     Params = CleanCLIPParams
 
@@ -142,17 +141,17 @@ class CleanCLIP(Defense):
         p = self.params
         return p.finetune_range[1] - p.finetune_range[0] if p.finetune_split == "range" else min(n, p.finetune_pairs)
 
-    def filter(self, train: Any, context: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    def filter(self, train: Any, context: FilterContext) -> tuple[Any, dict[str, Any]]:
         path = checkpoint_file(self.params.checkpoint)  # fail before any work
         if not is_pair_source(train):
             raise ConfigError("defense 'cleanclip' needs image-text data (method.name=clip)")
         p, name = self.params, f"{getattr(train, 'name', 'train')}/cleanclip"
-        poisons = manifest_poisons(context.get("manifest"))
+        poisons = manifest_poisons(context.manifest)
         if p.finetune_split == "range":
             subset = train.row_range(*p.finetune_range, poisons, name, "defense.params.finetune_range")
             info = {"split": "range", "poisons_in_split": 0}
         else:
-            subset, info = train.untouched_subset(p.finetune_pairs, poisons, int(context.get("seed", 0)), name,
+            subset, info = train.untouched_subset(p.finetune_pairs, poisons, int(context.seed), name,
                                                   poisoned_run_shards(path), world_size(), "defense.params.finetune_pairs")
         self.info = {"cleanclip_finetune_pairs": int(len(subset)), "cleanclip_split": info["split"],
                      **({"cleanclip_finetune_shards": info["shards"]} if "shards" in info else {}),
@@ -160,24 +159,23 @@ class CleanCLIP(Defense):
                      "cleanclip_poisons_in_split": info["poisons_in_split"]}
         return subset, dict(self.info)
 
-    def wrap_training(self, method: Method, batches: Any, context: dict[str, Any]) -> tuple[Method, Any]:
+    def wrap_training(self, method: Method, batches: Any, context: TrainingContext) -> tuple[Method, Any]:
         require_pair_batches(self.name, method, batches)
         path = checkpoint_file(self.params.checkpoint)
         ckpt = read_checkpoint(path, map_location="cpu")
-        cfg, task = context["cfg"], context["task"]
         old = ckpt.get("config") or {}
         if (old.get("method") or {}).get("name") != "clip":
             raise ConfigError(f"defense.params.checkpoint '{path}' is not a CLIP checkpoint; pass a run of method clip")
-        if old.get("model") != vars(cfg.model):
+        if old.get("model") != dict(context.model):
             raise ConfigError(f"defense.params.checkpoint '{path}' holds model {old.get('model')}, this run "
-                              f"{vars(cfg.model)}; use the poisoned run's preset")
-        clip = task.method_from_checkpoint(ckpt, f"defense.params.checkpoint '{path}'")  # also the task's tokenizer
-        if context.get("out_dir") is not None and is_main():  # the run folder's tokenizer.json is the model's
-            clip.tokenizer.save(Path(context["out_dir"]) / "tokenizer.json")
+                              f"{dict(context.model)}; use the poisoned run's preset")
+        clip = context.load_method(ckpt, f"defense.params.checkpoint '{path}'")  # the run evaluates its tokenizer
+        if context.out_dir is not None and is_main():  # the run folder's tokenizer.json is the model's
+            clip.tokenizer.save(Path(context.out_dir) / "tokenizer.json")
         self.info.update({"cleanclip_checkpoint": str(path), "cleanclip_checkpoint_epochs": int(ckpt.get("epoch", 0)),
                           "cleanclip_checkpoint_train_s": float(ckpt.get("train_seconds", 0.0)),
                           "cleanclip_optimizer": "fresh"})
-        p, ctx, seed = self.params, clip.params.context_length, int(context.get("seed", 0))
+        p, ctx, seed = self.params, clip.params.context_length, int(context.seed)
         base = batches.with_tokenizer(clip.tokenizer, ctx)  # this process's share, as the run's
         views = base.eda_views(clip.tokenizer, ctx, seed, p.eda_alpha)
         return CleanCLIPMethod(clip, p), AugmentedBatches(base, views, p.clean_images)

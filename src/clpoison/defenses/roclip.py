@@ -49,6 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..contexts import EpochView, TrainingContext
 from ..data.pair_source import PairBatches
 from ..engine.schedules import TrainingHooks
 from ..errors import ConfigError
@@ -156,6 +157,7 @@ class RoCLIP(Defense):
     """Every ``break_epoch``-th epoch, train each image against its nearest caption in a FIFO pool of past captions."""
 
     name = "roclip"
+    modality = "image-text"
     streams = True  # also on streamed caption shards
     Params = RoCLIPParams
 
@@ -163,10 +165,10 @@ class RoCLIP(Defense):
         super().__init__(params)
         self.method: RoCLIPMethod | None = None
 
-    def wrap_training(self, method: Method, batches: Any, context: dict[str, Any]) -> tuple[Method, Any]:
+    def wrap_training(self, method: Method, batches: Any, context: TrainingContext) -> tuple[Method, Any]:
         require_pair_batches(self.name, method, batches)
         p = self.params
-        seed = int(context.get("seed", 0))
+        seed = int(context.seed)
         pool = TextPool(p.pool_size, method.params.embed_dim, seed).to(batches.device)
         self.method = RoCLIPMethod(method, pool)
         if not p.cross_aug:
@@ -181,7 +183,7 @@ class RoCLIP(Defense):
     def training_hooks(self) -> TrainingHooks:
         return TrainingHooks(epoch_start=[self.on_epoch_start], state={"roclip_pool": self.method.pool})
 
-    def on_epoch_start(self, trainer: Any, epoch: int) -> dict[str, Any]:
+    def on_epoch_start(self, view: EpochView, epoch: int) -> dict[str, Any]:
         return {"roclip_matching": self.params.matching(epoch)}
 
     def training_summary(self) -> dict[str, Any]:

@@ -49,6 +49,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from ..contexts import EpochView, TrainingContext
 from ..attacks.manifest import manifest_poisons
 from ..data.augment import AugmentConfig, ViewAugment
 from ..engine.schedules import TrainingHooks
@@ -75,6 +76,7 @@ class SafeCLIP(Defense):
     """SafeCLIP: unimodal warm-up, low-lr CLIP epoch, then GMM safe/risky split with a growing safe set."""
 
     name = "safeclip"
+    modality = "image-text"
     streams = True  # also on streamed caption shards
     Params = SafeCLIPParams
 
@@ -94,14 +96,14 @@ class SafeCLIP(Defense):
         self.cap_warned = False
 
     # -- the training-time hooks ---------------------------------------------------------------------------------
-    def wrap_training(self, method: Method, batches: Any, context: dict[str, Any]) -> tuple[Method, Any]:
+    def wrap_training(self, method: Method, batches: Any, context: TrainingContext) -> tuple[Method, Any]:
         require_pair_batches(self.name, method, batches)
         if method.tokenizer is None:
             raise ConfigError("defense 'safeclip' needs the CLIP tokenizer")
         p = self.params
-        self.seed = int(context.get("seed", 0))
-        self.out_dir = None if context.get("out_dir") is None else Path(context["out_dir"])
-        self.poisons = manifest_poisons(context.get("manifest"))
+        self.seed = int(context.seed)
+        self.out_dir = None if context.out_dir is None else Path(context.out_dir)
+        self.poisons = manifest_poisons(context.manifest)
         if self.poisons is not None and len(self.poisons):
             self.trace = PoisonTrace(self.poisons, None if self.out_dir is None else self.out_dir / TRACE_FILE)
         aug = batches.augment
@@ -128,13 +130,13 @@ class SafeCLIP(Defense):
             out["poison_recall_by_epoch"] = {str(e["epoch"]): round(e["recall"], 6) for e in self.trace.entries}
         return out
 
-    def trace_epoch(self, trainer: Any, epoch: int, phase: str, sims: np.ndarray, risky: np.ndarray,
+    def trace_epoch(self, view: EpochView, epoch: int, phase: str, sims: np.ndarray, risky: np.ndarray,
                     safe_fraction: float) -> dict[str, Any]:
         """The poisons' trace entry of this epoch (safeclip_trace.py): written, printed in one line, summarised."""
         entry = self.trace.record(epoch, phase, sims, risky, safe_fraction)
         if is_main():
             self.trace.write()
-            trainer.notify(self.trace.line(entry))
+            view.notify(self.trace.line(entry))
         return self.trace.summary(entry)
 
     # -- the last pass's scores, kept in the run folder so that a resumed run re-cuts exactly the same ones ------
@@ -159,7 +161,7 @@ class SafeCLIP(Defense):
         return True
 
     # -- per epoch -----------------------------------------------------------------------------------------------
-    def on_epoch_start(self, trainer: Any, epoch: int) -> dict[str, Any]:
+    def on_epoch_start(self, view: EpochView, epoch: int) -> dict[str, Any]:
         p, b = self.params, self.batches
         phase = p.phase(epoch)
         everyone = np.arange(b.n)
@@ -169,13 +171,13 @@ class SafeCLIP(Defense):
             if p.trace_warmup and self.trace is not None and epoch > 0:  # the split a filtering epoch would make now
                 sims = b.similarities(self.method.model, epoch)
                 safe, risky = split_by_threshold(gmm_clean_posterior(sims), p.threshold)
-                rec.update(self.trace_epoch(trainer, epoch, phase, sims, risky, len(safe) / max(len(sims), 1)))
+                rec.update(self.trace_epoch(view, epoch, phase, sims, risky, len(safe) / max(len(sims), 1)))
         else:
             k = epoch - p.inmodal_epochs - p.crossmodal_epochs
             if self.schedule is None and k > 0:  # resumed: the first filtering epoch's ratio is in the history
-                first = [h.get("safeclip_first_ratio") for h in trainer.history if h.get("safeclip_first_ratio") is not None]
+                first = [h.get("safeclip_first_ratio") for h in view.history if h.get("safeclip_first_ratio") is not None]
                 if first:
-                    caps = [h["safeclip_data_cap"] for h in trainer.history if h.get("safeclip_data_cap") is not None]
+                    caps = [h["safeclip_data_cap"] for h in view.history if h.get("safeclip_data_cap") is not None]
                     self.schedule = FilterSchedule(float(first[0]), p.update_filter_ratio, p.cap_filter_ratio,
                                                    caps[-1] if caps and p.cap_from_gmm else None)
             if k % p.split_every == 0 or self.schedule is None or (self.scores is None and not self.load_scores()):
@@ -193,7 +195,7 @@ class SafeCLIP(Defense):
                 warning = cap_excess(split)
                 if warning and not self.cap_warned and is_main():  # once per run; the records keep both numbers
                     self.cap_warned = True
-                    trainer.notify(warning)
+                    view.notify(warning)
             else:  # split_every > 1: re-cut the last pass's scores at this epoch's ratio
                 sims, pc = self.scores
                 safe, risky = split_by_ratio(pc, self.schedule.ratio(k), sims)
@@ -206,8 +208,8 @@ class SafeCLIP(Defense):
             if self.poisons is not None and len(self.poisons):
                 pr = poison_precision_recall(split.risky, self.poisons)
                 rec.update({f"safeclip_{k2}": v for k2, v in pr.items()})
-                rec.update(self.trace_epoch(trainer, epoch, phase, sims, split.risky, split.ratio))
-            last = epoch == trainer.cfg.epochs - 1
+                rec.update(self.trace_epoch(view, epoch, phase, sims, split.risky, split.ratio))
+            last = epoch == view.epochs - 1
             if p.histograms and self.out_dir is not None and is_main() and (k % p.histogram_every == 0 or last):
                 t2 = time.perf_counter()
                 cut = float(sims[split.safe].min()) if len(split.safe) else None
@@ -219,5 +221,5 @@ class SafeCLIP(Defense):
                 rec["safeclip_histogram_s"] = round(time.perf_counter() - t2, 3)
             self.last = {k2: v for k2, v in rec.items() if k2 != "safeclip_phase"}
         b.set_plan(epoch, segments)
-        self.lr.set_epoch(epoch, trainer.step, b.plan_steps(epoch))
+        self.lr.set_epoch(epoch, view.step, b.plan_steps(epoch))
         return rec
