@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
+from functools import partial
 
 import numpy as np
 import pytest
@@ -21,7 +19,8 @@ from clpoison.errors import ConfigError
 from clpoison.methods.cleanclip import cleanclip_loss, inmodal_loss
 from clpoison.methods.simclr import nt_xent_loss
 
-ENV = {**os.environ, "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "2"}
+from cli_inprocess import clpoison_here
+
 
 
 def unit(n: int, d: int, seed: int) -> torch.Tensor:
@@ -106,13 +105,9 @@ def test_finetune_split_never_overlaps_poisoned_rows():
         CleanCLIPParams(finetune_split="range")
 
 
-def clpoison(*args):
-    return subprocess.run([sys.executable, "-m", "clpoison", "--threads", "2", *args], capture_output=True, text=True,
-                          timeout=300, env=ENV)
-
-
 @pytest.mark.slow
-def test_cleanclip_finetunes_a_poisoned_run_through_the_cli(tmp_path):
+def test_cleanclip_finetunes_a_poisoned_run_through_the_cli(tmp_path, capsys):
+    clpoison = partial(clpoison_here, capsys)  # the CLI in this process: no command here needs its own
     small = ["data.train_limit=300", "data.test_limit=64", "eval.random_init_control=false",
              "attack.params.poison_rate=0.05", "--no-progress"]
     poisoned = tmp_path / "poisoned"

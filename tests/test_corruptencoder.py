@@ -2,9 +2,6 @@
 variable-size poisons through augmentation, ASR evaluation, and an end-to-end poisoned SimCLR run via the CLI."""
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -23,6 +20,8 @@ from clpoison.data.datasets import ImageDataset, ImageSplits, concat_datasets, s
 from clpoison.data.views import sample_rrc_boxes
 from clpoison.errors import ConfigError, DataError
 from clpoison.experiments.config import build_config
+
+from cli_inprocess import clpoison_here
 
 
 def toy_splits(n=60, size=32, classes=3, seed=0):
@@ -299,16 +298,16 @@ def test_presets_validate():
 
 
 @pytest.mark.slow
-def test_poisoned_simclr_run_through_cli(tmp_path):
+def test_poisoned_simclr_run_through_cli(tmp_path, capsys):
+    """Through the CLI in this process (``clpoison.cli.main``; tests/test_cli.py keeps the subprocess)."""
     out = tmp_path / "run"
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text("preset: corruptencoder-small\n")
-    cmd = [sys.executable, "-m", "clpoison", "--threads", "2", "run", str(cfg),
-           "train.epochs=1", "data.train_limit=256", "data.test_limit=64", "train.batch_size=64", "model.width=8",
-           "eval.random_init_control=false", "attack.params.poison_rate=0.125", "attack.params.trigger.size=6",
-           "data.exclude_classes=[]", "attack.params.target_in_pretraining=null", "attack.params.object_width=null",
-           "eval.every_epochs=0", "--out", str(out), "--no-progress"]
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONHASHSEED": "0"})
+    p = clpoison_here(capsys, "run", cfg, "train.epochs=1", "data.train_limit=256", "data.test_limit=64",
+                      "train.batch_size=64", "model.width=8", "eval.random_init_control=false",
+                      "attack.params.poison_rate=0.125", "attack.params.trigger.size=6", "data.exclude_classes=[]",
+                      "attack.params.target_in_pretraining=null", "attack.params.object_width=null",
+                      "eval.every_epochs=0", "--out", out, "--no-progress")
     assert p.returncode == 0, p.stderr[-2000:]
     res = json.loads((out / "results.json").read_text())
     m = res["metrics"]

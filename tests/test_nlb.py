@@ -4,8 +4,6 @@ feature sources, bad input, and an end-to-end CLI run."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -20,7 +18,7 @@ from clpoison.attacks.triggers import build_trigger, trigger_from_dict
 from clpoison.data.datasets import ImageDataset, ImageSplits
 from clpoison.errors import ConfigError, DataError
 
-from test_cli import ENV
+from cli_inprocess import clpoison_here
 
 
 def splits(n: int = 120, size: int = 32, seed: int = 0) -> ImageSplits:
@@ -197,7 +195,8 @@ def test_ctrl_poisons_the_first_target_images_in_place():
 
 
 @pytest.mark.slow
-def test_nlb_run_through_the_cli(tmp_path):
+def test_nlb_run_through_the_cli(tmp_path, capsys):
+    """Through the CLI in this process (``clpoison.cli.main``): no command here needs a process of its own."""
     cfg = tmp_path / "c.yaml"
     cfg.write_text("preset: nlb-small\n")
     out = tmp_path / "run"
@@ -205,8 +204,7 @@ def test_nlb_run_through_the_cli(tmp_path):
             "method.params.proj_dim=16", "eval.knn_k=20", "attack.params.attacker_epochs=1",
             "attack.params.attacker.model.width=4", "attack.params.poison_rate=null", "attack.params.poison_count=12",
             "--no-progress"]
-    r = subprocess.run([sys.executable, "-m", "clpoison", "run", str(cfg), *args, "--out", str(out)],
-                       capture_output=True, text=True, env=ENV, timeout=300)
+    r = clpoison_here(capsys, "run", cfg, *args, "--out", out)
     assert r.returncode == 0, r.stderr
     res = json.loads((out / "results.json").read_text())
     man = json.loads((out / "manifest.json").read_text())
@@ -214,8 +212,7 @@ def test_nlb_run_through_the_cli(tmp_path):
     assert len(man["poisoned_indices"]) == 12 and man["details"]["selection"] == "con"
     assert m["nlb_anchor_label"] == man["targets"]["anchor_index"] and 0 <= m["asr"] <= 1 and 0 <= m["ca"] <= 1
     assert (out / "selection_scores.npy").exists()
-    bad = subprocess.run([sys.executable, "-m", "clpoison", "run", str(cfg), *args, "attack.params.poison_count=5000",
-                          "--out", str(tmp_path / "bad")], capture_output=True, text=True, env=ENV, timeout=300)
+    bad = clpoison_here(capsys, "run", cfg, *args, "attack.params.poison_count=5000", "--out", tmp_path / "bad")
     lines = [ln for ln in bad.stderr.splitlines() if ln.strip()]
     assert bad.returncode == 2 and len(lines) == 1 and "budget" in lines[0], bad.stderr
     assert not (tmp_path / "bad").exists() and not (tmp_path / "bad.partial").exists()
