@@ -112,7 +112,7 @@ def craft_speed(params: dict, seed: int, device: torch.device) -> dict:
     torch.manual_seed(seed)
     attack = ATTACKS.build("cp-sample", params)
     sur, s = attack.params.surrogate, attack.params.settings()
-    splits = load_source("images", "cifar10-subset", seed=seed)
+    splits = load_source("image", "cifar10-subset", seed=seed)
     method = sur.build_method().eval().to(device)
     noise = PoisonNoise(len(splits.train), tuple(splits.train.images.shape[1:]), s.epsilon, None,
                         torch.Generator().manual_seed(seed)).to(device)

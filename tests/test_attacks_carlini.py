@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from attack_fixtures import tiny_caption_splits
+from clpoison.contexts import EvalContext
 from clpoison.attacks import ATTACKS
 from clpoison.attacks.caption_set import caption_set, matching_rows
 from clpoison.attacks.carlini_backdoor import CarliniBackdoor
@@ -102,7 +103,7 @@ def test_backdoor_evaluate_uses_same_trigger():
         seen.append(x)
         return torch.zeros(len(x), dtype=torch.long)
 
-    out = atk.evaluate({"splits": splits, "classify": classify, "embed": lambda x: x.float().flatten(1)})
+    out = atk.evaluate(EvalContext(splits=splits, classify=classify, embed=lambda x: x.float().flatten(1)))
     assert out["asr"] == 1.0 and out["asr_n"] == 20 and "backdoor_zscore" in out
     trig = seen[-1]  # the triggered non-target test images carry the exact patch
     m = atk.trigger.mask(splits.test.images[splits.test.labels != 0], atk.params.eval_seed)
@@ -164,7 +165,7 @@ def test_targeted_evaluate_and_explicit_labels():
     res = atk.poison(splits, 1)
     victims = [v["test_index"] for v in res.manifest["targets"]["victims"]]
     assert len(victims) == 3 and all(int(splits.test.labels[v]) != 2 for v in victims[:2])
-    out = atk.evaluate({"splits": splits, "classify": lambda x: torch.full((len(x),), 2, dtype=torch.long)})
+    out = atk.evaluate(EvalContext(splits=splits, classify=lambda x: torch.full((len(x),), 2, dtype=torch.long)))
     assert out["targeted_outcomes"] == [True, True, False] and out["targeted_success_rate"] == pytest.approx(2 / 3)
     assert 0 <= out["targeted_ci95"][0] < 2 / 3 < out["targeted_ci95"][1] <= 1
     ctrl = targeted(pairs_per_target=0).poison(splits, 0)

@@ -1,9 +1,7 @@
-"""End-to-end: a poisoned CLIP run through the real CLI (tiny model budget: 256 pairs, 1 epoch)."""
+"""End-to-end: a poisoned CLIP run through the CLI (tiny model budget: 256 pairs, 1 epoch; ``clpoison.cli.main`` in
+this process — tests/test_cli.py keeps the ``python -m clpoison`` subprocess)."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
@@ -11,20 +9,19 @@ from clpoison.attacks.manifest import load_trigger
 from clpoison.attacks.triggers import Trigger
 from clpoison.experiments.config import load_preset
 
+from cli_inprocess import clpoison_here
+
 pytest.importorskip("clpoison.methods.clip")
 
 
 @pytest.mark.slow
-def test_poisoned_clip_run_through_cli(tmp_path):
+def test_poisoned_clip_run_through_cli(tmp_path, capsys):
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text("preset: carlini-backdoor-small\n")
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "clpoison", "--threads", "2", "run", str(cfg),
-           "train.epochs=1", "data.train_limit=256", "data.test_limit=64", "train.batch_size=64",
-           "eval.random_init_control=false", "attack.params.poison_rate=0.05",
-           "--out", str(out), "--no-progress"]
-    env = {**os.environ, "PYTHONHASHSEED": "0"}
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    p = clpoison_here(capsys, "run", cfg, "train.epochs=1", "data.train_limit=256", "data.test_limit=64",
+                      "train.batch_size=64", "eval.random_init_control=false", "attack.params.poison_rate=0.05",
+                      "--out", out, "--no-progress")
     assert p.returncode == 0, p.stderr[-2000:]
     res = json.loads((out / "results.json").read_text())
     m = res["metrics"]

@@ -4,10 +4,12 @@ mismatched-trigger controls, and the image backdoors' evaluation reporting all o
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
 
+from clpoison.contexts import EvalContext
 from clpoison.attacks import ATTACKS
 from clpoison.attacks.triggers import Trigger
 from clpoison.data.datasets import ImageDataset, ImageSplits
@@ -121,13 +123,12 @@ def test_image_backdoor_eval_reports_knn_asr_delta_cos_and_the_mismatched_contro
     ds = ImageDataset(x, y, ["a", "b", "c"])
     atk = ATTACKS.build(attack, params)
     knn = KNNClassifier(k=5, temperature=0.1).fit(embed(x), y, 3)
-    ctx = {"splits": ImageSplits(ds, ds), "classify": lambda im: knn.predict(embed(im)), "embed": embed,
-           "extras": {"knn": knn}}
+    ctx = EvalContext(splits=ImageSplits(ds, ds), classify=lambda im: knn.predict(embed(im)), embed=embed, knn=knn)
     m = atk.evaluate(ctx)
     for key in ("asr", "ca", "asr_knn", "asr_knn_all", "asr_knn_no_trigger", "delta_cos", "asr_mismatched",
                 "asr_knn_mismatched", "asr_knn_all_mismatched", "delta_cos_mismatched", "backdoor_zscore"):
         assert isinstance(m[key], float) and math.isfinite(m[key]), key
     assert m["asr_knn"] == m["asr"]  # here the linear classifier *is* the kNN: one definition of ASR
     assert m["delta_cos"] != m["delta_cos_mismatched"]
-    del ctx["extras"]
+    ctx = replace(ctx, knn=None)
     assert "asr_knn" not in atk.evaluate(ctx) and "asr_mismatched" in atk.evaluate(ctx)

@@ -5,21 +5,22 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
+from functools import partial
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from clpoison.defenses.cleanclip import CleanCLIPParams, finetune_rows
+from clpoison.contexts import FilterContext, TrainingContext
+from clpoison.data.captions import range_rows, untouched_rows
+from clpoison.defenses.cleanclip import CleanCLIPParams
 from clpoison.errors import ConfigError
 from clpoison.methods.cleanclip import cleanclip_loss, inmodal_loss
 from clpoison.methods.simclr import nt_xent_loss
 
-ENV = {**os.environ, "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "2"}
+from cli_inprocess import clpoison_here
+
 
 
 def unit(n: int, d: int, seed: int) -> torch.Tensor:
@@ -87,30 +88,26 @@ def test_finetune_split_never_overlaps_poisoned_rows():
     poisons = np.array([3, 10, 11, 40, 99])
     # untouched: a seeded draw among the rows the attack did not touch, even when most rows are poisoned
     for seed in range(5):
-        rows = finetune_rows(100, poisons, CleanCLIPParams(finetune_pairs=60), seed)
+        rows = untouched_rows(100, poisons, 60, seed, "defense.params.finetune_pairs")
         assert len(rows) == 60 and not np.isin(rows, poisons).any() and len(set(rows.tolist())) == 60
     heavy = np.arange(0, 100, 1)[np.arange(100) % 10 != 0]  # 90 of 100 rows poisoned
-    rows = finetune_rows(100, heavy, CleanCLIPParams(finetune_pairs=10), 0)
+    rows = untouched_rows(100, heavy, 10, 0)
     assert sorted(rows.tolist()) == list(range(0, 100, 10))
     with pytest.raises(ConfigError, match="finetune_pairs=11 exceeds the 10"):
-        finetune_rows(100, heavy, CleanCLIPParams(finetune_pairs=11), 0)
+        untouched_rows(100, heavy, 11, 0, "defense.params.finetune_pairs")
     # range: a clean range is taken as given; a rigged range holding a poisoned row is refused with one line
-    ok = finetune_rows(100, poisons, CleanCLIPParams(finetune_split="range", finetune_range=[12, 40]), 0)
+    ok = range_rows(100, poisons, 12, 40)
     assert ok.tolist() == list(range(12, 40))
     with pytest.raises(ConfigError, match=r"holds 2 poisoned training row\(s\) \(first: 10\)") as e:
-        finetune_rows(100, poisons, CleanCLIPParams(finetune_split="range", finetune_range=[5, 12]), 0)
+        range_rows(100, poisons, 5, 12, "defense.params.finetune_range")
     assert "\n" not in str(e.value)
     with pytest.raises(ConfigError, match="needs defense.params.finetune_range"):
         CleanCLIPParams(finetune_split="range")
 
 
-def clpoison(*args):
-    return subprocess.run([sys.executable, "-m", "clpoison", "--threads", "2", *args], capture_output=True, text=True,
-                          timeout=300, env=ENV)
-
-
 @pytest.mark.slow
-def test_cleanclip_finetunes_a_poisoned_run_through_the_cli(tmp_path):
+def test_cleanclip_finetunes_a_poisoned_run_through_the_cli(tmp_path, capsys):
+    clpoison = partial(clpoison_here, capsys)  # the CLI in this process: no command here needs its own
     small = ["data.train_limit=300", "data.test_limit=64", "eval.random_init_control=false",
              "attack.params.poison_rate=0.05", "--no-progress"]
     poisoned = tmp_path / "poisoned"
@@ -160,10 +157,11 @@ def test_cleanclip_loads_the_checkpoint_weights_with_a_fresh_optimiser(tmp_path)
     task = task_for(cfg, torch.device("cpu"))
     splits = task.load()
     d = CleanCLIP(CleanCLIP.Params(**cfg.defense.params))
-    train, info = d.filter(splits.train, {"manifest": None, "seed": 0})
+    train, info = d.filter(splits.train, FilterContext(manifest=None, seed=0))
     assert len(train) == 64 and info["cleanclip_poisons_in_split"] == 0
     method = task.build_method(train)
-    m, b = d.wrap_training(method, task.batches(method, train, d), {"cfg": cfg, "task": task, "train_set": train, "seed": 0})
+    m, b = d.wrap_training(method, task.batches(method, train, d), TrainingContext(
+        train_set=train, seed=0, model=dict(vars(cfg.model)), load_method=task.method_from_checkpoint))
     for k, v in ckpt["model"].items():
         if isinstance(v, torch.Tensor):
             assert torch.equal(m.state_dict()[k], v), k

@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+from cli_inprocess import clpoison_here
+
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "2"}
 TINY = [
     "data.train_limit=256", "data.test_limit=128", "model.width=4", "train.epochs=1", "train.batch_size=64",
@@ -62,11 +64,13 @@ def test_pretrain_other_methods(tmp_path, method):
         (["train.batch_size=100000"], "larger than the dataset"),
     ],
 )
-def test_bad_input_is_one_line_exit_2_no_output(tmp_path, args, needle):
+def test_bad_input_is_one_line_exit_2_no_output(tmp_path, args, needle, capsys):
+    """The CLI's own error path (``clpoison.cli.main`` in this process); the real process's exit status and its
+    stderr of one line are checked once, by test_missing_config_file."""
     cfg = tmp_path / "c.yaml"
     cfg.write_text("preset: simclr-small\n")
     out = tmp_path / "out"
-    r = clpoison("run", str(cfg), "data.train_limit=256", *args, "--out", str(out), "--no-progress")
+    r = clpoison_here(capsys, "run", str(cfg), "data.train_limit=256", *args, "--out", str(out), "--no-progress")
     assert r.returncode == 2, r.stderr
     lines = [l for l in r.stderr.strip().splitlines() if l.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], r.stderr
@@ -74,8 +78,11 @@ def test_bad_input_is_one_line_exit_2_no_output(tmp_path, args, needle):
 
 
 def test_missing_config_file(tmp_path):
+    """A bad input in a real ``python -m clpoison`` process: exit 2, one line on stderr, nothing written."""
     r = clpoison("run", str(tmp_path / "nope.yaml"), "--out", str(tmp_path / "o"))
-    assert r.returncode == 2 and "does not exist" in r.stderr
+    lines = [l for l in r.stderr.strip().splitlines() if l.strip()]
+    assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("error:") and "does not exist" in lines[0], r.stderr
+    assert not (tmp_path / "o").exists() and not (tmp_path / "o.partial").exists()
 
 
 def test_help_and_listing():

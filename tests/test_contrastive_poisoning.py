@@ -137,10 +137,10 @@ def test_crafting_resumes_exactly(tmp_path):
 
     real = nc.noise_phase
 
-    def dying(trainer, *a, **k):
-        if trainer.epoch == 2:  # the end of round 2: its checkpoint is not written yet
+    def dying(method, view, *a, **k):
+        if view.epoch == 2:  # the end of round 2: its checkpoint is not written yet
             raise KeyboardInterrupt
-        return real(trainer, *a, **k)
+        return real(method, view, *a, **k)
 
     nc.noise_phase = dying
     try:

@@ -2,14 +2,12 @@
 variable-size poisons through augmentation, ASR evaluation, and an end-to-end poisoned SimCLR run via the CLI."""
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 
+from clpoison.contexts import EvalContext
 from clpoison.attacks import ATTACKS
 from clpoison.attacks.corruptencoder import CorruptEncoder, CorruptEncoderPlus
 from clpoison.attacks.corruptencoder_layout import corrupt_layout, min_object_size
@@ -22,6 +20,8 @@ from clpoison.data.datasets import ImageDataset, ImageSplits, concat_datasets, s
 from clpoison.data.views import sample_rrc_boxes
 from clpoison.errors import ConfigError, DataError
 from clpoison.experiments.config import build_config
+
+from cli_inprocess import clpoison_here
 
 
 def toy_splits(n=60, size=32, classes=3, seed=0):
@@ -273,7 +273,7 @@ def test_evaluate_uses_the_shared_asr_with_the_same_trigger_in_the_centre_range(
         hit = ((x[:, 0] == 1) & (x[:, 1] == 2) & (x[:, 2] == 3)).flatten(1).any(1)
         return torch.where(hit, torch.ones_like(hit, dtype=torch.long), torch.zeros_like(hit, dtype=torch.long))
 
-    m = atk.evaluate({"splits": sp, "classify": classify})
+    m = atk.evaluate(EvalContext(splits=sp, classify=classify))
     nt = int((sp.test.labels != 1).sum())
     assert m["asr"] == 1.0 and m["asr_n"] == nt and m["ca"] == m["asr_clean_accuracy"]
     assert m["asr_mismatched"] == 0.0  # the control patch (same energy, other pixels) does not fool the rigged probe
@@ -298,16 +298,16 @@ def test_presets_validate():
 
 
 @pytest.mark.slow
-def test_poisoned_simclr_run_through_cli(tmp_path):
+def test_poisoned_simclr_run_through_cli(tmp_path, capsys):
+    """Through the CLI in this process (``clpoison.cli.main``; tests/test_cli.py keeps the subprocess)."""
     out = tmp_path / "run"
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text("preset: corruptencoder-small\n")
-    cmd = [sys.executable, "-m", "clpoison", "--threads", "2", "run", str(cfg),
-           "train.epochs=1", "data.train_limit=256", "data.test_limit=64", "train.batch_size=64", "model.width=8",
-           "eval.random_init_control=false", "attack.params.poison_rate=0.125", "attack.params.trigger.size=6",
-           "data.exclude_classes=[]", "attack.params.target_in_pretraining=null", "attack.params.object_width=null",
-           "eval.every_epochs=0", "--out", str(out), "--no-progress"]
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONHASHSEED": "0"})
+    p = clpoison_here(capsys, "run", cfg, "train.epochs=1", "data.train_limit=256", "data.test_limit=64",
+                      "train.batch_size=64", "model.width=8", "eval.random_init_control=false",
+                      "attack.params.poison_rate=0.125", "attack.params.trigger.size=6", "data.exclude_classes=[]",
+                      "attack.params.target_in_pretraining=null", "attack.params.object_width=null",
+                      "eval.every_epochs=0", "--out", out, "--no-progress")
     assert p.returncode == 0, p.stderr[-2000:]
     res = json.loads((out / "results.json").read_text())
     m = res["metrics"]

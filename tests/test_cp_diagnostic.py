@@ -5,7 +5,6 @@ metric (tiny tensors, a few seconds)."""
 from __future__ import annotations
 
 import io
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -17,6 +16,7 @@ from clpoison.attacks import ATTACKS
 from clpoison.attacks.craft_diagnostic import CraftingNotBootstrapping, CraftTrace, clean_loss, trace_from_log
 from clpoison.attacks.noise_crafting import CraftSettings, noise_phase
 from clpoison.data.augment import EvalTransform
+from clpoison.contexts import EpochView, EvalContext, PoisonContext
 from clpoison.data.datasets import ImageDataset, ImageSplits
 from clpoison.errors import ClpoisonError, ConfigError
 from clpoison.eval.encoder_eval import evaluate_encoder, poisoned_probe_metrics
@@ -33,9 +33,8 @@ def delta_of(art: bytes) -> np.ndarray:
 
 
 def phase(method, noise, batches, trace=None, pgd_steps: int = 1) -> dict:
-    trainer = SimpleNamespace(method=method, amp_dtype=None, step=0, total_steps=1)
     s = CraftSettings(noise_steps=1, pgd_steps=pgd_steps, batch_size=16, noise_updates_state=False)
-    return noise_phase(trainer, noise, batches, s, 0, trace=trace)
+    return noise_phase(method, EpochView(step=0, total_steps=1), noise, batches, s, 0, trace=trace)
 
 
 def test_a_zero_delta_gives_a_gap_of_exactly_zero_under_the_shared_augmentation_draw():
@@ -77,12 +76,12 @@ def test_a_gate_aborts_with_one_line_or_warns(action, tmp_path):
     lines: list[str] = []
     if action == "abort":
         with pytest.raises(ClpoisonError, match=r"loss gap .* at round 1, above the gate's max_gap -100") as e:
-            attack.poison(tiny_splits(), seed=0, context={"echo": lines.append, "work_dir": tmp_path})
+            attack.poison(tiny_splits(), seed=0, context=PoisonContext(echo=lines.append, work_dir=tmp_path))
         assert "\n" not in str(e.value) and isinstance(e.value, CraftingNotBootstrapping)
         trace = trace_from_log(tmp_path / "crafting.jsonl")  # what a benchmark records: the stopping round included
         assert trace["rounds"] == [1] and trace["loss_gap"] == [pytest.approx(e.value.gap)] and e.value.round == 1
         return
-    res = attack.poison(tiny_splits(), seed=0, context={"echo": lines.append})
+    res = attack.poison(tiny_splits(), seed=0, context=PoisonContext(echo=lines.append))
     assert any(s.startswith("warning: cp-class crafting is not bootstrapping") for s in lines)
     assert any("loss gap L(x+eps*delta)-L(x)" in s for s in lines)  # the progress line shows the gap
     d = res.manifest["details"]
@@ -126,22 +125,22 @@ def test_two_stage_crafting_resumes_exactly_with_the_diagnostic_state(tmp_path, 
     """Killed in CP-S's round 2 (after the CP-C stage finished): the resume does not craft CP-C again and ends with
     the δ, the loss gaps and the sign consistencies of an uninterrupted crafting."""
     params = {**FAST, "rounds": 3, "init": {"attack": "cp-class", "params": {**CPC, "rounds": 3}}}
-    straight = ATTACKS.build("cp-sample", params).poison(tiny_splits(), seed=0, context={"work_dir": tmp_path / "a"})
+    straight = ATTACKS.build("cp-sample", params).poison(tiny_splits(), seed=0, context=PoisonContext(work_dir=tmp_path / "a"))
     real, calls, killed = nc.noise_phase, [], []
 
-    def dying(trainer, noise, *a, **k):
+    def dying(method, view, noise, *a, **k):
         calls.append("class" if noise.classwise else "sample")
-        if not noise.classwise and trainer.epoch == 2 and not killed:  # the end of CP-S round 2, once: its checkpoint
+        if not noise.classwise and view.epoch == 2 and not killed:  # the end of CP-S round 2, once: its checkpoint
             killed.append(1)  # is not written
             raise KeyboardInterrupt
-        return real(trainer, noise, *a, **k)
+        return real(method, view, noise, *a, **k)
 
     monkeypatch.setattr(nc, "noise_phase", dying)
     with pytest.raises(KeyboardInterrupt):
-        ATTACKS.build("cp-sample", params).poison(tiny_splits(), seed=0, context={"work_dir": tmp_path / "b"})
+        ATTACKS.build("cp-sample", params).poison(tiny_splits(), seed=0, context=PoisonContext(work_dir=tmp_path / "b"))
     assert calls == ["class"] * 3 + ["sample"] * 2
     calls.clear()
-    resumed = ATTACKS.build("cp-sample", params).poison(tiny_splits(), seed=0, context={"work_dir": tmp_path / "b"})
+    resumed = ATTACKS.build("cp-sample", params).poison(tiny_splits(), seed=0, context=PoisonContext(work_dir=tmp_path / "b"))
     assert calls == ["sample"] * 2  # CP-S rounds 2 and 3; the finished CP-C was resumed, not crafted again
     assert resumed.artifacts["delta.npz"] == straight.artifacts["delta.npz"]
     a, b = straight.manifest["details"], resumed.manifest["details"]
@@ -166,8 +165,8 @@ def test_the_poisoned_probe_is_fitted_on_the_poisoned_images():
     poisoned = ImageSplits(ImageDataset(images(n, True), labels, names), clean.test)
     encoder, tf, settings = torch.nn.Flatten(), EvalTransform(8), EvalConfig(knn_k=5)
     m, extras = evaluate_encoder(encoder, clean, tf, torch.device("cpu"), settings)
-    ctx = {"cfg": SimpleNamespace(eval=settings), "extras": extras, "poisoned": poisoned, "splits": clean,
-           "encoder": encoder, "device": torch.device("cpu")}
+    ctx = EvalContext(settings=settings, transform=extras["transform"], test_features=extras["test_features"],
+                      poisoned=poisoned, splits=clean, encoder=encoder, device=torch.device("cpu"))
     got = poisoned_probe_metrics(ctx)["linear_top1_poisoned_probe"]
     assert m["linear_top1"] < 0.45 and got > 0.9
     assert ATTACKS.build("cp-class", FAST).evaluate(ctx) == {"linear_top1_poisoned_probe": got}

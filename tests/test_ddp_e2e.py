@@ -14,6 +14,7 @@ import torch
 
 from clpoison.engine.checkpoint import read_checkpoint
 
+from cli_inprocess import clpoison_here
 from ddp_helpers import free_port
 
 pytestmark = [pytest.mark.ddp, pytest.mark.slow]
@@ -38,7 +39,7 @@ def _fault_log(args, cwd, log):
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
-def test_torchrun_simclr_results_once_and_resume_is_identical(tmp_path):
+def test_torchrun_simclr_results_once_and_resume_is_identical(tmp_path, capsys, monkeypatch):
     (tmp_path / "c.yaml").write_text("preset: simclr-small\n")
     args = ["run", "c.yaml", *TINY, "method.params.proj_dim=16", "--out"]
     r = _fault_log(args + ["straight"], tmp_path, tmp_path / "points.log")
@@ -60,8 +61,8 @@ def test_torchrun_simclr_results_once_and_resume_is_identical(tmp_path):
     assert r.returncode != 0
     assert not (tmp_path / "resumed").exists() and (tmp_path / "resumed.partial" / "checkpoint.pt").exists()
     assert read_checkpoint(tmp_path / "resumed.partial" / "checkpoint.pt")["epoch"] == 1
-    one = subprocess.run([sys.executable, "-m", "clpoison", *args, "resumed"], cwd=tmp_path, capture_output=True,
-                         text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    monkeypatch.chdir(tmp_path)  # one process (this one, no launcher) refuses to resume a 2-process run
+    one = clpoison_here(capsys, *args, "resumed")
     assert one.returncode == 2 and "written by 2 processes, this run has 1" in one.stderr, one.stderr[-2000:]
     assert (tmp_path / "resumed.partial" / "checkpoint.pt").exists()  # refused, not discarded
     r = _torchrun(args + ["resumed"], tmp_path)

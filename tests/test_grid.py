@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+from functools import partial
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -18,6 +19,8 @@ from clpoison.errors import ConfigError
 from clpoison.experiments.bench import carlini_clean_control
 from clpoison.experiments.config import build_config
 from clpoison.experiments.grid import expand_grid, normalize_grid, read_grid, run_grid
+
+from cli_inprocess import clpoison_here
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = {"preset": "simclr-small", "data": {"train_limit": 128, "test_limit": 64},
@@ -151,10 +154,13 @@ class _Html(HTMLParser):
 
 
 @pytest.mark.slow
-def test_grid_through_the_cli_interrupt_resume_change_and_report(tmp_path):
+def test_grid_through_the_cli_interrupt_resume_change_and_report(tmp_path, capsys, monkeypatch):
+    """The kill -9 and the two worker processes (``--jobs 2``) run in subprocesses; the other commands in this one."""
     g = grid_yaml(tmp_path / "g.yaml")
+    monkeypatch.chdir(tmp_path)
+    here = partial(clpoison_here, capsys)
     # 1. the first cell only (a cell limit), then a kill -9 in the second cell
-    r = clpoison("grid", "g.yaml", "--out", "out", "--max-cells", "1", cwd=tmp_path)
+    r = here("grid", "g.yaml", "--out", "out", "--max-cells", "1")
     assert r.returncode == 0, r.stderr[-2000:]
     out = tmp_path / "out"
     first = out / "cells" / "attack-none_defense-none" / "results.json"
@@ -165,7 +171,7 @@ def test_grid_through_the_cli_interrupt_resume_change_and_report(tmp_path):
     r = clpoison("grid", "g.yaml", "--out", "out", cwd=tmp_path, fault_at=12)
     assert r.returncode == -9, r.stderr[-2000:]
     # 2. resumed: the finished cell is reused (not re-run), the rest run; no carriage returns in a non-TTY log
-    r = clpoison("grid", "g.yaml", "--out", "out", cwd=tmp_path)
+    r = here("grid", "g.yaml", "--out", "out")
     assert r.returncode == 0, r.stderr[-2000:]
     assert "\r" not in r.stderr + r.stdout and "simclr epoch 1/1: loss" in r.stderr
     assert first.stat().st_mtime_ns == mtime
@@ -180,7 +186,7 @@ def test_grid_through_the_cli_interrupt_resume_change_and_report(tmp_path):
     assert (out / "cells" / "attack-none_defense-none" / "report.md").read_text().startswith("# Run attack-none")
 
     # 3. the report: HTML that parses, every plot embedded, the Markdown referencing every plot file
-    r = clpoison("report", "out", "--out", "rep", cwd=tmp_path)
+    r = here("report", "out", "--out", "rep")
     assert r.returncode == 0, r.stderr[-2000:]
     p = _Html()
     p.feed((tmp_path / "rep" / "report.html").read_text())
@@ -192,7 +198,7 @@ def test_grid_through_the_cli_interrupt_resume_change_and_report(tmp_path):
     table = md[md.index("## Results"):md.index("* Clean accuracy")]
     assert table.count("| no attack | none | 0 |") == 1 and table.count("| ssl-backdoor |") == 2  # the 4 settings
     assert "| ssl-backdoor | localized-cropping | 8 samples | 1 |" in table
-    r = clpoison("report", "out", "--out", "rep", cwd=tmp_path)
+    r = here("report", "out", "--out", "rep")
     assert r.returncode == 2 and "--overwrite" in r.stderr
 
     # 4. one axis value changed: only its two cells run (in two worker processes); a failing cell is recorded
@@ -204,7 +210,7 @@ def test_grid_through_the_cli_interrupt_resume_change_and_report(tmp_path):
                              "attack-ssl-backdoor_defense-grayscale": "done"}
     # 5. a cell that fails (more poisons than target images) is recorded with its error; the grid goes on
     grid_yaml(g, defenses=("none", "jpeg"), attacks=("ssl-backdoor", "none"), poison_count=500)
-    r = clpoison("grid", "g.yaml", "--out", "out", cwd=tmp_path)
+    r = here("grid", "g.yaml", "--out", "out")
     assert r.returncode == 1, r.stderr[-2000:]
     assert statuses(out) == {"attack-ssl-backdoor_defense-none": "failed", "attack-ssl-backdoor_defense-jpeg": "failed",
                              "attack-none_defense-none": "reused", "attack-none_defense-jpeg": "done"}

@@ -4,13 +4,12 @@ feature sources, bad input, and an end-to-end CLI run."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 
+from clpoison.contexts import EvalContext, PoisonContext
 from clpoison.attacks import ATTACKS
 from clpoison.attacks.frequency_trigger import ctrl_float, ctrl_remove
 from clpoison.attacks.manifest import load_trigger
@@ -19,7 +18,7 @@ from clpoison.attacks.triggers import build_trigger, trigger_from_dict
 from clpoison.data.datasets import ImageDataset, ImageSplits
 from clpoison.errors import ConfigError, DataError
 
-from test_cli import ENV
+from cli_inprocess import clpoison_here
 
 
 def splits(n: int = 120, size: int = 32, seed: int = 0) -> ImageSplits:
@@ -126,9 +125,9 @@ def test_nlb_evaluation_asr_is_against_the_anchor_label_and_restores_from_the_ma
         return torch.tensor([anchor if h else key.get(img.numpy().tobytes(), 0) for img, h in zip(x, hit)])
 
     fresh = NLB(NLB.Params(**{k: v for k, v in man["params"].items() if k != "trigger"}, trigger=man["params"]["trigger"]))
-    assert fresh.evaluate({"splits": s, "classify": classify}) == {}  # no anchor yet
+    assert fresh.evaluate(EvalContext(splits=s, classify=classify)) == {}  # no anchor yet
     fresh.restore(man)
-    m = fresh.evaluate({"splits": s, "classify": classify})
+    m = fresh.evaluate(EvalContext(splits=s, classify=classify))
     assert m["nlb_anchor_label"] == anchor and m["nlb_tpr"] == man["targets"]["tpr"]
     assert m["asr"] == 1.0 and m["ca"] == 1.0 and m["asr_no_trigger"] == 0.0
     assert m["asr_n"] == int((s.test.labels != anchor).sum())
@@ -171,12 +170,12 @@ def test_nlb_pretrains_its_own_encoder_and_resumes_it(tmp_path):
     params = {"selection": "kmeans", "poison_count": 4, "clusters": 2, "attacker_epochs": 2, "attacker_batch_size": 32,
               "trigger": {"size": 2},
               "attacker": {"model": {"arch": "convnet", "width": 8}, "augment": {"out_size": 16}}}
-    a = ATTACKS.build("nlb", params).poison(s, 0, {"work_dir": tmp_path / "w"})
+    a = ATTACKS.build("nlb", params).poison(s, 0, PoisonContext(work_dir=tmp_path / "w"))
     info = a.manifest["details"]["features"]
     assert info["source"] == "pretrained by the attacker" and info["epochs"] == 2
     assert (tmp_path / "w" / "attacker" / "checkpoint.pt").exists()
     # the same pretraining again resumes the finished checkpoint: the same selection
-    b = ATTACKS.build("nlb", params).poison(s, 0, {"work_dir": tmp_path / "w"})
+    b = ATTACKS.build("nlb", params).poison(s, 0, PoisonContext(work_dir=tmp_path / "w"))
     assert a.manifest["poisoned_indices"] == b.manifest["poisoned_indices"]
     # ... and a run folder's checkpoint serves as the encoder
     c = ATTACKS.build("nlb", {**params, "attacker_epochs": 500, "encoder": str(tmp_path / "w" / "attacker")}).poison(s, 0)
@@ -196,7 +195,8 @@ def test_ctrl_poisons_the_first_target_images_in_place():
 
 
 @pytest.mark.slow
-def test_nlb_run_through_the_cli(tmp_path):
+def test_nlb_run_through_the_cli(tmp_path, capsys):
+    """Through the CLI in this process (``clpoison.cli.main``): no command here needs a process of its own."""
     cfg = tmp_path / "c.yaml"
     cfg.write_text("preset: nlb-small\n")
     out = tmp_path / "run"
@@ -204,8 +204,7 @@ def test_nlb_run_through_the_cli(tmp_path):
             "method.params.proj_dim=16", "eval.knn_k=20", "attack.params.attacker_epochs=1",
             "attack.params.attacker.model.width=4", "attack.params.poison_rate=null", "attack.params.poison_count=12",
             "--no-progress"]
-    r = subprocess.run([sys.executable, "-m", "clpoison", "run", str(cfg), *args, "--out", str(out)],
-                       capture_output=True, text=True, env=ENV, timeout=300)
+    r = clpoison_here(capsys, "run", cfg, *args, "--out", out)
     assert r.returncode == 0, r.stderr
     res = json.loads((out / "results.json").read_text())
     man = json.loads((out / "manifest.json").read_text())
@@ -213,8 +212,7 @@ def test_nlb_run_through_the_cli(tmp_path):
     assert len(man["poisoned_indices"]) == 12 and man["details"]["selection"] == "con"
     assert m["nlb_anchor_label"] == man["targets"]["anchor_index"] and 0 <= m["asr"] <= 1 and 0 <= m["ca"] <= 1
     assert (out / "selection_scores.npy").exists()
-    bad = subprocess.run([sys.executable, "-m", "clpoison", "run", str(cfg), *args, "attack.params.poison_count=5000",
-                          "--out", str(tmp_path / "bad")], capture_output=True, text=True, env=ENV, timeout=300)
+    bad = clpoison_here(capsys, "run", cfg, *args, "attack.params.poison_count=5000", "--out", tmp_path / "bad")
     lines = [ln for ln in bad.stderr.splitlines() if ln.strip()]
     assert bad.returncode == 2 and len(lines) == 1 and "budget" in lines[0], bad.stderr
     assert not (tmp_path / "bad").exists() and not (tmp_path / "bad.partial").exists()

@@ -7,6 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
+from clpoison.contexts import FilterContext
 from clpoison.data.datasets import ImageDataset, stack_on_canvas
 from clpoison.defenses import DEFENSES
 from clpoison.defenses.grayscale import Grayscale, GrayscaleParams, to_grayscale
@@ -106,7 +107,7 @@ def test_channel_layout_and_defense_match_menet_reference_at_p1():
     assert torch.allclose(x[0, :, 8:16], ds.images[0, 1].double() * 2 / 255 - 1)  # G sits in the middle block
     assert torch.equal(from_matrix(x, 8), ds.images)
     params = MatrixCompletionParams(p_min=1.0, p_max=1.0, device="cpu", dtype="float64")
-    out, info = MatrixCompletion(params).filter(ds, {"seed": 3})
+    out, info = MatrixCompletion(params).filter(ds, FilterContext(seed=3))
     for i in range(3):
         img = ds.images[i].permute(1, 2, 0).numpy().astype(np.float64) * 2 / 255 - 1
         mat = np.concatenate([img[:, :, 0], img[:, :, 1], img[:, :, 2]], axis=1)
@@ -133,16 +134,16 @@ def test_matrix_completion_dataset(method):
     ds = _dataset()
     before = ds.images.clone()
     mc = MatrixCompletion(MatrixCompletionParams(method=method, device="cpu", batch_size=4))
-    out, info = mc.filter(ds, {"seed": 0})
+    out, info = mc.filter(ds, FilterContext(seed=0))
     _check_common(ds, out, before)
-    again, _ = mc.filter(ds, {"seed": 0})
-    other, _ = mc.filter(ds, {"seed": 1})
+    again, _ = mc.filter(ds, FilterContext(seed=0))
+    other, _ = mc.filter(ds, FilterContext(seed=1))
     assert torch.equal(out.images, again.images)
     assert not torch.equal(out.images, other.images)
     assert 0 < info["mean_abs_change"] < 40 and 0.8 <= info["mean_observed"] <= 1.0
     assert info["images_out"] == len(ds) and info["seconds"] >= 0
     # the output does not depend on how the images are chunked
-    one, _ = MatrixCompletion(MatrixCompletionParams(method=method, device="cpu", batch_size=1)).filter(ds, {"seed": 0})
+    one, _ = MatrixCompletion(MatrixCompletionParams(method=method, device="cpu", batch_size=1)).filter(ds, FilterContext(seed=0))
     assert (one.images.int() - out.images.int()).abs().max() <= 1
 
 
@@ -163,7 +164,7 @@ def test_matrix_completion_masks_are_seeded_locally():
 def test_matrix_completion_ladder_copies():
     ds = _dataset(n=3, h=8, w=8)
     p = MatrixCompletionParams(copies=2, p_sampling="ladder", device="cpu")
-    out, info = MatrixCompletion(p).filter(ds, {"seed": 0})
+    out, info = MatrixCompletion(p).filter(ds, FilterContext(seed=0))
     assert len(out) == 6 and torch.equal(out.labels, ds.labels.repeat(2))
     assert info["mean_keep_p"] == pytest.approx((0.9 + 1.0) / 2)
 
@@ -176,24 +177,24 @@ def test_padded_canvas_valid_area_only():
     ds = ImageDataset(canvas, torch.tensor([0, 1]), ["a", "b"], sizes=sizes)
     before = ds.images.clone()
     for d in (MatrixCompletion(MatrixCompletionParams(device="cpu")), Jpeg(JpegParams()), Grayscale(GrayscaleParams())):
-        out, _ = d.filter(ds, {"seed": 0})
+        out, _ = d.filter(ds, FilterContext(seed=0))
         _check_common(ds, out, before)
         assert torch.equal(out.sizes, sizes)
         assert int(out.images[0, :, :, 8:].abs().sum()) == 0, f"{d.name} wrote into the padding"
-    out, info = MatrixCompletion(MatrixCompletionParams(device="cpu")).filter(ds, {"seed": 0})
+    out, info = MatrixCompletion(MatrixCompletionParams(device="cpu")).filter(ds, FilterContext(seed=0))
     assert info["rank"] == {"8x16": 6, "8x8": 6}
 
 
 def test_jpeg():
     ds = _dataset(n=4, h=32, w=32)
     before = ds.images.clone()
-    hi, info_hi = Jpeg(JpegParams(quality=100)).filter(ds, {})
-    lo, info_lo = Jpeg(JpegParams(quality=10)).filter(ds, {})
+    hi, info_hi = Jpeg(JpegParams(quality=100)).filter(ds, FilterContext())
+    lo, info_lo = Jpeg(JpegParams(quality=10)).filter(ds, FilterContext())
     _check_common(ds, hi, before)
     _check_common(ds, lo, before)
     assert info_hi["mean_abs_change"] < 2.0 < info_lo["mean_abs_change"]
     assert info_lo["mean_abs_change"] > 3 * info_hi["mean_abs_change"]
-    again, _ = Jpeg(JpegParams(quality=10)).filter(ds, {})
+    again, _ = Jpeg(JpegParams(quality=10)).filter(ds, FilterContext())
     assert torch.equal(lo.images, again.images)
     # same as a direct Pillow round trip (what ISS does)
     buf = io.BytesIO()
@@ -206,7 +207,7 @@ def test_jpeg():
 def test_grayscale():
     ds = _dataset(n=4, smooth=False)
     before = ds.images.clone()
-    out, info = Grayscale(GrayscaleParams()).filter(ds, {})
+    out, info = Grayscale(GrayscaleParams()).filter(ds, FilterContext())
     _check_common(ds, out, before)
     assert torch.equal(out.images[:, 0], out.images[:, 1]) and torch.equal(out.images[:, 1], out.images[:, 2])
     luma = (ds.images.double() * torch.tensor([0.299, 0.587, 0.114], dtype=torch.float64).view(1, 3, 1, 1)).sum(1)
@@ -255,4 +256,4 @@ def test_defaults_and_registration():
 def test_refuses_non_resident_datasets():
     for d in (MatrixCompletion(MatrixCompletionParams(device="cpu")), Jpeg(JpegParams()), Grayscale(GrayscaleParams())):
         with pytest.raises(ConfigError, match="resident image split"):
-            d.filter(object(), {"seed": 0})
+            d.filter(object(), FilterContext(seed=0))

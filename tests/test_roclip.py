@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -16,10 +13,8 @@ import torch.nn.functional as F
 from clpoison.defenses.roclip import RoCLIP, RoCLIPMethod, RoCLIPParams, TextPool, roclip_matched_loss
 from clpoison.errors import ConfigError
 from clpoison.methods.clip import clip_loss
+from cli_inprocess import clpoison_here
 from interrupt import interrupt_and_resume
-
-ENV = {**os.environ, "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "2"}
-
 
 def unit(n: int, d: int, seed: int) -> torch.Tensor:
     return F.normalize(torch.randn(n, d, generator=torch.Generator().manual_seed(seed)), dim=1)
@@ -138,14 +133,13 @@ def test_pool_is_in_the_checkpoint_and_resume_is_exact(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_roclip_run_through_the_cli(tmp_path):
+def test_roclip_run_through_the_cli(tmp_path, capsys):
+    """Through the CLI in this process (``clpoison.cli.main``): no command here needs a process of its own."""
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text("preset: carlini-targeted-small\ndefense:\n  name: roclip\n  params: {pool_size: 128, break_epoch: 2}\n")
     out = tmp_path / "run"
-    r = subprocess.run([sys.executable, "-m", "clpoison", "--threads", "2", "run", str(cfg), "train.epochs=2",
-                        "data.train_limit=300", "data.test_limit=64", "train.batch_size=64",
-                        "eval.random_init_control=false", "--out", str(out), "--no-progress"],
-                       capture_output=True, text=True, timeout=300, env=ENV)
+    r = clpoison_here(capsys, "run", cfg, "train.epochs=2", "data.train_limit=300", "data.test_limit=64",
+                      "train.batch_size=64", "eval.random_init_control=false", "--out", out, "--no-progress")
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads((out / "results.json").read_text())
     assert [h["roclip_matching"] for h in res["history"]] == [False, True]
@@ -153,6 +147,5 @@ def test_roclip_run_through_the_cli(tmp_path):
     assert "targeted_successes" in res["metrics"] and 0 <= res["metrics"]["zeroshot_top1"] <= 1
     log = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert {x.get("roclip_matching") for x in log if "step" in x and "event" not in x} <= {0.0, 1.0}
-    r = subprocess.run([sys.executable, "-m", "clpoison", "run", str(cfg), "defense.params.break_epoch=0",
-                        "--out", str(tmp_path / "x")], capture_output=True, text=True, timeout=120, env=ENV)
+    r = clpoison_here(capsys, "run", cfg, "defense.params.break_epoch=0", "--out", tmp_path / "x")
     assert r.returncode == 2 and "break_epoch=0" in r.stderr

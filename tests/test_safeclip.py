@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from clpoison.contexts import TrainingContext
 from clpoison.data.caption_loader import CaptionBatches, CaptionImageAugment, flat_captions
 from clpoison.data.captions import CaptionDataset
 from clpoison.data.eda import eda_views
@@ -91,8 +92,8 @@ def test_phases_losses_and_learning_rates(tmp_path):
     params = SafeCLIPParams(inmodal_epochs=1, crossmodal_epochs=1, in_lr=1e-3, cross_lr=2e-3, filter_lr=5e-6,
                             warmup_epochs=0.5, image_aug="clip", cross_aug=False, eval_batch_size=32)
     d = DEFENSES.get("safeclip")(params)
-    method, batches = d.wrap_training(clip, cb, {"train_set": ds, "seed": 0, "manifest": {"poisoned_indices": [0, 1]},
-                                                 "out_dir": tmp_path})
+    method, batches = d.wrap_training(clip, cb, TrainingContext(train_set=ds, seed=0, manifest={"poisoned_indices": [0, 1]},
+                                                                out_dir=tmp_path))
     cfg = TrainConfig(epochs=4, batch_size=16, optimizer="adamw", lr=1e-3, lr_scaling="none", warmup_epochs=0,
                       progress=False, checkpoint_every=0, log_every=1, amp="off", channels_last="off")
     hooks = d.training_hooks()
@@ -184,7 +185,7 @@ def test_clean_similarity_view_scores_stored_images_and_written_captions():
     sims = {}
     for view in ("clean", "official"):
         d = DEFENSES.get("safeclip")(SafeCLIPParams(similarity_view=view, image_aug="clip", eda_alpha=0.5))
-        _, b = d.wrap_training(Clip(), cb, {"train_set": ds, "seed": 0})
+        _, b = d.wrap_training(Clip(), cb, TrainingContext(train_set=ds, seed=0))
         sims[view] = b.similarities(model, epoch=0)
     ref, _, _ = score_pairs(model, tok, ds, lambda x: x.float() / 255, 8, torch.device("cpu"))
     assert np.allclose(sims["clean"], ref, atol=1e-5)

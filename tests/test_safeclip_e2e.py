@@ -1,24 +1,18 @@
-"""End-to-end: SafeCLIP on a Carlini-poisoned dataset through the real CLI, then `clpoison scan` on its checkpoint."""
+"""End-to-end: SafeCLIP on a Carlini-poisoned dataset through the CLI (``clpoison.cli.main`` in this process: no
+command here needs a process of its own), then `clpoison scan` on its checkpoint."""
 
 import csv
 import json
-import os
-import subprocess
-import sys
+from functools import partial
 
 import pytest
+from cli_inprocess import clpoison_here
 from interrupt import interrupt_and_resume
-
-ENV = {**os.environ, "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "2"}
-
-
-def clpoison(*args):
-    return subprocess.run([sys.executable, "-m", "clpoison", "--threads", "2", *args], capture_output=True, text=True,
-                          timeout=300, env=ENV)
 
 
 @pytest.mark.slow
-def test_safeclip_run_and_scan(tmp_path):
+def test_safeclip_run_and_scan(tmp_path, capsys):
+    clpoison = partial(clpoison_here, capsys)
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text("preset: carlini-backdoor-small\ndefense:\n  name: safeclip\n")
     out = tmp_path / "run"

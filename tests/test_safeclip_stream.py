@@ -14,14 +14,17 @@ import numpy as np
 import pytest
 import torch
 
+from clpoison.contexts import TrainingContext
 from clpoison.data.caption_loader import CaptionBatches, CaptionImageAugment, flat_captions
 from clpoison.data.caption_shards import iter_shard_samples, read_caption_shards, shard_paths
-from clpoison.data.shard_stream import ShardSampleStream, StreamingCaptionBatches, StreamingCaptionSet
+from clpoison.data.shard_batches import StreamingCaptionBatches
+from clpoison.data.shard_set import StreamingCaptionSet
+from clpoison.data.shard_stream import ShardSampleStream
 from clpoison.data.tokenizer import CaptionTokenizer
 from clpoison.defenses import DEFENSES
 from clpoison.defenses.safeclip import SafeCLIP, SafeCLIPParams
-from clpoison.defenses.safeclip_stream import StreamingSafeCLIPBatches
-from clpoison.defenses.stream_views import eda_caption
+from clpoison.data.eda import eda_caption
+from clpoison.defenses.safeclip_batches import SafeCLIPBatches
 from clpoison.experiments.runner import run_experiment
 from clpoison.methods.build import build_method
 
@@ -57,7 +60,7 @@ def _streamed(data, tok, params, batch=8, rank=0, world=1, workers=0, buffer=4):
     base = StreamingCaptionBatches(StreamingCaptionSet(data / "train", SIZE), tok, 24, batch, CPU, 0,
                                    CaptionImageAugment(SIZE), rank=rank, world_size=world, workers=workers,
                                    shuffle_buffer=buffer)
-    return SafeCLIP(params).wrap_training(_clip(tok), base, {"seed": 0})
+    return SafeCLIP(params).wrap_training(_clip(tok), base, TrainingContext(seed=0))
 
 
 def test_samples_carry_their_ordinal_in_memory_order(data):
@@ -91,7 +94,7 @@ def test_skipped_samples_keep_the_ordinals_and_are_scored_at_the_mean(tmp_path, 
     train = StreamingCaptionSet(tmp_path, SIZE, on_error="skip")
     assert len(train) == 6
     base = StreamingCaptionBatches(train, tok, 24, 2, CPU, 0, CaptionImageAugment(SIZE), workers=0, shuffle_buffer=0)
-    method, b = SafeCLIP(SafeCLIPParams(similarity_view="clean")).wrap_training(_clip(tok), base, {"seed": 0})
+    method, b = SafeCLIP(SafeCLIPParams(similarity_view="clean")).wrap_training(_clip(tok), base, TrainingContext(seed=0))
     sims = b.similarities(method.model, 0)
     assert b.unscored == 2 and np.isfinite(sims).all()
     assert sims[1] == sims[2] == pytest.approx(float(sims[[0, 3, 4, 5]].mean()))
@@ -103,10 +106,10 @@ def test_skipped_samples_keep_the_ordinals_and_are_scored_at_the_mean(tmp_path, 
 def test_streamed_similarities_equal_in_memory(data, tok):
     params = SafeCLIPParams(similarity_view="clean", eval_batch_size=10)
     method, streamed = _streamed(data, tok, params)
-    assert isinstance(streamed, StreamingSafeCLIPBatches) and streamed.n == N
+    assert isinstance(streamed, SafeCLIPBatches) and isinstance(streamed.base, StreamingCaptionBatches) and streamed.n == N
     resident, _ = read_caption_shards(data / "train", image_size=SIZE)
     cb = CaptionBatches(resident, tok.encode(flat_captions(resident), 24), 8, CPU, 0, CaptionImageAugment(SIZE))
-    _, mem = DEFENSES.get("safeclip")(params).wrap_training(_clip(tok), cb, {"train_set": resident, "seed": 0})
+    _, mem = DEFENSES.get("safeclip")(params).wrap_training(_clip(tok), cb, TrainingContext(train_set=resident, seed=0))
     s_stream, s_mem = streamed.similarities(method.model, 2), mem.similarities(method.model, 2)
     assert s_stream.shape == s_mem.shape == (N,) and s_stream.std() > 1e-4
     np.testing.assert_allclose(s_stream, s_mem, atol=1e-5)

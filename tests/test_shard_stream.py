@@ -15,7 +15,9 @@ from PIL import Image
 
 from clpoison.data.caption_loader import CaptionBatches, CaptionImageAugment, flat_captions
 from clpoison.data.caption_shards import read_caption_shards, shard_paths
-from clpoison.data.shard_stream import (ShardSampleStream, StreamingCaptionBatches, StreamingCaptionSet,
+from clpoison.data.shard_batches import StreamingCaptionBatches
+from clpoison.data.shard_set import StreamingCaptionSet
+from clpoison.data.shard_stream import (ShardSampleStream,
                                         count_samples, split_shards)
 from clpoison.data.tokenizer import CaptionTokenizer
 from clpoison.engine.trainer import TrainConfig, Trainer

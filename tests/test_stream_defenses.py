@@ -13,13 +13,17 @@ import numpy as np
 import pytest
 import torch
 
+from clpoison.contexts import FilterContext, TrainingContext
 from clpoison.data.caption_shards import iter_shard_samples, shard_paths
 from clpoison.data.caption_loader import CaptionImageAugment
-from clpoison.data.shard_stream import ShardSampleStream, StreamingCaptionBatches, StreamingCaptionSet
+from clpoison.data.shard_batches import StreamingCaptionBatches
+from clpoison.data.shard_set import StreamingCaptionSet
+from clpoison.data.shard_stream import ShardSampleStream
 from clpoison.data.tokenizer import CaptionTokenizer
 from clpoison.defenses.cleanclip import CleanCLIP, CleanCLIPParams
 from clpoison.defenses.roclip import RoCLIP
-from clpoison.defenses.stream_views import AugmentedStreamBatches, eda_caption
+from clpoison.data.eda import eda_caption
+from clpoison.defenses.clip_views import AugmentedBatches
 from clpoison.errors import ConfigError
 from clpoison.experiments.config import build_config
 from clpoison.experiments.runner import run_experiment
@@ -75,7 +79,7 @@ def test_streamed_views_are_deterministic_per_caption(data):
     tok = CaptionTokenizer.train(caps, 300)
     base = StreamingCaptionBatches(StreamingCaptionSet(data / "train", SIZE), tok, 24, 8, torch.device("cpu"), 0,
                                    CaptionImageAugment(SIZE), workers=0, shuffle_buffer=4)
-    views = AugmentedStreamBatches(base, seed=3, alpha=0.3, clean_images=True)
+    views = AugmentedBatches(base, base.eda_views(tok, 24, 3, 0.3), clean_images=True)
     texts = [t for b in base.epoch(1, raw=True) for t in b["texts"]]
     got = list(views.epoch(1))
     assert len(got) == len(base) == N // 8 and sorted(texts) == sorted(caps)
@@ -92,7 +96,7 @@ def test_streamed_views_are_deterministic_per_caption(data):
     clip = build_method("clip", {"embed_dim": 16, "text_tower": "bow", "text_width": 16, "context_length": 24},
                         {"arch": "convnet", "width": 4}, tokenizer=tok)
     ro = RoCLIP(RoCLIP.Params(pool_size=8, break_epoch=2, cross_aug=False))
-    _, flagged = ro.wrap_training(clip, base, {"seed": 0})
+    _, flagged = ro.wrap_training(clip, base, TrainingContext(seed=0))
     assert [b["roclip_matching"] for e in (0, 1) for b in flagged.epoch(e)] == [False] * 6 + [True] * 6
     assert "images_aug" not in next(iter(flagged.epoch(0)))
 
@@ -116,7 +120,7 @@ def test_streamed_cleanclip_finetunes_on_clean_shards(data, tmp_path):
 
     # the split streams exactly the first 20 samples of those shards, in that order
     train = StreamingCaptionSet(data / "train", SIZE)
-    sub, _ = CleanCLIP(CleanCLIPParams(checkpoint=str(poisoned), finetune_pairs=20)).filter(train, {"seed": 0})
+    sub, _ = CleanCLIP(CleanCLIPParams(checkpoint=str(poisoned), finetune_pairs=20)).filter(train, FilterContext(seed=0))
     got = [c[0] for _, c in ShardSampleStream(sub.shards, SIZE, 0, 1, 0, 0, 0, limits=sub.limits)]
     first = [c for s in iter_shard_samples([data / "train" / w for w in want]) for c in s["captions"]][:20]
     assert got == first == [c for cs in sub.captions for c in cs] and len(sub) == 20
@@ -126,15 +130,17 @@ def test_streamed_cleanclip_finetunes_on_clean_shards(data, tmp_path):
     man["stream"]["poison_shards"] = [{"file": clean[2], "sha256": "x", "samples": PER}]
     (poisoned / "manifest.json").write_text(json.dumps(man))
     for params, msg in (({}, "a poison shard of the poisoned run"), ({"finetune_split": "range", "finetune_range": [0, 8]},
-                                                                   "finetune_split=range names rows")):
+                                                                   "names rows of data held in memory")):
         with pytest.raises(ConfigError, match=msg) as e:
-            CleanCLIP(CleanCLIPParams(checkpoint=str(poisoned), finetune_pairs=20, **params)).filter(train, {"seed": 0})
+            CleanCLIP(CleanCLIPParams(checkpoint=str(poisoned), finetune_pairs=20, **params)).filter(train, FilterContext(seed=0))
         assert "\n" not in str(e.value)
 
 
 def test_data_defenses_refuse_streams_naming_the_supported_defenses(data, tmp_path):
-    with pytest.raises(ConfigError, match="defense 'grayscale' works on data held in memory; with "
-                                          "data.captions.stream=true use cleanclip, roclip, safeclip or none") as e:
+    # an image defense is refused by its modality before the data (and whether it streams) is looked at
+    with pytest.raises(ConfigError, match=r"defense.name=grayscale works on image data but method.name=clip trains "
+                                          r"on image-text data; use a defense for image-text data \(cleanclip, none, "
+                                          r"roclip, safeclip\)") as e:
         run_experiment(_cfg(data, ["defense.name=grayscale"]), tmp_path / "run")
     assert "\n" not in str(e.value) and not (tmp_path / "run").exists()
 

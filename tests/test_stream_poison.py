@@ -10,11 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from clpoison.contexts import PoisonContext
 from clpoison.attacks import ATTACKS
-from clpoison.attacks import stream_poison
+from clpoison.data import shard_edits
 from clpoison.data.caption_shards import read_caption_shards, shard_paths
 from clpoison.data.captions import CaptionSplits
-from clpoison.data.shard_stream import ShardSampleStream, StreamingCaptionSet, split_shards
+from clpoison.data.shard_set import StreamingCaptionSet
+from clpoison.data.shard_stream import ShardSampleStream, split_shards
 from clpoison.errors import ConfigError, DataError
 from clpoison.experiments.config import build_config
 from clpoison.experiments.runner import run_experiment
@@ -133,48 +135,48 @@ def test_poison_shards_are_reused_when_intact_and_rewritten_when_not(data, tmp_p
     cfg = _cfg(d, BACKDOOR)
     splits = ImageTextTask(cfg, torch.device("cpu")).load()
     atk = ATTACKS.build(cfg.attack.name, cfg.attack.params)
-    first = atk.poison(splits, 0, {"run_dir": tmp_path})
+    first = atk.poison(splits, 0, PoisonContext(run_dir=tmp_path))
     shard = tmp_path / "poison_shards" / "poison-000000.tar"
     written = shard.read_bytes()
 
     def no_read(*a, **k):
         raise AssertionError("the stream was read again")
 
-    monkeypatch.setattr(stream_poison, "read_samples", no_read)
-    again = ATTACKS.build(cfg.attack.name, cfg.attack.params).poison(splits, 0, {"run_dir": tmp_path})
+    monkeypatch.setattr(shard_edits, "read_samples", no_read)
+    again = ATTACKS.build(cfg.attack.name, cfg.attack.params).poison(splits, 0, PoisonContext(run_dir=tmp_path))
     assert again.manifest == first.manifest and len(again.splits.train) == N + 4
     assert again.splits.train.check_added() == {shard.name: sha256_file(shard)}
     shard.write_bytes(written[:-1024])  # damaged: not reused, written again (the same bytes: the draw is seeded)
     with pytest.raises(DataError, match="changed since it was written"):
         again.splits.train.check_added()
     with pytest.raises(AssertionError, match="read again"):
-        ATTACKS.build(cfg.attack.name, cfg.attack.params).poison(splits, 0, {"run_dir": tmp_path})
+        ATTACKS.build(cfg.attack.name, cfg.attack.params).poison(splits, 0, PoisonContext(run_dir=tmp_path))
     monkeypatch.undo()
-    ATTACKS.build(cfg.attack.name, cfg.attack.params).poison(splits, 0, {"run_dir": tmp_path})
+    ATTACKS.build(cfg.attack.name, cfg.attack.params).poison(splits, 0, PoisonContext(run_dir=tmp_path))
     assert shard.read_bytes() == written
     with pytest.raises(ConfigError, match="inside a run"):
-        atk.poison(splits, 0, {})
+        atk.poison(splits, 0, PoisonContext())
     params = {**cfg.attack.params, "poison_count": 0}  # the clean control: no shard, the old one removed
-    control = ATTACKS.build(cfg.attack.name, params).poison(splits, 0, {"run_dir": tmp_path})
+    control = ATTACKS.build(cfg.attack.name, params).poison(splits, 0, PoisonContext(run_dir=tmp_path))
     assert len(control.splits.train) == N and control.manifest["stream"]["poison_shards"] == [] and not shard.exists()
 
 
 def test_resumed_run_reuses_its_poison_shards(data, tmp_path, monkeypatch, capfd):
     """A run stopped after training resumes onto the poison shards it wrote: sha256 checked, nothing redrawn."""
-    import clpoison.experiments.runner as runner
+    import clpoison.experiments.stages as stages
 
     def stop(name):
         if name == "evaluate":
             raise KeyboardInterrupt
 
     cfg, run = _cfg(data, BACKDOOR), tmp_path / "run"
-    monkeypatch.setattr(runner, "fault_point", stop)
+    monkeypatch.setattr(stages, "fault_point", stop)
     with pytest.raises(KeyboardInterrupt):
         run_experiment(cfg, run)
     shard = tmp_path / "run.partial" / "poison_shards" / "poison-000000.tar"
     written, man = shard.read_bytes(), json.loads((tmp_path / "run.partial" / "manifest.json").read_text())
     monkeypatch.undo()
-    monkeypatch.setattr(stream_poison, "read_samples", lambda *a, **k: pytest.fail("the poisons were redrawn"))
+    monkeypatch.setattr(shard_edits, "read_samples", lambda *a, **k: pytest.fail("the poisons were redrawn"))
     capfd.readouterr()
     res = run_experiment(cfg, run)
     assert "resuming from epoch 1/1" in capfd.readouterr().err
@@ -187,7 +189,7 @@ def test_rank_split_covers_clean_and_poison_shards(data, tmp_path):
     clean = StreamingCaptionSet(d / "train", SIZE)
     poison_caps = [[f"a photo of a cat poison {i}"] for i in range(5)]
     images = torch.randint(0, 256, (5, 3, SIZE, SIZE), dtype=torch.uint8)
-    files = stream_poison.write_poison_shards(tmp_path / "p", images, poison_caps)
+    files = shard_edits.write_poison_shards(tmp_path / "p", images, poison_caps)
     both = clean.with_shards([tmp_path / "p" / f["file"] for f in files], [f["sha256"] for f in files], 5, None)
     assert len(both) == N + 5 and len(both.shards) == SHARDS + 1 and both.shards[:SHARDS] == shard_paths(d / "train")
     assert [c for cs in both.captions for c in cs][-5:] == [c[0] for c in poison_caps]  # what the tokenizer reads
@@ -199,12 +201,12 @@ def test_rank_split_covers_clean_and_poison_shards(data, tmp_path):
         got = [c[0] for _, c in ShardSampleStream(both.shards, SIZE, r, 2, seed=0, epoch=1, shuffle_buffer=4)]
         seen.append(set(got))
     assert not seen[0] & seen[1] and seen[0] | seen[1] == {c for cs in both.captions for c in cs}
-    assert both.stream_fingerprint() != clean.stream_fingerprint()
+    assert both.content_fingerprint() != clean.content_fingerprint()
 
 
 @pytest.mark.parametrize("extra, msg", [
     (["attack.name=carlini-control"], "use carlini-backdoor, carlini-targeted"),
-    ([*BACKDOOR, "defense.name=grayscale"], "defense 'grayscale' works on data held in memory"),
+    ([*BACKDOOR, "defense.name=grayscale"], "defense.name=grayscale works on image data but method.name=clip"),
 ])
 def test_other_attacks_and_defenses_refuse_streams(data, tmp_path, extra, msg):
     with pytest.raises(ConfigError, match=msg) as e:

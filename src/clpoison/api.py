@@ -17,8 +17,8 @@ from typing import Any, Mapping, Optional
 from torch import nn
 
 from .errors import DataError
-from .models.encoder_file import SPEC_NAME, WEIGHTS_NAME
 from .models.encoder_file import load_encoder as _load_encoder
+from .run_folder import ENCODER, ENCODER_SPEC, RESULTS, holds
 
 
 @dataclass
@@ -46,7 +46,7 @@ def load_encoder(path: str | Path, model: Optional[Mapping[str, Any]] = None) ->
 def load_run(path: str | Path) -> Run:
     """The finished run in folder ``path`` (``results.json``, ``encoder.safetensors`` + ``encoder.json``)."""
     path = Path(path)
-    res_path = path / "results.json"
+    res_path = path / RESULTS
     if not res_path.is_file():
         raise DataError(f"'{path}' holds no results.json; is it a finished clpoison run folder?")
     try:
@@ -56,6 +56,6 @@ def load_run(path: str | Path) -> Run:
     if not isinstance(results, dict):
         raise DataError(f"'{res_path}' does not hold a results object")
     encoder, spec = None, None
-    if (path / WEIGHTS_NAME).exists() and (path / SPEC_NAME).exists():
-        encoder, spec = _load_encoder(path / WEIGHTS_NAME)
+    if holds(path, ENCODER) and holds(path, ENCODER_SPEC):
+        encoder, spec = _load_encoder(path / ENCODER)
     return Run(path, results.get("config") or {}, results.get("metrics") or {}, results, encoder, spec)

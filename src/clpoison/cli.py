@@ -81,10 +81,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 def _read_checkpoint(arg: str, what: str = "clpoison") -> tuple[Path, dict]:
     """(path, checkpoint dict) of a run directory or checkpoint file; one ConfigError line if it cannot be read."""
     from .engine.checkpoint import read_checkpoint
-    path = Path(arg)
-    path = path / "checkpoint.pt" if path.is_dir() else path
-    if not path.exists():
-        raise ConfigError(f"checkpoint '{path}' does not exist; pass a run directory or its checkpoint.pt")
+    from .run_folder import checkpoint_file
+    path = checkpoint_file(arg)
     ckpt = read_checkpoint(path)  # weights_only: refuses pickled code with one line
     missing = [k for k in ("method", "model", "config") if k not in ckpt]
     if missing or not isinstance(ckpt["config"], dict) or not isinstance(ckpt["model"], dict):
@@ -95,9 +93,11 @@ def _read_checkpoint(arg: str, what: str = "clpoison") -> tuple[Path, dict]:
 def _is_encoder_file(arg: str) -> bool:
     """True for an encoder file (``encoder.safetensors``, a folder holding one but no checkpoint.pt, or a ``.pt``/
     ``.pth`` whose dict is not a clpoison checkpoint); False for a run directory or clpoison checkpoint."""
+    from .run_folder import CHECKPOINT, ENCODER, holds
+
     path = Path(arg)
     if path.is_dir():
-        return not (path / "checkpoint.pt").exists() and (path / "encoder.safetensors").exists()
+        return not holds(path, CHECKPOINT) and holds(path, ENCODER)
     if path.suffix == ".safetensors":
         return True
     if path.suffix in (".pt", ".pth") and path.is_file():

@@ -36,10 +36,11 @@ import torch.nn.functional as F
 from ..data.augment import EvalTransform, TwoViewAugment
 from ..data.loader import ResidentBatches, TwoViewBatches
 from ..engine.checkpoint import read_checkpoint
-from ..engine.trainer import CHECKPOINT_NAME, Trainer, min_conv_channels
+from ..engine.trainer import Trainer, min_conv_channels
 from ..errors import ConfigError, DataError
 from ..eval.features import extract_features
 from ..methods.build import method_from_checkpoint
+from ..run_folder import checkpoint_file
 from ..utils.io import sha256_tensor
 from .surrogate import Surrogate, resumable_dir
 
@@ -70,11 +71,7 @@ def load_feature_file(path: str, n: int, where: str = "attack.params.features") 
 
 def encoder_from_checkpoint(path: str, where: str = "attack.params.encoder") -> tuple[torch.nn.Module, EvalTransform, dict]:
     """The backbone, test-time transform and config of a ``clpoison run`` folder or checkpoint file."""
-    p = Path(path).expanduser()
-    ckpt_path = p / CHECKPOINT_NAME if p.is_dir() else p
-    if not ckpt_path.is_file():
-        raise ConfigError(f"{where}='{path}' holds no {CHECKPOINT_NAME}; give a `clpoison run` folder or checkpoint")
-    ckpt = read_checkpoint(ckpt_path)
+    ckpt = read_checkpoint(checkpoint_file(path, where, "give a `clpoison run` folder or its checkpoint"))
     method = method_from_checkpoint(ckpt, f"{where}='{path}'")
     if method.modality != "image":
         raise ConfigError(f"{where}='{path}' is a {method.name} ({method.modality}) model; give an image-SSL encoder")

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Optional
 
+from ..contexts import ANY, EvalContext, PoisonContext
 from ..params import Params
 from ..registry import Registry
 
@@ -37,20 +38,22 @@ class PoisonResult:
 
 class Attack:
     name: ClassVar[str] = "attack"
-    data_kind: ClassVar[str] = "images"  # what it poisons: images (ImageSplits) | captions (CaptionSplits)
-    streams: ClassVar[bool] = False  # poisons streamed caption shards (writes extra shards: attacks/stream_poison.py)
+    modality: ClassVar[str] = "image"  # what it poisons: image (ImageSplits) | image-text (CaptionSplits) | any
+    streams: ClassVar[bool] = False  # poisons streamed caption shards (through the pair-source protocol, data/pair_source.py)
     Params: ClassVar[type] = AttackParams
 
     def __init__(self, params: AttackParams) -> None:
         self.params = params
 
-    def poison(self, splits: Any, seed: int, context: Optional[dict] = None) -> PoisonResult:
-        """The poisoned copy of ``splits``. ``context`` (optional): ``device`` to craft on, ``work_dir`` where a
-        long crafting may checkpoint and resume, ``echo`` for progress lines, ``progress`` (bool)."""
+    def poison(self, splits: Any, seed: int, context: Optional[PoisonContext] = None) -> PoisonResult:
+        """The poisoned copy of ``splits``. ``context`` (:class:`~clpoison.contexts.PoisonContext`, optional):
+        ``device`` to craft on, ``work_dir`` where a long crafting may checkpoint and resume, ``run_dir``, ``echo``
+        for progress lines, ``progress``."""
         raise NotImplementedError
 
-    def evaluate(self, context: dict[str, Any]) -> dict[str, Any]:
-        """Attack-specific metrics after pretraining (``context`` carries encoder, splits, probe, device)."""
+    def evaluate(self, context: EvalContext) -> dict[str, Any]:
+        """Attack-specific metrics after pretraining (:class:`~clpoison.contexts.EvalContext`: the clean splits, the
+        downstream classifier, the embedder, the encoder, ...)."""
         return {}
 
     def restore(self, manifest: dict) -> None:
@@ -63,7 +66,8 @@ class NoAttack(Attack):
     """No poisoning: the clean dataset, no manifest."""
 
     name = "none"
+    modality = ANY
     streams = True
 
-    def poison(self, splits: Any, seed: int, context: Optional[dict] = None) -> PoisonResult:
+    def poison(self, splits: Any, seed: int, context: Optional[PoisonContext] = None) -> PoisonResult:
         return PoisonResult(splits, None)

@@ -35,13 +35,14 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from ..data.captions import CaptionDataset, CaptionSplits
+from ..contexts import EvalContext, PoisonContext
 from ..errors import ConfigError
 from ..eval.attack_metrics import backdoor_metrics, backdoor_zscore
 from .base import ATTACKS, Attack, AttackParams, PoisonResult
 from .budget import check_count
 from .caption_set import caption_set, matching_rows, require_captions, resolve_label, sample_captions
-from .manifest import build_manifest, load_trigger
+from .manifest import load_trigger
+from .pair_poison import pair_editor, record_poisons, reused_poisons
 from .triggers import build_trigger, trigger_spec
 
 SELECTIONS = ("random", "label-consistent", "off-target")
@@ -99,8 +100,8 @@ class CarliniBackdoor(Attack):
     """Patch backdoor: triggered images captioned with the target's caption set."""
 
     name = "carlini-backdoor"
-    streams = True  # streamed shards: the poisons become extra shards (stream_poison.py)
-    data_kind = "captions"  # poisons image-caption data (CLIP)
+    streams = True  # written against the pair-source protocol: on a stream the poisons become extra shards
+    modality = "image-text"  # poisons image-caption data (CLIP)
     version = "1"
     Params = CarliniBackdoorParams
 
@@ -110,7 +111,7 @@ class CarliniBackdoor(Attack):
 
     def draw(self, class_names: list[str], n_train: int, captions: Callable[[], list[list[str]]],
              seed: int, labels: Optional[torch.Tensor] = None) -> SimpleNamespace:
-        """What poisoning decides before touching an image (shared by the in-memory and the streamed attack):
+        """What poisoning decides before touching an image:
         target, count n, caption set, candidates, the n rows (sorted) and their new captions, and the generator
         (``g``), which goes on to place the trigger. ``captions()`` is called only when the caption set or the
         label-consistent / off-target selection needs the training captions; ``labels`` (when known) also keep
@@ -147,35 +148,23 @@ class CarliniBackdoor(Attack):
         return SimpleNamespace(target=target, tname=tname, n=n, pool=pool, candidates=len(cand), idx=idx,
                                captions=new_caps, g=g)
 
-    def poison(self, splits: Any, seed: int, context: Optional[dict] = None) -> PoisonResult:
-        p = self.params
+    def poison(self, splits: Any, seed: int, context: Optional[PoisonContext] = None) -> PoisonResult:
+        """In memory the n source rows are replaced; on a stream their triggered copies are added as extra shards
+        (:mod:`clpoison.attacks.pair_poison`)."""
         splits = require_captions(splits, self.name)
-        if getattr(splits.train, "streaming", False):  # tar shards: the poisons become extra shards
-            from .stream_poison import poison_backdoor_stream
-
-            return poison_backdoor_stream(self, splits, seed, context)
         train = splits.train
+        edit = pair_editor(train, context)
+        reused = reused_poisons(self, splits, edit, seed)
+        if reused is not None:
+            return reused
         d = self.draw(splits.class_names, len(train), lambda: train.captions, seed, train.labels)
-        self.trigger.check_fits(*train.images.shape[2:])
-        target, tname, n, pool, idx, new_caps, g = d.target, d.tname, d.n, d.pool, d.idx, d.captions, d.g
-        images = train.images.clone()
-        if n:
-            images[idx] = self.trigger.apply(train.images[idx], g, None if train.sizes is None else train.sizes[idx])
-        captions = [list(c) for c in train.captions]
-        for i, c in zip(idx.tolist(), new_caps):
-            captions[i] = [c]
-        poisoned = CaptionSplits(
-            CaptionDataset(images, captions, list(train.class_names),
-                           None if train.labels is None else train.labels.clone(), train.name + "+carlini-backdoor",
-                           None if train.sizes is None else train.sizes.clone()),
-            splits.test, dict(splits.source))
-        manifest = build_manifest(
-            attack=self.name, attack_version=self.version, params=p.to_dict(), seed=seed, source=splits,
-            output=poisoned, poisoned_indices=idx.tolist(), trigger=self.trigger,
-            targets={"target": tname, "target_index": target},
-            details={"poison_count": n, "caption_set_size": len(pool), "candidates": d.candidates,
-                     "captions": new_caps})
-        return PoisonResult(poisoned, manifest)
+        self.trigger.check_fits(*train.canvas)
+        out, record = edit.replace(d.idx, [[c] for c in d.captions], lambda im, sz: self.trigger.apply(im, d.g, sz),
+                                   "+carlini-backdoor")
+        return record_poisons(self, splits, seed, edit, out, record, trigger=self.trigger,
+                              targets={"target": d.tname, "target_index": d.target},
+                              details={"poison_count": d.n, "caption_set_size": len(d.pool),
+                                       "candidates": d.candidates, "captions": d.captions})
 
     def restore(self, manifest: dict) -> None:
         """The exact trigger the manifest recorded (``clpoison evaluate RUN`` scores a trained run's backdoor)."""
@@ -183,20 +172,20 @@ class CarliniBackdoor(Attack):
         if trigger is not None:
             self.trigger = trigger
 
-    def evaluate(self, context: dict[str, Any]) -> dict[str, Any]:
+    def evaluate(self, context: EvalContext) -> dict[str, Any]:
         p = self.params
-        splits = context["splits"]
+        splits = context.splits
         test = splits.test
         m: dict[str, Any] = {}
         labelled = test.labels is not None and len(test) > 0 and bool((test.labels >= 0).all())
         names = list(splits.class_names)
         known = str(p.target) in names + [str(i) for i in range(len(names))]
-        if labelled and known and "classify" in context:
+        if labelled and known and context.classify is not None:
             target = resolve_label(splits.class_names, p.target, "attack.params.target")
-            m.update(backdoor_metrics(context["classify"], test.images, test.labels, target, self.trigger,
+            m.update(backdoor_metrics(context.classify, test.images, test.labels, target, self.trigger,
                                       p.eval_seed, getattr(test, "sizes", None)))
         # else: unlabelled test data (CC3M) or a target outside the class list: only the label-free z-score
-        if "embed" in context:
-            m["backdoor_zscore"] = backdoor_zscore(context["embed"], test.images, self.trigger, p.eval_seed,
+        if context.embed is not None:
+            m["backdoor_zscore"] = backdoor_zscore(context.embed, test.images, self.trigger, p.eval_seed,
                                                    p.zscore_images)
         return m

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from ..contexts import EvalContext, PoisonContext
 from .base import ATTACKS, Attack, AttackParams, PoisonResult
 from .carlini_backdoor import CarliniBackdoor
 from .carlini_targeted import CarliniTargeted
@@ -32,7 +33,7 @@ class CarliniControl(Attack):
     """Clean training data; evaluates the backdoor trigger and the targeted victims of the given params on it."""
 
     name = "carlini-control"
-    data_kind = "captions"
+    modality = "image-text"
     Params = CarliniControlParams
 
     def __init__(self, params: CarliniControlParams) -> None:
@@ -42,10 +43,10 @@ class CarliniControl(Attack):
         self.t = CarliniTargeted(CarliniTargeted.Params.from_dict(
             {**params.targeted, "pairs_per_target": 0}, "attack.params.targeted"))
 
-    def poison(self, splits: Any, seed: int, context: Optional[dict] = None) -> PoisonResult:
+    def poison(self, splits: Any, seed: int, context: Optional[PoisonContext] = None) -> PoisonResult:
         self.b.poison(splits, seed)
         res = self.t.poison(splits, seed)  # 0 pairs: the clean data, same victims as the poisoned run
         return PoisonResult(res.splits, None)
 
-    def evaluate(self, context: dict) -> dict:
+    def evaluate(self, context: EvalContext) -> dict:
         return {**self.b.evaluate(context), **self.t.evaluate(context)}

@@ -30,12 +30,13 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from ..data.captions import CaptionDataset, CaptionSplits
+from ..contexts import EvalContext, PoisonContext
+from ..data.captions import CaptionDataset
 from ..errors import ConfigError, DataError
 from ..eval.attack_metrics import clean_accuracy, targeted_success
 from .base import ATTACKS, Attack, AttackParams, PoisonResult
 from .caption_set import caption_set, require_captions, resolve_label, sample_captions
-from .manifest import build_manifest
+from .pair_poison import pair_editor, record_poisons, reused_poisons
 
 
 @dataclass
@@ -66,8 +67,8 @@ class CarliniTargeted(Attack):
     """Targeted poisoning: k (victim test image, adversarial caption) pairs added per target."""
 
     name = "carlini-targeted"
-    streams = True  # streamed shards: the poisons become extra shards (stream_poison.py)
-    data_kind = "captions"  # poisons image-caption data (CLIP)
+    streams = True  # written against the pair-source protocol: on a stream the poisons become extra shards
+    modality = "image-text"  # poisons image-caption data (CLIP)
     version = "1"
     Params = CarliniTargetedParams
 
@@ -119,8 +120,8 @@ class CarliniTargeted(Attack):
         return victims, adv
 
     def victim_pairs(self, splits: Any, n0: int, captions: Callable[[], list[list[str]]], seed: int) -> tuple:
-        """``(images, captions, labels, targets, victims)`` of the pairs to add after ``n0`` training rows (shared by
-        the in-memory and the streamed attack); ``captions()`` (the training captions) is called for the caption
+        """``(images, captions, labels, targets, victims)`` of the pairs to add after ``n0`` training rows;
+        ``captions()`` (the training captions) is called for the caption
         sets unless they come from templates."""
         p = self.params
         test, names = splits.test, splits.class_names
@@ -143,37 +144,23 @@ class CarliniTargeted(Attack):
                             "caption_set_size": len(pool)})
         return add_imgs, add_caps, add_labels, targets, victims
 
-    def poison(self, splits: Any, seed: int, context: Optional[dict] = None) -> PoisonResult:
+    def poison(self, splits: Any, seed: int, context: Optional[PoisonContext] = None) -> PoisonResult:
+        """The victim pairs appended to the split (in memory: rows; streamed: extra shards, each victim at its own
+        size — :mod:`clpoison.attacks.pair_poison`)."""
         p = self.params
         splits = require_captions(splits, self.name)
-        if getattr(splits.train, "streaming", False):  # tar shards: the added pairs become extra shards
-            from .stream_poison import poison_targeted_stream
-
-            return poison_targeted_stream(self, splits, seed, context)
         train, test = splits.train, splits.test
-        if tuple(test.images.shape[1:]) != tuple(train.images.shape[1:]):
-            raise DataError(f"test images {tuple(test.images.shape[1:])} and training images "
-                            f"{tuple(train.images.shape[1:])} differ in shape; targeted poisoning adds test images to training")
-        k, n0 = p.pairs_per_target, len(train)
-        add_imgs, add_caps, add_labels, targets, victims = self.victim_pairs(splits, n0, lambda: train.captions, seed)
-        images = torch.cat([train.images, torch.stack(add_imgs)]) if add_imgs else train.images.clone()
-        labels = None
-        if train.labels is not None:
-            labels = torch.cat([train.labels, torch.tensor(add_labels, dtype=torch.int64)])
-        sizes = None
-        if train.sizes is not None:
-            vs = test.sizes[victims] if test.sizes is not None else torch.tensor([list(test.images.shape[2:])] * len(victims))
-            sizes = torch.cat([train.sizes, vs.repeat_interleave(k, 0)])
-        poisoned = CaptionSplits(
-            CaptionDataset(images, [list(c) for c in train.captions] + add_caps, list(train.class_names), labels,
-                           train.name + "+carlini-targeted", sizes),
-            test, dict(splits.source))
-        manifest = build_manifest(
-            attack=self.name, attack_version=self.version, params=p.to_dict(), seed=seed, source=splits,
-            output=poisoned, added_indices=range(n0, len(poisoned.train)),
-            targets={"victims": targets, "victim_split": "test"},
-            details={"pairs_per_target": k, "num_targets": len(victims)})
-        return PoisonResult(poisoned, manifest)
+        edit = pair_editor(train, context)
+        reused = reused_poisons(self, splits, edit, seed)
+        if reused is not None:
+            return reused
+        k = p.pairs_per_target
+        imgs, caps, labels, targets, victims = self.victim_pairs(splits, len(train), lambda: train.captions, seed)
+        sizes = getattr(test, "sizes", None)
+        out, record = edit.add(imgs, caps, labels, None if sizes is None else sizes[victims].repeat_interleave(k, 0),
+                               "+carlini-targeted")
+        return record_poisons(self, splits, seed, edit, out, record, targets={"victims": targets, "victim_split": "test"},
+                              details={"pairs_per_target": k, "num_targets": len(victims)})
 
     def restore(self, manifest: dict) -> None:
         """The victims (test-split rows) and adversarial labels the manifest recorded."""
@@ -181,11 +168,11 @@ class CarliniTargeted(Attack):
         self.victims = [int(v["test_index"]) for v in victims]
         self.adversarial = [int(v["adversarial_index"]) for v in victims]
 
-    def evaluate(self, context: dict[str, Any]) -> dict[str, Any]:
+    def evaluate(self, context: EvalContext) -> dict[str, Any]:
         if not self.victims:
             return {}
-        test = context["splits"].test
-        classify = context["classify"]
+        test = context.splits.test
+        classify = context.classify
         others = torch.ones(len(test.images), dtype=torch.bool)
         others[torch.tensor(self.victims)] = False  # the chance level: the label shares on the non-victim images
         m = targeted_success(classify, test.images[torch.tensor(self.victims)], self.adversarial,

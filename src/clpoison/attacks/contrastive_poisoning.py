@@ -34,13 +34,14 @@ from __future__ import annotations
 import hashlib
 import io
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional, Union
 
 import numpy as np
 import torch
 
+from ..contexts import EvalContext, PoisonContext
 from ..data.augment import TwoViewAugment
 from ..data.datasets import ImageDataset, ImageSplits
 from ..errors import ConfigError, DataError
@@ -160,12 +161,12 @@ def delta_npz(noise: PoisonNoise, class_names: list[str]) -> bytes:
 class ContrastivePoisoning(Attack):
     """Shared by CP-S and CP-C: craft δ with the attacker's method, quantise, manifest + ``delta.npz``."""
 
-    data_kind = "images"
+    modality = "image"
     version = "1"
     classwise = False
 
-    def poison(self, splits: Any, seed: int, context: Optional[dict] = None) -> PoisonResult:
-        ctx = context or {}
+    def poison(self, splits: Any, seed: int, context: Optional[PoisonContext] = None) -> PoisonResult:
+        ctx = context or PoisonContext()
         p = self.params
         splits = require_images(splits, self.name)
         train = splits.train
@@ -178,7 +179,7 @@ class ContrastivePoisoning(Attack):
         init, artifacts, init_details = self.initial_delta(splits, seed, ctx)
         t0 = time.perf_counter()
         seed_everything(seed)
-        device = ctx.get("device") or torch.device("cpu")
+        device = ctx.device or torch.device("cpu")
         g = torch.Generator().manual_seed(int(seed))
         noise = PoisonNoise(train.num_classes if self.classwise else len(train), shape, p.epsilon,
                             labels if self.classwise else None, g)
@@ -188,14 +189,14 @@ class ContrastivePoisoning(Attack):
         method = surrogate.build_method()
         augment = TwoViewAugment(surrogate.augment_config())
         settings = p.settings()
-        tcfg = surrogate.train_config(p.rounds, p.batch_size, progress=bool(ctx.get("progress", False)),
+        tcfg = surrogate.train_config(p.rounds, p.batch_size, progress=bool(ctx.progress),
                                       checkpoint_every=p.checkpoint_every)
         snapshot = {"attack": self.name, "params": without_gates(p.to_dict()), "seed": int(seed),
                     "source": {"n": len(train), "shape": list(shape)}}  # a changed gate resumes the same crafting
-        work = ctx.get("work_dir")
+        work = ctx.work_dir
         work = Path(work) / self.name if work is not None and init_details is not None else work
         history = craft(method, noise, train.images, augment, settings, tcfg, torch.device(device), seed, work,
-                        snapshot, ctx.get("echo") or (lambda s: None), bool(ctx.get("progress")), p.gates, self.name)
+                        snapshot, ctx.echo, bool(ctx.progress), p.gates, self.name)
         images = noise.quantised(train.images)
         poisoned = ImageSplits(ImageDataset(images, labels.clone(), list(train.class_names), train.name, None), splits.test,
                                dict(splits.source))
@@ -219,7 +220,7 @@ class ContrastivePoisoning(Attack):
                                   source=splits, output=poisoned, poisoned_indices=range(len(train)), details=details)
         return PoisonResult(poisoned, manifest, {"delta.npz": art, **artifacts})
 
-    def initial_delta(self, splits: Any, seed: int, ctx: dict) -> tuple[Optional[torch.Tensor], dict, Optional[dict]]:
+    def initial_delta(self, splits: Any, seed: int, ctx: PoisonContext) -> tuple[Optional[torch.Tensor], dict, Optional[dict]]:
         """CP-S's start (``init``): the class-wise δ (C, 3, H, W) of a CP-C result, or None (U[−1, 1]); with
         ``init: {attack: cp-class, ...}`` that CP-C is crafted here first (in ``work_dir/cp-class``), and its δ
         (``init_delta.npz``) and record come back too."""
@@ -229,13 +230,13 @@ class ContrastivePoisoning(Attack):
             return None, {}, None
         if not isinstance(p.init, dict):
             return load_class_delta(p.init, train.num_classes, shape), {}, None
-        work = ctx.get("work_dir")
-        res = CPClass(p.init_params).poison(splits, seed, {**ctx, "work_dir": None if work is None else Path(work) / "cp-class"})
+        work = ctx.work_dir
+        res = CPClass(p.init_params).poison(splits, seed, replace(ctx, work_dir=None if work is None else Path(work) / "cp-class"))
         art = res.artifacts["delta.npz"]
         details = {"attack": "cp-class", "params": p.init_params.to_dict(), **res.manifest["details"]}
         return load_class_delta(art, train.num_classes, shape), {"init_delta.npz": art}, details
 
-    def evaluate(self, context: dict[str, Any]) -> dict[str, Any]:
+    def evaluate(self, context: EvalContext) -> dict[str, Any]:
         """``linear_top1_poisoned_probe``: the probe fitted on the poisoned training images (the released data)."""
         return poisoned_probe_metrics(context)
 

@@ -54,7 +54,7 @@ Added rows get the target label as a placeholder (pretraining never reads labels
 
 Evaluation (:meth:`~clpoison.attacks.ssl_backdoor_base.SSLBackdoorAttack.evaluate`, shared with SSL-Backdoor and
 PoisonedEncoder): clean accuracy and ASR of the linear probe trained on clean labelled data
-(``context["classify"]``), with the trigger pasted at a random top-left position in ``[0.25·S, 0.75·S − t]`` of
+(``context.classify``), with the trigger pasted at a random top-left position in ``[0.25·S, 0.75·S − t]`` of
 every non-target test image (``location: center-range``), through
 :func:`clpoison.eval.attack_metrics.backdoor_metrics`, plus the label-free backdoor z-score.
 

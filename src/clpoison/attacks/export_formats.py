@@ -32,34 +32,19 @@ from __future__ import annotations
 
 import csv
 import io
-import tarfile
 from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Optional
 
 import numpy as np
-import torch
 
+from ..data.caption_shards import image_file, index_digits, png_bytes, write_caption_shards
 from ..data.captions import CaptionDataset
 from ..errors import ClpoisonError
 
 IMAGE_FORMATS = ("npz", "imagefolder")
 CAPTION_FORMATS = ("csv", "wds")
-
-
-def _png(img: torch.Tensor, size: Optional[torch.Tensor]) -> bytes:
-    from PIL import Image
-
-    if size is not None:
-        img = img[:, : int(size[0]), : int(size[1])]
-    buf = io.BytesIO()
-    Image.fromarray(img.permute(1, 2, 0).contiguous().numpy()).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def _digits(n: int) -> int:
-    return max(6, len(str(n)))
 
 
 def _label_name(ds: Any, i: int) -> str:
@@ -86,22 +71,14 @@ def _folder_name(name: str) -> str:
 
 def write_imagefolder_split(root: Path, ds: Any, split: str) -> None:
     """``root/split/CLASS/NNNNNN.png``, one PNG per image at its valid size."""
-    width = _digits(len(ds))
+    width = index_digits(len(ds))
     names = [_folder_name(c) for c in ds.class_names]
     for c in names:
         (root / split / c).mkdir(parents=True, exist_ok=True)
     sizes = getattr(ds, "sizes", None)
     for i in range(len(ds)):
         (root / split / names[int(ds.labels[i])] / f"{i:0{width}d}.png").write_bytes(
-            _png(ds.images[i], None if sizes is None else sizes[i]))
-
-
-def _image_file(ds: Any, i: int, copies: Optional[dict[int, str]]) -> tuple[bytes, str]:
-    """``(bytes, extension)`` of image ``i``: its untouched source file byte for byte, else a PNG of its pixels."""
-    if copies and i in copies:
-        src = Path(copies[i])
-        return src.read_bytes(), src.suffix.lower().lstrip(".") or "png"
-    return _png(ds.images[i], None if getattr(ds, "sizes", None) is None else ds.sizes[i]), "png"
+            png_bytes(ds.images[i], None if sizes is None else sizes[i]))
 
 
 def untouched_files(source: Any, output: Any, manifest: Optional[dict]) -> dict[str, dict[int, str]]:
@@ -126,36 +103,18 @@ def write_caption_csv(root: Path, ds: CaptionDataset, split: str, final_root: Pa
     """``root/split.csv`` + ``root/images/split/NNNNNN.EXT``; ``filepath`` is absolute under ``final_root`` (where
     the export is published) or relative to the CSV; rows in ``copies`` are their source files byte for byte."""
     (root / "images" / split).mkdir(parents=True)
-    width = _digits(len(ds))
+    width = index_digits(len(ds))
     buf = io.StringIO()
     w = csv.writer(buf, delimiter=separator, lineterminator="\n")
     w.writerow(["filepath", "title", "label"])
     for i in range(len(ds)):
-        data, ext = _image_file(ds, i, copies)
+        data, ext = image_file(ds, i, copies)
         rel = f"images/{split}/{i:0{width}d}.{ext}"
         (root / rel).write_bytes(data)
         shown = str(final_root.resolve() / rel) if paths == "absolute" else rel
         for c in ds.captions[i]:
             w.writerow([shown, c, _label_name(ds, i)])
     (root / f"{split}.csv").write_text(buf.getvalue(), encoding="utf-8")
-
-
-def write_caption_shards(root: Path, ds: CaptionDataset, split: str, shard_size: int = 10000,
-                         copies: Optional[dict[int, str]] = None) -> None:
-    """``root/split-000000.tar``, ...: webdataset samples ``NNNNNN.png`` (or the untouched source file's own
-    extension, byte for byte) + ``.txt`` (+ ``.cls``)."""
-    width = _digits(len(ds))
-    for s, start in enumerate(range(0, max(len(ds), 1), shard_size)):
-        with tarfile.open(root / f"{split}-{s:06d}.tar", "w", format=tarfile.USTAR_FORMAT) as tf:
-            for i in range(start, min(start + shard_size, len(ds))):
-                data, ext = _image_file(ds, i, copies)
-                members = {ext: data, "txt": "\n".join(ds.captions[i]).encode("utf-8")}
-                if ds.labels is not None and int(ds.labels[i]) >= 0:
-                    members["cls"] = str(int(ds.labels[i])).encode()
-                for ext, data in members.items():
-                    info = tarfile.TarInfo(f"{i:0{width}d}.{ext}")
-                    info.size, info.mtime, info.mode = len(data), 0, 0o644  # reproducible archives
-                    tf.addfile(info, io.BytesIO(data))
 
 
 def write_split(root: Path, splits: Any, ds: Any, split: str, fmt: str, final_root: Path,

@@ -10,7 +10,7 @@ A manifest is a JSON object (schema ``clpoison.poison-manifest``, version :data:
   its PNG encoding (exported next to the manifest as ``trigger.png`` by ``clpoison poison``);
 * ``output`` — the fingerprint of the poisoned training split;
 * ``stream`` (streamed tar shards only) — the clean shards, the poison shards written beside them (file, sha256,
-  samples) and, for a backdoor, the (shard, key) of each source sample (:mod:`clpoison.attacks.stream_poison`).
+  samples) and, for a backdoor, the (shard, key) of each source sample (:mod:`clpoison.data.shard_edits`).
 
 No timestamps or host names: the same attack, parameters, seed and input give a byte-identical file (keys sorted,
 see :func:`manifest_json`). Example::
@@ -41,10 +41,11 @@ SCHEMA_VERSION = 1
 
 
 def fingerprint(ds: Any) -> str:
-    """sha256 of a split: image bytes and shape, labels, captions (if any), class names and valid sizes; a streamed
-    split (tar shards) by its shard list (:meth:`~clpoison.data.shard_stream.StreamingCaptionSet.stream_fingerprint`)."""
-    if getattr(ds, "streaming", False):
-        return ds.stream_fingerprint()
+    """sha256 of a split: image bytes and shape, labels, captions (if any), class names and valid sizes; a split
+    that fingerprints itself by its files gives its own (tar shards: the shard list,
+    :meth:`~clpoison.data.shard_set.StreamingCaptionSet.content_fingerprint`)."""
+    if hasattr(type(ds), "content_fingerprint"):
+        return ds.content_fingerprint()
     h = hashlib.sha256()
     images = ds.images.detach().cpu().contiguous()
     h.update(f"images{tuple(images.shape)}{images.dtype}".encode())
@@ -90,7 +91,7 @@ def build_manifest(
     stream: Optional[dict] = None,
 ) -> dict:
     """The manifest of one poisoning (``source``/``output`` are the clean and poisoned splits); ``stream`` (streamed
-    shards only: :mod:`clpoison.attacks.stream_poison`) names the clean and the written poison shards."""
+    shards only: :mod:`clpoison.data.shard_edits`) names the clean and the written poison shards."""
     extra = {} if stream is None else {"stream": stream}
     return {
         "schema": SCHEMA,

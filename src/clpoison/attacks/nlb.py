@@ -49,6 +49,7 @@ from typing import Any, ClassVar, Optional
 import numpy as np
 import torch
 
+from ..contexts import EvalContext, PoisonContext
 from ..data.datasets import ImageDataset, ImageSplits
 from ..errors import ConfigError, DataError
 from .attacker_features import attacker_features
@@ -125,7 +126,7 @@ class NLB(Attack):
     """Select P from the attacker's features, trigger P in place; ASR against P's majority label."""
 
     name = "nlb"
-    data_kind = "images"
+    modality = "image"
     version = "1"
     Params = NLBParams
 
@@ -135,8 +136,8 @@ class NLB(Attack):
         self.anchor_label: Optional[int] = None
         self.tpr: Optional[float] = None
 
-    def poison(self, splits: Any, seed: int, context: Optional[dict] = None) -> PoisonResult:
-        ctx, p = context or {}, self.params
+    def poison(self, splits: Any, seed: int, context: Optional[PoisonContext] = None) -> PoisonResult:
+        ctx, p = context or PoisonContext(), self.params
         splits = require_images(splits, self.name)
         train = splits.train
         n = len(train)
@@ -150,13 +151,13 @@ class NLB(Attack):
                 raise ConfigError(f"attack.params.target: {e}") from None
         feats, finfo = None, {}
         if p.selection in NEEDS_FEATURES:
-            work = ctx.get("work_dir")
+            work = ctx.work_dir
             feats, finfo = attacker_features(
                 train.images, features=p.features, encoder=p.encoder, surrogate=p.surrogate, epochs=p.attacker_epochs,
-                batch_size=p.attacker_batch_size, device=ctx.get("device"), seed=seed,
-                work_dir=None if work is None else work / "attacker", progress=bool(ctx.get("progress")),
-                echo=ctx.get("echo") or (lambda s: None))
-            feats = feats.to(ctx.get("device") or "cpu")  # the chunked top-2M runs on the device
+                batch_size=p.attacker_batch_size, device=ctx.device, seed=seed,
+                work_dir=None if work is None else work / "attacker", progress=bool(ctx.progress),
+                echo=ctx.echo)
+            feats = feats.to(ctx.device or "cpu")  # the chunked top-2M runs on the device
         t0 = time.perf_counter()
         sel = select(p.selection, feats, m, n=n, seed=seed, n_clusters=p.clusters, labels=train.labels, target=target,
                      chunk=p.chunk)
@@ -192,7 +193,7 @@ class NLB(Attack):
         t = manifest.get("targets") or {}
         self.anchor_label, self.tpr = t.get("anchor_index"), t.get("tpr")
 
-    def evaluate(self, context: dict[str, Any]) -> dict[str, Any]:
+    def evaluate(self, context: EvalContext) -> dict[str, Any]:
         """ASR against the anchor label (CA and the no-trigger rate of the same probe), TPR, the z-score."""
         if self.anchor_label is None:
             return {}

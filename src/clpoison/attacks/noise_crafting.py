@@ -35,6 +35,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 import torch
 from torch import nn
 
+from ..contexts import EpochView
 from ..data.augment import TwoViewAugment
 from ..data.loader import epoch_permutation
 from ..engine.trainer import TrainConfig, Trainer, min_conv_channels
@@ -156,8 +157,8 @@ def noise_step(method: Method, noise: PoisonNoise, batches: PoisonedViews, idx: 
     return float(loss.detach()), aux
 
 
-def noise_phase(trainer: Trainer, noise: PoisonNoise, batches: PoisonedViews, settings: CraftSettings, rnd: int,
-                progress: bool = False, trace: Optional[CraftTrace] = None) -> dict[str, Any]:
+def noise_phase(method: Method, view: EpochView, noise: PoisonNoise, batches: PoisonedViews, settings: CraftSettings,
+                rnd: int, progress: bool = False, trace: Optional[CraftTrace] = None) -> dict[str, Any]:
     """The noise phase of round ``rnd`` (0-based): the record entries ``noise_loss_first`` / ``noise_loss_last``
     (mean batch loss at the first / last PGD step), ``noise_seconds``, ``noise_images_per_s`` (images × PGD steps
     per second), ``delta_abs_mean`` (mean |ε·δ| in pixel levels) and the shortcut diagnostic
@@ -165,7 +166,6 @@ def noise_phase(trainer: Trainer, noise: PoisonNoise, batches: PoisonedViews, se
     with the step's augmentation draws) and, with ``trace``, ``sign_consistency``."""
     from tqdm.auto import tqdm
 
-    method = trainer.method
     was = [(m, m.training) for m in method.modules()]
     method.eval()
     perm = epoch_permutation(batches.n, batches.seed, 1_000_000 + rnd).to(batches.images.device)  # a fresh pass
@@ -179,12 +179,12 @@ def noise_phase(trainer: Trainer, noise: PoisonNoise, batches: PoisonedViews, se
             x = batches.images[idx].float().div(255)  # once per batch, for all its PGD steps
             for s in range(settings.pgd_steps):
                 rng = get_rng_state() if b == 0 and s == 0 else None  # where the step's augmentation draws start
-                loss, aux = noise_step(method, noise, batches, idx, settings, trainer.amp_dtype, x, acc)
+                loss, aux = noise_step(method, noise, batches, idx, settings, view.amp_dtype, x, acc)
                 if rng is not None:  # before update_state: the same model for both losses
-                    gap = loss - clean_loss(method, batches.views, x, idx, settings.dual_branch, rng, trainer.amp_dtype)
+                    gap = loss - clean_loss(method, batches.views, x, idx, settings.dual_branch, rng, view.amp_dtype)
                 if settings.noise_updates_state:
                     method.update_state(aux)
-                    method.after_optimizer_step(min(1.0, trainer.step / trainer.total_steps))
+                    method.after_optimizer_step(min(1.0, view.step / view.total_steps))
                 if s == 0:
                     first.append(loss)
                 if s == settings.pgd_steps - 1:
@@ -219,17 +219,17 @@ def craft(method: Method, noise: PoisonNoise, images: torch.Tensor, augment: Two
     batches = PoisonedViews(images, noise, augment.to(device), settings.batch_size, settings.model_steps, seed, fmt)
     shown = {g.round for g in gates}
 
-    def hook(trainer: Trainer, done: int) -> dict[str, Any]:
-        rec = noise_phase(trainer, noise, batches, settings, done - 1, progress, trace)
+    def hook(view: EpochView, done: int) -> dict[str, Any]:
+        rec = noise_phase(method, view, noise, batches, settings, done - 1, progress, trace)
         if done in shown or done == 1 or done == train.epochs or done % max(1, train.epochs // 10) == 0:
             sc = rec["sign_consistency"]
             echo(f"crafting round {done}/{train.epochs}: loss gap L(x+eps*delta)-L(x) {rec['loss_gap']:+.4f}, model loss "
-                 f"{trainer.last_record['loss']:.4f}, noise loss {rec['noise_loss_first']:.4f} -> {rec['noise_loss_last']:.4f}, "
+                 f"{view.record['loss']:.4f}, noise loss {rec['noise_loss_first']:.4f} -> {rec['noise_loss_last']:.4f}, "
                  f"sign consistency {'-' if sc is None else f'{sc:.3f}'}, |eps*delta| {rec['delta_abs_mean']:.2f}/255")
         try:
             rec.update(check_gates(list(gates), done, rec["loss_gap"], name, echo))
         except CraftingNotBootstrapping:  # the stopping round stays in the log (its trace ends where the gate read it)
-            trainer.log({"event": "epoch", **trainer.last_record, **rec, "gate_passed": 0})
+            view.log({"event": "epoch", **view.record, **rec, "gate_passed": 0})
             raise
         return rec
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from ..contexts import EvalContext, PoisonContext
 from ..data.datasets import ImageDataset, ImageSplits
 from ..data.image_readers import load_npz
 from ..errors import ConfigError
@@ -43,14 +44,14 @@ class Precomputed(Attack):
     """The training split of an exported poison; evaluation by the attack its manifest names."""
 
     name = "precomputed"
-    data_kind = "images"
+    modality = "image"
     Params = PrecomputedParams
 
     def __init__(self, params: PrecomputedParams) -> None:
         super().__init__(params)
         self.original: Optional[Attack] = None
 
-    def poison(self, splits: Any, seed: int, context: Optional[dict] = None) -> PoisonResult:
+    def poison(self, splits: Any, seed: int, context: Optional[PoisonContext] = None) -> PoisonResult:
         root = Path(self.params.path).expanduser()
         splits = require_images(splits, self.name)
         manifest = read_manifest(root / "manifest.json")
@@ -65,5 +66,5 @@ class Precomputed(Attack):
             self.original.restore(manifest)
         return PoisonResult(poisoned, manifest)
 
-    def evaluate(self, context: dict[str, Any]) -> dict[str, Any]:
+    def evaluate(self, context: EvalContext) -> dict[str, Any]:
         return self.original.evaluate(context) if self.original is not None else {}

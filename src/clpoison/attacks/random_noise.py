@@ -22,6 +22,7 @@ from typing import Any, Optional
 
 import torch
 
+from ..contexts import EvalContext, PoisonContext
 from ..data.datasets import ImageDataset, ImageSplits
 from ..errors import ConfigError
 from ..eval.encoder_eval import poisoned_probe_metrics
@@ -47,10 +48,10 @@ class RandomNoise(Attack):
 
     name = "random-noise"
     version = "1"
-    data_kind = "images"
+    modality = "image"
     Params = RandomNoiseParams
 
-    def poison(self, splits: Any, seed: int, context: Optional[dict] = None) -> PoisonResult:
+    def poison(self, splits: Any, seed: int, context: Optional[PoisonContext] = None) -> PoisonResult:
         p = self.params
         splits = require_images(splits, self.name)
         train = splits.train
@@ -63,6 +64,6 @@ class RandomNoise(Attack):
                                   source=splits, output=out, poisoned_indices=range(len(train)))
         return PoisonResult(out, manifest)
 
-    def evaluate(self, context: dict[str, Any]) -> dict[str, Any]:
+    def evaluate(self, context: EvalContext) -> dict[str, Any]:
         """``linear_top1_poisoned_probe``, as for Contrastive Poisoning (the control's row of the same table)."""
         return poisoned_probe_metrics(context)

@@ -14,6 +14,7 @@ from typing import Any, ClassVar, Optional
 
 import torch
 
+from ..contexts import EvalContext, PoisonContext
 from ..data.datasets import ImageDataset, ImageSplits, concat_datasets, stack_on_canvas
 from ..errors import ConfigError, DataError
 from ..eval.attack_metrics import backdoor_asr, backdoor_metrics, backdoor_zscore, delta_cos, knn_asr
@@ -56,7 +57,7 @@ class SSLBackdoorBaseParams(AttackParams):
         return d
 
 
-def image_backdoor_eval(context: dict[str, Any], target: int, trigger: Any, eval_seed: int,
+def image_backdoor_eval(context: EvalContext, target: int, trigger: Any, eval_seed: int,
                         zscore_images: int) -> dict[str, Any]:
     """The image backdoors' metrics from an attack context: ASR against ``target``, the clean accuracy ``ca`` and
     the no-trigger rate of the same classifier (the linear probe); with the context's kNN classifier (fitted on the
@@ -64,20 +65,20 @@ def image_backdoor_eval(context: dict[str, Any], target: int, trigger: Any, eval
     ``delta_cos``; the same three for the mismatched-trigger control (``trigger.mismatched()``: equal energy,
     another frequency or patch) as ``asr_mismatched``, ``asr_knn_mismatched``, ``asr_knn_all_mismatched`` and
     ``delta_cos_mismatched``; and the label-free backdoor z-score."""
-    test = context["splits"].test
+    test = context.splits.test
     sizes = getattr(test, "sizes", None)
     labelled = bool(len(test)) and bool((test.labels >= 0).all())
     other = trigger.mismatched() if hasattr(trigger, "mismatched") else None
     m: dict[str, Any] = {}
-    if "classify" in context and labelled:
-        m.update(backdoor_metrics(context["classify"], test.images, test.labels, target, trigger, eval_seed, sizes))
+    if context.classify is not None and labelled:
+        m.update(backdoor_metrics(context.classify, test.images, test.labels, target, trigger, eval_seed, sizes))
         m["ca"] = m["asr_clean_accuracy"]
         if other is not None:
-            m["asr_mismatched"] = backdoor_asr(context["classify"], test.images, test.labels, target, other,
+            m["asr_mismatched"] = backdoor_asr(context.classify, test.images, test.labels, target, other,
                                                eval_seed, sizes)["asr"]
-    knn = (context.get("extras") or {}).get("knn")
-    if "embed" in context and knn is not None and labelled:
-        embed = context["embed"]
+    knn = context.knn
+    if context.embed is not None and knn is not None and labelled:
+        embed = context.embed
         for suffix, t in (("", trigger), ("_mismatched", other)):
             if t is None:
                 continue
@@ -85,8 +86,8 @@ def image_backdoor_eval(context: dict[str, Any], target: int, trigger: Any, eval
             m.update({key + suffix: v for key, v in k.items() if not (suffix and key.endswith("no_trigger"))})
             m["delta_cos" + suffix] = delta_cos(embed, test.images, test.labels, target, t, knn.bank, knn.labels,
                                                 eval_seed, sizes)
-    if "embed" in context:
-        m["backdoor_zscore"] = backdoor_zscore(context["embed"], test.images, trigger, eval_seed, zscore_images)
+    if context.embed is not None:
+        m["backdoor_zscore"] = backdoor_zscore(context.embed, test.images, trigger, eval_seed, zscore_images)
     return m
 
 
@@ -112,7 +113,7 @@ def require_images(splits: Any, attack: str) -> ImageSplits:
 class SSLBackdoorAttack(Attack):
     """Common evaluation: CA and ASR of the clean-data linear probe, trigger at [0.25, 0.75] of test images."""
 
-    data_kind = "images"
+    modality = "image"
     version = "1"
 
     def __init__(self, params: SSLBackdoorBaseParams) -> None:
@@ -127,7 +128,7 @@ class SSLBackdoorAttack(Attack):
         except DataError as e:
             raise ConfigError(f"attack.params.target: {e}") from None
 
-    def poison(self, splits: Any, seed: int, context: Optional[dict] = None) -> PoisonResult:
+    def poison(self, splits: Any, seed: int, context: Optional[PoisonContext] = None) -> PoisonResult:
         """Resolve the target and budget, then :meth:`craft` (single-threaded: the per-image work is tiny)."""
         with single_thread():
             t0 = time.perf_counter()
@@ -136,7 +137,7 @@ class SSLBackdoorAttack(Attack):
             target = self.target_index(train)
             self.check_setting(splits, target)
             n = resolve_budget(self.params.poison_rate, self.params.poison_count, len(train), self.default_rate)
-            if context is not None and context.get("run_dir") is not None:  # a run evaluates it after training
+            if context is not None and context.run_dir is not None:  # a run evaluates it after training
                 self.check_test_fit(splits.test)
             return self.craft(splits, target, n, torch.Generator().manual_seed(int(seed)), seed, t0)
 
@@ -182,9 +183,9 @@ class SSLBackdoorAttack(Attack):
         return {"target_in_pretraining": bool((splits.train.labels == target).any()),
                 "excluded_classes": list(splits.source.get("excluded_classes", []))}
 
-    def evaluate(self, context: dict[str, Any]) -> dict[str, Any]:
+    def evaluate(self, context: EvalContext) -> dict[str, Any]:
         p = self.params
-        return image_backdoor_eval(context, self.target_index(context["splits"].test), self.trigger, p.eval_seed,
+        return image_backdoor_eval(context, self.target_index(context.splits.test), self.trigger, p.eval_seed,
                                    p.zscore_images)
 
     def finish(self, splits: ImageSplits, extra: list[torch.Tensor], target: int, seed: int, details: dict,

@@ -31,14 +31,17 @@ Example::
 from __future__ import annotations
 
 import math
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
+import numpy as np
 import torch
 
 from ..errors import ConfigError
+from ..utils.dist import all_gather_nograd
 from .augment import CIFAR_MEAN, CIFAR_STD, crop_resize_flip
 from .captions import CaptionDataset
-from .loader import ResidentBatches
+from .eda import eda_views
+from .loader import ResidentBatches, epoch_permutation
 
 
 def caption_offsets(dataset: CaptionDataset) -> torch.Tensor:
@@ -100,8 +103,21 @@ class CaptionImageAugment(torch.nn.Module):
         return (x - self.mean) / self.std
 
 
+class IndexedViews:
+    """EDA token views computed once per caption row (:func:`~clpoison.data.eda.eda_views`, as the official SafeCLIP
+    ``src/data.py``): ``views(raw batch, k)`` gathers the rows of the batch's ``caption_index``."""
+
+    def __init__(self, tokens: list[torch.Tensor]) -> None:
+        self.tokens = tokens
+
+    def __call__(self, batch: dict[str, Any], k: int) -> torch.Tensor:
+        return self.tokens[k][batch["caption_index"]]
+
+
 class CaptionBatches:
-    """``{"index", "images", "tokens", "caption_index"}`` batches for :class:`~clpoison.methods.clip.CLIP`."""
+    """``{"index", "images", "tokens", "caption_index"}`` batches for :class:`~clpoison.methods.clip.CLIP` — the
+    in-memory :class:`~clpoison.data.pair_source.PairBatches` (segments: the rows shuffled by (seed, epoch) and cut
+    into ``round(n / global batch)`` nearly equal batches, so a small subset still trains)."""
 
     def __init__(
         self,
@@ -117,7 +133,7 @@ class CaptionBatches:
         world_size: int = 1,
         shuffle: bool = True,
     ) -> None:
-        self.offsets = caption_offsets(dataset)
+        self.dataset, self.offsets = dataset, caption_offsets(dataset)
         if len(tokens) != int(self.offsets[-1]):
             raise ValueError(f"{len(tokens)} token rows for {int(self.offsets[-1])} captions; tokenize flat_captions(dataset)")
         # the image side is the foundation's resident loader: images on the device, seeded per-epoch order
@@ -130,6 +146,7 @@ class CaptionBatches:
         self.starts = self.offsets[:-1].to(device)
         self.augment = (augment or CaptionImageAugment()).to(device)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.unscored = 0  # every row is scored in memory
 
     def __len__(self) -> int:
         return len(self.source)
@@ -141,22 +158,81 @@ class CaptionBatches:
         return CaptionBatches(dataset, tokens, self.batch_size, self.device, self.seed, self.augment,
                               self.memory_format == torch.channels_last, self.drop_last, s.rank, s.world_size, s.shuffle)
 
+    def with_tokenizer(self, tokenizer: Any, context_length: int) -> "CaptionBatches":
+        """The same batch source with the captions tokenized by ``tokenizer`` (CleanCLIP: the checkpoint's)."""
+        return self.with_tokens(self.dataset, tokenizer.encode(flat_captions(self.dataset), context_length))
+
+    def eda_views(self, tokenizer: Any, context_length: int, seed: int, alpha: float, views: int = 1) -> IndexedViews:
+        texts = eda_views(flat_captions(self.dataset), seed, alpha, views)
+        return IndexedViews([tokenizer.encode(v, context_length).to(self.device) for v in texts])
+
+    def caption_tokens(self, batch: dict[str, Any]) -> torch.Tensor:
+        return self.tokens[batch["caption_index"]]
+
     def caption_choice(self, epoch: int) -> torch.Tensor:
         """Row of ``tokens`` used for each image this epoch (deterministic in (seed, epoch))."""
         g = torch.Generator().manual_seed(int(self.seed) * 1_000_003 + int(epoch) + 7_777_777)
         u = torch.rand(self.n, generator=g).to(self.device)
         return self.starts + (u * self.counts).long().clamp(max=self.counts - 1)
 
-    def epoch(self, epoch: int) -> Iterator[dict[str, Any]]:
+    def epoch(self, epoch: int, raw: bool = False) -> Iterator[dict[str, Any]]:
+        """The epoch's batches; ``raw``: each also holds ``images_uint8`` and ``sizes`` (before augmentation)."""
         choice = self.caption_choice(epoch)
         for idx, images, sizes in self.source.epoch(epoch):
             rows = choice[idx]
             tok = self.tokens[rows]
             length = int((tok != 0).sum(1).max())
-            images = self.augment(images, sizes)
-            yield {
-                "index": idx,
-                "caption_index": rows,
-                "images": images.contiguous(memory_format=self.memory_format),
-                "tokens": tok[:, :length],
-            }
+            batch = {"index": idx, "caption_index": rows,
+                     "images": self.augment(images, sizes).contiguous(memory_format=self.memory_format),
+                     "tokens": tok[:, :length]}
+            yield {**batch, "images_uint8": images, "sizes": sizes} if raw else batch
+
+    # -- passes over chosen rows (SafeCLIP's segments and similarity pass) -------------------------------------
+    @property
+    def world(self) -> int:
+        return self.source.world_size
+
+    def raw(self, idx: torch.Tensor, choice: torch.Tensor) -> dict[str, Any]:
+        return {"index": idx, "caption_index": choice[idx], "images_uint8": self.images[idx],
+                "sizes": None if self.sizes is None else self.sizes[idx]}
+
+    def segment_steps(self, count: int) -> int:
+        return 0 if count < 2 else max(1, round(count / (self.batch_size * self.world)))
+
+    def segment(self, epoch: int, j: int, rows: Any) -> Iterator[dict[str, Any]]:
+        """Raw batches of ``rows`` (segment ``j`` of ``epoch``): shuffled by (seed, epoch, j), ``segment_steps``
+        nearly equal global batches, this process's equal slice of each (a remainder < world is left out)."""
+        idx = torch.as_tensor(np.asarray(rows), dtype=torch.long)
+        steps = self.segment_steps(len(idx))
+        if steps == 0:
+            return
+        choice = self.caption_choice(epoch)
+        rank, world = self.source.rank, self.world
+        perm = idx.to(self.device)[epoch_permutation(len(idx), self.seed, epoch * 16 + j).to(self.device)]
+        for chunk in torch.tensor_split(perm, steps):
+            if world > 1:
+                k = len(chunk) // world
+                chunk = chunk[rank * k:(rank + 1) * k]
+                if k == 0:
+                    continue
+            yield self.raw(chunk, choice)
+
+    def score(self, fn: Callable[[dict[str, Any]], torch.Tensor], epoch: int, batch_size: int) -> np.ndarray:
+        """``fn(raw batch)`` of every row: each process scores rows ``rank, rank + world, ...``, gathered in row
+        order, the same array on every process."""
+        choice = self.caption_choice(epoch)
+        rank, world = self.source.rank, self.world
+        mine = torch.arange(rank, self.n, world, device=self.device)
+        local = torch.cat([fn(self.raw(mine[s:s + batch_size], choice)).float().cpu()
+                           for s in range(0, len(mine), batch_size)])
+        if world == 1:
+            return local.numpy()
+        m = -(-self.n // world)
+        padded = torch.zeros(m, dtype=local.dtype, device=self.device)
+        padded[: len(local)] = local.to(self.device)
+        got = all_gather_nograd(padded).cpu()
+        out = torch.empty(self.n, dtype=local.dtype)
+        for q in range(world):
+            k = len(range(q, self.n, world))
+            out[q::world] = got[q * m:q * m + k]
+        return out.numpy()

@@ -1,7 +1,8 @@
 """Image–caption pairs in **webdataset tar shards** (``captions-tar``): shard lists (a shard, a brace list
 ``shard-{000000..000099}.tar``, a folder of ``*.tar``, a glob), the samples of a list of shards (an image member
 ``.jpg/.jpeg/.png/.webp/.bmp`` and its captions ``.txt`` (one a line) or ``.json``), and a whole set of shards read
-into a :class:`~clpoison.data.captions.CaptionDataset`. Streaming them without a full load:
+into a :class:`~clpoison.data.captions.CaptionDataset`, and the shard writer (:func:`write_caption_shards`: ``clpoison
+poison --format wds``, an attack's poison shards on a stream). Streaming them without a full load:
 :mod:`clpoison.data.shard_stream`. The CSV reader and the source registry: :mod:`clpoison.data.caption_readers`.
 """
 
@@ -13,7 +14,7 @@ import json
 import os
 import tarfile
 from pathlib import Path
-from typing import Iterator, Optional, Union
+from typing import Any, Iterator, Optional, Union
 
 import torch
 
@@ -168,3 +169,43 @@ def read_caption_shards(
     if cls_labels and all(c is not None for c in cls):
         ds.labels = torch.tensor(cls, dtype=torch.int64)
     return ds, errors.report(str(spec))
+
+
+def png_bytes(img: torch.Tensor, size: Optional[torch.Tensor]) -> bytes:
+    from PIL import Image
+
+    if size is not None:
+        img = img[:, : int(size[0]), : int(size[1])]
+    buf = io.BytesIO()
+    Image.fromarray(img.permute(1, 2, 0).contiguous().numpy()).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def index_digits(n: int) -> int:
+    return max(6, len(str(n)))
+
+
+def image_file(ds: Any, i: int, copies: Optional[dict[int, str]]) -> tuple[bytes, str]:
+    """``(bytes, extension)`` of image ``i``: its untouched source file byte for byte, else a PNG of its pixels."""
+    if copies and i in copies:
+        src = Path(copies[i])
+        return src.read_bytes(), src.suffix.lower().lstrip(".") or "png"
+    return png_bytes(ds.images[i], None if getattr(ds, "sizes", None) is None else ds.sizes[i]), "png"
+
+
+def write_caption_shards(root: Path, ds: CaptionDataset, split: str, shard_size: int = 10000,
+                         copies: Optional[dict[int, str]] = None) -> None:
+    """``root/split-000000.tar``, ...: webdataset samples ``NNNNNN.png`` (or the untouched source file's own
+    extension, byte for byte) + ``.txt`` (+ ``.cls``)."""
+    width = index_digits(len(ds))
+    for s, start in enumerate(range(0, max(len(ds), 1), shard_size)):
+        with tarfile.open(root / f"{split}-{s:06d}.tar", "w", format=tarfile.USTAR_FORMAT) as tf:
+            for i in range(start, min(start + shard_size, len(ds))):
+                data, ext = image_file(ds, i, copies)
+                members = {ext: data, "txt": "\n".join(ds.captions[i]).encode("utf-8")}
+                if ds.labels is not None and int(ds.labels[i]) >= 0:
+                    members["cls"] = str(int(ds.labels[i])).encode()
+                for ext, data in members.items():
+                    info = tarfile.TarInfo(f"{i:0{width}d}.{ext}")
+                    info.size, info.mtime, info.mode = len(data), 0, 0o644  # reproducible archives
+                    tf.addfile(info, io.BytesIO(data))

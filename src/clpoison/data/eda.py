@@ -27,6 +27,7 @@ Example::
 
 from __future__ import annotations
 
+import hashlib
 import random
 import re
 from typing import Optional, Sequence
@@ -109,3 +110,18 @@ def eda_views(captions: Sequence[str], seed: int = 0, alpha: float = 0.1, views:
     """``views`` lists of EDA captions (one per input caption), computed once and deterministic in ``seed``."""
     rng = random.Random(seed * 7919 + 17)
     return [[eda(c, rng, alpha) for c in captions] for _ in range(views)]
+
+
+def caption_seed(seed: int, text: str) -> int:
+    """A 64-bit seed from ``seed`` and the caption ``text`` (sha256: the same on every process and run)."""
+    return int.from_bytes(hashlib.sha256(f"{int(seed)}\0{text}".encode("utf-8")).digest()[:8], "little")
+
+
+def eda_caption(text: str, seed: int, alpha: float) -> str:
+    """One EDA view of ``text``, deterministic in (``seed``, ``text``) — the per-caption view of streamed data,
+    where captions have no index to compute :func:`eda_views` over once (two identical captions get one view).
+
+    >>> caption_seed(0, "a dog") == caption_seed(0, "a dog") != caption_seed(1, "a dog")
+    True
+    """
+    return eda(text, random.Random(caption_seed(seed, text)), alpha)

@@ -7,7 +7,8 @@ A defense acts at one or both of two places in the pipeline:
 * **training time** — :meth:`Defense.view_sampler` may replace the view sampler (e.g. localized cropping);
   :meth:`Defense.wrap_training` may replace the training method and/or the batch source (e.g. SafeCLIP's phases),
   and :meth:`Defense.training_hooks` may hand the engine an LR schedule and epoch hooks
-  (:class:`~clpoison.engine.schedules.TrainingHooks`) — a defense never reaches into the trainer. The runner
+  (:class:`~clpoison.engine.schedules.TrainingHooks`) — a defense never reaches into the trainer: its hooks see a
+  read-only :class:`~clpoison.contexts.EpochView`. The runner
   calls, in order: ``filter`` → ``wrap_training`` → ``training_hooks`` → ``Trainer(...)`` → ``fit`` →
   ``training_summary`` (merged into ``results.json["defense"]``). The defaults change nothing, so data-level
   defenses need none of them.
@@ -20,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar, Optional
 
+from ..contexts import ANY, FilterContext, TrainingContext
 from ..data.views import ViewSampler
 from ..engine.schedules import TrainingHooks
 from ..params import Params
@@ -40,14 +42,15 @@ class DefenseParams(Params):
 class Defense:
     name: ClassVar[str] = "defense"
     Params: ClassVar[type] = DefenseParams
+    modality: ClassVar[str] = "image"  # the data it defends: image | image-text | any (checked against the method)
     streams: ClassVar[bool] = False  # runs on streamed caption shards (data.captions.stream: true)
 
     def __init__(self, params: DefenseParams) -> None:
         self.params = params
 
-    def filter(self, train: Any, context: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
-        """Return the training split to use and diagnostics. ``context``: ``manifest`` (or None), ``seed``,
-        ``device`` (the training device)."""
+    def filter(self, train: Any, context: FilterContext) -> tuple[Any, dict[str, Any]]:
+        """Return the training split to use and diagnostics (:class:`~clpoison.contexts.FilterContext`:
+        ``manifest`` or None, ``seed``, ``device`` — the training device)."""
         return train, {}
 
     def train_pairs(self, n: int) -> int:
@@ -57,9 +60,10 @@ class Defense:
     def view_sampler(self, augment_cfg: Any) -> Optional[ViewSampler]:
         return None
 
-    def wrap_training(self, method: Any, batches: Any, context: dict[str, Any]) -> tuple[Any, Any]:
-        """Return the (method, batch source) to train. ``context``: ``task``, ``cfg``, ``train_set``,
-        ``manifest`` (or None), ``out_dir`` (the run's working folder), ``device``, ``seed``."""
+    def wrap_training(self, method: Any, batches: Any, context: TrainingContext) -> tuple[Any, Any]:
+        """Return the (method, batch source) to train (:class:`~clpoison.contexts.TrainingContext`: ``train_set``,
+        ``manifest`` or None, ``seed``, ``device``, ``out_dir`` — the run's working folder —, the run's ``model``
+        section and ``load_method``, which rebuilds the trained method of a checkpoint dict on the device)."""
         return method, batches
 
     def training_hooks(self) -> TrainingHooks:
@@ -76,4 +80,5 @@ class NoDefense(Defense):
     """No defense."""
 
     name = "none"
+    modality = ANY
     streams = True

@@ -19,10 +19,12 @@ official recipe is AdamW (0.9, 0.999), lr 1e-5, weight decay 0.1 (not on norms /
 ``--complete_finetune`` still loads the poisoned run's optimiser state (AdamW moments of the poisoned training);
 starting from the weights alone is the defender's situation when only a model is at hand (docs/clip_defenses.md).
 
-On streamed caption shards (``data.captions.stream: true``) the split is a seeded choice of whole clean shards,
-their first ``finetune_pairs`` samples streamed (:mod:`clpoison.defenses.cleanclip_stream`; ``finetune_split:
-range`` is refused), the batches are tokenized with the checkpoint's tokenizer as they stream and the EDA captions
-computed per batch, deterministic per caption (:mod:`clpoison.defenses.stream_views`).
+Written once for data in memory and streamed caption shards (:class:`~clpoison.data.pair_source.PairSource` /
+``PairBatches``): on a stream the split is the first ``finetune_pairs`` samples of a seeded choice of whole clean
+shards (:func:`clpoison.data.shard_edits.clean_shard_subset`; a ``data.path`` that lists a poison shard of the
+poisoned run — the ``stream`` section of its manifest — is refused, and so is ``finetune_split: range``), the
+batches are tokenized with the checkpoint's tokenizer as they stream and the EDA captions computed per batch,
+deterministic per caption (:mod:`clpoison.data.shard_batches`).
 
 Under torchrun every process loads the checkpoint, draws the same fine-tuning split and takes its share of each
 global batch (the run's process split); the loss gathers across processes (:mod:`clpoison.methods.cleanclip`) and
@@ -31,27 +33,26 @@ rank 0 alone writes ``tokenizer.json``.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-import numpy as np
 import torch
 from torch import nn
 
+from ..contexts import FilterContext, TrainingContext
 from ..attacks.manifest import manifest_poisons
-from ..data.caption_loader import CaptionBatches, flat_captions
+from ..data.pair_source import is_pair_source
 from ..engine.checkpoint import read_checkpoint
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from ..methods.base import Method
 from ..methods.clip_wrapper import WrappedCLIP
 from ..methods.cleanclip import cleanclip_loss
-from ..data.shard_stream import StreamingCaptionBatches
+from ..run_folder import checkpoint_file as run_checkpoint
 from ..utils.dist import is_main, world_size
 from .base import DEFENSES, Defense, DefenseParams
-from .cleanclip_stream import clean_shard_split
-from .clip_views import AugmentedCaptionBatches, eda_tokens
-from .stream_views import AugmentedStreamBatches
+from .clip_views import AugmentedBatches, require_pair_batches
 
 SPLITS = ("untouched", "range")
 
@@ -80,28 +81,18 @@ class CleanCLIPParams(DefenseParams):
             raise ConfigError("defense.params.clip_weight and inmodal_weight must be >= 0 and not both 0")
 
 
-def finetune_rows(n: int, poisons: Optional[np.ndarray], p: CleanCLIPParams, seed: int) -> np.ndarray:
-    """Sorted rows of the clean fine-tuning split of an ``n``-row training split; never a row of ``poisons``."""
-    poisoned = np.zeros(n, bool)
-    if poisons is not None and len(poisons):
-        poisoned[poisons[poisons < n]] = True
-    if p.finetune_split == "range":
-        start, stop = p.finetune_range
-        if stop > n:
-            raise ConfigError(f"defense.params.finetune_range={p.finetune_range} ends past the {n} training rows")
-        rows = np.arange(start, stop)
-        bad = rows[poisoned[rows]]
-        if len(bad):
-            raise ConfigError(f"defense.params.finetune_range={p.finetune_range} holds {len(bad)} poisoned training "
-                              f"row(s) (first: {int(bad[0])}); CleanCLIP fine-tunes on clean pairs only — choose a "
-                              "range without them or finetune_split=untouched")
-        return rows
-    clean = np.flatnonzero(~poisoned)
-    if p.finetune_pairs > len(clean):
-        raise ConfigError(f"defense.params.finetune_pairs={p.finetune_pairs} exceeds the {len(clean)} training rows "
-                          "the attack did not touch; lower it")
-    rng = np.random.default_rng(int(seed) * 7_919 + 12_345)
-    return np.sort(rng.choice(clean, p.finetune_pairs, replace=False))
+def poisoned_run_shards(checkpoint: Path) -> list[Path]:
+    """The poison shards listed by the ``stream`` section of the manifest in the poisoned run's folder (none when
+    the run wrote no manifest or poisoned data in memory)."""
+    path = checkpoint.parent / "manifest.json"
+    if not path.is_file():
+        return []
+    try:
+        stream = json.loads(path.read_text(encoding="utf-8")).get("stream") or {}
+        folder = checkpoint.parent / stream.get("folder", "poison_shards")
+        return [folder / str(f["file"]) for f in stream.get("poison_shards") or []]
+    except (OSError, ValueError, AttributeError, KeyError, TypeError):
+        raise DataError(f"the poisoned run's manifest '{path}' cannot be read; restore it (clpoison run writes it)") from None
 
 
 class CleanCLIPMethod(WrappedCLIP):
@@ -130,11 +121,7 @@ def checkpoint_file(path: Optional[str]) -> Path:
     if not path:
         raise ConfigError("defense cleanclip needs defense.params.checkpoint: the poisoned CLIP run folder (or its "
                           "checkpoint.pt) to fine-tune")
-    p = Path(path).expanduser()
-    p = p / "checkpoint.pt" if p.is_dir() else p
-    if not p.is_file():
-        raise ConfigError(f"defense.params.checkpoint '{path}' does not exist; pass a finished CLIP run folder or its checkpoint.pt")
-    return p
+    return run_checkpoint(path, "defense.params.checkpoint", "pass a finished CLIP run folder or its checkpoint.pt")
 
 
 @DEFENSES.register("cleanclip")
@@ -142,6 +129,7 @@ class CleanCLIP(Defense):
     """Fine-tune a (poisoned) CLIP checkpoint on a clean split with CLIP + in-modal losses."""
 
     name = "cleanclip"
+    modality = "image-text"
     streams = True  # also on streamed caption shards
     Params = CleanCLIPParams
 
@@ -153,49 +141,44 @@ class CleanCLIP(Defense):
         p = self.params
         return p.finetune_range[1] - p.finetune_range[0] if p.finetune_split == "range" else min(n, p.finetune_pairs)
 
-    def filter(self, train: Any, context: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    def filter(self, train: Any, context: FilterContext) -> tuple[Any, dict[str, Any]]:
         path = checkpoint_file(self.params.checkpoint)  # fail before any work
-        if not hasattr(train, "captions"):
+        if not is_pair_source(train):
             raise ConfigError("defense 'cleanclip' needs image-text data (method.name=clip)")
-        if getattr(train, "streaming", False):  # whole clean shards (defenses/cleanclip_stream.py)
-            subset, self.info = clean_shard_split(train, context.get("manifest"), self.params,
-                                                  int(context.get("seed", 0)), path, world_size())
-            return subset, dict(self.info)
-        poisons = manifest_poisons(context.get("manifest"))
-        rows = finetune_rows(len(train), poisons, self.params, int(context.get("seed", 0)))
-        self.info = {"cleanclip_finetune_pairs": int(len(rows)), "cleanclip_split": self.params.finetune_split,
+        p, name = self.params, f"{getattr(train, 'name', 'train')}/cleanclip"
+        poisons = manifest_poisons(context.manifest)
+        if p.finetune_split == "range":
+            subset = train.row_range(*p.finetune_range, poisons, name, "defense.params.finetune_range")
+            info = {"split": "range", "poisons_in_split": 0}
+        else:
+            subset, info = train.untouched_subset(p.finetune_pairs, poisons, int(context.seed), name,
+                                                  poisoned_run_shards(path), world_size(), "defense.params.finetune_pairs")
+        self.info = {"cleanclip_finetune_pairs": int(len(subset)), "cleanclip_split": info["split"],
+                     **({"cleanclip_finetune_shards": info["shards"]} if "shards" in info else {}),
                      "cleanclip_poisoned_rows": 0 if poisons is None else int(len(poisons)),
-                     "cleanclip_poisons_in_split": 0 if poisons is None else int(np.isin(rows, poisons).sum())}
-        return train.subset(torch.as_tensor(rows, dtype=torch.long), f"{getattr(train, 'name', 'train')}/cleanclip"), dict(self.info)
+                     "cleanclip_poisons_in_split": info["poisons_in_split"]}
+        return subset, dict(self.info)
 
-    def wrap_training(self, method: Method, batches: Any, context: dict[str, Any]) -> tuple[Method, Any]:
-        streamed = isinstance(batches, StreamingCaptionBatches)
-        if method.modality != "image-text" or not (streamed or isinstance(batches, CaptionBatches)):
-            raise ConfigError("defense 'cleanclip' needs an image-text method (method.name=clip)")
+    def wrap_training(self, method: Method, batches: Any, context: TrainingContext) -> tuple[Method, Any]:
+        require_pair_batches(self.name, method, batches)
         path = checkpoint_file(self.params.checkpoint)
         ckpt = read_checkpoint(path, map_location="cpu")
-        cfg, task = context["cfg"], context["task"]
         old = ckpt.get("config") or {}
         if (old.get("method") or {}).get("name") != "clip":
             raise ConfigError(f"defense.params.checkpoint '{path}' is not a CLIP checkpoint; pass a run of method clip")
-        if old.get("model") != vars(cfg.model):
+        if old.get("model") != dict(context.model):
             raise ConfigError(f"defense.params.checkpoint '{path}' holds model {old.get('model')}, this run "
-                              f"{vars(cfg.model)}; use the poisoned run's preset")
-        clip = task.method_from_checkpoint(ckpt, f"defense.params.checkpoint '{path}'")  # also the task's tokenizer
-        if context.get("out_dir") is not None and is_main():  # the run folder's tokenizer.json is the model's
-            clip.tokenizer.save(Path(context["out_dir"]) / "tokenizer.json")
+                              f"{dict(context.model)}; use the poisoned run's preset")
+        clip = context.load_method(ckpt, f"defense.params.checkpoint '{path}'")  # the run evaluates its tokenizer
+        if context.out_dir is not None and is_main():  # the run folder's tokenizer.json is the model's
+            clip.tokenizer.save(Path(context.out_dir) / "tokenizer.json")
         self.info.update({"cleanclip_checkpoint": str(path), "cleanclip_checkpoint_epochs": int(ckpt.get("epoch", 0)),
                           "cleanclip_checkpoint_train_s": float(ckpt.get("train_seconds", 0.0)),
                           "cleanclip_optimizer": "fresh"})
-        p, ctx, seed = self.params, clip.params.context_length, int(context.get("seed", 0))
-        if streamed:  # tokenized per batch with the checkpoint's tokenizer; EDA per batch (defenses/stream_views.py)
-            views = AugmentedStreamBatches(batches.with_tokenizer(clip.tokenizer, ctx), seed, p.eda_alpha, p.clean_images)
-            return CleanCLIPMethod(clip, p), views
-        train_set = context["train_set"]
-        captions = flat_captions(train_set)
-        base = batches.with_tokens(train_set, clip.tokenizer.encode(captions, ctx))  # this process's share, as the run's
-        eda = eda_tokens(captions, clip.tokenizer, ctx, seed, p.eda_alpha)
-        return CleanCLIPMethod(clip, p), AugmentedCaptionBatches(base, eda, p.clean_images)
+        p, ctx, seed = self.params, clip.params.context_length, int(context.seed)
+        base = batches.with_tokenizer(clip.tokenizer, ctx)  # this process's share, as the run's
+        views = base.eda_views(clip.tokenizer, ctx, seed, p.eda_alpha)
+        return CleanCLIPMethod(clip, p), AugmentedBatches(base, views, p.clean_images)
 
     def training_summary(self) -> dict[str, Any]:
         return dict(self.info)

@@ -6,23 +6,31 @@
   The official CleanCLIP and RoCLIP code use torchvision's AutoAugment (ImageNet policy) — a deviation, named in
   docs/clip_defenses.md: AutoAugment's ops are mostly photometric too (colour, contrast, brightness, posterize,
   solarize, equalize, sharpness) plus small rotations and shears.
-* **EDA caption view** (:mod:`clpoison.data.eda`, one augmentation per caption), computed **once** when the batch
-  source is built, as the official ``src/data.py``.
+* **EDA caption view** (:mod:`clpoison.data.eda`, one augmentation per caption): the batch source's
+  ``eda_views`` — in memory computed **once** when the batch source is built, as the official ``src/data.py``; on
+  streamed shards per batch, deterministic per caption text (:mod:`clpoison.data.shard_batches`).
 
-:class:`AugmentedCaptionBatches` wraps the run's :class:`~clpoison.data.caption_loader.CaptionBatches` (same
-order, same caption choice per epoch) and adds ``images_aug`` / ``tokens_aug`` to each batch. On streamed shards
-:mod:`clpoison.defenses.stream_views` adds the same views per batch (EDA deterministic per caption text).
+:class:`AugmentedBatches` wraps the run's batch source (any :class:`~clpoison.data.pair_source.PairBatches`: same
+order, same caption choice per epoch) and adds ``images_aug`` / ``tokens_aug`` to each batch.
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 
 from ..data.augment import AugmentConfig, ViewAugment, crop_resize_flip
-from ..data.caption_loader import CaptionBatches, CaptionImageAugment
-from ..data.eda import eda_views
+from ..data.caption_loader import CaptionImageAugment
+from ..data.pair_source import PairBatches, is_pair_batches
+from ..errors import ConfigError
+
+
+def require_pair_batches(name: str, method: Any, batches: Any) -> PairBatches:
+    """The guard the CLIP defenses open with: an image-text method and CLIP batches (in memory or streamed)."""
+    if getattr(method, "modality", None) != "image-text" or not is_pair_batches(batches):
+        raise ConfigError(f"defense '{name}' needs an image-text method (method.name=clip)")
+    return batches
 
 
 def strong_photometric(augment: CaptionImageAugment) -> ViewAugment:
@@ -53,34 +61,25 @@ def stored_view(augment: CaptionImageAugment) -> CaptionImageAugment:
                                std=augment.std.flatten().tolist())
 
 
-def eda_tokens(captions: list[str], tokenizer: Any, context_length: int, seed: int, alpha: float) -> torch.Tensor:
-    """Tokens of one EDA view of every caption (deterministic in ``seed``)."""
-    (view,) = eda_views(captions, seed, alpha, views=1)
-    return tokenizer.encode(view, context_length)
-
-
 def trim(tok: torch.Tensor) -> torch.Tensor:
     """Token rows cut to the longest caption of the batch (exact for the causal / bag-of-tokens text towers)."""
     return tok[:, : max(1, int((tok != 0).sum(1).max()))]
 
 
-class AugmentedCaptionBatches:
-    """The run's CLIP batches plus a strong image view (``images_aug``) and the EDA caption (``tokens_aug``).
+class AugmentedBatches:
+    """The run's CLIP batches plus a strong image view (``images_aug``) and EDA caption view 0 of ``views``
+    (``tokens_aug``: the batch source's ``eda_views``).
 
     ``clean_images``: the ``images`` entry is the image as stored (whole image, no flip; the official CleanCLIP
     data path applies only the CLIP preprocessing to it) instead of the run's augmented view. ``flag(epoch)`` adds
     per-epoch entries to every batch (RoCLIP: whether the epoch matches captions)."""
 
-    def __init__(self, base: CaptionBatches, eda: torch.Tensor, clean_images: bool = False,
+    def __init__(self, base: PairBatches, views: Callable[[dict, int], torch.Tensor], clean_images: bool = False,
                  flag: Optional[Any] = None) -> None:
-        self.base = base
-        self.eda = eda.to(base.device)
-        if len(self.eda) != len(base.tokens):
-            raise ValueError(f"{len(self.eda)} EDA token rows for {len(base.tokens)} captions")
+        self.base, self.views, self.flag = base, views, flag
         a = base.augment
         self.photometric = strong_photometric(a).to(base.device)
         self.clean = stored_view(a).to(base.device) if clean_images else None
-        self.flag = flag
         self.batch_size = base.batch_size
 
     def __len__(self) -> int:
@@ -90,20 +89,16 @@ class AugmentedCaptionBatches:
     def n(self) -> int:
         return self.base.n
 
-    def strong_view(self, idx: torch.Tensor) -> torch.Tensor:
-        b = self.base
-        return strong_view(b.augment, self.photometric, b.images[idx], None if b.sizes is None else b.sizes[idx],
-                           b.memory_format)
-
     def epoch(self, epoch: int) -> Iterator[dict[str, Any]]:
         b = self.base
         extra = self.flag(epoch) if self.flag is not None else {}
-        for batch in b.epoch(epoch):
-            idx, rows = batch["index"], batch["caption_index"]
+        for batch in b.epoch(epoch, raw=True):
+            tokens_aug = trim(self.views(batch, 0))
+            raw, sizes = batch.pop("images_uint8"), batch.pop("sizes")
+            batch.pop("texts", None)
             if self.clean is not None:
-                sizes = None if b.sizes is None else b.sizes[idx]
-                batch["images"] = self.clean(b.images[idx], sizes).contiguous(memory_format=b.memory_format)
-            batch["images_aug"] = self.strong_view(idx)
-            batch["tokens_aug"] = trim(self.eda[rows])
+                batch["images"] = self.clean(raw, sizes).contiguous(memory_format=b.memory_format)
+            batch["images_aug"] = strong_view(b.augment, self.photometric, raw, sizes, b.memory_format)
+            batch["tokens_aug"] = tokens_aug
             batch.update(extra)
             yield batch

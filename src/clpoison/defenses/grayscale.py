@@ -20,7 +20,7 @@ Example::
     >>> import torch
     >>> from clpoison.data.datasets import ImageDataset
     >>> imgs = torch.tensor([255, 0, 0], dtype=torch.uint8).view(1, 3, 1, 1).expand(1, 3, 2, 2).contiguous()
-    >>> out, info = Grayscale(GrayscaleParams()).filter(ImageDataset(imgs, torch.tensor([0]), ["red"]), {})
+    >>> out, info = Grayscale(GrayscaleParams()).filter(ImageDataset(imgs, torch.tensor([0]), ["red"]), FilterContext())
     >>> out.images[0, :, 0, 0].tolist()  # 0.299 * 255 = 76.2
     [76, 76, 76]
 
@@ -36,6 +36,7 @@ from typing import Any
 
 import torch
 
+from ..contexts import FilterContext
 from .base import DEFENSES, Defense, DefenseParams
 from .purify import check_number, map_images
 
@@ -65,8 +66,9 @@ class Grayscale(Defense):
     """Replace every training image by its luma (ISS-G; a data-level defense)."""
 
     name = "grayscale"
+    modality = "image"
     Params = GrayscaleParams
 
-    def filter(self, train: Any, context: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    def filter(self, train: Any, context: FilterContext) -> tuple[Any, dict[str, Any]]:
         out, stats = map_images(train, lambda x, idx: to_grayscale(x), self.params.batch_size, "defense grayscale")
         return out, {"weights": list(LUMA_601), **stats}

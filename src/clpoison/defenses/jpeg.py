@@ -24,7 +24,7 @@ Example::
     >>> from clpoison.data.datasets import ImageDataset
     >>> imgs = torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     >>> ds = ImageDataset(imgs, torch.tensor([0, 1]), ["cat", "dog"])
-    >>> out, info = Jpeg(JpegParams(quality=10)).filter(ds, {})
+    >>> out, info = Jpeg(JpegParams(quality=10)).filter(ds, FilterContext())
     >>> out.images.shape, out.images.dtype, info["quality"], info["mean_abs_change"] > 10
     (torch.Size([2, 3, 16, 16]), torch.uint8, 10, True)
 
@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..contexts import FilterContext
 from .base import DEFENSES, Defense, DefenseParams
 from .purify import check_number, map_images
 
@@ -76,9 +77,10 @@ class Jpeg(Defense):
     """JPEG re-compression of every training image (ISS-J; a data-level defense)."""
 
     name = "jpeg"
+    modality = "image"
     Params = JpegParams
 
-    def filter(self, train: Any, context: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    def filter(self, train: Any, context: FilterContext) -> tuple[Any, dict[str, Any]]:
         q = int(self.params.quality)
         out, stats = map_images(train, lambda x, idx: jpeg_roundtrip(x, q), self.params.batch_size, "defense jpeg")
         return out, {"quality": q, **stats}

@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from ..contexts import FilterContext
 from ..data.views import LocalizedCropSampler, ViewSampler
 from ..errors import ConfigError
 from .base import DEFENSES, Defense, DefenseParams
@@ -45,6 +46,7 @@ class LocalizedCropping(Defense):
     """Second view drawn inside view 1's box enlarged by ``delta`` (a training-time defense; no filtering)."""
 
     name = "localized-cropping"
+    modality = "image"
     Params = LocalizedCroppingParams
 
     def view_sampler(self, augment_cfg: Any) -> Optional[ViewSampler]:
@@ -52,5 +54,5 @@ class LocalizedCropping(Defense):
         return LocalizedCropSampler(augment_cfg.crop_scale, augment_cfg.crop_ratio, delta=float(p.delta),
                                     attempts=p.attempts, swap=p.swap)
 
-    def filter(self, train: Any, context: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    def filter(self, train: Any, context: FilterContext) -> tuple[Any, dict[str, Any]]:
         return train, {"delta": float(self.params.delta)}

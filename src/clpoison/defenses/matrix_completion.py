@@ -37,7 +37,7 @@ Deviations from ME-Net, chosen deliberately:
   linear probe uses clean data).
 
 Randomness: image i of copy c gets its own ``torch.Generator`` seeded from a local generator seeded with
-``context["seed"]``; masks are drawn on the CPU, so the output depends neither on ``batch_size`` nor on the device
+``context.seed``; masks are drawn on the CPU, so the output depends neither on ``batch_size`` nor on the device
 (up to float rounding) and the global RNG is never touched. The SVDs run batched (``torch.linalg.svd`` on a
 (B, h, 3w) batch of at most ``batch_size`` images) on ``device`` (``auto``: the run's training device, else CUDA when available).
 
@@ -47,7 +47,7 @@ Example::
     >>> from clpoison.data.datasets import ImageDataset
     >>> imgs = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     >>> ds = ImageDataset(imgs, torch.tensor([0, 1, 0, 1]), ["cat", "dog"])
-    >>> out, info = MatrixCompletion(MatrixCompletionParams(device="cpu")).filter(ds, {"seed": 0})
+    >>> out, info = MatrixCompletion(MatrixCompletionParams(device="cpu")).filter(ds, FilterContext(seed=0))
     >>> out.images.shape, out.images.dtype, bool(torch.equal(out.labels, ds.labels)), info["rank"]
     (torch.Size([4, 3, 8, 8]), torch.uint8, True, {'8x8': 6})
 
@@ -63,6 +63,7 @@ from typing import Any, Optional
 
 import torch
 
+from ..contexts import FilterContext
 from ..data.datasets import concat_datasets
 from ..errors import ConfigError
 from .base import DEFENSES, Defense, DefenseParams
@@ -196,15 +197,16 @@ class MatrixCompletion(Defense):
     """ME-Net pixel dropout + low-rank reconstruction of every training image (a data-level defense)."""
 
     name = "matrix-completion"
+    modality = "image"
     Params = MatrixCompletionParams
 
-    def filter(self, train: Any, context: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    def filter(self, train: Any, context: FilterContext) -> tuple[Any, dict[str, Any]]:
         p = self.params
         what = "defense matrix-completion"
         ds = require_image_dataset(train, what)
         device = resolve_device(p.device, context, what)
         dtype = torch.float64 if p.dtype == "float64" else torch.float32
-        seed = int(context.get("seed", 0) or 0)
+        seed = int(context.seed or 0)
         base = torch.Generator().manual_seed(seed)
         seeds = torch.randint(0, 2**62, (p.copies, len(ds)), generator=base)
         acc = {"observed": 0.0, "p": 0.0, "n": 0, "iters": 0}

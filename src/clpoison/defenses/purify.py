@@ -27,6 +27,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from ..contexts import FilterContext
 from ..data.datasets import ImageDataset
 from ..errors import ConfigError
 
@@ -115,10 +116,10 @@ def check_device(key: str, value: Any) -> None:
         raise ConfigError(f"defense.params.{key}={value!r} must be auto, cpu, cuda or cuda:N")
 
 
-def resolve_device(name: str, context: dict[str, Any], what: str) -> torch.device:
+def resolve_device(name: str, context: FilterContext, what: str) -> torch.device:
     """``auto`` → the run's device if the context names one, else CUDA when available, else the CPU."""
     if name == "auto":
-        dev = context.get("device")
+        dev = context.device
         if dev is not None:
             return torch.device(dev)
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

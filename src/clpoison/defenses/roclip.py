@@ -16,10 +16,10 @@ A *training-time* defense (``defense: {name: roclip}``) for the CLIP method, fro
 * ``cross_aug`` (official ``--cross_aug``): every epoch trains on a strong image view and an EDA caption (computed
   once) instead of the originals (:mod:`clpoison.defenses.clip_views`).
 
-On streamed caption shards (``data.captions.stream: true``) nothing changes but the views: the pool needs nothing
-per pair, and with ``cross_aug`` each batch's EDA captions are computed per batch with the same function,
-deterministic per caption (seeded by the run's seed and the caption text), the strong view on the device
-(:mod:`clpoison.defenses.stream_views`).
+Written once for data in memory and streamed caption shards (:class:`~clpoison.data.pair_source.PairBatches`): the
+pool needs nothing per pair; with ``cross_aug`` the EDA captions are the batch source's (in memory computed once per
+caption row, streamed per batch, deterministic per caption text: :mod:`clpoison.data.shard_batches`), the strong
+view drawn on the device.
 
 The pool is checkpointed beside the model (:class:`~clpoison.engine.schedules.TrainingHooks` ``state``), so a
 resumed run continues exactly; the model's state dict stays the CLIP's (``clpoison evaluate`` / ``scan`` load it).
@@ -49,8 +49,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.caption_loader import CaptionBatches, flat_captions
-from ..data.shard_stream import StreamingCaptionBatches
+from ..contexts import EpochView, TrainingContext
+from ..data.pair_source import PairBatches
 from ..engine.schedules import TrainingHooks
 from ..errors import ConfigError
 from ..methods.base import Method
@@ -58,8 +58,7 @@ from ..methods.clip_wrapper import WrappedCLIP
 from ..methods.clip import clip_loss
 from ..utils.dist import all_gather_nograd
 from .base import DEFENSES, Defense, DefenseParams
-from .clip_views import AugmentedCaptionBatches, eda_tokens
-from .stream_views import AugmentedStreamBatches
+from .clip_views import AugmentedBatches, require_pair_batches
 
 
 @dataclass
@@ -140,7 +139,7 @@ class RoCLIPMethod(WrappedCLIP):
 class _FlaggedBatches:
     """The run's CLIP batches with the epoch's matching flag."""
 
-    def __init__(self, base: CaptionBatches, params: RoCLIPParams) -> None:
+    def __init__(self, base: PairBatches, params: RoCLIPParams) -> None:
         self.base, self.params = base, params
 
     def __len__(self) -> int:
@@ -158,6 +157,7 @@ class RoCLIP(Defense):
     """Every ``break_epoch``-th epoch, train each image against its nearest caption in a FIFO pool of past captions."""
 
     name = "roclip"
+    modality = "image-text"
     streams = True  # also on streamed caption shards
     Params = RoCLIPParams
 
@@ -165,30 +165,25 @@ class RoCLIP(Defense):
         super().__init__(params)
         self.method: RoCLIPMethod | None = None
 
-    def wrap_training(self, method: Method, batches: Any, context: dict[str, Any]) -> tuple[Method, Any]:
-        streamed = isinstance(batches, StreamingCaptionBatches)
-        if method.modality != "image-text" or not (streamed or isinstance(batches, CaptionBatches)):
-            raise ConfigError("defense 'roclip' needs an image-text method (method.name=clip)")
+    def wrap_training(self, method: Method, batches: Any, context: TrainingContext) -> tuple[Method, Any]:
+        require_pair_batches(self.name, method, batches)
         p = self.params
-        seed = int(context.get("seed", 0))
+        seed = int(context.seed)
         pool = TextPool(p.pool_size, method.params.embed_dim, seed).to(batches.device)
         self.method = RoCLIPMethod(method, pool)
         if not p.cross_aug:
             return self.method, _FlaggedBatches(batches, p)
+        if method.tokenizer is None:
+            raise ConfigError("defense 'roclip' with cross_aug needs the CLIP tokenizer")
+        views = batches.eda_views(method.tokenizer, method.params.context_length, seed, p.eda_alpha)
         flag = lambda e: {"roclip_matching": p.matching(e)}  # noqa: E731
-        if streamed:  # EDA per batch, deterministic per caption (defenses/stream_views.py)
-            return self.method, AugmentedStreamBatches(batches, seed, p.eda_alpha, flag=flag)
-        train_set = context.get("train_set")
-        if train_set is None or method.tokenizer is None:
-            raise ConfigError("defense 'roclip' with cross_aug needs the training captions and the CLIP tokenizer")
-        eda = eda_tokens(flat_captions(train_set), method.tokenizer, method.params.context_length, seed, p.eda_alpha)
         # the strong view / EDA caption replace the originals: RoCLIPMethod trains on images_aug / tokens_aug
-        return self.method, AugmentedCaptionBatches(batches, eda, flag=flag)
+        return self.method, AugmentedBatches(batches, views, flag=flag)
 
     def training_hooks(self) -> TrainingHooks:
         return TrainingHooks(epoch_start=[self.on_epoch_start], state={"roclip_pool": self.method.pool})
 
-    def on_epoch_start(self, trainer: Any, epoch: int) -> dict[str, Any]:
+    def on_epoch_start(self, view: EpochView, epoch: int) -> dict[str, Any]:
         return {"roclip_matching": self.params.matching(epoch)}
 
     def training_summary(self) -> dict[str, Any]:

@@ -20,10 +20,11 @@ runs everything. Parameters: :mod:`~clpoison.defenses.safeclip_params`; the spli
   ≥ 0.9, then the top fraction growing by 0.01 per epoch up to 0.85) → one pass of unimodal CL on the risky pairs
   (``in_lr`` schedule), then one pass of the CLIP loss on the safe pairs (``cross_lr`` schedule).
 
-EDA captions are computed once when the batch source is built (as the official ``src/data.py``), see
-:mod:`clpoison.data.eda`. On streamed shards (``data.captions.stream: true``) the batch source is
-:class:`~clpoison.defenses.safeclip_stream.StreamingSafeCLIPBatches`: same phases, plan and split, the samples named
-by their global ordinal, each segment a pass over the shards that yields only its samples (docs/safeclip.md).
+Written once for data in memory and streamed shards (``data.captions.stream: true``): the batch source
+:class:`~clpoison.defenses.safeclip_batches.SafeCLIPBatches` draws from the run's
+:class:`~clpoison.data.pair_source.PairBatches` — same phases, plan and split, the samples named by ordinal; EDA
+captions computed once in memory (as the official ``src/data.py``, :mod:`clpoison.data.eda`), per caption text on a
+stream, where each segment is a pass over the shards that yields only its samples (docs/safeclip.md).
 
 **Diagnostics** (each epoch record in ``metrics.jsonl`` / ``results.json`` history): phase, safe-set size and
 fraction, the split rule, and with a manifest, precision/recall of the poisons in the risky set and each poison's
@@ -48,11 +49,9 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from ..contexts import EpochView, TrainingContext
 from ..attacks.manifest import manifest_poisons
 from ..data.augment import AugmentConfig, ViewAugment
-from ..data.caption_loader import CaptionBatches, flat_captions
-from ..data.eda import eda_views
-from ..data.shard_stream import StreamingCaptionBatches
 from ..engine.schedules import TrainingHooks
 from ..errors import ConfigError
 from ..methods.base import Method
@@ -60,11 +59,11 @@ from ..report.plots import similarity_histogram
 from ..utils.dist import is_main
 from ..utils.io import atomic_write_bytes
 from .base import DEFENSES, Defense
+from .clip_views import require_pair_batches
 from .safeclip_batches import SafeCLIPBatches
 from .safeclip_objective import SafeCLIPMethod
 from .safeclip_params import SafeCLIPParams
 from .safeclip_schedule import PhaseLR
-from .safeclip_stream import StreamingSafeCLIPBatches
 from .safeclip_split import (FilterSchedule, Split, cap_excess, gmm_clean_posterior, poison_precision_recall,
                              safeclip_split, split_by_ratio, split_by_threshold)
 from .safeclip_trace import TRACE_FILE, PoisonTrace
@@ -77,6 +76,7 @@ class SafeCLIP(Defense):
     """SafeCLIP: unimodal warm-up, low-lr CLIP epoch, then GMM safe/risky split with a growing safe set."""
 
     name = "safeclip"
+    modality = "image-text"
     streams = True  # also on streamed caption shards
     Params = SafeCLIPParams
 
@@ -96,14 +96,14 @@ class SafeCLIP(Defense):
         self.cap_warned = False
 
     # -- the training-time hooks ---------------------------------------------------------------------------------
-    def wrap_training(self, method: Method, batches: Any, context: dict[str, Any]) -> tuple[Method, Any]:
-        streamed = isinstance(batches, StreamingCaptionBatches)
-        if method.modality != "image-text" or not (streamed or isinstance(batches, CaptionBatches)):
-            raise ConfigError("defense 'safeclip' needs an image-text method (method.name=clip)")
+    def wrap_training(self, method: Method, batches: Any, context: TrainingContext) -> tuple[Method, Any]:
+        require_pair_batches(self.name, method, batches)
+        if method.tokenizer is None:
+            raise ConfigError("defense 'safeclip' needs the CLIP tokenizer")
         p = self.params
-        self.seed = int(context.get("seed", 0))
-        self.out_dir = None if context.get("out_dir") is None else Path(context["out_dir"])
-        self.poisons = manifest_poisons(context.get("manifest"))
+        self.seed = int(context.seed)
+        self.out_dir = None if context.out_dir is None else Path(context.out_dir)
+        self.poisons = manifest_poisons(context.manifest)
         if self.poisons is not None and len(self.poisons):
             self.trace = PoisonTrace(self.poisons, None if self.out_dir is None else self.out_dir / TRACE_FILE)
         aug = batches.augment
@@ -111,18 +111,8 @@ class SafeCLIP(Defense):
         cfg = AugmentConfig(out_size=aug.out_size, jitter=(0.5, 0.5, 0.5, 0.1), jitter_p=0.8, gray_p=0.2,
                             blur_p=(1.0, 1.0) if big else (0.0, 0.0), mean=tuple(aug.mean.flatten().tolist()),
                             std=tuple(aug.std.flatten().tolist()))
-        if streamed:  # per-sample ordinals, EDA per caption text, segments as filtered passes (safeclip_stream.py)
-            self.batches = StreamingSafeCLIPBatches(batches, p, ViewAugment(cfg, 0), self.seed)
-            self.method = SafeCLIPMethod(method, p)
-            return self.method, self.batches
-        train_set = context.get("train_set")
-        captions = flat_captions(train_set) if train_set is not None else None
-        if captions is None or method.tokenizer is None:
-            raise ConfigError("defense 'safeclip' needs the training captions and the CLIP tokenizer")
-        v1, v2 = eda_views(captions, self.seed, p.eda_alpha)
-        ctx = method.params.context_length
-        eda_tokens = (method.tokenizer.encode(v1, ctx), method.tokenizer.encode(v2, ctx))
-        self.batches = SafeCLIPBatches(batches, eda_tokens, p, ViewAugment(cfg, 0))
+        self.batches = SafeCLIPBatches(batches, method.tokenizer, method.params.context_length, p, ViewAugment(cfg, 0),
+                                       self.seed)
         self.method = SafeCLIPMethod(method, p)
         return self.method, self.batches
 
@@ -140,13 +130,13 @@ class SafeCLIP(Defense):
             out["poison_recall_by_epoch"] = {str(e["epoch"]): round(e["recall"], 6) for e in self.trace.entries}
         return out
 
-    def trace_epoch(self, trainer: Any, epoch: int, phase: str, sims: np.ndarray, risky: np.ndarray,
+    def trace_epoch(self, view: EpochView, epoch: int, phase: str, sims: np.ndarray, risky: np.ndarray,
                     safe_fraction: float) -> dict[str, Any]:
         """The poisons' trace entry of this epoch (safeclip_trace.py): written, printed in one line, summarised."""
         entry = self.trace.record(epoch, phase, sims, risky, safe_fraction)
         if is_main():
             self.trace.write()
-            trainer.notify(self.trace.line(entry))
+            view.notify(self.trace.line(entry))
         return self.trace.summary(entry)
 
     # -- the last pass's scores, kept in the run folder so that a resumed run re-cuts exactly the same ones ------
@@ -171,7 +161,7 @@ class SafeCLIP(Defense):
         return True
 
     # -- per epoch -----------------------------------------------------------------------------------------------
-    def on_epoch_start(self, trainer: Any, epoch: int) -> dict[str, Any]:
+    def on_epoch_start(self, view: EpochView, epoch: int) -> dict[str, Any]:
         p, b = self.params, self.batches
         phase = p.phase(epoch)
         everyone = np.arange(b.n)
@@ -181,13 +171,13 @@ class SafeCLIP(Defense):
             if p.trace_warmup and self.trace is not None and epoch > 0:  # the split a filtering epoch would make now
                 sims = b.similarities(self.method.model, epoch)
                 safe, risky = split_by_threshold(gmm_clean_posterior(sims), p.threshold)
-                rec.update(self.trace_epoch(trainer, epoch, phase, sims, risky, len(safe) / max(len(sims), 1)))
+                rec.update(self.trace_epoch(view, epoch, phase, sims, risky, len(safe) / max(len(sims), 1)))
         else:
             k = epoch - p.inmodal_epochs - p.crossmodal_epochs
             if self.schedule is None and k > 0:  # resumed: the first filtering epoch's ratio is in the history
-                first = [h.get("safeclip_first_ratio") for h in trainer.history if h.get("safeclip_first_ratio") is not None]
+                first = [h.get("safeclip_first_ratio") for h in view.history if h.get("safeclip_first_ratio") is not None]
                 if first:
-                    caps = [h["safeclip_data_cap"] for h in trainer.history if h.get("safeclip_data_cap") is not None]
+                    caps = [h["safeclip_data_cap"] for h in view.history if h.get("safeclip_data_cap") is not None]
                     self.schedule = FilterSchedule(float(first[0]), p.update_filter_ratio, p.cap_filter_ratio,
                                                    caps[-1] if caps and p.cap_from_gmm else None)
             if k % p.split_every == 0 or self.schedule is None or (self.scores is None and not self.load_scores()):
@@ -198,14 +188,14 @@ class SafeCLIP(Defense):
                                                       p.threshold, p.update_filter_ratio, p.cap_filter_ratio,
                                                       cap_from_gmm=p.cap_from_gmm)
                 rec.update({"safeclip_similarity_s": round(t1 - t0, 3), "safeclip_gmm_s": round(time.perf_counter() - t1, 3)})
-                if getattr(b, "unscored", 0):  # streamed: samples skipped as corrupt, scored at the mean
+                if b.unscored:  # streamed: samples skipped as corrupt, scored at the mean
                     rec["safeclip_unscored"] = b.unscored
                 rec.update({f"safeclip_gmm_{n}": round(v, 6) for n, v in (split.gmm or {}).items()})
                 self.save_scores(sims, split.p_clean)
                 warning = cap_excess(split)
                 if warning and not self.cap_warned and is_main():  # once per run; the records keep both numbers
                     self.cap_warned = True
-                    trainer.notify(warning)
+                    view.notify(warning)
             else:  # split_every > 1: re-cut the last pass's scores at this epoch's ratio
                 sims, pc = self.scores
                 safe, risky = split_by_ratio(pc, self.schedule.ratio(k), sims)
@@ -218,8 +208,8 @@ class SafeCLIP(Defense):
             if self.poisons is not None and len(self.poisons):
                 pr = poison_precision_recall(split.risky, self.poisons)
                 rec.update({f"safeclip_{k2}": v for k2, v in pr.items()})
-                rec.update(self.trace_epoch(trainer, epoch, phase, sims, split.risky, split.ratio))
-            last = epoch == trainer.cfg.epochs - 1
+                rec.update(self.trace_epoch(view, epoch, phase, sims, split.risky, split.ratio))
+            last = epoch == view.epochs - 1
             if p.histograms and self.out_dir is not None and is_main() and (k % p.histogram_every == 0 or last):
                 t2 = time.perf_counter()
                 cut = float(sims[split.safe].min()) if len(split.safe) else None
@@ -231,5 +221,5 @@ class SafeCLIP(Defense):
                 rec["safeclip_histogram_s"] = round(time.perf_counter() - t2, 3)
             self.last = {k2: v for k2, v in rec.items() if k2 != "safeclip_phase"}
         b.set_plan(epoch, segments)
-        self.lr.set_epoch(epoch, trainer.step, b.plan_steps(epoch))
+        self.lr.set_epoch(epoch, view.step, b.plan_steps(epoch))
         return rec

@@ -3,8 +3,8 @@
 The :class:`~clpoison.engine.trainer.Trainer` steps a *schedule* once per optimiser step and checkpoints its
 ``state_dict``. By default it is linear warm-up + cosine (:func:`warmup_cosine_schedule`); a training-time
 defense supplies its own through :class:`TrainingHooks` (``schedule``: a factory called with the trainer's
-optimiser, steps per epoch and epochs), together with epoch hooks — so no defense replaces the trainer's
-attributes. SafeCLIP's phase schedule is :class:`~clpoison.defenses.safeclip_schedule.PhaseLR`.
+optimiser, steps per epoch and epochs), together with epoch hooks, which see the training through a read-only
+:class:`~clpoison.contexts.EpochView` — so no defense replaces or reads the trainer's attributes. SafeCLIP's phase schedule is :class:`~clpoison.defenses.safeclip_schedule.PhaseLR`.
 
 Example::
 
@@ -25,6 +25,7 @@ from typing import Any, Callable, Optional, Protocol
 
 import torch
 
+from ..contexts import EpochView
 from .optim import warmup_cosine
 
 
@@ -42,9 +43,10 @@ class Schedule(Protocol):
 
 # (optimizer, steps_per_epoch, epochs) -> Schedule
 ScheduleFactory = Callable[[torch.optim.Optimizer, int, int], Schedule]
-# (trainer, epoch) -> extra entries of the epoch record (or None); start hooks get the 0-based epoch about to
-# run, end hooks the number of epochs completed
-EpochHook = Callable[[Any, int], Optional[dict]]
+# (view, epoch) -> extra entries of the epoch record (or None): ``view`` is the read-only
+# :class:`~clpoison.contexts.EpochView` of the training (never the trainer); start hooks get the 0-based epoch
+# about to run, end hooks the number of epochs completed
+EpochHook = Callable[[EpochView, int], Optional[dict]]
 
 
 def warmup_cosine_schedule(optimizer: torch.optim.Optimizer, steps_per_epoch: int, epochs: int,

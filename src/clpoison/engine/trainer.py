@@ -12,7 +12,8 @@ data fingerprint (so ``resume`` continues exactly where it stopped, and refuses 
 progress bar and a JSONL metrics log (records past the checkpoint are dropped on resume; optional TensorBoard
 scalars with ``train.tensorboard``); without a terminal (or with progress off) one line per epoch instead of the bar
 (:func:`epoch_line`). A non-finite loss stops
-training before the optimiser step with :class:`~clpoison.errors.TrainingDiverged` naming the step. Hooks (``on_epoch_start`` / ``on_epoch_end``) let defenses act between epochs, and a
+training before the optimiser step with :class:`~clpoison.errors.TrainingDiverged` naming the step. Hooks (``on_epoch_start`` / ``on_epoch_end``) let defenses act between epochs, seeing the
+training through a read-only :class:`~clpoison.contexts.EpochView` (:meth:`Trainer.view`), and a
 ``schedule`` factory (:mod:`clpoison.engine.schedules`) lets them supply the LR schedule.
 
 Several processes (``torchrun``, SLURM; :mod:`clpoison.engine.distributed`): the loss runs behind DDP, each rank
@@ -29,12 +30,15 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Callable, Optional, Protocol
 
 import torch
 
+from ..contexts import EpochView
 from ..errors import ConfigError, TrainingDiverged
 from ..methods.base import Method
+from ..run_folder import CHECKPOINT
 from ..utils.io import atomic_torch_save, atomic_write_text
 from ..utils.faults import fault_point
 from ..utils.dist import all_gather_object, all_reduce_mean, rank, sync_buffers, world_size
@@ -44,7 +48,7 @@ from .distributed import wrap_for_training
 from .optim import build_optimizer
 from .schedules import EpochHook, ScheduleFactory, warmup_cosine_schedule
 
-CHECKPOINT_NAME = "checkpoint.pt"
+CHECKPOINT_NAME = CHECKPOINT
 CHECKPOINT_VERSION = 2  # 2: RNG states as tensors/lists (weights_only loading), fingerprint
 
 
@@ -333,7 +337,7 @@ class Trainer:
             e = self.epoch
             extra: dict = {}
             for hook in self._hooks(self.on_epoch_start):
-                extra.update(hook(self, e) or {})
+                extra.update(hook(self.view(e), e) or {})
             t0 = time.perf_counter()
             losses = []
             bar = tqdm(
@@ -367,7 +371,7 @@ class Trainer:
             self.last_record = rec
             sync_buffers(self.method)  # one model on every rank for the hooks, the evaluation and the checkpoint
             for hook in self._hooks(self.on_epoch_end):
-                rec.update(hook(self, self.epoch) or {})
+                rec.update(hook(self.view(self.epoch, rec), self.epoch) or {})
             self.history.append(rec)
             self.log({"event": "epoch", **rec})
             if not bar_on:  # no bar (not a terminal, or progress off): one line per epoch
@@ -379,6 +383,13 @@ class Trainer:
         if self.tensorboard is not None:
             self.tensorboard.close()
         return self.history
+
+    def view(self, epoch: int, record: Optional[dict] = None) -> EpochView:
+        """What an epoch hook sees: read-only proxies of the history and of the epoch record being built."""
+        return EpochView(epoch=epoch, epochs=self.cfg.epochs, step=self.step, total_steps=self.total_steps,
+                         history=tuple(MappingProxyType(h) for h in self.history),
+                         record=MappingProxyType(record if record is not None else {}), amp_dtype=self.amp_dtype,
+                         notify=self.notify, log=self.log)
 
     def _hooks(self, hooks: list[EpochHook]) -> list[EpochHook]:
         """The hooks this rank runs: all of them, less those marked ``main_only`` on ranks other than 0."""

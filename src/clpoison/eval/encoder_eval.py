@@ -1,5 +1,6 @@
 """Frozen-encoder evaluation shared by every task: kNN and linear-probe top-1 on a labelled train/test split, and
-the *attack context* that :meth:`clpoison.attacks.base.Attack.evaluate` receives.
+the *attack context* (:class:`~clpoison.contexts.EvalContext`) that :meth:`clpoison.attacks.base.Attack.evaluate`
+receives.
 
 ``settings`` is any object with ``batch_size``, ``knn_k``, ``knn_temperature``, ``linear`` and ``linear_l2`` (the
 experiment config's ``eval`` section fits), so this module needs nothing from the experiment layer.
@@ -11,6 +12,7 @@ from typing import Any, Callable
 
 import torch
 
+from ..contexts import EvalContext
 from .features import extract_features
 from .knn import KNNClassifier
 from .linear import LinearProbe, linear_top1
@@ -37,21 +39,21 @@ def evaluate_encoder(encoder: torch.nn.Module, splits: Any, transform: torch.nn.
     return metrics, extras
 
 
-def poisoned_probe_metrics(context: dict[str, Any]) -> dict[str, float]:
+def poisoned_probe_metrics(context: EvalContext) -> dict[str, float]:
     """``linear_top1_poisoned_probe``: beside the clean probe (``linear_top1``, fitted on the clean labelled split,
     as the official availability-attack code does), the same linear probe fitted on the *poisoned* training images
-    with their labels (``context["poisoned"].train``: the released data, before any defense) and tested on the clean
+    with their labels (``context.poisoned.train``: the released data, before any defense) and tested on the clean
     test split — the victim who only has the released data. Empty when the probe is off or a label is missing."""
-    settings, extras, fit = context["cfg"].eval, context["extras"], context["poisoned"].train
-    test = context["splits"].test
+    settings, fit = context.settings, context.poisoned.train
+    test = context.splits.test
     if not settings.linear or fit.labels is None or len(fit.labels) == 0 or bool((fit.labels < 0).any()):
         return {}
-    ftr = extract_features(context["encoder"], fit.images, transform=extras["transform"],
-                           batch_size=settings.batch_size, device=context["device"])
-    fte = extras.get("test_features")
+    ftr = extract_features(context.encoder, fit.images, transform=context.transform,
+                           batch_size=settings.batch_size, device=context.device)
+    fte = context.test_features
     if fte is None:
-        fte = extract_features(context["encoder"], test.images, transform=extras["transform"],
-                               batch_size=settings.batch_size, device=context["device"])
+        fte = extract_features(context.encoder, test.images, transform=context.transform,
+                               batch_size=settings.batch_size, device=context.device)
     return {"linear_top1_poisoned_probe": linear_top1(ftr, fit.labels, fte, test.labels, fit.num_classes,
                                                       settings.linear_l2)}
 
@@ -78,15 +80,18 @@ def feature_classifier(encoder: torch.nn.Module, transform: torch.nn.Module, dev
     return classify
 
 
-def attack_context(*, encoder: torch.nn.Module, splits: Any, poisoned: Any, cfg: Any, device: torch.device,
+def attack_context(*, encoder: torch.nn.Module, splits: Any, poisoned: Any, settings: Any, device: torch.device,
                    classify: Callable[[torch.Tensor], torch.Tensor], embed: Callable[[torch.Tensor], torch.Tensor],
-                   extras: dict) -> dict[str, Any]:
-    """What :meth:`Attack.evaluate` receives. The contract every task (image SSL, CLIP) fulfils:
+                   extras: dict) -> EvalContext:
+    """What :meth:`Attack.evaluate` receives (:class:`~clpoison.contexts.EvalContext`). The contract every task
+    (image SSL, CLIP) fulfils:
 
     * ``classify(images_uint8) -> LongTensor`` — the downstream classifier's predictions (linear probe on frozen
       features for image SSL; zero-shot for CLIP); used for CA and ASR so both come from one classifier;
     * ``embed(images_uint8) -> FloatTensor`` — L2-normalised encoder features (for embedding-level metrics);
-    * ``splits`` (clean), ``poisoned`` (what was trained on), ``cfg``, ``device``, ``encoder`` and ``extras``.
+    * ``splits`` (clean), ``poisoned`` (what was trained on), ``settings`` (the config's ``eval``), ``device``,
+      ``encoder``, and from the evaluation's ``extras`` the kNN classifier, the transform and the test features.
     """
-    return {"encoder": encoder, "splits": splits, "poisoned": poisoned, "cfg": cfg, "device": device,
-            "classify": classify, "embed": embed, "extras": extras}
+    return EvalContext(splits=splits, classify=classify, embed=embed, encoder=encoder, poisoned=poisoned,
+                       device=device, settings=settings, knn=extras.get("knn"), transform=extras.get("transform"),
+                       test_features=extras.get("test_features"))

@@ -227,10 +227,11 @@ def clean_by_target(run: Path, trigger: Any, eval_seed: int) -> dict[str, Any]:
 
     from ..engine.checkpoint import read_checkpoint
     from ..eval.attack_metrics import asr_by_target, knn_backdoor_by_target
+    from ..run_folder import checkpoint_file
     from .config import build_config
     from .tasks import task_for
 
-    ckpt = read_checkpoint(Path(run) / "checkpoint.pt")
+    ckpt = read_checkpoint(checkpoint_file(run))
     task = task_for(build_config(dict(ckpt["config"]), []), torch.device("cpu"))
     method = task.method_from_checkpoint(ckpt)
     splits = task.load()
@@ -238,8 +239,8 @@ def clean_by_target(run: Path, trigger: Any, eval_seed: int) -> dict[str, Any]:
     ctx = task.context(method, splits, splits, extras)
     t = splits.test
     sizes = getattr(t, "sizes", None)
-    out: dict[str, Any] = {"asr": asr_by_target(ctx["classify"], t.images, t.labels, trigger, t.num_classes,
+    out: dict[str, Any] = {"asr": asr_by_target(ctx.classify, t.images, t.labels, trigger, t.num_classes,
                                                 eval_seed, sizes), "ca": m["linear_top1"]}
-    if extras.get("knn") is not None and "embed" in ctx:
-        out.update(knn_backdoor_by_target(extras["knn"], ctx["embed"], t.images, t.labels, trigger, eval_seed, sizes))
+    if ctx.knn is not None and ctx.embed is not None:
+        out.update(knn_backdoor_by_target(ctx.knn, ctx.embed, t.images, t.labels, trigger, eval_seed, sizes))
     return out

@@ -315,6 +315,7 @@ def validate_components(cfg: ExperimentConfig) -> None:
     from ..models import BACKBONES
 
     method_cls = METHODS.get(cfg.method.name)
+    check_modalities(cfg)
     if method_cls.modality == "image-text":
         from ..data.caption_readers import caption_source_names
 
@@ -345,3 +346,23 @@ def validate_components(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"data.name={cfg.data.name} needs data.path; set data.path=/path/to/data")
     if cfg.data.path and not any(c in cfg.data.path for c in "*?[{") and not Path(cfg.data.path).expanduser().exists():
         raise ConfigError(f"data.path '{cfg.data.path}' does not exist; check the path")
+
+
+def check_modalities(cfg: ExperimentConfig) -> None:
+    """The attack and the defense work on the data the method trains on (their ``modality``, ``any`` fits both):
+    one ConfigError line naming the keys and the fix otherwise — checked from the names alone, before any data is
+    read."""
+    from ..attacks import ATTACKS
+    from ..contexts import ANY
+    from ..defenses import DEFENSES
+    from ..methods import METHODS
+
+    want = METHODS.get(cfg.method.name).modality
+    for key, reg, name in (("attack", ATTACKS, cfg.attack.name), ("defense", DEFENSES, cfg.defense.name)):
+        have = reg.get(name).modality
+        if have not in (ANY, want):
+            fits = [n for n in reg.names() if reg.get(n).modality in (ANY, want)]
+            methods = [n for n in METHODS.names() if METHODS.get(n).modality == have]
+            raise ConfigError(f"{key}.name={name} works on {have} data but method.name={cfg.method.name} trains on "
+                              f"{want} data; use a {key} for {want} data ({', '.join(fits)}) or a {have} method "
+                              f"({', '.join(methods)})")

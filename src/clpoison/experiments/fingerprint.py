@@ -7,7 +7,7 @@
   its file list (path, size, mtime) instead of its decoded pixels;
 * ``poisoned`` — sha256 of the attack's manifest less its ``details`` (which hold timings; the manifest's
   ``output`` fingerprint already pins the poisoned data), ``None`` without an attack;
-* ``poison_shards`` — streamed data poisoned as extra shards only (:mod:`clpoison.attacks.stream_poison`): the
+* ``poison_shards`` — streamed data poisoned as extra shards only (:mod:`clpoison.data.shard_edits`): the
   sha256 of each poison shard as this process reads it.
 
 :func:`config_changes` compares two config snapshots, ignoring the *presentation* keys (:data:`PRESENTATION_KEYS`:

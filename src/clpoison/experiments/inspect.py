@@ -29,6 +29,7 @@ from ..audit.suspect import Suspect, mask_overlap, suspected_target
 from ..data.augment import CIFAR_MEAN, CIFAR_STD, EvalTransform
 from ..errors import ConfigError, DataError
 from ..models.encoder_file import load_encoder
+from ..run_folder import CHECKPOINT, CLIP, CLIP_SPEC, ENCODER, holds
 from ..utils.device import resolve_device
 from ..utils.io import atomic_write_bytes, atomic_write_json, check_output_path
 from ..utils.lock import OutputLock
@@ -48,9 +49,9 @@ def clip_run_suspect(path: Path, model: dict) -> Optional[Suspect]:
     """A clpoison CLIP: a run folder holding ``clip.safetensors``, or that file (``None`` for anything else)."""
     from .scan import load_clip
 
-    if path.is_dir() and (path / "clip.safetensors").is_file():
-        path = path / "clip.safetensors"
-    elif path.name not in ("clip.safetensors", "clip.json"):
+    if holds(path, CLIP):
+        path = path / CLIP
+    elif path.name not in (CLIP, CLIP_SPEC):
         return None
     _, cfg, method, task = load_clip(path)
     net = _frozen(method.model, task.device)
@@ -70,7 +71,7 @@ def clip_run_suspect(path: Path, model: dict) -> Optional[Suspect]:
 def encoder_file_suspect(path: Path, model: dict) -> Optional[Suspect]:
     """An image encoder file: ``encoder.safetensors`` (+ ``encoder.json``), its folder (a run folder), a
     torchvision-layout ResNet or open_clip state dict (:func:`clpoison.models.encoder_file.load_encoder`)."""
-    if path.name == "checkpoint.pt" and (path.parent / "encoder.safetensors").is_file():
+    if path.name == CHECKPOINT and holds(path.parent, ENCODER):
         path = path.parent
     net, spec = load_encoder(path, model or None)
     device = resolve_device("auto")
@@ -143,7 +144,7 @@ def inspect_encoder(encoder: str | Path, data: str, out: Optional[str | Path] = 
     params = {"seed": seed, **(params or {})}  # --seed draws the shadow set and DECREE's initial trigger
     decree_params = None if profile is None else DecreeParams.for_profile(profile, params)  # bad params: fail early
     suspect = load_suspect(encoder, model)
-    ds = getattr(load_source("images", data, data_path, image_size, seed), split)
+    ds = getattr(load_source("image", data, data_path, image_size, seed), split)
     shadow_idx, rest = _shadow(ds, suspect, shadow_size, seed, f"--data '{data}' ({split} split)")
     h = int(ds.images.shape[-1])
     if decree_params is None:

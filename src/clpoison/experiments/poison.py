@@ -14,6 +14,7 @@ from typing import Callable, Optional
 from ..attacks import ATTACKS, Attack
 from ..attacks.export import check_format, export_poisoned
 from ..attacks.export_formats import untouched_files
+from ..contexts import PoisonContext
 from ..errors import ConfigError
 from ..utils.device import resolve_device
 from ..utils.io import check_output_path, dumps_json
@@ -63,13 +64,13 @@ def export_attack(atk: Attack, data: str, out: Path, seed: int = 0, data_path: O
     with OutputLock(out):  # one writer per export folder, crafting included
         if out.exists() and not overwrite:
             raise ConfigError(f"output directory '{out}' already exists; pass --overwrite or choose another --out")
-        check_format(atk.data_kind == "captions", **(export or {}))  # before any loading or crafting
-        splits = load_source(atk.data_kind, data, data_path, image_size, seed, label_column, test_path,
+        check_format(atk.modality == "image-text", **(export or {}))  # before any loading or crafting
+        splits = load_source(atk.modality, data, data_path, image_size, seed, label_column, test_path,
                              caption_options)
         # a long crafting (Contrastive Poisoning) checkpoints next to OUT and resumes when the command is re-run
         craft = craft_dir(out)
-        result = atk.poison(splits, seed, {"device": resolve_device(device), "work_dir": craft, "echo": echo,
-                                           "progress": progress})
+        result = atk.poison(splits, seed, PoisonContext(device=resolve_device(device), work_dir=craft, echo=echo,
+                                                        progress=progress))
         copies = untouched_files(splits, result.splits, result.manifest)  # copied byte for byte
         written = export_poisoned(result.splits, result.manifest, out, overwrite, result.artifacts, lock=False,
                                   copies=copies, **(export or {}))

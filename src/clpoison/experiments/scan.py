@@ -30,6 +30,7 @@ def load_clip(arg: str | Path) -> tuple[Path, Any, Any, Any]:
     """``(path, config, method, task)`` of a CLIP run directory, its checkpoint (loaded weights_only), its
     ``clip.safetensors`` (:mod:`clpoison.models.clip_file`) or a pretrained CLIP (:mod:`clpoison.models.pretrained`)."""
     from ..engine.checkpoint import read_checkpoint
+    from ..run_folder import checkpoint_file
     from ..utils.device import resolve_device
 
     from ..models.clip_file import is_clip_model, read_clip_model
@@ -41,10 +42,7 @@ def load_clip(arg: str | Path) -> tuple[Path, Any, Any, Any]:
     elif is_clip_model(path):  # clip.safetensors + clip.json: both towers, tensors only
         ckpt = read_clip_model(path)
     else:
-        path = path / "checkpoint.pt" if path.is_dir() else path
-        if not path.exists():
-            raise ConfigError(f"checkpoint '{path}' does not exist; pass a CLIP run directory, its checkpoint.pt or "
-                              "its clip.safetensors")
+        path = checkpoint_file(path, fix="pass a CLIP run directory, its checkpoint.pt or its clip.safetensors")
         ckpt = read_checkpoint(path)
     if not isinstance(ckpt.get("config"), dict) or not isinstance(ckpt.get("model"), (dict, type(None))) or \
             "method" not in ckpt:

@@ -71,11 +71,11 @@ def subset_train(ds: Any, per_class: Optional[int], count: Optional[int], seed: 
 def load_source(kind: str, data: str, path: Optional[str] = None, image_size: Optional[int] = None, seed: int = 0,
                 label_column: Optional[str] = None, test_path: Optional[str] = None,
                 caption_options: Optional[dict] = None) -> Any:
-    """Clean data named on the command line: ``kind`` is ``captions`` (CaptionSplits) or ``images``
-    (ImageSplits); ``data`` a source name or a path (:func:`resolve_source`); ``caption_options`` more fields of
+    """Clean data named on the command line: ``kind`` is a modality, ``image-text`` (CaptionSplits) or ``image``
+    (ImageSplits; also ``any``); ``data`` a source name or a path (:func:`resolve_source`); ``caption_options`` more fields of
     :class:`~clpoison.data.caption_readers.CaptionDataConfig` (``separator``, ``image_column``, ...)."""
     name, path = resolve_source(data, path)
-    if kind == "captions":
+    if kind == "image-text":
         cfg = CaptionDataConfig(label_column=label_column, test_path=test_path, **(caption_options or {}))
         return load_caption_splits(name, path, cfg, image_size, seed)
     if name not in SOURCES:
@@ -114,7 +114,7 @@ def load_scan_data(data: str, path: Optional[str] = None, image_size: Optional[i
         if any(skipped.values()):
             where += f" (skipped rows: {dict(skipped)})"
         return ds, where
-    splits = load_source("captions", data, path, image_size, seed, label_column, test_path, caption_options)
+    splits = load_source("image-text", data, path, image_size, seed, label_column, test_path, caption_options)
     return (splits.train if split == "train" else splits.test), f"the {split} split of '{data}'"
 
 

@@ -23,10 +23,11 @@ from typing import Any, Mapping
 import torch
 
 from ..errors import DataError
+from ..run_folder import CHECKPOINT, CLIP, CLIP_SPEC, holds
 from ..utils.io import atomic_write_bytes, atomic_write_json
 
-WEIGHTS_NAME = "clip.safetensors"
-SPEC_NAME = "clip.json"
+WEIGHTS_NAME = CLIP
+SPEC_NAME = CLIP_SPEC
 FORMAT = "clpoison-clip"
 
 
@@ -49,7 +50,7 @@ def is_clip_model(path: str | Path) -> bool:
     """Whether ``path`` is a ``clip.safetensors`` / ``clip.json`` or a folder holding them and no checkpoint."""
     path = Path(path)
     if path.is_dir():
-        return (path / WEIGHTS_NAME).is_file() and not (path / "checkpoint.pt").is_file()
+        return holds(path, WEIGHTS_NAME) and not holds(path, CHECKPOINT)
     return path.name in (WEIGHTS_NAME, SPEC_NAME)
 
 

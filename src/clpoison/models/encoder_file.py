@@ -38,11 +38,12 @@ import torch
 from torch import nn
 
 from ..errors import DataError
+from ..run_folder import ENCODER, ENCODER_SPEC, run_file
 from ..utils.io import atomic_write_bytes, atomic_write_json
 from . import build_backbone, check_backbone
 
-WEIGHTS_NAME = "encoder.safetensors"
-SPEC_NAME = "encoder.json"
+WEIGHTS_NAME = ENCODER
+SPEC_NAME = ENCODER_SPEC
 FORMAT = "clpoison-encoder"
 
 
@@ -120,9 +121,7 @@ def load_encoder(path: str | Path, model: Optional[Mapping[str, Any]] = None) ->
     torchvision-layout ResNet state dict (``.pt``/``.pth``/``.safetensors`` without ``encoder.json``; see
     :mod:`clpoison.models.foreign`; ``model`` may set its ``stem_stride``). Anything else is one
     :class:`DataError` line."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / WEIGHTS_NAME
+    path = run_file(path, WEIGHTS_NAME)
     if not path.exists():
         raise DataError(f"encoder '{path}' does not exist; pass encoder.safetensors, its folder, or a .pt/.pth state dict")
     spec_path = path.with_name(SPEC_NAME)

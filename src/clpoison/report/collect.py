@@ -24,10 +24,11 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from ..errors import ConfigError
+from ..run_folder import RESULTS
 from ..utils.io import atomic_write_bytes, atomic_write_text
 
 GRID_NAME = "grid.json"
-RESULTS_NAME = "results.json"
+RESULTS_NAME = RESULTS
 TABLE_NAME = "results.csv"
 PARQUET_NAME = "results.parquet"
 KEY_CONFIG = ("method.name", "attack.name", "defense.name", "seed", "data.name", "train.epochs",

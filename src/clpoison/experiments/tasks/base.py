@@ -18,6 +18,7 @@ from typing import Any, Callable, ClassVar, Mapping, Optional
 
 import torch
 
+from ...contexts import EvalContext
 from ...data.augment import EvalTransform
 from ...methods import METHODS
 from ...methods.base import Method
@@ -70,7 +71,7 @@ class Task:
     def evaluate(self, method: Method, splits: Any) -> tuple[dict[str, Any], dict[str, Any]]:
         raise NotImplementedError
 
-    def context(self, method: Method, splits: Any, poisoned: Any, extras: dict) -> dict[str, Any]:
+    def context(self, method: Method, splits: Any, poisoned: Any, extras: dict) -> EvalContext:
         raise NotImplementedError
 
     def data_info(self, train_set: Any, splits: Any) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ...contexts import EvalContext
 from ...data.augment import TwoViewAugment, make_sampler
 from ...data.datasets import ImageSplits
 from ...data.image_stream import StreamedImageBatches
@@ -69,12 +70,12 @@ class ImageTask(Task):
     def evaluate(self, method: Method, splits: ImageSplits) -> tuple[dict[str, Any], dict[str, Any]]:
         return evaluate_encoder(method.encoder, splits, self.transform(), self.device, self.cfg.eval)
 
-    def context(self, method: Method, splits: Any, poisoned: Any, extras: dict) -> dict[str, Any]:
+    def context(self, method: Method, splits: Any, poisoned: Any, extras: dict) -> EvalContext:
         """``classify`` = the linear probe (the kNN classifier when the probe is off), ``embed`` = features."""
         tf, bs = extras["transform"], self.cfg.eval.batch_size
         clf = extras.get("probe") or extras["knn"]
-        return attack_context(encoder=method.encoder, splits=splits, poisoned=poisoned, cfg=self.cfg, device=self.device,
-                              classify=feature_classifier(method.encoder, tf, self.device, bs, clf),
+        return attack_context(encoder=method.encoder, splits=splits, poisoned=poisoned, settings=self.cfg.eval,
+                              device=self.device, classify=feature_classifier(method.encoder, tf, self.device, bs, clf),
                               embed=feature_embedder(method.encoder, tf, self.device, bs), extras=extras)
 
     def data_info(self, train_set: Any, splits: Any) -> dict[str, Any]:

@@ -35,10 +35,12 @@ import torch
 
 from ...attacks import ATTACKS
 from ...defenses import DEFENSES
-from ...data.caption_loader import CaptionBatches, CaptionImageAugment, flat_captions
+from ...contexts import EvalContext
+from ...data.caption_loader import CaptionImageAugment, flat_captions
 from ...data.caption_readers import load_caption_splits
 from ...data.caption_shards import read_caption_shards
-from ...data.shard_stream import StreamingCaptionBatches, StreamingCaptionSet
+from ...data.shard_batches import clip_batches
+from ...data.shard_set import StreamingCaptionSet
 from ...data.captions import CaptionDataset, CaptionSplits
 from ...data.datasets import ImageDataset, ImageSplits
 from ...data.tokenizer import CaptionTokenizer
@@ -185,8 +187,8 @@ class ImageTextTask(Task):
         return method
 
     def method_from_checkpoint(self, ckpt: Mapping[str, Any], what: str = "checkpoint") -> Method:
-        """The trained CLIP of a checkpoint; its tokenizer (from the checkpoint) becomes the task's. A pretrained
-        CLIP (``model.init`` / ``pretrained-clip``) is read from its path, then given the checkpoint's weights (none
+        """The trained CLIP of a checkpoint, with its tokenizer (the evaluation uses the evaluated method's). A
+        pretrained CLIP (``model.init`` / ``pretrained-clip``) is read from its path, then given the checkpoint's weights (none
         in the checkpoint-like dict of a bare pretrained model)."""
         if self.own_tokenizer:
             method = self.fresh_method()
@@ -199,7 +201,6 @@ class ImageTextTask(Task):
             method = method.to(self.device)
         else:
             method = super().method_from_checkpoint(ckpt, what)
-        self.tokenizer = method.tokenizer
         return method
 
     def batches(self, method: Any, train_set: CaptionDataset, defense: Any) -> Any:
@@ -208,21 +209,19 @@ class ImageTextTask(Task):
             raise ConfigError(f"defense '{cfg.defense.name}' replaces the image-SSL view sampler, which CLIP does not use")
         a, c = cfg.augment, cfg.data.captions
         augment = CaptionImageAugment(a.out_size, c.augment, c.translate_px, a.crop_scale, a.crop_ratio, a.flip_p, a.mean, a.std)
-        if getattr(train_set, "streaming", False):
-            return StreamingCaptionBatches(train_set, self.tokenizer, self.params.context_length,
-                                           local_batch_size(cfg.train.batch_size), self.device, cfg.seed, augment,
-                                           self.channels_last, rank(), world_size(), c.workers, c.shuffle_buffer)
-        tokens = self.tokenizer.encode(flat_captions(train_set), self.params.context_length)
-        self.info["truncated_train_captions"] = self.tokenizer.last_truncated
-        if self.tokenizer.last_truncated:
-            self.echo(f"note: {self.tokenizer.last_truncated} training captions truncated to {self.params.context_length} tokens")
-        return CaptionBatches(train_set, tokens, local_batch_size(cfg.train.batch_size), self.device, cfg.seed, augment,
-                              self.channels_last, rank=rank(), world_size=world_size())
+        batches, info = clip_batches(train_set, self.tokenizer, self.params.context_length,
+                                     local_batch_size(cfg.train.batch_size), self.device, cfg.seed, augment,
+                                     self.channels_last, rank(), world_size(), c.workers, c.shuffle_buffer)
+        self.info.update(info)
+        if info.get("truncated_train_captions"):
+            self.echo(f"note: {info['truncated_train_captions']} training captions truncated to "
+                      f"{self.params.context_length} tokens")
+        return batches
 
     # -- evaluation -------------------------------------------------------------------------------------------
     def zeroshot(self, method: Any, class_names: list[str]) -> ZeroShotClassifier:
         return ZeroShotClassifier(
-            method.model, self.tokenizer, class_names, self.cfg.eval.zeroshot_templates or CIFAR_TEMPLATES,
+            method.model, method.tokenizer, class_names, self.cfg.eval.zeroshot_templates or CIFAR_TEMPLATES,
             transform=self.transform(), device=self.device, batch_size=self.cfg.eval.batch_size,
             context_length=self.params.context_length, channels_last=self.channels_last,
         )
@@ -283,7 +282,7 @@ class ImageTextTask(Task):
         img = self.zeroshot_free(method).embed(ds.images)
         texts = flat_captions(ds)
         owner = torch.repeat_interleave(torch.arange(len(ds)), torch.tensor([len(c) for c in ds.captions]))
-        txt = encode_texts(method.model, self.tokenizer, texts, self.params.context_length, device=self.device)
+        txt = encode_texts(method.model, method.tokenizer, texts, self.params.context_length, device=self.device)
         return retrieval_recall(img, txt, owner, self.cfg.eval.retrieval_ks)
 
     def set_eval(self, method: Any, es: EvalSet, quiet: bool = False) -> dict[str, Any]:
@@ -303,7 +302,7 @@ class ImageTextTask(Task):
 
     def evaluate(self, method: Any, splits: CaptionSplits) -> tuple[dict[str, Any], dict[str, Any]]:
         cfg = self.cfg
-        extras: dict[str, Any] = {"tokenizer": self.tokenizer, "model": method.model, "transform": self.transform(),
+        extras: dict[str, Any] = {"tokenizer": method.tokenizer, "model": method.model, "transform": self.transform(),
                                   "templates": list(cfg.eval.zeroshot_templates or CIFAR_TEMPLATES)}
         metrics = self.clean_metrics(method, splits, extras=extras)
         for k, es in self.eval_sets.items():
@@ -335,7 +334,7 @@ class ImageTextTask(Task):
         return ZeroShotClassifier(None, None, (), transform=self.transform(), device=self.device,
                                   batch_size=self.cfg.eval.batch_size, channels_last=self.channels_last, embed_model=method.model)
 
-    def context(self, method: Any, splits: Any, poisoned: Any, extras: dict) -> dict[str, Any]:
+    def context(self, method: Any, splits: Any, poisoned: Any, extras: dict) -> EvalContext:
         """The attack-evaluation contract: ``classify`` = zero-shot predictions, ``embed`` = CLIP image embeddings."""
         zs = extras.get("zeroshot")
         embedder = zs or self.zeroshot_free(method)
@@ -345,8 +344,8 @@ class ImageTextTask(Task):
                 raise ConfigError("this caption dataset has no class names, so there is no zero-shot classifier")
             return zs.predict(images)
 
-        return attack_context(encoder=method.encoder, splits=splits, poisoned=poisoned, cfg=self.cfg, device=self.device,
-                              classify=classify, embed=embedder.embed, extras=extras)
+        return attack_context(encoder=method.encoder, splits=splits, poisoned=poisoned, settings=self.cfg.eval,
+                              device=self.device, classify=classify, embed=embedder.embed, extras=extras)
 
     def data_info(self, train_set: CaptionDataset, splits: CaptionSplits) -> dict[str, Any]:
         return {"train_pairs": len(train_set), "train_captions": sum(len(c) for c in train_set.captions),
