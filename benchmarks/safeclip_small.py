@@ -72,6 +72,11 @@ def main() -> None:
     # every section of the SafeCLIP preset except its own name and base preset (defense, train.epochs)
     sections = {k: v for k, v in load_preset("safeclip-small").items() if k not in ("name", "preset")}
     bd_ov, bd_tag = backdoor_dose(None if args.count is not None else args.rate, args.count)
+    rows = {"backdoor": ("carlini-backdoor-small", bd_ov, bd_tag), "targeted": ("carlini-targeted-small", [], "")}
+    attacks = args.attacks.split(",")
+    unknown = [a for a in attacks if a not in rows]
+    if unknown:  # before anything trains
+        raise ConfigError(f"--attacks: unknown attack {unknown[0]!r}; use backdoor, targeted or both (comma list)")
     epochs = sections.get("train", {}).get("epochs")
     control = not args.no_control and epochs is not None
     per: dict[str, list] = {k: [] for k in ("asr_clip", "asr_safeclip", "zeroshot_clip", "zeroshot_safeclip",
@@ -90,10 +95,7 @@ def main() -> None:
             per["asr_clean_model"].append(clean["metrics"]["asr"])
             per["successes_clean_model"].append(clean["metrics"]["targeted_successes"])
             per["chance_clean_model"].append(clean["metrics"].get("targeted_expected_by_chance"))
-        rows = {"backdoor": ("carlini-backdoor-small", bd_ov, bd_tag), "targeted": ("carlini-targeted-small", [], "")}
-        for attack in args.attacks.split(","):
-            if attack not in rows:
-                raise ConfigError(f"--attacks: unknown attack {attack!r}; use backdoor, targeted or both (comma list)")
+        for attack in attacks:
             preset, extra, tag = rows[attack]
             plain, _ = run_named(f"{attack}{tag}_s{s}", {"preset": preset, **caps}, [*extra, *ov], work, ECHO)
             safe, _ = run_named(f"{attack}_safeclip{tag}_s{s}", {"preset": preset, **caps, **sections},

@@ -168,6 +168,9 @@ def test_targeted_evaluate_and_explicit_labels():
     out = atk.evaluate(EvalContext(splits=splits, classify=lambda x: torch.full((len(x),), 2, dtype=torch.long)))
     assert out["targeted_outcomes"] == [True, True, False] and out["targeted_success_rate"] == pytest.approx(2 / 3)
     assert 0 <= out["targeted_ci95"][0] < 2 / 3 < out["targeted_ci95"][1] <= 1
+    # a model calling everything "dog" (2): the two dog victims are chance successes, not learned ones
+    assert out["targeted_label_shares"] == [1.0, 1.0, 0.0] and out["targeted_expected_by_chance"] == 2.0
+    assert out["targeted_clean_accuracy"] == pytest.approx(float((splits.test.labels == 2).float().mean()))
     ctrl = targeted(pairs_per_target=0).poison(splits, 0)
     assert len(ctrl.splits.train) == len(splits.train) and len(ctrl.manifest["targets"]["victims"]) == 4
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from clpoison.attacks.triggers import Trigger
-from clpoison.eval.attack_metrics import (backdoor_asr, backdoor_metrics, backdoor_zscore, targeted_success,
+from clpoison.eval.attack_metrics import (backdoor_asr, backdoor_metrics, backdoor_zscore, predict, targeted_success,
                                           wilson_interval)
 
 WHITE = Trigger({"pattern": "solid", "color": [255, 255, 255], "size": 2, "location": "top-left"})
@@ -62,12 +62,12 @@ def test_targeted_success_against_chance():
     x, _ = data([0, 1, 2, 1])
     ref = torch.zeros(10, 3, 8, 8, dtype=torch.uint8)
     collapsed = lambda im: torch.full((len(im),), 4)
-    m = targeted_success(collapsed, x, [4, 0, 1, 2], reference=ref)
+    m = targeted_success(collapsed, x, [4, 0, 1, 2], reference_predictions=predict(collapsed, ref))
     assert m["targeted_successes"] == 1 and m["targeted_label_shares"] == [1.0, 0.0, 0.0, 0.0]
     assert m["targeted_expected_by_chance"] == 1.0
     labels = torch.tensor([0, 0, 1, 3, 3, 3, 3, 3, 3, 3])
     honest = lambda im: labels[: len(im)] if len(im) == 10 else torch.tensor([0, 0, 0, 0])
-    m = targeted_success(honest, x, [0, 1, 3, 9], reference=ref)
+    m = targeted_success(honest, x, [0, 1, 3, 9], reference_predictions=predict(honest, ref))
     assert m["targeted_label_shares"] == pytest.approx([0.2, 0.1, 0.7, 0.0])
     assert m["targeted_expected_by_chance"] == pytest.approx(1.0) and m["targeted_successes"] == 1
     assert "targeted_expected_by_chance" not in targeted_success(honest, x, [0, 1, 3, 9])

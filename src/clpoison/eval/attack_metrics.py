@@ -46,13 +46,9 @@ Classify = Callable[[torch.Tensor], torch.Tensor]
 Embed = Callable[[torch.Tensor], torch.Tensor]
 
 
-def _predict(classify: Classify, images: torch.Tensor) -> torch.Tensor:
+def predict(classify: Classify, images: torch.Tensor) -> torch.Tensor:
+    """The classifier's labels for ``images`` (int64, on the CPU)."""
     return torch.as_tensor(classify(images)).long().cpu().view(-1)
-
-
-def clean_accuracy(classify: Classify, images: torch.Tensor, labels: torch.Tensor) -> float:
-    """Top-1 of the classifier on clean images (the CA reported beside every ASR)."""
-    return top1_accuracy(_predict(classify, images), torch.as_tensor(labels).cpu())
 
 
 def backdoor_asr(classify: Classify, images: torch.Tensor, labels: torch.Tensor, target: int, trigger,
@@ -69,7 +65,7 @@ def backdoor_asr(classify: Classify, images: torch.Tensor, labels: torch.Tensor,
     idx = keep.nonzero().view(-1)
     x = images[idx.to(images.device)]
     triggered = trigger.apply(x, seed, None if sizes is None else sizes[idx])
-    hits = int((_predict(classify, triggered) == int(target)).sum())
+    hits = int((predict(classify, triggered) == int(target)).sum())
     return {"asr": hits / n, "asr_hits": hits, "asr_n": n}
 
 
@@ -81,7 +77,7 @@ def asr_by_target(classify: Classify, images: torch.Tensor, labels: torch.Tensor
     placements are drawn over all the images, so for a ``random``-location trigger they differ from
     :func:`backdoor_asr`'s (drawn over the non-target images); fixed placements and CTRL give the same numbers."""
     labels = torch.as_tensor(labels).cpu()
-    pred = _predict(classify, trigger.apply(images, seed, sizes))
+    pred = predict(classify, trigger.apply(images, seed, sizes))
     out = []
     for t in range(int(num_classes)):
         keep = labels != t
@@ -93,7 +89,7 @@ def backdoor_metrics(classify: Classify, images: torch.Tensor, labels: torch.Ten
                      seed: Union[int, torch.Generator] = 0, sizes: Optional[torch.Tensor] = None) -> dict:
     """ASR, the clean accuracy of the same classifier, and the no-trigger non-target → target rate."""
     labels = torch.as_tensor(labels).cpu()
-    pred = _predict(classify, images)
+    pred = predict(classify, images)
     keep = labels != int(target)
     out = backdoor_asr(classify, images, labels, target, trigger, seed, sizes)
     out["asr_clean_accuracy"] = top1_accuracy(pred, labels)
@@ -113,8 +109,8 @@ def knn_asr(knn: KNNClassifier, embed: Embed, images: torch.Tensor, labels: torc
         return knn.predict(torch.as_tensor(embed(x))).cpu()
 
     t = int(target)
-    clean = _predict(classify, images)
-    every = _predict(classify, trigger.apply(images, seed, sizes))
+    clean = predict(classify, images)
+    every = predict(classify, trigger.apply(images, seed, sizes))
     keep = labels != t
     return {"asr_knn": backdoor_asr(classify, images, labels, t, trigger, seed, sizes)["asr"],
             "asr_knn_all": float((every == t).float().mean()) if len(every) else float("nan"),
@@ -179,11 +175,11 @@ def wilson_interval(k: int, n: int, z: float = 1.959963984540054) -> tuple[float
 
 
 def targeted_success(classify: Classify, victims: torch.Tensor, adversarial_labels: Sequence[int],
-                     reference: Optional[torch.Tensor] = None) -> dict:
+                     reference_predictions: Optional[torch.Tensor] = None) -> dict:
     """Per-victim success (prediction == adversarial label), the rate and its Wilson 95% interval.
 
-    With ``reference`` (other images of the same set, e.g. the labelled test split without the victims), also the
-    successes expected **by chance**: the sum over victims of the share of reference images the model assigns to
+    With ``reference_predictions`` (the model's labels, :func:`predict`, for other images of the same set, e.g. the
+    labelled test split without the victims), also the successes expected **by chance**: the sum over victims of the share of reference images the model assigns to
     that victim's adversarial label (``targeted_expected_by_chance``; ``targeted_label_shares`` per victim). A
     model whose zero-shot has collapsed onto a few classes "succeeds" on every victim whose adversarial label is one
     of them without having learned any poison; the successes are read against this figure.
@@ -192,14 +188,14 @@ def targeted_success(classify: Classify, victims: torch.Tensor, adversarial_labe
     if len(adv) == 0:
         return {"targeted_success_rate": float("nan"), "targeted_successes": 0, "targeted_n": 0,
                 "targeted_ci95": [0.0, 1.0], "targeted_predictions": [], "targeted_outcomes": []}
-    pred = _predict(classify, victims)
+    pred = predict(classify, victims)
     ok = (pred == adv).tolist()
     k, n = int(sum(ok)), len(ok)
     out = {"targeted_success_rate": k / n, "targeted_successes": k, "targeted_n": n,
            "targeted_ci95": list(wilson_interval(k, n)), "targeted_predictions": pred.tolist(),
            "targeted_outcomes": [bool(o) for o in ok]}
-    if reference is not None and len(reference):
-        ref = _predict(classify, reference)
+    if reference_predictions is not None and len(reference_predictions):
+        ref = torch.as_tensor(reference_predictions).long().cpu().view(-1)
         shares = [float((ref == int(a)).float().mean()) for a in adv.tolist()]
         out.update(targeted_label_shares=shares, targeted_expected_by_chance=float(sum(shares)))
     return out
