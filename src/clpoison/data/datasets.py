@@ -14,10 +14,11 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 
 from ..errors import ConfigError, DataError
+from .split_info import HeldInMemory
 
 
 @dataclass
-class ImageDataset:
+class ImageDataset(HeldInMemory):
     """One split: uint8 images (N,3,H,W), int64 labels (N,), class names.
 
     ``sizes`` (N,2 int64, optional) gives the valid (height, width) of each image when images of different

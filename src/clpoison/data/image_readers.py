@@ -30,6 +30,7 @@ import torch
 from ..errors import DataError
 from ..registry import Registry
 from .datasets import ImageDataset, ImageSplits
+from .split_info import StreamedFromFiles
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".ppm", ".gif", ".tif", ".tiff")
 
@@ -276,12 +277,13 @@ def decode_image(path: Path, size: Optional[int]) -> torch.Tensor:
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
 
 
-class StreamingImageFolder:
+class StreamingImageFolder(StreamedFromFiles):
     """An ImageFolder split too large for memory: uint8 batches decoded on the fly (training: in loader worker
     processes, :class:`~clpoison.data.image_stream.StreamedImageBatches`; evaluation: with threads).
 
     It offers what the training loop needs from a resident dataset (``__len__``, ``class_names``, ``labels``)
-    and ``batches(index_batches)`` that decodes only the requested images.
+    and ``batches(index_batches)`` that decodes only the requested images; it is fingerprinted by its files
+    (:mod:`clpoison.data.split_info`).
     """
 
     def __init__(self, items: list[tuple[Path, int]], class_names: list[str], size: int, name: str) -> None:
@@ -305,6 +307,12 @@ class StreamingImageFolder:
     def subset(self, index: torch.Tensor | Sequence[int], name: Optional[str] = None) -> "StreamingImageFolder":
         """The images at ``index`` (still streamed), like :meth:`ImageDataset.subset`."""
         return StreamingImageFolder([self.items[int(i)] for i in index], self.class_names, self.size, name or self.name)
+
+    def storage(self) -> dict[str, Any]:
+        return {"streamed": True, "files": len(self.items), "held": f"streamed from {len(self.items)} image files"}
+
+    def content_fingerprint(self) -> str:
+        return self.resume_fingerprint()
 
     @property
     def images(self) -> "StreamingImageFolder":
