@@ -162,3 +162,24 @@ def test_plan_and_fingerprint_ask_the_split(case, data, monkeypatch):
 
     splits = task_for(build_config({"preset": preset}, over), torch.device("cpu"), None, lambda s: None).load()
     assert run_fingerprint(splits, None, splits.train) == _old_fingerprint(splits)
+
+
+def test_an_image_split_gives_its_batches_and_its_images_by_slice(data):
+    """The image task and feature extraction ask the split: resident or decoded from files, the same batches and
+    the same features."""
+    from clpoison.data.image_stream import StreamedImageBatches
+    from clpoison.data.loader import ResidentBatches
+    from clpoison.eval.features import extract_features
+
+    streamed = load_image_folder(data / "folder", image_size=16, max_resident_bytes=0).train
+    held = load_image_folder(data / "folder", image_size=16).train
+    cpu = torch.device("cpu")
+    a, b = held.batch_source(4, cpu, seed=3, workers=2), streamed.batch_source(4, cpu, seed=3, workers=0)
+    assert type(a) is ResidentBatches and type(b) is StreamedImageBatches and b.workers == 0
+    for (ia, xa, _), (ib, xb, _) in zip(a.epoch(1), b.epoch(1)):
+        assert torch.equal(ia, ib) and torch.equal(xa, xb)
+    assert streamed.images.shape == held.images.shape == (12, 3, 16, 16)
+    assert torch.equal(streamed.images[2:7], held.images[2:7]) and torch.equal(streamed.images[[5, 1]], held.images[[5, 1]])
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    assert torch.equal(extract_features(net, streamed.images, batch_size=5), extract_features(net, held.images, batch_size=5))

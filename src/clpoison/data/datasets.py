@@ -75,6 +75,12 @@ class ImageDataset(HeldInMemory):
             None if self.sizes is None else self.sizes[index],
         )
 
+    def batch_source(self, batch_size: int, device: torch.device, workers: int = 0, **kw: Any) -> Any:
+        """:class:`~clpoison.data.loader.ResidentBatches` of this split (``workers``: unused, nothing to decode)."""
+        from .loader import ResidentBatches
+
+        return ResidentBatches(self, batch_size, device, **kw)
+
     def as_torch_dataset(self, transform: Optional[Callable[[torch.Tensor], Any]] = None) -> Any:
         """A ``torch.utils.data.Dataset`` of ``(image, label)`` (see :mod:`clpoison.data.torch_view`)."""
         from .torch_view import TorchImageDataset

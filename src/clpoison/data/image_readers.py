@@ -316,8 +316,23 @@ class StreamingImageFolder(StreamedFromFiles):
 
     @property
     def images(self) -> "StreamingImageFolder":
-        """The split itself stands in for its image tensor: consumers call ``len`` and ``load(index)``."""
+        """The split itself stands in for its image tensor: ``len``, ``shape``, ``[slice or index]``, ``load(index)``."""
         return self
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return (len(self.items), 3, self.size, self.size)
+
+    def __getitem__(self, index: slice | torch.Tensor | Sequence[int]) -> torch.Tensor:
+        """uint8 images at ``index`` (a slice or positions), decoded from their files."""
+        rows = torch.arange(len(self.items))[index] if isinstance(index, slice) else torch.as_tensor(index).view(-1)
+        return self.load(rows)
+
+    def batch_source(self, batch_size: int, device: torch.device, workers: int = 2, **kw: Any) -> Any:
+        """:class:`~clpoison.data.image_stream.StreamedImageBatches`: batches decoded ahead in ``workers`` processes."""
+        from .image_stream import StreamedImageBatches
+
+        return StreamedImageBatches(self, batch_size, device, **kw, workers=workers)
 
     def load(self, index: torch.Tensor, threads: Optional[int] = None) -> torch.Tensor:
         """uint8 (len(index),3,size,size) of the images at ``index``, decoded by ``threads`` threads (default: up to 8;

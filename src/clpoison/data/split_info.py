@@ -15,6 +15,11 @@ The four splits — held in memory (:class:`~clpoison.data.datasets.ImageDataset
 * ``poison_files()`` — ``{file name: sha256}`` of the files an attack wrote that the split reads, hashed as this
   process reads them (a stream's poison shards, :mod:`clpoison.data.shard_edits`; ``{}`` otherwise).
 
+An image split also gives its image-SSL batch source, ``batch_source(batch_size, device, workers=..., **kw)``:
+:class:`~clpoison.data.loader.ResidentBatches` in memory, :class:`~clpoison.data.image_stream.StreamedImageBatches`
+(decoded ahead in ``workers`` loader processes) streamed — the same batches either way; and its images are read by
+slice or index (``split.images[a:b]``: a tensor, or decoded from the files).
+
 Example::
 
     >>> import torch
