@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import numpy as np
-import torch
 
+from ..data.split_info import tensor_fingerprint
 from ..errors import DataError
 from ..utils.io import atomic_write_text, dumps_json
 from .triggers import trigger_from_dict
@@ -41,29 +41,12 @@ SCHEMA_VERSION = 1
 
 
 def fingerprint(ds: Any) -> str:
-    """sha256 of a split: image bytes and shape, labels, captions (if any), class names and valid sizes; a split
-    that fingerprints itself by its files gives its own (tar shards: the shard list,
-    :meth:`~clpoison.data.shard_set.StreamingCaptionSet.content_fingerprint`)."""
+    """sha256 of a split: its own :meth:`content_fingerprint` (:mod:`clpoison.data.split_info`: image bytes and
+    shape, labels, captions, class names and valid sizes; tar shards: the shard list), or that of the tensors of a
+    stand-in with ``images`` (and ``labels``, ``captions``, ...)."""
     if hasattr(type(ds), "content_fingerprint"):
         return ds.content_fingerprint()
-    h = hashlib.sha256()
-    images = ds.images.detach().cpu().contiguous()
-    h.update(f"images{tuple(images.shape)}{images.dtype}".encode())
-    h.update(images.numpy().tobytes())
-    labels = getattr(ds, "labels", None)
-    if labels is not None:
-        h.update(b"labels")
-        h.update(torch.as_tensor(labels, dtype=torch.int64).cpu().contiguous().numpy().tobytes())
-    captions = getattr(ds, "captions", None)
-    if captions is not None:
-        h.update(b"captions")
-        h.update(json.dumps(captions, ensure_ascii=False).encode("utf-8"))
-    h.update(json.dumps(list(getattr(ds, "class_names", []))).encode("utf-8"))
-    sizes = getattr(ds, "sizes", None)
-    if sizes is not None:
-        h.update(b"sizes")
-        h.update(torch.as_tensor(sizes, dtype=torch.int64).contiguous().numpy().tobytes())
-    return h.hexdigest()
+    return tensor_fingerprint(ds)
 
 
 def fingerprint_splits(splits: Any) -> dict[str, str]:

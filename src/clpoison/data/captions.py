@@ -20,10 +20,11 @@ import torch
 
 from ..errors import ConfigError, DataError
 from .pair_source import ImageEdit, PoisonRecord
+from .split_info import HeldInMemory
 
 
 @dataclass
-class CaptionDataset:
+class CaptionDataset(HeldInMemory):
     images: torch.Tensor  # uint8 (N,3,H,W)
     captions: list[list[str]]  # captions[i] = the captions of image i (at least one)
     class_names: list[str] = field(default_factory=list)

@@ -14,10 +14,11 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 
 from ..errors import ConfigError, DataError
+from .split_info import HeldInMemory
 
 
 @dataclass
-class ImageDataset:
+class ImageDataset(HeldInMemory):
     """One split: uint8 images (N,3,H,W), int64 labels (N,), class names.
 
     ``sizes`` (N,2 int64, optional) gives the valid (height, width) of each image when images of different
@@ -73,6 +74,12 @@ class ImageDataset:
             name or self.name,
             None if self.sizes is None else self.sizes[index],
         )
+
+    def batch_source(self, batch_size: int, device: torch.device, workers: int = 0, **kw: Any) -> Any:
+        """:class:`~clpoison.data.loader.ResidentBatches` of this split (``workers``: unused, nothing to decode)."""
+        from .loader import ResidentBatches
+
+        return ResidentBatches(self, batch_size, device, **kw)
 
     def as_torch_dataset(self, transform: Optional[Callable[[torch.Tensor], Any]] = None) -> Any:
         """A ``torch.utils.data.Dataset`` of ``(image, label)`` (see :mod:`clpoison.data.torch_view`)."""

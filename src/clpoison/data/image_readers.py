@@ -30,6 +30,7 @@ import torch
 from ..errors import DataError
 from ..registry import Registry
 from .datasets import ImageDataset, ImageSplits
+from .split_info import StreamedFromFiles
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".ppm", ".gif", ".tif", ".tiff")
 
@@ -276,12 +277,13 @@ def decode_image(path: Path, size: Optional[int]) -> torch.Tensor:
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
 
 
-class StreamingImageFolder:
+class StreamingImageFolder(StreamedFromFiles):
     """An ImageFolder split too large for memory: uint8 batches decoded on the fly (training: in loader worker
     processes, :class:`~clpoison.data.image_stream.StreamedImageBatches`; evaluation: with threads).
 
     It offers what the training loop needs from a resident dataset (``__len__``, ``class_names``, ``labels``)
-    and ``batches(index_batches)`` that decodes only the requested images.
+    and ``batches(index_batches)`` that decodes only the requested images; it is fingerprinted by its files
+    (:mod:`clpoison.data.split_info`).
     """
 
     def __init__(self, items: list[tuple[Path, int]], class_names: list[str], size: int, name: str) -> None:
@@ -306,10 +308,31 @@ class StreamingImageFolder:
         """The images at ``index`` (still streamed), like :meth:`ImageDataset.subset`."""
         return StreamingImageFolder([self.items[int(i)] for i in index], self.class_names, self.size, name or self.name)
 
+    def storage(self) -> dict[str, Any]:
+        return {"streamed": True, "files": len(self.items), "held": f"streamed from {len(self.items)} image files"}
+
+    def content_fingerprint(self) -> str:
+        return self.resume_fingerprint()
+
     @property
     def images(self) -> "StreamingImageFolder":
-        """The split itself stands in for its image tensor: consumers call ``len`` and ``load(index)``."""
+        """The split itself stands in for its image tensor: ``len``, ``shape``, ``[slice or index]``, ``load(index)``."""
         return self
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return (len(self.items), 3, self.size, self.size)
+
+    def __getitem__(self, index: slice | torch.Tensor | Sequence[int]) -> torch.Tensor:
+        """uint8 images at ``index`` (a slice or positions), decoded from their files."""
+        rows = torch.arange(len(self.items))[index] if isinstance(index, slice) else torch.as_tensor(index).view(-1)
+        return self.load(rows)
+
+    def batch_source(self, batch_size: int, device: torch.device, workers: int = 2, **kw: Any) -> Any:
+        """:class:`~clpoison.data.image_stream.StreamedImageBatches`: batches decoded ahead in ``workers`` processes."""
+        from .image_stream import StreamedImageBatches
+
+        return StreamedImageBatches(self, batch_size, device, **kw, workers=workers)
 
     def load(self, index: torch.Tensor, threads: Optional[int] = None) -> torch.Tensor:
         """uint8 (len(index),3,size,size) of the images at ``index``, decoded by ``threads`` threads (default: up to 8;

@@ -22,14 +22,13 @@ from ..utils.io import sha256_file
 from .caption_shards import shard_paths
 from .shard_edits import ShardEdit, clean_shard_subset
 from .shard_stream import limited_samples, shard_counts
+from .split_info import StreamedFromFiles
 
 
-class StreamingCaptionSet:
+class StreamingCaptionSet(StreamedFromFiles):
     """A streamed train split: what the runner and the CLIP task need from a dataset (``len``, the captions for the
-    tokenizer, a fingerprint by file) without holding the images — the streamed
+    tokenizer, a fingerprint by file: :mod:`clpoison.data.split_info`) without holding the images — the streamed
     :class:`~clpoison.data.pair_source.PairSource`."""
-
-    streaming = True
 
     def __init__(self, spec: Any, image_size: int, on_error: str = "fail", name: str = "shards") -> None:
         self.shards = shard_paths(spec)
@@ -98,6 +97,12 @@ class StreamingCaptionSet:
             added = self.added.get(str(p))
             h.update(f"{p.name}:{added if added else p.stat().st_size}\n".encode())
         return h.hexdigest()
+
+    def storage(self) -> dict[str, Any]:
+        return {"streamed": True, "shards": len(self.shards), "held": f"streamed from {len(self.shards)} shards"}
+
+    def poison_files(self) -> dict[str, str]:
+        return self.check_added()
 
     def check_added(self) -> dict[str, str]:
         """``{file name: sha256}`` of the extra shards as this process reads them; :class:`DataError` when one is

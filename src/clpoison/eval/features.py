@@ -19,20 +19,17 @@ def extract_features(
     device: Optional[torch.device] = None,
     channels_last: bool = False,
 ) -> torch.Tensor:
-    """Features (N, D) in float32 on the CPU for uint8 images (N,3,H,W) — or a streaming split with
-    ``load(index)`` — ; ``transform`` defaults to
+    """Features (N, D) in float32 on the CPU for uint8 images (N,3,H,W) — a tensor, or a streamed split's
+    ``images``, decoded batch by batch (:mod:`clpoison.data.split_info`); ``transform`` defaults to
     :class:`EvalTransform` at the images' own size with CIFAR normalisation."""
     device = device or next(encoder.parameters()).device
-    transform = transform or EvalTransform(images.image_shape[-1] if hasattr(images, "load") else images.shape[-1]).to(device)
+    transform = transform or EvalTransform(images.shape[-1]).to(device)
     was_training = encoder.training
     encoder.eval()
     out = []
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     for s in range(0, len(images), batch_size):
-        if hasattr(images, "load"):  # a streaming split: decode this batch only
-            batch = images.load(torch.arange(s, min(s + batch_size, len(images))))
-        else:
-            batch = images[s : s + batch_size]
+        batch = images[s : s + batch_size]  # streamed: only this batch is decoded
         x = transform(batch.to(device, non_blocking=True)).contiguous(memory_format=fmt)
         out.append(encoder(x).float().cpu())
     encoder.train(was_training)

@@ -2,13 +2,13 @@
 
 :func:`run_fingerprint` is recorded in ``OUT.partial/fingerprint.json`` and in every checkpoint (``fingerprint``):
 
-* ``data`` — sha256 of the clean train and test splits as loaded (image bytes, labels, captions, class names:
-  :func:`clpoison.attacks.manifest.fingerprint`); a streaming image folder or tar-shard set is fingerprinted by
-  its file list (path, size, mtime) instead of its decoded pixels;
+* ``data`` — each clean split's ``resume_fingerprint()`` (:mod:`clpoison.data.split_info`): sha256 of what it
+  holds in memory (image bytes, labels, captions, class names), or of its file list (path, size, mtime) when it is
+  read from files as it trains — nothing is decoded;
 * ``poisoned`` — sha256 of the attack's manifest less its ``details`` (which hold timings; the manifest's
   ``output`` fingerprint already pins the poisoned data), ``None`` without an attack;
-* ``poison_shards`` — streamed data poisoned as extra shards only (:mod:`clpoison.data.shard_edits`): the
-  sha256 of each poison shard as this process reads it.
+* ``poison_shards`` — when the trained split reads files an attack wrote (streamed data poisoned as extra
+  shards, :mod:`clpoison.data.shard_edits`): the sha256 of each as this process reads it (``poison_files()``).
 
 :func:`config_changes` compares two config snapshots, ignoring the *presentation* keys (:data:`PRESENTATION_KEYS`:
 the progress bar) that do not change what is trained — so toggling ``--no-progress`` resumes instead of
@@ -18,40 +18,24 @@ written (``model.init``, ``data.exclude_classes``) is no change while it is null
 
 from __future__ import annotations
 
-import hashlib
 import json
 from typing import Any, Optional
 
-from ..attacks.manifest import fingerprint, manifest_sha256
+from ..attacks.manifest import manifest_sha256
 from ..utils.io import dumps_json
 
 PRESENTATION_KEYS = ("train.progress",)
 
 
-def _split_fingerprint(ds: Any) -> str:
-    import torch
-
-    if isinstance(getattr(ds, "images", None), torch.Tensor):
-        return fingerprint(ds)
-    h = hashlib.sha256(f"{type(ds).__name__}:{len(ds)}:{list(getattr(ds, 'class_names', []) or [])}".encode())
-    for item in getattr(ds, "items", []) or []:
-        path, label = item[0], item[1]
-        try:
-            st = path.stat()
-            h.update(f"{path}:{label}:{st.st_size}:{st.st_mtime_ns}\n".encode())
-        except OSError:
-            h.update(f"{path}:{label}:missing\n".encode())
-    return h.hexdigest()
-
-
 def run_fingerprint(splits: Any, manifest: Optional[dict], trained: Any = None) -> dict[str, Any]:
-    """``{"data": {"train", "test"}, "poisoned": sha256 of the manifest or None}`` of one run; with a streamed
-    training split that reads an attack's poison shards (``trained``), also ``"poison_shards": {file: sha256}`` as
-    this process reads them (a missing or changed shard stops with one line)."""
-    fp = {"data": {"train": _split_fingerprint(splits.train), "test": _split_fingerprint(splits.test)},
+    """``{"data": {"train", "test"}, "poisoned": sha256 of the manifest or None}`` of one run; when the training
+    split (``trained``) reads an attack's poison files, also ``"poison_shards": {file: sha256}`` as this process
+    reads them (a missing or changed file stops with one line)."""
+    fp = {"data": {"train": splits.train.resume_fingerprint(), "test": splits.test.resume_fingerprint()},
           "poisoned": None if manifest is None else manifest_sha256({k: v for k, v in manifest.items() if k != "details"})}
-    if getattr(trained, "added", None):
-        fp["poison_shards"] = trained.check_added()
+    files = {} if trained is None else trained.poison_files()
+    if files:
+        fp["poison_shards"] = files
     return fp
 
 

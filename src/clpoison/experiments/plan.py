@@ -1,11 +1,12 @@
 """``clpoison run CONFIG --dry-run``: what a run would do, without training it.
 
-:func:`plan_experiment` resolves the config, finds the data (counts the streamed shards' samples, or loads the
-resident splits), builds the method and its batch source exactly as the run would, and reports
+:func:`plan_experiment` resolves the config, finds the data (loads the splits: a streamed split only counts its
+samples), builds the method and its batch source exactly as the run would, and reports
 
 * the data found (and, for CleanCLIP, its fine-tuning split: the steps are counted on it), the processes (``WORLD_SIZE`` of torchrun / SLURM, 1 otherwise: ``RANK=0 WORLD_SIZE=8 clpoison run
   ... --dry-run`` plans for 8 processes from one), the global and per-process batch, steps per epoch and in total;
-* a memory estimate: parameters, gradients and optimiser moments (fp32), the resident data (uint8) — and, on
+* a memory estimate: parameters, gradients and optimiser moments (fp32), the data the splits hold in memory
+  (uint8, ``resident_bytes``: 0 for a streamed split) — and, on
   CUDA, the peak memory of the measured steps (activations included);
 * a time estimate from a few measured optimiser steps on this process (after one warm-up step): seconds per step
   × steps per epoch × epochs. On several processes each one runs that many steps on its share of the batch;
@@ -105,7 +106,6 @@ def _plan(cfg: ExperimentConfig, device: torch.device, world: int, measure_steps
     task = task_for(cfg, device, None, echo)
     splits = task.load()
     train = splits.train
-    streamed = bool(getattr(train, "streaming", False))
     method = task.build_method(train).to(device)
     n_params = sum(p.numel() for p in method.parameters())
     n_train = sum(p.numel() for p in method.parameters() if p.requires_grad)
@@ -115,13 +115,12 @@ def _plan(cfg: ExperimentConfig, device: torch.device, world: int, measure_steps
 
     pairs = DEFENSES.build(cfg.defense.name, cfg.defense.params).train_pairs(len(train))  # CleanCLIP: its split
     steps = pairs // cfg.train.batch_size
-    resident = 0 if streamed else sum(getattr(d, "images", torch.empty(0)).numel() for d in (train, splits.test)
-                                      if isinstance(getattr(d, "images", None), torch.Tensor))
+    resident = train.resident_bytes + splits.test.resident_bytes  # data/split_info.py
     state = 4 * (n_params + n_train * (1 + OPTIMIZER_MOMENTS[cfg.train.optimizer])) + n_buffers
     plan: dict[str, Any] = {
         "config": cfg.to_dict(),
-        "data": {"name": cfg.data.name, "train": len(train), "trained": pairs, "test": len(splits.test), "streamed": streamed,
-                 **({"shards": len(train.shards)} if streamed else {})},
+        "data": {"name": cfg.data.name, "train": len(train), "trained": pairs, "test": len(splits.test),
+                 **train.storage()},  # streamed or held, the shard or file count, the phrase
         "processes": world, "device": str(device),
         "batch": {"global": cfg.train.batch_size, "per_process": local},
         "steps_per_epoch": steps, "epochs": cfg.train.epochs, "total_steps": steps * cfg.train.epochs,
@@ -171,8 +170,7 @@ def format_plan(plan: dict[str, Any]) -> str:
 
     d, m, b = plan["data"], plan["memory_mb"], plan["batch"]
     lines = ["# resolved config", yaml.safe_dump(plan["config"], sort_keys=False).rstrip(), "", "# plan",
-             f"data: {d['name']}: {d['train']} train / {d['test']} test" + (
-                 f", streamed from {d['shards']} shards" if d["streamed"] else ", held in memory"),
+             f"data: {d['name']}: {d['train']} train / {d['test']} test, {d['held']}",
              *([f"defense: {plan['config']['defense']['name']} trains on {d['trained']} of the {d['train']} train "
                 "pairs"] if d.get("trained", d["train"]) != d["train"] else []),
              f"processes: {plan['processes']} on {plan['device']}; batch {b['global']} global = {b['per_process']} per process",

@@ -8,8 +8,7 @@ from typing import Any
 from ...contexts import EvalContext
 from ...data.augment import TwoViewAugment, make_sampler
 from ...data.datasets import ImageSplits
-from ...data.image_stream import StreamedImageBatches
-from ...data.loader import ResidentBatches, TwoViewBatches
+from ...data.loader import TwoViewBatches
 from ...errors import ConfigError
 from ...engine.trainer import min_conv_channels
 from ...eval.encoder_eval import attack_context, evaluate_encoder, feature_classifier, feature_embedder
@@ -57,10 +56,8 @@ class ImageTask(Task):
         cfg = self.cfg
         sampler = defense.view_sampler(cfg.augment) or make_sampler(cfg.augment)
         augment = TwoViewAugment(cfg.augment, sampler)
-        args = (train_set, local_batch_size(cfg.train.batch_size), self.device)
-        kw = {"seed": cfg.seed, "rank": rank(), "world_size": world_size()}
-        source = (StreamedImageBatches(*args, **kw, workers=cfg.data.stream_workers) if hasattr(train_set, "load")
-                  else ResidentBatches(*args, **kw))  # streamed split: decoded ahead in loader workers
+        source = train_set.batch_source(local_batch_size(cfg.train.batch_size), self.device, seed=cfg.seed, rank=rank(),
+                                        world_size=world_size(), workers=cfg.data.stream_workers)  # data/split_info.py
         return TwoViewBatches(
             source,
             augment,

@@ -111,14 +111,14 @@ class ImageTextTask(Task):
     def load(self) -> CaptionSplits:
         cfg = self.cfg
         size = cfg.data.image_size or cfg.augment.out_size
-        if cfg.data.captions.stream:
-            splits = self.load_streamed(size)
+        if cfg.data.captions.stream:  # the one choice of reader (the methods' ``streams`` checked in load_streamed)
+            splits, n_caps = self.load_streamed(size), "streamed"
         else:
             splits = load_caption_splits(cfg.data.name, cfg.data.path, cfg.data.captions, size, cfg.seed)
             splits.train = subset_train(limit_pairs(splits.train, cfg.data.train_limit), cfg.data.train_per_class,
                                         cfg.data.train_subset, cfg.data.subset_seed)
+            n_caps = sum(len(c) for c in splits.train.captions)
         splits.test = limit_pairs(splits.test, cfg.data.test_limit)
-        n_caps = "streamed" if cfg.data.captions.stream else sum(len(c) for c in splits.train.captions)
         self.echo(f"data: {cfg.data.name} ({len(splits.train)} train pairs / {n_caps} captions, {len(splits.test)} test pairs)")
         skipped = splits.source.get("skipped") or {}
         if any(skipped.values()):
