@@ -1,6 +1,17 @@
-"""What the benchmark scripts under ``benchmarks/`` share: running a named config (reusing a finished run of the
-same config), per-seed statistics, ``attack.params.*`` overrides, and the shared settings of several scripts
-(the Carlini clean-data control, the CorruptEncoder rows). Scripts import it from the installed package.
+"""The harness of the benchmark scripts under ``benchmarks/`` (not library code: nothing in ``clpoison`` imports
+it; scripts import it as ``_harness``, since ``python benchmarks/x.py`` puts ``benchmarks/`` on ``sys.path``).
+
+A *comparison* is a grid file (``benchmarks/grids/NAME.yaml``: the runs, which ``clpoison grid`` runs as well) and
+the script's ``summarise`` (the finished runs -> the JSON that the docs quote). A script reads the grid file,
+applies its arguments (seeds, rows, overrides), runs the cells with :func:`run_comparison` (``WORK/cells/NAME``,
+reused when finished: the same run folders as ``clpoison grid GRID --out WORK``) and writes ``summarise(...)`` with
+:func:`write_result`. ``--summarise-only`` trains nothing: it summarises the finished cells of WORK (a folder that
+``clpoison grid`` filled, say), and names the first missing one.
+
+The rest is what the older, not grid-backed scripts share: :func:`run_named` (one named run, reused when finished),
+:func:`reuse_or_export`, per-seed :func:`stats`, ``attack.params.*`` overrides (:func:`split_overrides`,
+:func:`route_params`), the ``--work`` folder and :func:`script_main` (a ConfigError / DataError ends the script in
+one line on stderr and exit status 2).
 
 Example::
 
@@ -12,28 +23,125 @@ Example::
 
 from __future__ import annotations
 
+import argparse
+import copy
+import dataclasses
 import json
 import statistics
+import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 import yaml
 
-from ..attacks import ATTACKS
-from ..errors import ClpoisonError, ConfigError
-from ..utils.io import dumps_json
-from .config import build_config, load_preset
-from .poison import export_attack
-from .runner import run_or_reuse
+from clpoison.attacks import ATTACKS
+from clpoison.errors import ClpoisonError, ConfigError
+from clpoison.experiments.config import build_config, parse_override, resolve_presets
+from clpoison.experiments.grid import CELLS_DIR, expand_grid, run_grid
+from clpoison.experiments.poison import export_attack
+from clpoison.experiments.runner import RESULTS_NAME, run_or_reuse
+from clpoison.utils.io import atomic_write_json, dumps_json
 
-CORRUPTENCODER_PRESET = "corruptencoder-small"
-CORRUPTENCODER_ROWS = ("clean", "ssl_backdoor", "poisoned_encoder", "corruptencoder", "corruptencoder_plus",
-                       "corruptencoder_localized_cropping")
-_CE_COMMON = ("target", "poison_rate", "poison_count", "trigger", "eval_seed", "zscore_images", "target_in_pretraining")
-#: SSL-Backdoor in the paper's setting (target class out of pretraining): added, up-sampled copies of withheld
-#: target-class images — 64 px beside 32-px clean images, the size of CorruptEncoder's objects (object_width 64)
-_SSLB_OUT_OF_PRETRAINING = {"mode": "add", "poison_scale": 2.0}
+GRIDS = Path(__file__).resolve().parent / "grids"
+ECHO = partial(print, flush=True)  # a fresh run's line shows at once in a log file
+
+# --------------------------------------------------------------------------------------------------------------
+# a comparison: grid file -> runs -> summarise -> JSON
+
+
+def comparison_parser(doc: str, seeds: int, out_help: str = "JSON result file") -> argparse.ArgumentParser:
+    """The arguments every comparison script takes: ``--out``, ``--seeds``, ``--work``, ``--threads``,
+    ``--summarise-only`` and the ``key=value`` overrides for every run; the script adds its own."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--out", required=True, help=out_help)
+    ap.add_argument("--seeds", type=int, default=seeds)
+    ap.add_argument("--work", default=None, help="grid folder of the runs, WORK/cells/NAME (default: OUT without "
+                                                 "suffix + '_runs')")
+    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    ap.add_argument("--summarise-only", action="store_true", help="train nothing: summarise the finished runs in "
+                    "WORK (e.g. of `clpoison grid` on the same grid file); a missing one is one error line")
+    ap.add_argument("overrides", nargs="*", help="config overrides for every run, e.g. train.epochs=10")
+    return ap
+
+
+def run_comparison(spec: dict, work: Path, overrides: Sequence[str] = (), summarise_only: bool = False,
+                   echo: Callable[[str], None] = ECHO) -> dict[str, dict]:
+    """``{cell name: its results.json}`` of every cell of the grid ``spec`` (+ ``overrides``) in ``WORK/cells/NAME``,
+    run or reused by :func:`clpoison.experiments.grid.run_grid`; with ``summarise_only`` nothing runs and a cell
+    that is missing, or finished with another config, is one ConfigError line."""
+    cells = expand_grid(spec, list(overrides))
+    if not summarise_only:
+        state = run_grid(spec, work, list(overrides), echo=echo)
+        failed = [c for c in state["cells"] if c["status"] not in ("done", "reused")]
+        if failed:
+            raise ClpoisonError(f"{len(failed)} runs did not finish ({failed[0]['name']}: {failed[0]['error']}); "
+                                "fix it and re-run the same command (finished runs are reused)")
+    out = {}
+    for c in cells:
+        path = Path(work) / CELLS_DIR / c.name / RESULTS_NAME
+        try:
+            res = json.loads(path.read_text())
+        except (OSError, ValueError):
+            res = None
+        if res is None or res.get("config") != json.loads(dumps_json(c.config.to_dict())):
+            raise ConfigError(f"'{path.parent}' holds no finished run of cell {c.name}'s config; run without "
+                              "--summarise-only (or `clpoison grid` with the same grid file and overrides)")
+        out[c.name] = res
+    return out
+
+
+def write_result(out: Path, result: dict, shown: Optional[dict] = None) -> None:
+    """Write the comparison's JSON atomically and print ``shown`` (default: all of it)."""
+    atomic_write_json(out, result)
+    print(json.dumps(result if shown is None else shown, indent=2))
+
+
+def seed_axis(spec: dict, seeds: int) -> dict:
+    """``spec`` with the seeds ``0 .. seeds-1`` (a copy)."""
+    spec = copy.deepcopy(spec)
+    spec["axes"] = {**spec["axes"], "seed": list(range(seeds))}
+    return spec
+
+
+def route_params(spec: dict, overrides: list[str], prefix: str = "attack.params.") -> tuple[dict, list[str]]:
+    """``(spec, the other overrides)``: each ``attack.params.KEY=VALUE`` of ``overrides`` becomes a key of every
+    cell of ``spec`` whose attack has the parameter KEY and that does not set ``attack.params.KEY`` itself (so a
+    clean row's zero poisons stay zero); an override that no cell's attack takes is one ConfigError line."""
+    routed = [o for o in overrides if o.startswith(prefix)]
+    rest = [o for o in overrides if not o.startswith(prefix)]
+    spec = copy.deepcopy(spec)
+    base = resolve_presets(copy.deepcopy(spec["base"]))
+    for o in routed:
+        path, value = parse_override(o)
+        key, taken = ".".join(path), False
+        for cell in spec["cells"]:
+            if path[2] in _attack_fields(_attack_name(base, cell)):
+                taken = True
+                if key not in cell and key not in (cell.get("axes") or {}):
+                    cell[key] = value
+        if not taken:
+            raise ConfigError(f"override '{o}': no row's attack has the parameter '{path[2]}'")
+    return spec, rest
+
+
+def _attack_name(base: dict, cell: dict) -> str:
+    if "attack.name" in cell:
+        return cell["attack.name"]
+    if isinstance(cell.get("attack"), dict) and "name" in cell["attack"]:
+        return cell["attack"]["name"]
+    if "preset" in cell:
+        base = resolve_presets({"preset": cell["preset"]})
+    return (base.get("attack") or {}).get("name", "none")
+
+
+def _attack_fields(name: str) -> set[str]:
+    return {f.name for f in dataclasses.fields(ATTACKS.get(name).Params)}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# runs by name (the scripts that are not grid-backed), exports, statistics, arguments
 
 
 def run_named(name: str, data: dict, overrides: list[str], work: Path,
@@ -103,47 +211,8 @@ def work_dir(out: Path, work: Optional[str]) -> Path:
     return Path(work) if work else out.with_name(out.stem + "_runs")
 
 
-def carlini_clean_control() -> dict:
-    """Config of the clean-data control run (``clean_s{seed}``): plain clip-small on unpoisoned pairs, evaluated
-    with the small presets' backdoor trigger and targeted victims (``attack.name: carlini-control``)."""
-    return {"preset": "clip-small", "attack": {"name": "carlini-control", "params": {
-        "backdoor": load_preset("carlini-backdoor-small")["attack"]["params"],
-        "targeted": load_preset("carlini-targeted-small")["attack"]["params"]}}}
-
-
-def corruptencoder_rows(rows: str) -> list[str]:
-    """The rows named in a comma-separated list; an unknown one is a ConfigError naming the choices."""
-    out = [r for r in rows.split(",") if r]
-    bad = sorted(set(out) - set(CORRUPTENCODER_ROWS))
-    if bad:
-        raise ConfigError(f"unknown rows {bad}; choose from {', '.join(CORRUPTENCODER_ROWS)}")
-    return out
-
-
-def corruptencoder_row_config(row: str, ce: dict) -> dict:
-    """The config mapping of one CorruptEncoder benchmark row, sharing the preset's target, budget and trigger."""
-    common = {k: v for k, v in ce.items() if k in _CE_COMMON}
-    if row == "clean":  # CorruptEncoder with zero poisons: clean data, same trigger evaluated
-        attack: dict[str, Any] = {"name": "corruptencoder", "params": {**ce, "poison_rate": None, "poison_count": 0}}
-    elif row == "ssl_backdoor":
-        out = ce.get("target_in_pretraining") is False
-        attack = {"name": "ssl-backdoor", "params": {**common, **(_SSLB_OUT_OF_PRETRAINING if out else {})}}
-    elif row == "poisoned_encoder":
-        attack = {"name": "poisoned-encoder", "params": {**common, "num_references": ce.get("num_references", 3)}}
-    elif row == "corruptencoder_plus":
-        attack = {"name": "corruptencoder-plus", "params": {**ce, "support_ratio": 0.2}}
-    else:
-        attack = {"name": "corruptencoder", "params": ce}
-    data: dict[str, Any] = {"preset": CORRUPTENCODER_PRESET, "attack": attack}
-    if row == "corruptencoder_localized_cropping":
-        data["defense"] = {"name": "localized-cropping", "params": {"delta": 0.2}}
-    return data
-
-
 def script_main(main: Callable[[], None]) -> None:
     """Run a benchmark script's ``main``: a ConfigError / DataError ends in one line on stderr and exit status 2."""
-    import sys
-
     try:
         main()
     except ClpoisonError as e:
@@ -165,82 +234,3 @@ def start(args: Any) -> tuple[Path, Path]:
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     return out, work_dir(out, args.work)
-
-
-# --------------------------------------------------------------------------------------------------------------
-# No-Label Backdoors (benchmarks/nlb_small.py, nlb_search.py)
-
-NLB_PRESET = "nlb-small"
-NLB_ROWS = ("random", "kmeans", "con", "conp", "conn", "target")
-
-
-#: What every NLB row reports from its run (final epoch), and what its trace holds (every ``eval.every_epochs``).
-NLB_METRICS = ("asr", "ca", "asr_knn", "delta_cos", "asr_no_trigger", "asr_mismatched", "asr_knn_mismatched",
-               "delta_cos_mismatched", "knn_top1", "backdoor_zscore")
-NLB_TRACE = ("asr", "asr_knn", "delta_cos", "asr_mismatched", "delta_cos_mismatched", "ca")
-
-
-def nlb_attacker_run(params: dict, seed: int, work: Path, overrides: Sequence[str] = ()) -> Path:
-    """The attacker's clean encoder as a run of the preset's ``attacker`` spec (``attacker_epochs``, seed
-    1000 + ``seed``: independent of the victims), trained once per seed and passed to every row as
-    ``attack.params.encoder`` — the training the attack would otherwise repeat in each run. The ``data.*`` entries
-    of ``overrides`` (the victims') apply too: the attacker pretrains on the images it poisons."""
-    a = params.get("attacker") or {}
-    train = {**(a.get("train") or {}), "epochs": params["attacker_epochs"], "batch_size": params["attacker_batch_size"]}
-    data = {"preset": "simclr-small", "method": a["method"], "model": a["model"], "augment": a["augment"],
-            "train": train}
-    run_named(f"attacker_s{seed}", data, [f"seed={1000 + seed}", *(o for o in overrides if o.startswith("data."))],
-              work)
-    return Path(work) / f"attacker_s{seed}"
-
-
-def nlb_clean_run(seed: int, overrides: list[str], work: Path, name: str = "") -> Path:
-    """The clean victim: ``nlb-small`` without the attack (the same encoder, method and schedule as the rows)."""
-    name = name or f"clean_s{seed}"
-    run_named(name, {"preset": NLB_PRESET, "attack": {"name": "none"}}, [f"seed={seed}", *overrides], work)
-    return Path(work) / name
-
-
-def nlb_row(row: str, params: dict, seed: int, encoder: Path, overrides: list[str], work: Path, tag: str = "") -> dict:
-    """Metrics and manifest summary of one NLB row (``selection = row``) on seed ``seed`` (run ``{tag}{row}_s{seed}``):
-    the anchor and TPR (= the purity of the poison set: the share with the anchor label), :data:`NLB_METRICS`, the
-    selection time and the trace of :data:`NLB_TRACE` against epochs."""
-    from ..report.tables import history_curve
-
-    p = {**params, "selection": row, "encoder": str(encoder)}
-    name = f"{tag}{row}_s{seed}"
-    res, _ = run_named(name, {"preset": NLB_PRESET, "attack": {"name": "nlb", "params": p}},
-                       [f"seed={seed}", *overrides], work)
-    man = json.loads((Path(work) / name / "manifest.json").read_text())
-    m = res["metrics"]
-    return {"tpr": man["targets"]["tpr"], "anchor": man["targets"]["anchor_index"],
-            **{k: m.get(k) for k in NLB_METRICS}, "select_seconds": man["details"]["selection_seconds"],
-            "trace": history_curve(res, *NLB_TRACE)}
-
-
-def clean_by_target(run: Path, trigger: Any, eval_seed: int) -> dict[str, Any]:
-    """The clean run's baseline for every possible target class with ``trigger`` — for an attack whose target (NLB's
-    anchor) is decided by its selection: ``{"asr": [...], "asr_knn": [...], "delta_cos": [...]}`` indexed by class
-    (linear probe; kNN over the clean training bank; Δcos to that bank's class centroid) and ``ca`` (the probe's
-    clean accuracy)."""
-    import torch
-
-    from ..engine.checkpoint import read_checkpoint
-    from ..eval.attack_metrics import asr_by_target, knn_backdoor_by_target
-    from ..run_folder import checkpoint_file
-    from .config import build_config
-    from .tasks import task_for
-
-    ckpt = read_checkpoint(checkpoint_file(run))
-    task = task_for(build_config(dict(ckpt["config"]), []), torch.device("cpu"))
-    method = task.method_from_checkpoint(ckpt)
-    splits = task.load()
-    m, extras = task.evaluate(method, splits)
-    ctx = task.context(method, splits, splits, extras)
-    t = splits.test
-    sizes = getattr(t, "sizes", None)
-    out: dict[str, Any] = {"asr": asr_by_target(ctx.classify, t.images, t.labels, trigger, t.num_classes,
-                                                eval_seed, sizes), "ca": m["linear_top1"]}
-    if ctx.knn is not None and ctx.embed is not None:
-        out.update(knn_backdoor_by_target(ctx.knn, ctx.embed, t.images, t.labels, trigger, eval_seed, sizes))
-    return out

@@ -22,9 +22,10 @@ from pathlib import Path
 
 import torch
 
-from clpoison.experiments.bench import mean, run_named, work_dir
 from clpoison.experiments.config import load_preset
 from clpoison.utils.io import atomic_write_json
+
+from _harness import mean, run_named, work_dir
 
 ECHO = partial(print, flush=True)
 CAP = ["defense.params.cap_from_gmm=true", "defense.params.cap_filter_ratio=0.85"]
