@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from clpoison.errors import ConfigError
-from clpoison.experiments.config import ExperimentConfig, load_preset
+from clpoison.experiments.config import ExperimentConfig
 from clpoison.experiments.grid import expand_grid, read_grid
 
 from _harness import GRIDS, route_params, run_named
@@ -27,10 +27,11 @@ from _harness import GRIDS, route_params, run_named
 
 def carlini_clean_control() -> dict:
     """Config of the clean-data control run (``clean_s{seed}``): plain clip-small on unpoisoned pairs, evaluated
-    with the small presets' backdoor trigger and targeted victims (``attack.name: carlini-control``)."""
-    return {"preset": "clip-small", "attack": {"name": "carlini-control", "params": {
-        "backdoor": load_preset("carlini-backdoor-small")["attack"]["params"],
-        "targeted": load_preset("carlini-targeted-small")["attack"]["params"]}}}
+    with the small presets' backdoor trigger and targeted victims (``attack.name: carlini-control``) — the
+    ``clean_s{seed}`` cell of ``grids/carlini_small.yaml``, so the scripts that are not grid-backed
+    (clip_defenses_small, decree_small) train the same control."""
+    cell = next(c for c in read_grid(GRIDS / "carlini_small.yaml")["cells"] if c["name"] == "clean_s{seed}")
+    return {k: v for k, v in cell.items() if k != "name"}
 
 
 # --------------------------------------------------------------------------------------------------------------

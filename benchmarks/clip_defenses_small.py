@@ -6,8 +6,8 @@ trigger and evaluation as ``benchmarks/safeclip_small.py`` — plus the clean-da
 :func:`_rows.carlini_clean_control`):
 
 * ``clip``: plain clip-small (runs ``backdoor_0.01_s0`` / ``backdoor_n100_s0`` / ``targeted_s0``, the names and
-  configs of ``carlini_small.py``, ``safeclip_small.py`` and ``clip_dose.py``, so one ``--work`` folder trains each
-  once);
+  configs of ``carlini_small.py``, ``safeclip_small.py`` and ``clip_dose.py``, and like theirs in
+  ``WORK/cells/NAME``, so one ``--work`` folder trains each once);
 * ``safeclip``: every section of the ``safeclip-small`` preset (as ``safeclip_small.py``, same run names);
 * ``roclip``: the ``defense`` section of ``roclip-small`` (clip-small's schedule otherwise);
 * ``cleanclip``: the ``train`` and ``defense`` sections of ``cleanclip-small``, fine-tuning the plain-CLIP run of
@@ -76,6 +76,7 @@ def main() -> None:
     ap.add_argument("overrides", nargs="*", help="config overrides for every run, e.g. train.epochs=10")
     args = ap.parse_args()
     out, work, caps = start(args)
+    work = work / "cells"  # the run folders of the grid-backed CLIP scripts (carlini_small, safeclip_small, ...)
     row_cfg = {"clip": {}, "safeclip": sections("safeclip-small", ("train", "defense")),
                "roclip": sections("roclip-small", ("train", "defense")),
                "cleanclip": sections("cleanclip-small", ("train", "defense"))}

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from clpoison.errors import ConfigError
+from clpoison.experiments.config import load_preset
 from clpoison.experiments.grid import expand_grid, read_grid
 from clpoison.utils.io import dumps_json
 
@@ -106,6 +107,12 @@ def test_scripts_and_clpoison_grid_resolve_the_same_runs_from_the_grid_file(tmp_
     _clip.add_caption_args(ap)
     caps = _clip.caption_sections(ap.parse_args(webcaps_args(tmp_path, monkeypatch)))
     assert configs(dose.grid_spec(2, captions=caps)) == configs(read_grid(GRIDS / "clip_dose_webcaps.yaml"))
+    # the clean control (every CLIP benchmark's clean_s{seed}) evaluates the attack presets' trigger and victims
+    control = _rows.carlini_clean_control()
+    assert control["attack"]["params"] == {"backdoor": load_preset("carlini-backdoor-small")["attack"]["params"],
+                                           "targeted": load_preset("carlini-targeted-small")["attack"]["params"]}
+    for grid in ("safeclip_small", "clip_dose_webcaps"):
+        assert {k: v for k, v in read_grid(GRIDS / f"{grid}.yaml")["cells"][0].items() if k != "name"} == control
 
 
 def test_attack_params_overrides_go_to_the_rows_whose_attack_takes_them():
