@@ -212,6 +212,16 @@ def test_summarise_only_names_a_missing_or_changed_run(tmp_path, capsys, monkeyp
     assert e.value.code == 2 and "simclr_s0" in capsys.readouterr().err and not (tmp_path / "o.json").exists()
 
 
+def test_harness_doctests():
+    import doctest
+
+    import _clip
+    import _harness
+
+    for mod in (_harness, _rows, _clip):
+        assert doctest.testmod(mod).failed == 0, mod.__name__
+
+
 def test_every_benchmark_script_imports():
     """The scripts import the harness and rows from benchmarks/ (no library module), so each one loads."""
     names = sorted(p.stem for p in BENCH.glob("*.py") if not p.stem.startswith("_"))
