@@ -57,7 +57,9 @@ def write_fake_runs(spec: dict, work: Path, overrides=()) -> dict:
         runs[n] = {"config": json.loads(dumps_json(c.config.to_dict())), "metrics": m,
                    "timings": {"total_s": fake(n, "total", 100), "pretrain_s": fake(n, "pre", 80)},
                    "history": [{"epoch": 1, "eval_asr": fake(n, "a1"), "eval_ca": fake(n, "c1"),
-                                "safeclip_poison_recall_risky": fake(n, "rec")}, {"epoch": 2}],
+                                "safeclip_poison_recall_risky": fake(n, "rec"), "safeclip_safe_fraction": fake(n, "sf"),
+                                "safeclip_gmm_clean_weight": fake(n, "w"), "safeclip_gmm_separation": fake(n, "sep")},
+                               {"epoch": 2}],
                    "data": {"train_pairs": 5438}}
         d.mkdir(parents=True)
         (d / "results.json").write_text(json.dumps(runs[n]))
@@ -138,6 +140,7 @@ def test_attack_params_overrides_go_to_the_rows_whose_attack_takes_them():
     ("corruptencoder_small", ["--seeds", "2", "--rows", "clean,ssl_backdoor,corruptencoder"],
      "corruptencoder_small.json"),
     ("safeclip_small", ["--seeds", "2", "--count", "100"], "safeclip_webcaps.json"),
+    ("safeclip_gmm_cap", ["--seeds", "2"], "safeclip_gmm_cap.json"),
 ])
 def test_summarise_only_writes_the_keys_the_docs_quote(name, argv, recorded, tmp_path, monkeypatch):
     """Fake finished runs in a grid folder -> ``--summarise-only`` -> the keys (at every level) of the recorded
@@ -148,7 +151,8 @@ def test_summarise_only_writes_the_keys_the_docs_quote(name, argv, recorded, tmp
           "ssl_small": lambda: mod.grid_spec(2, ["simclr", "mocov2", "byol"]),
           "corruptencoder_small": lambda: _rows.corruptencoder_spec(["clean", "ssl_backdoor", "corruptencoder"],
                                                                     range(2), [])[0],
-          "safeclip_small": lambda: mod.grid_spec(2, None, 100)[0]}
+          "safeclip_small": lambda: mod.grid_spec(2, None, 100)[0],
+          "safeclip_gmm_cap": lambda: mod.grid_spec(2)}
     runs = write_fake_runs(ns[name](), work)
     out = tmp_path / "out.json"
     run_main(mod, [*argv, "--out", str(out), "--work", str(work), "--summarise-only"], monkeypatch)
@@ -167,6 +171,11 @@ def test_summarise_only_writes_the_keys_the_docs_quote(name, argv, recorded, tmp
         assert got["per_seed"]["asr_safeclip"] == [runs[f"backdoor_safeclip_n100_s{s}"]["metrics"]["asr"]
                                                    for s in range(2)]
         assert got["safeclip_epochs"] == 32 and got["count"] == 100 and got["rate"] is None
+    if name == "safeclip_gmm_cap":
+        assert got["per_seed"]["safe_fraction_last"] == [runs[f"{a}_safeclip_s{s}"]["history"][0]
+                                                         ["safeclip_safe_fraction"] for s in range(2)
+                                                         for a in ("backdoor", "targeted")]
+        assert all(r["config"]["defense"]["params"]["cap_from_gmm"] for r in runs.values())
 
 
 def test_clip_dose_summary_keys_and_pooled_intervals(tmp_path, monkeypatch):
