@@ -42,6 +42,7 @@ from clpoison.experiments.config import build_config, parse_override, resolve_pr
 from clpoison.experiments.grid import CELLS_DIR, expand_grid, run_grid
 from clpoison.experiments.poison import export_attack
 from clpoison.experiments.runner import RESULTS_NAME, run_or_reuse
+from clpoison.report.collect import GRID_NAME
 from clpoison.utils.io import atomic_write_json, dumps_json
 
 GRIDS = Path(__file__).resolve().parent / "grids"
@@ -72,6 +73,11 @@ def run_comparison(spec: dict, work: Path, overrides: Sequence[str] = (), summar
     run or reused by :func:`clpoison.experiments.grid.run_grid`; with ``summarise_only`` nothing runs and a cell
     that is missing, or finished with another config, is one ConfigError line."""
     cells = expand_grid(spec, list(overrides))
+    legacy = [c.name for c in cells if (Path(work) / c.name / RESULTS_NAME).is_file()]
+    if legacy and not (Path(work) / GRID_NAME).exists():
+        raise ConfigError(f"'{work}' holds runs of the scripts' earlier layout (WORK/NAME, e.g. {legacy[0]}); a "
+                          f"comparison keeps them in WORK/cells/NAME: move them (mkdir -p NEW/cells && mv "
+                          f"{work}/{legacy[0]} ... NEW/cells/) and give --work NEW, or another --work")
     if not summarise_only:
         state = run_grid(spec, work, list(overrides), echo=echo)
         failed = [c for c in state["cells"] if c["status"] not in ("done", "reused")]

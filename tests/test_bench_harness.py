@@ -211,6 +211,11 @@ def test_summarise_only_names_a_missing_or_changed_run(tmp_path, capsys, monkeyp
     assert set(run_comparison(spec, tmp_path, summarise_only=True)) == {"simclr_s0", "byol_s0"}
     with pytest.raises(ConfigError, match="simclr_s0's config"):  # the runs were of another config
         run_comparison(spec, tmp_path, ["train.epochs=1"], summarise_only=True)
+    old = tmp_path / "old"  # a --work folder of the scripts' earlier layout (WORK/NAME): one line saying how to move it
+    write_fake_runs(spec, old)
+    (old / "cells" / "byol_s0").rename(old / "byol_s0")
+    with pytest.raises(ConfigError, match="earlier layout .*byol_s0"):
+        run_comparison(spec, old)
     (tmp_path / "cells" / "simclr_s0" / "results.json").unlink()
     monkeypatch.setattr(sys, "argv", ["ssl_small.py", "--out", str(tmp_path / "o.json"), "--work", str(tmp_path),
                                       "--seeds", "1", "--summarise-only"])
