@@ -47,9 +47,10 @@ from pathlib import Path
 import torch
 
 from clpoison.eval.density import DENSITY_SCORES
-from clpoison.experiments.bench import reuse_or_export, run_named, work_dir
 from clpoison.experiments.scan import scan_data
 from clpoison.utils.io import atomic_write_json
+
+from _harness import reuse_or_export, run_named, work_dir
 
 ECHO = partial(print, flush=True)
 SCORES = ("similarity", "kdist", "dao", "slof", "lid")

@@ -11,7 +11,7 @@ trained on it and once with a reference model trained on a trusted subset of cle
 
 ``--captions`` is a caption CSV/TSV, tar shards (or any caption source name; default ``cifar10-subset``: the
 bundled CIFAR-10 subset with *generated* stand-in captions); training never reads labels (the arguments are those of
-every CLIP benchmark: :mod:`clpoison.experiments.clip_bench`, docs/webcaps.md). ``--eval-set`` is the labelled image set
+every CLIP benchmark: :mod:`_clip`, docs/webcaps.md). ``--eval-set`` is the labelled image set
 (default ``cifar10-subset``: the bundled test split, 1,017 images). Runs (one seed, ``--seed``):
 
 * ``clean`` (clip-small), ``backdoor_{RATE}`` (carlini-backdoor-small at each ``--rates``), ``targeted``
@@ -41,12 +41,13 @@ from pathlib import Path
 import torch
 
 from clpoison.engine.checkpoint import read_checkpoint
-from clpoison.experiments.bench import reuse_or_export, run_named, work_dir
-from clpoison.experiments.clip_bench import add_caption_args, caption_details, caption_sections, caption_set_name
 from clpoison.experiments.config import load_preset
 from clpoison.experiments.run_eval import evaluate_run
 from clpoison.experiments.scan import scan_data
 from clpoison.utils.io import atomic_write_json
+
+from _clip import add_caption_args, caption_details, caption_sections, caption_set_name
+from _harness import reuse_or_export, run_named, work_dir
 
 ECHO = partial(print, flush=True)
 

@@ -6,36 +6,33 @@ For every seed it trains (presets ``carlini-backdoor-small`` / ``carlini-targete
 * one targeted-poisoning model (16 victims from the test split, 5 pairs each);
 * one clean model, on which the same trigger (backdoor control) and the same victims (targeted control) are
   evaluated — one run serves both controls (attack ``carlini-control``; its config is
-  :func:`clpoison.experiments.bench.carlini_clean_control`, shared with ``safeclip_small.py``).
+  :func:`_rows.carlini_clean_control`, shared with ``safeclip_small.py``).
 
 and writes ``--out`` (JSON, means over seeds plus per-seed lists) and a PNG plot of poison rate → ASR next to it.
-The runs are the cells of the grid ``benchmarks/grids/carlini_small.yaml`` (with ``--seeds`` / ``--rates`` /
-``--no-targeted`` applied), run by :func:`clpoison.experiments.grid.run_grid` into ``--work`` (``WORK/cells/NAME``;
-``WORK/results.csv`` is the table of every run); finished runs are reused when the script is re-run. The same grid
-from the command line: ``clpoison grid benchmarks/grids/carlini_small.yaml --out DIR``.
+The comparison is the grid ``benchmarks/grids/carlini_small.yaml`` (the one source of the runs; ``--seeds`` /
+``--rates`` / ``--no-targeted`` applied) plus :func:`summarise`: the cells run into ``--work`` (``WORK/cells/NAME``,
+``WORK/results.csv`` the table of every run; finished runs are reused), then ``summarise`` turns them into the JSON.
+The same runs from the command line, summarised afterwards:
 
     python benchmarks/carlini_small.py --out runs/carlini_small.json --seeds 3
+    clpoison grid benchmarks/grids/carlini_small.yaml --out runs/grid_carlini
+    python benchmarks/carlini_small.py --out runs/carlini_small.json --rates 0.001,0.0025,0.005,0.01,0.02 \
+        --work runs/grid_carlini --summarise-only
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
-from functools import partial
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from clpoison.experiments.bench import mean, work_dir
 from clpoison.experiments.config import load_preset
-from clpoison.experiments.grid import read_grid, run_grid
+from clpoison.experiments.grid import read_grid
 from clpoison.report.plots import curve_plot
-from clpoison.utils.io import atomic_write_json
 
-ECHO = partial(print, flush=True)  # a fresh run's line shows at once in a log file
-GRID = Path(__file__).resolve().parent / "grids" / "carlini_small.yaml"
+from _harness import GRIDS, comparison_parser, mean, run_comparison, script_main, start, write_result
+
+GRID = GRIDS / "carlini_small.yaml"
 
 
 def grid_spec(seeds: int, rates: list[float], targeted: bool) -> dict:
@@ -54,33 +51,27 @@ def grid_spec(seeds: int, rates: list[float], targeted: bool) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", required=True, help="JSON result file (the plot goes next to it as .png)")
-    ap.add_argument("--seeds", type=int, default=3)
+    ap = comparison_parser(__doc__, seeds=3, out_help="JSON result file (the plot goes next to it as .png)")
     ap.add_argument("--rates", default="0.005,0.01,0.02")
-    ap.add_argument("--work", default=None, help="grid folder (default: OUT without suffix + '_runs'); the runs are "
-                                                 "its cells/NAME")
-    ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-targeted", action="store_true", help="skip the targeted-poisoning runs (quick look)")
-    ap.add_argument("overrides", nargs="*", help="config overrides for every run, e.g. train.epochs=10")
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    out = Path(args.out)
-    work = work_dir(out, args.work)
+    out, work = start(args)
     rates = [float(r) for r in args.rates.split(",")]
+    t0 = time.time()
+    runs = run_comparison(grid_spec(args.seeds, rates, not args.no_targeted), work, args.overrides,
+                          args.summarise_only)
+    result = summarise(runs, list(range(args.seeds)), rates, not args.no_targeted)
+    write_result(out, {**result, "overrides": args.overrides, "wall_s": round(time.time() - t0, 1)})
+    plot(result, rates, out.with_suffix(".png"))
+
+
+def summarise(runs: dict[str, dict], seeds: list[int], rates: list[float], targeted: bool) -> dict:
+    """The JSON of the comparison (without ``overrides`` and ``wall_s``) from ``{cell name: results.json}``."""
+    def metrics(name: str) -> dict:
+        return runs[name]["metrics"]
+
     bd_params = load_preset("carlini-backdoor-small")["attack"]["params"]
     tg_params = load_preset("carlini-targeted-small")["attack"]["params"]
-    seeds = list(range(args.seeds))
-    t0 = time.time()
-    state = run_grid(grid_spec(args.seeds, rates, not args.no_targeted), work, args.overrides, echo=ECHO)
-    failed = [c for c in state["cells"] if c["status"] not in ("done", "reused")]
-    if failed:
-        raise SystemExit(f"error: {len(failed)} runs did not finish ({failed[0]['name']}: {failed[0]['error']}); "
-                         "fix it and re-run the same command (finished runs are reused)")
-
-    def metrics(name: str) -> dict:
-        return json.loads((work / "cells" / name / "results.json").read_text())["metrics"]
-
     per: dict[str, Any] = {"asr": {str(r): [] for r in rates}, "zs": {str(r): [] for r in rates},
                            "z": {str(r): [] for r in rates}, "clean_asr": [], "clean_zs": [], "clean_z": [],
                            "tg": [], "tg_k": [], "tg_zs": [], "clean_tg": [], "clean_tg_k": []}
@@ -96,13 +87,13 @@ def main() -> None:
             per["asr"][str(r)].append(m["asr"])
             per["zs"][str(r)].append(m["zeroshot_top1"])
             per["z"][str(r)].append(m["backdoor_zscore"])
-        if not args.no_targeted:
+        if targeted:
             m = metrics(f"targeted_s{s}")
             per["tg"].append(m["targeted_success_rate"])
             per["tg_k"].append(m["targeted_successes"])
             per["tg_zs"].append(m["zeroshot_top1"])
     one = "0.01" if "0.01" in per["zs"] else str(rates[len(rates) // 2])
-    result = {
+    return {
         "backdoor": {
             "asr_by_rate": {r: mean(v) for r, v in per["asr"].items()},
             "asr_by_rate_per_seed": per["asr"],
@@ -120,11 +111,8 @@ def main() -> None:
             "zeroshot_top1": mean(per["tg_zs"]),
             "targets": tg_params["num_targets"], "pairs_per_target": tg_params["pairs_per_target"],
         },
-        "seeds": seeds, "overrides": args.overrides, "wall_s": round(time.time() - t0, 1),
+        "seeds": seeds,
     }
-    atomic_write_json(out, result)
-    plot(result, rates, out.with_suffix(".png"))
-    print(json.dumps(result, indent=2))
 
 
 def plot(result: dict, rates: list[float], path: Path) -> None:
@@ -139,4 +127,4 @@ def plot(result: dict, rates: list[float], path: Path) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    script_main(main)

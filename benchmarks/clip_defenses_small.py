@@ -3,11 +3,11 @@
 For every seed it trains the four rows on the backdoor (``carlini-backdoor-small`` at ``--rate``, default 1 %, or
 ``--count`` poisons) and on targeted poisoning (``carlini-targeted-small``, 16 targets) — the same poisoned data,
 trigger and evaluation as ``benchmarks/safeclip_small.py`` — plus the clean-data control (``clean_s{seed}``, config
-:func:`clpoison.experiments.bench.carlini_clean_control`):
+:func:`_rows.carlini_clean_control`):
 
 * ``clip``: plain clip-small (runs ``backdoor_0.01_s0`` / ``backdoor_n100_s0`` / ``targeted_s0``, the names and
-  configs of ``carlini_small.py``, ``safeclip_small.py`` and ``clip_dose.py``, so one ``--work`` folder trains each
-  once);
+  configs of ``carlini_small.py``, ``safeclip_small.py`` and ``clip_dose.py``, and like theirs in
+  ``WORK/cells/NAME``, so one ``--work`` folder trains each once);
 * ``safeclip``: every section of the ``safeclip-small`` preset (as ``safeclip_small.py``, same run names);
 * ``roclip``: the ``defense`` section of ``roclip-small`` (clip-small's schedule otherwise);
 * ``cleanclip``: the ``train`` and ``defense`` sections of ``cleanclip-small``, fine-tuning the plain-CLIP run of
@@ -20,7 +20,7 @@ trigger and evaluation as ``benchmarks/safeclip_small.py`` — plus the clean-da
 
 ``--captions`` trains on another caption set (a caption CSV/TSV, or tar shards such as ``shared/data/webcaps``;
 zero-shot, ASR and targeted success then come from the labelled ``--eval-set``, default the bundled test split:
-:mod:`clpoison.experiments.clip_bench`). It writes ``{"caption_set", "rows": {clip, safeclip, roclip, cleanclip} ->
+:mod:`_clip`). It writes ``{"caption_set", "rows": {clip, safeclip, roclip, cleanclip} ->
 {"asr", "targeted", "zeroshot", "recall_at_5_i2t", "time_ratio"}, "clean_model": {"asr", "targeted", "zeroshot",
 "recall_at_5_i2t"}}`` (means over seeds; ``targeted`` is the success rate over the 16 targets, ``zeroshot`` and
 ``recall_at_5_i2t`` the backdoor run's clean zero-shot top-1 and image→text R@5, ``time_ratio`` the pretraining
@@ -42,12 +42,13 @@ import time
 from functools import partial
 
 
-from clpoison.experiments.bench import carlini_clean_control, mean, run_named, script_main
-from clpoison.experiments.clip_bench import (add_bench_args, backdoor_dose, caption_details, caption_set_name,
-                                             choose_cleanclip, cleanclip_overrides, cleanclip_variants, pooled_rate,
-                                             start)
 from clpoison.experiments.config import load_preset
 from clpoison.utils.io import atomic_write_json
+
+from _clip import (add_bench_args, backdoor_dose, caption_details, caption_set_name, choose_cleanclip,
+                   cleanclip_overrides, cleanclip_variants, pooled_rate, start)
+from _harness import mean, run_named, script_main
+from _rows import carlini_clean_control
 
 ECHO = partial(print, flush=True)
 ROWS = ("clip", "safeclip", "roclip", "cleanclip")
@@ -75,6 +76,7 @@ def main() -> None:
     ap.add_argument("overrides", nargs="*", help="config overrides for every run, e.g. train.epochs=10")
     args = ap.parse_args()
     out, work, caps = start(args)
+    work = work / "cells"  # the run folders of the grid-backed CLIP scripts (carlini_small, safeclip_small, ...)
     row_cfg = {"clip": {}, "safeclip": sections("safeclip-small", ("train", "defense")),
                "roclip": sections("roclip-small", ("train", "defense")),
                "cleanclip": sections("cleanclip-small", ("train", "defense"))}

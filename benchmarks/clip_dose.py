@@ -4,7 +4,7 @@ poisoned pairs and targeted poisoning at fixed pairs per target, over seeds, bes
 For every seed it trains (presets ``carlini-backdoor-small`` / ``carlini-targeted-small``, i.e. ``clip-small``):
 
 * ``clean_s{seed}``: the clean model, on which the same trigger and the same victims are evaluated (the
-  clean-data control :func:`clpoison.experiments.bench.carlini_clean_control`);
+  clean-data control :func:`_rows.carlini_clean_control`);
 * ``backdoor_n{N}_s{seed}``: the backdoor with exactly N poisoned pairs, for each N of ``--counts`` (default
   10, 25, 50, 100, 200 — Carlini & Terzis state the threat as a count: a rate means different counts on data sets
   of different sizes);
@@ -12,10 +12,14 @@ For every seed it trains (presets ``carlini-backdoor-small`` / ``carlini-targete
   each K of ``--pairs`` (default 1, 2, 5, 10); the preset's own K (5) keeps the name ``targeted_s{seed}`` of the
   other CLIP benchmarks.
 
-The run names and configs are those of ``clip_defenses_small.py`` / ``safeclip_small.py`` (``--count``), so one
+The comparison is the grid ``benchmarks/grids/clip_dose_webcaps.yaml`` (the one source of the runs: its cells, with
+``--seeds`` / ``--counts`` / ``--pairs`` applied, on the caption set of ``--captions`` in place of the file's
+webcaps base) plus :func:`summarise`; the runs go to ``WORK/cells/NAME`` and are reused when finished
+(``clpoison grid benchmarks/grids/clip_dose_webcaps.yaml --out WORK`` makes the webcaps runs; ``--summarise-only``
+then writes the JSON). The run names and configs are those of ``safeclip_small.py`` (``--count``), so one
 ``--work`` folder trains each plain-CLIP run once. ``--captions`` trains on another caption set (a caption CSV/TSV
 or tar shards, e.g. ``shared/data/webcaps``, with zero-shot, ASR and targeted success on the labelled
-``--eval-set``: :mod:`clpoison.experiments.clip_bench`). Writes OUT::
+``--eval-set``: :mod:`_clip`). Writes OUT::
 
     {"caption_set", "clean": {"asr", "asr_ci95", "targeted", "targeted_ci95", "zeroshot", "recall_at_5_i2t"},
      "backdoor_by_count": {N: {"asr", "asr_ci95", "asr_std", "asr_per_seed", "zeroshot", "poison_rate"}},
@@ -32,93 +36,111 @@ beside it. ``clpoison report WORK --out R --dose-axis count`` draws the same run
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
-from functools import partial
 from pathlib import Path
+from typing import Any, Optional
 
-
-from clpoison.experiments.bench import carlini_clean_control, mean, run_named, script_main, stats
-from clpoison.experiments.clip_bench import (add_bench_args, backdoor_dose, caption_details, caption_set_name,
-                                             pooled_rate, start)
 from clpoison.experiments.config import load_preset
+from clpoison.experiments.grid import read_grid
 from clpoison.report.plots import curve_plot
-from clpoison.utils.io import atomic_write_json
 
-ECHO = partial(print, flush=True)
+from _clip import add_caption_args, caption_details, caption_sections, caption_set_name, pooled_rate
+from _harness import GRIDS, comparison_parser, mean, run_comparison, script_main, seed_axis, start, stats, write_result
+
+GRID = GRIDS / "clip_dose_webcaps.yaml"
+COUNTS, PAIRS = [10, 25, 50, 100, 200], [1, 2, 5, 10]
 
 
 def int_list(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x.strip()]
 
 
+def preset_pairs() -> int:
+    """The targeted preset's pairs per target: its cell keeps the name ``targeted_s{seed}`` of the other benchmarks."""
+    return load_preset("carlini-targeted-small")["attack"]["params"]["pairs_per_target"]
+
+
 def targeted_tag(k: int) -> str:
-    """``""`` for the preset's pairs per target (the run ``targeted_s{seed}`` of the other benchmarks), else
-    ``_k{K}``."""
-    return "" if k == load_preset("carlini-targeted-small")["attack"]["params"]["pairs_per_target"] else f"_k{k}"
+    """``""`` for the preset's pairs per target (the run ``targeted_s{seed}``), else ``_k{K}``."""
+    return "" if k == preset_pairs() else f"_k{k}"
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", required=True, help="JSON result file (the plot goes next to it as .png)")
-    ap.add_argument("--counts", type=int_list, default=[10, 25, 50, 100, 200], help="backdoor poison counts")
-    ap.add_argument("--pairs", type=int_list, default=[1, 2, 5, 10], help="targeted pairs per target (0: none)")
-    add_bench_args(ap, seeds=2)
-    ap.add_argument("overrides", nargs="*", help="config overrides for every run, e.g. train.epochs=10")
-    args = ap.parse_args()
-    out, work, caps = start(args)
-    pairs = [k for k in args.pairs if k > 0]
-    clean: list[dict] = []
-    bd: dict[int, list[dict]] = {n: [] for n in args.counts}
-    tg: dict[int, list[dict]] = {k: [] for k in pairs}
+def grid_spec(seeds: int, counts: list[int] = COUNTS, pairs: list[int] = PAIRS,
+              captions: Optional[dict] = None) -> dict:
+    """The grid file's cells over ``seeds``, the backdoor at ``counts`` and targeted poisoning at ``pairs`` per
+    target, on the caption set's config sections ``captions`` (``{}``: the presets' bundled data) instead of the
+    file's webcaps base."""
+    spec = seed_axis(read_grid(GRID), seeds)
+    spec["base"] = captions or {}
+    k0 = preset_pairs()
+    cells = []
+    for c in spec["cells"]:
+        axes = c.get("axes") or {}
+        if "attack.params.poison_count" in axes:
+            axes["attack.params.poison_count"] = list(counts)
+        if "attack.params.pairs_per_target" in axes:
+            axes["attack.params.pairs_per_target"] = [k for k in pairs if k != k0]
+        if any(not v for v in axes.values()) or (c["name"] == "targeted_s{seed}" and k0 not in pairs):
+            continue
+        cells.append(c)
+    spec["cells"] = cells
+    return spec
+
+
+def summarise(runs: dict[str, dict], seeds: int, counts: list[int], pairs: list[int]) -> dict:
+    """The JSON's ``clean``, ``backdoor_by_count``, ``targeted_by_pairs``, ``target`` and ``train_pairs`` from
+    ``{cell name: results.json}``."""
+    clean = [runs[f"clean_s{s}"]["metrics"] for s in range(seeds)]
     n_train = None
-    t0 = time.time()
-    for s in range(args.seeds):
-        ov = [f"seed={s}", *args.overrides]
-        res, _ = run_named(f"clean_s{s}", {**carlini_clean_control(), **caps}, ov, work, ECHO)
-        clean.append(res["metrics"])
-        n_train = res["data"].get("train_pairs", n_train)
-        for n in args.counts:
-            extra, tag = backdoor_dose(count=n)
-            bd[n].append(run_named(f"backdoor{tag}_s{s}", {"preset": "carlini-backdoor-small", **caps},
-                                   [*extra, *ov], work, ECHO)[0]["metrics"])
-        for k in pairs:
-            tg[k].append(run_named(f"targeted{targeted_tag(k)}_s{s}", {"preset": "carlini-targeted-small", **caps},
-                                   [f"attack.params.pairs_per_target={k}", *ov], work, ECHO)[0]["metrics"])
+    for s in range(seeds):
+        n_train = runs[f"clean_s{s}"]["data"].get("train_pairs", n_train)
 
     def zs(ms: list[dict]) -> float:
         return mean([m.get("zeroshot_top1") for m in ms])
 
     c_asr, c_tg = pooled_rate(clean, "asr"), pooled_rate(clean, "targeted_success_rate")
-    result = {
-        "caption_set": caption_set_name(args),
+    result: dict[str, Any] = {
         "clean": {"asr": c_asr["mean"], "asr_ci95": c_asr["ci95"], "asr_per_seed": c_asr["per_seed"],
                   "targeted": c_tg["mean"], "targeted_ci95": c_tg["ci95"],
                   "successes_per_seed": [m.get("targeted_successes") for m in clean], "zeroshot": zs(clean),
                   "recall_at_5_i2t": mean([m.get("recall_at_5_i2t") for m in clean])},
-        "backdoor_by_count": {},
-        "targeted_by_pairs": {},
-        "target": load_preset("carlini-backdoor-small")["attack"]["params"]["target"],
-        "train_pairs": n_train, **caption_details(args, caps), "seeds": args.seeds, "overrides": args.overrides,
-        "wall_s": round(time.time() - t0, 1),
-    }
-    for n, ms in bd.items():
+        "backdoor_by_count": {}, "targeted_by_pairs": {},
+        "target": load_preset("carlini-backdoor-small")["attack"]["params"]["target"], "train_pairs": n_train}
+    for n in counts:
+        ms = [runs[f"backdoor_n{n}_s{s}"]["metrics"] for s in range(seeds)]
         r = pooled_rate(ms, "asr")
         result["backdoor_by_count"][str(n)] = {"asr": r["mean"], "asr_ci95": r["ci95"], "asr_std": r["std"],
                                                "asr_per_seed": r["per_seed"], "zeroshot": zs(ms),
                                                "poison_rate": n / n_train if n_train else None}
-    for k, ms in tg.items():
+    for k in pairs:
+        ms = [runs[f"targeted{targeted_tag(k)}_s{s}"]["metrics"] for s in range(seeds)]
         r = pooled_rate(ms, "targeted_success_rate")
         result["targeted_by_pairs"][str(k)] = {
             "success": r["mean"], "success_ci95": r["ci95"], "success_std": r["std"],
             "successes_per_seed": [m.get("targeted_successes") for m in ms],
             "targets": stats([m.get("targeted_n") for m in ms])["mean"], "zeroshot": zs(ms)}
-    atomic_write_json(out, result)
+    return result
+
+
+def main() -> None:
+    ap = comparison_parser(__doc__, seeds=2, out_help="JSON result file (the plot goes next to it as .png)")
+    ap.add_argument("--counts", type=int_list, default=COUNTS, help="backdoor poison counts")
+    ap.add_argument("--pairs", type=int_list, default=PAIRS, help="targeted pairs per target (0: none)")
+    add_caption_args(ap)
+    args = ap.parse_args()
+    out, work = start(args)
+    work = work.resolve()
+    caps = caption_sections(args)
+    pairs = [k for k in args.pairs if k > 0]
+    t0 = time.time()
+    runs = run_comparison(grid_spec(args.seeds, args.counts, pairs, caps), work, args.overrides, args.summarise_only)
+    result = {"caption_set": caption_set_name(args), **summarise(runs, args.seeds, args.counts, pairs),
+              **caption_details(args, caps), "seeds": args.seeds, "overrides": args.overrides,
+              "wall_s": round(time.time() - t0, 1)}
+    write_result(out, result, {k: result[k] for k in ("caption_set", "clean", "backdoor_by_count",
+                                                      "targeted_by_pairs")})
     if args.seeds and args.counts:
         plot(result, out.with_suffix(".png"))
-    print(json.dumps({k: result[k] for k in ("caption_set", "clean", "backdoor_by_count", "targeted_by_pairs")},
-                     indent=2))
 
 
 def plot(result: dict, path: Path) -> None:

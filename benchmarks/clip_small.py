@@ -18,11 +18,12 @@ from pathlib import Path
 
 import torch
 
-from clpoison.experiments.bench import stats
 from clpoison.experiments.config import build_config
 from clpoison.experiments.runner import environment, run_experiment
 from clpoison.methods.clip import CLIP, CLIPParams, clip_loss
 from clpoison.models import build_backbone
+
+from _harness import stats
 
 KEYS = ("zeroshot_top1", "zeroshot_top1_random_init", "recall_at_1_i2t", "recall_at_5_i2t", "recall_at_10_i2t",
         "recall_at_1_t2i", "recall_at_5_t2i", "recall_at_10_t2i", "linear_top1", "knn_top1")

@@ -2,8 +2,8 @@
 
 Each *setting* is a named list of ``key=value`` overrides on top of ``corruptencoder-small``; for every setting it
 trains the rows given by ``--rows`` (default: the clean control, SSL-Backdoor and CorruptEncoder at the same
-budget, trigger and target — the rows are those of ``benchmarks/corruptencoder_small.py``,
-:func:`clpoison.experiments.bench.corruptencoder_row_config`; an unknown row ends the script with one
+budget, trigger and target — the rows are the cells of ``benchmarks/grids/corruptencoder_small.yaml``,
+:func:`_rows.corruptencoder_config`; an unknown row ends the script with one
 ``error: ...`` line and status 2) with ``eval.every_epochs`` set, so each run records linear-probe CA and ASR
 every k epochs. It writes ``--out`` (JSON: setting → row → epochs / ca / asr lists, wall time) and one PNG per
 setting next to it (ASR against epochs).
@@ -21,14 +21,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from clpoison.errors import ConfigError
-from clpoison.experiments.bench import (CORRUPTENCODER_PRESET, add_run_args, corruptencoder_row_config,
-                                        corruptencoder_rows, split_overrides, start)
-from clpoison.experiments.config import build_config, load_preset
 from clpoison.experiments.runner import run_or_reuse
 from clpoison.report.plots import curve_plot
 from clpoison.report.tables import history_curve
 from clpoison.utils.io import atomic_write_json
+
+from _harness import add_run_args, script_main, start
+from _rows import corruptencoder_config, corruptencoder_rows
 
 
 def main() -> None:
@@ -40,25 +39,19 @@ def main() -> None:
     ap.add_argument("--every", type=int, default=10, help="evaluate every k epochs")
     add_run_args(ap)
     args = ap.parse_args()
+    rows = corruptencoder_rows(args.rows)  # an unknown row: one line and status 2, before anything trains
     out, work = start(args)
-    try:
-        rows = corruptencoder_rows(args.rows)
-    except ConfigError as e:  # an unknown row: one line and status 2, as the clpoison CLI does
-        ap.exit(2, f"error: {e}\n")
-    base = dict(load_preset(CORRUPTENCODER_PRESET)["attack"]["params"])
     result: dict[str, Any] = json.loads(out.read_text()) if out.exists() else {}
     for spec in args.setting:
         name, _, ov = spec.partition(":")
-        ce, overrides = split_overrides(ov.split(), base)
         entry: dict[str, Any] = result.get(name) or {}
         if entry.get("overrides") != ov.split():  # a new or changed setting starts afresh; else rows accumulate
             entry = {"overrides": ov.split(), "rows": {}}
         for r in rows:
             # run folder NAME/ROW, config name NAME-ROW (so not bench.run_named's NAME for both)
             run_dir = work / name / r
-            cfg = build_config({**corruptencoder_row_config(r, ce), "name": f"{name}-{r}"},
-                               ["train.progress=false", f"seed={args.seed}", f"eval.every_epochs={args.every}",
-                                *overrides])
+            cfg = corruptencoder_config(r, f"{name}-{r}", [f"seed={args.seed}", f"eval.every_epochs={args.every}",
+                                                          *ov.split()])
             t0 = time.time()
             res, reused = run_or_reuse(cfg, run_dir)
             if not reused:
@@ -82,4 +75,4 @@ def plot(name: str, entry: dict, path: Path) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    script_main(main)

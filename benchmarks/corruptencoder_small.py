@@ -7,15 +7,19 @@ Rows (JSON keys): ``clean`` (no poisons; the same trigger evaluated on the clean
 time of every row and the crafting speed (poisoned images/s, from the manifests). ``_meta`` records the setting:
 ``target_in_pretraining`` and the excluded classes (from the manifests), and the trigger's area fraction in the
 poisons at training time (mean over the added poisons of each row) and in a test image.
-Everything else comes from the ``corruptencoder-small`` preset (target, budget, trigger, SimCLR recipe); extra
-``key=value`` overrides apply to every run (``attack.params.*`` ones change the attack parameters shared by every
-row). The row configs are :func:`clpoison.experiments.bench.corruptencoder_row_config`, shared with
-``benchmarks/corruptencoder_search.py``; ``--rows`` picks a subset (an unknown row ends the script with one
-``error: ...`` line and status 2). Finished runs are kept under ``--work`` and reused on re-runs.
+The comparison is the grid ``benchmarks/grids/corruptencoder_small.yaml`` (the one source of the rows, shared
+with ``corruptencoder_search.py`` and ``decree_small.py`` through :mod:`_rows`; everything a row does not state
+comes from the ``corruptencoder-small`` preset: target, budget, trigger, SimCLR recipe) plus :func:`summarise`.
+Extra ``key=value`` overrides apply to every run; an ``attack.params.KEY`` one goes to every row whose attack has
+the parameter KEY, except a row that sets it itself (the clean row keeps zero poisons). ``--rows`` picks a subset
+(an unknown row ends the script with one ``error: ...`` line and status 2). Finished runs are kept under ``--work``
+(``WORK/cells/NAME``) and reused on re-runs; ``clpoison grid benchmarks/grids/corruptencoder_small.yaml --out WORK``
+makes the same runs, which ``--summarise-only`` summarises.
 
 The ``corruptencoder-small`` preset keeps the target class (airplane) out of pretraining, as the paper
 (docs/corruptencoder.md); ``data.exclude_classes=[] attack.params.target_in_pretraining=null`` gives the
-"target inside pretraining" ablation.
+"target inside pretraining" ablation (the SSL-Backdoor row states ``mode: add`` and ``poison_scale: 2.0``, the
+paper's added copies: ``attack.params.mode=replace attack.params.poison_scale=1.0`` patch in place instead).
 
     python benchmarks/corruptencoder_small.py --out runs/corruptencoder_small.json --seeds 3
     python benchmarks/corruptencoder_small.py --out /tmp/ce.json --seeds 1 train.epochs=1 data.train_limit=512   # smoke
@@ -23,34 +27,15 @@ The ``corruptencoder-small`` preset keeps the target class (airplane) out of pre
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
-from pathlib import Path
 from typing import Any, Optional
 
-import torch
-
-from clpoison.errors import ConfigError
-from clpoison.experiments.bench import (CORRUPTENCODER_PRESET, CORRUPTENCODER_ROWS, corruptencoder_row_config,
-                                        corruptencoder_rows, run_named, split_overrides, stats, work_dir)
 from clpoison.experiments.config import load_preset
 from clpoison.report.tables import history_curve
-from clpoison.utils.io import atomic_write_json
 
-
-def run_row(name: str, data: dict, overrides: list[str], work: Path) -> tuple[dict, dict, float, dict]:
-    """(metrics, poison manifest or {}, wall time, ASR/CA trace) of the named run, fresh or reused; prints its CA
-    and ASR."""
-    res, _ = run_named(name, data, overrides, work, echo=None)
-    man_path = work / name / "manifest.json"
-    man = json.loads(man_path.read_text()) if man_path.exists() else {}
-    wall = res["timings"].get("total_s", float("nan"))
-    m = res["metrics"]
-    trace = history_curve(res, "asr", "ca")
-    print(f"{name}: {wall:.0f}s ca={m.get('ca', float('nan')):.4f} asr={m.get('asr', float('nan')):.4f} trace="
-          + " ".join(f"e{e}:{a:.3f}" for e, a in zip(trace["epochs"], trace["asr"]) if a is not None), flush=True)
-    return m, man, wall, trace
+from _harness import comparison_parser, run_comparison, script_main, split_overrides, start, stats, write_result
+from _rows import CORRUPTENCODER_PRESET, corruptencoder_row_names, corruptencoder_rows, corruptencoder_spec
 
 
 def trigger_size(man: dict) -> Optional[int]:
@@ -72,31 +57,19 @@ def trigger_area(man: dict) -> Optional[float]:
     return t * t / (side * side)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", required=True, help="JSON result file")
-    ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--work", default=None, help="run folders (default: OUT without suffix + '_runs')")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--rows", default=",".join(CORRUPTENCODER_ROWS), help="comma-separated subset of the rows")
-    ap.add_argument("overrides", nargs="*", help="config overrides for every run, e.g. train.epochs=10")
-    args = ap.parse_args()
-    try:
-        rows = corruptencoder_rows(args.rows)
-    except ConfigError as e:  # an unknown row: one line and status 2, as the clpoison CLI does
-        ap.exit(2, f"error: {e}\n")
-    torch.set_num_threads(args.threads)
-    out = Path(args.out)
-    work = work_dir(out, args.work)
-    ce, overrides = split_overrides(args.overrides, dict(load_preset(CORRUPTENCODER_PRESET)["attack"]["params"]))
-    t0 = time.time()
+def summarise(runs: dict[str, dict], manifests: dict[str, dict], rows: list[str], seeds: int) -> dict:
+    """The JSON's rows and the setting part of ``_meta`` from ``{cell name: results.json}`` and ``{cell name:
+    manifest.json or {}}``; prints each run's CA, ASR and ASR trace."""
     per: dict[str, dict[str, list]] = {r: {"ca": [], "asr": [], "wall_s": [], "craft": [], "n": [], "trace": [],
                                            "area": []} for r in rows}
     setting: dict[str, Any] = {}
-    for s in range(args.seeds):
+    for s in range(seeds):
         for r in rows:
-            m, man, wall, trace = run_row(f"{r}_s{s}", corruptencoder_row_config(r, ce), [f"seed={s}", *overrides],
-                                          work)
+            res, man = runs[f"{r}_s{s}"], manifests.get(f"{r}_s{s}") or {}
+            m, wall, trace = res["metrics"], res["timings"].get("total_s", float("nan")), history_curve(res, "asr", "ca")
+            print(f"{r}_s{s}: {wall:.0f}s ca={m.get('ca', float('nan')):.4f} asr={m.get('asr', float('nan')):.4f} "
+                  "trace=" + " ".join(f"e{e}:{a:.3f}" for e, a in zip(trace["epochs"], trace["asr"]) if a is not None),
+                  flush=True)
             det = man.get("details", {})
             setting.setdefault("target_in_pretraining", det.get("target_in_pretraining"))
             setting.setdefault("excluded_classes", det.get("excluded_classes"))
@@ -115,14 +88,29 @@ def main() -> None:
                      "trigger_area_train": per[r]["area"][0] if per[r]["area"] else None,
                      "crafting_images_per_s": stats(per[r]["craft"]) if r != "clean" else None}
     t = setting.get("trigger_size")
-    result["_meta"] = {"preset": CORRUPTENCODER_PRESET, "attack_params": ce, "seeds": list(range(args.seeds)),
-                       "overrides": args.overrides, "wall_s": round(time.time() - t0, 1), "threads": args.threads,
-                       "target_in_pretraining": setting.get("target_in_pretraining"),
+    result["_meta"] = {"seeds": list(range(seeds)), "target_in_pretraining": setting.get("target_in_pretraining"),
                        "excluded_classes": setting.get("excluded_classes"),
                        "trigger_area_test": t * t / (32 * 32) if t else None}
-    atomic_write_json(out, result)
-    print(json.dumps({r: {"ca": result[r]["ca"]["mean"], "asr": result[r]["asr"]["mean"]} for r in rows}, indent=2))
+    return result
+
+
+def main() -> None:
+    ap = comparison_parser(__doc__, seeds=3)
+    ap.add_argument("--rows", default=",".join(corruptencoder_row_names()), help="comma-separated subset of the rows")
+    args = ap.parse_args()
+    rows = corruptencoder_rows(args.rows)  # an unknown row: one line and status 2, before anything trains
+    out, work = start(args)
+    spec, rest = corruptencoder_spec(rows, range(args.seeds), args.overrides)
+    t0 = time.time()
+    runs = run_comparison(spec, work, rest, args.summarise_only)
+    manifests = {n: json.loads(p.read_text()) if (p := work / "cells" / n / "manifest.json").exists() else {}
+                 for n in runs}
+    result = summarise(runs, manifests, rows, args.seeds)
+    ce = split_overrides(args.overrides, dict(load_preset(CORRUPTENCODER_PRESET)["attack"]["params"]))[0]
+    result["_meta"].update(preset=CORRUPTENCODER_PRESET, attack_params=ce, overrides=args.overrides,
+                           wall_s=round(time.time() - t0, 1), threads=args.threads)
+    write_result(out, result, {r: {"ca": result[r]["ca"]["mean"], "asr": result[r]["asr"]["mean"]} for r in rows})
 
 
 if __name__ == "__main__":
-    main()
+    script_main(main)

@@ -18,10 +18,11 @@ import json
 import time
 from typing import Any
 
-from clpoison.experiments.bench import add_run_args, run_named, split_overrides, start
 from clpoison.experiments.config import load_preset
 from clpoison.experiments.poison import poison_or_reuse
 from clpoison.utils.io import atomic_write_json
+
+from _harness import add_run_args, run_named, split_overrides, start
 
 
 def main() -> None:

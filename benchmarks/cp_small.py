@@ -45,13 +45,14 @@ from clpoison.attacks.craft_diagnostic import CraftingNotBootstrapping, trace_fr
 from clpoison.attacks.noise_crafting import PoisonedViews, PoisonNoise, noise_step
 from clpoison.attacks.random_noise import RandomNoiseParams
 from clpoison.data.augment import TwoViewAugment
-from clpoison.experiments.bench import run_named, script_main, split_overrides, stats, work_dir
 from clpoison.experiments.config import load_preset
 from clpoison.experiments.poison import craft_dir, poison_or_reuse
 from clpoison.experiments.sources import load_source
 from clpoison.utils.device import resolve_device
 from clpoison.utils.io import atomic_write_json
 from clpoison.utils.timing import forever, interleaved
+
+from _harness import run_named, script_main, split_overrides, stats, work_dir
 
 ROWS = ("clean", "random_noise", "random_noise_class", "cp_class", "cp_sample", "cp_sample_matrix_completion", "cp_sample_jpeg")
 METHODS = ("simclr", "mocov2", "byol")

@@ -36,10 +36,11 @@ import torch
 
 from clpoison.attacks import ATTACKS
 from clpoison.errors import ConfigError
-from clpoison.experiments.bench import run_named, script_main, split_overrides, stats, work_dir
 from clpoison.experiments.config import load_preset
 from clpoison.report.tables import history_curve
 from clpoison.utils.io import atomic_write_json
+
+from _harness import run_named, script_main, split_overrides, stats, work_dir
 
 PRESET = "ctrl-small"
 #: Traced every ``eval.every_epochs`` and reported at the end (``asr`` first: it marks the evaluated epochs).

@@ -5,7 +5,7 @@ For every seed it trains (or reuses, under ``--work``):
 
 * CLIP (``kind: clip``): the Carlini & Terzis backdoor at 1 % and 2 % (``carlini-backdoor-small`` with
   ``attack.params.poison_rate``) and the clean control (``clip-small``, the config of
-  :func:`clpoison.experiments.bench.carlini_clean_control`); the image tower is inspected, and the inverted
+  :func:`_rows.carlini_clean_control`); the image tower is inspected, and the inverted
   trigger pasted on the labelled test images names the zero-shot class it drives (the suspected target);
 * image SSL (``kind: ssl``): SSL-Backdoor and its clean twin at the dose of ``docs/corruptencoder.md``
   (SimCLR, ResNet-10 width 16, τ 0.2, 9 % budget, 12-px patch, ``--ssl-epochs`` epochs; ``--ssl-seeds`` seeds).
@@ -26,9 +26,10 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from clpoison.experiments.bench import (CORRUPTENCODER_PRESET, carlini_clean_control, corruptencoder_row_config,
-                                        run_named, script_main, split_overrides, start)
 from clpoison.experiments.config import load_preset
+
+from _harness import run_named, script_main, start
+from _rows import carlini_clean_control, corruptencoder_config
 
 RATES = (0.01, 0.02)
 SSL_OVERRIDES = ["model.arch=resnet10", "method.params.temperature=0.2", "attack.params.poison_rate=0.09"]
@@ -46,14 +47,13 @@ def cells(seeds: int, ssl_seeds: int, ssl_epochs: int) -> list[dict[str, Any]]:
             out.append({"name": f"clip_backdoor_{r}_s{s}", "kind": "clip", "backdoored": True, "seed": s,
                         "data": {"preset": "carlini-backdoor-small"},
                         "overrides": [f"seed={s}", f"attack.params.poison_rate={r}"], "true_target": target})
-    base = dict(load_preset(CORRUPTENCODER_PRESET)["attack"]["params"])
-    ce, rest = split_overrides(SSL_OVERRIDES, base)
     for s in range(ssl_seeds):
         for row, bd in (("clean", False), ("ssl_backdoor", True)):
-            out.append({"name": f"ssl_{row}_s{s}", "kind": "ssl", "backdoored": bd, "seed": s,
-                        "data": corruptencoder_row_config(row, ce),
-                        "overrides": [f"seed={s}", f"train.epochs={ssl_epochs}", *rest],
-                        "true_target": ce["target"] if bd else None})
+            # the CorruptEncoder benchmark's row (benchmarks/grids/corruptencoder_small.yaml) as a config mapping
+            cfg = corruptencoder_config(row, f"ssl_{row}_s{s}", [f"seed={s}", f"train.epochs={ssl_epochs}",
+                                                                 *SSL_OVERRIDES])
+            out.append({"name": cfg.name, "kind": "ssl", "backdoored": bd, "seed": s, "data": cfg.to_dict(),
+                        "overrides": [], "true_target": cfg.attack.params["target"] if bd else None})
     return out
 
 

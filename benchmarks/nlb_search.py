@@ -6,7 +6,7 @@ label-aware upper reference: if it shows no backdoor, nothing will) it trains th
 records TPR, ASR against the anchor label, CA (linear probe), and the clean model's ASR with the same trigger for the
 same anchor (``clean_s{seed}``: ``nlb-small`` without the attack, with the victim overrides; settings recorded
 before the preset moved to its ResNet-10 victim used simclr-small, which the preset then was). The attacker's encoder is one
-run per seed (:func:`clpoison.experiments.bench.nlb_attacker_run`). Results accumulate in ``--out`` (setting → record).
+run per seed (:func:`_rows.nlb_attacker_run`). Results accumulate in ``--out`` (setting → record).
 
     python benchmarks/nlb_search.py --out benchmarks/results/nlb_search.json \\
         --setting "checker3:" --setting "blend02:attack.params.trigger={pattern: gaussian, size: 32, location: top-left, opacity: 0.2}"
@@ -22,11 +22,11 @@ from typing import Any
 
 from clpoison.attacks import ATTACKS
 from clpoison.errors import ConfigError
-from clpoison.experiments.bench import (NLB_PRESET, NLB_ROWS, add_run_args, clean_by_target, nlb_attacker_run,
-                                        nlb_clean_run, script_main,
-                                        nlb_row, split_overrides, start)
 from clpoison.experiments.config import load_preset
 from clpoison.utils.io import atomic_write_json
+
+from _harness import add_run_args, script_main, split_overrides, start
+from _rows import NLB_PRESET, NLB_ROWS, clean_by_target, nlb_attacker_run, nlb_clean_run, nlb_row
 
 
 def main() -> None:

@@ -42,11 +42,12 @@ import torch
 
 from clpoison.attacks import ATTACKS
 from clpoison.errors import ConfigError
-from clpoison.experiments.bench import (NLB_PRESET, NLB_ROWS, clean_by_target, nlb_attacker_run,
-                                        nlb_clean_run, nlb_row, script_main, split_overrides, stats, work_dir)
 from clpoison.experiments.config import load_preset
 from clpoison.report.tables import history_curve
 from clpoison.utils.io import atomic_write_json
+
+from _harness import script_main, split_overrides, stats, work_dir
+from _rows import NLB_PRESET, NLB_ROWS, clean_by_target, nlb_attacker_run, nlb_clean_run, nlb_row
 
 ROWS = ("clean", *NLB_ROWS)
 DEFAULT_ROWS = "clean,target,kmeans,con,random"

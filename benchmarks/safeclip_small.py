@@ -12,19 +12,23 @@ last epoch's split put in the risky set. The SafeCLIP runs take every section of
 (its ``defense`` and its ``train.epochs``, which is shorter than plain CLIP's); since a shorter run could by itself
 weaken an attack, a control trains plain CLIP for the same number of epochs as SafeCLIP on the same poisoned
 data (``backdoor.asr_clip_same_epochs``, ``targeted.success_clip_same_epochs``), and a clean-data plain CLIP
-(the ``clean_s{seed}`` run of ``carlini_small.py``, config :func:`clpoison.experiments.bench.carlini_clean_control`)
+(the ``clean_s{seed}`` run of ``carlini_small.py``, config :func:`_rows.carlini_clean_control`)
 gives each seed's ASR floor: the share of triggered non-airplane images that an *unpoisoned* model already calls
 airplane (``backdoor.asr_clean_model``, and ``targeted.successes_clean_model``). ``--no-control`` skips both
-controls. Finished runs are kept under ``--work`` and reused; the plain-CLIP runs have the same names and configs
-as those of ``benchmarks/carlini_small.py`` (``backdoor_0.01_s0``, ``targeted_s0``, ``clean_s0``), so pointing
-both scripts at one ``--work`` folder trains each plain model once:
+controls. The comparison is the grid ``benchmarks/grids/safeclip_small.yaml`` (the one source of the runs, with
+``--seeds``, ``--rate`` / ``--count``, ``--attacks``, ``--no-control``, ``--captions`` and ``--safeclip`` applied)
+plus :func:`summarise`. Finished runs are kept under ``--work`` (``WORK/cells/NAME``) and reused; the plain-CLIP
+runs have the same names and configs as those of ``benchmarks/carlini_small.py`` (``backdoor_0.01_s0``,
+``targeted_s0``, ``clean_s0``), so pointing both scripts at one ``--work`` folder trains each plain model once
+(``clpoison grid benchmarks/grids/safeclip_small.yaml --out WORK`` makes the same runs; ``--summarise-only`` then
+writes the JSON):
 
     python benchmarks/carlini_small.py --out benchmarks/results/carlini_small.json --work runs/carlini_small_runs
     python benchmarks/safeclip_small.py --out benchmarks/results/safeclip_small.json --work runs/carlini_small_runs
 
 ``--captions`` trains every run on another caption set (a caption CSV/TSV or tar shards such as
 ``shared/data/webcaps``; zero-shot, ASR and targeted success then come from the labelled ``--eval-set``:
-:mod:`clpoison.experiments.clip_bench`), ``--count`` gives the backdoor as a poison count (runs
+:mod:`_clip`), ``--count`` gives the backdoor as a poison count (runs
 ``backdoor_n{N}_s*``, shared with ``clip_dose.py`` and ``clip_defenses_small.py``); the JSON names the captions
 (``"caption_set"``) and also gives ``targeted.poison_recall_risky_targeted`` (the targeted poisons' recall in the
 last risky set) and ``targeted.chance_clip`` / ``chance_safeclip`` / ``chance_clean_model`` (the successes each model
@@ -39,70 +43,83 @@ docs/safeclip.md):
 
 from __future__ import annotations
 
-import argparse
-import json
+import re
 import time
-from functools import partial
+from typing import Any, Optional
 
-
-from clpoison.experiments.bench import carlini_clean_control, mean, run_named, script_main
-from clpoison.experiments.clip_bench import (add_bench_args, backdoor_dose, caption_details, caption_set_name,
-                                             start)
 from clpoison.errors import ConfigError
-from clpoison.experiments.config import load_preset
-from clpoison.utils.io import atomic_write_json
+from clpoison.experiments.config import deep_merge, parse_override
+from clpoison.experiments.grid import expand_grid, read_grid
 
-ECHO = partial(print, flush=True)  # a fresh run's line shows at once in a log file
+from _clip import add_caption_args, backdoor_dose, caption_details, caption_sections, caption_set_name
+from _harness import GRIDS, comparison_parser, mean, run_comparison, script_main, seed_axis, start, write_result
+
+GRID = GRIDS / "safeclip_small.yaml"
+ATTACKS = ("backdoor", "targeted")
+#: a cell of the grid file: the attack, SafeCLIP or not, the backdoor's dose tag, the same-epochs control's tag
+CELL = re.compile(r"^(?P<attack>backdoor|targeted)(?P<safe>_safeclip)?(?P<dose>_[0-9.]+|_n[0-9]+)?(?P<short>_e[0-9]+)?"
+                  r"_s\{seed\}$")
+PER_SEED = ("asr_clip", "asr_safeclip", "zeroshot_clip", "zeroshot_safeclip", "poison_recall_risky",
+            "poison_recall_risky_targeted", "success_clip", "success_safeclip", "successes_clip", "successes_safeclip",
+            "time_clip", "time_safeclip", "asr_clip_same_epochs", "zeroshot_clip_same_epochs",
+            "success_clip_same_epochs", "successes_clip_same_epochs", "asr_clean_model", "successes_clean_model",
+            "chance_clip", "chance_safeclip", "chance_clean_model")
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--rate", type=float, default=0.01, help="backdoor poison rate")
-    ap.add_argument("--count", type=int, default=None, help="backdoor poison count (instead of --rate)")
-    add_bench_args(ap, seeds=3)
-    ap.add_argument("--attacks", default="backdoor,targeted",
-                    help="which attacks, in this order (comma list of backdoor, targeted); the other's keys are NaN")
-    ap.add_argument("--no-control", action="store_true", help="skip the two controls (plain CLIP at SafeCLIP's "
-                    "epoch count, and on clean data)")
-    ap.add_argument("--safeclip", nargs="*", default=[], help="overrides for the SafeCLIP runs only (defense.params.*)")
-    ap.add_argument("overrides", nargs="*", help="config overrides for every run, e.g. train.epochs=10")
-    args = ap.parse_args()
-    out, work, caps = start(args)
-    # every section of the SafeCLIP preset except its own name and base preset (defense, train.epochs)
-    sections = {k: v for k, v in load_preset("safeclip-small").items() if k not in ("name", "preset")}
-    bd_ov, bd_tag = backdoor_dose(None if args.count is not None else args.rate, args.count)
-    rows = {"backdoor": ("carlini-backdoor-small", bd_ov, bd_tag), "targeted": ("carlini-targeted-small", [], "")}
-    attacks = args.attacks.split(",")
-    unknown = [a for a in attacks if a not in rows]
-    if unknown:  # before anything trains
-        raise ConfigError(f"--attacks: unknown attack {unknown[0]!r}; use backdoor, targeted or both (comma list)")
-    epochs = sections.get("train", {}).get("epochs")
-    control = not args.no_control and epochs is not None
-    per: dict[str, list] = {k: [] for k in ("asr_clip", "asr_safeclip", "zeroshot_clip", "zeroshot_safeclip",
-                                            "poison_recall_risky", "poison_recall_risky_targeted", "success_clip",
-                                            "success_safeclip",
-                                            "successes_clip", "successes_safeclip", "time_clip", "time_safeclip",
-                                            "asr_clip_same_epochs", "zeroshot_clip_same_epochs",
-                                            "success_clip_same_epochs", "successes_clip_same_epochs",
-                                            "asr_clean_model", "successes_clean_model", "chance_clip",
-                                            "chance_safeclip", "chance_clean_model")}
-    t0 = time.time()
-    for s in range(args.seeds):
-        ov = [f"seed={s}", *args.overrides]
-        if not args.no_control:  # same name and config as carlini_small.py's clean run, so one --work shares it
-            clean, _ = run_named(f"clean_s{s}", {**carlini_clean_control(), **caps}, ov, work, ECHO)
-            per["asr_clean_model"].append(clean["metrics"]["asr"])
-            per["successes_clean_model"].append(clean["metrics"]["targeted_successes"])
-            per["chance_clean_model"].append(clean["metrics"].get("targeted_expected_by_chance"))
+def grid_spec(seeds: int, rate: Optional[float] = 0.01, count: Optional[int] = None,
+              attacks: tuple = ATTACKS, control: bool = True, captions: Optional[dict] = None,
+              safeclip: tuple = (), overrides: tuple = ()) -> tuple[dict, Optional[int]]:
+    """``(grid spec, SafeCLIP's epochs)``: ``benchmarks/grids/safeclip_small.yaml`` over ``seeds`` with the backdoor
+    at ``rate`` or ``count`` (cells renamed ``backdoor_{rate}`` / ``backdoor_n{count}``), the cells of ``attacks``
+    only, without the two controls unless ``control``, on the caption set's config sections ``captions`` and with
+    the ``safeclip`` overrides on the SafeCLIP cells; the same-epochs controls train as long as the SafeCLIP cells
+    do after every override (named ``_e{epochs}``)."""
+    spec = seed_axis(read_grid(GRID), seeds)
+    spec["base"] = deep_merge(spec["base"], captions or {})
+    dose_ov, dose_tag = backdoor_dose(rate, count)
+    dose = dict((".".join(k), v) for k, v in map(parse_override, dose_ov))
+    extra = dict((".".join(k), v) for k, v in map(parse_override, safeclip))
+    cells = []
+    for c in spec["cells"]:
+        m = CELL.match(c["name"])
+        if m is None:  # the clean-data control
+            if control:
+                cells.append(c)
+            continue
+        if m["attack"] not in attacks or (m["short"] and not control):
+            continue
+        c = {k: v for k, v in c.items() if not k.startswith("attack.params.poison_")}
+        tag = dose_tag if m["attack"] == "backdoor" else ""
+        c.update(dose if m["attack"] == "backdoor" else {})
+        c.update(extra if m["safe"] else {})
+        c["name"] = f"{m['attack']}{m['safe'] or ''}{tag}{'{short}' if m['short'] else ''}_s{{seed}}"
+        cells.append(c)
+    safe = [c for c in cells if "_safeclip" in c["name"]]
+    epochs = expand_grid({**spec, "axes": {"seed": [0]}, "cells": safe[:1]}, list(overrides))[0].config.train.epochs \
+        if safe else None
+    for c in cells:
+        if "{short}" in c["name"]:
+            c["name"] = c["name"].replace("{short}", f"_e{epochs}")
+            c["train.epochs"] = epochs
+    spec["cells"] = cells
+    return spec, epochs
+
+
+def summarise(runs: dict[str, dict], seeds: int, attacks: tuple, dose_tag: str, control: bool,
+              epochs: Optional[int]) -> dict:
+    """The JSON's ``backdoor``, ``targeted``, ``safeclip_epochs``, ``time_ratio_safeclip_over_clip`` and ``per_seed``
+    from ``{cell name: results.json}``."""
+    per: dict[str, list] = {k: [] for k in PER_SEED}
+    for s in range(seeds):
+        if control:
+            clean = runs[f"clean_s{s}"]["metrics"]
+            per["asr_clean_model"].append(clean["asr"])
+            per["successes_clean_model"].append(clean["targeted_successes"])
+            per["chance_clean_model"].append(clean.get("targeted_expected_by_chance"))
         for attack in attacks:
-            preset, extra, tag = rows[attack]
-            plain, _ = run_named(f"{attack}{tag}_s{s}", {"preset": preset, **caps}, [*extra, *ov], work, ECHO)
-            safe, _ = run_named(f"{attack}_safeclip{tag}_s{s}", {"preset": preset, **caps, **sections},
-                                [*extra, *ov, *args.safeclip], work, ECHO)
-            n_ep = safe["config"]["train"]["epochs"]  # after overrides: the control trains as long as SafeCLIP did
-            short = run_named(f"{attack}{tag}_e{n_ep}_s{s}", {"preset": preset, **caps},
-                              [*extra, *ov, f"train.epochs={n_ep}"], work, ECHO)[0] if control else None
+            tag = dose_tag if attack == "backdoor" else ""
+            plain, safe = runs[f"{attack}{tag}_s{s}"], runs[f"{attack}_safeclip{tag}_s{s}"]
+            short = runs[f"{attack}{tag}_e{epochs}_s{s}"] if control else None
             per["time_clip"].append(plain["timings"]["pretrain_s"])
             per["time_safeclip"].append(safe["timings"]["pretrain_s"])
             last = [h for h in safe["history"] if "safeclip_poison_recall_risky" in h]
@@ -125,23 +142,49 @@ def main() -> None:
                 if short is not None:
                     per["success_clip_same_epochs"].append(short["metrics"]["targeted_success_rate"])
                     per["successes_clip_same_epochs"].append(short["metrics"]["targeted_successes"])
-    result = {
-        "caption_set": caption_set_name(args),
+    return {
         "backdoor": {k: mean(per[k]) for k in ("asr_clip", "asr_safeclip", "zeroshot_clip", "zeroshot_safeclip",
                                                "poison_recall_risky", "asr_clip_same_epochs",
                                                "zeroshot_clip_same_epochs", "asr_clean_model")},
         "targeted": {k: mean(per[k]) for k in ("success_clip", "success_safeclip", "success_clip_same_epochs",
                                                "successes_clean_model", "poison_recall_risky_targeted",
                                                "chance_clip", "chance_safeclip", "chance_clean_model")},
-        "safeclip_epochs": n_ep if args.seeds else epochs,
+        "safeclip_epochs": epochs,
         "time_ratio_safeclip_over_clip": sum(per["time_safeclip"]) / max(1e-9, sum(per["time_clip"])),
-        **caption_details(args, caps), "per_seed": per, "rate": None if args.count is not None else args.rate,
-        "count": args.count, "seeds": args.seeds, "overrides": args.overrides,
-        "safeclip_overrides": args.safeclip, "wall_s": round(time.time() - t0, 1),
+        "per_seed": per,
     }
-    atomic_write_json(out, result)
-    print(json.dumps({k: result[k] for k in ("caption_set", "backdoor", "targeted", "time_ratio_safeclip_over_clip")},
-                     indent=2))
+
+
+def main() -> None:
+    ap = comparison_parser(__doc__, seeds=3)
+    ap.add_argument("--rate", type=float, default=0.01, help="backdoor poison rate")
+    ap.add_argument("--count", type=int, default=None, help="backdoor poison count (instead of --rate)")
+    add_caption_args(ap)
+    ap.add_argument("--attacks", default="backdoor,targeted",
+                    help="which attacks, in this order (comma list of backdoor, targeted); the other's keys are NaN")
+    ap.add_argument("--no-control", action="store_true", help="skip the two controls (plain CLIP at SafeCLIP's "
+                    "epoch count, and on clean data)")
+    ap.add_argument("--safeclip", nargs="*", default=[], help="overrides for the SafeCLIP runs only (defense.params.*)")
+    args = ap.parse_args()
+    out, work = start(args)
+    work = work.resolve()
+    caps = caption_sections(args)
+    attacks = tuple(args.attacks.split(","))
+    unknown = [a for a in attacks if a not in ATTACKS]
+    if unknown:  # before anything trains
+        raise ConfigError(f"--attacks: unknown attack {unknown[0]!r}; use backdoor, targeted or both (comma list)")
+    rate = None if args.count is not None else args.rate
+    spec, epochs = grid_spec(args.seeds, rate, args.count, attacks, not args.no_control, caps, tuple(args.safeclip),
+                             tuple(args.overrides))
+    t0 = time.time()
+    runs = run_comparison(spec, work, args.overrides, args.summarise_only)
+    result: dict[str, Any] = {
+        "caption_set": caption_set_name(args),
+        **summarise(runs, args.seeds, attacks, backdoor_dose(rate, args.count)[1], not args.no_control, epochs),
+        **caption_details(args, caps), "rate": rate, "count": args.count, "seeds": args.seeds,
+        "overrides": args.overrides, "safeclip_overrides": args.safeclip, "wall_s": round(time.time() - t0, 1)}
+    write_result(out, result, {k: result[k] for k in ("caption_set", "backdoor", "targeted",
+                                                      "time_ratio_safeclip_over_clip")})
 
 
 if __name__ == "__main__":

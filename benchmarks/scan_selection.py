@@ -27,11 +27,12 @@ import numpy as np
 import torch
 
 from clpoison.attacks import ATTACKS
-from clpoison.experiments.bench import run_named, work_dir
 from clpoison.experiments.config import load_preset
 from clpoison.experiments.poison import export_attack
 from clpoison.experiments.scan import scan_data
 from clpoison.utils.io import atomic_write_json
+
+from _harness import run_named, work_dir
 
 ECHO = partial(print, flush=True)
 

@@ -8,9 +8,10 @@ import json
 import pytest
 
 from clpoison.errors import ConfigError
-from clpoison.experiments.bench import reuse_or_export, run_named
 from clpoison.experiments.config import build_config
 from clpoison.experiments.runner import run_or_reuse
+
+from _harness import reuse_or_export, run_named  # benchmarks/_harness.py (tests/conftest.py puts it on the path)
 
 
 def test_reuse_only_reuses_a_finished_run_and_never_trains(tmp_path):

@@ -17,10 +17,9 @@ from clpoison.attacks.carlini_backdoor import CarliniBackdoor, resolve_count
 from clpoison.data.caption_shards import iter_shard_samples, shard_paths
 from clpoison.data.image_readers import decode_image
 from clpoison.errors import ConfigError
-from clpoison.experiments.clip_bench import (add_caption_args, backdoor_dose, caption_sections, caption_set_name,
-                                             pooled_rate)
 from clpoison.experiments.config import build_config
 
+from _clip import add_caption_args, backdoor_dose, caption_sections, caption_set_name, pooled_rate  # benchmarks/
 from attack_fixtures import tiny_caption_splits
 
 torch.set_num_threads(2)
@@ -76,38 +75,6 @@ def test_webcaps_shards_read_through_the_tar_path_with_captions_and_keys():
     assert caption_set_name(args) == "webcaps"
 
 
-def test_webcaps_dose_grid_builds_the_scripts_configs(tmp_path, monkeypatch):
-    """benchmarks/grids/clip_dose_webcaps.yaml gives exactly the run names and configs of benchmarks/clip_dose.py
-    on the webcaps shards (seeds 0-1, the default counts and pairs)."""
-    from clpoison.experiments.bench import carlini_clean_control
-    from clpoison.experiments.grid import expand_grid, read_grid
-
-    (tmp_path / "shared" / "data" / "webcaps").mkdir(parents=True)  # a config checks that the test shard exists
-    (tmp_path / "shared" / "data" / "webcaps" / "test-000000.tar").write_bytes(b"")
-    (tmp_path / "repo").mkdir()
-    monkeypatch.chdir(tmp_path / "repo")
-
-    w = "../shared/data/webcaps"
-    caps = caption_sections(parse(["--captions", f"{w}/{WEBCAPS}", "--test-captions", f"{w}/test-000000.tar"]))
-
-    def cfg(name, data, ov):
-        return build_config({**data, **caps, "name": name}, ["train.progress=false", *ov]).to_dict()
-
-    ref = {}
-    for s in (0, 1):
-        ref[f"clean_s{s}"] = cfg(f"clean_s{s}", carlini_clean_control(), [f"seed={s}"])
-        for n in (10, 25, 50, 100, 200):
-            extra, tag = backdoor_dose(count=n)
-            ref[f"backdoor{tag}_s{s}"] = cfg(f"backdoor{tag}_s{s}", {"preset": "carlini-backdoor-small"},
-                                             [*extra, f"seed={s}"])
-        for k in (1, 2, 5, 10):
-            name = f"targeted{'' if k == 5 else f'_k{k}'}_s{s}"
-            ref[name] = cfg(name, {"preset": "carlini-targeted-small"}, [f"attack.params.pairs_per_target={k}",
-                                                                         f"seed={s}"])
-    cells = expand_grid(read_grid(ROOT / "benchmarks" / "grids" / "clip_dose_webcaps.yaml"))
-    assert {c.name: c.config.to_dict() for c in cells} == ref
-
-
 # -- the caption set as config sections --------------------------------------------------------------------------
 
 def test_caption_sections_bundled_file_and_errors():
@@ -135,7 +102,7 @@ def test_pooled_rate_is_the_wilson_interval_of_the_pooled_hits():
 
 
 def test_cleanclip_search_settings_and_choice():
-    from clpoison.experiments.clip_bench import choose_cleanclip, cleanclip_overrides, cleanclip_variants
+    from _clip import choose_cleanclip, cleanclip_overrides, cleanclip_variants
 
     assert cleanclip_variants(None, None) == {"": ()} and cleanclip_overrides(()) == []
     v = cleanclip_variants([10, 40], [2000])

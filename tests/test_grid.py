@@ -16,13 +16,10 @@ from pathlib import Path
 import pytest
 
 from clpoison.errors import ConfigError
-from clpoison.experiments.bench import carlini_clean_control
-from clpoison.experiments.config import build_config
-from clpoison.experiments.grid import expand_grid, normalize_grid, read_grid, run_grid
+from clpoison.experiments.grid import expand_grid, normalize_grid, run_grid
 
 from cli_inprocess import clpoison_here
 
-ROOT = Path(__file__).resolve().parents[1]
 BASE = {"preset": "simclr-small", "data": {"train_limit": 128, "test_limit": 64},
         "model": {"arch": "convnet", "width": 8}, "train": {"epochs": 1, "batch_size": 32},
         "eval": {"knn_k": 20, "random_init_control": False, "linear": False},
@@ -88,56 +85,6 @@ def test_bad_grids_fail_before_anything_runs(tmp_path):
     with pytest.raises(ConfigError, match="not a grid folder"):
         run_grid(grid_yaml(tmp_path / "g.yaml"), tmp_path / "other")
     assert not (tmp_path / "other" / "grid.json").exists()
-
-
-def test_carlini_grid_builds_the_benchmark_configs():
-    """benchmarks/grids/carlini_small.yaml gives exactly the configs (names included) benchmarks/carlini_small.py
-    ran before it used the grid, so the same seeds give the documented figures."""
-    cells = expand_grid(read_grid(ROOT / "benchmarks" / "grids" / "carlini_small.yaml"))
-
-    def old(name, data, ov):
-        return build_config({**data, "name": name}, ["train.progress=false", *ov]).to_dict()
-
-    ref = {}
-    for s in range(3):
-        ref[f"clean_s{s}"] = old(f"clean_s{s}", carlini_clean_control(), [f"seed={s}"])
-        for r in (0.001, 0.0025, 0.005, 0.01, 0.02):
-            ref[f"backdoor_{r}_s{s}"] = old(f"backdoor_{r}_s{s}", {"preset": "carlini-backdoor-small"},
-                                            [f"attack.params.poison_rate={r}", f"seed={s}"])
-        ref[f"targeted_s{s}"] = old(f"targeted_s{s}", {"preset": "carlini-targeted-small"}, [f"seed={s}"])
-    assert {c.name: c.config.to_dict() for c in cells} == ref
-
-
-def test_other_benchmark_grids_build_the_scripts_configs():
-    """ssl_small / corruptencoder_small / safeclip_small grid files: the configs of their benchmark scripts (the
-    ssl_small script names every run after its preset; a grid names it after its cell)."""
-    from clpoison.experiments.bench import CORRUPTENCODER_ROWS, corruptencoder_row_config
-    from clpoison.experiments.config import load_preset
-
-    def old(name, data, ov):
-        return build_config({**data, "name": name}, ["train.progress=false", *ov]).to_dict()
-
-    grids = ROOT / "benchmarks" / "grids"
-    ssl = {c.name: c.config.to_dict() for c in expand_grid(read_grid(grids / "ssl_small.yaml"))}
-    assert ssl == {f"{m}_s{s}": old(f"{m}_s{s}", {"preset": f"{m}-small"}, [f"seed={s}"])
-                   for m in ("simclr", "mocov2", "byol") for s in range(3)}
-    ce_params = dict(load_preset("corruptencoder-small")["attack"]["params"])
-    ce = {c.name: c.config.to_dict() for c in expand_grid(read_grid(grids / "corruptencoder_small.yaml"))}
-    assert ce == {f"{r}_s{s}": old(f"{r}_s{s}", corruptencoder_row_config(r, ce_params), [f"seed={s}"])
-                  for r in CORRUPTENCODER_ROWS for s in range(3)}
-    sections = {k: v for k, v in load_preset("safeclip-small").items() if k not in ("name", "preset")}
-    ref = {}
-    for s in range(3):
-        ref[f"clean_s{s}"] = old(f"clean_s{s}", carlini_clean_control(), [f"seed={s}"])
-        for attack, preset, extra, tag in (("backdoor", "carlini-backdoor-small", ["attack.params.poison_rate=0.01"],
-                                            "_0.01"), ("targeted", "carlini-targeted-small", [], "")):
-            ref[f"{attack}{tag}_s{s}"] = old(f"{attack}{tag}_s{s}", {"preset": preset}, [*extra, f"seed={s}"])
-            ref[f"{attack}_safeclip{tag}_s{s}"] = old(f"{attack}_safeclip{tag}_s{s}", {"preset": preset, **sections},
-                                                      [*extra, f"seed={s}"])
-            ref[f"{attack}{tag}_e32_s{s}"] = old(f"{attack}{tag}_e32_s{s}", {"preset": preset},
-                                                 [*extra, f"seed={s}", "train.epochs=32"])
-    safe = {c.name: c.config.to_dict() for c in expand_grid(read_grid(grids / "safeclip_small.yaml"))}
-    assert safe == ref
 
 
 class _Html(HTMLParser):

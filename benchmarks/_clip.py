@@ -1,4 +1,4 @@
-"""What the CLIP benchmark scripts share: the caption set they train on (``--captions``: the bundled stand-in
+"""What the CLIP benchmark scripts under ``benchmarks/`` share (imported as ``_clip``; not library code): the caption set they train on (``--captions``: the bundled stand-in
 captions, a caption CSV/TSV, or webdataset tar shards such as ``shared/data/webcaps``) turned into config sections,
 the backdoor's dose as a rate or a count (run names that several scripts share), rates with their pooled 95 %
 intervals over seeds, and the CleanCLIP settings a benchmark searches (fine-tuning epochs × clean pairs).
@@ -25,10 +25,11 @@ import itertools
 from pathlib import Path
 from typing import Any, Optional
 
-from ..errors import ConfigError
-from ..eval.attack_metrics import wilson_interval
-from .bench import stats, work_dir
-from .config import load_preset
+from clpoison.errors import ConfigError
+from clpoison.eval.attack_metrics import wilson_interval
+from clpoison.experiments.config import load_preset
+
+from _harness import stats, work_dir
 
 BUNDLED = "cifar10-subset"  # the zero-setup default: the bundled CIFAR-10 subset with generated stand-in captions
 _FILE_KINDS = {".csv": "captions-csv", ".tsv": "captions-csv", ".tar": "captions-tar"}
@@ -121,7 +122,7 @@ RATE_KEYS = {"asr": ("asr_hits", "asr_n"), "targeted_success_rate": ("targeted_s
 
 
 def pooled_rate(metrics: list[dict], key: str) -> dict:
-    """Mean, std and per-seed values of a rate over runs (:func:`~clpoison.experiments.bench.stats`) with the 95 %
+    """Mean, std and per-seed values of a rate over runs (:func:`_harness.stats`) with the 95 %
     Wilson interval of the hits pooled over seeds (as the report: :mod:`clpoison.report.aggregate`), and the hits."""
     out: dict[str, Any] = stats([m.get(key) for m in metrics])
     hk, nk = RATE_KEYS[key]
