@@ -3,7 +3,7 @@
 :func:`run_fingerprint` is recorded in ``OUT.partial/fingerprint.json`` and in every checkpoint (``fingerprint``):
 
 * ``data`` — sha256 of the clean train and test splits as loaded (image bytes, labels, captions, class names:
-  :func:`clpoison.attacks.manifest.fingerprint`); a streaming image folder or tar-shard set is fingerprinted by
+  :func:`clpoison.poisoned.manifest.fingerprint`); a streaming image folder or tar-shard set is fingerprinted by
   its file list (path, size, mtime) instead of its decoded pixels;
 * ``poisoned`` — sha256 of the attack's manifest less its ``details`` (which hold timings; the manifest's
   ``output`` fingerprint already pins the poisoned data), ``None`` without an attack;
@@ -22,7 +22,7 @@ import hashlib
 import json
 from typing import Any, Optional
 
-from ..attacks.manifest import fingerprint, manifest_sha256
+from ..poisoned.manifest import fingerprint, manifest_sha256
 from ..utils.io import dumps_json
 
 PRESENTATION_KEYS = ("train.progress",)
