@@ -28,7 +28,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from .clip_bpe import bytes_to_unicode
-from .pretrained import PretrainedCLIP, TowersCLIP
+from .clip_towers import PretrainedCLIP, TowersCLIP
 
 HF_EXTRA = "Hugging Face CLIP needs the optional extra `hf`: pip install 'clpoison[hf]' (transformers 5, Python >= 3.11)"
 WEIGHTS = "model.safetensors"
