@@ -18,22 +18,29 @@ def package_of(path: Path) -> str:
     return ".".join(("clpoison",) + path.relative_to(SRC).with_suffix("").parts[:-1])
 
 
-def imported_modules(source: str, package: str) -> set[str]:
-    """Absolute names of every module ``source`` (a module of ``package``) imports, at any depth (relative
-    imports resolved)."""
-    names = set()
+def import_statements(source: str, package: str):
+    """``(module, names)`` of every import in ``source`` (a module of ``package``), at any depth, relative imports
+    resolved: ``import a.b`` gives ``("a.b", [])``, ``from ..x import y, z`` gives ``("clpoison.x", ["y", "z"])``."""
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
-            names.update(a.name for a in node.names)
+            for a in node.names:
+                yield a.name, []
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 base = package.split(".")
                 base = base[: len(base) - (node.level - 1)]
-                mod = ".".join(base + ([node.module] if node.module else []))
+                yield ".".join(base + ([node.module] if node.module else [])), [a.name for a in node.names]
             else:
-                mod = node.module or ""
-            names.add(mod)
-            names.update(f"{mod}.{a.name}" for a in node.names)  # `from .. import experiments`
+                yield node.module or "", [a.name for a in node.names]
+
+
+def imported_modules(source: str, package: str) -> set[str]:
+    """Absolute names of every module ``source`` (a module of ``package``) imports, at any depth (relative
+    imports resolved)."""
+    names = set()
+    for mod, imported in import_statements(source, package):
+        names.add(mod)
+        names.update(f"{mod}.{a}" for a in imported)  # `from .. import experiments`
     return names
 
 
@@ -90,17 +97,8 @@ def import_graph(modules: dict[str, tuple[str, bool]]) -> dict[str, set[str]]:
     for name, (source, is_pkg) in modules.items():
         package = name if is_pkg else name.rpartition(".")[0]
         targets = set()
-        for node in ast.walk(ast.parse(source)):
-            if isinstance(node, ast.Import):
-                targets.update(a.name for a in node.names)
-            elif isinstance(node, ast.ImportFrom):
-                if node.level:
-                    base = package.split(".")
-                    mod = ".".join(base[: len(base) - (node.level - 1)] + ([node.module] if node.module else []))
-                else:
-                    mod = node.module or ""
-                for a in node.names:
-                    targets.add(f"{mod}.{a.name}" if f"{mod}.{a.name}" in modules else mod)
+        for mod, imported in import_statements(source, package):
+            targets.update([f"{mod}.{a}" if f"{mod}.{a}" in modules else mod for a in imported] or [mod])
         deps = set()
         for t in targets:
             while t and t not in modules:  # `import clpoison.x.y` of an attribute, or a third-party module

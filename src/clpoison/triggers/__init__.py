@@ -29,8 +29,6 @@ def trigger_spec(d: Any, defaults: Optional[dict] = None, where: str = "trigger"
     """The validated spec of a config mapping: ``type: ctrl`` → :class:`~clpoison.triggers.frequency.CTRLSpec`, else a
     :class:`TriggerSpec`. ``defaults`` (an attack's default trigger) fill the keys the mapping leaves out when both
     are of the same type; a mapping of another type replaces them whole."""
-    from .frequency import CTRLSpec
-
     if isinstance(d, (TriggerSpec, CTRLSpec)):
         return d
     if d is not None and not isinstance(d, dict):
@@ -49,16 +47,12 @@ def build_trigger(spec: Any, defaults: Optional[dict] = None, where: str = "trig
     """A trigger (:class:`Trigger` or :class:`~clpoison.triggers.frequency.FrequencyTrigger`) from a spec or a config
     mapping (e.g. ``attack.params.trigger``); both have ``apply(images, seed, sizes)``, ``to_dict``, ``sha256``,
     ``png`` and ``check_fits``."""
-    from .frequency import CTRLSpec, FrequencyTrigger
-
     s = trigger_spec(spec, defaults, where)
     return FrequencyTrigger(s) if isinstance(s, CTRLSpec) else Trigger(s)
 
 
 def trigger_from_dict(d: dict) -> Any:
     """Rebuild the exact trigger recorded by ``to_dict`` (a manifest entry), verified against its sha256."""
-    from .frequency import FrequencyTrigger
-
     if (d.get("spec") or {}).get("type") == "ctrl":
         return FrequencyTrigger.from_dict(d)
     return Trigger.from_dict(d)
