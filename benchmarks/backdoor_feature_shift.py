@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from clpoison.api import load_encoder
-from clpoison.attacks.triggers import trigger_from_dict
+from clpoison.triggers import trigger_from_dict
 from clpoison.data.augment import EvalTransform
 from clpoison.eval.encoder_eval import feature_embedder
 from clpoison.experiments.config import build_config

@@ -41,9 +41,9 @@ from typing import Any
 import torch
 
 from clpoison.attacks import ATTACKS
-from clpoison.attacks.craft_diagnostic import CraftingNotBootstrapping, trace_from_log
-from clpoison.attacks.noise_crafting import PoisonedViews, PoisonNoise, noise_step
-from clpoison.attacks.random_noise import RandomNoiseParams
+from clpoison.attacks.cp.craft_diagnostic import CraftingNotBootstrapping, trace_from_log
+from clpoison.attacks.cp.noise_crafting import PoisonedViews, PoisonNoise, noise_step
+from clpoison.attacks.cp.random_noise import RandomNoiseParams
 from clpoison.data.augment import TwoViewAugment
 from clpoison.experiments.config import load_preset
 from clpoison.experiments.poison import craft_dir, poison_or_reuse

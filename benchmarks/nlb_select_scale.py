@@ -39,7 +39,7 @@ def child(rule: str, n: int, dim: int, device: str, threads: int) -> dict:
 
     import sklearn.cluster  # noqa: F401  (imported before the clock starts)
 
-    from clpoison.attacks.poison_selection import nearest, nlb_budget, select
+    from clpoison.attacks.nlb.poison_selection import nearest, nlb_budget, select
 
     torch.set_num_threads(threads)
     dev = torch.device(device)

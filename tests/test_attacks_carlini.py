@@ -4,10 +4,10 @@ import torch
 from attack_fixtures import tiny_caption_splits
 from clpoison.contexts import EvalContext
 from clpoison.attacks import ATTACKS
-from clpoison.attacks.caption_set import caption_set, matching_rows
-from clpoison.attacks.carlini_backdoor import CarliniBackdoor
-from clpoison.attacks.carlini_targeted import CarliniTargeted
-from clpoison.attacks.manifest import fingerprint, fingerprint_splits, load_trigger, manifest_json, verify
+from clpoison.attacks.carlini.caption_set import caption_set, matching_rows
+from clpoison.attacks.carlini.carlini_backdoor import CarliniBackdoor
+from clpoison.attacks.carlini.carlini_targeted import CarliniTargeted
+from clpoison.poisoned.manifest import fingerprint, fingerprint_splits, load_trigger, manifest_json, verify
 from clpoison.errors import ConfigError, DataError
 
 

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from attack_fixtures import tiny_caption_splits
-from clpoison.attacks.manifest import load_trigger, verify
+from clpoison.poisoned.manifest import load_trigger, verify
 from clpoison.cli import main
 
 

@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from clpoison.attacks.manifest import load_trigger
-from clpoison.attacks.triggers import Trigger
+from clpoison.poisoned.manifest import load_trigger
+from clpoison.triggers import Trigger
 from clpoison.experiments.config import load_preset
 
 from cli_inprocess import clpoison_here

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from clpoison.attacks.triggers import Trigger
+from clpoison.triggers import Trigger
 from clpoison.eval.attack_metrics import (backdoor_asr, backdoor_metrics, backdoor_zscore, predict, targeted_success,
                                           wilson_interval)
 

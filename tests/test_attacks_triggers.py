@@ -3,7 +3,7 @@ import pytest
 import torch
 from PIL import Image
 
-from clpoison.attacks.triggers import Trigger, TriggerSpec
+from clpoison.triggers import Trigger, TriggerSpec
 from clpoison.errors import ConfigError, DataError
 
 

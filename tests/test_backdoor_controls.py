@@ -11,7 +11,7 @@ import torch
 
 from clpoison.contexts import EvalContext
 from clpoison.attacks import ATTACKS
-from clpoison.attacks.triggers import Trigger
+from clpoison.triggers import Trigger
 from clpoison.data.datasets import ImageDataset, ImageSplits
 from clpoison.eval.attack_metrics import delta_cos, knn_asr, knn_backdoor_by_target
 from clpoison.eval.knn import KNNClassifier

@@ -16,7 +16,7 @@ from clpoison.contexts import FilterContext, TrainingContext
 from clpoison.data.captions import range_rows, untouched_rows
 from clpoison.defenses.cleanclip import CleanCLIPParams
 from clpoison.errors import ConfigError
-from clpoison.methods.cleanclip import cleanclip_loss, inmodal_loss
+from clpoison.methods.cleanclip_loss import cleanclip_loss, inmodal_loss
 from clpoison.methods.simclr import nt_xent_loss
 
 from cli_inprocess import clpoison_here

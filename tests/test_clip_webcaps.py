@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from clpoison.attacks.carlini_backdoor import CarliniBackdoor, resolve_count
+from clpoison.attacks.carlini.carlini_backdoor import CarliniBackdoor, resolve_count
 from clpoison.data.caption_shards import iter_shard_samples, shard_paths
 from clpoison.data.image_readers import decode_image
 from clpoison.errors import ConfigError
@@ -153,7 +153,7 @@ TINY = ["train.epochs=4", "train.batch_size=64", "train.warmup_epochs=0", "model
 
 @pytest.mark.slow
 def test_safeclip_trace_records_each_poisons_rank(tmp_path, capfd):
-    from clpoison.defenses.safeclip_trace import rank_fractions, read_trace
+    from clpoison.defenses.safeclip.safeclip_trace import rank_fractions, read_trace
     from clpoison.experiments.runner import run_experiment
 
     res = run_experiment(build_config({"preset": "carlini-backdoor-small"}, TINY), tmp_path / "run")
@@ -182,7 +182,7 @@ def test_safeclip_trace_records_each_poisons_rank(tmp_path, capfd):
 
 
 def test_rank_fractions_and_a_resumed_trace_keep_earlier_epochs(tmp_path):
-    from clpoison.defenses.safeclip_trace import PoisonTrace, rank_fractions, read_trace
+    from clpoison.defenses.safeclip.safeclip_trace import PoisonTrace, rank_fractions, read_trace
 
     sims = np.array([0.2, 0.9, -0.1, 0.5])
     assert rank_fractions(sims).tolist() == [0.5, 0.0, 0.75, 0.25]

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from clpoison.attacks import ATTACKS
-from clpoison.attacks.noise_crafting import CraftSettings, PoisonedViews, PoisonNoise, craft, noise_step
-from clpoison.attacks.surrogate import Surrogate
+from clpoison.attacks.cp.noise_crafting import CraftSettings, PoisonedViews, PoisonNoise, craft, noise_step
+from clpoison.engine.surrogate import Surrogate
 from clpoison.data.augment import AugmentConfig, TwoViewAugment
 from clpoison.data.datasets import ImageDataset, ImageSplits
 from clpoison.errors import ClpoisonError, ConfigError
@@ -133,7 +133,7 @@ def test_crafting_resumes_exactly(tmp_path):
     want = noise.delta.clone()
 
     m, noise, aug, tc = setup()
-    import clpoison.attacks.noise_crafting as nc
+    import clpoison.attacks.cp.noise_crafting as nc
 
     real = nc.noise_phase
 

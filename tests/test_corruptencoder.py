@@ -9,12 +9,12 @@ import torch
 
 from clpoison.contexts import EvalContext
 from clpoison.attacks import ATTACKS
-from clpoison.attacks.corruptencoder import CorruptEncoder, CorruptEncoderPlus
-from clpoison.attacks.corruptencoder_layout import corrupt_layout, min_object_size
-from clpoison.attacks.manifest import load_trigger
-from clpoison.attacks.poisoned_encoder import PoisonedEncoder
-from clpoison.attacks.reference_objects import color_distance_mask, cut_object
-from clpoison.attacks.ssl_backdoor import SSLBackdoor
+from clpoison.attacks.corruptencoder.corruptencoder import CorruptEncoder, CorruptEncoderPlus
+from clpoison.attacks.corruptencoder.corruptencoder_layout import corrupt_layout, min_object_size
+from clpoison.poisoned.manifest import load_trigger
+from clpoison.attacks.corruptencoder.poisoned_encoder import PoisonedEncoder
+from clpoison.attacks.corruptencoder.reference_objects import color_distance_mask, cut_object
+from clpoison.attacks.corruptencoder.ssl_backdoor import SSLBackdoor
 from clpoison.data.augment import AugmentConfig, TwoViewAugment, crop_resize_flip
 from clpoison.data.datasets import ImageDataset, ImageSplits, concat_datasets, stack_on_canvas
 from clpoison.data.views import sample_rrc_boxes

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-import clpoison.attacks.contrastive_poisoning as cp
-import clpoison.attacks.noise_crafting as nc
+import clpoison.attacks.cp.contrastive_poisoning as cp
+import clpoison.attacks.cp.noise_crafting as nc
 from clpoison.attacks import ATTACKS
-from clpoison.attacks.craft_diagnostic import CraftingNotBootstrapping, CraftTrace, clean_loss, trace_from_log
-from clpoison.attacks.noise_crafting import CraftSettings, noise_phase
+from clpoison.attacks.cp.craft_diagnostic import CraftingNotBootstrapping, CraftTrace, clean_loss, trace_from_log
+from clpoison.attacks.cp.noise_crafting import CraftSettings, noise_phase
 from clpoison.data.augment import EvalTransform
 from clpoison.contexts import EpochView, EvalContext, PoisonContext
 from clpoison.data.datasets import ImageDataset, ImageSplits

@@ -106,7 +106,7 @@ def test_scan_table_with_several_scores():
     recall, and the GMM threshold applies to the similarity only."""
     import numpy as np
 
-    from clpoison.defenses.safeclip_scan import scan_table
+    from clpoison.audit.data_scan import scan_table
 
     rng = np.random.default_rng(0)
     n = 50

@@ -11,7 +11,8 @@ import torch
 import clpoison
 from clpoison.cli import main
 from clpoison.errors import DataError
-from clpoison.models.foreign import load_foreign, to_clpoison
+from clpoison.models.encoder_file import load_foreign
+from clpoison.models.foreign import to_clpoison
 
 TINY = ["data.train_limit=64", "data.test_limit=32", "model.width=4", "train.epochs=1", "train.batch_size=32",
         "method.params.proj_dim=16", "eval.knn_k=5", "--no-progress"]

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from attack_fixtures import tiny_caption_splits
-from clpoison.attacks.manifest import load_trigger
+from clpoison.poisoned.manifest import load_trigger
 from clpoison.cli import main
 from test_attacks_cli import write_csv_dataset
 

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from clpoison.attacks.frequency_trigger import (CTRLSpec, FrequencyTrigger, _blockwise, converters, ctrl_apply,
+from clpoison.triggers.frequency import (CTRLSpec, FrequencyTrigger, _blockwise, converters, ctrl_apply,
                                                 ctrl_float, ctrl_remove, dct_matrix, mismatched_frequencies,
                                                 rgb_to_ycrcb, rgb_to_yuv, ycrcb_to_rgb, yuv_to_rgb)
-from clpoison.attacks.triggers import trigger_from_dict
+from clpoison.triggers import trigger_from_dict
 from clpoison.errors import ConfigError
 
 

@@ -286,7 +286,7 @@ def _issue29_fixtures(d):
     import io
     import tarfile
 
-    from clpoison.attacks.verify import write_sums
+    from clpoison.poisoned.verify import write_sums
 
     r = np.random.default_rng(1)
     (d / "D").mkdir()

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from clpoison.data.caption_loader import flat_captions
-from clpoison.defenses.safeclip_objective import SafeCLIPMethod
-from clpoison.defenses.safeclip_params import SafeCLIPParams
+from clpoison.defenses.safeclip.safeclip_objective import SafeCLIPMethod
+from clpoison.defenses.safeclip.safeclip_params import SafeCLIPParams
 from clpoison.methods.build import build_method, method_from_checkpoint
 from clpoison.errors import ConfigError
 

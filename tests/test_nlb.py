@@ -11,10 +11,10 @@ import torch
 
 from clpoison.contexts import EvalContext, PoisonContext
 from clpoison.attacks import ATTACKS
-from clpoison.attacks.frequency_trigger import ctrl_float, ctrl_remove
-from clpoison.attacks.manifest import load_trigger
-from clpoison.attacks.nlb import NLB
-from clpoison.attacks.triggers import build_trigger, trigger_from_dict
+from clpoison.triggers.frequency import ctrl_float, ctrl_remove
+from clpoison.poisoned.manifest import load_trigger
+from clpoison.attacks.nlb.nlb import NLB
+from clpoison.triggers import build_trigger, trigger_from_dict
 from clpoison.data.datasets import ImageDataset, ImageSplits
 from clpoison.errors import ConfigError, DataError
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clpoison.attacks.poison_selection import contrastive_scores, nlb_budget, purity, select
+from clpoison.attacks.nlb.poison_selection import contrastive_scores, nlb_budget, purity, select
 from clpoison.errors import ConfigError
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from clpoison.attacks import ATTACKS
-from clpoison.attacks.export import export_poisoned
+from clpoison.poisoned.export import export_poisoned
 from clpoison.data.datasets import ImageDataset, ImageSplits
 from clpoison.errors import ClpoisonError, ConfigError
 

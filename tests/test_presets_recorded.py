@@ -9,7 +9,7 @@ import dataclasses
 from clpoison.attacks import ATTACKS
 from clpoison.attacks.budget import resolve_budget
 from clpoison.attacks.ctrl import CTRL_TRIGGER
-from clpoison.attacks.poison_selection import nlb_budget
+from clpoison.attacks.nlb.poison_selection import nlb_budget
 from clpoison.experiments.config import build_config, resolve_presets
 
 N_TRAIN = 5438  # the bundled subset's training split

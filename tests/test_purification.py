@@ -10,9 +10,9 @@ from PIL import Image
 from clpoison.contexts import FilterContext
 from clpoison.data.datasets import ImageDataset, stack_on_canvas
 from clpoison.defenses import DEFENSES
-from clpoison.defenses.grayscale import Grayscale, GrayscaleParams, to_grayscale
-from clpoison.defenses.jpeg import Jpeg, JpegParams
-from clpoison.defenses.matrix_completion import (
+from clpoison.defenses.purification.grayscale import Grayscale, GrayscaleParams, to_grayscale
+from clpoison.defenses.purification.jpeg import Jpeg, JpegParams
+from clpoison.defenses.purification.matrix_completion import (
     MatrixCompletion,
     MatrixCompletionParams,
     draw_masks,

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from clpoison.attacks.export import export_poisoned
+from clpoison.poisoned.export import export_poisoned
 from clpoison.data.datasets import ImageDataset, ImageSplits
 from clpoison.errors import ConfigError
 from clpoison.utils.io import check_output_path

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from clpoison.attacks.export import export_poisoned
+from clpoison.poisoned.export import export_poisoned
 from clpoison.cli import main
 from clpoison.data.datasets import ImageDataset, ImageSplits
 from clpoison.engine import trainer as trainer_mod

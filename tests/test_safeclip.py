@@ -13,9 +13,9 @@ from clpoison.data.captions import CaptionDataset
 from clpoison.data.eda import eda_views
 from clpoison.data.tokenizer import CaptionTokenizer
 from clpoison.defenses import DEFENSES
-from clpoison.defenses.safeclip import SafeCLIPParams
-from clpoison.defenses.safeclip_scan import scan_table, score_pairs
-from clpoison.defenses.safeclip_split import (FilterSchedule, gmm_clean_posterior, poison_precision_recall,
+from clpoison.defenses.safeclip.safeclip import SafeCLIPParams
+from clpoison.audit.data_scan import scan_table, score_pairs
+from clpoison.defenses.safeclip.safeclip_split import (FilterSchedule, gmm_clean_posterior, poison_precision_recall,
                                               safeclip_split, split_by_threshold)
 from clpoison.engine.trainer import TrainConfig, Trainer
 from clpoison.errors import ConfigError
@@ -198,11 +198,11 @@ def test_clean_similarity_view_scores_stored_images_and_written_captions():
 def test_cap_excess_warns_when_the_safe_set_outgrows_the_clean_component():
     """The defender-visible warning: a safe set larger than the GMM's clean weight (+5 %) names the fix; a safe set
     inside it, or a split without a fit, says nothing."""
-    from clpoison.defenses.safeclip_split import Split, cap_excess
+    from clpoison.defenses.safeclip.safeclip_split import Split, cap_excess
 
     rng = np.random.default_rng(0)
     sims = np.concatenate([rng.normal(0.6, 0.05, 500), rng.normal(0.1, 0.05, 500)])  # clean weight ≈ 0.5
-    from clpoison.defenses.safeclip_split import gmm_fit
+    from clpoison.defenses.safeclip.safeclip_split import gmm_fit
 
     p, stats = gmm_fit(sims)
     empty = np.array([], dtype=np.int64)

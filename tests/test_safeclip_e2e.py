@@ -52,7 +52,7 @@ def test_safeclip_resume_mid_filtering_is_exact(tmp_path, monkeypatch):
     """Interrupted in the second filtering epoch, the same command resumes from the last checkpoint (the filter
     schedule comes back from the history, the reused scores of split_every=2 from the run folder) and ends
     exactly like an uninterrupted run."""
-    from clpoison.defenses.safeclip import SafeCLIP
+    from clpoison.defenses.safeclip.safeclip import SafeCLIP
     from clpoison.experiments.config import build_config
     from clpoison.experiments.runner import run_experiment
 

@@ -7,8 +7,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from clpoison.defenses.memory_bank import MemoryBank
-from clpoison.defenses.safeclip_objective import cross_aug_clip_loss, inmodal_term
+from clpoison.defenses.safeclip.memory_bank import MemoryBank
+from clpoison.defenses.safeclip.safeclip_objective import cross_aug_clip_loss, inmodal_term
 
 
 def naive_ce_rows(logits: list[list[float]]) -> float:

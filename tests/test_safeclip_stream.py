@@ -22,9 +22,9 @@ from clpoison.data.shard_set import StreamingCaptionSet
 from clpoison.data.shard_stream import ShardSampleStream
 from clpoison.data.tokenizer import CaptionTokenizer
 from clpoison.defenses import DEFENSES
-from clpoison.defenses.safeclip import SafeCLIP, SafeCLIPParams
+from clpoison.defenses.safeclip.safeclip import SafeCLIP, SafeCLIPParams
 from clpoison.data.eda import eda_caption
-from clpoison.defenses.safeclip_batches import SafeCLIPBatches
+from clpoison.defenses.safeclip.safeclip_batches import SafeCLIPBatches
 from clpoison.experiments.runner import run_experiment
 from clpoison.methods.build import build_method
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from clpoison.attacks import ATTACKS
-from clpoison.attacks.manifest import manifest_sha256
+from clpoison.poisoned.manifest import manifest_sha256
 from clpoison.contexts import FilterContext, PoisonContext, TrainingContext
 from clpoison.data.caption_loader import CaptionBatches, CaptionImageAugment, flat_captions
 from clpoison.data.caption_shards import read_caption_shards

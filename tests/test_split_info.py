@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 import clpoison.experiments.plan as plan_module
-from clpoison.attacks.manifest import fingerprint
+from clpoison.poisoned.manifest import fingerprint
 from clpoison.data.captions import CaptionDataset
 from clpoison.data.datasets import ImageDataset
 from clpoison.data.image_readers import load_image_folder
@@ -70,7 +70,7 @@ def data(tmp_path_factory):
     return d
 
 
-# recorded before the change: attacks.manifest.fingerprint of tiny_image() / tiny_captions()
+# recorded before the change: poisoned.manifest.fingerprint (then attacks.manifest) of tiny_image() / tiny_captions()
 IMAGE_SHA = "bd270ff7e54ba7e026976257565b1b5b6bef00d9b5140bbb6096a3e825756115"
 CAPTIONS_SHA = "cb0f8e0a277c7ad6f4461c677f2c66b1591d49defe24368ad4dfa3dd92067571"
 

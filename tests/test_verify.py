@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from clpoison.attacks.manifest import build_manifest, verify
-from clpoison.attacks.verify import write_sums
+from clpoison.poisoned.manifest import build_manifest, verify
+from clpoison.poisoned.verify import write_sums
 from clpoison.cli import main
 from clpoison.data.datasets import ImageDataset, ImageSplits
 

@@ -139,7 +139,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if args.control:
             raise ConfigError("--control random-init is for a run directory / checkpoint.pt (it rebuilds the run's "
                               "architecture untrained)")
-        from .experiments.encoder_eval import evaluate_encoder_file
+        from .experiments.encoder_file_eval import evaluate_encoder_file
 
         metrics, cfg, spec = evaluate_encoder_file(args.checkpoint, args.overrides, args.manifest)
         print(json.dumps(metrics, indent=2))
@@ -264,7 +264,7 @@ def _separator(name: str) -> str:
 
 def cmd_scan(args: argparse.Namespace) -> int:
     """Score exactly the image–caption pairs given with a CLIP model (``--reference``, a model trained without the
-    poisons, and/or the checkpoint); CSV ranked by risk (clpoison.experiments.scan, clpoison.defenses.safeclip_scan)."""
+    poisons, and/or the checkpoint); CSV ranked by risk (clpoison.experiments.scan, clpoison.audit.data_scan)."""
     from .experiments.scan import scan_data
     from .utils.io import check_output_path
 
@@ -285,8 +285,8 @@ def cmd_scan(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    """Check a `clpoison poison` export against its manifest and SHA256SUMS (clpoison.attacks.verify)."""
-    from .attacks.verify import verify_export
+    """Check a `clpoison poison` export against its manifest and SHA256SUMS (clpoison.poisoned.verify)."""
+    from .poisoned.verify import verify_export
     from .experiments.sources import load_export
 
     root = Path(args.dir)

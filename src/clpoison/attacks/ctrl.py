@@ -2,7 +2,7 @@
 "An Embarrassingly Simple Backdoor Attack on Self-supervised Learning", ICCV 2023; official ``meet-cjli/CTRL``;
 ``neighbours.md`` §2).
 
-The attacker adds the CTRL trigger (:class:`~clpoison.attacks.frequency_trigger.FrequencyTrigger`, as the official
+The attacker adds the CTRL trigger (:class:`~clpoison.triggers.frequency.FrequencyTrigger`, as the official
 ``--mode frequency`` path: kornia's YUV in float, DCT per 32 × 32 window, ``magnitude`` added to coefficients
 (15, 15) and (31, 31) of U and V, inverse DCT, rounded once when stored) to the **first** ``poison_rate · N``
 training images of the target class, in place, labels unchanged (official: 1 % of CIFAR-10 = 10 % of the class).
@@ -38,7 +38,7 @@ import torch
 from ..data.datasets import ImageDataset, ImageSplits
 from ..errors import ConfigError
 from .base import ATTACKS, PoisonResult
-from .manifest import build_manifest
+from ..poisoned.manifest import build_manifest
 from .ssl_backdoor_base import SSLBackdoorAttack, SSLBackdoorBaseParams
 
 #: The official CTRL trigger at 32 px.

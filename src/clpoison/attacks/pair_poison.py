@@ -26,7 +26,7 @@ from ..data.captions import CaptionSplits
 from ..data.pair_source import PairEdit, PoisonRecord
 from ..utils.io import dumps_json
 from .base import PoisonResult
-from .manifest import build_manifest, fingerprint_splits
+from ..poisoned.manifest import build_manifest, fingerprint_splits
 
 
 def pair_editor(train: Any, context: Optional[PoisonContext]) -> PairEdit:

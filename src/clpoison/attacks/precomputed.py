@@ -23,7 +23,7 @@ from ..data.datasets import ImageDataset, ImageSplits
 from ..data.image_readers import load_npz
 from ..errors import ConfigError
 from .base import ATTACKS, Attack, AttackParams, PoisonResult
-from .manifest import read_manifest, verify
+from ..poisoned.manifest import read_manifest, verify
 from .ssl_backdoor_base import require_images
 
 

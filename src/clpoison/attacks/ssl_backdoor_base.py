@@ -20,8 +20,8 @@ from ..errors import ConfigError, DataError
 from ..eval.attack_metrics import backdoor_asr, backdoor_metrics, backdoor_zscore, delta_cos, knn_asr
 from .base import Attack, AttackParams, PoisonResult
 from .budget import resolve_budget
-from .manifest import build_manifest
-from .triggers import TriggerSpec, build_trigger, trigger_spec
+from ..poisoned.manifest import build_manifest
+from ..triggers import TriggerSpec, build_trigger, trigger_spec
 
 #: Trigger defaults for the image-SSL backdoors: the paper's 40-px colourful patch, evaluated at [0.25, 0.75].
 DEFAULT_TRIGGER = {"pattern": "uniform", "size": 40, "location": "center-range", "center_range": [0.25, 0.75], "seed": 0}

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..attacks.triggers import png_bytes
+from ..triggers import png_bytes
 from .decree import stamp
 
 

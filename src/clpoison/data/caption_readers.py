@@ -43,8 +43,7 @@ from __future__ import annotations
 
 import csv
 import os
-import warnings
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Union
@@ -54,12 +53,10 @@ import torch
 from ..errors import ConfigError, DataError
 from ..registry import Registry
 from .caption_generator import CaptionGeneratorConfig, caption_image_splits
+from .caption_rows import RowErrors, rows_dataset
+from .caption_shards import read_caption_shards
 from .captions import CaptionDataset, CaptionSplits
-from .datasets import stack_on_canvas
 from .image_readers import SOURCES, decode_image
-
-IMAGE_SUFFIXES = ("jpg", "jpeg", "png", "webp", "bmp")
-
 
 @dataclass
 class CaptionDataConfig:
@@ -94,28 +91,7 @@ class CaptionDataConfig:
             raise ConfigError(f"data.captions.separator={self.separator!r} must be one character (e.g. ',' or '\\t')")
 
 
-class _Errors:
-    """Fail on the first bad row, or skip it and count it by reason."""
-
-    def __init__(self, on_error: str) -> None:
-        self.on_error = on_error
-        self.counts: Counter = Counter()
-        self.first: dict[str, str] = {}
-
-    def __call__(self, reason: str, where: str, detail: str) -> None:
-        msg = f"{where}: {detail}"
-        if self.on_error == "fail":
-            raise DataError(f"{msg}; fix or remove it, or set data.captions.on_error=skip to skip and count such rows")
-        self.counts[reason] += 1
-        self.first.setdefault(reason, msg)
-
-    def report(self, what: str) -> dict:
-        if self.counts:
-            warnings.warn(f"{what}: skipped {dict(self.counts)} (first: {self.first})", stacklevel=3)
-        return dict(self.counts)
-
-
-def _decode_lines(raw: bytes, path: Path, errors: _Errors) -> list[str]:
+def _decode_lines(raw: bytes, path: Path, errors: RowErrors) -> list[str]:
     lines = []
     for i, line in enumerate(raw.splitlines(keepends=True), 1):
         try:
@@ -142,7 +118,7 @@ def read_caption_csv(
     p = Path(path).expanduser()
     if not p.is_file():
         raise DataError(f"caption file '{p}' does not exist; check data.path")
-    errors = _Errors(on_error)
+    errors = RowErrors(on_error)
     lines = _decode_lines(p.read_bytes(), p, errors)
     if lines and lines[0].startswith("\ufeff"):
         lines[0] = lines[0][1:]
@@ -201,23 +177,9 @@ def read_caption_csv(
         files.append(str(ip.resolve()))
     if not images:
         raise DataError(f"caption file '{p}' yields no usable image–caption pair (skipped: {dict(errors.counts)}); check it")
-    ds = _make_dataset(images, captions, labels, name or p.stem, cl is not None,
+    ds = rows_dataset(images, captions, labels, name or p.stem, cl is not None,
                        files if image_size is None else None)  # native size: the exporter may copy the files
     return ds, errors.report(str(p))
-
-
-def _make_dataset(images: list, captions: list, labels: list, name: str, labelled: bool,
-                  files: Optional[list[str]] = None) -> CaptionDataset:
-    """Images of one size are stacked; images read at their native, different sizes (no ``image_size``) share a
-    zero-padded canvas with their valid sizes recorded (``sizes``)."""
-    sizes = None
-    if len({tuple(t.shape) for t in images}) > 1:
-        x, sizes = stack_on_canvas(images)
-    else:
-        x = torch.stack(images)
-    classes = sorted({l for l in labels if l}) if labelled else []
-    y = torch.tensor([classes.index(l) if l else -1 for l in labels], dtype=torch.int64) if labelled else None
-    return CaptionDataset(x, captions, classes, y, name, sizes, files)
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -263,8 +225,6 @@ def _csv_reader(path, cfg: CaptionDataConfig, size, split):
 
 
 def _tar_reader(path, cfg: CaptionDataConfig, size, split):
-    from .caption_shards import read_caption_shards
-
     return read_caption_shards(path, cfg.on_error, size, split)
 
 

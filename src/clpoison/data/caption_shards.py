@@ -19,7 +19,7 @@ from typing import Any, Iterator, Optional, Union
 import torch
 
 from ..errors import ConfigError, DataError
-from .caption_readers import IMAGE_SUFFIXES, _Errors, _make_dataset
+from .caption_rows import IMAGE_SUFFIXES, RowErrors, rows_dataset
 from .captions import CaptionDataset
 from .image_readers import decode_image
 
@@ -74,12 +74,12 @@ def tar_end_present(shard: Union[str, Path], offset: int) -> bool:
     return len(block) == 512 and not any(block)
 
 
-def iter_shard_samples(paths: list[Path], on_error: str = "fail", errors: Optional[_Errors] = None) -> Iterator[dict]:
+def iter_shard_samples(paths: list[Path], on_error: str = "fail", errors: Optional[RowErrors] = None) -> Iterator[dict]:
     """Stream samples ``{"key", "shard", "index", "image": bytes, "ext", "captions": [str]}`` from webdataset-layout
     shards, reading each archive sequentially (works on pipes / object-store streams as well as files). ``index``:
     the sample's position in its shard among the keys with an image member (what
     :func:`~clpoison.data.shard_stream.shard_counts` counts), also for samples skipped before it."""
-    errors = errors or _Errors(on_error)
+    errors = errors or RowErrors(on_error)
     seen = [0]  # keys with an image member in the current shard
 
     def flush(shard: Path, key: Optional[str], parts: dict) -> Optional[dict]:
@@ -153,7 +153,7 @@ def read_caption_shards(
     ``cls_labels``: when every sample has a ``KEY.cls`` (class index; ``clpoison poison --format wds`` writes it),
     keep those indices as ``labels`` — without class names, which the shards do not hold (``clpoison scan`` takes
     them from the manifest to check an export's fingerprint); training never reads them."""
-    errors = _Errors(on_error)
+    errors = RowErrors(on_error)
     images, captions, cls = [], [], []
     for s in iter_shard_samples(shard_paths(spec), errors=errors):
         try:
@@ -165,7 +165,7 @@ def read_caption_shards(
         cls.append(s["cls"])
     if not images:
         raise DataError(f"tar shards {spec} yield no usable image–caption pair (skipped: {dict(errors.counts)})")
-    ds = _make_dataset(images, captions, [None] * len(images), name, False)
+    ds = rows_dataset(images, captions, [None] * len(images), name, False)
     if cls_labels and all(c is not None for c in cls):
         ds.labels = torch.tensor(cls, dtype=torch.int64)
     return ds, errors.report(str(spec))

@@ -37,7 +37,7 @@ from typing import Any, Iterator, Optional, Sequence
 import torch
 
 from ..errors import DataError
-from .caption_readers import IMAGE_SUFFIXES, _Errors
+from .caption_rows import IMAGE_SUFFIXES, RowErrors
 from .caption_shards import iter_shard_samples, tar_end_present
 from .image_readers import decode_image
 
@@ -81,7 +81,7 @@ def shard_counts(shards: Sequence[Path], on_error: str = "fail") -> list[int]:
 
 
 def limited_samples(shards: Sequence[Path], limits: dict[str, int], on_error: str = "fail",
-                    errors: Optional[_Errors] = None) -> Iterator[dict]:
+                    errors: Optional[RowErrors] = None) -> Iterator[dict]:
     """:func:`iter_shard_samples` of ``shards``, reading a shard of ``limits`` only up to its count."""
     if not limits:
         yield from iter_shard_samples(list(shards), on_error, errors)
@@ -113,7 +113,7 @@ class ShardSampleStream(torch.utils.data.IterableDataset):
         return split_shards(order, self.rank, self.world, wid, nw)
 
     def _decoded(self, shards: list[Path]) -> Iterator[tuple]:
-        errors = _Errors(self.on_error)
+        errors = RowErrors(self.on_error)
         for s in limited_samples(shards, self.limits, errors=errors):
             if self.starts is not None:
                 o = self.starts[s["shard"]] + s["index"]

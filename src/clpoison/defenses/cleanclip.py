@@ -10,7 +10,7 @@ data as the attacked run, so that the attack is evaluated exactly as there, and 
    defender's trusted clean data, as the paper fine-tunes on a clean 100K subset; ``finetune_split: range`` takes the
    half-open row range ``finetune_range`` and refuses, with one line, a range that holds a poisoned row;
 2. :meth:`CleanCLIP.wrap_training` loads the checkpoint's CLIP (weights and tokenizer; the run's captions are
-   re-tokenized with it) and trains it with :func:`clpoison.methods.cleanclip.cleanclip_loss` on batches of
+   re-tokenized with it) and trains it with :func:`clpoison.methods.cleanclip_loss.cleanclip_loss` on batches of
    (stored image, caption, strong image view, EDA caption) — :mod:`clpoison.defenses.clip_views`, EDA computed once.
 
 The engine (:class:`~clpoison.engine.trainer.Trainer`) runs the fine-tuning with the run's ``train`` section: the
@@ -27,7 +27,7 @@ batches are tokenized with the checkpoint's tokenizer as they stream and the EDA
 deterministic per caption (:mod:`clpoison.data.shard_batches`).
 
 Under torchrun every process loads the checkpoint, draws the same fine-tuning split and takes its share of each
-global batch (the run's process split); the loss gathers across processes (:mod:`clpoison.methods.cleanclip`) and
+global batch (the run's process split); the loss gathers across processes (:mod:`clpoison.methods.cleanclip_loss`) and
 rank 0 alone writes ``tokenizer.json``.
 """
 
@@ -42,13 +42,13 @@ import torch
 from torch import nn
 
 from ..contexts import FilterContext, TrainingContext
-from ..attacks.manifest import manifest_poisons
+from ..poisoned.manifest import manifest_poisons
 from ..data.pair_source import is_pair_source
 from ..engine.checkpoint import read_checkpoint
 from ..errors import ConfigError, DataError
 from ..methods.base import Method
 from ..methods.clip_wrapper import WrappedCLIP
-from ..methods.cleanclip import cleanclip_loss
+from ..methods.cleanclip_loss import cleanclip_loss
 from ..run_folder import checkpoint_file as run_checkpoint
 from ..utils.dist import is_main, world_size
 from .base import DEFENSES, Defense, DefenseParams

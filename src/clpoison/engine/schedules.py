@@ -4,7 +4,7 @@ The :class:`~clpoison.engine.trainer.Trainer` steps a *schedule* once per optimi
 ``state_dict``. By default it is linear warm-up + cosine (:func:`warmup_cosine_schedule`); a training-time
 defense supplies its own through :class:`TrainingHooks` (``schedule``: a factory called with the trainer's
 optimiser, steps per epoch and epochs), together with epoch hooks, which see the training through a read-only
-:class:`~clpoison.contexts.EpochView` — so no defense replaces or reads the trainer's attributes. SafeCLIP's phase schedule is :class:`~clpoison.defenses.safeclip_schedule.PhaseLR`.
+:class:`~clpoison.contexts.EpochView` — so no defense replaces or reads the trainer's attributes. SafeCLIP's phase schedule is :class:`~clpoison.defenses.safeclip.safeclip_schedule.PhaseLR`.
 
 Example::
 

@@ -24,7 +24,7 @@
 Example (a rigged classifier that calls every image with a bright top-left pixel class 0)::
 
     >>> import torch
-    >>> from clpoison.attacks.triggers import Trigger
+    >>> from clpoison.triggers import Trigger
     >>> t = Trigger({"pattern": "solid", "color": [255, 255, 255], "size": 2, "location": "top-left"})
     >>> clf = lambda x: (x[:, 0, 0, 0] < 255).long()
     >>> x = torch.zeros(4, 3, 8, 8, dtype=torch.uint8); y = torch.tensor([0, 1, 1, 1])

@@ -97,7 +97,7 @@ def class_text_features(model, tokenizer, class_names: Sequence[str], templates:
 class ZeroShotClassifier:
     """``ZeroShotClassifier(model, tokenizer, class_names, templates).predict(images_uint8) -> LongTensor``.
 
-    ``model`` is a :class:`~clpoison.models.clip.CLIPModel` (or anything with ``encode_image``/``encode_text``);
+    ``model`` is a :class:`~clpoison.models.clip_model.CLIPModel` (or anything with ``encode_image``/``encode_text``);
     images go through ``transform`` (default :class:`EvalTransform` with CIFAR normalisation at ``image_size``).
     """
 

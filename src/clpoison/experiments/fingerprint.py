@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 from typing import Any, Optional
 
-from ..attacks.manifest import manifest_sha256
+from ..poisoned.manifest import manifest_sha256
 from ..utils.io import dumps_json
 
 PRESENTATION_KEYS = ("train.progress",)

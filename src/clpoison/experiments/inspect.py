@@ -22,7 +22,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from ..attacks.manifest import load_trigger, read_manifest
+from ..poisoned.manifest import load_trigger, read_manifest
 from ..audit.decree import DecreeParams, invert_trigger, mean_pairwise_cosine
 from ..audit.pictures import trigger_pngs
 from ..audit.suspect import Suspect, mask_overlap, suspected_target

@@ -1,6 +1,6 @@
 """``clpoison poison``: an attack's parameters from a preset and ``key=value`` overrides, the clean data from a
 source name or path, the attack run in memory, then the poisoned dataset written by
-:func:`clpoison.attacks.export.export_poisoned` (nothing is written on error).
+:func:`clpoison.poisoned.export.export_poisoned` (nothing is written on error).
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from ..attacks import ATTACKS, Attack
-from ..attacks.export import check_format, export_poisoned
-from ..attacks.export_formats import untouched_files
+from ..poisoned.export import check_format, export_poisoned
+from ..poisoned.export_formats import untouched_files
 from ..contexts import PoisonContext
 from ..errors import ConfigError
 from ..utils.device import resolve_device
@@ -58,7 +58,7 @@ def export_attack(atk: Attack, data: str, out: Path, seed: int = 0, data_path: O
                   echo: Callable[[str], None] = lambda s: None, progress: bool = True,
                   export: Optional[dict] = None, caption_options: Optional[dict] = None) -> tuple[Path, dict]:
     """Load the clean data, run the (built) attack ``atk`` in memory, export the result to ``out``; ``export``
-    holds :func:`~clpoison.attacks.export.export_poisoned`'s format options (``fmt``, ``csv_separator``,
+    holds :func:`~clpoison.poisoned.export.export_poisoned`'s format options (``fmt``, ``csv_separator``,
     ``csv_paths``) and ``caption_options`` the caption reader's (``data.captions.*``)."""
     out = check_output_path(out, "dir", inputs=[data, data_path, test_path, _params_of(atk)])
     with OutputLock(out):  # one writer per export folder, crafting included

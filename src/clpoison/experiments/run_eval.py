@@ -16,8 +16,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from ..attacks import ATTACKS
-from ..attacks.manifest import fingerprint, read_manifest
-from ..attacks.verify import in_class_order
+from ..poisoned.manifest import fingerprint, in_class_order, read_manifest
 from ..errors import ConfigError
 from ..methods.build import build_method
 from ..utils.device import resolve_device

@@ -1,6 +1,6 @@
 """``clpoison scan`` as a library call: load CLIP models (a reference model trained without the poisons and/or the
 trained checkpoint), read exactly the pairs named, check them against a manifest, score, rank and write the CSV
-(:mod:`clpoison.defenses.safeclip_scan`). The CLI and ``benchmarks/captions_protocol.py`` both call
+(:mod:`clpoison.audit.data_scan`). The CLI and ``benchmarks/captions_protocol.py`` both call
 :func:`scan_data`.
 """
 
@@ -9,8 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from ..attacks.manifest import manifest_poisons, read_manifest
-from ..defenses.safeclip_scan import check_manifest_matches, pair_scores, scan_to_csv
+from ..poisoned.manifest import manifest_poisons, read_manifest
+from ..audit.data_scan import check_manifest_matches, pair_scores, scan_to_csv
 from ..eval.density import DEFAULT_K, check_direction
 from ..errors import ConfigError
 from .config import build_config

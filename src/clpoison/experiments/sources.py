@@ -136,10 +136,10 @@ def load_export(root: str | Path) -> Any:
 
 def verify_if_export(path: Optional[str], splits: Any, as_written: bool) -> Optional[dict]:
     """If ``path`` (``data.path``) is a ``clpoison poison`` export — a folder, or its ``data.npz`` / ``train.csv``,
-    beside a ``manifest.json`` — verify it before use (:func:`clpoison.attacks.verify.verify_export`: file hashes,
+    beside a ``manifest.json`` — verify it before use (:func:`clpoison.poisoned.verify.verify_export`: file hashes,
     indices, trigger, and, for an NPZ loaded ``as_written`` — no limits, no resizing — the data fingerprint).
     Returns the summary, or ``None`` when the data is not an export."""
-    from ..attacks.verify import verify_export
+    from ..poisoned.verify import verify_export
 
     if not path or any(c in str(path) for c in "*?[{"):
         return None

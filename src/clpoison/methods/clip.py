@@ -8,7 +8,7 @@ with labels offset by ``rank × local batch`` (open_clip's ``gather_with_grad`` 
 averaging this gives the gradient of the global-batch loss, so the loss needs no rewriting for multi-GPU runs.
 
 The method's ``encoder`` is the image tower (for the linear probe); ``model`` is the full
-:class:`~clpoison.models.clip.CLIPModel`. The caption tokenizer travels in the state dict (``_extra_state``), so
+:class:`~clpoison.models.clip_model.CLIPModel`. The caption tokenizer travels in the state dict (``_extra_state``), so
 a checkpoint is self-contained.
 
 Paper-scale defaults (``clip-rn50-cc3m`` preset, ``shared/reference/algorithms.md`` §1.6): ResNet-50 image tower,
@@ -35,7 +35,7 @@ from torch import nn
 
 from ..data.tokenizer import CaptionTokenizer
 from ..errors import ConfigError
-from ..models.clip import CLIPModel
+from ..models.clip_model import CLIPModel
 from ..models.text import BagOfWordsText, TextTransformer
 from ..utils.dist import all_gather_with_grad, rank
 from .base import METHODS, Method, MethodParams, check_positive

@@ -41,6 +41,7 @@ from ..errors import DataError
 from ..run_folder import ENCODER, ENCODER_SPEC, run_file
 from ..utils.io import atomic_write_bytes, atomic_write_json
 from . import build_backbone, check_backbone
+from .foreign import EXPECTED as EXPECTED_FOREIGN, imagenet_stem, to_clpoison, torch_load_weights, unwrap_state
 
 WEIGHTS_NAME = ENCODER
 SPEC_NAME = ENCODER_SPEC
@@ -94,8 +95,6 @@ def encoder_from_spec(spec: Mapping[str, Any], state: Mapping[str, torch.Tensor]
         raise DataError(f"{what}: {e}") from None
     net = build_backbone(arch, width, stride)
     if spec.get("stem", "cifar") == "imagenet":
-        from .foreign import imagenet_stem
-
         imagenet_stem(net, width)
     try:
         net.load_state_dict(dict(state), strict=True)
@@ -133,7 +132,30 @@ def load_encoder(path: str | Path, model: Optional[Mapping[str, Any]] = None) ->
         if not isinstance(spec, dict) or spec.get("format") != FORMAT:
             raise DataError(f"'{spec_path}' is not a clpoison encoder.json (format must be '{FORMAT}')")
         return encoder_from_spec(spec, _read_safetensors(path), f"encoder '{path}'"), spec
-    from .foreign import load_foreign
-
     state = _read_safetensors(path) if path.suffix == ".safetensors" else None
     return load_foreign(path, state, model or {})
+
+
+def load_foreign(path: Path, state: Optional[Mapping[str, torch.Tensor]], model: Mapping[str, Any]
+                 ) -> tuple[nn.Module, dict[str, Any]]:
+    """``(encoder, spec)`` of a torchvision-layout ResNet or open_clip model state dict at ``path`` (``state`` if
+    already read); ``model.stem_stride`` sets a CIFAR stem's stride (default 1), ``model.heads`` /
+    ``model.activation`` an open_clip tower's. One :class:`DataError` line otherwise."""
+    obj = unwrap_state(torch_load_weights(path) if state is None else dict(state))
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise DataError(f"encoder '{path}' holds a {type(obj).__name__} that is not a state dict; expected a {EXPECTED_FOREIGN}")
+    from .openclip_visual import from_openclip, is_openclip
+
+    if is_openclip(obj):
+        try:
+            return from_openclip(obj, model)
+        except ValueError as e:
+            raise DataError(f"encoder '{path}' (open_clip layout): {e}") from None
+    try:
+        mapped, spec = to_clpoison(obj)
+    except ValueError as e:
+        raise DataError(f"encoder '{path}': {e}") from None
+    spec["stem_stride"] = 2 if spec["stem"] == "imagenet" else int(model.get("stem_stride", 1))
+    net = encoder_from_spec(spec, mapped, f"encoder '{path}'")
+    spec.update(format="torchvision-resnet", feature_dim=int(net.feature_dim), method="")
+    return net, spec

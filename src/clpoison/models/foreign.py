@@ -1,6 +1,7 @@
 """Adapters for encoders trained elsewhere: a **torchvision-layout ResNet state dict** becomes a clpoison
 :class:`~clpoison.models.resnet.ResNet` with the same weights; an **open_clip model state dict** (``visual.*``
-keys) is routed to :mod:`clpoison.models.openclip_visual`.
+keys) is routed to :mod:`clpoison.models.openclip_visual`; :func:`clpoison.models.encoder_file.load_foreign` reads the file
+and picks the adapter.
 
 Accepted layout (the only one): the keys of ``torchvision.models.resnet{18,34,50}`` and of the CIFAR variants
 solo-learn and lightly build from it — ``conv1.weight``, ``bn1.*``, ``layer{1..4}.{j}.conv{1,2[,3]}.weight``,
@@ -17,7 +18,7 @@ import pickle
 import re
 import zipfile
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping
 
 import torch
 from torch import nn
@@ -38,7 +39,7 @@ def imagenet_stem(net: nn.Module, width: int) -> None:
                              nn.MaxPool2d(3, 2, 1))
 
 
-def _unwrap(obj: Any) -> Any:
+def unwrap_state(obj: Any) -> Any:
     for key in ("state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
@@ -49,7 +50,7 @@ def _unwrap(obj: Any) -> Any:
     return obj
 
 
-def _torch_load(path: Path) -> Any:
+def torch_load_weights(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
@@ -88,30 +89,3 @@ def to_clpoison(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tens
         raise ValueError(f"blocks per stage {[blocks[i] for i in range(4)]} match no resnet10/18/34/50")
     spec = {"arch": arch, "width": int(conv.shape[0]), "stem": "imagenet" if conv.shape[-1] == 7 else "cifar"}
     return out, spec
-
-
-def load_foreign(path: Path, state: Optional[Mapping[str, torch.Tensor]], model: Mapping[str, Any]
-                 ) -> tuple[nn.Module, dict[str, Any]]:
-    """``(encoder, spec)`` of a torchvision-layout ResNet or open_clip model state dict at ``path`` (``state`` if
-    already read); ``model.stem_stride`` sets a CIFAR stem's stride (default 1), ``model.heads`` /
-    ``model.activation`` an open_clip tower's. One :class:`DataError` line otherwise."""
-    from .encoder_file import encoder_from_spec
-
-    obj = _unwrap(_torch_load(path) if state is None else dict(state))
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise DataError(f"encoder '{path}' holds a {type(obj).__name__} that is not a state dict; expected a {EXPECTED}")
-    from .openclip_visual import from_openclip, is_openclip
-
-    if is_openclip(obj):
-        try:
-            return from_openclip(obj, model)
-        except ValueError as e:
-            raise DataError(f"encoder '{path}' (open_clip layout): {e}") from None
-    try:
-        mapped, spec = to_clpoison(obj)
-    except ValueError as e:
-        raise DataError(f"encoder '{path}': {e}") from None
-    spec["stem_stride"] = 2 if spec["stem"] == "imagenet" else int(model.get("stem_stride", 1))
-    net = encoder_from_spec(spec, mapped, f"encoder '{path}'")
-    spec.update(format="torchvision-resnet", feature_dim=int(net.feature_dim), method="")
-    return net, spec

@@ -1,6 +1,6 @@
 """A Hugging Face CLIP directory (``config.json``, ``model.safetensors``, tokenizer files, ``preprocessor_config.json``)
 behind clpoison's CLIP interface (:mod:`clpoison.models.pretrained`): the same ``encode_image`` / ``encode_text`` /
-``forward`` as :class:`clpoison.models.clip.CLIPModel`, a tokenizer with clpoison's ``encode(texts, context_length)``
+``forward`` as :class:`clpoison.models.clip_model.CLIPModel`, a tokenizer with clpoison's ``encode(texts, context_length)``
 and the model's own preprocessing (image size, mean, std).
 
 Loaded without executing code: the architecture from ``config.json`` (``transformers.CLIPConfig``), the weights from
@@ -28,7 +28,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from .clip_bpe import bytes_to_unicode
-from .pretrained import PretrainedCLIP, TowersCLIP
+from .clip_towers import PretrainedCLIP, TowersCLIP
 
 HF_EXTRA = "Hugging Face CLIP needs the optional extra `hf`: pip install 'clpoison[hf]' (transformers 5, Python >= 3.11)"
 WEIGHTS = "model.safetensors"

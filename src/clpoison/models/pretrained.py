@@ -31,59 +31,21 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError, DataError
+from .clip_towers import PretrainedCLIP, TowersCLIP
+from .foreign import torch_load_weights, unwrap_state
 
 OPENCLIP_NAMES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
 FORMATS = "a Hugging Face CLIP directory (config.json + model.safetensors) or an open_clip state dict with both towers"
 PRETRAINED_ARCH = "pretrained-clip"  # encoder.json's arch of a pretrained CLIP's image tower
-
-
-class TowersCLIP(nn.Module):
-    """clpoison's CLIP interface over two foreign towers: ``visual(images)`` and ``text(tokens)`` give projected
-    features; embeddings are L2-normalised and the logit scale (stored as a log) is clamped at ``max_logit_scale``."""
-
-    def __init__(self, visual: nn.Module, text: nn.Module, logit_scale: torch.Tensor, max_logit_scale: float = 100.0
-                 ) -> None:
-        super().__init__()
-        self.visual, self.text = visual, text
-        self.logit_scale = logit_scale if isinstance(logit_scale, nn.Parameter) else nn.Parameter(logit_scale.clone())
-        self.max_logit_scale = max_logit_scale
-
-    def encode_image(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.visual(x), dim=-1)
-
-    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.text(tokens), dim=-1)
-
-    def scale(self) -> torch.Tensor:
-        return self.logit_scale.exp().clamp(max=self.max_logit_scale)
-
-    def forward(self, images: torch.Tensor, tokens: torch.Tensor):
-        return self.encode_image(images), self.encode_text(tokens), self.scale()
-
-
-@dataclass
-class PretrainedCLIP:
-    """A loaded pretrained CLIP: the model, its tokenizer, preprocessing and context length."""
-
-    model: nn.Module
-    tokenizer: Any
-    preprocessing: dict[str, Any]
-    context_length: int
-    embed_dim: int
-    format: str
-    path: str
-    tower: dict[str, Any] = field(default_factory=dict)  # what the image tower is (arch, width, layers, ...)
 
 
 def openclip_weights(path: str | Path) -> Optional[Path]:
@@ -96,8 +58,6 @@ def openclip_weights(path: str | Path) -> Optional[Path]:
 
 def read_openclip_state(path: Path) -> dict[str, torch.Tensor]:
     """The (unwrapped, prefix-free) state dict of an open_clip weights file, tensors only; one DataError line."""
-    from .foreign import _torch_load, _unwrap
-
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -107,8 +67,8 @@ def read_openclip_state(path: Path) -> dict[str, torch.Tensor]:
         except (SafetensorError, OSError, ValueError, RuntimeError) as e:
             raise DataError(f"'{path}' is not a readable safetensors file ({type(e).__name__})") from None
     else:
-        obj = _torch_load(path)
-    obj = _unwrap(obj)
+        obj = torch_load_weights(path)
+    obj = unwrap_state(obj)
     if not isinstance(obj, dict):
         raise DataError(f"'{path}' holds a {type(obj).__name__}, not a state dict; expected {FORMATS}")
     return {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
