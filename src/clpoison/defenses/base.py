@@ -75,6 +75,23 @@ class Defense:
         return {}
 
 
+class ClipTrainingDefense(Defense):
+    """Base of the defenses that train the run's CLIP their own way (CleanCLIP, RoCLIP, SafeCLIP): image-text data,
+    in memory or on streamed caption shards. ``method`` is the training method :meth:`wrap_training` returned (None
+    before); ``info`` the diagnostics :meth:`training_summary` reports (empty unless the defense fills it)."""
+
+    modality = "image-text"
+    streams = True  # also on streamed caption shards
+
+    def __init__(self, params: DefenseParams) -> None:
+        super().__init__(params)
+        self.method: Any = None
+        self.info: dict[str, Any] = {}
+
+    def training_summary(self) -> dict[str, Any]:
+        return dict(self.info)
+
+
 @DEFENSES.register("none")
 class NoDefense(Defense):
     """No defense."""
