@@ -34,9 +34,7 @@ DEFENSES: Registry[type] = Registry("defense")
 class DefenseParams(Params):
     """Base of defense parameters (unknown keys rejected by ``from_dict``)."""
 
-    @classmethod
-    def from_dict(cls, d: dict, where: str = "defense.params") -> "DefenseParams":
-        return super().from_dict(d, where)
+    section = "defense.params"
 
 
 class Defense:
