@@ -18,6 +18,7 @@ Example::
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import ClassVar, Optional
 
 from .errors import ConfigError
 from .utils.schema import from_dict
@@ -27,10 +28,13 @@ from .utils.schema import from_dict
 class Params:
     """Base of per-component hyper-parameters; subclasses add fields with paper defaults."""
 
+    section: ClassVar[str] = "params"  # the config section errors name by default (attack.params, ...)
+
     @classmethod
-    def from_dict(cls, d: dict, where: str = "params") -> "Params":
-        """Unknown keys and values of the wrong type end in one ConfigError naming ``where.key``."""
-        return from_dict(cls, d, f"{where}.")
+    def from_dict(cls, d: dict, where: Optional[str] = None) -> "Params":
+        """Unknown keys and values of the wrong type end in one ConfigError naming ``where.key`` (default
+        ``where``: the class's ``section``)."""
+        return from_dict(cls, d, f"{where or cls.section}.")
 
     def to_dict(self) -> dict:
         """Every parameter, defaults included (what a manifest records)."""

@@ -24,9 +24,7 @@ ATTACKS: Registry[type] = Registry("attack")
 class AttackParams(Params):
     """Base of attack parameters (unknown keys rejected by ``from_dict``)."""
 
-    @classmethod
-    def from_dict(cls, d: dict, where: str = "attack.params") -> "AttackParams":
-        return super().from_dict(d, where)
+    section = "attack.params"
 
 
 @dataclass

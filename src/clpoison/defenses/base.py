@@ -34,9 +34,7 @@ DEFENSES: Registry[type] = Registry("defense")
 class DefenseParams(Params):
     """Base of defense parameters (unknown keys rejected by ``from_dict``)."""
 
-    @classmethod
-    def from_dict(cls, d: dict, where: str = "defense.params") -> "DefenseParams":
-        return super().from_dict(d, where)
+    section = "defense.params"
 
 
 class Defense:
@@ -73,6 +71,23 @@ class Defense:
     def training_summary(self) -> dict[str, Any]:
         """Diagnostics after training, merged into ``results.json["defense"]``."""
         return {}
+
+
+class ClipTrainingDefense(Defense):
+    """Base of the defenses that train the run's CLIP their own way (CleanCLIP, RoCLIP, SafeCLIP): image-text data,
+    in memory or on streamed caption shards. ``method`` is the training method :meth:`wrap_training` returned (None
+    before); ``info`` the diagnostics :meth:`training_summary` reports (empty unless the defense fills it)."""
+
+    modality = "image-text"
+    streams = True  # also on streamed caption shards
+
+    def __init__(self, params: DefenseParams) -> None:
+        super().__init__(params)
+        self.method: Any = None
+        self.info: dict[str, Any] = {}
+
+    def training_summary(self) -> dict[str, Any]:
+        return dict(self.info)
 
 
 @DEFENSES.register("none")

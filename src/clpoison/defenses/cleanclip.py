@@ -51,7 +51,7 @@ from ..methods.clip_wrapper import WrappedCLIP
 from ..methods.cleanclip_loss import cleanclip_loss
 from ..run_folder import checkpoint_file as run_checkpoint
 from ..utils.dist import is_main, world_size
-from .base import DEFENSES, Defense, DefenseParams
+from .base import DEFENSES, ClipTrainingDefense, DefenseParams
 from .clip_views import AugmentedBatches, require_pair_batches
 
 SPLITS = ("untouched", "range")
@@ -125,17 +125,11 @@ def checkpoint_file(path: Optional[str]) -> Path:
 
 
 @DEFENSES.register("cleanclip")
-class CleanCLIP(Defense):
+class CleanCLIP(ClipTrainingDefense):
     """Fine-tune a (poisoned) CLIP checkpoint on a clean split with CLIP + in-modal losses."""
 
     name = "cleanclip"
-    modality = "image-text"
-    streams = True  # also on streamed caption shards
     Params = CleanCLIPParams
-
-    def __init__(self, params: CleanCLIPParams) -> None:
-        super().__init__(params)
-        self.info: dict[str, Any] = {}
 
     def train_pairs(self, n: int) -> int:
         p = self.params
@@ -178,7 +172,5 @@ class CleanCLIP(Defense):
         p, ctx, seed = self.params, clip.params.context_length, int(context.seed)
         base = batches.with_tokenizer(clip.tokenizer, ctx)  # this process's share, as the run's
         views = base.eda_views(clip.tokenizer, ctx, seed, p.eda_alpha)
-        return CleanCLIPMethod(clip, p), AugmentedBatches(base, views, p.clean_images)
-
-    def training_summary(self) -> dict[str, Any]:
-        return dict(self.info)
+        self.method = CleanCLIPMethod(clip, p)
+        return self.method, AugmentedBatches(base, views, p.clean_images)

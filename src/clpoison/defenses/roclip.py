@@ -57,7 +57,7 @@ from ..methods.base import Method
 from ..methods.clip_wrapper import WrappedCLIP
 from ..methods.clip import clip_loss
 from ..utils.dist import all_gather_nograd
-from .base import DEFENSES, Defense, DefenseParams
+from .base import DEFENSES, ClipTrainingDefense, DefenseParams
 from .clip_views import AugmentedBatches, require_pair_batches
 
 
@@ -153,17 +153,11 @@ class _FlaggedBatches:
 
 
 @DEFENSES.register("roclip")
-class RoCLIP(Defense):
+class RoCLIP(ClipTrainingDefense):
     """Every ``break_epoch``-th epoch, train each image against its nearest caption in a FIFO pool of past captions."""
 
     name = "roclip"
-    modality = "image-text"
-    streams = True  # also on streamed caption shards
     Params = RoCLIPParams
-
-    def __init__(self, params: RoCLIPParams) -> None:
-        super().__init__(params)
-        self.method: RoCLIPMethod | None = None
 
     def wrap_training(self, method: Method, batches: Any, context: TrainingContext) -> tuple[Method, Any]:
         require_pair_batches(self.name, method, batches)

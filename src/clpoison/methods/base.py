@@ -41,9 +41,7 @@ __all__ = ["METHODS", "Method", "MethodParams", "check_positive"]
 class MethodParams(Params):
     """Base of per-method hyper-parameters; subclasses add fields with paper defaults."""
 
-    @classmethod
-    def from_dict(cls, d: dict, where: str = "method.params") -> "MethodParams":
-        return super().from_dict(d, where)
+    section = "method.params"
 
 
 class Method(nn.Module):

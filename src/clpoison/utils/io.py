@@ -8,7 +8,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 import torch
 
@@ -38,14 +38,13 @@ def _tmp_beside(path: Path) -> tuple[int, str]:
     return fd, tmp
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    path = Path(path)
+def _write_replace(path: Path, write: Callable[[int, str], None]) -> None:
+    """Write ``path`` through a temporary file beside it: ``write(fd, tmp)`` fills and fsyncs the temporary file
+    (and closes ``fd``), which then replaces ``path``. On any failure the temporary file is removed and the previous
+    file is intact (a full disk: one line)."""
     fd, tmp = _tmp_beside(path)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        write(fd, tmp)
         fault_point(f"before-replace {path.name}")
         os.replace(tmp, path)
         fault_point(f"after-replace {path.name}")
@@ -54,6 +53,16 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             os.unlink(tmp)
         _disk_full(e, path)
         raise
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    def write(fd: int, tmp: str) -> None:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+
+    _write_replace(Path(path), write)
 
 
 def _disk_full(e: BaseException, path: Path) -> None:
@@ -96,21 +105,15 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     path = Path(path)
-    fd, tmp = _tmp_beside(path)
-    os.close(fd)
-    try:
+
+    def write(fd: int, tmp: str) -> None:
+        os.close(fd)
         fault_point(f"writing {path.name}")  # a kill here leaves a 0-byte temporary file (remove_stale_temps)
         torch.save(obj, tmp)
         with open(tmp, "rb") as f:  # on disk before it replaces the previous checkpoint (disk full: old one intact)
             os.fsync(f.fileno())
-        fault_point(f"before-replace {path.name}")
-        os.replace(tmp, path)
-        fault_point(f"after-replace {path.name}")
-    except BaseException as e:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        _disk_full(e, path)
-        raise
+
+    _write_replace(path, write)
 
 
 def sha256_file(path: str | os.PathLike) -> str:

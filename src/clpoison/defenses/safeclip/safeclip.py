@@ -58,7 +58,7 @@ from ...methods.base import Method
 from ...report.plots import similarity_histogram
 from ...utils.dist import is_main
 from ...utils.io import atomic_write_bytes
-from ..base import DEFENSES, Defense
+from ..base import DEFENSES, ClipTrainingDefense
 from ..clip_views import require_pair_batches
 from .safeclip_batches import SafeCLIPBatches
 from .safeclip_objective import SafeCLIPMethod
@@ -72,17 +72,14 @@ __all__ = ["SafeCLIP", "SafeCLIPParams", "SafeCLIPMethod", "SafeCLIPBatches", "P
 
 
 @DEFENSES.register("safeclip")
-class SafeCLIP(Defense):
+class SafeCLIP(ClipTrainingDefense):
     """SafeCLIP: unimodal warm-up, low-lr CLIP epoch, then GMM safe/risky split with a growing safe set."""
 
     name = "safeclip"
-    modality = "image-text"
-    streams = True  # also on streamed caption shards
     Params = SafeCLIPParams
 
     def __init__(self, params: SafeCLIPParams) -> None:
         super().__init__(params)
-        self.method: Optional[SafeCLIPMethod] = None
         self.batches: Optional[SafeCLIPBatches] = None
         self.schedule: Optional[FilterSchedule] = None
         self.poisons: Optional[np.ndarray] = None
