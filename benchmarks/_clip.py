@@ -31,12 +31,21 @@ from clpoison.experiments.config import load_preset
 
 from _harness import stats, work_dir
 
+ATTACK_SETS = ("labelled", "test-captions")
+#: the CIFAR-10 classes and the words web captions use for them (plurals, the common names), for an attack set
+#: labelled by its captions (``--attack-set test-captions``, :mod:`clpoison.data.caption_labels`)
+CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+WEB_SYNONYMS = {"airplane": ["airplanes", "plane", "planes", "aircraft", "airliner", "jet"],
+                "automobile": ["automobiles", "car", "cars"], "bird": ["birds"], "cat": ["cats", "kitten", "kittens"],
+                "dog": ["dogs", "puppy", "puppies"], "frog": ["frogs"], "horse": ["horses"],
+                "ship": ["ships", "boat", "boats"], "truck": ["trucks"]}
 BUNDLED = "cifar10-subset"  # the zero-setup default: the bundled CIFAR-10 subset with generated stand-in captions
 _FILE_KINDS = {".csv": "captions-csv", ".tsv": "captions-csv", ".tar": "captions-tar"}
 
 
 def add_caption_args(ap: argparse.ArgumentParser) -> None:
-    """``--captions``, ``--test-captions``, ``--label-column``, ``--eval-set``, ``--eval-split``, ``--caption-set``."""
+    """``--captions``, ``--test-captions``, ``--label-column``, ``--eval-set``, ``--eval-split``, ``--attack-set``,
+    ``--caption-set``."""
     ap.add_argument("--captions", default=BUNDLED, help="training pairs: a caption CSV/TSV, tar shards (a brace list "
                     "such as ../shared/data/webcaps/train-{000000..000003}.tar) or a caption source name "
                     f"(default {BUNDLED}: the bundled subset with generated stand-in captions)")
@@ -45,6 +54,10 @@ def add_caption_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--eval-set", default=BUNDLED, help="labelled image set for zero-shot, ASR and targeted success "
                     "when --captions is a file (source name or path; default: the bundled test split)")
     ap.add_argument("--eval-split", default="test")
+    ap.add_argument("--attack-set", choices=ATTACK_SETS, default="labelled", help="where ASR is measured and "
+                    "targeted victims are drawn: 'labelled' (--eval-set, default) or 'test-captions' (the images of "
+                    "--test-captions whose caption names one CIFAR-10 class, labelled by it: victims from the training "
+                    "distribution; zero-shot is still also measured on --eval-set)")
     ap.add_argument("--caption-set", default=None, help="the name written as \"caption_set\" in the JSON (default: "
                     "the shards' folder name, e.g. webcaps, or the source name)")
 
@@ -91,7 +104,14 @@ def caption_sections(args: Any, always: bool = False) -> dict:
         caps = {k: v for k, v in (("test_path", args.test_captions), ("label_column", args.label_column)) if v}
         if caps:
             data["captions"] = caps
-    return {"data": data, "eval": {"sets": {"labelled": {"data": args.eval_set, "split": args.eval_split}}}}
+    sets: dict = {"labelled": {"data": args.eval_set, "split": args.eval_split}}
+    if getattr(args, "attack_set", "labelled") == "labelled":
+        return {"data": data, "eval": {"sets": sets}}
+    if not args.test_captions:
+        raise ConfigError("--attack-set test-captions labels the images of --test-captions by their captions; give "
+                          "--test-captions FILE")
+    sets["web"] = {"data": str(args.test_captions), "class_names": CIFAR10, "synonyms": WEB_SYNONYMS}
+    return {"data": data, "eval": {"sets": sets, "attack_set": "web"}}
 
 
 def caption_set_name(args: Any) -> str:
@@ -106,7 +126,8 @@ def caption_set_name(args: Any) -> str:
 def caption_details(args: Any, sections: dict) -> dict:
     """What the output JSON records about the caption set besides its name: the paths and the labelled set."""
     return {"captions": str(args.captions), "test_captions": args.test_captions,
-            "eval_set": ((sections.get("eval") or {}).get("sets") or {}).get("labelled")}
+            "eval_set": ((sections.get("eval") or {}).get("sets") or {}).get("labelled"),
+            "attack_set": ((sections.get("eval") or {}).get("attack_set")) or "labelled"}
 
 
 def backdoor_dose(rate: Optional[float] = None, count: Optional[int] = None) -> tuple[list[str], str]:

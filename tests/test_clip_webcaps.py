@@ -243,3 +243,68 @@ def test_report_dose_plot_takes_counts_on_its_axis(tmp_path):
     (r.path / "results.json").write_text(json.dumps(cfg))
     (r.path / "manifest.json").write_text(json.dumps({"details": {"poison_count": 54}, "poisoned_indices": [1]}))
     assert poison_count(find_runs([r.path])[0]) == 54
+
+
+# -- an attack set from the training distribution: web images labelled by their captions ----------------------
+
+def test_labels_from_captions_one_class_none_or_several():
+    from clpoison.data.caption_labels import SEVERAL, labels_from_captions
+
+    caps = [["A Dog on grass"], ["a car next to a dog"], ["concatenated dogma"], ["two cats", "a cat"],
+            ["the plane lands"], ["an airplane and a plane"]]
+    got = labels_from_captions(caps, ["airplane", "automobile", "cat", "dog"],
+                               {"automobile": ["car"], "cat": ["cats"], "airplane": ["plane"]}).tolist()
+    assert got == [3, SEVERAL, -1, 2, 0, 0]  # case-insensitive, whole words, synonyms, one class named twice
+    assert labels_from_captions([["A Dog"]], ["dog", "cat"], case_sensitive=True).tolist() == [-1]
+    with pytest.raises(ConfigError, match="'car', which is not one of the class names"):
+        labels_from_captions(caps, ["dog", "cat"], {"car": ["auto"]})
+
+
+def test_an_eval_set_labelled_by_its_captions(tmp_path):
+    from clpoison.experiments.eval_sets import load_eval_sets, parse_sets
+
+    ds = tiny_caption_splits().test.subset(range(6))
+    ds.captions = [["a dog running"], ["my red car"], ["a sunset"], ["a cat and a dog"], ["two dogs"], ["a kitten"]]
+    ds.labels = None
+    root = tmp_path
+    from PIL import Image
+
+    with open(root / "web.csv", "w") as f:
+        f.write("filepath,title\n")
+        for i in range(len(ds)):
+            Image.fromarray(ds.images[i].permute(1, 2, 0).numpy()).save(root / f"{i}.png")
+            f.write(f"{root / f'{i}.png'},{ds.captions[i][0]}\n")
+    names = ["automobile", "cat", "dog"]
+    sets, key = load_eval_sets({"web": {"data": str(root / "web.csv"), "class_names": names,
+                                        "synonyms": {"automobile": ["car"], "dog": ["dogs"], "cat": ["kitten"]}}},
+                               None, 8)
+    web = sets["web"]
+    assert key == "web" and web.labelled and web.captions  # the attack set; retrieval still on its captions
+    assert web.data.captions == [["a dog running"], ["my red car"], ["two dogs"], ["a kitten"]]  # none / several out
+    assert web.data.labels.tolist() == [2, 0, 2, 1] and web.data.class_names == names
+    assert torch.equal(web.data.images[1], sets["web"].data.images[1])
+    with pytest.raises(ConfigError, match="label_column .* or class_names .* not both"):
+        parse_sets({"w": {"data": "x.csv", "class_names": names, "label_column": "label"}})
+    with pytest.raises(ConfigError, match="needs class_names"):
+        parse_sets({"w": {"data": "x.csv", "synonyms": {"dog": ["dogs"]}}})
+    from clpoison.errors import DataError
+
+    with pytest.raises(DataError, match="only 0 of 6 captions name exactly one"):
+        load_eval_sets({"w": {"data": str(root / "web.csv"), "class_names": ["horse", "frog"]}}, None, 8)
+
+
+def test_attack_set_from_the_test_captions_in_the_benchmarks(tmp_path):
+    test, train = tmp_path / "test.tar", tmp_path / "train.tar"
+    test.touch()
+    train.touch()
+    s = caption_sections(parse(["--captions", str(train), "--test-captions", str(test),
+                                "--attack-set", "test-captions"]))
+    assert s["eval"]["attack_set"] == "web" and s["eval"]["sets"]["labelled"]["data"] == "cifar10-subset"
+    web = s["eval"]["sets"]["web"]
+    assert web["data"] == str(test) and web["class_names"][0] == "airplane" and "car" in web["synonyms"]["automobile"]
+    cfg = build_config({"preset": "carlini-targeted-small", **s, "name": "x"}, [])
+    assert cfg.eval.attack_set == "web"
+    with pytest.raises(ConfigError, match="give --test-captions FILE"):
+        caption_sections(parse(["--captions", "d/train.tar", "--attack-set", "test-captions"]))
+    # the default keeps the configs (and run names) of the earlier webcaps runs
+    assert "attack_set" not in caption_sections(parse(["--captions", "d/train.tar"]))["eval"]

@@ -22,15 +22,16 @@ is reported (stderr and ``results.json["skipped"]``: ``{metric: reason}``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import torch
 
+from ..data.caption_labels import labels_from_captions
 from ..data.caption_readers import FILE_READERS, CaptionDataConfig
 from ..data.captions import CaptionDataset
 from ..data.datasets import ImageDataset
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from ..utils.schema import from_dict
 from .sources import load_image_source, resolve_source
 
@@ -48,6 +49,8 @@ class EvalSetSpec:
     caption_column: str = "title"
     separator: Optional[str] = None
     probe: bool = True  # image sources: kNN + linear probe fitted on the source's train split
+    class_names: Optional[list] = None  # caption files without labels: keep the images whose caption names one of these
+    synonyms: dict = field(default_factory=dict)  # {class name: [other words for it]} for class_names
 
     def __post_init__(self) -> None:
         if not self.data:
@@ -56,6 +59,15 @@ class EvalSetSpec:
             raise ConfigError(f"eval.sets: split='{self.split}' unknown; choose test or train")
         if self.limit is not None and self.limit < 1:
             raise ConfigError(f"eval.sets: limit={self.limit} must be a positive integer (or null)")
+        if self.class_names is not None:
+            if self.label_column is not None:
+                raise ConfigError("eval.sets: give label_column (labels in the file) or class_names (labels read from "
+                                  "the captions), not both")
+            if len(self.class_names) < 2 or not all(isinstance(c, str) and c.strip() for c in self.class_names):
+                raise ConfigError("eval.sets: class_names must list at least two class names, e.g. [cat, dog]")
+        if not isinstance(self.synonyms, dict) or (self.synonyms and self.class_names is None):
+            raise ConfigError("eval.sets: synonyms maps class names to other words, e.g. {automobile: [car, cars]}, "
+                              "and needs class_names")
 
 
 @dataclass
@@ -98,6 +110,8 @@ def load_eval_set(key: str, spec: EvalSetSpec, image_size: int, seed: int = 0) -
         cfg = CaptionDataConfig(image_column=spec.image_column, caption_column=spec.caption_column,
                                 label_column=spec.label_column, separator=spec.separator)
         ds, _ = FILE_READERS[name](path, cfg, image_size, key)
+        if spec.class_names is not None:
+            ds = labelled_by_captions(ds, key, [str(c) for c in spec.class_names], spec.synonyms)
         return EvalSet(key, _limit(ds, spec.limit), True)
     splits = load_image_source(name, path, seed, image_size)
     img = _limit(splits.test if spec.split == "test" else splits.train, spec.limit)
@@ -105,6 +119,19 @@ def load_eval_set(key: str, spec: EvalSetSpec, image_size: int, seed: int = 0) -
     ds = CaptionDataset(img.images, caps, list(img.class_names), img.labels.clone(), key, img.sizes)
     probe = splits.train if spec.probe and spec.split == "test" else None
     return EvalSet(key, ds, False, probe)
+
+
+def labelled_by_captions(ds: CaptionDataset, key: str, class_names: list[str], synonyms: dict) -> CaptionDataset:
+    """The images whose captions name exactly one of ``class_names`` (:func:`~clpoison.data.caption_labels.
+    labels_from_captions`), labelled with it; the others (no class named, or several) are left out."""
+    labels = labels_from_captions(ds.captions, class_names, synonyms)
+    keep = torch.nonzero(labels >= 0).view(-1)
+    if len(keep) < 2:
+        raise DataError(f"eval.sets.{key}: only {len(keep)} of {len(ds)} captions name exactly one of the class names "
+                        f"({', '.join(class_names)}); add synonyms or use a set with labels")
+    out = ds.subset(keep)
+    out.class_names, out.labels = list(class_names), labels[keep]
+    return out
 
 
 def load_eval_sets(sets: Any, attack_set: Optional[str], image_size: int, seed: int = 0

@@ -17,11 +17,11 @@ Example::
 
 from __future__ import annotations
 
-import re
 from typing import Iterable, Optional, Sequence
 
 import torch
 
+from ...data.caption_labels import label_pattern
 from ...errors import ConfigError, DataError
 
 SOURCES = ("captions", "templates")
@@ -39,14 +39,6 @@ DEFAULT_TEMPLATES = (
     "a good photo of a {}.",
     "a low resolution photo of a {}.",
 )
-
-
-def label_pattern(words: Sequence[str], case_sensitive: bool = False) -> re.Pattern:
-    """A regex matching any of ``words`` as a whole word (``\\b`` on both sides; multi-word labels allowed)."""
-    alts = "|".join(re.escape(w.strip()) for w in words if w.strip())
-    if not alts:
-        raise ConfigError("the label to build a caption set for is empty; give a class name")
-    return re.compile(r"\b(?:" + alts + r")\b", 0 if case_sensitive else re.IGNORECASE)
 
 
 def caption_set(
