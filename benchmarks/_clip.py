@@ -33,7 +33,7 @@ from _harness import stats, work_dir
 
 ATTACK_SETS = ("labelled", "test-captions")
 #: the CIFAR-10 classes and the words web captions use for them (plurals, the common names), for an attack set
-#: labelled by its captions (``--attack-set test-captions``, :mod:`clpoison.data.caption_labels`)
+#: labelled by its captions (``--attack-set test-captions``, :mod:`clpoison.data.captions.caption_labels`)
 CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 WEB_SYNONYMS = {"airplane": ["airplanes", "plane", "planes", "aircraft", "airliner", "jet"],
                 "automobile": ["automobiles", "car", "cars"], "bird": ["birds"], "cat": ["cats", "kitten", "kittens"],

@@ -141,7 +141,7 @@ def kept_timings(out: Path):
 def time_scores(run: Path, data: str, names: list[str], k: int) -> tuple[dict, dict]:
     """Seconds per 1,000 pairs of each score as `clpoison scan` computes it: the image embeddings (and, for
     similarity, the caption embeddings) once, then each score alone; loading the model and data excluded."""
-    from clpoison.data.caption_loader import flat_captions
+    from clpoison.data.captions.caption_loader import flat_captions
     from clpoison.eval.density import density_scores
     from clpoison.eval.zeroshot import encode_images, encode_texts
     from clpoison.experiments.scan import load_clip

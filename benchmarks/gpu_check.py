@@ -28,8 +28,8 @@ from typing import Any
 import torch
 
 from clpoison.data.augment import AugmentConfig, TwoViewAugment
-from clpoison.data.caption_loader import CaptionBatches, CaptionImageAugment
 from clpoison.data.captions import CaptionDataset
+from clpoison.data.captions.caption_loader import CaptionBatches, CaptionImageAugment
 from clpoison.data.loader import ResidentBatches, TwoViewBatches
 from clpoison.engine.trainer import TrainConfig, Trainer
 from clpoison.methods.build import build_method

@@ -35,7 +35,7 @@ def run(args, capsys):
 
 
 def test_poison_backdoor_export_roundtrip(csv_data, tmp_path, capsys):
-    from clpoison.data.caption_readers import CaptionDataConfig, load_caption_splits
+    from clpoison.data.captions.caption_readers import CaptionDataConfig, load_caption_splits
 
     train, test = csv_data
     src_hash = hashlib.sha256(train.read_bytes()).hexdigest()

@@ -11,7 +11,7 @@ import torch
 
 from clpoison.attacks.carlini.carlini_backdoor import CarliniBackdoor
 from clpoison.cli import main
-from clpoison.data.caption_readers import CaptionDataConfig, load_caption_splits, read_caption_file
+from clpoison.data.captions.caption_readers import CaptionDataConfig, load_caption_splits, read_caption_file
 from clpoison.data.datasets import ImageDataset, per_class_subset, random_subset
 from clpoison.audit.data_scan import check_manifest_matches, risky_mask, scan_table
 from clpoison.errors import ConfigError, DataError

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from clpoison.contexts import FilterContext, TrainingContext
-from clpoison.data.captions import range_rows, untouched_rows
+from clpoison.data.captions.caption_dataset import range_rows, untouched_rows
 from clpoison.defenses.cleanclip import CleanCLIPParams
 from clpoison.errors import ConfigError
 from clpoison.methods.cleanclip_loss import cleanclip_loss, inmodal_loss
@@ -70,7 +70,7 @@ def test_inmodal_term_direction_and_no_same_view_negatives():
 def test_retokenized_batches_keep_this_process_share():
     """CleanCLIP re-tokenizes the run's batches with the checkpoint's tokenizer: same process share and order (a
     rank-0 / world-1 rebuild would hand every process the same batches under torchrun)."""
-    from clpoison.data.caption_loader import CaptionBatches
+    from clpoison.data.captions.caption_loader import CaptionBatches
     from clpoison.data.captions import CaptionDataset
 
     ds = CaptionDataset(torch.zeros(16, 3, 4, 4, dtype=torch.uint8), [[f"c{i}"] for i in range(16)])

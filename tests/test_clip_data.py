@@ -8,8 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from clpoison.data.caption_readers import CaptionDataConfig, load_caption_splits, read_caption_csv
-from clpoison.data.caption_shards import read_caption_shards
+from clpoison.data.captions.caption_readers import CaptionDataConfig, load_caption_splits, read_caption_csv
+from clpoison.data.captions.caption_shards import read_caption_shards
 from clpoison.errors import ConfigError, DataError
 
 

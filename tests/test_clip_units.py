@@ -7,10 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clpoison.data.caption_generator import LEXICON, CaptionGenerator, CaptionGeneratorConfig
-from clpoison.data.caption_loader import CaptionBatches, CaptionImageAugment
 from clpoison.data.captions import CaptionDataset
-from clpoison.data.tokenizer import CaptionTokenizer
+from clpoison.data.captions.caption_generator import LEXICON, CaptionGenerator, CaptionGeneratorConfig
+from clpoison.data.captions.caption_loader import CaptionBatches, CaptionImageAugment
+from clpoison.data.captions.tokenizer import CaptionTokenizer
 from clpoison.errors import ConfigError
 from clpoison.eval.retrieval import retrieval_recall
 from clpoison.eval.zeroshot import ZeroShotClassifier, class_text_features

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from clpoison.attacks.carlini.carlini_backdoor import CarliniBackdoor, resolve_count
-from clpoison.data.caption_shards import iter_shard_samples, shard_paths
+from clpoison.data.captions.caption_shards import iter_shard_samples, shard_paths
 from clpoison.data.image_readers import decode_image
 from clpoison.errors import ConfigError
 from clpoison.experiments.config import build_config
@@ -248,7 +248,7 @@ def test_report_dose_plot_takes_counts_on_its_axis(tmp_path):
 # -- an attack set from the training distribution: web images labelled by their captions ----------------------
 
 def test_labels_from_captions_one_class_none_or_several():
-    from clpoison.data.caption_labels import SEVERAL, labels_from_captions
+    from clpoison.data.captions.caption_labels import SEVERAL, labels_from_captions
 
     caps = [["A Dog on grass"], ["a car next to a dog"], ["concatenated dogma"], ["two cats", "a cat"],
             ["the plane lands"], ["an airplane and a plane"]]

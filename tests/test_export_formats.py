@@ -76,7 +76,7 @@ def test_caption_csv_relative_comma(csv_data, tmp_path, capsys, monkeypatch):
 
 
 def test_caption_wds_shards(csv_data, tmp_path, capsys):
-    from clpoison.data.caption_shards import read_caption_shards
+    from clpoison.data.captions.caption_shards import read_caption_shards
 
     train, test = csv_data
     out = tmp_path / "wds"

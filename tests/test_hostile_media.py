@@ -10,11 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
-from clpoison.data.caption_shards import read_caption_shards
+from clpoison.data.captions.caption_shards import read_caption_shards
 from clpoison.data.datasets import stack_on_canvas
 from clpoison.data.image_readers import MAX_PIXELS_ENV, StreamingImageFolder, decode_image
 from clpoison.data.image_stream import StreamedImageBatches
-from clpoison.data.shard_stream import shard_counts
+from clpoison.data.shards.shard_stream import shard_counts
 from clpoison.errors import DataError
 
 

@@ -198,3 +198,21 @@ def test_module_names_are_unique():
             seen.setdefault(p.name, []).append(str(p.relative_to(SRC)))
     dup = {k: v for k, v in seen.items() if len(v) > 1}
     assert not dup, dup
+
+
+def data_floor(module: str):
+    """0 for the image pieces at ``clpoison.data``'s root, 1 in ``data/captions/``, 2 in ``data/shards/``; None
+    outside ``clpoison.data``."""
+    for floor, pkg in ((2, "clpoison.data.shards"), (1, "clpoison.data.captions"), (0, "clpoison.data")):
+        if module == pkg or module.startswith(pkg + "."):
+            return floor
+    return None
+
+
+def test_data_packages_import_one_way():
+    """``clpoison.data`` imports run one way, root ← captions ← shards: the image pieces at the root import neither
+    caption package, the in-memory image–caption pairs (``data/captions/``) do not import the streamed split
+    (``data/shards/``)."""
+    bad = [f"{name} imports {d}" for name, deps in sorted(import_graph(module_sources()).items())
+           if data_floor(name) is not None for d in sorted(deps) if (data_floor(d) or 0) > data_floor(name)]
+    assert not bad, "\n".join(bad)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from clpoison.data.caption_loader import flat_captions
+from clpoison.data.captions.caption_loader import flat_captions
 from clpoison.defenses.safeclip.safeclip_objective import SafeCLIPMethod
 from clpoison.defenses.safeclip.safeclip_params import SafeCLIPParams
 from clpoison.methods.build import build_method, method_from_checkpoint

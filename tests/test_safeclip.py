@@ -8,10 +8,10 @@ import torch
 from torch import nn
 
 from clpoison.contexts import TrainingContext
-from clpoison.data.caption_loader import CaptionBatches, CaptionImageAugment, flat_captions
+from clpoison.data.captions.caption_loader import CaptionBatches, CaptionImageAugment, flat_captions
 from clpoison.data.captions import CaptionDataset
-from clpoison.data.eda import eda_views
-from clpoison.data.tokenizer import CaptionTokenizer
+from clpoison.data.captions.eda import eda_views
+from clpoison.data.captions.tokenizer import CaptionTokenizer
 from clpoison.defenses import DEFENSES
 from clpoison.defenses.safeclip.safeclip import SafeCLIPParams
 from clpoison.audit.data_scan import scan_table, score_pairs

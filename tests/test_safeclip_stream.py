@@ -15,15 +15,15 @@ import pytest
 import torch
 
 from clpoison.contexts import TrainingContext
-from clpoison.data.caption_loader import CaptionBatches, CaptionImageAugment, flat_captions
-from clpoison.data.caption_shards import iter_shard_samples, read_caption_shards, shard_paths
-from clpoison.data.shard_batches import StreamingCaptionBatches
-from clpoison.data.shard_set import StreamingCaptionSet
-from clpoison.data.shard_stream import ShardSampleStream
-from clpoison.data.tokenizer import CaptionTokenizer
+from clpoison.data.captions.caption_loader import CaptionBatches, CaptionImageAugment, flat_captions
+from clpoison.data.captions.caption_shards import iter_shard_samples, read_caption_shards, shard_paths
+from clpoison.data.shards.shard_batches import StreamingCaptionBatches
+from clpoison.data.shards.shard_set import StreamingCaptionSet
+from clpoison.data.shards.shard_stream import ShardSampleStream
+from clpoison.data.captions.tokenizer import CaptionTokenizer
 from clpoison.defenses import DEFENSES
 from clpoison.defenses.safeclip.safeclip import SafeCLIP, SafeCLIPParams
-from clpoison.data.eda import eda_caption
+from clpoison.data.captions.eda import eda_caption
 from clpoison.defenses.safeclip.safeclip_batches import SafeCLIPBatches
 from clpoison.experiments.runner import run_experiment
 from clpoison.methods.build import build_method

@@ -13,13 +13,13 @@ import pytest
 import torch
 from PIL import Image
 
-from clpoison.data.caption_loader import CaptionBatches, CaptionImageAugment, flat_captions
-from clpoison.data.caption_shards import read_caption_shards, shard_paths
-from clpoison.data.shard_batches import StreamingCaptionBatches
-from clpoison.data.shard_set import StreamingCaptionSet
-from clpoison.data.shard_stream import (ShardSampleStream,
+from clpoison.data.captions.caption_loader import CaptionBatches, CaptionImageAugment, flat_captions
+from clpoison.data.captions.caption_shards import read_caption_shards, shard_paths
+from clpoison.data.shards.shard_batches import StreamingCaptionBatches
+from clpoison.data.shards.shard_set import StreamingCaptionSet
+from clpoison.data.shards.shard_stream import (ShardSampleStream,
                                         count_samples, split_shards)
-from clpoison.data.tokenizer import CaptionTokenizer
+from clpoison.data.captions.tokenizer import CaptionTokenizer
 from clpoison.engine.trainer import TrainConfig, Trainer
 from clpoison.errors import DataError
 from clpoison.methods.build import build_method

@@ -15,12 +15,12 @@ import torch
 from clpoison.attacks import ATTACKS
 from clpoison.poisoned.manifest import manifest_sha256
 from clpoison.contexts import FilterContext, PoisonContext, TrainingContext
-from clpoison.data.caption_loader import CaptionBatches, CaptionImageAugment, flat_captions
-from clpoison.data.caption_shards import read_caption_shards
+from clpoison.data.captions.caption_loader import CaptionBatches, CaptionImageAugment, flat_captions
+from clpoison.data.captions.caption_shards import read_caption_shards
 from clpoison.data.captions import CaptionDataset, CaptionSplits
-from clpoison.data.shard_batches import StreamingCaptionBatches
-from clpoison.data.shard_set import StreamingCaptionSet
-from clpoison.data.tokenizer import CaptionTokenizer
+from clpoison.data.shards.shard_batches import StreamingCaptionBatches
+from clpoison.data.shards.shard_set import StreamingCaptionSet
+from clpoison.data.captions.tokenizer import CaptionTokenizer
 from clpoison.defenses import DEFENSES
 from clpoison.methods.build import build_method
 
@@ -182,7 +182,7 @@ def test_safeclip_batches_and_scores_are_todays(data, view):
 def test_both_implementations_follow_the_protocol(data):
     """The resident split and the shard stream both implement PairSource / PairBatches (what the CLIP attacks and
     defenses are written against); anything else is refused by the defenses' one guard."""
-    from clpoison.data.pair_source import is_pair_batches, is_pair_source
+    from clpoison.data.captions.pair_source import is_pair_batches, is_pair_source
     from clpoison.defenses.clip_views import require_pair_batches
     from clpoison.errors import ConfigError
 

@@ -18,8 +18,8 @@ from clpoison.poisoned.manifest import fingerprint
 from clpoison.data.captions import CaptionDataset
 from clpoison.data.datasets import ImageDataset
 from clpoison.data.image_readers import load_image_folder
-from clpoison.data.shard_set import StreamingCaptionSet
-from clpoison.data.shard_edits import write_poison_shards
+from clpoison.data.shards.shard_set import StreamingCaptionSet
+from clpoison.data.shards.shard_edits import write_poison_shards
 from clpoison.experiments.config import build_config
 from clpoison.experiments.fingerprint import run_fingerprint
 from clpoison.experiments.plan import format_plan, plan_experiment

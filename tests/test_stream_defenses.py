@@ -14,15 +14,15 @@ import pytest
 import torch
 
 from clpoison.contexts import FilterContext, TrainingContext
-from clpoison.data.caption_shards import iter_shard_samples, shard_paths
-from clpoison.data.caption_loader import CaptionImageAugment
-from clpoison.data.shard_batches import StreamingCaptionBatches
-from clpoison.data.shard_set import StreamingCaptionSet
-from clpoison.data.shard_stream import ShardSampleStream
-from clpoison.data.tokenizer import CaptionTokenizer
+from clpoison.data.captions.caption_shards import iter_shard_samples, shard_paths
+from clpoison.data.captions.caption_loader import CaptionImageAugment
+from clpoison.data.shards.shard_batches import StreamingCaptionBatches
+from clpoison.data.shards.shard_set import StreamingCaptionSet
+from clpoison.data.shards.shard_stream import ShardSampleStream
+from clpoison.data.captions.tokenizer import CaptionTokenizer
 from clpoison.defenses.cleanclip import CleanCLIP, CleanCLIPParams
 from clpoison.defenses.roclip import RoCLIP
-from clpoison.data.eda import eda_caption
+from clpoison.data.captions.eda import eda_caption
 from clpoison.defenses.clip_views import AugmentedBatches
 from clpoison.errors import ConfigError
 from clpoison.experiments.config import build_config

@@ -12,11 +12,11 @@ import torch
 
 from clpoison.contexts import PoisonContext
 from clpoison.attacks import ATTACKS
-from clpoison.data import shard_edits
-from clpoison.data.caption_shards import read_caption_shards, shard_paths
+from clpoison.data.shards import shard_edits
+from clpoison.data.captions.caption_shards import read_caption_shards, shard_paths
 from clpoison.data.captions import CaptionSplits
-from clpoison.data.shard_set import StreamingCaptionSet
-from clpoison.data.shard_stream import ShardSampleStream, split_shards
+from clpoison.data.shards.shard_set import StreamingCaptionSet
+from clpoison.data.shards.shard_stream import ShardSampleStream, split_shards
 from clpoison.errors import ConfigError, DataError
 from clpoison.experiments.config import build_config
 from clpoison.experiments.runner import run_experiment

@@ -163,8 +163,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_datasets(args: argparse.Namespace) -> int:
-    from .data.caption_readers import CaptionDataConfig, load_caption_splits
-    from .data.caption_source_info import FILE_SOURCE_INFO
+    from .data.captions.caption_readers import CaptionDataConfig, load_caption_splits
+    from .data.captions.caption_source_info import FILE_SOURCE_INFO
     from .data.image_readers import SOURCES, load_dataset
 
     if args.action == "list" or args.name is None:

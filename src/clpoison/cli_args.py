@@ -78,7 +78,7 @@ def split_data_options(args: argparse.Namespace, items: list[str]) -> list[str]:
 
 def _names() -> dict[str, str]:
     from .attacks import ATTACKS
-    from .data.caption_readers import caption_source_names
+    from .data.captions.caption_readers import caption_source_names
     from .defenses import DEFENSES
     from .experiments.config import list_presets
     from .methods import METHODS

@@ -37,7 +37,8 @@ class PoisonResult:
 class Attack:
     name: ClassVar[str] = "attack"
     modality: ClassVar[str] = "image"  # what it poisons: image (ImageSplits) | image-text (CaptionSplits) | any
-    streams: ClassVar[bool] = False  # poisons streamed caption shards (through the pair-source protocol, data/pair_source.py)
+    # poisons streamed caption shards (through the pair-source protocol, data/captions/pair_source.py)
+    streams: ClassVar[bool] = False
     Params: ClassVar[type] = AttackParams
 
     def __init__(self, params: AttackParams) -> None:

@@ -1,8 +1,8 @@
 """What the CLIP attacks share to poison a training split through the pair-source protocol
-(:class:`~clpoison.data.pair_source.PairSource`), whether it is held in memory or streamed from tar shards: an attack
-draws its poisons, hands them to the split's editor (:meth:`PairSource.editor`: rows replaced or appended in memory,
-extra shards in the run folder on a stream — :mod:`clpoison.data.shard_edits`) and records the manifest here. A new
-CLIP attack written this way runs on both.
+(:class:`~clpoison.data.captions.pair_source.PairSource`), whether it is held in memory or streamed from tar shards: an
+attack draws its poisons, hands them to the split's editor (:meth:`PairSource.editor`: rows replaced or appended in
+memory, extra shards in the run folder on a stream — :mod:`clpoison.data.shards.shard_edits`) and records the manifest
+here. A new CLIP attack written this way runs on both.
 
 Example (in memory; a stream only needs ``PoisonContext(run_dir=RUN)`` as ``context``)::
 
@@ -23,7 +23,7 @@ from typing import Any, Optional
 
 from ..contexts import PoisonContext
 from ..data.captions import CaptionSplits
-from ..data.pair_source import PairEdit, PoisonRecord
+from ..data.captions.pair_source import PairEdit, PoisonRecord
 from ..utils.io import dumps_json
 from .base import PoisonResult
 from ..poisoned.manifest import build_manifest, fingerprint_splits

@@ -42,7 +42,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
-from ..data.caption_loader import flat_captions
+from ..data.captions.caption_loader import flat_captions
 from ..errors import ConfigError, DataError
 from ..eval.density import DEFAULT_K, DENSITY_SCORES, check_direction, density_scores
 from ..eval.zeroshot import encode_images, encode_texts

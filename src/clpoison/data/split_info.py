@@ -2,7 +2,8 @@
 
 The four splits — held in memory (:class:`~clpoison.data.datasets.ImageDataset`,
 :class:`~clpoison.data.captions.CaptionDataset`: :class:`HeldInMemory`) and streamed from files
-(:class:`~clpoison.data.image_readers.StreamingImageFolder`, :class:`~clpoison.data.shard_set.StreamingCaptionSet`:
+(:class:`~clpoison.data.image_readers.StreamingImageFolder`,
+:class:`~clpoison.data.shards.shard_set.StreamingCaptionSet`:
 :class:`StreamedFromFiles`) — answer the same questions:
 
 * ``storage()`` — how it is held, for the ``--dry-run`` plan: ``{"streamed": bool, "held": "held in memory" |
@@ -13,7 +14,7 @@ The four splits — held in memory (:class:`~clpoison.data.datasets.ImageDataset
 * ``resume_fingerprint()`` — what a resumed run compares (``experiments/fingerprint.py``): the content in memory,
   the file list (path, label, size, mtime) streamed — nothing is decoded;
 * ``poison_files()`` — ``{file name: sha256}`` of the files an attack wrote that the split reads, hashed as this
-  process reads them (a stream's poison shards, :mod:`clpoison.data.shard_edits`; ``{}`` otherwise).
+  process reads them (a stream's poison shards, :mod:`clpoison.data.shards.shard_edits`; ``{}`` otherwise).
 
 An image split also gives its image-SSL batch source, ``batch_source(batch_size, device, workers=..., **kw)``:
 :class:`~clpoison.data.loader.ResidentBatches` in memory, :class:`~clpoison.data.image_stream.StreamedImageBatches`

@@ -19,12 +19,12 @@ official recipe is AdamW (0.9, 0.999), lr 1e-5, weight decay 0.1 (not on norms /
 ``--complete_finetune`` still loads the poisoned run's optimiser state (AdamW moments of the poisoned training);
 starting from the weights alone is the defender's situation when only a model is at hand (docs/clip_defenses.md).
 
-Written once for data in memory and streamed caption shards (:class:`~clpoison.data.pair_source.PairSource` /
+Written once for data in memory and streamed caption shards (:class:`~clpoison.data.captions.pair_source.PairSource` /
 ``PairBatches``): on a stream the split is the first ``finetune_pairs`` samples of a seeded choice of whole clean
-shards (:func:`clpoison.data.shard_edits.clean_shard_subset`; a ``data.path`` that lists a poison shard of the
+shards (:func:`clpoison.data.shards.shard_edits.clean_shard_subset`; a ``data.path`` that lists a poison shard of the
 poisoned run — the ``stream`` section of its manifest — is refused, and so is ``finetune_split: range``), the
 batches are tokenized with the checkpoint's tokenizer as they stream and the EDA captions computed per batch,
-deterministic per caption (:mod:`clpoison.data.shard_batches`).
+deterministic per caption (:mod:`clpoison.data.shards.shard_batches`).
 
 Under torchrun every process loads the checkpoint, draws the same fine-tuning split and takes its share of each
 global batch (the run's process split); the loss gathers across processes (:mod:`clpoison.methods.cleanclip_loss`) and
@@ -43,7 +43,7 @@ from torch import nn
 
 from ..contexts import FilterContext, TrainingContext
 from ..poisoned.manifest import manifest_poisons
-from ..data.pair_source import is_pair_source
+from ..data.captions.pair_source import is_pair_source
 from ..engine.checkpoint import read_checkpoint
 from ..errors import ConfigError, DataError
 from ..methods.base import Method

@@ -1,17 +1,17 @@
 """Augmented image and caption views for the CLIP defenses that train on them (CleanCLIP, RoCLIP's cross-augmentation).
 
 * **Strong image view**, on the device: the run's geometric augmentation (crop box + flip of the
-  :class:`~clpoison.data.caption_loader.CaptionImageAugment`), then SimCLR-style colour jitter (0.4, 0.4, 0.4, 0.1)
-  with p 0.8 and grayscale with p 0.2 (:class:`~clpoison.data.augment.ViewAugment`; Gaussian blur from 96 px up).
+  :class:`~clpoison.data.captions.caption_loader.CaptionImageAugment`), then SimCLR-style colour jitter (0.4, 0.4, 0.4,
+  0.1) with p 0.8 and grayscale with p 0.2 (:class:`~clpoison.data.augment.ViewAugment`; Gaussian blur from 96 px up).
   The official CleanCLIP and RoCLIP code use torchvision's AutoAugment (ImageNet policy) — a deviation, named in
   docs/clip_defenses.md: AutoAugment's ops are mostly photometric too (colour, contrast, brightness, posterize,
   solarize, equalize, sharpness) plus small rotations and shears.
-* **EDA caption view** (:mod:`clpoison.data.eda`, one augmentation per caption): the batch source's
+* **EDA caption view** (:mod:`clpoison.data.captions.eda`, one augmentation per caption): the batch source's
   ``eda_views`` — in memory computed **once** when the batch source is built, as the official ``src/data.py``; on
-  streamed shards per batch, deterministic per caption text (:mod:`clpoison.data.shard_batches`).
+  streamed shards per batch, deterministic per caption text (:mod:`clpoison.data.shards.shard_batches`).
 
-:class:`AugmentedBatches` wraps the run's batch source (any :class:`~clpoison.data.pair_source.PairBatches`: same
-order, same caption choice per epoch) and adds ``images_aug`` / ``tokens_aug`` to each batch.
+:class:`AugmentedBatches` wraps the run's batch source (any :class:`~clpoison.data.captions.pair_source.PairBatches`:
+same order, same caption choice per epoch) and adds ``images_aug`` / ``tokens_aug`` to each batch.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from typing import Any, Callable, Iterator, Optional
 import torch
 
 from ..data.augment import AugmentConfig, ViewAugment, crop_resize_flip
-from ..data.caption_loader import CaptionImageAugment
-from ..data.pair_source import PairBatches, is_pair_batches
+from ..data.captions.caption_loader import CaptionImageAugment
+from ..data.captions.pair_source import PairBatches, is_pair_batches
 from ..errors import ConfigError
 
 

@@ -16,9 +16,9 @@ A *training-time* defense (``defense: {name: roclip}``) for the CLIP method, fro
 * ``cross_aug`` (official ``--cross_aug``): every epoch trains on a strong image view and an EDA caption (computed
   once) instead of the originals (:mod:`clpoison.defenses.clip_views`).
 
-Written once for data in memory and streamed caption shards (:class:`~clpoison.data.pair_source.PairBatches`): the
-pool needs nothing per pair; with ``cross_aug`` the EDA captions are the batch source's (in memory computed once per
-caption row, streamed per batch, deterministic per caption text: :mod:`clpoison.data.shard_batches`), the strong
+Written once for data in memory and streamed caption shards (:class:`~clpoison.data.captions.pair_source.PairBatches`):
+the pool needs nothing per pair; with ``cross_aug`` the EDA captions are the batch source's (in memory computed once per
+caption row, streamed per batch, deterministic per caption text: :mod:`clpoison.data.shards.shard_batches`), the strong
 view drawn on the device.
 
 The pool is checkpointed beside the model (:class:`~clpoison.engine.schedules.TrainingHooks` ``state``), so a
@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..contexts import EpochView, TrainingContext
-from ..data.pair_source import PairBatches
+from ..data.captions.pair_source import PairBatches
 from ..engine.schedules import TrainingHooks
 from ..errors import ConfigError
 from ..methods.base import Method

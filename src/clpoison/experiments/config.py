@@ -19,7 +19,7 @@ from typing import Any, Optional, Union
 import yaml
 
 from ..data.augment import AugmentConfig
-from ..data.caption_readers import CaptionDataConfig
+from ..data.captions.caption_readers import CaptionDataConfig
 from ..engine.trainer import TrainConfig
 from ..errors import ConfigError
 from ..utils.schema import from_dict, non_finite_key
@@ -317,7 +317,7 @@ def validate_components(cfg: ExperimentConfig) -> None:
     method_cls = METHODS.get(cfg.method.name)
     check_modalities(cfg)
     if method_cls.modality == "image-text":
-        from ..data.caption_readers import caption_source_names
+        from ..data.captions.caption_readers import caption_source_names
 
         if cfg.data.name not in caption_source_names():
             raise ConfigError(

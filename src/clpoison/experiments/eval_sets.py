@@ -27,9 +27,9 @@ from typing import Any, Optional
 
 import torch
 
-from ..data.caption_labels import labels_from_captions
-from ..data.caption_readers import FILE_READERS, CaptionDataConfig
 from ..data.captions import CaptionDataset
+from ..data.captions.caption_labels import labels_from_captions
+from ..data.captions.caption_readers import FILE_READERS, CaptionDataConfig
 from ..data.datasets import ImageDataset
 from ..errors import ConfigError, DataError
 from ..utils.schema import from_dict
@@ -122,7 +122,7 @@ def load_eval_set(key: str, spec: EvalSetSpec, image_size: int, seed: int = 0) -
 
 
 def labelled_by_captions(ds: CaptionDataset, key: str, class_names: list[str], synonyms: dict) -> CaptionDataset:
-    """The images whose captions name exactly one of ``class_names`` (:func:`~clpoison.data.caption_labels.
+    """The images whose captions name exactly one of ``class_names`` (:func:`~clpoison.data.captions.caption_labels.
     labels_from_captions`), labelled with it; the others (no class named, or several) are left out."""
     labels = labels_from_captions(ds.captions, class_names, synonyms)
     keep = torch.nonzero(labels >= 0).view(-1)

@@ -8,7 +8,7 @@
 * ``poisoned`` — sha256 of the attack's manifest less its ``details`` (which hold timings; the manifest's
   ``output`` fingerprint already pins the poisoned data), ``None`` without an attack;
 * ``poison_shards`` — when the trained split reads files an attack wrote (streamed data poisoned as extra
-  shards, :mod:`clpoison.data.shard_edits`): the sha256 of each as this process reads it (``poison_files()``).
+  shards, :mod:`clpoison.data.shards.shard_edits`): the sha256 of each as this process reads it (``poison_files()``).
 
 :func:`config_changes` compares two config snapshots, ignoring the *presentation* keys (:data:`PRESENTATION_KEYS`:
 the progress bar) that do not change what is trained — so toggling ``--no-progress`` resumes instead of

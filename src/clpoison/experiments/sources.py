@@ -11,9 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from ..data.caption_readers import FILE_READERS, CaptionDataConfig, load_caption_splits, read_caption_file
-from ..data.caption_shards import read_caption_shards
-from ..data.caption_source_info import csv_columns
+from ..data.captions.caption_readers import FILE_READERS, CaptionDataConfig, load_caption_splits, read_caption_file
+from ..data.captions.caption_shards import read_caption_shards
+from ..data.captions.caption_source_info import csv_columns
 from ..data.datasets import ImageSplits, exclude_classes, hold_out_per_class, limit, per_class_subset, random_subset
 from ..data.image_readers import SOURCES, load_dataset
 from ..errors import ConfigError, DataError
@@ -73,7 +73,7 @@ def load_source(kind: str, data: str, path: Optional[str] = None, image_size: Op
                 caption_options: Optional[dict] = None) -> Any:
     """Clean data named on the command line: ``kind`` is a modality, ``image-text`` (CaptionSplits) or ``image``
     (ImageSplits; also ``any``); ``data`` a source name or a path (:func:`resolve_source`); ``caption_options`` more fields of
-    :class:`~clpoison.data.caption_readers.CaptionDataConfig` (``separator``, ``image_column``, ...)."""
+    :class:`~clpoison.data.captions.caption_readers.CaptionDataConfig` (``separator``, ``image_column``, ...)."""
     name, path = resolve_source(data, path)
     if kind == "image-text":
         cfg = CaptionDataConfig(label_column=label_column, test_path=test_path, **(caption_options or {}))

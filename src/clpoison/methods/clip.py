@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.tokenizer import CaptionTokenizer
+from ..data.captions.tokenizer import CaptionTokenizer
 from ..errors import ConfigError
 from ..models.clip_model import CLIPModel
 from ..models.text import BagOfWordsText, TextTransformer

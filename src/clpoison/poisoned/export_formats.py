@@ -39,8 +39,8 @@ from typing import Any, Optional
 
 import numpy as np
 
-from ..data.caption_shards import image_file, index_digits, png_bytes, write_caption_shards
 from ..data.captions import CaptionDataset
+from ..data.captions.caption_shards import image_file, index_digits, png_bytes, write_caption_shards
 from ..errors import ClpoisonError
 from .manifest import load_trigger
 

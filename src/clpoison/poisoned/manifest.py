@@ -10,7 +10,7 @@ A manifest is a JSON object (schema ``clpoison.poison-manifest``, version :data:
   its PNG encoding (exported next to the manifest as ``trigger.png`` by ``clpoison poison``);
 * ``output`` — the fingerprint of the poisoned training split;
 * ``stream`` (streamed tar shards only) — the clean shards, the poison shards written beside them (file, sha256,
-  samples) and, for a backdoor, the (shard, key) of each source sample (:mod:`clpoison.data.shard_edits`).
+  samples) and, for a backdoor, the (shard, key) of each source sample (:mod:`clpoison.data.shards.shard_edits`).
 
 No timestamps or host names: the same attack, parameters, seed and input give a byte-identical file (keys sorted,
 see :func:`manifest_json`). Example::
@@ -76,7 +76,7 @@ def build_manifest(
     stream: Optional[dict] = None,
 ) -> dict:
     """The manifest of one poisoning (``source``/``output`` are the clean and poisoned splits); ``stream`` (streamed
-    shards only: :mod:`clpoison.data.shard_edits`) names the clean and the written poison shards."""
+    shards only: :mod:`clpoison.data.shards.shard_edits`) names the clean and the written poison shards."""
     extra = {} if stream is None else {"stream": stream}
     return {
         "schema": SCHEMA,

@@ -21,7 +21,7 @@ from typing import Iterable, Optional, Sequence
 
 import torch
 
-from ...data.caption_labels import label_pattern
+from ...data.captions.caption_labels import label_pattern
 from ...errors import ConfigError, DataError
 
 SOURCES = ("captions", "templates")

@@ -22,9 +22,9 @@ runs everything. Parameters: :mod:`~clpoison.defenses.safeclip.safeclip_params`;
 
 Written once for data in memory and streamed shards (``data.captions.stream: true``): the batch source
 :class:`~clpoison.defenses.safeclip.safeclip_batches.SafeCLIPBatches` draws from the run's
-:class:`~clpoison.data.pair_source.PairBatches` — same phases, plan and split, the samples named by ordinal; EDA
-captions computed once in memory (as the official ``src/data.py``, :mod:`clpoison.data.eda`), per caption text on a
-stream, where each segment is a pass over the shards that yields only its samples (docs/safeclip.md).
+:class:`~clpoison.data.captions.pair_source.PairBatches` — same phases, plan and split, the samples named by ordinal;
+EDA captions computed once in memory (as the official ``src/data.py``, :mod:`clpoison.data.captions.eda`), per caption
+text on a stream, where each segment is a pass over the shards that yields only its samples (docs/safeclip.md).
 
 **Diagnostics** (each epoch record in ``metrics.jsonl`` / ``results.json`` history): phase, safe-set size and
 fraction, the split rule, and with a manifest, precision/recall of the poisons in the risky set and each poison's

@@ -1,6 +1,6 @@
 """SafeCLIP's batch source: every phase's batches (unimodal pairs of views and EDA captions, CLIP pairs) following the
 epoch plan the defense sets, and the similarity pass of Phase C — written once over the run's CLIP batch source, in
-memory or streamed (:class:`~clpoison.data.pair_source.PairBatches`).
+memory or streamed (:class:`~clpoison.data.captions.pair_source.PairBatches`).
 
 Samples are named by ordinal (the row in memory; on a stream the shard's first ordinal plus the position, the same
 number). What the two sources do differently stays theirs: the EDA captions (in memory computed once when the batch
@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ...data.pair_source import PairBatches
+from ...data.captions.pair_source import PairBatches
 from ..clip_views import stored_view, strong_view, trim
 from .safeclip_params import SafeCLIPParams
 

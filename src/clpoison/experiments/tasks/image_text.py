@@ -36,14 +36,14 @@ import torch
 from ...attacks import ATTACKS
 from ...defenses import DEFENSES
 from ...contexts import EvalContext
-from ...data.caption_loader import CaptionImageAugment, flat_captions
-from ...data.caption_readers import load_caption_splits
-from ...data.caption_shards import read_caption_shards
-from ...data.shard_batches import clip_batches
-from ...data.shard_set import StreamingCaptionSet
+from ...data.captions.caption_loader import CaptionImageAugment, flat_captions
+from ...data.captions.caption_readers import load_caption_splits
+from ...data.captions.caption_shards import read_caption_shards
+from ...data.shards.shard_batches import clip_batches
+from ...data.shards.shard_set import StreamingCaptionSet
 from ...data.captions import CaptionDataset, CaptionSplits
 from ...data.datasets import ImageDataset, ImageSplits
-from ...data.tokenizer import CaptionTokenizer
+from ...data.captions.tokenizer import CaptionTokenizer
 from ...errors import ConfigError
 from ...eval.encoder_eval import attack_context, evaluate_encoder
 from ...eval.retrieval import retrieval_recall
@@ -135,7 +135,7 @@ class ImageTextTask(Task):
         return splits
 
     def load_streamed(self, size: int) -> CaptionSplits:
-        """Train shards streamed (:mod:`clpoison.data.shard_stream`), the test shards held in memory."""
+        """Train shards streamed (:mod:`clpoison.data.shards.shard_stream`), the test shards held in memory."""
         cfg, c = self.cfg, self.cfg.data.captions
         if cfg.data.name != "captions-tar":
             raise ConfigError(f"data.captions.stream=true streams tar shards; set data.name=captions-tar (not {cfg.data.name})")

@@ -1,5 +1,5 @@
-"""Poisons and subsets of a **streamed** training split (:class:`~clpoison.data.shard_set.StreamingCaptionSet`): the
-streamed side of :class:`~clpoison.data.pair_source.PairEdit` and of ``untouched_subset``.
+"""Poisons and subsets of a **streamed** training split (:class:`~clpoison.data.shards.shard_set.StreamingCaptionSet`):
+the streamed side of :class:`~clpoison.data.captions.pair_source.PairEdit` and of ``untouched_subset``.
 
 A streamed split is never held in memory, so an attack cannot edit it: :class:`ShardEdit` writes the poisoned pairs
 as **extra webdataset shards** in the run folder, ``RUN/poison_shards/poison-000000.tar`` (``NNNNNN.png`` +
@@ -35,12 +35,12 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 import torch
 
-from ..errors import ConfigError, DataError
-from ..utils.io import atomic_write_json, sha256_file
-from .caption_shards import iter_shard_samples, write_caption_shards
-from .captions import CaptionDataset
-from .image_readers import decode_image
-from .pair_source import ImageEdit, PoisonRecord
+from ...errors import ConfigError, DataError
+from ...utils.io import atomic_write_json, sha256_file
+from ..captions.caption_dataset import CaptionDataset
+from ..captions.caption_shards import iter_shard_samples, write_caption_shards
+from ..captions.pair_source import ImageEdit, PoisonRecord
+from ..image_readers import decode_image
 from .shard_stream import shard_counts
 
 POISON_DIR = "poison_shards"

@@ -1,11 +1,12 @@
 """A streamed CLIP training split (``data.captions.stream: true``): the shard list, the samples per shard (tar
-headers), the captions in one pass, a fingerprint by file — the streamed :class:`~clpoison.data.pair_source.PairSource`.
+headers), the captions in one pass, a fingerprint by file — the streamed
+:class:`~clpoison.data.captions.pair_source.PairSource`.
 
-An attack adds its poisons as extra shards (:meth:`StreamingCaptionSet.editor`, :mod:`clpoison.data.shard_edits`;
+An attack adds its poisons as extra shards (:meth:`StreamingCaptionSet.editor`, :mod:`clpoison.data.shards.shard_edits`;
 :meth:`StreamingCaptionSet.with_shards`): counted, shuffled, split and tokenized with the clean ones, and hashed by
 every process (:meth:`StreamingCaptionSet.check_added`). :meth:`StreamingCaptionSet.first_samples` streams only the
 first samples of some shards (:meth:`StreamingCaptionSet.untouched_subset`: CleanCLIP's clean fine-tuning split).
-Its batches: :mod:`clpoison.data.shard_batches`.
+Its batches: :mod:`clpoison.data.shards.shard_batches`.
 """
 
 from __future__ import annotations
@@ -17,18 +18,18 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-from ..errors import ConfigError, DataError
-from ..utils.io import sha256_file
-from .caption_shards import shard_paths
+from ...errors import ConfigError, DataError
+from ...utils.io import sha256_file
+from ..captions.caption_shards import shard_paths
+from ..split_info import StreamedFromFiles
 from .shard_edits import ShardEdit, clean_shard_subset
 from .shard_stream import limited_samples, shard_counts
-from .split_info import StreamedFromFiles
 
 
 class StreamingCaptionSet(StreamedFromFiles):
     """A streamed train split: what the runner and the CLIP task need from a dataset (``len``, the captions for the
     tokenizer, a fingerprint by file: :mod:`clpoison.data.split_info`) without holding the images — the streamed
-    :class:`~clpoison.data.pair_source.PairSource`."""
+    :class:`~clpoison.data.captions.pair_source.PairSource`."""
 
     def __init__(self, spec: Any, image_size: int, on_error: str = "fail", name: str = "shards") -> None:
         self.shards = shard_paths(spec)
@@ -127,7 +128,7 @@ class StreamingCaptionSet(StreamedFromFiles):
             self._captions = [s["captions"] for s in limited_samples(self.shards, self.limits, self.on_error)]
         return self._captions
 
-    # -- the PairSource protocol (data/pair_source.py) -----------------------------------------------------------
+    # -- the PairSource protocol (data/captions/pair_source.py) --------------------------------------------------
     @property
     def canvas(self) -> tuple[int, int]:
         return self.image_size, self.image_size

@@ -19,7 +19,7 @@ Example::
 
     >>> import torch
     >>> from clpoison.data.captions import CaptionDataset
-    >>> from clpoison.data.caption_loader import CaptionBatches, CaptionImageAugment
+    >>> from clpoison.data.captions.caption_loader import CaptionBatches, CaptionImageAugment
     >>> ds = CaptionDataset(torch.zeros(8, 3, 32, 32, dtype=torch.uint8), [["a"], ["b", "c"]] * 4)
     >>> tokens = torch.tensor([[2, 9, 3, 0]] * 12)
     >>> cb = CaptionBatches(ds, tokens, 4, torch.device("cpu"), augment=CaptionImageAugment(32))
@@ -36,12 +36,12 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 import numpy as np
 import torch
 
-from ..errors import ConfigError
-from ..utils.dist import all_gather_nograd
-from .augment import CIFAR_MEAN, CIFAR_STD, crop_resize_flip
-from .captions import CaptionDataset
+from ...errors import ConfigError
+from ...utils.dist import all_gather_nograd
+from ..augment import CIFAR_MEAN, CIFAR_STD, crop_resize_flip
+from ..loader import ResidentBatches, epoch_permutation
+from .caption_dataset import CaptionDataset
 from .eda import eda_views
-from .loader import ResidentBatches, epoch_permutation
 
 
 def caption_offsets(dataset: CaptionDataset) -> torch.Tensor:
@@ -104,8 +104,8 @@ class CaptionImageAugment(torch.nn.Module):
 
 
 class IndexedViews:
-    """EDA token views computed once per caption row (:func:`~clpoison.data.eda.eda_views`, as the official SafeCLIP
-    ``src/data.py``): ``views(raw batch, k)`` gathers the rows of the batch's ``caption_index``."""
+    """EDA token views computed once per caption row (:func:`~clpoison.data.captions.eda.eda_views`, as the official
+    SafeCLIP ``src/data.py``): ``views(raw batch, k)`` gathers the rows of the batch's ``caption_index``."""
 
     def __init__(self, tokens: list[torch.Tensor]) -> None:
         self.tokens = tokens
@@ -116,8 +116,8 @@ class IndexedViews:
 
 class CaptionBatches:
     """``{"index", "images", "tokens", "caption_index"}`` batches for :class:`~clpoison.methods.clip.CLIP` — the
-    in-memory :class:`~clpoison.data.pair_source.PairBatches` (segments: the rows shuffled by (seed, epoch) and cut
-    into ``round(n / global batch)`` nearly equal batches, so a small subset still trains)."""
+    in-memory :class:`~clpoison.data.captions.pair_source.PairBatches` (segments: the rows shuffled by (seed, epoch) and
+    cut into ``round(n / global batch)`` nearly equal batches, so a small subset still trains)."""
 
     def __init__(
         self,

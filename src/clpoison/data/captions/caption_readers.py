@@ -13,7 +13,8 @@ Sources (config ``data.name`` when ``method.name: clip``):
   one sample adjacent in the archive). ``data.path`` is a shard, a folder of ``*.tar`` or a glob. Shards are
   read as a stream (``tarfile`` mode ``r|*``, never seeking); each non-empty line of ``KEY.txt`` is one caption.
 * any image source of :data:`~clpoison.data.image_readers.SOURCES` with labels (``cifar10-subset``, ``npz``,
-  ``cifar``, ``imagefolder``) — captioned by :mod:`~clpoison.data.caption_generator` (synthetic stand-in captions).
+  ``cifar``, ``imagefolder``) — captioned by :mod:`~clpoison.data.captions.caption_generator` (synthetic stand-in
+  captions).
 
 Without ``data.captions.test_path``, a seeded ``test_fraction`` of the images is held out as the test split.
 Images are decoded once, resized (shorter side, centre crop) to ``data.image_size`` (default: ``augment.out_size``)
@@ -23,14 +24,14 @@ and kept resident as uint8.
 missing columns always fail; a missing or corrupt image, an empty caption or non-UTF-8 text fails when
 ``data.captions.on_error: fail`` (the default) and is skipped and *counted* with ``on_error: skip`` — the counts are
 returned in ``splits.source["skipped"]``, written to ``results.json`` and echoed, never silent. Over-long captions
-are not an error: the tokenizer truncates them to the context length (see :mod:`clpoison.data.tokenizer`).
+are not an error: the tokenizer truncates them to the context length (see :mod:`clpoison.data.captions.tokenizer`).
 
 Example::
 
     >>> import tempfile, numpy as np
     >>> from pathlib import Path
     >>> from PIL import Image
-    >>> from clpoison.data.caption_readers import read_caption_csv
+    >>> from clpoison.data.captions.caption_readers import read_caption_csv
     >>> d = Path(tempfile.mkdtemp())
     >>> Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(d / "a.png")
     >>> _ = (d / "pairs.csv").write_text("filepath,title\\na.png,a black square\\n")
@@ -50,13 +51,14 @@ from typing import Callable, Optional, Union
 
 import torch
 
-from ..errors import ConfigError, DataError
-from ..registry import Registry
+from ...errors import ConfigError, DataError
+from ...registry import Registry
+from ..image_readers import SOURCES, decode_image
+from .caption_dataset import CaptionDataset, CaptionSplits
 from .caption_generator import CaptionGeneratorConfig, caption_image_splits
 from .caption_rows import RowErrors, rows_dataset
 from .caption_shards import read_caption_shards
-from .captions import CaptionDataset, CaptionSplits
-from .image_readers import SOURCES, decode_image
+
 
 @dataclass
 class CaptionDataConfig:
@@ -69,7 +71,7 @@ class CaptionDataConfig:
     on_error: str = "fail"  # fail | skip (skipped rows are counted and reported)
     test_path: Optional[str] = None
     test_fraction: float = 0.1
-    augment: str = "translate"  # translate | rrc | none (see clpoison.data.caption_loader)
+    augment: str = "translate"  # translate | rrc | none (see clpoison.data.captions.caption_loader)
     translate_px: int = 4
     stream: bool = False  # captions-tar: stream the train shards (decoded in loader workers) instead of loading them
     workers: int = 2  # streaming: loader worker processes per training process

@@ -3,7 +3,8 @@
 ``.jpg/.jpeg/.png/.webp/.bmp`` and its captions ``.txt`` (one a line) or ``.json``), and a whole set of shards read
 into a :class:`~clpoison.data.captions.CaptionDataset`, and the shard writer (:func:`write_caption_shards`: ``clpoison
 poison --format wds``, an attack's poison shards on a stream). Streaming them without a full load:
-:mod:`clpoison.data.shard_stream`. The CSV reader and the source registry: :mod:`clpoison.data.caption_readers`.
+:mod:`clpoison.data.shards.shard_stream`. The CSV reader and the source registry:
+:mod:`clpoison.data.captions.caption_readers`.
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ from typing import Any, Iterator, Optional, Union
 
 import torch
 
-from ..errors import ConfigError, DataError
+from ...errors import ConfigError, DataError
+from ..image_readers import decode_image
+from .caption_dataset import CaptionDataset
 from .caption_rows import IMAGE_SUFFIXES, RowErrors, rows_dataset
-from .captions import CaptionDataset
-from .image_readers import decode_image
 
 
 def shard_paths(spec: Union[str, Path, list]) -> list[Path]:
@@ -78,7 +79,7 @@ def iter_shard_samples(paths: list[Path], on_error: str = "fail", errors: Option
     """Stream samples ``{"key", "shard", "index", "image": bytes, "ext", "captions": [str]}`` from webdataset-layout
     shards, reading each archive sequentially (works on pipes / object-store streams as well as files). ``index``:
     the sample's position in its shard among the keys with an image member (what
-    :func:`~clpoison.data.shard_stream.shard_counts` counts), also for samples skipped before it."""
+    :func:`~clpoison.data.shards.shard_stream.shard_counts` counts), also for samples skipped before it."""
     errors = errors or RowErrors(on_error)
     seen = [0]  # keys with an image member in the current shard
 

@@ -1,13 +1,13 @@
-"""CLIP batches of a streamed training split (:class:`~clpoison.data.shard_set.StreamingCaptionSet`): the streamed
-implementation of :class:`~clpoison.data.pair_source.PairBatches` (the resident one is
-:class:`~clpoison.data.caption_loader.CaptionBatches`).
+"""CLIP batches of a streamed training split (:class:`~clpoison.data.shards.shard_set.StreamingCaptionSet`): the
+streamed implementation of :class:`~clpoison.data.captions.pair_source.PairBatches` (the resident one is
+:class:`~clpoison.data.captions.caption_loader.CaptionBatches`).
 
-* ``epoch(e)``: ``len`` steps on every process, from the shard stream of :mod:`clpoison.data.shard_stream` (shards
-  split by process and loader worker, a seeded shuffle buffer); ``raw=True`` also hands over the decoded uint8 batch
-  and the chosen caption texts (the CLIP defenses' augmented views).
+* ``epoch(e)``: ``len`` steps on every process, from the shard stream of :mod:`clpoison.data.shards.shard_stream`
+  (shards split by process and loader worker, a seeded shuffle buffer); ``raw=True`` also hands over the decoded uint8
+  batch and the chosen caption texts (the CLIP defenses' augmented views).
 * ``eda_views``: each batch's EDA captions are computed **per batch, with the same function**, each from an RNG
-  seeded by the run's seed and a sha256 of the caption text (:func:`~clpoison.data.eda.eda_caption`) — a caption
-  gets the same view in every epoch, on every process and after a resume, whatever its position in the stream
+  seeded by the run's seed and a sha256 of the caption text (:func:`~clpoison.data.captions.eda.eda_caption`) — a
+  caption gets the same view in every epoch, on every process and after a resume, whatever its position in the stream
   (deviation from memory: two identical captions get one view). View ``k`` of ``views`` is seeded
   ``views · seed + k``.
 * **Ordinals.** Every sample has a global ordinal: the first ordinal of its shard (from the tar headers) plus its
@@ -34,11 +34,11 @@ from typing import Any, Callable, Iterator, Optional
 import numpy as np
 import torch
 
-from ..errors import DataError
-from ..utils.dist import all_gather_object
-from .caption_loader import CaptionBatches, CaptionImageAugment, flat_captions
-from .eda import eda_caption
-from .loader import from_workers
+from ...errors import DataError
+from ...utils.dist import all_gather_object
+from ..captions.caption_loader import CaptionBatches, CaptionImageAugment, flat_captions
+from ..captions.eda import eda_caption
+from ..loader import from_workers
 from .shard_set import StreamingCaptionSet
 from .shard_stream import ShardSampleStream, _collate, epoch_shards, split_shards
 
@@ -226,7 +226,7 @@ def clip_batches(train: Any, tokenizer: Any, context_length: int, batch_size: in
                  augment: CaptionImageAugment, channels_last: bool, rank: int, world_size: int, workers: int,
                  shuffle_buffer: int) -> tuple[Any, dict[str, Any]]:
     """The CLIP batch source of a training split — the one place that picks the implementation of
-    :class:`~clpoison.data.pair_source.PairBatches` — and what it records (in memory: the captions truncated to
+    :class:`~clpoison.data.captions.pair_source.PairBatches` — and what it records (in memory: the captions truncated to
     ``context_length``, all tokenized up front; streamed: nothing, the captions are tokenized per batch)."""
     if isinstance(train, StreamingCaptionSet):
         return StreamingCaptionBatches(train, tokenizer, context_length, batch_size, device, seed, augment,

@@ -1,4 +1,4 @@
-"""An offline synonym table for EDA-style caption augmentation (:mod:`clpoison.data.eda`).
+"""An offline synonym table for EDA-style caption augmentation (:mod:`clpoison.data.captions.eda`).
 
 EDA (Wei & Zou, EMNLP 2019) draws synonyms from WordNet; SafeCLIP's ``utils/eda.py`` does the same through NLTK,
 which needs a corpus download. Nothing is downloaded here: this table is a small hand-written, WordNet-style list

@@ -1,5 +1,6 @@
-"""What ``clpoison datasets [describe NAME]`` says of the caption file sources (:mod:`clpoison.data.caption_readers`),
-and :func:`csv_columns` (a caption CSV's header, read without decoding anything else)."""
+"""What ``clpoison datasets [describe NAME]`` says of the caption file sources
+(:mod:`clpoison.data.captions.caption_readers`), and :func:`csv_columns` (a caption CSV's header, read without decoding
+anything else)."""
 
 from __future__ import annotations
 

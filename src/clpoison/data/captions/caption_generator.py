@@ -16,7 +16,7 @@ zero-shot with a bag-of-words text tower; these captions are harder (synonyms, h
 
 Example::
 
-    >>> from clpoison.data.caption_generator import CaptionGenerator
+    >>> from clpoison.data.captions.caption_generator import CaptionGenerator
     >>> gen = CaptionGenerator(seed=0)
     >>> caps = gen.captions_for(["cat", "truck"], [0, 1], split="train")
     >>> len(caps), isinstance(caps[0][0], str)
@@ -32,9 +32,8 @@ import zlib
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
-
-from ..errors import ConfigError
-from .captions import CaptionDataset, CaptionSplits
+from ...errors import ConfigError
+from .caption_dataset import CaptionDataset, CaptionSplits
 
 # name → (synonyms, hypernyms); lower-case words as they appear in captions
 LEXICON: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -164,7 +163,8 @@ def caption_image_splits(splits, cfg: CaptionGeneratorConfig = CaptionGeneratorC
         caps = gen.captions_for(names, ds.labels.tolist(), split)
         return CaptionDataset(ds.images, caps, names, ds.labels.clone(), f"{ds.name}+captions", ds.sizes)
 
-    source = {**splits.source, "captions": "generated (clpoison.data.caption_generator; a stand-in for real captions)",
+    source = {**splits.source,
+              "captions": "generated (clpoison.data.captions.caption_generator; a stand-in for real captions)",
               "generator": {k: v for k, v in cfg.__dict__.items()}, "caption_seed": seed}
     return CaptionSplits(one(splits.train, "train"), one(splits.test, "test"), source)
 

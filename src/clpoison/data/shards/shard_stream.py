@@ -11,16 +11,16 @@ Each epoch:
   uint8 ``image_size × image_size``, pass the samples through a seeded shuffle buffer
   (``data.captions.shuffle_buffer``), and hand over uint8 batches;
 * the training process picks one caption per image, tokenizes the batch, moves the uint8 images to the device and
-  augments them there (:class:`~clpoison.data.caption_loader.CaptionImageAugment`, as for resident data).
+  augments them there (:class:`~clpoison.data.captions.caption_loader.CaptionImageAugment`, as for resident data).
 
 The split itself (shard list, counts, extra poison shards, a clean subset):
-:class:`~clpoison.data.shard_set.StreamingCaptionSet`; its CLIP batches:
-:class:`~clpoison.data.shard_batches.StreamingCaptionBatches`.
+:class:`~clpoison.data.shards.shard_set.StreamingCaptionSet`; its CLIP batches:
+:class:`~clpoison.data.shards.shard_batches.StreamingCaptionBatches`.
 
 Every process yields the same number of steps, ``samples // global batch`` (DDP needs equal steps): a process whose
 shards run out first starts its shards again (in the next seeded order). The number of samples is counted once from
 the tar headers (no image is decoded). With ``shuffle_buffer: 0``, one process and one worker, the batches are the
-samples in shard order — what :class:`~clpoison.data.caption_loader.CaptionBatches` gives the same data held in
+samples in shard order — what :class:`~clpoison.data.captions.caption_loader.CaptionBatches` gives the same data held in
 memory with ``shuffle=False`` (tested: same batches, same trained weights).
 """
 
@@ -36,10 +36,10 @@ from typing import Any, Iterator, Optional, Sequence
 
 import torch
 
-from ..errors import DataError
-from .caption_rows import IMAGE_SUFFIXES, RowErrors
-from .caption_shards import iter_shard_samples, tar_end_present
-from .image_readers import decode_image
+from ...errors import DataError
+from ..captions.caption_rows import IMAGE_SUFFIXES, RowErrors
+from ..captions.caption_shards import iter_shard_samples, tar_end_present
+from ..image_readers import decode_image
 
 
 def epoch_shards(shards: Sequence[Path], seed: int, epoch: int, shuffle: bool = True) -> list[Path]:

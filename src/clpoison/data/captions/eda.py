@@ -9,14 +9,14 @@ Four operations, each changing ``max(1, int(alpha * n_words))`` words (``alpha``
 
 As in EDA's ``eda()``, the sentence is lower-cased and reduced to letters, digits, hyphens and spaces first; one
 operation is chosen at random for each augmented sentence and one augmented sentence is kept. Synonyms come from
-the offline table in :mod:`clpoison.data.synonyms` (nothing is downloaded; EDA uses WordNet).
+the offline table in :mod:`clpoison.data.captions.synonyms` (nothing is downloaded; EDA uses WordNet).
 
 SafeCLIP computes the augmented captions **once, when the dataset is built** (``src/data.py``), not every epoch;
 :func:`eda_views` does the same: it is deterministic in ``seed``.
 
 Example::
 
-    >>> from clpoison.data.eda import eda, eda_views
+    >>> from clpoison.data.captions.eda import eda, eda_views
     >>> import random
     >>> eda("a small photo of a dog on the grass", random.Random(0)) != ""
     True

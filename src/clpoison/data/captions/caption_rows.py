@@ -1,7 +1,7 @@
-"""What the image–caption readers share (:mod:`~clpoison.data.caption_readers` for CSV files,
-:mod:`~clpoison.data.caption_shards` and :mod:`~clpoison.data.shard_stream` for tar shards): the image suffixes a
-sample may carry, the bad-row policy (:class:`RowErrors`: fail on the first, or skip and count by reason) and the
-dataset built from the rows read (:func:`rows_dataset`)."""
+"""What the image–caption readers share (:mod:`~clpoison.data.captions.caption_readers` for CSV files,
+:mod:`~clpoison.data.captions.caption_shards` and :mod:`~clpoison.data.shards.shard_stream` for tar shards): the image
+suffixes a sample may carry, the bad-row policy (:class:`RowErrors`: fail on the first, or skip and count by reason) and
+the dataset built from the rows read (:func:`rows_dataset`)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from typing import Optional
 
 import torch
 
-from ..errors import DataError
-from .captions import CaptionDataset
-from .datasets import stack_on_canvas
+from ...errors import DataError
+from ..datasets import stack_on_canvas
+from .caption_dataset import CaptionDataset
 
 IMAGE_SUFFIXES = ("jpg", "jpeg", "png", "webp", "bmp")
 

@@ -14,7 +14,7 @@ open_clip's tokenizer does). :meth:`encode` reports how many captions were trunc
 
 Example::
 
-    >>> from clpoison.data.tokenizer import CaptionTokenizer
+    >>> from clpoison.data.captions.tokenizer import CaptionTokenizer
     >>> tok = CaptionTokenizer.train(["a photo of a cat", "a dog on the grass"] * 10, vocab_size=300)
     >>> ids = tok.encode(["a photo of a dog"], context_length=16)
     >>> ids.shape, int(ids[0, 0]) == tok.sot_id
@@ -31,7 +31,7 @@ from typing import Iterable, Sequence, Union
 
 import torch
 
-from ..errors import ConfigError
+from ...errors import ConfigError
 
 SPECIALS = ("<pad>", "<unk>", "<sot>", "<eot>")
 

@@ -3,14 +3,13 @@ shards — the CLIP attacks and defenses are written once, against it.
 
 Two implementations each:
 
-============================  =========================================  ==============================================
-                              in memory                                  streamed (``data.captions.stream: true``)
-============================  =========================================  ==============================================
-:class:`PairSource` (split)   :class:`~clpoison.data.captions.CaptionDataset`  :class:`~clpoison.data.shard_set.StreamingCaptionSet`
-:class:`PairEdit` (poisons)   rows replaced in place / appended          extra shards in the run folder
-                              (:class:`~clpoison.data.captions.ResidentEdit`)   (:class:`~clpoison.data.shard_edits.ShardEdit`)
-:class:`PairBatches`          :class:`~clpoison.data.caption_loader.CaptionBatches`  :class:`~clpoison.data.shard_batches.StreamingCaptionBatches`
-============================  =========================================  ==============================================
+* :class:`PairSource` (the split): in memory :class:`~clpoison.data.captions.CaptionDataset`, streamed
+  (``data.captions.stream: true``) :class:`~clpoison.data.shards.shard_set.StreamingCaptionSet`;
+* :class:`PairEdit` (poisons): in memory rows replaced in place / appended
+  (:class:`~clpoison.data.captions.caption_dataset.ResidentEdit`), streamed extra shards in the run folder
+  (:class:`~clpoison.data.shards.shard_edits.ShardEdit`);
+* :class:`PairBatches`: in memory :class:`~clpoison.data.captions.caption_loader.CaptionBatches`, streamed
+  :class:`~clpoison.data.shards.shard_batches.StreamingCaptionBatches`.
 
 Samples are addressed by **ordinal**: the row in memory, or (streamed) the shard's first ordinal from the tar headers
 plus the position in the shard — the same number for the same data. What differs between the two is what each can do

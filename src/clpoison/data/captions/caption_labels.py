@@ -22,7 +22,7 @@ from typing import Mapping, Optional, Sequence
 
 import torch
 
-from ..errors import ConfigError
+from ...errors import ConfigError
 
 NONE, SEVERAL = -1, -2  # no class named; more than one class named
 

@@ -5,8 +5,8 @@ for each image one or more captions (web data often has several; one is sampled 
 real scraped data has none; the bundled CIFAR-10 captions keep them for evaluation and attack bookkeeping only —
 pretraining never reads them.
 
-A :class:`CaptionDataset` is the in-memory :class:`~clpoison.data.pair_source.PairSource`: poisons replace or append
-rows (:class:`ResidentEdit`), subsets are seeded choices of rows (:func:`untouched_rows`, :func:`range_rows`).
+A :class:`CaptionDataset` is the in-memory :class:`~clpoison.data.captions.pair_source.PairSource`: poisons replace or
+append rows (:class:`ResidentEdit`), subsets are seeded choices of rows (:func:`untouched_rows`, :func:`range_rows`).
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
-from ..errors import ConfigError, DataError
+from ...errors import ConfigError, DataError
+from ..split_info import HeldInMemory
 from .pair_source import ImageEdit, PoisonRecord
-from .split_info import HeldInMemory
 
 
 @dataclass
@@ -65,7 +65,7 @@ class CaptionDataset(HeldInMemory):
             None if self.files is None else [self.files[i] for i in index.tolist()],
         )
 
-    # -- the PairSource protocol (data/pair_source.py) -----------------------------------------------------------
+    # -- the PairSource protocol (data/captions/pair_source.py) --------------------------------------------------
     @property
     def canvas(self) -> tuple[int, int]:
         return int(self.images.shape[2]), int(self.images.shape[3])
