@@ -261,7 +261,7 @@ def run_grid(grid: Union[str, Path, dict], out: Union[str, Path], overrides: Opt
     if jobs < 1:
         raise ConfigError(f"--jobs {jobs} must be a positive integer")
     out = check_output_path(out, "dir", inputs=[spec, overrides, *([] if isinstance(grid, dict) else [grid])])
-    if out.exists() and any(out.iterdir()) and not (out / GRID_NAME).exists():
+    if out.exists() and any(out.iterdir()) and not ((out / GRID_NAME).exists() or (out / CELLS_DIR).is_dir()):
         raise ConfigError(f"'{out}' exists and is not a grid folder (no {GRID_NAME}); choose another --out")
     with OutputLock(out):
         if overwrite and out.exists():
