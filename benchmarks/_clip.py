@@ -125,9 +125,12 @@ def caption_set_name(args: Any) -> str:
 
 def caption_details(args: Any, sections: dict) -> dict:
     """What the output JSON records about the caption set besides its name: the paths and the labelled set."""
-    return {"captions": str(args.captions), "test_captions": args.test_captions,
-            "eval_set": ((sections.get("eval") or {}).get("sets") or {}).get("labelled"),
-            "attack_set": ((sections.get("eval") or {}).get("attack_set")) or "labelled"}
+    ev = sections.get("eval") or {}
+    out = {"captions": str(args.captions), "test_captions": args.test_captions,
+           "eval_set": (ev.get("sets") or {}).get("labelled")}
+    if ev.get("attack_set"):  # --attack-set test-captions: the web set, labelled by its captions
+        out.update(attack_set=ev["attack_set"], attack_set_spec=ev["sets"][ev["attack_set"]])
+    return out
 
 
 def backdoor_dose(rate: Optional[float] = None, count: Optional[int] = None) -> tuple[list[str], str]:
