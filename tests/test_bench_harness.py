@@ -344,6 +344,8 @@ def test_summarise_only_names_a_missing_or_changed_run(tmp_path, capsys, monkeyp
     (old / "cells" / "byol_s0").rename(old / "byol_s0")
     with pytest.raises(ConfigError, match="earlier layout .*byol_s0"):
         run_comparison(spec, old)
+    (old / "byol_s0").rename(old / "cells" / "byol_s0")  # moved as the line says: reused, nothing trains
+    assert set(run_comparison(spec, old)) == {"simclr_s0", "byol_s0"} and (old / "grid.json").is_file()
     (tmp_path / "cells" / "simclr_s0" / "results.json").unlink()
     monkeypatch.setattr(sys, "argv", ["ssl_small.py", "--out", str(tmp_path / "o.json"), "--work", str(tmp_path),
                                       "--seeds", "1", "--summarise-only"])
