@@ -52,14 +52,15 @@ ECHO = partial(print, flush=True)  # a fresh run's line shows at once in a log f
 # a comparison: grid file -> runs -> summarise -> JSON
 
 
-def comparison_parser(doc: str, seeds: int, out_help: str = "JSON result file") -> argparse.ArgumentParser:
+def comparison_parser(doc: str, seeds: int, out_help: str = "JSON result file",
+                      work_help: str = "grid folder of the runs, WORK/cells/NAME") -> argparse.ArgumentParser:
     """The arguments every comparison script takes: ``--out``, ``--seeds``, ``--work``, ``--threads``,
-    ``--summarise-only`` and the ``key=value`` overrides for every run; the script adds its own."""
+    ``--summarise-only`` and the ``key=value`` overrides for every run; the script adds its own (``work_help``: the
+    layout of ``--work`` for a script that is not grid-backed)."""
     ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("--out", required=True, help=out_help)
     ap.add_argument("--seeds", type=int, default=seeds)
-    ap.add_argument("--work", default=None, help="grid folder of the runs, WORK/cells/NAME (default: OUT without "
-                                                 "suffix + '_runs')")
+    ap.add_argument("--work", default=None, help=f"{work_help} (default: OUT without suffix + '_runs')")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     ap.add_argument("--summarise-only", action="store_true", help="train nothing: summarise the finished runs in "
                     "WORK (e.g. of `clpoison grid` on the same grid file); a missing one is one error line")

@@ -97,28 +97,31 @@ NLB_METRICS = ("asr", "ca", "asr_knn", "delta_cos", "asr_no_trigger", "asr_misma
 NLB_TRACE = ("asr", "asr_knn", "delta_cos", "asr_mismatched", "delta_cos_mismatched", "ca")
 
 
-def nlb_attacker_run(params: dict, seed: int, work: Path, overrides: Sequence[str] = ()) -> Path:
+def nlb_attacker_run(params: dict, seed: int, work: Path, overrides: Sequence[str] = (), reuse_only: bool = False) -> Path:
     """The attacker's clean encoder as a run of the preset's ``attacker`` spec (``attacker_epochs``, seed
     1000 + ``seed``: independent of the victims), trained once per seed and passed to every row as
     ``attack.params.encoder`` — the training the attack would otherwise repeat in each run. The ``data.*`` entries
-    of ``overrides`` (the victims') apply too: the attacker pretrains on the images it poisons."""
+    of ``overrides`` (the victims') apply too: the attacker pretrains on the images it poisons. ``reuse_only``: never
+    train (:func:`_harness.run_named`)."""
     a = params.get("attacker") or {}
     train = {**(a.get("train") or {}), "epochs": params["attacker_epochs"], "batch_size": params["attacker_batch_size"]}
     data = {"preset": "simclr-small", "method": a["method"], "model": a["model"], "augment": a["augment"],
             "train": train}
     run_named(f"attacker_s{seed}", data, [f"seed={1000 + seed}", *(o for o in overrides if o.startswith("data."))],
-              work)
+              work, reuse_only=reuse_only)
     return Path(work) / f"attacker_s{seed}"
 
 
-def nlb_clean_run(seed: int, overrides: list[str], work: Path, name: str = "") -> Path:
+def nlb_clean_run(seed: int, overrides: list[str], work: Path, name: str = "", reuse_only: bool = False) -> Path:
     """The clean victim: ``nlb-small`` without the attack (the same encoder, method and schedule as the rows)."""
     name = name or f"clean_s{seed}"
-    run_named(name, {"preset": NLB_PRESET, "attack": {"name": "none"}}, [f"seed={seed}", *overrides], work)
+    run_named(name, {"preset": NLB_PRESET, "attack": {"name": "none"}}, [f"seed={seed}", *overrides], work,
+              reuse_only=reuse_only)
     return Path(work) / name
 
 
-def nlb_row(row: str, params: dict, seed: int, encoder: Path, overrides: list[str], work: Path, tag: str = "") -> dict:
+def nlb_row(row: str, params: dict, seed: int, encoder: Path, overrides: list[str], work: Path, tag: str = "",
+            reuse_only: bool = False) -> dict:
     """Metrics and manifest summary of one NLB row (``selection = row``) on seed ``seed`` (run ``{tag}{row}_s{seed}``):
     the anchor and TPR (= the purity of the poison set: the share with the anchor label), :data:`NLB_METRICS`, the
     selection time and the trace of :data:`NLB_TRACE` against epochs."""
@@ -127,7 +130,7 @@ def nlb_row(row: str, params: dict, seed: int, encoder: Path, overrides: list[st
     p = {**params, "selection": row, "encoder": str(encoder)}
     name = f"{tag}{row}_s{seed}"
     res, _ = run_named(name, {"preset": NLB_PRESET, "attack": {"name": "nlb", "params": p}},
-                       [f"seed={seed}", *overrides], work)
+                       [f"seed={seed}", *overrides], work, reuse_only=reuse_only)
     man = json.loads((Path(work) / name / "manifest.json").read_text())
     m = res["metrics"]
     return {"tpr": man["targets"]["tpr"], "anchor": man["targets"]["anchor_index"],

@@ -19,10 +19,19 @@ the same anchor), ``asr_knn`` and ``asr_knn_minus_clean``, ``delta_cos`` and ``d
 trace against epochs (``trace``: ``{"epochs", "asr", "asr_knn", "delta_cos", ...}``). ``summary`` holds the issue's
 checks: the ``target`` row's ASR gain, and ``kmeans`` / ``con`` minus ``random`` in ASR and Δcos, per seed.
 
-Finished runs are kept under ``--work`` and reused (``run_or_reuse``: the same config only); an interrupted run
-resumes from its checkpoint; the JSON is rewritten after every row, so an interrupted benchmark keeps what it has.
-Extra ``attack.params.*`` overrides change the attack, the rest every victim (the clean one included; ``data.*``
-ones the attacker's encoder too).
+The script is parse arguments -> :func:`collect` (the runs, trained or reused) -> :func:`summarise` -> write the
+JSON, on the shared harness (``_harness``: arguments, ``run_named``, ``--summarise-only``, ``write_result``; the
+rows in ``_rows``). It is **not grid-backed**, and its runs stay in ``WORK/NAME`` (not ``WORK/cells/NAME``), because
+every selection row consumes another run's output: its config names the attacker encoder's run folder,
+``attack.params.encoder: WORK/attacker_s{s}``. A grid file cannot state that (a cell's values cannot refer to
+another cell's folder, which depends on ``--out``; and the attacker's seed is 1000 + s, which a seed axis cannot
+derive), and moving the runs to ``WORK/cells/`` would change that path in every row's config, so the recorded rows
+would be trained again instead of reused. (Letting each row pretrain its own attacker, the attack's
+``attacker_epochs``, would be a different config and the same 60 epochs again for every row.) Finished runs are
+reused (``run_or_reuse``: the same config only) and an interrupted run resumes from its checkpoint;
+``--summarise-only`` trains nothing and names the first run that is missing (the clean victim's per-class baseline
+is still evaluated from its checkpoint). Extra ``attack.params.*`` overrides change the attack, the rest every
+victim (the clean one included; ``data.*`` ones the attacker's encoder too).
 
     python benchmarks/nlb_small.py --out benchmarks/results/nlb_small.json --work runs/nlb_small --seeds 2
     python benchmarks/nlb_small.py --out /tmp/nlb.json --seeds 1 train.epochs=1 data.train_limit=300 \\
@@ -32,21 +41,17 @@ ones the attacker's encoder too).
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from clpoison.attacks import ATTACKS
 from clpoison.errors import ConfigError
 from clpoison.experiments.config import load_preset
 from clpoison.report.tables import history_curve
-from clpoison.utils.io import atomic_write_json
 
-from _harness import script_main, split_overrides, stats, work_dir
+from _harness import comparison_parser, script_main, split_overrides, start, stats, write_result
 from _rows import NLB_PRESET, NLB_ROWS, clean_by_target, nlb_attacker_run, nlb_clean_run, nlb_row
 
 ROWS = ("clean", *NLB_ROWS)
@@ -94,73 +99,69 @@ def summary(per_seed: dict[str, dict[str, list]]) -> dict:
     return out
 
 
+def collect(params: dict, atk: Any, seeds: int, selection: list[str], overrides: list[str], work: Path,
+            reuse_only: bool = False) -> list[dict]:
+    """Per seed ``{"clean": clean_record, "rows": {row: row_record}}``: the attacker's encoder, the clean victim and
+    one victim per selection row in ``work``, trained or reused (``reuse_only``: never train; one ConfigError line
+    naming the first missing run)."""
+    out = []
+    for s in range(seeds):
+        encoder = nlb_attacker_run(params, s, work, overrides, reuse_only)
+        run = nlb_clean_run(s, overrides, work, reuse_only=reuse_only)
+        base = clean_by_target(run, atk.trigger, atk.params.eval_seed)
+        names = json.loads((run / "results.json").read_text())["data"]["classes"]
+        target = names.index(params["target"]) if isinstance(params["target"], str) else int(params["target"])
+        rec: dict[str, Any] = {"clean": clean_record(run, base, target), "rows": {}}
+        for r in selection:
+            row = rec["rows"][r] = row_record(nlb_row(r, params, s, encoder, overrides, work,
+                                                      reuse_only=reuse_only), base)
+            print(f"seed {s} {r}: anchor {names[row['anchor']]}, " + ", ".join(
+                f"{k} {row[k]:.4f}" for k in ("tpr", "asr", "clean_asr", "asr_knn", "clean_asr_knn", "delta_cos",
+                                              "clean_delta_cos", "ca") if isinstance(row.get(k), float)), flush=True)
+        out.append(rec)
+    return out
+
+
+def summarise(per_seed: list[dict], rows: list[str]) -> dict:
+    """``{"rows", "summary", "trace"}`` from :func:`collect`'s per-seed records: each row's values as mean ± std
+    and per seed (``anchor`` per seed), the clean row's CA, kNN and ASR at the preset's target with its per-class
+    baselines, the issue's checks and every row's trace per seed."""
+    selection = [r for r in rows if r != "clean"]
+    per = {r: {k: [rec["rows"][r].get(k) for rec in per_seed] for k in (*KEYS, "anchor")} for r in selection}
+    out: dict[str, Any] = {r: {k: stats(v) for k, v in per[r].items() if k != "anchor"} for r in selection}
+    for r in selection:
+        out[r]["anchor"] = per[r]["anchor"]
+    out["clean"] = {k: stats([rec["clean"][k] for rec in per_seed]) for k in ("ca", "knn_top1", "asr", "asr_knn",
+                                                                                "delta_cos")}
+    out["clean"]["by_class"] = [rec["clean"]["by_class"] for rec in per_seed]
+    trace = {r: [rec["clean"]["trace"] if r == "clean" else rec["rows"][r]["trace"] for rec in per_seed]
+             for r in rows}
+    return {"rows": {r: out[r] for r in rows}, "summary": summary(per), "trace": trace}
+
+
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", required=True, help="JSON result file")
-    ap.add_argument("--seeds", type=int, default=2, help="seeds (attacker encoder, clean victim and every row)")
+    ap = comparison_parser(__doc__, seeds=2, work_help="the runs, WORK/NAME (not grid-backed: see the docstring)")
+    ap.set_defaults(threads=1)
     ap.add_argument("--rows", default=DEFAULT_ROWS, help=f"comma-separated, from {', '.join(ROWS)}")
-    ap.add_argument("--work", default=None, help="run folders (default: OUT without suffix + '_runs')")
-    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (recorded in _meta)")
-    ap.add_argument("overrides", nargs="*", help="attack.params.* for the attack; the rest for every victim")
     args = ap.parse_args()
     rows = [r for r in args.rows.split(",") if r]
     if set(rows) - set(ROWS) or not rows:
         raise ConfigError(f"--rows: unknown rows {sorted(set(rows) - set(ROWS))}; choose from {', '.join(ROWS)}")
     if args.seeds < 1 or args.threads < 1:
         raise ConfigError("--seeds and --threads must be >= 1")
-    torch.set_num_threads(args.threads)
-    out, work = Path(args.out), work_dir(args.out, args.work)
+    out, work = start(args)
     params, victim_ov = split_overrides(args.overrides, load_preset(NLB_PRESET)["attack"]["params"])
     atk = ATTACKS.build("nlb", params)  # its trigger (defaults filled in) and eval seed: the rows' own
-    selection = [r for r in rows if r != "clean"]
     t0 = time.time()
-    per: dict[str, dict[str, list]] = {r: {k: [] for k in (*KEYS, "anchor")} for r in selection}
-    clean: dict[str, list] = {}
-    traces: dict[str, list] = {r: [] for r in rows}
-    result: dict[str, Any] = {}
-
-    def write(done: int) -> None:
-        rows_out: dict[str, Any] = {r: {k: stats(v) for k, v in per[r].items() if k != "anchor"} for r in selection}
-        for r in selection:
-            rows_out[r]["anchor"] = per[r]["anchor"]
-        if clean:
-            rows_out["clean"] = {k: stats(v) for k, v in clean.items() if k in ("ca", "knn_top1", "asr", "asr_knn",
-                                                                                  "delta_cos")}
-            rows_out["clean"]["by_class"] = clean["by_class"]
-        result.update({
-            "rows": {r: rows_out[r] for r in rows if r in rows_out}, "summary": summary(per), "trace": traces,
-            "trigger": atk.trigger.spec.to_dict(),
-            "_meta": {"preset": NLB_PRESET, "seeds": list(range(args.seeds)), "seeds_done": done, "rows": rows,
-                      "overrides": args.overrides, "attack_params": params, "threads": args.threads,
-                      "budget": params.get("poison_count") or f"rate {params.get('poison_rate')}",
-                      "work": str(work), "wall_s": round(time.time() - t0, 1)}})
-        atomic_write_json(out, result)
-
-    for s in range(args.seeds):
-        encoder = nlb_attacker_run(params, s, work, victim_ov)
-        run = nlb_clean_run(s, victim_ov, work)
-        base = clean_by_target(run, atk.trigger, atk.params.eval_seed)
-        names = json.loads((run / "results.json").read_text())["data"]["classes"]
-        target = names.index(params["target"]) if isinstance(params["target"], str) else int(params["target"])
-        c = clean_record(run, base, target)
-        for k in ("ca", "knn_top1", "asr", "asr_knn", "delta_cos"):
-            clean.setdefault(k, []).append(c[k])
-        clean.setdefault("by_class", []).append(c["by_class"])
-        if "clean" in traces:
-            traces["clean"].append(c["trace"])
-        for r in selection:
-            rec = row_record(nlb_row(r, params, s, encoder, victim_ov, work), base)
-            for k in (*KEYS, "anchor"):
-                per[r][k].append(rec.get(k))
-            traces[r].append(rec["trace"])
-            write(s)
-            print(f"seed {s} {r}: anchor {names[rec['anchor']]}, " + ", ".join(
-                f"{k} {rec[k]:.4f}" for k in ("tpr", "asr", "clean_asr", "asr_knn", "clean_asr_knn", "delta_cos",
-                                              "clean_delta_cos", "ca") if isinstance(rec.get(k), float)), flush=True)
-        write(s + 1)
-    print(json.dumps({"summary": result["summary"],
-                      "asr_minus_clean": {r: result["rows"][r]["asr_minus_clean"]["mean"] for r in selection}},
-                     indent=2))
+    per_seed = collect(params, atk, args.seeds, [r for r in rows if r != "clean"], victim_ov, work,
+                       args.summarise_only)
+    result = {**summarise(per_seed, rows), "trigger": atk.trigger.spec.to_dict(), "_meta": {
+        "preset": NLB_PRESET, "seeds": list(range(args.seeds)), "seeds_done": args.seeds, "rows": rows,
+        "overrides": args.overrides, "attack_params": params, "threads": args.threads,
+        "budget": params.get("poison_count") or f"rate {params.get('poison_rate')}", "work": str(work),
+        "wall_s": round(time.time() - t0, 1)}}
+    write_result(out, result, {"summary": result["summary"], "asr_minus_clean": {
+        r: result["rows"][r]["asr_minus_clean"]["mean"] for r in rows if r != "clean"}})
 
 
 if __name__ == "__main__":

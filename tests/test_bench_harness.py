@@ -19,6 +19,7 @@ from clpoison.experiments.config import load_preset
 from clpoison.experiments.grid import expand_grid, read_grid
 from clpoison.utils.io import dumps_json
 
+import _harness
 import _rows  # benchmarks/_rows.py (tests/conftest.py puts benchmarks/ on the path)
 from _harness import run_comparison
 
@@ -63,16 +64,45 @@ def write_fake_runs(spec: dict, work: Path, overrides=()) -> dict:
                    "data": {"train_pairs": 5438}}
         d.mkdir(parents=True)
         (d / "results.json").write_text(json.dumps(runs[n]))
-        (d / "manifest.json").write_text(json.dumps({"trigger": {"shape": [3, 12, 12]}, "details": {
-            "target_in_pretraining": False, "excluded_classes": ["airplane"], "poison_count": 244,
-            "craft_images_per_s": 100.0}}))
+        (d / "manifest.json").write_text(json.dumps(fake_manifest(n)))
     return runs
+
+
+def fake_manifest(name: str) -> dict:
+    return {"trigger": {"shape": [3, 12, 12]}, "targets": {"target": "airplane", "tpr": fake(name, "tpr"),
+                                                            "anchor_index": int(fake(name, "anchor", 10))},
+            "details": {"target_in_pretraining": False, "excluded_classes": ["airplane"], "poison_count": 244,
+                        "craft_images_per_s": 100.0, "selection_seconds": 1.5}}
+
+
+def fake_run_or_reuse(cfg, out, echo=None, reuse_only=False):
+    """Stands in for ``run_or_reuse`` in a first pass of a script that is not grid-backed: writes a finished-looking
+    run folder of exactly ``cfg`` (results.json, manifest.json); the second pass, ``--summarise-only``, reuses it."""
+    n, out = cfg.name, Path(out)
+    m = {k: fake(n, k) for k in (*FLOATS, "asr_knn", "delta_cos", "asr_mismatched", "delta_cos_mismatched",
+                                 "linear_top1_poisoned_probe")}
+    m.update({f"{k}_random_init": fake(n, k + "ri") for k in ("linear_top1", "linear_top1_poisoned_probe")})
+    res = {"config": json.loads(dumps_json(cfg.to_dict())), "metrics": m, "timings": {"total_s": 1.0},
+           "history": [{"epoch": 1, "eval_asr": fake(n, "a1"), "eval_knn_top1": fake(n, "k1")}, {"epoch": 2}],
+           "data": {"classes": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
+                                "truck"]}}
+    out.mkdir(parents=True)
+    (out / "results.json").write_text(json.dumps(res))
+    (out / "manifest.json").write_text(json.dumps(fake_manifest(n)))
+    return res, False
 
 
 def schema(x, key: str = ""):
     if isinstance(x, dict) and key not in RECORDS:
         return {k: schema(v, k) for k, v in x.items()}
     return "list" if isinstance(x, list) else "value"
+
+
+def key_paths(x, prefix: str = "") -> set[str]:
+    """Every dotted key path of a :func:`schema`."""
+    if not isinstance(x, dict):
+        return set()
+    return {p for k, v in x.items() for p in (f"{prefix}{k}", *key_paths(v, f"{prefix}{k}."))}
 
 
 def run_main(mod, argv: list[str], monkeypatch) -> None:
@@ -100,6 +130,7 @@ def test_scripts_and_clpoison_grid_resolve_the_same_runs_from_the_grid_file(tmp_
         configs(read_grid(GRIDS / "ssl_small.yaml"))
     spec, rest = _rows.corruptencoder_spec(_rows.corruptencoder_row_names(), range(3), [])
     assert rest == [] and configs(spec) == configs(read_grid(GRIDS / "corruptencoder_small.yaml"))
+    assert configs(script("ctrl_small").grid_spec(1)[0]) == configs(read_grid(GRIDS / "ctrl_small.yaml"))
     safe, epochs = script("safeclip_small").grid_spec(3)
     assert epochs == 32 and configs(safe) == configs(read_grid(GRIDS / "safeclip_small.yaml"))
     dose = script("clip_dose")
@@ -130,6 +161,13 @@ def test_attack_params_overrides_go_to_the_rows_whose_attack_takes_them():
     assert (clean["poison_rate"], clean["poison_count"], clean["num_references"]) == (None, 0, 5)
     with pytest.raises(ConfigError, match="no row's attack has the parameter 'nope'"):
         _rows.corruptencoder_spec(["clean"], [0], ["attack.params.nope=1"])
+    spec, rest = script("ctrl_small").grid_spec(2, ["attack.params.trigger.magnitude=50",
+                                                    "attack.params.poison_count=20", "model.width=4"])
+    ctrl = {c.name: c.config for c in expand_grid(spec, rest)}
+    assert sorted(ctrl) == ["clean_s0", "clean_s1", "ctrl_s0", "ctrl_s1"] and rest == ["model.width=4"]
+    assert all(c.attack.params["trigger"]["magnitude"] == 50 and c.model.width == 4 for c in ctrl.values())
+    assert ctrl["ctrl_s1"].attack.params["poison_count"] == 20 and ctrl["ctrl_s1"].seed == 1
+    assert (ctrl["clean_s1"].attack.params["poison_rate"], ctrl["clean_s1"].attack.params["poison_count"]) == (None, 0)
     with pytest.raises(ConfigError, match="unknown rows"):
         _rows.corruptencoder_rows("clean,nope")
 
@@ -141,6 +179,7 @@ def test_attack_params_overrides_go_to_the_rows_whose_attack_takes_them():
      "corruptencoder_small.json"),
     ("safeclip_small", ["--seeds", "2", "--count", "100"], "safeclip_webcaps.json"),
     ("safeclip_gmm_cap", ["--seeds", "2"], "safeclip_gmm_cap.json"),
+    ("ctrl_small", ["--threads", "2"], "ctrl_small.json"),
 ])
 def test_summarise_only_writes_the_keys_the_docs_quote(name, argv, recorded, tmp_path, monkeypatch):
     """Fake finished runs in a grid folder -> ``--summarise-only`` -> the keys (at every level) of the recorded
@@ -152,7 +191,8 @@ def test_summarise_only_writes_the_keys_the_docs_quote(name, argv, recorded, tmp
           "corruptencoder_small": lambda: _rows.corruptencoder_spec(["clean", "ssl_backdoor", "corruptencoder"],
                                                                     range(2), [])[0],
           "safeclip_small": lambda: mod.grid_spec(2, None, 100)[0],
-          "safeclip_gmm_cap": lambda: mod.grid_spec(2)}
+          "safeclip_gmm_cap": lambda: mod.grid_spec(2),
+          "ctrl_small": lambda: mod.grid_spec(1)[0]}
     runs = write_fake_runs(ns[name](), work)
     out = tmp_path / "out.json"
     run_main(mod, [*argv, "--out", str(out), "--work", str(work), "--summarise-only"], monkeypatch)
@@ -176,6 +216,95 @@ def test_summarise_only_writes_the_keys_the_docs_quote(name, argv, recorded, tmp
                                                          ["safeclip_safe_fraction"] for s in range(2)
                                                          for a in ("backdoor", "targeted")]
         assert all(r["config"]["defense"]["params"]["cap_from_gmm"] for r in runs.values())
+    if name == "ctrl_small":
+        assert got["runs"]["clean"][0]["trace"]["asr"] == [runs["clean_s0"]["history"][0]["eval_asr"],
+                                                           runs["clean_s0"]["metrics"]["asr"]]
+        m = runs["ctrl_s0"]["metrics"]["ca"] - runs["clean_s0"]["metrics"]["ca"]
+        assert got["final"]["poisoned_minus_clean"]["ca"]["per_seed"] == [m] and got["_meta"]["poison_count"] == 244
+
+
+def test_nlb_small_summarise_only_reuses_every_run_and_writes_the_recorded_keys(tmp_path, monkeypatch):
+    """nlb_small is not grid-backed (each row's config names the attacker run's folder): a first pass writes fake
+    runs of exactly its configs, ``--summarise-only`` reuses every one (and names a missing one)."""
+    mod = script("nlb_small")
+    base = {"asr": [i / 10 for i in range(10)], "asr_knn": [i / 20 for i in range(10)],
+            "delta_cos": [i / 30 for i in range(10)], "ca": 0.5}
+    monkeypatch.setattr(mod, "clean_by_target", lambda run, trigger, seed: base)  # reads a checkpoint
+    monkeypatch.chdir(tmp_path)
+    argv = ["--seeds", "2", "--threads", "2", "--rows", "clean,target,kmeans,con,random", "--work", "w"]
+    with monkeypatch.context() as m:
+        m.setattr(_harness, "run_or_reuse", fake_run_or_reuse)
+        run_main(mod, [*argv, "--out", "first.json"], monkeypatch)
+    run_main(mod, [*argv, "--out", "nlb.json", "--summarise-only"], monkeypatch)
+    got, first = json.loads(Path("nlb.json").read_text()), json.loads(Path("first.json").read_text())
+    assert schema(got) == schema(json.loads((BENCH / "results" / "nlb_small.json").read_text()))
+    assert {k: v for k, v in got.items() if k != "_meta"} == {k: v for k, v in first.items() if k != "_meta"}
+    con = json.loads(Path("w/con_s1/results.json").read_text())
+    assert con["config"]["attack"]["params"]["encoder"] == str(Path("w") / "attacker_s1")
+    anchor = json.loads(Path("w/con_s1/manifest.json").read_text())["targets"]["anchor_index"]
+    assert got["rows"]["con"]["asr_minus_clean"]["per_seed"][1] == con["metrics"]["asr"] - base["asr"][anchor]
+    Path("w/kmeans_s1/results.json").unlink()
+    with pytest.raises(ConfigError, match="kmeans_s1"):
+        run_main(mod, [*argv, "--out", "nlb2.json", "--summarise-only"], monkeypatch)
+
+
+def test_cp_small_summarise_only_reads_exports_runs_and_a_stopped_crafting(tmp_path, monkeypatch):
+    """cp_small is not grid-backed (the victims read crafted exports): a first pass writes fake exports and runs,
+    ``--summarise-only`` (nothing crafted or trained) gives the same JSON; a crafting stopped by its gate is read
+    back from its log, as in the recorded cp_small.json."""
+    from clpoison.attacks import ATTACKS
+    from clpoison.attacks.cp.craft_diagnostic import CraftingNotBootstrapping
+    from clpoison.experiments.poison import craft_dir
+
+    mod = script("cp_small")
+    speed = {"noise_images_per_s": 270.0, "bare_images_per_s": 260.0, "ratio_to_bare": 1.04, "device": "cpu"}
+    monkeypatch.setattr(mod, "craft_speed", lambda *a: speed)  # a timing of real crafting steps
+
+    def fake_poison(attack, params, data, out, seed=0, device="auto", echo=None, reuse_only=False):
+        out = Path(out)
+        if params.get("gate"):  # the crafting stops at round 2, as a gate leaves its log
+            log = craft_dir(out) / "crafting.jsonl"
+            log.parent.mkdir(parents=True)
+            log.write_text("".join(json.dumps({"event": "epoch", "epoch": r, "loss_gap": -r / 100,
+                                               **({"gate_passed": 0} if r == 2 else {})}) + "\n" for r in (1, 2)))
+            raise CraftingNotBootstrapping("stopped", 2, -0.02)
+        man = {"attack": {"name": attack}, "params": json.loads(dumps_json(ATTACKS.build(attack, params).params.to_dict())),
+               "seed": seed, "details": {"craft_seconds": 3.0, "noise_images_per_s": 99.0, "trace": None}}
+        out.mkdir(parents=True)
+        (out / "manifest.json").write_text(json.dumps(man))
+        (out / "data.npz").write_bytes(b"")
+        return man
+
+    monkeypatch.chdir(tmp_path)
+    rec_rows = "cp_class,cp_sample,clean,random_noise,random_noise_class,cp_sample_matrix_completion"  # as recorded
+    for argv, recorded in ((["--seeds", "1", "--rows", rec_rows,
+                             "attack.params.gate=[{round: 2, max_gap: -0.1, action: abort}]"], True),
+                           (["--seeds", "1", "--rows", "clean,random_noise,cp_class", "attack.params.gate=[]"], False)):
+        work = ["--work", f"w{int(recorded)}"]
+        with monkeypatch.context() as m:
+            m.setattr(mod, "poison_or_reuse", fake_poison)
+            m.setattr(_harness, "run_or_reuse", fake_run_or_reuse)
+            run_main(mod, [*argv, *work, "--out", "first.json"], monkeypatch)
+        run_main(mod, [*argv, *work, "--out", "cp.json", "--summarise-only"], monkeypatch)
+        got, first = json.loads(Path("cp.json").read_text()), json.loads(Path("first.json").read_text())
+        if recorded:
+            want = schema(json.loads((BENCH / "results" / "cp_small.json").read_text()))
+            # the recorded run predates _meta's device and per-preset overrides and craft.device
+            assert key_paths(want) <= key_paths(schema(got))
+            assert key_paths(schema(got)) - key_paths(want) == {"_meta.cp_class", "_meta.cp_sample", "_meta.device",
+                                                                 "craft.device"}
+            assert got["craft"]["gate_aborts"]["cp_class"] == [{"seed": 0, "round": 2, "loss_gap": -0.02}]
+            assert got["craft"]["trace"]["cp_class"][0]["loss_gap"] == [-0.01, -0.02] and got["rows"] == {}
+            assert got["craft"]["cp_class_seconds"] is None  # not in the log
+            first["craft"]["cp_class_seconds"] = None
+            first["per_seed"]["craft"]["cp_class_s"] = [None]
+        else:
+            victim = json.loads(Path("w0/cp_class_s0/results.json").read_text())
+            assert victim["config"]["attack"]["params"]["path"] == str(Path("w0") / "cp_class_data_s0")
+            assert got["rows"]["cp_class"]["linear_top1"] == victim["metrics"]["linear_top1"]
+        assert {k: v for k, v in got.items() if k != "_meta"} == {k: v for k, v in first.items() if k != "_meta"}
+    with pytest.raises(ConfigError, match="cp_class_data_s0"):  # no export: nothing is crafted
+        run_main(mod, ["--seeds", "1", "--work", "w2", "--out", "cp3.json", "--summarise-only"], monkeypatch)
 
 
 def test_clip_dose_summary_keys_and_pooled_intervals(tmp_path, monkeypatch):

@@ -252,16 +252,17 @@ def run_grid(grid: Union[str, Path, dict], out: Union[str, Path], overrides: Opt
              echo: Callable[[str], None] = lambda s: None) -> dict:
     """Run every cell of ``grid`` (a grid file, or a mapping as :func:`normalize_grid` returns) into
     ``out/cells/NAME`` (resuming / reusing what is there); returns the
-    grid state (``out/grid.json``). ``max_cells`` stops after that many cells were run (not counting reused ones);
-    re-running continues. ``jobs > 1`` runs cells in that many worker processes, each with
-    ``torch threads // jobs`` threads."""
+    grid state (``out/grid.json``); a folder that holds only ``cells/`` (run folders moved in) counts as a grid
+    folder, any other folder without ``grid.json`` is refused. ``max_cells`` stops after that many cells were run
+    (not counting reused ones); re-running continues. ``jobs > 1`` runs cells in that many worker processes, each
+    with ``torch threads // jobs`` threads."""
     overrides = list(overrides or [])
     spec = grid if isinstance(grid, dict) else read_grid(grid)
     cells = expand_grid(spec, overrides)  # every cell validated before anything is written
     if jobs < 1:
         raise ConfigError(f"--jobs {jobs} must be a positive integer")
     out = check_output_path(out, "dir", inputs=[spec, overrides, *([] if isinstance(grid, dict) else [grid])])
-    if out.exists() and any(out.iterdir()) and not ((out / GRID_NAME).exists() or (out / CELLS_DIR).is_dir()):
+    if out.exists() and any(p.name != CELLS_DIR for p in out.iterdir()) and not (out / GRID_NAME).exists():
         raise ConfigError(f"'{out}' exists and is not a grid folder (no {GRID_NAME}); choose another --out")
     with OutputLock(out):
         if overwrite and out.exists():

@@ -90,10 +90,12 @@ def _params_of(atk: Attack) -> object:
 
 
 def poison_or_reuse(attack: str, params: dict, data: str, out: str | Path, seed: int = 0, device: str = "auto",
-                    echo: Callable[[str], None] = lambda s: None, progress: bool = False) -> dict:
+                    echo: Callable[[str], None] = lambda s: None, progress: bool = False,
+                    reuse_only: bool = False) -> dict:
     """The manifest of ``attack`` with ``params`` and ``seed`` exported to ``out``: a finished export of exactly
     these (same canonical params and seed in its manifest) is reused, otherwise it is (re)made — an interrupted
-    crafting resumes from its checkpoint beside ``out`` (benchmarks share crafted poisons this way)."""
+    crafting resumes from its checkpoint beside ``out`` (benchmarks share crafted poisons this way).
+    ``reuse_only``: never craft; one ConfigError line when there is no such export."""
     out = Path(out)
     man_path = out / "manifest.json"
     atk = ATTACKS.build(attack, params)
@@ -102,4 +104,7 @@ def poison_or_reuse(attack: str, params: dict, data: str, out: str | Path, seed:
         man = json.loads(man_path.read_text())
         if man.get("attack", {}).get("name") == attack and man.get("params") == want and man.get("seed") == seed:
             return man
+    if reuse_only:
+        raise ConfigError(f"'{out}' holds no {attack} export of these params and seed (reuse only: nothing is "
+                          "crafted); give the work folder and options of the run that made it")
     return export_attack(atk, data, out, seed, overwrite=True, device=device, echo=echo, progress=progress)[1]
