@@ -42,7 +42,7 @@ from clpoison.experiments.config import build_config, parse_override, resolve_pr
 from clpoison.experiments.grid import CELLS_DIR, expand_grid, run_grid
 from clpoison.experiments.poison import export_attack
 from clpoison.experiments.runner import RESULTS_NAME, run_or_reuse
-from clpoison.report.collect import GRID_NAME
+from clpoison.report.collect import GRID_NAME, TABLE_NAME
 from clpoison.utils.io import atomic_write_json, dumps_json
 
 GRIDS = Path(__file__).resolve().parent / "grids"
@@ -81,6 +81,7 @@ def run_comparison(spec: dict, work: Path, overrides: Sequence[str] = (), summar
                           f"comparison keeps them in WORK/cells/NAME: move them (mkdir -p NEW/cells && mv "
                           f"{work}/{legacy[0]} ... NEW/cells/) and give --work NEW, or another --work")
     if not summarise_only:
+        adopt_cells_folder(work, spec["name"])
         state = run_grid(spec, work, list(overrides), echo=echo)
         failed = [c for c in state["cells"] if c["status"] not in ("done", "reused")]
         if failed:
@@ -98,6 +99,19 @@ def run_comparison(spec: dict, work: Path, overrides: Sequence[str] = (), summar
                               "--summarise-only (or `clpoison grid` with the same grid file and overrides)")
         out[c.name] = res
     return out
+
+
+def adopt_cells_folder(work: Path, grid: str) -> bool:
+    """Make ``work`` a grid folder when it holds nothing but ``WORK/cells/NAME`` run folders (what
+    ``clip_defenses_small.py`` wrote before it was grid-backed, or runs moved there by hand) and no ``grid.json``:
+    an empty grid state, which the grid rewrites with its cells (``clpoison grid`` refuses a folder that is not a grid
+    folder). True when it did."""
+    work = Path(work)
+    if (work / GRID_NAME).exists() or not (work / CELLS_DIR).is_dir() or \
+            {p.name for p in work.iterdir()} - {CELLS_DIR, TABLE_NAME}:
+        return False
+    atomic_write_json(work / GRID_NAME, {"grid": grid, "cells": []})
+    return True
 
 
 def write_result(out: Path, result: dict, shown: Optional[dict] = None) -> None:

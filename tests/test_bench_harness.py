@@ -372,6 +372,20 @@ def test_clip_small_summarise_only(tmp_path, monkeypatch):
     assert got["pipeline_to_bare_ratio"] == pytest.approx(sum(pps) / 2 / 1000.0)
 
 
+def test_a_folder_of_cells_without_grid_json_is_adopted(tmp_path):
+    """WORK/cells/NAME without grid.json (clip_defenses_small's runs before it was grid-backed) is reused as a grid
+    folder; a folder holding anything else is still refused."""
+    spec = script("ssl_small").grid_spec(1, ["simclr", "byol"])
+    write_fake_runs(spec, tmp_path / "w")
+    assert set(run_comparison(spec, tmp_path / "w", echo=lambda s: None)) == {"simclr_s0", "byol_s0"}
+    state = json.loads((tmp_path / "w" / "grid.json").read_text())
+    assert [(c["name"], c["status"]) for c in state["cells"]] == [("simclr_s0", "reused"), ("byol_s0", "reused")]
+    write_fake_runs(spec, tmp_path / "x")
+    (tmp_path / "x" / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="not a grid folder"):
+        run_comparison(spec, tmp_path / "x", echo=lambda s: None)
+
+
 def test_harness_doctests():
     import doctest
 
