@@ -173,7 +173,8 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=0.01, help="backdoor poison rate")
     ap.add_argument("--count", type=int, default=None, help="backdoor poison count (instead of --rate)")
     add_caption_args(ap)
-    ap.add_argument("--roclip", nargs="*", default=[], help="overrides for the RoCLIP runs only")
+    ap.add_argument("--roclip", nargs="*", default=[], help="overrides for the RoCLIP runs only (cell keys: an "
+                    "override for every run of the same key comes after them and wins)")
     ap.add_argument("--cleanclip", nargs="*", default=[], help="overrides for the CleanCLIP runs only")
     ap.add_argument("--cleanclip-epochs", type=int, nargs="+", default=None,
                     help="CleanCLIP fine-tuning epochs to try (default: the preset's 10)")
