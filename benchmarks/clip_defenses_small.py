@@ -69,14 +69,17 @@ CELL = re.compile(r"^(?P<attack>backdoor|targeted)(?P<row>_safeclip|_roclip)?(?P
 
 
 def grid_spec(seeds: int, rate: Optional[float] = 0.01, count: Optional[int] = None,
-              captions: Optional[dict] = None, roclip: Sequence[str] = ()) -> dict:
-    """``benchmarks/grids/clip_defenses_small.yaml`` over ``seeds`` with the backdoor at ``rate`` or ``count``
-    (cells renamed ``backdoor*_{rate}`` / ``backdoor*_n{count}``), on the caption set's config sections
-    ``captions`` and with the ``roclip`` overrides on the RoCLIP cells."""
+              captions: Optional[dict] = None, roclip: Sequence[str] = (),
+              overrides: Sequence[str] = ()) -> tuple[dict, list[str]]:
+    """``(grid spec, the overrides for every cell)``: ``benchmarks/grids/clip_defenses_small.yaml`` over ``seeds``
+    with the backdoor at ``rate`` or ``count`` (cells renamed ``backdoor*_{rate}`` / ``backdoor*_n{count}``), on the
+    caption set's config sections ``captions`` and with the ``roclip`` overrides on the RoCLIP cells. An override
+    of ``overrides`` whose key a ``roclip`` one also sets goes to the other cells only (the RoCLIP one wins there)."""
     spec = seed_axis(read_grid(GRID), seeds)
     spec["base"] = deep_merge(spec["base"], captions or {})
     dose_ov, tag = backdoor_dose(rate, count)
     dose, extra = override_keys(dose_ov), override_keys(roclip)
+    clash = [o for o in overrides if next(iter(override_keys([o]))) in extra]
     cells = []
     for c in spec["cells"]:
         m = CELL.match(c["name"])
@@ -85,9 +88,11 @@ def grid_spec(seeds: int, rate: Optional[float] = 0.01, count: Optional[int] = N
             c = {k: v for k, v in c.items() if not k.startswith("attack.params.poison_")}
             c.update({**(dose if backdoor else {}), **(extra if m["row"] == "_roclip" else {})})
             c["name"] = f"{m['attack']}{m['row'] or ''}{tag if backdoor else ''}_s{{seed}}"
+        if m is None or m["row"] != "_roclip":
+            c.update(override_keys(clash))
         cells.append(c)
     spec["cells"] = cells
-    return spec
+    return spec, [o for o in overrides if o not in clash]
 
 
 def cleanclip_runs(work: Path, seeds: int, variants: dict, dose_ov: list[str], dose_tag: str, captions: dict,
@@ -173,8 +178,7 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=0.01, help="backdoor poison rate")
     ap.add_argument("--count", type=int, default=None, help="backdoor poison count (instead of --rate)")
     add_caption_args(ap)
-    ap.add_argument("--roclip", nargs="*", default=[], help="overrides for the RoCLIP runs only (cell keys: an "
-                    "override for every run of the same key comes after them and wins)")
+    ap.add_argument("--roclip", nargs="*", default=[], help="overrides for the RoCLIP runs only")
     ap.add_argument("--cleanclip", nargs="*", default=[], help="overrides for the CleanCLIP runs only")
     ap.add_argument("--cleanclip-epochs", type=int, nargs="+", default=None,
                     help="CleanCLIP fine-tuning epochs to try (default: the preset's 10)")
@@ -188,8 +192,8 @@ def main() -> None:
     variants = cleanclip_variants(args.cleanclip_epochs, args.cleanclip_pairs)
     dose_ov, dose_tag = backdoor_dose(rate, args.count)
     t0 = time.time()
-    runs = run_comparison(grid_spec(args.seeds, rate, args.count, caps, args.roclip), work, args.overrides,
-                          args.summarise_only)
+    spec, overrides = grid_spec(args.seeds, rate, args.count, caps, args.roclip, args.overrides)
+    runs = run_comparison(spec, work, overrides, args.summarise_only)
     runs.update(cleanclip_runs(work, args.seeds, variants, dose_ov, dose_tag, caps, args.overrides, args.cleanclip,
                                args.summarise_only))
     summary = summarise(runs, args.seeds, variants, dose_tag)

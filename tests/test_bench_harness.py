@@ -121,7 +121,7 @@ def test_scripts_and_clpoison_grid_resolve_the_same_runs_from_the_grid_file(tmp_
     control = _rows.carlini_clean_control()
     assert control["attack"]["params"] == {"backdoor": load_preset("carlini-backdoor-small")["attack"]["params"],
                                            "targeted": load_preset("carlini-targeted-small")["attack"]["params"]}
-    assert configs(script("clip_defenses_small").grid_spec(3)) == configs(read_grid(GRIDS / "clip_defenses_small.yaml"))
+    assert configs(script("clip_defenses_small").grid_spec(3)[0]) == configs(read_grid(GRIDS / "clip_defenses_small.yaml"))
     assert configs(script("clip_small").grid_spec(3)) == configs(read_grid(GRIDS / "clip_small.yaml"))
     bundled = _clip.caption_sections(ap.parse_args([]), always=True)
     assert configs(script("captions_protocol").grid_spec(0, [0.01, 0.05], 0.05, 0.05, bundled, 5438 // 2)) == \
@@ -263,13 +263,13 @@ def test_the_clip_comparisons_share_their_runs_in_one_work_folder(tmp_path, monk
     import _clip
 
     defenses, safe, dose = script("clip_defenses_small"), script("safeclip_small"), script("clip_dose")
-    d, c = configs(defenses.grid_spec(3)), configs(read_grid(GRIDS / "carlini_small.yaml"))
+    d, c = configs(defenses.grid_spec(3)[0]), configs(read_grid(GRIDS / "carlini_small.yaml"))
     assert set(d) & set(c) == {f"{n}_s{i}" for n in ("clean", "backdoor_0.01", "targeted") for i in range(3)}
     assert all(d[n] == c[n] for n in set(d) & set(c))
     ap = argparse.ArgumentParser()
     _clip.add_caption_args(ap)
     for caps in ({}, _clip.caption_sections(ap.parse_args(webcaps_args(tmp_path, monkeypatch)))):
-        d = configs(defenses.grid_spec(2, None, 100, caps))
+        d = configs(defenses.grid_spec(2, None, 100, caps)[0])
         s, g = configs(safe.grid_spec(2, None, 100, captions=caps)[0]), configs(dose.grid_spec(2, [100], [5], caps))
         assert set(d) & set(s) == {f"{n}_s{i}" for n in ("clean", "backdoor_n100", "backdoor_safeclip_n100", "targeted",
                                                           "targeted_safeclip") for i in range(2)}
@@ -277,6 +277,12 @@ def test_the_clip_comparisons_share_their_runs_in_one_work_folder(tmp_path, monk
         assert all(d[n] == s[n] for n in set(d) & set(s)) and all(d[n] == g[n] for n in set(d) & set(g))
         assert {n for n in d if "roclip" in n} == {f"{a}_roclip{t}_s{i}" for a, t in (("backdoor", "_n100"),
                                                                                        ("targeted", "")) for i in range(2)}
+    # a --roclip override wins on the RoCLIP cells over an override for every run of the same key (as before the grid)
+    spec, rest = defenses.grid_spec(1, roclip=["train.epochs=3"], overrides=["train.epochs=2", "train.lr=0.1"])
+    cells = {c.name: c.config for c in expand_grid(spec, rest)}
+    assert rest == ["train.lr=0.1"] and all(c.train.lr == 0.1 for c in cells.values())
+    assert {n: c.train.epochs for n, c in cells.items() if c.train.epochs != 2} == \
+        {"backdoor_roclip_0.01_s0": 3, "targeted_roclip_s0": 3}
 
 
 def test_clip_defenses_summarise_only_with_the_cleanclip_search(tmp_path, monkeypatch):
@@ -285,7 +291,7 @@ def test_clip_defenses_summarise_only_with_the_cleanclip_search(tmp_path, monkey
     settings and the chosen row."""
     mod = script("clip_defenses_small")
     work = tmp_path / "grid"
-    runs = write_fake_runs(mod.grid_spec(2, None, 100, roclip=["defense.params.break_epoch=4"]), work)
+    runs = write_fake_runs(mod.grid_spec(2, None, 100, roclip=["defense.params.break_epoch=4"])[0], work)
     import _harness
 
     def reuse(cfg, out, reuse_only=False):  # the CleanCLIP runs: only reused under --summarise-only
