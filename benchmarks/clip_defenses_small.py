@@ -2,7 +2,7 @@
 
 For every seed it trains the four rows on the backdoor (``carlini-backdoor-small`` at ``--rate``, default 1 %, or
 ``--count`` poisons) and on targeted poisoning (``carlini-targeted-small``, 16 targets) — the same poisoned data,
-trigger and evaluation as ``benchmarks/safeclip_small.py`` — plus the clean-data control (``clean_s{seed}``, config
+trigger and evaluation as ``benchmarks/safeclip_small.py`` — plus the clean-data control (``clean_s{seed}``, the config of
 :func:`_rows.carlini_clean_control`):
 
 * ``clip``: plain clip-small (runs ``backdoor_0.01_s0`` / ``backdoor_n100_s0`` / ``targeted_s0``, the names and
