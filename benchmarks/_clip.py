@@ -29,7 +29,7 @@ from clpoison.errors import ConfigError
 from clpoison.eval.attack_metrics import wilson_interval
 from clpoison.experiments.config import load_preset
 
-from _harness import stats, work_dir
+from _harness import stats
 
 ATTACK_SETS = ("labelled", "test-captions")
 #: the CIFAR-10 classes and the words web captions use for them (plurals, the common names), for an attack set
@@ -60,24 +60,6 @@ def add_caption_args(ap: argparse.ArgumentParser) -> None:
                     "distribution; zero-shot is still also measured on --eval-set)")
     ap.add_argument("--caption-set", default=None, help="the name written as \"caption_set\" in the JSON (default: "
                     "the shards' folder name, e.g. webcaps, or the source name)")
-
-
-def add_bench_args(ap: argparse.ArgumentParser, seeds: int) -> None:
-    """``--seeds``, ``--work``, ``--threads`` and the caption-set arguments (:func:`add_caption_args`) of a CLIP
-    benchmark script."""
-    ap.add_argument("--seeds", type=int, default=seeds)
-    ap.add_argument("--work", default=None, help="run folders (default: OUT without suffix + '_runs')")
-    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    add_caption_args(ap)
-
-
-def start(args: Any) -> tuple[Path, Path, dict]:
-    """Apply ``--threads``; ``(out, absolute work folder, caption config sections)`` of the parsed arguments."""
-    import torch
-
-    torch.set_num_threads(args.threads)
-    out = Path(args.out)
-    return out, work_dir(out, args.work).resolve(), caption_sections(args)
 
 
 def caption_file(captions: str) -> Optional[str]:

@@ -52,14 +52,16 @@ ECHO = partial(print, flush=True)  # a fresh run's line shows at once in a log f
 # a comparison: grid file -> runs -> summarise -> JSON
 
 
-def comparison_parser(doc: str, seeds: int, out_help: str = "JSON result file",
+def comparison_parser(doc: str, seeds: Optional[int], out_help: str = "JSON result file",
                       work_help: str = "grid folder of the runs, WORK/cells/NAME") -> argparse.ArgumentParser:
-    """The arguments every comparison script takes: ``--out``, ``--seeds``, ``--work``, ``--threads``,
-    ``--summarise-only`` and the ``key=value`` overrides for every run; the script adds its own (``work_help``: the
-    layout of ``--work`` for a script that is not grid-backed)."""
+    """The arguments every comparison script takes: ``--out``, ``--seeds`` (default ``seeds``; none when ``None``:
+    a one-seed script adds its ``--seed``), ``--work``, ``--threads``, ``--summarise-only`` and the ``key=value``
+    overrides for every run; the script adds its own (``work_help``: the layout of ``--work`` for a script that is
+    not grid-backed)."""
     ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("--out", required=True, help=out_help)
-    ap.add_argument("--seeds", type=int, default=seeds)
+    if seeds is not None:
+        ap.add_argument("--seeds", type=int, default=seeds)
     ap.add_argument("--work", default=None, help=f"{work_help} (default: OUT without suffix + '_runs')")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     ap.add_argument("--summarise-only", action="store_true", help="train nothing: summarise the finished runs in "
@@ -110,6 +112,12 @@ def seed_axis(spec: dict, seeds: int) -> dict:
     spec = copy.deepcopy(spec)
     spec["axes"] = {**spec["axes"], "seed": list(range(seeds))}
     return spec
+
+
+def override_keys(items: Sequence[str]) -> dict:
+    """``key=value`` overrides as grid-cell keys ``{dotted key: parsed value}`` (a cell applies each as the same
+    override)."""
+    return {".".join(path): value for path, value in map(parse_override, items)}
 
 
 def route_params(spec: dict, overrides: list[str], prefix: str = "attack.params.") -> tuple[dict, list[str]]:

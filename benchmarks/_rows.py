@@ -28,8 +28,8 @@ from _harness import GRIDS, route_params, run_named
 def carlini_clean_control() -> dict:
     """Config of the clean-data control run (``clean_s{seed}``): plain clip-small on unpoisoned pairs, evaluated
     with the small presets' backdoor trigger and targeted victims (``attack.name: carlini-control``) — the
-    ``clean_s{seed}`` cell of ``grids/carlini_small.yaml``, so the scripts that are not grid-backed
-    (clip_defenses_small, decree_small) train the same control."""
+    ``clean_s{seed}`` cell of ``grids/carlini_small.yaml`` (the other CLIP grid files restate it:
+    tests/test_bench_harness.py), so decree_small, which is not grid-backed, trains the same control."""
     cell = next(c for c in read_grid(GRIDS / "carlini_small.yaml")["cells"] if c["name"] == "clean_s{seed}")
     return {k: v for k, v in cell.items() if k != "name"}
 

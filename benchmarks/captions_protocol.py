@@ -24,135 +24,180 @@ every CLIP benchmark: :mod:`_clip`, docs/webcaps.md). ``--eval-set`` is the labe
   at the run's image size, so the export is exactly what that model trained on) and scanned with the reference
   model (ranking) and with the trained model (:func:`clpoison.experiments.scan.scan_data`).
 
+The runs are the grid ``benchmarks/grids/captions_protocol.yaml`` (with ``--captions``, ``--seed``, the rates and
+``--safeclip`` applied; ``clpoison grid FILE --out WORK`` makes the bundled runs), in ``WORK/cells/NAME`` and reused
+when finished. Without ``--reference-pairs`` the reference's size is half of the clean run's training pairs, which
+only that run knows: the grid runs without the reference first, then once more with it (the finished cells reused).
+The clean model's controls, the export (``WORK/export_backdoor_{RATE}_s{SEED}``) and the scans (``WORK/scan_*.csv``)
+follow the runs; ``--summarise-only`` trains nothing (it still evaluates, exports and scans: none of them trains).
+
 Writes OUT with exactly ``{"caption_set", "clean": {"zeroshot", "asr", "recall_at_5_i2t"}, "backdoor": {RATE: {"asr",
 "zeroshot"}}, "targeted": {"success", "success_clean"}, "safeclip": {"asr", "targeted"}, "scan":
 {"trained_model_auc", "reference_model_auc"}}`` and the details (random-init controls, scan summaries, times,
-settings) to OUT with ``.details.json``. Finished runs under ``--work`` are reused when their config is unchanged.
+settings) to OUT with ``.details.json``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import time
-from functools import partial
 from pathlib import Path
-
-import torch
+from typing import Any, Optional, Sequence
 
 from clpoison.engine.checkpoint import read_checkpoint
-from clpoison.experiments.config import load_preset
+from clpoison.experiments.grid import CELLS_DIR, read_grid
 from clpoison.experiments.run_eval import evaluate_run
 from clpoison.experiments.scan import scan_data
 from clpoison.utils.io import atomic_write_json
 
 from _clip import add_caption_args, caption_details, caption_sections, caption_set_name
-from _harness import reuse_or_export, run_named, work_dir
+from _harness import (GRIDS, comparison_parser, override_keys, reuse_or_export, run_comparison, script_main, start,
+                      write_result)
 
-ECHO = partial(print, flush=True)
+GRID = GRIDS / "captions_protocol.yaml"
+RATE = "attack.params.poison_rate"
 
 
-def export(params: dict, args: argparse.Namespace, data: dict, out: Path, seed: int, size: int) -> dict:
+def grid_spec(seed: int, rates: Sequence[float], safeclip_rate: float, scan_rate: float, captions: dict,
+              reference_pairs: Optional[int], safeclip: Sequence[str] = ()) -> dict:
+    """``benchmarks/grids/captions_protocol.yaml`` at ``seed`` on the caption set's config sections ``captions``: the
+    backdoor at ``rates`` and ``scan_rate``, SafeCLIP's at ``safeclip_rate`` (both SafeCLIP cells with the
+    ``safeclip`` overrides), the reference on ``reference_pairs`` clean pairs drawn with ``seed + 1`` (``None``:
+    no reference cell)."""
+    spec = read_grid(GRID)
+    spec["axes"] = {**spec["axes"], "seed": [seed]}
+    spec["base"] = captions
+    extra = override_keys(safeclip)
+    cells = []
+    for c in spec["cells"]:
+        name = c["name"]
+        if RATE in (c.get("axes") or {}):
+            c["axes"][RATE] = sorted(set(rates) | {scan_rate})
+        elif name.startswith("backdoor_safeclip_"):
+            c.update({"name": f"backdoor_safeclip_{safeclip_rate}_s{{seed}}", RATE: safeclip_rate, **extra})
+        elif name.startswith("targeted_safeclip_"):
+            c.update(extra)
+        elif name.startswith("reference_"):
+            if reference_pairs is None:
+                continue
+            c.update({"data.train_subset": reference_pairs, "data.subset_seed": seed + 1})
+        cells.append(c)
+    spec["cells"] = cells
+    return spec
+
+
+def export(params: dict, data: dict, out: Path, seed: int, size: int) -> dict:
     """The backdoor export of exactly these params and seed (reused when its manifest says so)."""
     caps = data.get("captions", {})
     return reuse_or_export("carlini-backdoor", params, data.get("path") or data["name"], out, seed, size,
                            label_column=caps.get("label_column"), test_path=caps.get("test_path"))
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", required=True)
+def audit(work: Path, runs: dict[str, dict], seed: int, first_rate: float, scan_rate: float, data: dict) -> dict:
+    """The clean model against the poisoned runs' trigger and victims (evaluation only), and the scans of the
+    exported backdoor at ``scan_rate``: ``{"clean_bd", "clean_tg", "scan", "scan_clean"}``."""
+    cells = work / CELLS_DIR
+    ck = cells / f"clean_s{seed}" / "checkpoint.pt"
+    clean_bd = evaluate_run(ck, read_checkpoint(ck), [], str(cells / f"backdoor_{first_rate}_s{seed}" / "manifest.json"))
+    clean_tg = evaluate_run(ck, read_checkpoint(ck), [], str(cells / f"targeted_s{seed}" / "manifest.json"))
+    # the scan: the exported poisoned data, ranked by the reference model, with the trained model beside it
+    bd_res, bd_dir = runs[f"backdoor_{scan_rate}_s{seed}"], cells / f"backdoor_{scan_rate}_s{seed}"
+    size = bd_res["config"]["data"]["image_size"] or bd_res["config"]["augment"]["out_size"]
+    exp_dir = work / f"export_backdoor_{scan_rate}_s{seed}"
+    export(bd_res["config"]["attack"]["params"], data, exp_dir, seed, size)
+    scan = scan_data(work / f"scan_backdoor_{scan_rate}_s{seed}.csv", str(exp_dir / "train.csv"),
+                     checkpoint=str(bd_dir), reference=str(cells / f"reference_s{seed}"),
+                     manifest=str(exp_dir / "manifest.json"))
+    # the clean model (all clean pairs, never the poisons) as a stronger reference, for the docs
+    scan_clean = scan_data(work / f"scan_backdoor_{scan_rate}_clean_ref_s{seed}.csv", str(exp_dir / "train.csv"),
+                           reference=str(cells / f"clean_s{seed}"), manifest=str(exp_dir / "manifest.json"))
+    return {"clean_bd": clean_bd["metrics"], "clean_tg": clean_tg["metrics"], "scan": scan, "scan_clean": scan_clean}
+
+
+def summarise(runs: dict[str, dict], audited: dict, seed: int, rates: Sequence[float], safeclip_rate: float) -> dict:
+    """The JSON (``caption_set`` aside) from ``{cell name: results.json}`` and :func:`audit`'s controls and scans."""
+    s = seed
+
+    def m(name: str, key: str) -> Any:
+        return runs[f"{name}_s{s}"]["metrics"].get(key)
+
+    clean_bd, clean_tg, scan = audited["clean_bd"], audited["clean_tg"], audited["scan"]
+    return {
+        "clean": {"zeroshot": m("clean", "zeroshot_top1"), "asr": clean_bd.get("asr"),
+                  "recall_at_5_i2t": m("clean", "recall_at_5_i2t")},
+        "backdoor": {str(r): {"asr": m(f"backdoor_{r}", "asr"), "zeroshot": m(f"backdoor_{r}", "zeroshot_top1")}
+                     for r in rates},
+        "targeted": {"success": m("targeted", "targeted_success_rate"),
+                     "success_clean": clean_tg.get("targeted_success_rate")},
+        "safeclip": {"asr": m(f"backdoor_safeclip_{safeclip_rate}", "asr"),
+                     "targeted": m("targeted_safeclip", "targeted_success_rate")},
+        "scan": {"trained_model_auc": scan.get("roc_auc_checkpoint"), "reference_model_auc": scan.get("roc_auc")},
+    }
+
+
+def details(runs: dict[str, dict], audited: dict, seed: int, safeclip_rate: float) -> dict:
+    """The details file's measured part: random-init controls, scan summaries, successes, times."""
+    clean, targeted = runs[f"clean_s{seed}"], runs[f"targeted_s{seed}"]
+    sc_bd, sc_tg = runs[f"backdoor_safeclip_{safeclip_rate}_s{seed}"], runs[f"targeted_safeclip_s{seed}"]
+    reference = runs[f"reference_s{seed}"]
+    return {
+        "clean_random_init": {k: v for k, v in clean["metrics"].items() if k.endswith("_random_init")},
+        "clean_eval_sets": clean.get("eval_sets"), "skipped": clean.get("skipped"),
+        "reference_zeroshot": reference["metrics"].get("zeroshot_top1"), "scan": audited["scan"],
+        "scan_with_clean_model_as_reference": audited["scan_clean"],
+        "targeted_successes": {"clip": targeted["metrics"].get("targeted_successes"),
+                               "clean": audited["clean_tg"].get("targeted_successes"),
+                               "safeclip": sc_tg["metrics"].get("targeted_successes")},
+        "safeclip_zeroshot": sc_bd["metrics"].get("zeroshot_top1"),
+        "pretrain_s": {k: r["timings"]["pretrain_s"] for k, r in (("clean", clean), ("targeted", targeted),
+                                                                  ("safeclip_backdoor", sc_bd), ("reference", reference))},
+    }
+
+
+def parse() -> argparse.Namespace:
+    ap = comparison_parser(__doc__, seeds=None)
     add_caption_args(ap)
     ap.add_argument("--rates", type=float, nargs="+", default=[0.01, 0.05])
     ap.add_argument("--safeclip-rate", type=float, default=None, help="default: the largest --rates")
     ap.add_argument("--scan-rate", type=float, default=None, help="default: the largest --rates")
     ap.add_argument("--reference-pairs", type=int, default=None, help="trusted subset size (default: half)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--work", default=None)
-    ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--safeclip", nargs="*", default=[], help="overrides for the SafeCLIP runs only, e.g. "
                     "defense.params.cap_from_gmm=true defense.params.cap_filter_ratio=0.85 (docs/safeclip.md)")
-    ap.add_argument("overrides", nargs="*", help="config overrides for every run, e.g. train.epochs=10")
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    out = Path(args.out)
-    work = work_dir(out, args.work)
+    return ap.parse_args()
+
+
+def main() -> None:
+    args = parse()
+    out, work = start(args)
     t0 = time.time()
     s = args.seed
     sc_rate = args.safeclip_rate or max(args.rates)
     scan_rate = args.scan_rate or max(args.rates)
     common = caption_sections(args, always=True)
-    data = common["data"]
-    ov = [f"seed={s}", *args.overrides]
     if any(o.startswith(("data.train_limit", "data.train_subset", "data.train_per_class")) for o in args.overrides):
         print("note: the scan exports the whole caption file, so with a cut training set the trained model's scan "
               "is not of the data it saw (scan.trained_model_auc)", flush=True)
-    safeclip = {k: v for k, v in load_preset("safeclip-small").items() if k not in ("name", "preset")}
 
-    def run(name: str, preset: str, extra: list, sections: dict = {}) -> tuple[dict, Path]:
-        res, _ = run_named(f"{name}_s{s}", {"preset": preset, **sections, **common}, [*extra, *ov], work, ECHO)
-        return res, work / f"{name}_s{s}"
+    def spec(n_ref: Optional[int]) -> dict:
+        return grid_spec(s, args.rates, sc_rate, scan_rate, common, n_ref, args.safeclip)
 
-    clean, clean_dir = run("clean", "clip-small", [])
-    backdoor = {r: run(f"backdoor_{r}", "carlini-backdoor-small", [f"attack.params.poison_rate={r}"]) for r in
-                sorted(set(args.rates) | {scan_rate})}
-    targeted, targeted_dir = run("targeted", "carlini-targeted-small", [])
-    sc_bd, _ = run(f"backdoor_safeclip_{sc_rate}", "carlini-backdoor-small",
-                   [f"attack.params.poison_rate={sc_rate}", *args.safeclip], safeclip)
-    sc_tg, _ = run("targeted_safeclip", "carlini-targeted-small", list(args.safeclip), safeclip)
-    n_train = clean["data"]["train_pairs"]
-    n_ref = args.reference_pairs or n_train // 2
-    reference, reference_dir = run("reference", "clip-small", [f"data.train_subset={n_ref}", f"data.subset_seed={s + 1}"])
-
-    # the clean model against the poisoned runs' trigger and victims: evaluation only
-    ck = clean_dir / "checkpoint.pt"
-    first = min(args.rates)
-    clean_bd = evaluate_run(ck, read_checkpoint(ck), [], str(backdoor[first][1] / "manifest.json"))["metrics"]
-    clean_tg = evaluate_run(ck, read_checkpoint(ck), [], str(targeted_dir / "manifest.json"))["metrics"]
-
-    # the scan: the exported poisoned data, ranked by the reference model, with the trained model beside it
-    bd_res, bd_dir = backdoor[scan_rate]
-    size = bd_res["config"]["data"]["image_size"] or bd_res["config"]["augment"]["out_size"]
-    exp_dir = work / f"export_backdoor_{scan_rate}_s{s}"
-    export(bd_res["config"]["attack"]["params"], args, data, exp_dir, s, size)
-    scan = scan_data(work / f"scan_backdoor_{scan_rate}_s{s}.csv", str(exp_dir / "train.csv"), checkpoint=str(bd_dir),
-                     reference=str(reference_dir), manifest=str(exp_dir / "manifest.json"))
-    # the clean model (all clean pairs, never the poisons) as a stronger reference, for the docs
-    scan_clean = scan_data(work / f"scan_backdoor_{scan_rate}_clean_ref_s{s}.csv", str(exp_dir / "train.csv"),
-                           reference=str(clean_dir), manifest=str(exp_dir / "manifest.json"))
-
-    def m(res: dict, key: str):
-        return res["metrics"].get(key)
-
-    result = {
-        "caption_set": caption_set_name(args),
-        "clean": {"zeroshot": m(clean, "zeroshot_top1"), "asr": clean_bd.get("asr"),
-                  "recall_at_5_i2t": m(clean, "recall_at_5_i2t")},
-        "backdoor": {str(r): {"asr": m(backdoor[r][0], "asr"), "zeroshot": m(backdoor[r][0], "zeroshot_top1")}
-                     for r in args.rates},
-        "targeted": {"success": m(targeted, "targeted_success_rate"),
-                     "success_clean": clean_tg.get("targeted_success_rate")},
-        "safeclip": {"asr": m(sc_bd, "asr"), "targeted": m(sc_tg, "targeted_success_rate")},
-        "scan": {"trained_model_auc": scan.get("roc_auc_checkpoint"), "reference_model_auc": scan.get("roc_auc")},
-    }
-    details = {
+    n_ref = args.reference_pairs or None
+    if n_ref is None:  # half of the clean run's training pairs: the grid without the reference first
+        first = run_comparison(spec(None), work, args.overrides, args.summarise_only)
+        n_ref = first[f"clean_s{s}"]["data"]["train_pairs"] // 2
+    runs = run_comparison(spec(n_ref), work, args.overrides, args.summarise_only)
+    audited = audit(work, runs, s, min(args.rates), scan_rate, common["data"])
+    result = {"caption_set": caption_set_name(args), **summarise(runs, audited, s, args.rates, sc_rate)}
+    info = {
         **caption_details(args, common), "seed": s, "rates": args.rates,
-        "safeclip_rate": sc_rate, "scan_rate": scan_rate, "reference_pairs": n_ref, "train_pairs": n_train,
-        "overrides": args.overrides, "safeclip_overrides": args.safeclip, "wall_s": round(time.time() - t0, 1),
-        "clean_random_init": {k: v for k, v in clean["metrics"].items() if k.endswith("_random_init")},
-        "clean_eval_sets": clean.get("eval_sets"), "skipped": clean.get("skipped"),
-        "reference_zeroshot": m(reference, "zeroshot_top1"), "scan": scan,
-        "scan_with_clean_model_as_reference": scan_clean,
-        "targeted_successes": {"clip": m(targeted, "targeted_successes"), "clean": clean_tg.get("targeted_successes"),
-                               "safeclip": m(sc_tg, "targeted_successes")},
-        "safeclip_zeroshot": m(sc_bd, "zeroshot_top1"),
-        "pretrain_s": {k: r["timings"]["pretrain_s"] for k, r in (("clean", clean), ("targeted", targeted),
-                                                                  ("safeclip_backdoor", sc_bd), ("reference", reference))},
-    }
-    atomic_write_json(out, result)
-    atomic_write_json(out.with_suffix(".details.json"), details)
-    print(json.dumps(result, indent=2))
+        "safeclip_rate": sc_rate, "scan_rate": scan_rate, "reference_pairs": n_ref,
+        "train_pairs": runs[f"clean_s{s}"]["data"]["train_pairs"], "overrides": args.overrides,
+        "safeclip_overrides": args.safeclip, "wall_s": round(time.time() - t0, 1),
+        **details(runs, audited, s, sc_rate)}
+    atomic_write_json(out.with_suffix(".details.json"), info)
+    write_result(out, result)
 
 
 if __name__ == "__main__":
-    main()
+    script_main(main)

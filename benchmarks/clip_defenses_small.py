@@ -2,7 +2,7 @@
 
 For every seed it trains the four rows on the backdoor (``carlini-backdoor-small`` at ``--rate``, default 1 %, or
 ``--count`` poisons) and on targeted poisoning (``carlini-targeted-small``, 16 targets) — the same poisoned data,
-trigger and evaluation as ``benchmarks/safeclip_small.py`` — plus the clean-data control (``clean_s{seed}``, config
+trigger and evaluation as ``benchmarks/safeclip_small.py`` — plus the clean-data control (``clean_s{seed}``, the config of
 :func:`_rows.carlini_clean_control`):
 
 * ``clip``: plain clip-small (runs ``backdoor_0.01_s0`` / ``backdoor_n100_s0`` / ``targeted_s0``, the names and
@@ -17,6 +17,17 @@ trigger and evaluation as ``benchmarks/safeclip_small.py`` — plus the clean-da
   ``cleanclip`` row is the cheapest combination (fewest epochs × pairs) whose mean ASR is within 0.10 of the clean
   model's and whose zero-shot is within 0.05 of plain CLIP's, else the one with the lowest ASR
   (``cleanclip_choice`` says which and why).
+
+The clean, plain, SafeCLIP and RoCLIP runs are the grid ``benchmarks/grids/clip_defenses_small.yaml`` (with
+``--seeds``, ``--rate`` / ``--count``, ``--captions`` and ``--roclip`` applied; ``clpoison grid FILE --out WORK``
+makes the same runs). The CleanCLIP runs are not grid cells: each one's config names its parent, the plain-CLIP
+run of the same attack and seed, by that run folder's absolute path (``defense.params.checkpoint =
+WORK/cells/backdoor_0.01_s0``), which a grid file cannot write (its values are not templates, and the path depends
+on ``--work``), and ``clpoison grid`` refuses a grid whose cells name a path inside its own ``--out`` once that
+path exists (the output guard: an output never contains an input, so ``--overwrite`` cannot delete one) — so every
+re-run or shared ``--work`` folder would be refused. The script runs them after the grid with the harness's
+:func:`_harness.run_named` into the same ``WORK/cells/NAME`` (reused when finished; with ``--summarise-only`` only
+reused) and :func:`summarise` turns all the runs into the JSON.
 
 ``--captions`` trains on another caption set (a caption CSV/TSV, or tar shards such as ``shared/data/webcaps``;
 zero-shot, ASR and targeted success then come from the labelled ``--eval-set``, default the bundled test split:
@@ -36,84 +47,96 @@ pooled over seeds) under ``ci95``, and the per-seed lists under ``per_seed``:
 
 from __future__ import annotations
 
-import argparse
-import json
+import re
 import time
-from functools import partial
+from pathlib import Path
+from typing import Any, Optional, Sequence
 
+from clpoison.experiments.config import deep_merge, load_preset
+from clpoison.experiments.grid import CELLS_DIR, read_grid
 
-from clpoison.experiments.config import load_preset
-from clpoison.utils.io import atomic_write_json
+from _clip import (add_caption_args, backdoor_dose, caption_details, caption_sections, caption_set_name,
+                   choose_cleanclip, cleanclip_overrides, cleanclip_variants, pooled_rate)
+from _harness import (ECHO, GRIDS, comparison_parser, mean, override_keys, run_comparison, run_named, script_main,
+                      seed_axis, start, write_result)
 
-from _clip import (add_bench_args, backdoor_dose, caption_details, caption_set_name, choose_cleanclip,
-                   cleanclip_overrides, cleanclip_variants, pooled_rate, start)
-from _harness import mean, run_named, script_main
-from _rows import carlini_clean_control
-
-ECHO = partial(print, flush=True)
+GRID = GRIDS / "clip_defenses_small.yaml"
 ROWS = ("clip", "safeclip", "roclip", "cleanclip")
 ATTACKS = (("backdoor", "carlini-backdoor-small"), ("targeted", "carlini-targeted-small"))
 METRICS = ("asr", "targeted", "targeted_successes", "zeroshot", "recall_at_5_i2t", "zeroshot_targeted_run", "time_s")
+#: a cell of the grid file: the attack, the defense row, the backdoor's dose tag
+CELL = re.compile(r"^(?P<attack>backdoor|targeted)(?P<row>_safeclip|_roclip)?(?P<dose>_[0-9.]+)?_s\{seed\}$")
 
 
-def sections(preset: str, keys: tuple[str, ...]) -> dict:
-    p = load_preset(preset)
-    return {k: p[k] for k in keys if k in p}
+def grid_spec(seeds: int, rate: Optional[float] = 0.01, count: Optional[int] = None,
+              captions: Optional[dict] = None, roclip: Sequence[str] = (),
+              overrides: Sequence[str] = ()) -> tuple[dict, list[str]]:
+    """``(grid spec, the overrides for every cell)``: ``benchmarks/grids/clip_defenses_small.yaml`` over ``seeds``
+    with the backdoor at ``rate`` or ``count`` (cells renamed ``backdoor*_{rate}`` / ``backdoor*_n{count}``), on the
+    caption set's config sections ``captions`` and with the ``roclip`` overrides on the RoCLIP cells. An override
+    of ``overrides`` whose key a ``roclip`` one also sets goes to the other cells only (the RoCLIP one wins there)."""
+    spec = seed_axis(read_grid(GRID), seeds)
+    spec["base"] = deep_merge(spec["base"], captions or {})
+    dose_ov, tag = backdoor_dose(rate, count)
+    dose, extra = override_keys(dose_ov), override_keys(roclip)
+    clash = [o for o in overrides if next(iter(override_keys([o]))) in extra]
+    cells = []
+    for c in spec["cells"]:
+        m = CELL.match(c["name"])
+        if m is not None:  # not the clean control
+            backdoor = m["attack"] == "backdoor"
+            c = {k: v for k, v in c.items() if not k.startswith("attack.params.poison_")}
+            c.update({**(dose if backdoor else {}), **(extra if m["row"] == "_roclip" else {})})
+            c["name"] = f"{m['attack']}{m['row'] or ''}{tag if backdoor else ''}_s{{seed}}"
+        if m is None or m["row"] != "_roclip":
+            c.update(override_keys(clash))
+        cells.append(c)
+    spec["cells"] = cells
+    return spec, [o for o in overrides if o not in clash]
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--rate", type=float, default=0.01, help="backdoor poison rate")
-    ap.add_argument("--count", type=int, default=None, help="backdoor poison count (instead of --rate)")
-    add_bench_args(ap, seeds=3)
-    ap.add_argument("--roclip", nargs="*", default=[], help="overrides for the RoCLIP runs only")
-    ap.add_argument("--cleanclip", nargs="*", default=[], help="overrides for the CleanCLIP runs only")
-    ap.add_argument("--cleanclip-epochs", type=int, nargs="+", default=None,
-                    help="CleanCLIP fine-tuning epochs to try (default: the preset's 10)")
-    ap.add_argument("--cleanclip-pairs", type=int, nargs="+", default=None,
-                    help="CleanCLIP clean fine-tuning pairs to try (default: the preset's 1,000)")
-    ap.add_argument("overrides", nargs="*", help="config overrides for every run, e.g. train.epochs=10")
-    args = ap.parse_args()
-    out, work, caps = start(args)
-    work = work / "cells"  # the run folders of the grid-backed CLIP scripts (carlini_small, safeclip_small, ...)
-    row_cfg = {"clip": {}, "safeclip": sections("safeclip-small", ("train", "defense")),
-               "roclip": sections("roclip-small", ("train", "defense")),
-               "cleanclip": sections("cleanclip-small", ("train", "defense"))}
-    variants = cleanclip_variants(args.cleanclip_epochs, args.cleanclip_pairs)
-    bd_ov, bd_tag = backdoor_dose(None if args.count is not None else args.rate, args.count)
+def cleanclip_runs(work: Path, seeds: int, variants: dict, dose_ov: list[str], dose_tag: str, captions: dict,
+                   overrides: Sequence[str], cleanclip: Sequence[str], reuse_only: bool = False) -> dict[str, dict]:
+    """``{run name: results.json}`` of the CleanCLIP runs ``{attack}_cleanclip{variant}{dose}_s{seed}`` in
+    ``work/cells``, each fine-tuning the plain-CLIP cell of its attack and seed there (``run_named``: reused when
+    finished; ``reuse_only``: never trained)."""
+    pre = load_preset("cleanclip-small")
+    out = {}
+    for s in range(seeds):
+        for attack, preset in ATTACKS:
+            extra, tag = (dose_ov, dose_tag) if attack == "backdoor" else ([], "")
+            parent = work / CELLS_DIR / f"{attack}{tag}_s{s}"
+            for vtag, setting in variants.items():
+                defense = {**pre["defense"], "params": {**pre["defense"].get("params", {}), "checkpoint": str(parent)}}
+                data = {"preset": preset, **captions, "train": pre["train"], "defense": defense}
+                name = f"{attack}_cleanclip{vtag}{tag}_s{s}"
+                out[name], _ = run_named(name, data, [*extra, f"seed={s}", *overrides, *cleanclip_overrides(setting),
+                                                      *cleanclip], work / CELLS_DIR, ECHO, reuse_only)
+    return out
+
+
+def summarise(runs: dict[str, dict], seeds: int, variants: dict, dose_tag: str) -> dict:
+    """The JSON's ``rows``, ``clean_model``, ``ci95``, ``cleanclip_search``, ``cleanclip_choice`` and ``per_seed``
+    from ``{run name: results.json}`` (the grid's cells and the CleanCLIP runs)."""
     keys = [*ROWS[:-1], *(f"cleanclip{t}" for t in variants)]
     per: dict[str, dict[str, list]] = {r: {k: [] for k in METRICS} for r in keys}
     per["clean_model"] = {k: [] for k in ("asr", "targeted", "targeted_successes", "zeroshot", "recall_at_5_i2t")}
     raw: dict[str, dict[str, list]] = {r: {"backdoor": [], "targeted": []} for r in [*keys, "clean_model"]}
-    t0 = time.time()
-    for s in range(args.seeds):
-        ov = [f"seed={s}", *args.overrides]
-        clean, _ = run_named(f"clean_s{s}", {**carlini_clean_control(), **caps}, ov, work, ECHO)
-        cm = clean["metrics"]
+    for s in range(seeds):
+        cm = runs[f"clean_s{s}"]["metrics"]
         raw["clean_model"]["backdoor"].append(cm)
         raw["clean_model"]["targeted"].append(cm)
         for k, mk in (("asr", "asr"), ("targeted", "targeted_success_rate"), ("targeted_successes",
                       "targeted_successes"), ("zeroshot", "zeroshot_top1"), ("recall_at_5_i2t", "recall_at_5_i2t")):
             per["clean_model"][k].append(cm.get(mk))
         times = {r: 0.0 for r in keys}
-        for attack, preset in ATTACKS:
-            extra, tag = (bd_ov, bd_tag) if attack == "backdoor" else ([], "")
-            plain_name = f"{attack}{tag}_s{s}"
+        for attack, _ in ATTACKS:
+            tag = dose_tag if attack == "backdoor" else ""
             for key in keys:
-                row = "cleanclip" if key.startswith("cleanclip") else key
-                name = plain_name if row == "clip" else f"{attack}_{key}{tag}_s{s}"
-                data = {"preset": preset, **caps, **row_cfg[row]}
-                row_ov = (args.roclip if row == "roclip" else [] if row != "cleanclip" else
-                          [*cleanclip_overrides(variants[key[len(row):]]), *args.cleanclip])
-                if row == "cleanclip":
-                    d = dict(data["defense"])
-                    d["params"] = {**d.get("params", {}), "checkpoint": str(work / plain_name)}
-                    data["defense"] = d
-                res, _ = run_named(name, data, [*extra, *ov, *row_ov], work, ECHO)
+                res = runs[f"{attack}{tag}_s{s}" if key == "clip" else f"{attack}_{key}{tag}_s{s}"]
                 m = res["metrics"]
                 t = res["timings"]["pretrain_s"]
-                if row == "cleanclip":  # the poisoned pretraining it starts from
+                if key.startswith("cleanclip"):  # the poisoned pretraining it starts from
                     t += res["defense"]["cleanclip_checkpoint_train_s"]
                 times[key] += t
                 raw[key][attack].append(m)
@@ -143,18 +166,43 @@ def main() -> None:
     search = {t: {**row(f"cleanclip{t}"), "epochs": v[0], "pairs": v[1]} for t, v in variants.items() if v}
     chosen, why = choose_cleanclip(search, clean_model["asr"], rows["clip"]["zeroshot"]) if search else ("", "preset")
     rows["cleanclip"] = row(f"cleanclip{chosen}")
-    result = {
-        "caption_set": caption_set_name(args), "rows": rows, "clean_model": clean_model,
-        "ci95": {**{r: ci(r) for r in ROWS[:-1]}, "cleanclip": ci(f"cleanclip{chosen}"),
-                 "clean_model": ci("clean_model")},
-        "cleanclip_search": {t.lstrip("_"): r for t, r in search.items()},
-        "cleanclip_choice": {"setting": chosen.lstrip("_") or "preset", "rule": why},
-        **caption_details(args, caps), "per_seed": per, "rate": None if args.count is not None else args.rate,
-        "count": args.count, "seeds": args.seeds, "overrides": args.overrides, "roclip_overrides": args.roclip,
-        "cleanclip_overrides": args.cleanclip, "wall_s": round(time.time() - t0, 1),
-    }
-    atomic_write_json(out, result)
-    print(json.dumps({k: result[k] for k in ("caption_set", "rows", "clean_model")}, indent=2))
+    return {"rows": rows, "clean_model": clean_model,
+            "ci95": {**{r: ci(r) for r in ROWS[:-1]}, "cleanclip": ci(f"cleanclip{chosen}"),
+                     "clean_model": ci("clean_model")},
+            "cleanclip_search": {t.lstrip("_"): r for t, r in search.items()},
+            "cleanclip_choice": {"setting": chosen.lstrip("_") or "preset", "rule": why}, "per_seed": per}
+
+
+def main() -> None:
+    ap = comparison_parser(__doc__, seeds=3)
+    ap.add_argument("--rate", type=float, default=0.01, help="backdoor poison rate")
+    ap.add_argument("--count", type=int, default=None, help="backdoor poison count (instead of --rate)")
+    add_caption_args(ap)
+    ap.add_argument("--roclip", nargs="*", default=[], help="overrides for the RoCLIP runs only")
+    ap.add_argument("--cleanclip", nargs="*", default=[], help="overrides for the CleanCLIP runs only")
+    ap.add_argument("--cleanclip-epochs", type=int, nargs="+", default=None,
+                    help="CleanCLIP fine-tuning epochs to try (default: the preset's 10)")
+    ap.add_argument("--cleanclip-pairs", type=int, nargs="+", default=None,
+                    help="CleanCLIP clean fine-tuning pairs to try (default: the preset's 1,000)")
+    args = ap.parse_args()
+    out, work = start(args)
+    work = work.resolve()
+    caps = caption_sections(args)
+    rate = None if args.count is not None else args.rate
+    variants = cleanclip_variants(args.cleanclip_epochs, args.cleanclip_pairs)
+    dose_ov, dose_tag = backdoor_dose(rate, args.count)
+    t0 = time.time()
+    spec, overrides = grid_spec(args.seeds, rate, args.count, caps, args.roclip, args.overrides)
+    runs = run_comparison(spec, work, overrides, args.summarise_only)
+    runs.update(cleanclip_runs(work, args.seeds, variants, dose_ov, dose_tag, caps, args.overrides, args.cleanclip,
+                               args.summarise_only))
+    summary = summarise(runs, args.seeds, variants, dose_tag)
+    result: dict[str, Any] = {
+        "caption_set": caption_set_name(args), **{k: v for k, v in summary.items() if k != "per_seed"},
+        **caption_details(args, caps), "per_seed": summary["per_seed"], "rate": rate, "count": args.count,
+        "seeds": args.seeds, "overrides": args.overrides, "roclip_overrides": args.roclip,
+        "cleanclip_overrides": args.cleanclip, "wall_s": round(time.time() - t0, 1)}
+    write_result(out, result, {k: result[k] for k in ("caption_set", "rows", "clean_model")})
 
 
 if __name__ == "__main__":

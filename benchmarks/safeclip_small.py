@@ -48,11 +48,12 @@ import time
 from typing import Any, Optional
 
 from clpoison.errors import ConfigError
-from clpoison.experiments.config import deep_merge, parse_override
+from clpoison.experiments.config import deep_merge
 from clpoison.experiments.grid import expand_grid, read_grid
 
 from _clip import add_caption_args, backdoor_dose, caption_details, caption_sections, caption_set_name
-from _harness import GRIDS, comparison_parser, mean, run_comparison, script_main, seed_axis, start, write_result
+from _harness import (GRIDS, comparison_parser, mean, override_keys, run_comparison, script_main, seed_axis, start,
+                      write_result)
 
 GRID = GRIDS / "safeclip_small.yaml"
 ATTACKS = ("backdoor", "targeted")
@@ -77,8 +78,7 @@ def grid_spec(seeds: int, rate: Optional[float] = 0.01, count: Optional[int] = N
     spec = seed_axis(read_grid(GRID), seeds)
     spec["base"] = deep_merge(spec["base"], captions or {})
     dose_ov, dose_tag = backdoor_dose(rate, count)
-    dose = dict((".".join(k), v) for k, v in map(parse_override, dose_ov))
-    extra = dict((".".join(k), v) for k, v in map(parse_override, safeclip))
+    dose, extra = override_keys(dose_ov), override_keys(safeclip)
     cells = []
     for c in spec["cells"]:
         m = CELL.match(c["name"])

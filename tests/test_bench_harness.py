@@ -48,20 +48,26 @@ def fake(name: str, key: str, scale: float = 1.0) -> float:
     return round(scale * int(hashlib.sha256(f"{name}/{key}".encode()).hexdigest()[:8], 16) / 2 ** 32, 4)
 
 
+def fake_run(name: str, config: dict) -> dict:
+    """A results.json of ``config`` with made-up metrics, timings and history (a function of the name)."""
+    n = name
+    m = {k: fake(n, k) for k in FLOATS}
+    m.update(asr_n=200, asr_hits=int(fake(n, "hits", 200)), targeted_n=16, targeted_successes=int(fake(n, "k", 16)))
+    return {"config": json.loads(dumps_json(config)), "metrics": m,
+            "timings": {"total_s": fake(n, "total", 100), "pretrain_s": fake(n, "pre", 80)},
+            "history": [{"epoch": 1, "eval_asr": fake(n, "a1"), "eval_ca": fake(n, "c1"),
+                         "safeclip_poison_recall_risky": fake(n, "rec"), "safeclip_safe_fraction": fake(n, "sf"),
+                         "safeclip_gmm_clean_weight": fake(n, "w"), "safeclip_gmm_separation": fake(n, "sep")},
+                        {"epoch": 2}],
+            "data": {"train_pairs": 5438}, "throughput": {"pretrain_pairs_per_s": fake(n, "pps", 3000)}}
+
+
 def write_fake_runs(spec: dict, work: Path, overrides=()) -> dict:
     """A finished-looking run folder (results.json of the cell's exact config, a manifest) for every cell."""
     runs = {}
     for c in expand_grid(spec, list(overrides)):
         n, d = c.name, work / "cells" / c.name
-        m = {k: fake(n, k) for k in FLOATS}
-        m.update(asr_n=200, asr_hits=int(fake(n, "hits", 200)), targeted_n=16, targeted_successes=int(fake(n, "k", 16)))
-        runs[n] = {"config": json.loads(dumps_json(c.config.to_dict())), "metrics": m,
-                   "timings": {"total_s": fake(n, "total", 100), "pretrain_s": fake(n, "pre", 80)},
-                   "history": [{"epoch": 1, "eval_asr": fake(n, "a1"), "eval_ca": fake(n, "c1"),
-                                "safeclip_poison_recall_risky": fake(n, "rec"), "safeclip_safe_fraction": fake(n, "sf"),
-                                "safeclip_gmm_clean_weight": fake(n, "w"), "safeclip_gmm_separation": fake(n, "sep")},
-                               {"epoch": 2}],
-                   "data": {"train_pairs": 5438}}
+        runs[n] = fake_run(n, c.config.to_dict())
         d.mkdir(parents=True)
         (d / "results.json").write_text(json.dumps(runs[n]))
         (d / "manifest.json").write_text(json.dumps(fake_manifest(n)))
@@ -144,7 +150,12 @@ def test_scripts_and_clpoison_grid_resolve_the_same_runs_from_the_grid_file(tmp_
     control = _rows.carlini_clean_control()
     assert control["attack"]["params"] == {"backdoor": load_preset("carlini-backdoor-small")["attack"]["params"],
                                            "targeted": load_preset("carlini-targeted-small")["attack"]["params"]}
-    for grid in ("safeclip_small", "clip_dose_webcaps"):
+    assert configs(script("clip_defenses_small").grid_spec(3)[0]) == configs(read_grid(GRIDS / "clip_defenses_small.yaml"))
+    assert configs(script("clip_small").grid_spec(3)) == configs(read_grid(GRIDS / "clip_small.yaml"))
+    bundled = _clip.caption_sections(ap.parse_args([]), always=True)
+    assert configs(script("captions_protocol").grid_spec(0, [0.01, 0.05], 0.05, 0.05, bundled, 5438 // 2)) == \
+        configs(read_grid(GRIDS / "captions_protocol.yaml"))
+    for grid in ("safeclip_small", "clip_dose_webcaps", "clip_defenses_small"):
         assert {k: v for k, v in read_grid(GRIDS / f"{grid}.yaml")["cells"][0].items() if k != "name"} == control
 
 
@@ -357,6 +368,159 @@ def test_summarise_only_names_a_missing_or_changed_run(tmp_path, capsys, monkeyp
     with pytest.raises(SystemExit) as e:
         script_main(mod.main)
     assert e.value.code == 2 and "simclr_s0" in capsys.readouterr().err and not (tmp_path / "o.json").exists()
+
+
+def keys_within(want, got, where: str = "") -> None:
+    """Every key of the recorded JSON ``want`` is in ``got`` at the same place (records and lists not entered)."""
+    if isinstance(want, dict) and where.rsplit(".", 1)[-1] not in RECORDS:
+        for k, v in want.items():
+            assert k in got, f"{where}.{k} missing"
+            keys_within(v, got[k], f"{where}.{k}")
+
+
+def bundled_sections() -> dict:
+    """The bundled caption set as explicit config sections (captions_protocol's base)."""
+    import _clip
+
+    ap = argparse.ArgumentParser()
+    _clip.add_caption_args(ap)
+    return _clip.caption_sections(ap.parse_args([]), always=True)
+
+
+def test_the_clip_comparisons_share_their_runs_in_one_work_folder(tmp_path, monkeypatch):
+    """clip_defenses_small's clean, plain-CLIP and SafeCLIP cells are safeclip_small's (its plain and clean cells
+    also carlini_small's and, at a count, clip_dose's), on the bundled captions and on webcaps: one --work folder
+    trains each once."""
+    import _clip
+
+    defenses, safe, dose = script("clip_defenses_small"), script("safeclip_small"), script("clip_dose")
+    d, c = configs(defenses.grid_spec(3)[0]), configs(read_grid(GRIDS / "carlini_small.yaml"))
+    assert set(d) & set(c) == {f"{n}_s{i}" for n in ("clean", "backdoor_0.01", "targeted") for i in range(3)}
+    assert all(d[n] == c[n] for n in set(d) & set(c))
+    ap = argparse.ArgumentParser()
+    _clip.add_caption_args(ap)
+    for caps in ({}, _clip.caption_sections(ap.parse_args(webcaps_args(tmp_path, monkeypatch)))):
+        d = configs(defenses.grid_spec(2, None, 100, caps)[0])
+        s, g = configs(safe.grid_spec(2, None, 100, captions=caps)[0]), configs(dose.grid_spec(2, [100], [5], caps))
+        assert set(d) & set(s) == {f"{n}_s{i}" for n in ("clean", "backdoor_n100", "backdoor_safeclip_n100", "targeted",
+                                                          "targeted_safeclip") for i in range(2)}
+        assert set(d) & set(g) == {f"{n}_s{i}" for n in ("clean", "backdoor_n100", "targeted") for i in range(2)}
+        assert all(d[n] == s[n] for n in set(d) & set(s)) and all(d[n] == g[n] for n in set(d) & set(g))
+        assert {n for n in d if "roclip" in n} == {f"{a}_roclip{t}_s{i}" for a, t in (("backdoor", "_n100"),
+                                                                                       ("targeted", "")) for i in range(2)}
+    # a --roclip override wins on the RoCLIP cells over an override for every run of the same key (as before the grid)
+    spec, rest = defenses.grid_spec(1, roclip=["train.epochs=3"], overrides=["train.epochs=2", "train.lr=0.1"])
+    cells = {c.name: c.config for c in expand_grid(spec, rest)}
+    assert rest == ["train.lr=0.1"] and all(c.train.lr == 0.1 for c in cells.values())
+    assert {n: c.train.epochs for n, c in cells.items() if c.train.epochs != 2} == \
+        {"backdoor_roclip_0.01_s0": 3, "targeted_roclip_s0": 3}
+
+
+def test_clip_defenses_summarise_only_with_the_cleanclip_search(tmp_path, monkeypatch):
+    """The grid's cells from the folder; each CleanCLIP run (not a cell: it names its parent's folder) reused by
+    run_named, fine-tuning the plain-CLIP cell of its attack and seed; the recorded JSON's keys, the search's
+    settings and the chosen row."""
+    mod = script("clip_defenses_small")
+    work = tmp_path / "grid"
+    runs = write_fake_runs(mod.grid_spec(2, None, 100, roclip=["defense.params.break_epoch=4"])[0], work)
+    import _harness
+
+    def reuse(cfg, out, reuse_only=False):  # the CleanCLIP runs: only reused under --summarise-only
+        assert reuse_only and out == work / "cells" / cfg.name
+        runs[cfg.name] = {**fake_run(cfg.name, cfg.to_dict()),
+                          "defense": {"cleanclip_checkpoint_train_s": fake(cfg.name, "parent", 90)}}
+        return runs[cfg.name], True
+
+    monkeypatch.setattr(_harness, "run_or_reuse", reuse)
+    out = tmp_path / "defenses.json"
+    run_main(mod, ["--seeds", "2", "--count", "100", "--cleanclip-epochs", "10", "40", "--cleanclip-pairs", "1000",
+                   "--roclip", "defense.params.break_epoch=4", "--out", str(out), "--work", str(work),
+                   "--summarise-only"], monkeypatch)
+    got = json.loads(out.read_text())
+    want = json.loads((BENCH / "results" / "clip_defenses_small.json").read_text())  # recorded without a search
+    keys_within({k: v for k, v in want.items() if k != "per_seed"}, got)
+    assert set(got["per_seed"]) == {"clip", "safeclip", "roclip", "cleanclip_e10_p1000", "cleanclip_e40_p1000",
+                                    "clean_model"}
+    cc = {n: r["config"] for n, r in runs.items() if "_cleanclip" in n}
+    assert sorted(cc) == sorted(f"{a}_cleanclip_e{e}_p1000{t}_s{i}" for a, t in (("backdoor", "_n100"), ("targeted", ""))
+                                for e in (10, 40) for i in range(2))
+    assert cc["backdoor_cleanclip_e40_p1000_n100_s1"]["defense"]["params"]["checkpoint"] == \
+        str(work.resolve() / "cells" / "backdoor_n100_s1")
+    assert cc["backdoor_cleanclip_e40_p1000_n100_s1"]["train"]["epochs"] == 40
+    assert set(got["cleanclip_search"]) == {"e10_p1000", "e40_p1000"}
+    chosen = got["cleanclip_choice"]["setting"]
+    assert got["rows"]["cleanclip"] == {k: v for k, v in got["cleanclip_search"][chosen].items()
+                                        if k not in ("epochs", "pairs")}
+    assert got["per_seed"]["roclip"]["asr"] == [runs[f"backdoor_roclip_n100_s{i}"]["metrics"]["asr"] for i in range(2)]
+    assert got["rows"]["clip"]["time_ratio"] == 1.0 and got["count"] == 100 and got["rate"] is None
+    t = sum(runs[f"{a}_cleanclip_e10_p1000{tag}_s0"]["timings"]["pretrain_s"]
+            + runs[f"{a}_cleanclip_e10_p1000{tag}_s0"]["defense"]["cleanclip_checkpoint_train_s"]
+            for a, tag in (("backdoor", "_n100"), ("targeted", "")))
+    assert got["per_seed"]["cleanclip_e10_p1000"]["time_s"][0] == round(t, 2)  # fine-tuning + the poisoned pretraining
+
+
+def test_captions_protocol_summarise_only(tmp_path, monkeypatch):
+    """The grid's cells (the reference at half of the clean run's pairs) -> the clean model's controls, the export
+    and the scans from the cells' folders -> exactly the recorded JSON's keys (details: at least them)."""
+    mod = script("captions_protocol")
+    work = tmp_path / "grid"
+    runs = write_fake_runs(mod.grid_spec(0, [0.01, 0.05], 0.05, 0.05, bundled_sections(), 5438 // 2), work)
+    seen: dict = {"evaluated": [], "scans": []}
+
+    def scan(out, data, **kw):
+        seen["scans"].append((Path(out).name, kw.get("reference"), kw.get("checkpoint")))
+        return {"roc_auc": fake(Path(out).name, "auc"), "roc_auc_checkpoint": fake(Path(out).name, "ck")}
+
+    monkeypatch.setattr(mod, "read_checkpoint", lambda p: {})
+    monkeypatch.setattr(mod, "evaluate_run", lambda p, ck, ov, manifest: seen["evaluated"].append((p, manifest))
+                        or {"metrics": {"asr": 0.07, "targeted_success_rate": 0.0625, "targeted_successes": 1}})
+    monkeypatch.setattr(mod, "export", lambda params, data, out, seed, size: seen.update(export=(out, seed, size)))
+    monkeypatch.setattr(mod, "scan_data", scan)
+    out = tmp_path / "protocol.json"
+    run_main(mod, ["--out", str(out), "--work", str(work), "--summarise-only"], monkeypatch)
+    got, want = json.loads(out.read_text()), json.loads((BENCH / "results" / "captions_protocol.json").read_text())
+    assert set(got) == {"caption_set", *want} and schema({k: got[k] for k in want}) == schema(want)
+    assert set(json.loads((BENCH / "results" / "captions_protocol.details.json").read_text())) <= \
+        set(json.loads(out.with_suffix(".details.json").read_text()))
+    cells = work / "cells"
+    assert got["backdoor"]["0.05"]["asr"] == runs["backdoor_0.05_s0"]["metrics"]["asr"]
+    assert got["safeclip"]["targeted"] == runs["targeted_safeclip_s0"]["metrics"]["targeted_success_rate"]
+    assert got["clean"]["asr"] == 0.07 and got["targeted"]["success_clean"] == 0.0625
+    assert seen["evaluated"] == [(cells / "clean_s0" / "checkpoint.pt", str(cells / f"{n}_s0" / "manifest.json"))
+                                 for n in ("backdoor_0.01", "targeted")]
+    assert seen["export"] == (work / "export_backdoor_0.05_s0", 0, 32)
+    assert seen["scans"][0] == ("scan_backdoor_0.05_s0.csv", str(cells / "reference_s0"), str(cells / "backdoor_0.05_s0"))
+    assert got["scan"]["reference_model_auc"] == fake("scan_backdoor_0.05_s0.csv", "auc")
+
+
+def test_clip_small_summarise_only(tmp_path, monkeypatch):
+    mod = script("clip_small")
+    work = tmp_path / "grid"
+    runs = write_fake_runs(mod.grid_spec(2), work)
+    monkeypatch.setattr(mod, "bare_fwd_bwd", lambda cfg: 1000.0)
+    out = tmp_path / "clip_small.json"
+    run_main(mod, ["--seeds", "2", "--out", str(out), "--work", str(work), "--summarise-only"], monkeypatch)
+    got, want = json.loads(out.read_text()), json.loads((BENCH / "results" / "clip_small.json").read_text())
+    assert set(got) == set(want) and set(got["runs"][0]) == set(want["runs"][0])
+    assert set(got["summary"]) <= set(want["summary"]) and "zeroshot_top1" in got["summary"]
+    assert [r["seed"] for r in got["runs"]] == [0, 1]
+    assert got["runs"][1]["wall_s"] == runs["clip_small_s1"]["timings"]["total_s"]
+    pps = [runs[f"clip_small_s{i}"]["throughput"]["pretrain_pairs_per_s"] for i in range(2)]
+    assert got["pipeline_to_bare_ratio"] == pytest.approx(sum(pps) / 2 / 1000.0)
+
+
+def test_a_folder_of_cells_without_grid_json_is_adopted(tmp_path):
+    """WORK/cells/NAME without grid.json (clip_defenses_small's runs before it was grid-backed) is reused as a grid
+    folder (``run_grid``'s rule: a folder holding only ``cells/``); a folder holding anything else is still refused."""
+    spec = script("ssl_small").grid_spec(1, ["simclr", "byol"])
+    write_fake_runs(spec, tmp_path / "w")
+    assert set(run_comparison(spec, tmp_path / "w", echo=lambda s: None)) == {"simclr_s0", "byol_s0"}
+    state = json.loads((tmp_path / "w" / "grid.json").read_text())
+    assert [(c["name"], c["status"]) for c in state["cells"]] == [("simclr_s0", "reused"), ("byol_s0", "reused")]
+    write_fake_runs(spec, tmp_path / "x")
+    (tmp_path / "x" / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="not a grid folder"):
+        run_comparison(spec, tmp_path / "x", echo=lambda s: None)
 
 
 def test_harness_doctests():
