@@ -73,8 +73,9 @@ def caption_sections(args: Any, always: bool = False) -> dict:
     own data, so the runs keep the names and configs of the bundled benchmarks — unless ``always``."""
     kind = caption_file(args.captions)
     if kind is None and args.captions == BUNDLED and not always:
-        if args.test_captions or args.label_column:
-            raise ConfigError("--test-captions / --label-column need --captions FILE (a CSV/TSV or tar shards)")
+        if args.test_captions or args.label_column or args.attack_set != "labelled":
+            raise ConfigError("--test-captions / --label-column / --attack-set test-captions need --captions FILE (a "
+                              "CSV/TSV or tar shards)")
         return {}
     if kind is None:
         if args.test_captions or args.label_column:
@@ -87,7 +88,7 @@ def caption_sections(args: Any, always: bool = False) -> dict:
         if caps:
             data["captions"] = caps
     sets: dict = {"labelled": {"data": args.eval_set, "split": args.eval_split}}
-    if getattr(args, "attack_set", "labelled") == "labelled":
+    if args.attack_set == "labelled":
         return {"data": data, "eval": {"sets": sets}}
     if not args.test_captions:
         raise ConfigError("--attack-set test-captions labels the images of --test-captions by their captions; give "

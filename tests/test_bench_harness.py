@@ -16,7 +16,7 @@ import pytest
 
 from clpoison.errors import ConfigError
 from clpoison.experiments.config import load_preset
-from clpoison.experiments.grid import expand_grid, read_grid
+from clpoison.experiments.grid import expand_grid, read_grid, run_grid
 from clpoison.utils.io import dumps_json
 
 import _harness
@@ -517,6 +517,10 @@ def test_a_folder_of_cells_without_grid_json_is_adopted(tmp_path):
     assert set(run_comparison(spec, tmp_path / "w", echo=lambda s: None)) == {"simclr_s0", "byol_s0"}
     state = json.loads((tmp_path / "w" / "grid.json").read_text())
     assert [(c["name"], c["status"]) for c in state["cells"]] == [("simclr_s0", "reused"), ("byol_s0", "reused")]
+    write_fake_runs(spec, tmp_path / "v")  # moved in by hand: never deleted, even with --overwrite
+    with pytest.raises(ConfigError, match="no grid wrote; --overwrite deletes only"):
+        run_grid(spec, tmp_path / "v", overwrite=True)
+    assert (tmp_path / "v" / "cells" / "simclr_s0" / "results.json").is_file()
     write_fake_runs(spec, tmp_path / "x")
     (tmp_path / "x" / "notes.txt").write_text("mine")
     with pytest.raises(ConfigError, match="not a grid folder"):

@@ -304,6 +304,8 @@ def test_attack_set_from_the_test_captions_in_the_benchmarks(tmp_path):
     assert web["data"] == str(test) and web["class_names"][0] == "airplane" and "car" in web["synonyms"]["automobile"]
     cfg = build_config({"preset": "carlini-targeted-small", **s, "name": "x"}, [])
     assert cfg.eval.attack_set == "web"
+    with pytest.raises(ConfigError, match="--attack-set test-captions need --captions FILE"):
+        caption_sections(parse(["--attack-set", "test-captions"]))  # the bundled captions: not silently ignored
     with pytest.raises(ConfigError, match="give --test-captions FILE"):
         caption_sections(parse(["--captions", "d/train.tar", "--attack-set", "test-captions"]))
     # the default keeps the configs (and run names) of the earlier webcaps runs

@@ -262,8 +262,12 @@ def run_grid(grid: Union[str, Path, dict], out: Union[str, Path], overrides: Opt
     if jobs < 1:
         raise ConfigError(f"--jobs {jobs} must be a positive integer")
     out = check_output_path(out, "dir", inputs=[spec, overrides, *([] if isinstance(grid, dict) else [grid])])
-    if out.exists() and any(p.name != CELLS_DIR for p in out.iterdir()) and not (out / GRID_NAME).exists():
-        raise ConfigError(f"'{out}' exists and is not a grid folder (no {GRID_NAME}); choose another --out")
+    if out.exists() and any(out.iterdir()) and not (out / GRID_NAME).exists():
+        if any(p.name != CELLS_DIR for p in out.iterdir()):
+            raise ConfigError(f"'{out}' exists and is not a grid folder (no {GRID_NAME}); choose another --out")
+        if overwrite:  # run folders moved in by hand: reused, never deleted
+            raise ConfigError(f"'{out}' holds run folders (cells/) that no grid wrote; --overwrite deletes only an "
+                              "earlier grid's folder: run without --overwrite to reuse them, or choose another --out")
     with OutputLock(out):
         if overwrite and out.exists():
             shutil.rmtree(out)
