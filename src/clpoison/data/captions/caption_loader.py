@@ -218,8 +218,8 @@ class CaptionBatches:
             yield self.raw(chunk, choice)
 
     def score(self, fn: Callable[[dict[str, Any]], torch.Tensor], epoch: int, batch_size: int) -> np.ndarray:
-        """``fn(raw batch)`` of every row: each process scores rows ``rank, rank + world, ...``, gathered in row
-        order, the same array on every process."""
+        """``fn(raw batch)`` of every row — one value, shape (B,), or several, (B, K) — as float32: each process
+        scores rows ``rank, rank + world, ...``, gathered in row order, the same array on every process."""
         choice = self.caption_choice(epoch)
         rank, world = self.source.rank, self.world
         mine = torch.arange(rank, self.n, world, device=self.device)
@@ -228,10 +228,10 @@ class CaptionBatches:
         if world == 1:
             return local.numpy()
         m = -(-self.n // world)
-        padded = torch.zeros(m, dtype=local.dtype, device=self.device)
+        padded = torch.zeros((m, *local.shape[1:]), dtype=local.dtype, device=self.device)
         padded[: len(local)] = local.to(self.device)
         got = all_gather_nograd(padded).cpu()
-        out = torch.empty(self.n, dtype=local.dtype)
+        out = torch.empty((self.n, *local.shape[1:]), dtype=local.dtype)
         for q in range(world):
             k = len(range(q, self.n, world))
             out[q::world] = got[q * m:q * m + k]

@@ -129,7 +129,8 @@ class PairBatches(Protocol):
         """Raw batches of the samples ``rows`` only (segment ``j`` of ``epoch``), ``segment_steps`` of them."""
 
     def score(self, fn: Callable[[dict[str, Any]], torch.Tensor], epoch: int, batch_size: int) -> np.ndarray:
-        """``fn(raw batch)`` of every sample, by ordinal, the same array on every process."""
+        """``fn(raw batch)`` of every sample — one value (B,) or several (B, K), as float32 — by ordinal, the same
+        array on every process."""
 
 
 def _implements(obj: Any, proto: type) -> bool:

@@ -201,7 +201,8 @@ class StreamingCaptionBatches:
             rep += 1
 
     def score(self, fn: Callable[[dict[str, Any]], torch.Tensor], epoch: int, batch_size: int) -> np.ndarray:
-        """``fn(raw batch)`` of every sample, indexed by ordinal, the same array on every process."""
+        """``fn(raw batch)`` of every sample — (B,) or (B, K) — as float32, indexed by ordinal, the same array on
+        every process. A sample skipped as corrupt is scored at the mean of each column (``unscored`` counts them)."""
         mine = split_shards(self.dataset.shards, self.rank, self.world)
         ords, scores = [], []
         for images, caps, o in self._ordinal_loader(mine, 0, None, batch_size, drop_last=False):
@@ -212,13 +213,14 @@ class StreamingCaptionBatches:
         local = (np.concatenate(ords) if ords else np.zeros(0, np.int64),
                  np.concatenate(scores) if scores else np.zeros(0, np.float32))
         parts = all_gather_object(local) if self.world > 1 else [local]
-        out = np.full(self.n, np.nan, dtype=np.float32)
+        width = next((s.shape[1:] for _, s in parts if len(s)), ())
+        out = np.full((self.n, *width), np.nan, dtype=np.float32)
         for o, s in parts:
             out[o] = s
-        missing = np.isnan(out)
+        missing = np.isnan(out).reshape(self.n, -1).any(1)
         self.unscored = int(missing.sum())
         if self.unscored:  # skipped (corrupt) samples: never yielded; scored at the mean so the GMM is not pulled
-            out[missing] = float(out[~missing].mean()) if (~missing).any() else 0.0
+            out[missing] = out[~missing].mean(0) if (~missing).any() else 0.0
         return out
 
 

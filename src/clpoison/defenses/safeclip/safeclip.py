@@ -62,9 +62,10 @@ from ..base import DEFENSES, ClipTrainingDefense
 from ..clip_views import require_pair_batches
 from .safeclip_batches import SafeCLIPBatches
 from .safeclip_objective import SafeCLIPMethod
+from .safeclip_groups import group_stats, pair_groups
 from .safeclip_params import SafeCLIPParams
 from .safeclip_schedule import PhaseLR
-from .safeclip_split import (FilterSchedule, Split, cap_excess, gmm_clean_posterior, poison_precision_recall,
+from .safeclip_split import (FilterSchedule, Split, cap_excess, gmm_clean_posterior, grouped, poison_precision_recall,
                              safeclip_split, split_by_ratio, split_by_threshold)
 from .safeclip_trace import TRACE_FILE, PoisonTrace
 
@@ -87,7 +88,10 @@ class SafeCLIP(ClipTrainingDefense):
         self.seed = 0
         self.last: dict[str, Any] = {}
         self.histograms: list[str] = []
-        self.scores: Optional[tuple[np.ndarray, np.ndarray]] = None  # (similarities, p_clean) of the last pass
+        self.scores: Optional[tuple[np.ndarray, np.ndarray, np.ndarray]] = None  # the last pass's (similarities,
+        # p_clean, similarities the ranking used)
+        self.groups: Optional[np.ndarray] = None  # group_duplicates: a group label per pair
+        self.group_info: dict[str, int] = {}
         self.lr: Optional[PhaseLR] = None
         self.trace: Optional[PoisonTrace] = None
         self.cap_warned = False
@@ -122,6 +126,8 @@ class SafeCLIP(ClipTrainingDefense):
 
     def training_summary(self) -> dict[str, Any]:
         out: dict[str, Any] = {"last_split": self.last, "histograms": self.histograms}
+        if self.group_info:
+            out["duplicate_groups"] = self.group_info
         if self.trace is not None and self.trace.entries:
             out["poison_trace"] = TRACE_FILE if self.trace.path is not None else None
             out["poison_recall_by_epoch"] = {str(e["epoch"]): round(e["recall"], 6) for e in self.trace.entries}
@@ -140,12 +146,12 @@ class SafeCLIP(ClipTrainingDefense):
     def scores_path(self) -> Optional[Path]:
         return None if self.out_dir is None else self.out_dir / "safeclip" / "last_scores.npz"
 
-    def save_scores(self, sims: np.ndarray, p_clean: np.ndarray) -> None:
-        self.scores = (np.asarray(sims), np.asarray(p_clean))
+    def save_scores(self, sims: np.ndarray, p_clean: np.ndarray, order: np.ndarray) -> None:
+        self.scores = (np.asarray(sims), np.asarray(p_clean), np.asarray(order))
         path = self.scores_path()
         if self.params.split_every > 1 and path is not None and is_main():
             buf = io.BytesIO()
-            np.savez(buf, sims=self.scores[0], p_clean=self.scores[1])
+            np.savez(buf, sims=self.scores[0], p_clean=self.scores[1], order=self.scores[2])
             path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(path, buf.getvalue())
 
@@ -154,8 +160,28 @@ class SafeCLIP(ClipTrainingDefense):
         if path is None or not path.exists():
             return False
         with np.load(path, allow_pickle=False) as z:
-            self.scores = (z["sims"], z["p_clean"])
+            self.scores = (z["sims"], z["p_clean"], z["order"] if "order" in z.files else z["sims"])
         return True
+
+    def duplicate_groups(self, view: EpochView, rec: dict[str, Any]) -> Optional[np.ndarray]:
+        """``group_duplicates``: the pairs' groups (one keying pass, at the first use; the same on a resumed run),
+        recorded and printed once."""
+        p = self.params
+        if not p.group_duplicates:
+            return None
+        if self.groups is None:
+            t0 = time.perf_counter()
+            images, captions = self.batches.pair_keys()
+            self.groups = pair_groups(images, captions, p.group_max_size)
+            self.group_info = group_stats(self.groups)
+            rec.update({f"safeclip_{k}": v for k, v in self.group_info.items()})
+            rec["safeclip_group_s"] = round(time.perf_counter() - t0, 3)
+            if is_main():
+                g = self.group_info
+                view.notify(f"safeclip: {g['grouped_pairs']} pairs share an image or a caption with another pair "
+                            f"({g['groups']} groups, largest {g['largest_group']}); each group is split as one "
+                            f"(group_duplicates; keys held by more than {p.group_max_size} pairs link nothing)")
+        return self.groups
 
     # -- per epoch -----------------------------------------------------------------------------------------------
     def on_epoch_start(self, view: EpochView, epoch: int) -> dict[str, Any]:
@@ -167,7 +193,8 @@ class SafeCLIP(ClipTrainingDefense):
             segments = [("inmodal" if phase == "inmodal" else "clip", everyone)]
             if p.trace_warmup and self.trace is not None and epoch > 0:  # the split a filtering epoch would make now
                 sims = b.similarities(self.method.model, epoch)
-                safe, risky = split_by_threshold(gmm_clean_posterior(sims), p.threshold)
+                groups = self.duplicate_groups(view, rec)
+                safe, risky = split_by_threshold(grouped(gmm_clean_posterior(sims), sims, groups)[0], p.threshold)
                 rec.update(self.trace_epoch(view, epoch, phase, sims, risky, len(safe) / max(len(sims), 1)))
         else:
             k = epoch - p.inmodal_epochs - p.crossmodal_epochs
@@ -177,26 +204,27 @@ class SafeCLIP(ClipTrainingDefense):
                     caps = [h["safeclip_data_cap"] for h in view.history if h.get("safeclip_data_cap") is not None]
                     self.schedule = FilterSchedule(float(first[0]), p.update_filter_ratio, p.cap_filter_ratio,
                                                    caps[-1] if caps and p.cap_from_gmm else None)
+            groups = self.duplicate_groups(view, rec)
             if k % p.split_every == 0 or self.schedule is None or (self.scores is None and not self.load_scores()):
                 t0 = time.perf_counter()
                 sims = b.similarities(self.method.model, epoch)
                 t1 = time.perf_counter()
                 split, self.schedule = safeclip_split(sims, k if self.schedule is not None else 0, self.schedule,
                                                       p.threshold, p.update_filter_ratio, p.cap_filter_ratio,
-                                                      cap_from_gmm=p.cap_from_gmm)
+                                                      cap_from_gmm=p.cap_from_gmm, groups=groups)
                 rec.update({"safeclip_similarity_s": round(t1 - t0, 3), "safeclip_gmm_s": round(time.perf_counter() - t1, 3)})
                 if b.unscored:  # streamed: samples skipped as corrupt, scored at the mean
                     rec["safeclip_unscored"] = b.unscored
                 rec.update({f"safeclip_gmm_{n}": round(v, 6) for n, v in (split.gmm or {}).items()})
-                self.save_scores(sims, split.p_clean)
+                self.save_scores(sims, split.p_clean, split.order)
                 warning = cap_excess(split)
                 if warning and not self.cap_warned and is_main():  # once per run; the records keep both numbers
                     self.cap_warned = True
                     view.notify(warning)
             else:  # split_every > 1: re-cut the last pass's scores at this epoch's ratio
-                sims, pc = self.scores
-                safe, risky = split_by_ratio(pc, self.schedule.ratio(k), sims)
-                split = Split(safe, risky, len(safe) / max(len(sims), 1), pc, sims, "ratio (scores reused)")
+                sims, pc, order = self.scores
+                safe, risky = split_by_ratio(pc, self.schedule.ratio(k), order)
+                split = Split(safe, risky, len(safe) / max(len(sims), 1), pc, sims, "ratio (scores reused)", None, order)
             segments = [("inmodal", split.risky), ("clip", split.safe)]
             rec.update({"safeclip_rule": split.rule, "safeclip_safe": int(len(split.safe)),
                         "safeclip_risky": int(len(split.risky)), "safeclip_safe_fraction": round(split.ratio, 6),

@@ -20,6 +20,7 @@ from torch import nn
 
 from ...data.captions.pair_source import PairBatches
 from ..clip_views import stored_view, strong_view, trim
+from .safeclip_groups import digest_keys, row_digests
 from .safeclip_params import SafeCLIPParams
 
 
@@ -108,3 +109,14 @@ class SafeCLIPBatches:
         torch.random.set_rng_state(g)
         model.train(was)
         return out
+
+    @torch.no_grad()
+    def pair_keys(self) -> tuple[np.ndarray, np.ndarray]:
+        """Exact keys of every pair's stored image and caption tokens (epoch 0's caption choice), by ordinal: one
+        pass over the data, hashed on the device (:mod:`~clpoison.defenses.safeclip.safeclip_groups`)."""
+
+        def digest(raw: dict[str, Any]) -> torch.Tensor:
+            return torch.cat([row_digests(raw["images_uint8"], 1), row_digests(self.base.caption_tokens(raw), 2)], 1)
+
+        out = self.base.score(digest, 0, self.params.eval_batch_size)
+        return digest_keys(out[:, :2]), digest_keys(out[:, 2:])

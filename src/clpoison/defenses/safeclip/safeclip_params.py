@@ -45,6 +45,9 @@ class SafeCLIPParams(DefenseParams):
     # last scores are re-cut at the epoch's safe ratio (the growth schedule is unchanged)
     trace_warmup: bool = False  # with a manifest: also score the pairs in every warm-up epoch after the first (one
     # similarity pass each) to trace the poisons' ranks before filtering starts (safeclip_trace.py)
+    group_duplicates: bool = False  # not official: pairs sharing an image or a caption are split as one, at the
+    # group's lowest posterior (safeclip_groups.py; against the repeats of the Carlini & Terzis attacks)
+    group_max_size: int = 64  # a key (image or caption) held by more pairs than this links nothing
     similarity_view: str = "official"  # official: augmented image view + EDA caption 1 | clean: the image as stored
     # and the caption as written (what `clpoison scan` scores)
 
@@ -58,6 +61,8 @@ class SafeCLIPParams(DefenseParams):
             raise ConfigError("defense.params.warmup_steps / warmup_epochs must be >= 0")
         if not 0 < self.threshold < 1 or not 0 < self.cap_filter_ratio <= 1 or self.update_filter_ratio < 0:
             raise ConfigError("defense.params: threshold in (0,1), cap_filter_ratio in (0,1], update_filter_ratio >= 0")
+        if self.group_max_size < 2:
+            raise ConfigError(f"defense.params.group_max_size={self.group_max_size} must be >= 2")
         for k in ("histogram_every", "split_every"):
             if getattr(self, k) < 1:
                 raise ConfigError(f"defense.params.{k}={getattr(self, k)} must be >= 1")

@@ -106,26 +106,40 @@ class Split:
     similarities: np.ndarray
     rule: str  # "threshold" | "ratio"
     gmm: Optional[dict] = None  # the fit's statistics (gmm_fit)
+    order: Optional[np.ndarray] = None  # the similarities the ranking used (the group minimum with groups)
+
+
+def grouped(p_clean: np.ndarray, similarities: np.ndarray,
+            groups: Optional[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """The posterior and similarity each pair is ranked by: its own, or with ``groups`` (``group_duplicates``) its
+    group's lowest (:mod:`~clpoison.defenses.safeclip.safeclip_groups`)."""
+    if groups is None:
+        return p_clean, similarities
+    from .safeclip_groups import group_min
+
+    return group_min(p_clean, groups), group_min(similarities, groups)
 
 
 def safeclip_split(similarities, k: int, schedule: Optional[FilterSchedule], threshold: float = 0.9,
                    step: float = 0.01, cap: float = 0.85, seed: int = 0,
-                   cap_from_gmm: bool = False) -> tuple[Split, FilterSchedule]:
+                   cap_from_gmm: bool = False, groups: Optional[np.ndarray] = None) -> tuple[Split, FilterSchedule]:
     """The split of the k-th filtering epoch. ``k == 0`` (or no schedule yet) uses the posterior threshold and
     returns the schedule it starts; later epochs take the schedule's top fraction (capped by the clean component's
-    weight of this fit too, with ``cap_from_gmm``)."""
+    weight of this fit too, with ``cap_from_gmm``). With ``groups`` (a label per pair) the GMM is fitted to the
+    pairs' own similarities and each pair is then ranked by its group's lowest posterior and similarity."""
     sims = np.asarray(similarities, dtype=np.float64)
     p, stats = gmm_fit(sims, seed)
+    p, order = grouped(p, sims, groups)
     if k == 0 or schedule is None:
         safe, risky = split_by_threshold(p, threshold)
         schedule = FilterSchedule(len(safe) / max(len(sims), 1), step, cap,
                                   stats["clean_weight"] if cap_from_gmm else None)
-        return Split(safe, risky, schedule.first_ratio, p, sims, "threshold", stats), schedule
+        return Split(safe, risky, schedule.first_ratio, p, sims, "threshold", stats, order), schedule
     if cap_from_gmm:
         schedule.data_cap = stats["clean_weight"]
     ratio = schedule.ratio(k)
-    safe, risky = split_by_ratio(p, ratio, sims)
-    return Split(safe, risky, len(safe) / max(len(sims), 1), p, sims, "ratio", stats), schedule
+    safe, risky = split_by_ratio(p, ratio, order)
+    return Split(safe, risky, len(safe) / max(len(sims), 1), p, sims, "ratio", stats, order), schedule
 
 
 def cap_excess(split: Split, margin: float = 0.05) -> Optional[str]:
