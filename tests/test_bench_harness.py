@@ -543,3 +543,19 @@ def test_every_benchmark_script_imports():
     assert len(names) >= 20
     for n in names:
         assert callable(script(n).main), n
+
+
+def test_every_grids_safeclip_section_is_the_presets():
+    """The grid files state SafeCLIP's sections (``x-safeclip``) in full, as the scripts always did: each must be
+    the ``safeclip-small`` preset's defense section and epochs, so a preset change cannot leave a grid behind."""
+    import yaml
+
+    preset = load_preset("safeclip-small")
+    files = {f.name: yaml.safe_load(f.read_text()) for f in sorted(GRIDS.glob("*.yaml"))}
+    files = {n: spec for n, spec in files.items() if "x-safeclip" in spec}
+    assert set(files) >= {"safeclip_small.yaml", "clip_defenses_small.yaml", "captions_protocol.yaml"}
+    for name, spec in files.items():
+        assert spec["x-safeclip"] == preset["defense"], name
+        for cell in spec["cells"]:
+            if cell.get("defense", {}).get("name") == "safeclip":
+                assert cell.get("train", {}).get("epochs") == preset["train"]["epochs"], (name, cell["name"])

@@ -153,7 +153,8 @@ def test_segment_passes_yield_their_kind_and_plan_steps(data, tok, world, worker
 def test_streamed_backdoor_run_splits_records_and_resumes(data, tmp_path, monkeypatch):
     ov = [*BACKDOOR, "defense.name=safeclip", "train.epochs=4", "defense.params.inmodal_epochs=1",
           "defense.params.crossmodal_epochs=1", "defense.params.warmup_epochs=0.5", "defense.params.eval_batch_size=16",
-          "defense.params.histograms=false", "defense.params.cap_filter_ratio=0.7"]
+          "defense.params.histograms=false", "defense.params.cap_filter_ratio=0.7",
+          "defense.params.group_duplicates=true"]  # streamed keys, and a resumed run re-keys to the same groups
     cfg = _cfg(data, ov)
     straight = run_experiment(cfg, tmp_path / "a")
     h = straight["history"]
@@ -170,7 +171,9 @@ def test_streamed_backdoor_run_splits_records_and_resumes(data, tmp_path, monkey
     assert all(r["loss"] == r["loss"] for r in h) and "asr" in straight["metrics"]
 
     resumed = interrupt_and_resume(monkeypatch, SafeCLIP, cfg, tmp_path / "b", 3)  # in the 2nd filtering epoch
-    key = ("safeclip_phase", "safeclip_rule", "safeclip_safe", "safeclip_safe_fraction", "step", "loss")
+    assert all(r["safeclip_grouped_pairs"] == h[2]["safeclip_grouped_pairs"] for r in h[2:])
+    key = ("safeclip_phase", "safeclip_rule", "safeclip_safe", "safeclip_safe_fraction", "safeclip_grouped_pairs",
+           "safeclip_groups", "step", "loss")
     assert [[r.get(k) for k in key] for r in resumed["history"]] == [[r.get(k) for k in key] for r in h]
 
 

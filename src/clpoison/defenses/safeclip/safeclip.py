@@ -174,13 +174,13 @@ class SafeCLIP(ClipTrainingDefense):
             images, captions = self.batches.pair_keys()
             self.groups = pair_groups(images, captions, p.group_max_size)
             self.group_info = group_stats(self.groups)
-            rec.update({f"safeclip_{k}": v for k, v in self.group_info.items()})
-            rec["safeclip_group_s"] = round(time.perf_counter() - t0, 3)
             if is_main():
                 g = self.group_info
                 view.notify(f"safeclip: {g['grouped_pairs']} pairs share an image or a caption with another pair "
-                            f"({g['groups']} groups, largest {g['largest_group']}); each group is split as one "
-                            f"(group_duplicates; keys held by more than {p.group_max_size} pairs link nothing)")
+                            f"({g['groups']} groups, largest {g['largest_group']}; keyed in "
+                            f"{time.perf_counter() - t0:.1f} s); each group is split as one (group_duplicates; "
+                            f"keys held by more than {p.group_max_size} pairs link nothing)")
+        rec.update({f"safeclip_{k}": v for k, v in self.group_info.items()})  # every epoch: a resumed run's too
         return self.groups
 
     # -- per epoch -----------------------------------------------------------------------------------------------
