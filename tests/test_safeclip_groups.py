@@ -130,3 +130,20 @@ def test_targeted_run_keeps_each_victims_pairs_together(tmp_path, capfd):
         risky = dict(zip(poisons, e["risky"]))
         assert all(len({risky[i] for i in v}) == 1 for v in victims), e["epoch"]
     assert "pairs share an image or a caption with another pair" in capfd.readouterr().err
+
+
+def test_veto_only_shrinks_the_safe_set():
+    """group_rule veto: the ranking is each pair's own; a pair leaves the safe cut when a pair of its group is outside
+    it, and no pair enters it (min, by contrast, fills the cut back up from lower down)."""
+    rng = np.random.default_rng(0)
+    sims = np.concatenate([rng.normal(0.6, 0.08, 900), rng.normal(0.1, 0.05, 95), [0.7, 0.65, 0.62, 0.6, 0.05]])
+    groups = np.arange(1000)
+    groups[995:] = 995
+    _, sched = safeclip_split(sims, 0, None, step=0.05, cap=0.85)
+    alone, _ = safeclip_split(sims, 3, FilterSchedule(sched.first_ratio, 0.05, 0.85))
+    vetoed, _ = safeclip_split(sims, 3, FilterSchedule(sched.first_ratio, 0.05, 0.85), groups=groups, group_rule="veto")
+    assert np.isin(np.arange(995, 1000), vetoed.risky).all()
+    assert set(vetoed.safe.tolist()) == set(alone.safe.tolist()) - set(range(995, 1000))
+    assert vetoed.ratio == pytest.approx(alone.ratio - 4 / 1000)
+    with pytest.raises(ConfigError, match="group_rule"):
+        SafeCLIPParams(group_rule="max")

@@ -66,7 +66,7 @@ from .safeclip_groups import group_stats, pair_groups
 from .safeclip_params import SafeCLIPParams
 from .safeclip_schedule import PhaseLR
 from .safeclip_split import (FilterSchedule, Split, cap_excess, gmm_clean_posterior, grouped, poison_precision_recall,
-                             safeclip_split, split_by_ratio, split_by_threshold)
+                             safeclip_split, split_by_ratio, split_by_threshold, vetoed)
 from .safeclip_trace import TRACE_FILE, PoisonTrace
 
 __all__ = ["SafeCLIP", "SafeCLIPParams", "SafeCLIPMethod", "SafeCLIPBatches", "PhaseLR"]
@@ -194,7 +194,9 @@ class SafeCLIP(ClipTrainingDefense):
             if p.trace_warmup and self.trace is not None and epoch > 0:  # the split a filtering epoch would make now
                 sims = b.similarities(self.method.model, epoch)
                 groups = self.duplicate_groups(view, rec)
-                safe, risky = split_by_threshold(grouped(gmm_clean_posterior(sims), sims, groups)[0], p.threshold)
+                pc = gmm_clean_posterior(sims)
+                safe, risky = vetoed(*split_by_threshold(grouped(pc, sims, groups if p.group_rule == "min" else None)[0],
+                                                         p.threshold), groups, p.group_rule)
                 rec.update(self.trace_epoch(view, epoch, phase, sims, risky, len(safe) / max(len(sims), 1)))
         else:
             k = epoch - p.inmodal_epochs - p.crossmodal_epochs
@@ -211,7 +213,8 @@ class SafeCLIP(ClipTrainingDefense):
                 t1 = time.perf_counter()
                 split, self.schedule = safeclip_split(sims, k if self.schedule is not None else 0, self.schedule,
                                                       p.threshold, p.update_filter_ratio, p.cap_filter_ratio,
-                                                      cap_from_gmm=p.cap_from_gmm, groups=groups)
+                                                      cap_from_gmm=p.cap_from_gmm, groups=groups,
+                                                      group_rule=p.group_rule)
                 rec.update({"safeclip_similarity_s": round(t1 - t0, 3), "safeclip_gmm_s": round(time.perf_counter() - t1, 3)})
                 if b.unscored:  # streamed: samples skipped as corrupt, scored at the mean
                     rec["safeclip_unscored"] = b.unscored
@@ -223,7 +226,7 @@ class SafeCLIP(ClipTrainingDefense):
                     view.notify(warning)
             else:  # split_every > 1: re-cut the last pass's scores at this epoch's ratio
                 sims, pc, order = self.scores
-                safe, risky = split_by_ratio(pc, self.schedule.ratio(k), order)
+                safe, risky = vetoed(*split_by_ratio(pc, self.schedule.ratio(k), order), groups, p.group_rule)
                 split = Split(safe, risky, len(safe) / max(len(sims), 1), pc, sims, "ratio (scores reused)", None, order)
             segments = [("inmodal", split.risky), ("clip", split.safe)]
             rec.update({"safeclip_rule": split.rule, "safeclip_safe": int(len(split.safe)),

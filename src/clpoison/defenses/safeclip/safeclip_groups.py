@@ -93,6 +93,15 @@ def group_min(values: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return low[labels]
 
 
+def veto(safe: np.ndarray, n: int, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``group_rule: veto``: of a cut's ``safe`` rows (of ``n``), keep those whose whole group is in it; returns
+    (safe, risky), sorted."""
+    inside = np.zeros(n, dtype=bool)
+    inside[np.asarray(safe, dtype=np.int64)] = True
+    whole = group_min(inside.astype(np.float64), labels) > 0.5
+    return np.flatnonzero(whole), np.flatnonzero(~whole)
+
+
 def group_stats(labels: np.ndarray) -> dict[str, int]:
     """How many pairs are in a group of two or more, in how many groups, and the largest group."""
     sizes = np.bincount(labels) if len(labels) else np.zeros(0, np.int64)

@@ -122,24 +122,37 @@ def grouped(p_clean: np.ndarray, similarities: np.ndarray,
 
 def safeclip_split(similarities, k: int, schedule: Optional[FilterSchedule], threshold: float = 0.9,
                    step: float = 0.01, cap: float = 0.85, seed: int = 0,
-                   cap_from_gmm: bool = False, groups: Optional[np.ndarray] = None) -> tuple[Split, FilterSchedule]:
+                   cap_from_gmm: bool = False, groups: Optional[np.ndarray] = None,
+                   group_rule: str = "min") -> tuple[Split, FilterSchedule]:
     """The split of the k-th filtering epoch. ``k == 0`` (or no schedule yet) uses the posterior threshold and
     returns the schedule it starts; later epochs take the schedule's top fraction (capped by the clean component's
     weight of this fit too, with ``cap_from_gmm``). With ``groups`` (a label per pair) the GMM is fitted to the
-    pairs' own similarities and each pair is then ranked by its group's lowest posterior and similarity."""
+    pairs' own similarities and each pair is then ranked by its group's lowest posterior and similarity
+    (``group_rule: min``), or ranked on its own and kept safe only when its whole group is in the cut (``veto``)."""
     sims = np.asarray(similarities, dtype=np.float64)
     p, stats = gmm_fit(sims, seed)
-    p, order = grouped(p, sims, groups)
+    p, order = grouped(p, sims, groups if group_rule == "min" else None)
     if k == 0 or schedule is None:
         safe, risky = split_by_threshold(p, threshold)
         schedule = FilterSchedule(len(safe) / max(len(sims), 1), step, cap,
                                   stats["clean_weight"] if cap_from_gmm else None)
-        return Split(safe, risky, schedule.first_ratio, p, sims, "threshold", stats, order), schedule
+        safe, risky = vetoed(safe, risky, groups, group_rule)
+        return Split(safe, risky, len(safe) / max(len(sims), 1), p, sims, "threshold", stats, order), schedule
     if cap_from_gmm:
         schedule.data_cap = stats["clean_weight"]
     ratio = schedule.ratio(k)
-    safe, risky = split_by_ratio(p, ratio, order)
+    safe, risky = vetoed(*split_by_ratio(p, ratio, order), groups, group_rule)
     return Split(safe, risky, len(safe) / max(len(sims), 1), p, sims, "ratio", stats, order), schedule
+
+
+def vetoed(safe: np.ndarray, risky: np.ndarray, groups: Optional[np.ndarray],
+           group_rule: str) -> tuple[np.ndarray, np.ndarray]:
+    """The cut, with ``group_rule: veto`` less every pair whose group is not wholly in it."""
+    if groups is None or group_rule != "veto":
+        return safe, risky
+    from .safeclip_groups import veto
+
+    return veto(safe, len(safe) + len(risky), groups)
 
 
 def cap_excess(split: Split, margin: float = 0.05) -> Optional[str]:
