@@ -65,8 +65,7 @@ from .safeclip_objective import SafeCLIPMethod
 from .safeclip_groups import group_stats, pair_groups
 from .safeclip_params import SafeCLIPParams
 from .safeclip_schedule import PhaseLR
-from .safeclip_split import (FilterSchedule, Split, cap_excess, gmm_clean_posterior, grouped, poison_precision_recall,
-                             safeclip_split, split_by_ratio, split_by_threshold, vetoed)
+from .safeclip_split import FilterSchedule, Split, cap_excess, group_cut, poison_precision_recall, safeclip_split
 from .safeclip_trace import TRACE_FILE, PoisonTrace
 
 __all__ = ["SafeCLIP", "SafeCLIPParams", "SafeCLIPMethod", "SafeCLIPBatches", "PhaseLR"]
@@ -88,8 +87,7 @@ class SafeCLIP(ClipTrainingDefense):
         self.seed = 0
         self.last: dict[str, Any] = {}
         self.histograms: list[str] = []
-        self.scores: Optional[tuple[np.ndarray, np.ndarray, np.ndarray]] = None  # the last pass's (similarities,
-        # p_clean, similarities the ranking used)
+        self.scores: Optional[tuple[np.ndarray, np.ndarray]] = None  # (similarities, p_clean) of the last pass
         self.groups: Optional[np.ndarray] = None  # group_duplicates: a group label per pair
         self.group_info: dict[str, int] = {}
         self.lr: Optional[PhaseLR] = None
@@ -146,12 +144,12 @@ class SafeCLIP(ClipTrainingDefense):
     def scores_path(self) -> Optional[Path]:
         return None if self.out_dir is None else self.out_dir / "safeclip" / "last_scores.npz"
 
-    def save_scores(self, sims: np.ndarray, p_clean: np.ndarray, order: np.ndarray) -> None:
-        self.scores = (np.asarray(sims), np.asarray(p_clean), np.asarray(order))
+    def save_scores(self, sims: np.ndarray, p_clean: np.ndarray) -> None:
+        self.scores = (np.asarray(sims), np.asarray(p_clean))
         path = self.scores_path()
         if self.params.split_every > 1 and path is not None and is_main():
             buf = io.BytesIO()
-            np.savez(buf, sims=self.scores[0], p_clean=self.scores[1], order=self.scores[2])
+            np.savez(buf, sims=self.scores[0], p_clean=self.scores[1])
             path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(path, buf.getvalue())
 
@@ -160,7 +158,7 @@ class SafeCLIP(ClipTrainingDefense):
         if path is None or not path.exists():
             return False
         with np.load(path, allow_pickle=False) as z:
-            self.scores = (z["sims"], z["p_clean"], z["order"] if "order" in z.files else z["sims"])
+            self.scores = (z["sims"], z["p_clean"])
         return True
 
     def duplicate_groups(self, view: EpochView, rec: dict[str, Any]) -> Optional[np.ndarray]:
@@ -193,11 +191,9 @@ class SafeCLIP(ClipTrainingDefense):
             segments = [("inmodal" if phase == "inmodal" else "clip", everyone)]
             if p.trace_warmup and self.trace is not None and epoch > 0:  # the split a filtering epoch would make now
                 sims = b.similarities(self.method.model, epoch)
-                groups = self.duplicate_groups(view, rec)
-                pc = gmm_clean_posterior(sims)
-                safe, risky = vetoed(*split_by_threshold(grouped(pc, sims, groups if p.group_rule == "min" else None)[0],
-                                                         p.threshold), groups, p.group_rule)
-                rec.update(self.trace_epoch(view, epoch, phase, sims, risky, len(safe) / max(len(sims), 1)))
+                split, _ = safeclip_split(sims, 0, None, p.threshold, groups=self.duplicate_groups(view, rec),
+                                          group_rule=p.group_rule)
+                rec.update(self.trace_epoch(view, epoch, phase, sims, split.risky, split.ratio))
         else:
             k = epoch - p.inmodal_epochs - p.crossmodal_epochs
             if self.schedule is None and k > 0:  # resumed: the first filtering epoch's ratio is in the history
@@ -219,15 +215,15 @@ class SafeCLIP(ClipTrainingDefense):
                 if b.unscored:  # streamed: samples skipped as corrupt, scored at the mean
                     rec["safeclip_unscored"] = b.unscored
                 rec.update({f"safeclip_gmm_{n}": round(v, 6) for n, v in (split.gmm or {}).items()})
-                self.save_scores(sims, split.p_clean, split.order)
+                self.save_scores(sims, split.p_clean)
                 warning = cap_excess(split)
                 if warning and not self.cap_warned and is_main():  # once per run; the records keep both numbers
                     self.cap_warned = True
                     view.notify(warning)
             else:  # split_every > 1: re-cut the last pass's scores at this epoch's ratio
-                sims, pc, order = self.scores
-                safe, risky = vetoed(*split_by_ratio(pc, self.schedule.ratio(k), order), groups, p.group_rule)
-                split = Split(safe, risky, len(safe) / max(len(sims), 1), pc, sims, "ratio (scores reused)", None, order)
+                sims, pc = self.scores
+                safe, risky = group_cut(pc, sims, groups, p.group_rule, ratio=self.schedule.ratio(k))
+                split = Split(safe, risky, len(safe) / max(len(sims), 1), pc, sims, "ratio (scores reused)")
             segments = [("inmodal", split.risky), ("clip", split.safe)]
             rec.update({"safeclip_rule": split.rule, "safeclip_safe": int(len(split.safe)),
                         "safeclip_risky": int(len(split.risky)), "safeclip_safe_fraction": round(split.ratio, 6),

@@ -118,5 +118,6 @@ class SafeCLIPBatches:
         def digest(raw: dict[str, Any]) -> torch.Tensor:
             return torch.cat([row_digests(raw["images_uint8"], 1), row_digests(self.base.caption_tokens(raw), 2)], 1)
 
-        out = self.base.score(digest, 0, self.params.eval_batch_size)
+        out = self.base.score(digest, 0, self.params.eval_batch_size)  # streamed samples skipped as corrupt get
+        # the column means: never trained, and they can only share a key with each other (a real key: ≈ 2**-48)
         return digest_keys(out[:, :2]), digest_keys(out[:, 2:])

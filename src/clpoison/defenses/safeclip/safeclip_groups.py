@@ -9,7 +9,8 @@ pairs (and the poisons whose borrowed caption happens to fit) are trained with t
 victim were enough to move it. An image (or caption) is as trustworthy as its least-aligned pair.
 
 Keys are exact: a seeded polynomial hash of the stored uint8 pixels and of the caption's tokens (what the model
-sees), 48 bits each, computed on the device in the similarity pass's batches (in memory or streamed). An attacker
+sees), 48 bits each, computed on the device in one pass over the data through the batch source's ``score`` (in
+memory or streamed), once per run. An attacker
 who perturbs each copy of a victim, or paraphrases each caption, is not grouped; a key shared by more than
 ``max_size`` pairs links nothing (a caption that common — "photo by a friend", CC3M's hypernymised "actor attends
 the premiere" — is no sign of a repeat, and grouping it would send every such pair to the risky set).

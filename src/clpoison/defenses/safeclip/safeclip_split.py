@@ -106,18 +106,26 @@ class Split:
     similarities: np.ndarray
     rule: str  # "threshold" | "ratio"
     gmm: Optional[dict] = None  # the fit's statistics (gmm_fit)
-    order: Optional[np.ndarray] = None  # the similarities the ranking used (the group minimum with groups)
 
 
-def grouped(p_clean: np.ndarray, similarities: np.ndarray,
-            groups: Optional[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """The posterior and similarity each pair is ranked by: its own, or with ``groups`` (``group_duplicates``) its
-    group's lowest (:mod:`~clpoison.defenses.safeclip.safeclip_groups`)."""
-    if groups is None:
-        return p_clean, similarities
-    from .safeclip_groups import group_min
+def group_cut(p_clean: np.ndarray, similarities: np.ndarray, groups: Optional[np.ndarray] = None,
+              group_rule: str = "min", *, threshold: Optional[float] = None,
+              ratio: Optional[float] = None) -> tuple[np.ndarray, np.ndarray]:
+    """(safe, risky): the pairs with posterior ``>= threshold``, or the top ``ratio`` of them (ties: higher similarity
+    first). With ``groups`` (a label per pair, ``group_duplicates``): ``min`` ranks each pair at its group's lowest
+    posterior and similarity; ``veto`` ranks it on its own and keeps it safe only when its whole group is in the cut
+    (:mod:`~clpoison.defenses.safeclip.safeclip_groups`)."""
+    p, s = p_clean, similarities
+    if groups is not None and group_rule == "min":
+        from .safeclip_groups import group_min
 
-    return group_min(p_clean, groups), group_min(similarities, groups)
+        p, s = group_min(p_clean, groups), group_min(similarities, groups)
+    safe, risky = split_by_threshold(p, threshold) if ratio is None else split_by_ratio(p, ratio, s)
+    if groups is None or group_rule != "veto":
+        return safe, risky
+    from .safeclip_groups import veto
+
+    return veto(safe, len(p), groups)
 
 
 def safeclip_split(similarities, k: int, schedule: Optional[FilterSchedule], threshold: float = 0.9,
@@ -126,33 +134,20 @@ def safeclip_split(similarities, k: int, schedule: Optional[FilterSchedule], thr
                    group_rule: str = "min") -> tuple[Split, FilterSchedule]:
     """The split of the k-th filtering epoch. ``k == 0`` (or no schedule yet) uses the posterior threshold and
     returns the schedule it starts; later epochs take the schedule's top fraction (capped by the clean component's
-    weight of this fit too, with ``cap_from_gmm``). With ``groups`` (a label per pair) the GMM is fitted to the
-    pairs' own similarities and each pair is then ranked by its group's lowest posterior and similarity
-    (``group_rule: min``), or ranked on its own and kept safe only when its whole group is in the cut (``veto``)."""
+    weight of this fit too, with ``cap_from_gmm``). With ``groups`` the GMM is still fitted to the pairs' own
+    similarities (``Split.p_clean`` is each pair's own posterior) and the cut follows ``group_rule`` (:func:`group_cut`)."""
     sims = np.asarray(similarities, dtype=np.float64)
     p, stats = gmm_fit(sims, seed)
-    p, order = grouped(p, sims, groups if group_rule == "min" else None)
     if k == 0 or schedule is None:
-        safe, risky = split_by_threshold(p, threshold)
-        schedule = FilterSchedule(len(safe) / max(len(sims), 1), step, cap,
-                                  stats["clean_weight"] if cap_from_gmm else None)
-        safe, risky = vetoed(safe, risky, groups, group_rule)
-        return Split(safe, risky, len(safe) / max(len(sims), 1), p, sims, "threshold", stats, order), schedule
+        safe, risky = group_cut(p, sims, groups, group_rule, threshold=threshold)
+        vetoing = groups is not None and group_rule == "veto"  # the schedule grows from the cut before the veto
+        first = len(split_by_threshold(p, threshold)[0]) if vetoing else len(safe)
+        schedule = FilterSchedule(first / max(len(sims), 1), step, cap, stats["clean_weight"] if cap_from_gmm else None)
+        return Split(safe, risky, len(safe) / max(len(sims), 1), p, sims, "threshold", stats), schedule
     if cap_from_gmm:
         schedule.data_cap = stats["clean_weight"]
-    ratio = schedule.ratio(k)
-    safe, risky = vetoed(*split_by_ratio(p, ratio, order), groups, group_rule)
-    return Split(safe, risky, len(safe) / max(len(sims), 1), p, sims, "ratio", stats, order), schedule
-
-
-def vetoed(safe: np.ndarray, risky: np.ndarray, groups: Optional[np.ndarray],
-           group_rule: str) -> tuple[np.ndarray, np.ndarray]:
-    """The cut, with ``group_rule: veto`` less every pair whose group is not wholly in it."""
-    if groups is None or group_rule != "veto":
-        return safe, risky
-    from .safeclip_groups import veto
-
-    return veto(safe, len(safe) + len(risky), groups)
+    safe, risky = group_cut(p, sims, groups, group_rule, ratio=schedule.ratio(k))
+    return Split(safe, risky, len(safe) / max(len(sims), 1), p, sims, "ratio", stats), schedule
 
 
 def cap_excess(split: Split, margin: float = 0.05) -> Optional[str]:
