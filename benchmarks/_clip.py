@@ -62,6 +62,17 @@ def add_caption_args(ap: argparse.ArgumentParser) -> None:
                     "the shards' folder name, e.g. webcaps, or the source name)")
 
 
+def attack_list(text: str) -> tuple[str, ...]:
+    """The ``--attacks`` comma list of the CLIP comparisons (``backdoor``, ``targeted``, in the order given); an
+    unknown name is one ConfigError line, before anything trains."""
+    attacks = tuple(a.strip() for a in text.split(",") if a.strip())
+    unknown = [a for a in attacks if a not in ("backdoor", "targeted")]
+    if unknown or not attacks:
+        raise ConfigError(f"--attacks: unknown attack {(unknown or [text])[0]!r}; use backdoor, targeted or both "
+                          "(comma list)")
+    return attacks
+
+
 def caption_file(captions: str) -> Optional[str]:
     """The reader (``captions-csv`` / ``captions-tar``) of a caption path, ``None`` for a source name."""
     return _FILE_KINDS.get(Path(captions).suffix.lower())

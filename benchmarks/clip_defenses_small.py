@@ -36,7 +36,10 @@ zero-shot, ASR and targeted success then come from the labelled ``--eval-set``, 
 "recall_at_5_i2t"}}`` (means over seeds; ``targeted`` is the success rate over the 16 targets, ``zeroshot`` and
 ``recall_at_5_i2t`` the backdoor run's clean zero-shot top-1 and image→text R@5, ``time_ratio`` the pretraining
 seconds of both attacks' runs over plain CLIP's), the 95 % intervals of ASR and targeted success (Wilson, hits
-pooled over seeds) under ``ci95``, and the per-seed lists under ``per_seed``:
+pooled over seeds) under ``ci95``, and the per-seed lists under ``per_seed``. ``--attacks backdoor`` (or
+``targeted``) trains and summarises one attack only (the other's keys NaN; each row's zero-shot and R@5 are then
+that attack's runs'), ``--no-control`` skips the clean-data control — e.g. targeted poisoning with victims from the
+training distribution (``--attack-set test-captions``), whose clean model is evaluated apart (docs/webcaps.md):
 
     python benchmarks/clip_defenses_small.py --out benchmarks/results/clip_defenses_small.json --seeds 3 \\
         --work runs/clip_defenses_small_runs
@@ -55,7 +58,7 @@ from typing import Any, Optional, Sequence
 from clpoison.experiments.config import deep_merge, load_preset
 from clpoison.experiments.grid import CELLS_DIR, read_grid
 
-from _clip import (add_caption_args, backdoor_dose, caption_details, caption_sections, caption_set_name,
+from _clip import (add_caption_args, attack_list, backdoor_dose, caption_details, caption_sections, caption_set_name,
                    choose_cleanclip, cleanclip_overrides, cleanclip_variants, pooled_rate)
 from _harness import (ECHO, GRIDS, comparison_parser, mean, override_keys, run_comparison, run_named, script_main,
                       seed_axis, start, write_result)
@@ -63,6 +66,7 @@ from _harness import (ECHO, GRIDS, comparison_parser, mean, override_keys, run_c
 GRID = GRIDS / "clip_defenses_small.yaml"
 ROWS = ("clip", "safeclip", "roclip", "cleanclip")
 ATTACKS = (("backdoor", "carlini-backdoor-small"), ("targeted", "carlini-targeted-small"))
+ATTACK_NAMES = tuple(a for a, _ in ATTACKS)
 METRICS = ("asr", "targeted", "targeted_successes", "zeroshot", "recall_at_5_i2t", "zeroshot_targeted_run", "time_s")
 #: a cell of the grid file: the attack, the defense row, the backdoor's dose tag
 CELL = re.compile(r"^(?P<attack>backdoor|targeted)(?P<row>_safeclip|_roclip)?(?P<dose>_[0-9.]+)?_s\{seed\}$")
@@ -70,40 +74,47 @@ CELL = re.compile(r"^(?P<attack>backdoor|targeted)(?P<row>_safeclip|_roclip)?(?P
 
 def grid_spec(seeds: int, rate: Optional[float] = 0.01, count: Optional[int] = None,
               captions: Optional[dict] = None, roclip: Sequence[str] = (),
-              overrides: Sequence[str] = ()) -> tuple[dict, list[str]]:
+              overrides: Sequence[str] = (), attacks: Sequence[str] = ATTACK_NAMES,
+              control: bool = True, safeclip: Sequence[str] = ()) -> tuple[dict, list[str]]:
     """``(grid spec, the overrides for every cell)``: ``benchmarks/grids/clip_defenses_small.yaml`` over ``seeds``
     with the backdoor at ``rate`` or ``count`` (cells renamed ``backdoor*_{rate}`` / ``backdoor*_n{count}``), on the
-    caption set's config sections ``captions`` and with the ``roclip`` overrides on the RoCLIP cells. An override
-    of ``overrides`` whose key a ``roclip`` one also sets goes to the other cells only (the RoCLIP one wins there)."""
+    caption set's config sections ``captions`` and with the ``roclip`` / ``safeclip`` overrides on the RoCLIP /
+    SafeCLIP cells; only the cells of ``attacks``, and the clean control only with ``control``. An override of
+    ``overrides`` whose key a row's own override also sets goes to the other cells only (the row's wins there)."""
     spec = seed_axis(read_grid(GRID), seeds)
     spec["base"] = deep_merge(spec["base"], captions or {})
     dose_ov, tag = backdoor_dose(rate, count)
-    dose, extra = override_keys(dose_ov), override_keys(roclip)
-    clash = [o for o in overrides if next(iter(override_keys([o]))) in extra]
+    dose = override_keys(dose_ov)
+    extra = {"_roclip": override_keys(roclip), "_safeclip": override_keys(safeclip)}
+    key = {o: next(iter(override_keys([o]))) for o in overrides}
+    clash = [o for o in overrides if any(key[o] in e for e in extra.values())]
     cells = []
     for c in spec["cells"]:
         m = CELL.match(c["name"])
+        if (m is None and not control) or (m is not None and m["attack"] not in attacks):
+            continue
+        row = m["row"] if m is not None else None
         if m is not None:  # not the clean control
             backdoor = m["attack"] == "backdoor"
             c = {k: v for k, v in c.items() if not k.startswith("attack.params.poison_")}
-            c.update({**(dose if backdoor else {}), **(extra if m["row"] == "_roclip" else {})})
-            c["name"] = f"{m['attack']}{m['row'] or ''}{tag if backdoor else ''}_s{{seed}}"
-        if m is None or m["row"] != "_roclip":
-            c.update(override_keys(clash))
+            c.update({**(dose if backdoor else {}), **extra.get(row, {})})
+            c["name"] = f"{m['attack']}{row or ''}{tag if backdoor else ''}_s{{seed}}"
+        c.update(override_keys([o for o in clash if key[o] not in extra.get(row, {})]))
         cells.append(c)
     spec["cells"] = cells
     return spec, [o for o in overrides if o not in clash]
 
 
 def cleanclip_runs(work: Path, seeds: int, variants: dict, dose_ov: list[str], dose_tag: str, captions: dict,
-                   overrides: Sequence[str], cleanclip: Sequence[str], reuse_only: bool = False) -> dict[str, dict]:
-    """``{run name: results.json}`` of the CleanCLIP runs ``{attack}_cleanclip{variant}{dose}_s{seed}`` in
-    ``work/cells``, each fine-tuning the plain-CLIP cell of its attack and seed there (``run_named``: reused when
-    finished; ``reuse_only``: never trained)."""
+                   overrides: Sequence[str], cleanclip: Sequence[str], reuse_only: bool = False,
+                   attacks: Sequence[str] = ATTACK_NAMES) -> dict[str, dict]:
+    """``{run name: results.json}`` of the CleanCLIP runs ``{attack}_cleanclip{variant}{dose}_s{seed}`` of
+    ``attacks`` in ``work/cells``, each fine-tuning the plain-CLIP cell of its attack and seed there (``run_named``:
+    reused when finished; ``reuse_only``: never trained)."""
     pre = load_preset("cleanclip-small")
     out = {}
     for s in range(seeds):
-        for attack, preset in ATTACKS:
+        for attack, preset in [a for a in ATTACKS if a[0] in attacks]:
             extra, tag = (dose_ov, dose_tag) if attack == "backdoor" else ([], "")
             parent = work / CELLS_DIR / f"{attack}{tag}_s{s}"
             for vtag, setting in variants.items():
@@ -115,22 +126,25 @@ def cleanclip_runs(work: Path, seeds: int, variants: dict, dose_ov: list[str], d
     return out
 
 
-def summarise(runs: dict[str, dict], seeds: int, variants: dict, dose_tag: str) -> dict:
+def summarise(runs: dict[str, dict], seeds: int, variants: dict, dose_tag: str,
+              attacks: Sequence[str] = ATTACK_NAMES, control: bool = True) -> dict:
     """The JSON's ``rows``, ``clean_model``, ``ci95``, ``cleanclip_search``, ``cleanclip_choice`` and ``per_seed``
-    from ``{run name: results.json}`` (the grid's cells and the CleanCLIP runs)."""
+    from ``{run name: results.json}`` (the grid's cells and the CleanCLIP runs); the keys of an attack not in
+    ``attacks``, and the clean model's without ``control``, are NaN (intervals ``None``)."""
     keys = [*ROWS[:-1], *(f"cleanclip{t}" for t in variants)]
     per: dict[str, dict[str, list]] = {r: {k: [] for k in METRICS} for r in keys}
     per["clean_model"] = {k: [] for k in ("asr", "targeted", "targeted_successes", "zeroshot", "recall_at_5_i2t")}
     raw: dict[str, dict[str, list]] = {r: {"backdoor": [], "targeted": []} for r in [*keys, "clean_model"]}
     for s in range(seeds):
-        cm = runs[f"clean_s{s}"]["metrics"]
-        raw["clean_model"]["backdoor"].append(cm)
-        raw["clean_model"]["targeted"].append(cm)
-        for k, mk in (("asr", "asr"), ("targeted", "targeted_success_rate"), ("targeted_successes",
-                      "targeted_successes"), ("zeroshot", "zeroshot_top1"), ("recall_at_5_i2t", "recall_at_5_i2t")):
-            per["clean_model"][k].append(cm.get(mk))
+        if control:
+            cm = runs[f"clean_s{s}"]["metrics"]
+            raw["clean_model"]["backdoor"].append(cm)
+            raw["clean_model"]["targeted"].append(cm)
+            for k, mk in (("asr", "asr"), ("targeted", "targeted_success_rate"), ("targeted_successes",
+                          "targeted_successes"), ("zeroshot", "zeroshot_top1"), ("recall_at_5_i2t", "recall_at_5_i2t")):
+                per["clean_model"][k].append(cm.get(mk))
         times = {r: 0.0 for r in keys}
-        for attack, _ in ATTACKS:
+        for attack in attacks:
             tag = dose_tag if attack == "backdoor" else ""
             for key in keys:
                 res = runs[f"{attack}{tag}_s{s}" if key == "clip" else f"{attack}_{key}{tag}_s{s}"]
@@ -148,6 +162,9 @@ def summarise(runs: dict[str, dict], seeds: int, variants: dict, dose_tag: str) 
                     per[key]["targeted"].append(m["targeted_success_rate"])
                     per[key]["targeted_successes"].append(m["targeted_successes"])
                     per[key]["zeroshot_targeted_run"].append(m["zeroshot_top1"])
+                    if len(attacks) == 1:  # the clean zero-shot and retrieval of the only attack run
+                        per[key]["zeroshot"].append(m["zeroshot_top1"])
+                        per[key]["recall_at_5_i2t"].append(m.get("recall_at_5_i2t"))
         for r in keys:
             per[r]["time_s"].append(round(times[r], 2))
     clip_time = sum(per["clip"]["time_s"])
@@ -178,13 +195,19 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=0.01, help="backdoor poison rate")
     ap.add_argument("--count", type=int, default=None, help="backdoor poison count (instead of --rate)")
     add_caption_args(ap)
+    ap.add_argument("--attacks", default="backdoor,targeted", help="which attacks (comma list of backdoor, "
+                    "targeted); the other's keys are NaN. With one attack, each row's zero-shot and R@5 are that "
+                    "attack's runs'")
+    ap.add_argument("--no-control", action="store_true", help="skip the clean-data control (clean_model keys NaN)")
     ap.add_argument("--roclip", nargs="*", default=[], help="overrides for the RoCLIP runs only")
+    ap.add_argument("--safeclip", nargs="*", default=[], help="overrides for the SafeCLIP runs only")
     ap.add_argument("--cleanclip", nargs="*", default=[], help="overrides for the CleanCLIP runs only")
     ap.add_argument("--cleanclip-epochs", type=int, nargs="+", default=None,
                     help="CleanCLIP fine-tuning epochs to try (default: the preset's 10)")
     ap.add_argument("--cleanclip-pairs", type=int, nargs="+", default=None,
                     help="CleanCLIP clean fine-tuning pairs to try (default: the preset's 1,000)")
     args = ap.parse_args()
+    attacks = attack_list(args.attacks)
     out, work = start(args)
     work = work.resolve()
     caps = caption_sections(args)
@@ -192,16 +215,17 @@ def main() -> None:
     variants = cleanclip_variants(args.cleanclip_epochs, args.cleanclip_pairs)
     dose_ov, dose_tag = backdoor_dose(rate, args.count)
     t0 = time.time()
-    spec, overrides = grid_spec(args.seeds, rate, args.count, caps, args.roclip, args.overrides)
+    spec, overrides = grid_spec(args.seeds, rate, args.count, caps, args.roclip, args.overrides, attacks,
+                                not args.no_control, args.safeclip)
     runs = run_comparison(spec, work, overrides, args.summarise_only)
     runs.update(cleanclip_runs(work, args.seeds, variants, dose_ov, dose_tag, caps, args.overrides, args.cleanclip,
-                               args.summarise_only))
-    summary = summarise(runs, args.seeds, variants, dose_tag)
+                               args.summarise_only, attacks))
+    summary = summarise(runs, args.seeds, variants, dose_tag, attacks, not args.no_control)
     result: dict[str, Any] = {
         "caption_set": caption_set_name(args), **{k: v for k, v in summary.items() if k != "per_seed"},
         **caption_details(args, caps), "per_seed": summary["per_seed"], "rate": rate, "count": args.count,
-        "seeds": args.seeds, "overrides": args.overrides, "roclip_overrides": args.roclip,
-        "cleanclip_overrides": args.cleanclip, "wall_s": round(time.time() - t0, 1)}
+        "seeds": args.seeds, "attacks": list(attacks), "control": not args.no_control, "overrides": args.overrides,
+        "roclip_overrides": args.roclip, "safeclip_overrides": args.safeclip, "cleanclip_overrides": args.cleanclip, "wall_s": round(time.time() - t0, 1)}
     write_result(out, result, {k: result[k] for k in ("caption_set", "rows", "clean_model")})
 
 

@@ -47,11 +47,10 @@ import re
 import time
 from typing import Any, Optional
 
-from clpoison.errors import ConfigError
 from clpoison.experiments.config import deep_merge
 from clpoison.experiments.grid import expand_grid, read_grid
 
-from _clip import add_caption_args, backdoor_dose, caption_details, caption_sections, caption_set_name
+from _clip import add_caption_args, attack_list, backdoor_dose, caption_details, caption_sections, caption_set_name
 from _harness import (GRIDS, comparison_parser, mean, override_keys, run_comparison, script_main, seed_axis, start,
                       write_result)
 
@@ -169,10 +168,7 @@ def main() -> None:
     out, work = start(args)
     work = work.resolve()
     caps = caption_sections(args)
-    attacks = tuple(args.attacks.split(","))
-    unknown = [a for a in attacks if a not in ATTACKS]
-    if unknown:  # before anything trains
-        raise ConfigError(f"--attacks: unknown attack {unknown[0]!r}; use backdoor, targeted or both (comma list)")
+    attacks = attack_list(args.attacks)
     rate = None if args.count is not None else args.rate
     spec, epochs = grid_spec(args.seeds, rate, args.count, attacks, not args.no_control, caps, tuple(args.safeclip),
                              tuple(args.overrides))

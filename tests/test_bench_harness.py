@@ -414,6 +414,14 @@ def test_the_clip_comparisons_share_their_runs_in_one_work_folder(tmp_path, monk
     assert rest == ["train.lr=0.1"] and all(c.train.lr == 0.1 for c in cells.values())
     assert {n: c.train.epochs for n, c in cells.items() if c.train.epochs != 2} == \
         {"backdoor_roclip_0.01_s0": 3, "targeted_roclip_s0": 3}
+    # --safeclip overrides reach the SafeCLIP cells only, and win there over an override for every run
+    spec, rest = defenses.grid_spec(1, safeclip=["defense.params.trace_warmup=true", "train.epochs=5"],
+                                    overrides=["train.epochs=2"])
+    cells = {c.name: c.config for c in expand_grid(spec, rest)}
+    assert rest == [] and {n for n, c in cells.items() if c.defense.params.get("trace_warmup")} == \
+        {"backdoor_safeclip_0.01_s0", "targeted_safeclip_s0"}
+    assert {n: c.train.epochs for n, c in cells.items() if c.train.epochs != 2} == \
+        {"backdoor_safeclip_0.01_s0": 5, "targeted_safeclip_s0": 5}
 
 
 def test_clip_defenses_summarise_only_with_the_cleanclip_search(tmp_path, monkeypatch):
@@ -457,6 +465,45 @@ def test_clip_defenses_summarise_only_with_the_cleanclip_search(tmp_path, monkey
             + runs[f"{a}_cleanclip_e10_p1000{tag}_s0"]["defense"]["cleanclip_checkpoint_train_s"]
             for a, tag in (("backdoor", "_n100"), ("targeted", "")))
     assert got["per_seed"]["cleanclip_e10_p1000"]["time_s"][0] == round(t, 2)  # fine-tuning + the poisoned pretraining
+
+
+def test_clip_defenses_one_attack_without_the_control(tmp_path, monkeypatch):
+    """--attacks targeted --no-control: only the targeted cells (no clean control, no backdoor cell) and only the
+    targeted CleanCLIP runs; the backdoor's and the clean model's keys NaN, each row's zero-shot the targeted run's;
+    an unknown attack is one ConfigError line before anything runs."""
+    import math
+
+    import _harness
+
+    mod = script("clip_defenses_small")
+    spec = mod.grid_spec(2, None, 100, attacks=("targeted",), control=False)[0]
+    names = {c.name for c in expand_grid(spec)}
+    assert names == {f"targeted{r}_s{i}" for r in ("", "_safeclip", "_roclip") for i in range(2)}
+    work = tmp_path / "grid"
+    runs = write_fake_runs(spec, work)
+
+    def reuse(cfg, out, reuse_only=False):
+        assert cfg.name.startswith("targeted_cleanclip")
+        runs[cfg.name] = {**fake_run(cfg.name, cfg.to_dict()),
+                          "defense": {"cleanclip_checkpoint_train_s": fake(cfg.name, "parent", 90)}}
+        return runs[cfg.name], True
+
+    monkeypatch.setattr(_harness, "run_or_reuse", reuse)
+    out = tmp_path / "targeted.json"
+    run_main(mod, ["--seeds", "2", "--attacks", "targeted", "--no-control", "--out", str(out), "--work", str(work),
+                   "--summarise-only"], monkeypatch)
+    got = json.loads(out.read_text())
+    assert got["attacks"] == ["targeted"] and got["control"] is False
+    assert math.isnan(got["rows"]["clip"]["asr"]) and math.isnan(got["clean_model"]["targeted"])
+    assert got["per_seed"]["roclip"]["zeroshot"] == [runs[f"targeted_roclip_s{i}"]["metrics"]["zeroshot_top1"]
+                                                     for i in range(2)]
+    assert got["rows"]["safeclip"]["targeted"] == pytest.approx(
+        sum(runs[f"targeted_safeclip_s{i}"]["metrics"]["targeted_success_rate"] for i in range(2)) / 2)
+    assert sorted(n for n in runs if "cleanclip" in n) == ["targeted_cleanclip_s0", "targeted_cleanclip_s1"]
+    with pytest.raises(ConfigError, match="--attacks: unknown attack 'bakdoor'"):
+        run_main(mod, ["--attacks", "targeted,bakdoor", "--out", str(tmp_path / "x.json"), "--work", str(work),
+                       "--summarise-only"], monkeypatch)
+    assert not (tmp_path / "x.json").exists()
 
 
 def test_captions_protocol_summarise_only(tmp_path, monkeypatch):
