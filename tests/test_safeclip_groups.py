@@ -150,6 +150,35 @@ def test_veto_only_shrinks_the_safe_set():
         SafeCLIPParams(group_rule="max")
 
 
+def test_veto_refill_keeps_the_veto_and_tops_up_with_ungrouped_pairs():
+    """group_rule veto_refill: the vetoed safe set, plus the best-ranked pairs that share nothing, up to the epoch's
+    ratio — never a grouped pair (a poison sharing its image or caption stays out), and at the threshold cut of the
+    first filtering epoch it is the veto."""
+    rng = np.random.default_rng(2)
+    n = 1000
+    sims = np.concatenate([rng.normal(0.6, 0.08, 900), rng.normal(0.1, 0.05, 100)])
+    sims[[3, 10, 11]] = 0.9       # well aligned: inside every cut on their own
+    groups = np.arange(n)
+    groups[[3, 950]] = 3          # a well-aligned pair grouped with a badly aligned one: vetoed
+    groups[[10, 11, 960]] = 10
+    groups[[970, 971]] = 970      # a badly aligned group: never refilled
+    sched = FilterSchedule(0.5, 0.05, 0.85)
+    vetoed, _ = safeclip_split(sims, 4, sched, groups=groups, group_rule="veto")
+    filled, _ = safeclip_split(sims, 4, sched, groups=groups, group_rule="veto_refill")
+    alone, _ = safeclip_split(sims, 4, sched)
+    assert set(vetoed.safe.tolist()) < set(filled.safe.tolist())
+    assert len(filled.safe) == len(alone.safe) == int(sched.ratio(4) * n)  # back to the ratio
+    added = np.setdiff1d(filled.safe, vetoed.safe)
+    assert len(added) == 3 and not np.isin(added, [3, 950, 10, 11, 960, 970, 971]).any()
+    outside = np.setdiff1d(np.arange(n), alone.safe)  # the refill takes the best-ranked of the ungrouped rest
+    order = outside[np.argsort(-sims[outside], kind="stable")]
+    assert set(added.tolist()) == set([i for i in order if i not in (950, 960, 970, 971)][:3])
+    first_v, sv = safeclip_split(sims, 0, None, groups=groups, group_rule="veto")
+    first_r, sr = safeclip_split(sims, 0, None, groups=groups, group_rule="veto_refill")
+    assert np.array_equal(first_v.safe, first_r.safe) and sv.first_ratio == sr.first_ratio
+    SafeCLIPParams(group_rule="veto_refill")
+
+
 def test_the_schedule_starts_from_the_cut_before_a_veto():
     """min: the first ratio is the grouped threshold cut; veto: the cut of the pairs' own posteriors (the veto only
     removes pairs from each epoch's cut, it does not slow the schedule)."""

@@ -103,6 +103,21 @@ def veto(safe: np.ndarray, n: int, labels: np.ndarray) -> tuple[np.ndarray, np.n
     return np.flatnonzero(whole), np.flatnonzero(~whole)
 
 
+def refill(safe: np.ndarray, n: int, labels: np.ndarray, order: np.ndarray, target: int) -> tuple[np.ndarray, np.ndarray]:
+    """``group_rule: veto_refill``: after a veto, add *ungrouped* pairs (alone in their group) outside ``safe`` in
+    ``order`` (best first) until the safe set holds ``target`` pairs (or none is left); a pair that shares nothing
+    cannot bring a group in. Returns (safe, risky), sorted."""
+    inside = np.zeros(n, dtype=bool)
+    inside[np.asarray(safe, dtype=np.int64)] = True
+    alone = np.bincount(labels, minlength=1)[labels] == 1
+    more = max(0, int(target) - int(inside.sum()))
+    if more:
+        cand = np.asarray(order, dtype=np.int64)
+        cand = cand[alone[cand] & ~inside[cand]][:more]
+        inside[cand] = True
+    return np.flatnonzero(inside), np.flatnonzero(~inside)
+
+
 def group_stats(labels: np.ndarray) -> dict[str, int]:
     """How many pairs are in a group of two or more, in how many groups, and the largest group."""
     sizes = np.bincount(labels) if len(labels) else np.zeros(0, np.int64)

@@ -49,7 +49,8 @@ class SafeCLIPParams(DefenseParams):
     # group's lowest posterior (safeclip_groups.py; against the repeats of the Carlini & Terzis attacks)
     group_max_size: int = 64  # a key (image or caption) held by more pairs than this links nothing
     group_rule: str = "min"  # min: a pair is ranked at its group's lowest posterior | veto: ranked on its own, safe
-    # only when every pair of its group is in the safe cut (the safe set shrinks; no pair is pushed into it)
+    # only when every pair of its group is in the safe cut (the safe set shrinks; no pair is pushed into it) |
+    # veto_refill: veto, then the safe set filled back to the epoch's ratio with ungrouped pairs in their own order
     similarity_view: str = "official"  # official: augmented image view + EDA caption 1 | clean: the image as stored
     # and the caption as written (what `clpoison scan` scores)
 
@@ -63,8 +64,8 @@ class SafeCLIPParams(DefenseParams):
             raise ConfigError("defense.params.warmup_steps / warmup_epochs must be >= 0")
         if not 0 < self.threshold < 1 or not 0 < self.cap_filter_ratio <= 1 or self.update_filter_ratio < 0:
             raise ConfigError("defense.params: threshold in (0,1), cap_filter_ratio in (0,1], update_filter_ratio >= 0")
-        if self.group_rule not in ("min", "veto"):
-            raise ConfigError(f"defense.params.group_rule='{self.group_rule}' unknown; choose min or veto")
+        if self.group_rule not in ("min", "veto", "veto_refill"):
+            raise ConfigError(f"defense.params.group_rule='{self.group_rule}' unknown; choose min, veto or veto_refill")
         if self.group_max_size < 2:
             raise ConfigError(f"defense.params.group_max_size={self.group_max_size} must be >= 2")
         for k in ("histogram_every", "split_every"):

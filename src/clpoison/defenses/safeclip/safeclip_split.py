@@ -113,19 +113,24 @@ def group_cut(p_clean: np.ndarray, similarities: np.ndarray, groups: Optional[np
               ratio: Optional[float] = None) -> tuple[np.ndarray, np.ndarray]:
     """(safe, risky): the pairs with posterior ``>= threshold``, or the top ``ratio`` of them (ties: higher similarity
     first). With ``groups`` (a label per pair, ``group_duplicates``): ``min`` ranks each pair at its group's lowest
-    posterior and similarity; ``veto`` ranks it on its own and keeps it safe only when its whole group is in the cut
-    (:mod:`~clpoison.defenses.safeclip.safeclip_groups`)."""
+    posterior and similarity; ``veto`` ranks it on its own and keeps it safe only when its whole group is in the cut;
+    ``veto_refill`` then, for a ``ratio`` cut, fills the safe set back to the ratio with ungrouped pairs in their own
+    order (:mod:`~clpoison.defenses.safeclip.safeclip_groups`)."""
     p, s = p_clean, similarities
     if groups is not None and group_rule == "min":
         from .safeclip_groups import group_min
 
         p, s = group_min(p_clean, groups), group_min(similarities, groups)
     safe, risky = split_by_threshold(p, threshold) if ratio is None else split_by_ratio(p, ratio, s)
-    if groups is None or group_rule != "veto":
+    if groups is None or group_rule == "min":
         return safe, risky
-    from .safeclip_groups import veto
+    from .safeclip_groups import refill, veto
 
-    return veto(safe, len(p), groups)
+    cut = len(safe)
+    safe, risky = veto(safe, len(p), groups)
+    if group_rule == "veto_refill" and ratio is not None:
+        safe, risky = refill(safe, len(p), groups, rank_by_clean(p, s), cut)
+    return safe, risky
 
 
 def safeclip_split(similarities, k: int, schedule: Optional[FilterSchedule], threshold: float = 0.9,
@@ -140,7 +145,7 @@ def safeclip_split(similarities, k: int, schedule: Optional[FilterSchedule], thr
     p, stats = gmm_fit(sims, seed)
     if k == 0 or schedule is None:
         safe, risky = group_cut(p, sims, groups, group_rule, threshold=threshold)
-        vetoing = groups is not None and group_rule == "veto"  # the schedule grows from the cut before the veto
+        vetoing = groups is not None and group_rule != "min"  # the schedule grows from the cut before the veto
         first = len(split_by_threshold(p, threshold)[0]) if vetoing else len(safe)
         schedule = FilterSchedule(first / max(len(sims), 1), step, cap, stats["clean_weight"] if cap_from_gmm else None)
         return Split(safe, risky, len(safe) / max(len(sims), 1), p, sims, "threshold", stats), schedule
