@@ -181,7 +181,13 @@ def summarise(runs: dict[str, dict], seeds: int, variants: dict, dose_tag: str,
     clean_model = {k: mean(per["clean_model"][k]) for k in ("asr", "targeted", "zeroshot", "recall_at_5_i2t")}
     rows = {r: row(r) for r in ROWS[:-1]}
     search = {t: {**row(f"cleanclip{t}"), "epochs": v[0], "pairs": v[1]} for t, v in variants.items() if v}
-    chosen, why = choose_cleanclip(search, clean_model["asr"], rows["clip"]["zeroshot"]) if search else ("", "preset")
+    if not search:
+        chosen, why = "", "preset"
+    elif "backdoor" in attacks:
+        chosen, why = choose_cleanclip(search, clean_model["asr"], rows["clip"]["zeroshot"])
+    else:  # no ASR to choose by
+        chosen = min(search, key=lambda t: search[t]["targeted"])
+        why = "targeted poisoning only: the setting with the lowest targeted success"
     rows["cleanclip"] = row(f"cleanclip{chosen}")
     return {"rows": rows, "clean_model": clean_model,
             "ci95": {**{r: ci(r) for r in ROWS[:-1]}, "cleanclip": ci(f"cleanclip{chosen}"),

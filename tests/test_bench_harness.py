@@ -490,8 +490,8 @@ def test_clip_defenses_one_attack_without_the_control(tmp_path, monkeypatch):
 
     monkeypatch.setattr(_harness, "run_or_reuse", reuse)
     out = tmp_path / "targeted.json"
-    run_main(mod, ["--seeds", "2", "--attacks", "targeted", "--no-control", "--out", str(out), "--work", str(work),
-                   "--summarise-only"], monkeypatch)
+    run_main(mod, ["--seeds", "2", "--attacks", "targeted", "--no-control", "--cleanclip-epochs", "10", "40",
+                   "--out", str(out), "--work", str(work), "--summarise-only"], monkeypatch)
     got = json.loads(out.read_text())
     assert got["attacks"] == ["targeted"] and got["control"] is False
     assert math.isnan(got["rows"]["clip"]["asr"]) and math.isnan(got["clean_model"]["targeted"])
@@ -499,7 +499,11 @@ def test_clip_defenses_one_attack_without_the_control(tmp_path, monkeypatch):
                                                      for i in range(2)]
     assert got["rows"]["safeclip"]["targeted"] == pytest.approx(
         sum(runs[f"targeted_safeclip_s{i}"]["metrics"]["targeted_success_rate"] for i in range(2)) / 2)
-    assert sorted(n for n in runs if "cleanclip" in n) == ["targeted_cleanclip_s0", "targeted_cleanclip_s1"]
+    assert sorted(n for n in runs if "cleanclip" in n) == sorted(f"targeted_cleanclip_e{e}_p1000_s{i}"
+                                                               for e in (10, 40) for i in range(2))
+    search = got["cleanclip_search"]  # no ASR to choose by: the lowest targeted success
+    assert got["cleanclip_choice"]["setting"] == min(search, key=lambda t: search[t]["targeted"])
+    assert got["cleanclip_choice"]["rule"].startswith("targeted poisoning only")
     with pytest.raises(ConfigError, match="--attacks: unknown attack 'bakdoor'"):
         run_main(mod, ["--attacks", "targeted,bakdoor", "--out", str(tmp_path / "x.json"), "--work", str(work),
                        "--summarise-only"], monkeypatch)
