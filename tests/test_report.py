@@ -184,3 +184,23 @@ def test_epoch_line_without_a_terminal():
     assert "\r" not in line
     assert not progress_bar_on(True) or sys.stderr.isatty()  # pytest captures stderr: not a terminal
     assert not progress_bar_on(False)
+
+
+def test_a_log_x_curve_is_labelled_at_its_counts(tmp_path, monkeypatch):
+    """curve_plot(logx=True) ticks the measured x values, written plainly (5, 10, 25, 50), with no minor labels —
+    a log axis alone labels 6×10^0, 3×10^1, ... (the first bundled dose plot)."""
+    pytest.importorskip("matplotlib")
+    import clpoison.report.plots as plots
+
+    seen = {}
+
+    def keep(fig, path, dpi=110):
+        ax = fig.axes[0]
+        seen["major"] = [t.get_text() for t in ax.get_xticklabels()]
+        seen["minor"] = [t.get_text() for t in ax.get_xticklabels(minor=True) if t.get_text()]
+        return path
+
+    monkeypatch.setattr(plots, "save_figure", keep)
+    plots.curve_plot(tmp_path / "c.png", {"mean": ([5, 10, 25, 50], [0.2, 0.3, 0.8, 1.0]),
+                                          "clean": ([5, 10, 25, 50], [0.1] * 4)}, "count", "ASR", "t", logx=True)
+    assert seen == {"major": ["5", "10", "25", "50"], "minor": []}

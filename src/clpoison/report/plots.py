@@ -90,8 +90,11 @@ def curve_plot(path: Path, curves: Mapping[str, tuple[Sequence[float], Sequence[
         ax.plot(list(xs), list(ys), "o-", ms=3, label=label)
     for i, (xs, ys) in enumerate(points or ()):
         ax.scatter(list(xs), list(ys), color="grey", s=12, alpha=0.7, label=points_label if i == 0 else None)
-    if logx:
+    if logx:  # ticks at the measured x values, written plainly (a log axis would label 6×10^0, 3×10^1, ...)
         ax.set_xscale("log")
+        ticks = sorted({float(x) for xs, _ in curves.values() for x in xs if float(x) > 0})
+        ax.set_xticks(ticks, [f"{x:g}" for x in ticks])
+        ax.minorticks_off()
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if ylim is not None:
