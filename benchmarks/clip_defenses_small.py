@@ -43,9 +43,14 @@ training distribution (``--attack-set test-captions``), whose clean model is eva
 
     python benchmarks/clip_defenses_small.py --out benchmarks/results/clip_defenses_small.json --seeds 3 \\
         --work runs/clip_defenses_small_runs
-    python benchmarks/clip_defenses_small.py --captions '../shared/data/webcaps/train-{000000..000003}.tar' \\
-        --test-captions ../shared/data/webcaps/test-000000.tar --count 100 --seeds 2 \\
-        --out benchmarks/results/clip_defenses_webcaps.json --work runs/webcaps_clip
+    W=../shared/data/webcaps
+    python benchmarks/clip_defenses_small.py --attacks backdoor --captions "$W/train-{000000..000003}.tar" \\
+        --test-captions $W/test-000000.tar --count 100 --seeds 2 --cleanclip-epochs 10 40 --cleanclip-pairs 1000 4000 \\
+        --out benchmarks/results/clip_defenses_webcaps_backdoor.json --work runs/webcaps_defenses
+    python benchmarks/clip_defenses_small.py --attacks targeted --no-control --attack-set test-captions \\
+        --captions "$W/train-{000000..000003}.tar" --test-captions $W/test-000000.tar --seeds 2 \\
+        --cleanclip-epochs 40 --cleanclip-pairs 4000 \\
+        --out benchmarks/results/clip_defenses_webcaps_victims.json --work runs/webcaps_defenses_victims
 """
 
 from __future__ import annotations
