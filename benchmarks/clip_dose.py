@@ -23,10 +23,13 @@ or tar shards, e.g. ``shared/data/webcaps``, with zero-shot, ASR and targeted su
 
     {"caption_set", "clean": {"asr", "asr_ci95", "targeted", "targeted_ci95", "zeroshot", "recall_at_5_i2t"},
      "backdoor_by_count": {N: {"asr", "asr_ci95", "asr_std", "asr_per_seed", "zeroshot", "poison_rate"}},
-     "targeted_by_pairs": {K: {"success", "success_ci95", "successes_per_seed", "targets", "zeroshot"}}, ...}
+     "targeted_by_pairs": {K: {"success", "success_ci95", "successes_per_seed", "expected_by_chance_per_seed",
+                               "targets", "zeroshot"}}, ...}
 
-(means over seeds; 95 % intervals: Wilson of the hits pooled over seeds, as the report) and a PNG of count → ASR
-beside it. ``clpoison report WORK --out R --dose-axis count`` draws the same runs with counts on the axis.
+(means over seeds; 95 % intervals: Wilson of the hits pooled over seeds, as the report; ``zeroshot`` is each run's
+``metrics.zeroshot_top1``: on the attack set's images with ``--attack-set test-captions``) and PNGs beside it: count
+→ ASR (OUT.png) and pairs per target → targeted success with the clean model and chance (OUT_pairs.png).
+``clpoison report WORK --out R --dose-axis count`` draws the same runs with counts on the axis.
 
     python benchmarks/clip_dose.py --out benchmarks/results/clip_dose.json --seeds 2            # bundled captions
     python benchmarks/clip_dose.py --captions '../shared/data/webcaps/train-{000000..000003}.tar' \\
@@ -102,7 +105,9 @@ def summarise(runs: dict[str, dict], seeds: int, counts: list[int], pairs: list[
     result: dict[str, Any] = {
         "clean": {"asr": c_asr["mean"], "asr_ci95": c_asr["ci95"], "asr_per_seed": c_asr["per_seed"],
                   "targeted": c_tg["mean"], "targeted_ci95": c_tg["ci95"],
-                  "successes_per_seed": [m.get("targeted_successes") for m in clean], "zeroshot": zs(clean),
+                  "successes_per_seed": [m.get("targeted_successes") for m in clean],
+                  "expected_by_chance_per_seed": [m.get("targeted_expected_by_chance") for m in clean],
+                  "zeroshot": zs(clean),
                   "recall_at_5_i2t": mean([m.get("recall_at_5_i2t") for m in clean])},
         "backdoor_by_count": {}, "targeted_by_pairs": {},
         "target": load_preset("carlini-backdoor-small")["attack"]["params"]["target"], "train_pairs": n_train}
@@ -118,6 +123,7 @@ def summarise(runs: dict[str, dict], seeds: int, counts: list[int], pairs: list[
         result["targeted_by_pairs"][str(k)] = {
             "success": r["mean"], "success_ci95": r["ci95"], "success_std": r["std"],
             "successes_per_seed": [m.get("targeted_successes") for m in ms],
+            "expected_by_chance_per_seed": [m.get("targeted_expected_by_chance") for m in ms],
             "targets": stats([m.get("targeted_n") for m in ms])["mean"], "zeroshot": zs(ms)}
     return result
 
@@ -141,6 +147,8 @@ def main() -> None:
                                                       "targeted_by_pairs")})
     if args.seeds and args.counts:
         plot(result, out.with_suffix(".png"))
+    if args.seeds and pairs:
+        plot_pairs(result, out.with_name(out.stem + "_pairs.png"))
 
 
 def plot(result: dict, path: Path) -> None:
@@ -154,6 +162,28 @@ def plot(result: dict, path: Path) -> None:
                f"Carlini & Terzis backdoor by count — captions: {result['caption_set']}", ylim=(0, 1),
                points=[(counts, [result["backdoor_by_count"][str(n)]["asr_per_seed"][i] for n in counts])
                        for i in range(seeds)], logx=len(counts) > 1 and max(counts) / max(1, min(counts)) >= 10)
+
+
+
+def plot_pairs(result: dict, path: Path) -> None:
+    """Pairs per target → targeted success rate (mean over seeds, each seed grey), beside the clean model's rate
+    on the same victims and the rate expected by chance (the victims' label shares under each poisoned model)."""
+    ks = [int(k) for k in result["targeted_by_pairs"]]
+    rows = [result["targeted_by_pairs"][str(k)] for k in ks]
+    seeds = len(result["clean"]["successes_per_seed"])
+
+    def rate(hits: Any, targets: Any) -> Optional[float]:
+        return None if hits is None or not targets else hits / targets
+
+    chance = [mean([rate(c, r["targets"]) for c in r.get("expected_by_chance_per_seed") or []]) for r in rows]
+    curves = {"mean over seeds": (ks, [r["success"] for r in rows]),
+              "clean model": (ks, [result["clean"]["targeted"]] * len(ks))}
+    if all(c == c for c in chance):  # NaN when a run recorded no chance level
+        curves["expected by chance"] = (ks, chance)
+    curve_plot(path, curves, "poisoned pairs per target", "targeted success rate",
+               f"Carlini & Terzis targeted poisoning by pairs — captions: {result['caption_set']}", ylim=(0, 1),
+               points=[(ks, [rate(r["successes_per_seed"][i], r["targets"]) for r in rows]) for i in range(seeds)],
+               logx=len(ks) > 1 and max(ks) / max(1, min(ks)) >= 10)
 
 
 if __name__ == "__main__":

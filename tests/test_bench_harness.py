@@ -323,6 +323,8 @@ def test_clip_dose_summary_keys_and_pooled_intervals(tmp_path, monkeypatch):
     work = tmp_path / "grid"
     runs = write_fake_runs(mod.grid_spec(2, [10, 50], [1, 5]), work)
     monkeypatch.setattr(mod, "plot", lambda *a: None)  # carlini_small's test draws one
+    drawn, real = [], mod.plot_pairs
+    monkeypatch.setattr(mod, "plot_pairs", lambda result, path: drawn.append((result, path)))
     out = tmp_path / "dose.json"
     run_main(mod, ["--seeds", "2", "--counts", "10,50", "--pairs", "1,5", "--out", str(out), "--work", str(work),
                    "--summarise-only"], monkeypatch)
@@ -330,12 +332,15 @@ def test_clip_dose_summary_keys_and_pooled_intervals(tmp_path, monkeypatch):
     assert set(got) == {"caption_set", "clean", "backdoor_by_count", "targeted_by_pairs", "target", "train_pairs",
                         "captions", "test_captions", "eval_set", "seeds", "overrides", "wall_s"}
     assert set(got["clean"]) == {"asr", "asr_ci95", "asr_per_seed", "targeted", "targeted_ci95", "successes_per_seed",
-                                 "zeroshot", "recall_at_5_i2t"}
+                                 "expected_by_chance_per_seed", "zeroshot", "recall_at_5_i2t"}
     assert list(got["backdoor_by_count"]) == ["10", "50"] and list(got["targeted_by_pairs"]) == ["1", "5"]
     assert set(got["backdoor_by_count"]["50"]) == {"asr", "asr_ci95", "asr_std", "asr_per_seed", "zeroshot",
                                                    "poison_rate"}
     assert set(got["targeted_by_pairs"]["5"]) == {"success", "success_ci95", "success_std", "successes_per_seed",
-                                                  "targets", "zeroshot"}
+                                                  "expected_by_chance_per_seed", "targets", "zeroshot"}
+    assert [p.name for _, p in drawn] == ["dose_pairs.png"]  # pairs measured: the pairs plot beside the JSON
+    real(got, tmp_path / "pairs.png")  # the pairs plot itself draws from the JSON (no chance level in fake runs)
+    assert (tmp_path / "pairs.png").stat().st_size > 0
     hits = sum(runs[f"backdoor_n50_s{s}"]["metrics"]["asr_hits"] for s in range(2))
     from clpoison.eval.attack_metrics import wilson_interval
 
