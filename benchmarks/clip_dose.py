@@ -164,7 +164,6 @@ def plot(result: dict, path: Path) -> None:
                        for i in range(seeds)], logx=len(counts) > 1 and max(counts) / max(1, min(counts)) >= 10)
 
 
-
 def plot_pairs(result: dict, path: Path) -> None:
     """Pairs per target → targeted success rate (mean over seeds, each seed grey), beside the clean model's rate
     on the same victims and the rate expected by chance (the victims' label shares under each poisoned model)."""
