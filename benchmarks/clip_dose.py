@@ -151,6 +151,11 @@ def main() -> None:
         plot_pairs(result, out.with_name(out.stem + "_pairs.png"))
 
 
+def spans_decades(xs: list[int]) -> bool:
+    """Whether the dose axis of ``xs`` is drawn logarithmic (a tenfold range or more)."""
+    return len(xs) > 1 and max(xs) / max(1, min(xs)) >= 10
+
+
 def plot(result: dict, path: Path) -> None:
     """Poison count → backdoor ASR (mean over seeds, each seed grey) and the clean model's ASR as a flat line."""
     counts = [int(n) for n in result["backdoor_by_count"]]
@@ -161,7 +166,7 @@ def plot(result: dict, path: Path) -> None:
                "poisoned pairs (count)", f"zero-shot ASR (target '{result['target']}')",
                f"Carlini & Terzis backdoor by count — captions: {result['caption_set']}", ylim=(0, 1),
                points=[(counts, [result["backdoor_by_count"][str(n)]["asr_per_seed"][i] for n in counts])
-                       for i in range(seeds)], logx=len(counts) > 1 and max(counts) / max(1, min(counts)) >= 10)
+                       for i in range(seeds)], logx=spans_decades(counts))
 
 
 def plot_pairs(result: dict, path: Path) -> None:
@@ -182,7 +187,7 @@ def plot_pairs(result: dict, path: Path) -> None:
     curve_plot(path, curves, "poisoned pairs per target", "targeted success rate",
                f"Carlini & Terzis targeted poisoning by pairs — captions: {result['caption_set']}", ylim=(0, 1),
                points=[(ks, [rate(r["successes_per_seed"][i], r["targets"]) for r in rows]) for i in range(seeds)],
-               logx=len(ks) > 1 and max(ks) / max(1, min(ks)) >= 10)
+               logx=spans_decades(ks))
 
 
 if __name__ == "__main__":

@@ -52,7 +52,8 @@ def fake_run(name: str, config: dict) -> dict:
     """A results.json of ``config`` with made-up metrics, timings and history (a function of the name)."""
     n = name
     m = {k: fake(n, k) for k in FLOATS}
-    m.update(asr_n=200, asr_hits=int(fake(n, "hits", 200)), targeted_n=16, targeted_successes=int(fake(n, "k", 16)))
+    m.update(asr_n=200, asr_hits=int(fake(n, "hits", 200)), targeted_n=16, targeted_successes=int(fake(n, "k", 16)),
+             targeted_expected_by_chance=fake(n, "chance", 3))
     return {"config": json.loads(dumps_json(config)), "metrics": m,
             "timings": {"total_s": fake(n, "total", 100), "pretrain_s": fake(n, "pre", 80)},
             "history": [{"epoch": 1, "eval_asr": fake(n, "a1"), "eval_ca": fake(n, "c1"),
@@ -338,9 +339,22 @@ def test_clip_dose_summary_keys_and_pooled_intervals(tmp_path, monkeypatch):
                                                    "poison_rate"}
     assert set(got["targeted_by_pairs"]["5"]) == {"success", "success_ci95", "success_std", "successes_per_seed",
                                                   "expected_by_chance_per_seed", "targets", "zeroshot"}
+    assert got["targeted_by_pairs"]["1"]["expected_by_chance_per_seed"] == [
+        runs[f"targeted_k1_s{s}"]["metrics"]["targeted_expected_by_chance"] for s in range(2)]
     assert [p.name for _, p in drawn] == ["dose_pairs.png"]  # pairs measured: the pairs plot beside the JSON
-    real(got, tmp_path / "pairs.png")  # the pairs plot itself draws from the JSON (no chance level in fake runs)
-    assert (tmp_path / "pairs.png").stat().st_size > 0
+    curves = {}  # the pairs plot: success, the clean model and chance as rates of the 16 victims, a point per seed
+    monkeypatch.setattr(mod, "curve_plot", lambda path, c, *a, points=None, **k: curves.update(c, points=points))
+    real(got, tmp_path / "pairs.png")
+    k1 = got["targeted_by_pairs"]["1"]
+    assert curves["mean over seeds"] == ([1, 5], [k1["success"], got["targeted_by_pairs"]["5"]["success"]])
+    assert curves["clean model"] == ([1, 5], [got["clean"]["targeted"]] * 2)
+    assert curves["expected by chance"][1][0] == pytest.approx(sum(k1["expected_by_chance_per_seed"]) / 2 / 16)
+    assert curves["points"][1][1][0] == k1["successes_per_seed"][1] / 16
+    for r in got["targeted_by_pairs"].values():  # a run without a chance level: no chance curve, the rest drawn
+        r["expected_by_chance_per_seed"] = [None, None]
+    curves.clear()
+    real(got, tmp_path / "pairs.png")
+    assert "expected by chance" not in curves and "mean over seeds" in curves
     hits = sum(runs[f"backdoor_n50_s{s}"]["metrics"]["asr_hits"] for s in range(2))
     from clpoison.eval.attack_metrics import wilson_interval
 
